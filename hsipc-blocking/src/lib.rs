@@ -1,0 +1,1 @@
+//! hsipc for blocking code (work in progress).

@@ -1,0 +1,38 @@
+//! Limits and timings of an [`Endpoint`](crate::Endpoint).
+
+use std::time::Duration;
+
+/// Limits and timings. Every queue and table in the endpoint is bounded by one of these.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// Largest frame (header + name + payload) sent or accepted. Default 32 MiB.
+    pub max_frame_len: usize,
+    /// Credit window a stream receiver grants: how many items may be in flight. Default 64.
+    pub stream_window: u32,
+    /// Most calls this endpoint may have in flight. Default 10 000.
+    pub max_outgoing_calls: usize,
+    /// Most calls this endpoint serves at once; more are refused with a "busy" error.
+    /// Default 10 000.
+    pub max_incoming_calls: usize,
+    /// Most outputs (frames and events) queued for the driver. Default 65 536.
+    pub max_queued_outputs: usize,
+    /// How often this endpoint announces itself (its heartbeat). Default 250 ms.
+    pub heartbeat_interval: Duration,
+    /// A peer not heard from for this long is considered dead. Default 3 s.
+    pub peer_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_frame_len: 32 << 20,
+            stream_window: 64,
+            max_outgoing_calls: 10_000,
+            max_incoming_calls: 10_000,
+            max_queued_outputs: 65_536,
+            heartbeat_interval: Duration::from_millis(250),
+            peer_timeout: Duration::from_secs(3),
+        }
+    }
+}

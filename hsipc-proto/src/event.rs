@@ -1,0 +1,188 @@
+//! What the endpoint asks the driver to do: transmit frames and deliver events.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::error::CallError;
+use crate::id::{CallRef, IncomingId, PeerId, RequestId, SubscriptionId};
+use crate::topic::Topic;
+
+/// Input from the transport.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A frame received from a peer.
+    Frame {
+        /// The peer that sent it, as the transport knows it.
+        from: PeerId,
+        /// The frame's bytes (payloads are sliced from it, not copied).
+        bytes: Bytes,
+    },
+    /// The transport learned that a peer is gone (e.g. its process exited).
+    PeerLost(PeerId),
+}
+
+/// Where a frame goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dest {
+    /// One peer. This may be the local peer itself (a call to a service this endpoint
+    /// serves): the driver then feeds the frame straight back into
+    /// [`handle_input`](crate::Endpoint::handle_input).
+    Peer(PeerId),
+    /// Every peer on the bus (announce and goodbye), not the local one.
+    All,
+}
+
+/// A frame to send.
+#[must_use]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it.
+    pub dest: Dest,
+    /// The encoded frame.
+    pub frame: Bytes,
+}
+
+/// One output of the endpoint: drain them with [`poll_output`](crate::Endpoint::poll_output).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send this frame.
+    Transmit(Transmit),
+    /// Tell the application.
+    Event(Event),
+}
+
+/// The shape of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CallMode {
+    /// One request, one response.
+    Unary,
+    /// One request, a stream of items from the server, then an end.
+    ServerStream,
+    /// One request, then items and credit both ways; the server's end closes the call.
+    Session,
+}
+
+/// Why a call this endpoint was serving went away.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CancelReason {
+    /// The caller cancelled it (or dropped its stream).
+    CallerCancelled,
+    /// The caller's deadline passed: it no longer waits for the answer.
+    DeadlineExpired,
+    /// The caller left the bus or died.
+    PeerLost,
+    /// The caller's stream to us lost an item or broke the protocol.
+    Broken(CallError),
+    /// This endpoint was closed.
+    Closed,
+}
+
+/// Why a peer left the directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// It said goodbye.
+    Goodbye,
+    /// It was silent for longer than [`Config::peer_timeout`](crate::Config::peer_timeout).
+    Expired,
+    /// The transport reported it gone ([`Input::PeerLost`]).
+    Lost,
+}
+
+/// Something the application should know. Events are past-tense facts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A unary call finished. Wake its caller with the outcome; the id is then free.
+    Response {
+        /// The call.
+        id: RequestId,
+        /// The response body, or why the call failed.
+        outcome: Result<Bytes, CallError>,
+    },
+    /// A stream item arrived, in order. Queue it for the reader; when the reader has taken
+    /// items, report that with [`consumed`](crate::Endpoint::consumed) so more credit flows.
+    Item {
+        /// The call the item belongs to (outgoing: server stream or session; incoming: session).
+        call: CallRef,
+        /// The item.
+        body: Bytes,
+    },
+    /// A server stream or session this endpoint called has ended (after all its items).
+    StreamEnded {
+        /// The call.
+        id: RequestId,
+        /// `Ok` for a clean end, or why it failed.
+        outcome: Result<(), CallError>,
+    },
+    /// A stream that was [`Blocked`](crate::CommandError::Blocked) has credit again.
+    Writable {
+        /// The call whose sending side can continue.
+        call: CallRef,
+    },
+    /// A peer called a service this endpoint serves. Run the handler and answer with
+    /// [`respond`](crate::Endpoint::respond) (unary) or
+    /// [`send_item`](crate::Endpoint::send_item) and [`finish`](crate::Endpoint::finish)
+    /// (streams), before `deadline`.
+    RequestReceived {
+        /// The call, as this endpoint names it.
+        id: IncomingId,
+        /// The caller.
+        from: PeerId,
+        /// The method called (`service.method`).
+        method: String,
+        /// The request body.
+        body: Bytes,
+        /// When the caller gives up.
+        deadline: Instant,
+        /// The shape of the call.
+        mode: CallMode,
+    },
+    /// The caller of a session finished sending items (a clean end of its half).
+    InputFinished {
+        /// The call.
+        id: IncomingId,
+    },
+    /// A call this endpoint was serving is gone; stop its handler. Any answer is now refused
+    /// with [`UnknownCall`](crate::CommandError::UnknownCall).
+    IncomingCancelled {
+        /// The call.
+        id: IncomingId,
+        /// Why.
+        reason: CancelReason,
+    },
+    /// An event arrived on a topic matching one or more local subscriptions.
+    Published {
+        /// The publisher.
+        from: PeerId,
+        /// The topic.
+        topic: Topic,
+        /// The event body.
+        body: Bytes,
+        /// The local subscriptions it matches.
+        subscriptions: Vec<SubscriptionId>,
+        /// How many events from this publisher to this endpoint were lost before this one.
+        missed: u64,
+    },
+    /// A new peer joined the bus (or was heard from for the first time).
+    PeerJoined {
+        /// The peer.
+        peer: PeerId,
+        /// Its name.
+        name: String,
+        /// Its process id.
+        pid: u32,
+    },
+    /// A peer's services or subscriptions changed.
+    PeerChanged {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A peer left the directory; its calls and streams have already failed with
+    /// [`CallError::PeerLost`].
+    PeerLeft {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: LeaveReason,
+    },
+}

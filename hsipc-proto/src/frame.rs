@@ -1,0 +1,374 @@
+//! The wire format: one fixed 32-byte header, then a name (method or topic), then the payload.
+//!
+//! This is the only module that parses bytes. Every length is checked against the buffer before
+//! it is used, so [`Frame::decode`] returns a typed [`FrameError`] for any input and never panics
+//! (a property test and the `hsipc-proto/fuzz` target hold it to that).
+//!
+//! ```text
+//! offset size field
+//!      0    1 magic       0xB5
+//!      1    1 version     VERSION (a peer with another version is rejected, not misread)
+//!      2    1 kind        FrameKind
+//!      3    1 flags       Flags bits
+//!      4    4 aux         Request: time budget in ms; error frames: ErrorCode
+//!      8    8 id          call id, in the caller's id space (see Flags::TO_CALLER)
+//!     16    8 seq         stream item sequence, item count at end, credit, publish sequence,
+//!                         announce generation, or a Request's initial credit window
+//!     24    2 name_len    bytes of UTF-8 name following the header
+//!     26    2 reserved    zero
+//!     28    4 payload_len bytes of payload following the name
+//!     32      name, then payload; nothing may follow
+//! ```
+//! All integers are little-endian.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::FrameError;
+
+/// First byte of every frame.
+pub const MAGIC: u8 = 0xB5;
+/// The wire version this crate speaks.
+pub const VERSION: u8 = 1;
+/// Size of the fixed header in bytes.
+pub const HEADER_LEN: usize = 32;
+/// Longest name (method or topic) a frame can carry.
+pub const MAX_NAME_LEN: usize = u16::MAX as usize;
+
+/// What a frame is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// Caller to server: start a call (unary, server stream or session).
+    Request = 1,
+    /// Server to caller: the successful result of a unary call.
+    Response = 2,
+    /// Server to caller: the call failed (`aux` = error code, payload = UTF-8 message).
+    ErrorResponse = 3,
+    /// A sequenced stream item, in either direction.
+    StreamItem = 4,
+    /// The end of one direction of a stream (`seq` = number of items sent).
+    StreamEnd = 5,
+    /// Caller to server: the caller gave up on the call.
+    Cancel = 6,
+    /// Receiver to sender: permission to send `seq` more items.
+    Credit = 7,
+    /// An event on a topic (`seq` = per publisher and subscriber sequence).
+    Publish = 8,
+    /// Peer directory: who I am, what I serve, what I subscribe to. Also the heartbeat.
+    Announce = 9,
+    /// Peer directory: I am leaving.
+    Goodbye = 10,
+    /// Liveness probe; answered with [`FrameKind::Pong`] carrying the same id.
+    Ping = 11,
+    /// Answer to [`FrameKind::Ping`].
+    Pong = 12,
+}
+
+impl FrameKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Request,
+            2 => Self::Response,
+            3 => Self::ErrorResponse,
+            4 => Self::StreamItem,
+            5 => Self::StreamEnd,
+            6 => Self::Cancel,
+            7 => Self::Credit,
+            8 => Self::Publish,
+            9 => Self::Announce,
+            10 => Self::Goodbye,
+            11 => Self::Ping,
+            12 => Self::Pong,
+            _ => return None,
+        })
+    }
+}
+
+/// Flag bits of the header.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Flags(pub u8);
+
+impl Flags {
+    /// The frame travels from the server back to the caller, so `id` names one of the
+    /// receiver's own outgoing calls (stream items, stream end and credit go both ways).
+    pub const TO_CALLER: u8 = 0x01;
+    /// Request: the server answers with a stream of items.
+    pub const STREAM: u8 = 0x02;
+    /// Request: a bidirectional session (items and credit flow both ways).
+    pub const SESSION: u8 = 0x04;
+    /// StreamEnd: the stream failed (`aux` = error code, payload = message).
+    pub const ERROR: u8 = 0x08;
+    /// Announce: the sender is new and asks every peer to answer with its own announce.
+    pub const PROBE: u8 = 0x10;
+
+    /// Whether every bit of `bit` is set.
+    pub fn has(self, bit: u8) -> bool {
+        self.0 & bit == bit
+    }
+}
+
+/// One decoded frame. `name` and `payload` share the received buffer (no copy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// What the frame is for.
+    pub kind: FrameKind,
+    /// Flag bits.
+    pub flags: Flags,
+    /// Kind-specific 32-bit field (time budget, error code).
+    pub aux: u32,
+    /// Call id in the caller's id space, or a ping nonce.
+    pub id: u64,
+    /// Kind-specific 64-bit field (sequence, count, credit, generation).
+    pub seq: u64,
+    /// Method or topic; valid UTF-8 (checked by [`Frame::decode`]).
+    name: Bytes,
+    /// Opaque body (CBOR for application values).
+    pub payload: Bytes,
+}
+
+impl Frame {
+    /// A frame with an empty name and payload.
+    pub fn new(kind: FrameKind, flags: u8, id: u64, seq: u64) -> Self {
+        Frame {
+            kind,
+            flags: Flags(flags),
+            aux: 0,
+            id,
+            seq,
+            name: Bytes::new(),
+            payload: Bytes::new(),
+        }
+    }
+
+    /// Sets the name (method or topic).
+    pub fn with_name(mut self, name: &str) -> Self {
+        self.name = Bytes::copy_from_slice(name.as_bytes());
+        self
+    }
+
+    /// Sets the payload.
+    pub fn with_payload(mut self, payload: Bytes) -> Self {
+        self.payload = payload;
+        self
+    }
+
+    /// Sets the `aux` field.
+    pub fn with_aux(mut self, aux: u32) -> Self {
+        self.aux = aux;
+        self
+    }
+
+    /// The name (method or topic).
+    pub fn name(&self) -> &str {
+        // Checked in `decode` and guaranteed by `with_name`; the fallback is unreachable.
+        std::str::from_utf8(&self.name).unwrap_or_default()
+    }
+
+    /// Total encoded length.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN + self.name.len() + self.payload.len()
+    }
+
+    /// Encodes the frame; fails if it would be longer than `max_len` or the name is too long.
+    pub fn encode(&self, max_len: usize) -> Result<Bytes, FrameError> {
+        encode_parts(
+            self.kind,
+            self.flags.0,
+            self.aux,
+            self.id,
+            self.seq,
+            &self.name,
+            &self.payload,
+            max_len,
+        )
+    }
+
+    /// Parses one frame. Never panics; any malformed input gives a [`FrameError`].
+    pub fn decode(buf: Bytes, max_len: usize) -> Result<Frame, FrameError> {
+        let len = buf.len();
+        if len > max_len {
+            return Err(FrameError::TooLarge { len, max: max_len });
+        }
+        if len < HEADER_LEN {
+            return Err(FrameError::Truncated { len });
+        }
+        let h = &buf[..HEADER_LEN];
+        if h[0] != MAGIC {
+            return Err(FrameError::BadMagic(h[0]));
+        }
+        if h[1] != VERSION {
+            return Err(FrameError::UnsupportedVersion {
+                theirs: h[1],
+                ours: VERSION,
+            });
+        }
+        let kind = FrameKind::from_u8(h[2]).ok_or(FrameError::UnknownKind(h[2]))?;
+        let flags = Flags(h[3]);
+        let aux = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        let id = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
+        let seq = u64::from_le_bytes([h[16], h[17], h[18], h[19], h[20], h[21], h[22], h[23]]);
+        let name_len = u16::from_le_bytes([h[24], h[25]]) as usize;
+        let payload_len = u32::from_le_bytes([h[28], h[29], h[30], h[31]]) as usize;
+        let declared = HEADER_LEN as u64 + name_len as u64 + payload_len as u64;
+        if declared != len as u64 {
+            return Err(FrameError::LengthMismatch {
+                declared,
+                actual: len,
+            });
+        }
+        let name_end = HEADER_LEN + name_len;
+        let name = buf.slice(HEADER_LEN..name_end);
+        if std::str::from_utf8(&name).is_err() {
+            return Err(FrameError::NameNotUtf8);
+        }
+        let payload = buf.slice(name_end..);
+        Ok(Frame {
+            kind,
+            flags,
+            aux,
+            id,
+            seq,
+            name,
+            payload,
+        })
+    }
+}
+
+/// Encodes a frame straight from its parts (the hot path: no intermediate [`Frame`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_parts(
+    kind: FrameKind,
+    flags: u8,
+    aux: u32,
+    id: u64,
+    seq: u64,
+    name: &[u8],
+    payload: &[u8],
+    max_len: usize,
+) -> Result<Bytes, FrameError> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(FrameError::NameTooLong { len: name.len() });
+    }
+    let len = HEADER_LEN + name.len() + payload.len();
+    if len > max_len || payload.len() > u32::MAX as usize {
+        return Err(FrameError::TooLarge { len, max: max_len });
+    }
+    let mut b = BytesMut::with_capacity(len);
+    b.put_u8(MAGIC);
+    b.put_u8(VERSION);
+    b.put_u8(kind as u8);
+    b.put_u8(flags);
+    b.put_u32_le(aux);
+    b.put_u64_le(id);
+    b.put_u64_le(seq);
+    b.put_u16_le(name.len() as u16);
+    b.put_u16_le(0);
+    b.put_u32_le(payload.len() as u32);
+    b.put_slice(name);
+    b.put_slice(payload);
+    Ok(b.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const MAX: usize = 1 << 20;
+
+    fn kind_strategy() -> impl Strategy<Value = FrameKind> {
+        (1u8..=12).prop_map(|k| FrameKind::from_u8(k).expect("1..=12 are kinds"))
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_round_trip(
+            kind in kind_strategy(),
+            flags: u8, aux: u32, id: u64, seq: u64,
+            name in "\\PC{0,40}",
+            payload in proptest::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            let f = Frame::new(kind, flags, id, seq).with_aux(aux).with_name(&name)
+                .with_payload(Bytes::from(payload));
+            let bytes = f.encode(MAX).unwrap();
+            prop_assert_eq!(bytes.len(), f.encoded_len());
+            let back = Frame::decode(bytes, MAX).unwrap();
+            prop_assert_eq!(back, f);
+        }
+
+        #[test]
+        fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Frame::decode(Bytes::from(bytes), MAX);
+        }
+
+        #[test]
+        fn decoding_mutated_frames_never_panics(
+            idx in 0usize..64, val: u8, cut in 0usize..64,
+        ) {
+            let f = Frame::new(FrameKind::Publish, 0, 7, 9).with_name("a/b").with_payload(Bytes::from_static(b"hello world"));
+            let mut v = f.encode(MAX).unwrap().to_vec();
+            let i = idx % v.len();
+            v[i] = val;
+            v.truncate(v.len().saturating_sub(cut % 8));
+            let _ = Frame::decode(Bytes::from(v), MAX);
+        }
+    }
+
+    #[test]
+    fn rejects_each_malformation_with_its_own_error() {
+        let good = Frame::new(FrameKind::Request, 0, 1, 2)
+            .with_name("svc.m")
+            .encode(MAX)
+            .unwrap();
+        let with = |i: usize, v: u8| {
+            let mut b = good.to_vec();
+            b[i] = v;
+            Frame::decode(Bytes::from(b), MAX)
+        };
+        assert_eq!(
+            Frame::decode(Bytes::from_static(b"abc"), MAX),
+            Err(FrameError::Truncated { len: 3 })
+        );
+        assert_eq!(with(0, 0), Err(FrameError::BadMagic(0)));
+        assert_eq!(
+            with(1, 9),
+            Err(FrameError::UnsupportedVersion {
+                theirs: 9,
+                ours: VERSION
+            })
+        );
+        assert_eq!(with(2, 99), Err(FrameError::UnknownKind(99)));
+        assert!(matches!(
+            with(24, 200),
+            Err(FrameError::LengthMismatch { .. })
+        ));
+        assert_eq!(with(HEADER_LEN, 0xFF), Err(FrameError::NameNotUtf8));
+        let mut long = good.to_vec();
+        long.push(0);
+        assert!(matches!(
+            Frame::decode(Bytes::from(long), MAX),
+            Err(FrameError::LengthMismatch { .. })
+        ));
+        assert_eq!(
+            Frame::decode(good.clone(), 10),
+            Err(FrameError::TooLarge {
+                len: good.len(),
+                max: 10
+            })
+        );
+    }
+
+    #[test]
+    fn encode_enforces_the_maximum() {
+        let f = Frame::new(FrameKind::Publish, 0, 0, 0).with_payload(Bytes::from(vec![0u8; 100]));
+        assert_eq!(
+            f.encode(HEADER_LEN + 99),
+            Err(FrameError::TooLarge {
+                len: HEADER_LEN + 100,
+                max: HEADER_LEN + 99
+            })
+        );
+        assert!(f.encode(HEADER_LEN + 100).is_ok());
+    }
+}

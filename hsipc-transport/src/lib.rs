@@ -1,0 +1,1 @@
+//! hsipc's transports and the engine shared by every adapter (work in progress).

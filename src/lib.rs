@@ -1,0 +1,2 @@
+//! hsipc: typed inter-process services, streams and publish/subscribe on one machine.
+pub use proto;
