@@ -162,10 +162,6 @@ impl Directory {
         self.peers.values()
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.peers.len()
-    }
-
     /// Removes a peer's services and patterns from the indexes; returns whether it was known.
     fn unindex(&mut self, id: PeerId) -> bool {
         let Some(old) = self.peers.get(&id) else {
@@ -183,10 +179,5 @@ impl Directory {
             self.topics.remove(f, &id);
         }
         true
-    }
-
-    #[cfg(test)]
-    pub(crate) fn index_sizes(&self) -> (usize, usize) {
-        (self.providers.len(), self.topics.len())
     }
 }

@@ -1,0 +1,117 @@
+//! The one error type of hsipc's public API, shared by every adapter.
+
+use proto::{CallError, CommandError, RemoteError, TopicError, codec::CodecError};
+
+use crate::transport::TransportError;
+
+/// What went wrong, with variants a caller can act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No answer before the deadline.
+    #[error("call timed out; the server may be slow or stuck, or the timeout too short")]
+    Timeout,
+    /// The call or stream was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// Nobody on the bus serves the service.
+    #[error(
+        "no peer on the bus serves `{service}`; start the server, or wait for it with wait_for_service"
+    )]
+    NoSuchService {
+        /// The service (method name up to its last `.`).
+        service: String,
+    },
+    /// The server serves the service but has no such method.
+    #[error("the server has no method `{method}`; check the method name and the server's version")]
+    NoSuchMethod {
+        /// The method called.
+        method: String,
+    },
+    /// The handler returned an error.
+    #[error("remote error: {0}")]
+    Remote(RemoteError),
+    /// A value could not be encoded or decoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The peer serving the call left or died.
+    #[error("the peer serving the call left or died; retry once another provider is up")]
+    PeerLost,
+    /// The transport failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A payload is over the configured maximum.
+    #[error(
+        "payload of {len} bytes is too large (maximum {max} bytes); stream it in pieces, or raise max_message_len on every hub"
+    )]
+    PayloadTooLarge {
+        /// Encoded length.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// A topic or pattern is malformed.
+    #[error(transparent)]
+    InvalidTopic(#[from] TopicError),
+    /// A method or service name is malformed.
+    #[error("invalid name `{name}`: {reason}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A stream item was lost in transit.
+    #[error("stream item lost in transit (expected item {expected}, got {got})")]
+    ItemLost {
+        /// Sequence expected.
+        expected: u64,
+        /// Sequence received.
+        got: u64,
+    },
+    /// The hub is at a limit (calls in flight, queued work).
+    #[error("hub overloaded: {0}")]
+    Overloaded(String),
+    /// The peer broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The hub is closed.
+    #[error("the hub is closed")]
+    Closed,
+}
+
+impl From<CallError> for Error {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::TimedOut => Error::Timeout,
+            CallError::PeerLost => Error::PeerLost,
+            CallError::Cancelled => Error::Cancelled,
+            CallError::NoSuchService(service) => Error::NoSuchService { service },
+            CallError::NoSuchMethod(method) => Error::NoSuchMethod { method },
+            CallError::Remote(r) => Error::Remote(r),
+            CallError::ItemLost { expected, got } => Error::ItemLost { expected, got },
+            CallError::Closed => Error::Closed,
+            other => Error::Protocol(other.to_string()),
+        }
+    }
+}
+
+impl From<CommandError> for Error {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::NoSuchService { service } => Error::NoSuchService { service },
+            CommandError::UnknownPeer(p) => {
+                Error::Overloaded(format!("peer {p} is not on the bus"))
+            }
+            CommandError::PayloadTooLarge { len, max } => Error::PayloadTooLarge { len, max },
+            CommandError::InvalidName { name, reason } => Error::InvalidName { name, reason },
+            CommandError::InvalidTopic(t) => Error::InvalidTopic(t),
+            CommandError::UnknownCall | CommandError::StreamFinished => Error::Cancelled,
+            CommandError::Closed => Error::Closed,
+            other => Error::Overloaded(other.to_string()),
+        }
+    }
+}
+
+/// A `Result` with hsipc's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

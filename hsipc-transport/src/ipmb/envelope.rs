@@ -1,0 +1,119 @@
+//! How a frame is wrapped in an ipmb message.
+//!
+//! The message is an `ipmb::BytesMessage` whose `format` is [`FORMAT`] and whose data is:
+//!
+//! ```text
+//! offset size
+//!      0    8 sender's hsipc peer id (little-endian)
+//!      8    1 0 = the frame follows inline, 1 = the frame is in the attached memory region
+//!      9    8 (region only) the frame's length in the region
+//!      9      (inline only) the frame
+//! ```
+
+use bytes::Bytes;
+use proto::PeerId;
+
+use super::Msg;
+use crate::transport::TransportError;
+
+/// `BytesMessage::format` of hsipc messages; others on the bus are ignored.
+pub(super) const FORMAT: u16 = 0x4853;
+/// Frames up to this size travel inline; ipmb hangs on messages over about 131 040 bytes, so
+/// this leaves room for ipmb's own header and selector.
+pub const INLINE_MAX: usize = 120 * 1024;
+
+const INLINE: u8 = 0;
+const REGION: u8 = 1;
+
+/// Wraps `frame` from `from` in a message for `selector`.
+pub(super) fn wrap(
+    selector: ipmb::Selector,
+    from: PeerId,
+    frame: &[u8],
+) -> Result<ipmb::Message<Msg>, TransportError> {
+    let mut data = Vec::with_capacity(17 + frame.len().min(INLINE_MAX));
+    data.extend_from_slice(&from.0.to_le_bytes());
+    if frame.len() <= INLINE_MAX {
+        data.push(INLINE);
+        data.extend_from_slice(frame);
+        return Ok(ipmb::Message::new(
+            selector,
+            Msg {
+                format: FORMAT,
+                data,
+            },
+        ));
+    }
+    data.push(REGION);
+    data.extend_from_slice(&(frame.len() as u64).to_le_bytes());
+    let mut region = ipmb::MemoryRegion::new(frame.len()).ok_or_else(|| TransportError::Io {
+        what: "creating a shared-memory region for a large message",
+        source: std::io::Error::last_os_error(),
+    })?;
+    let buf = region
+        .map(..)
+        .map_err(|e| TransportError::Bus(format!("mapping a shared-memory region: {e}")))?;
+    buf[..frame.len()].copy_from_slice(frame);
+    let mut msg = ipmb::Message::new(
+        selector,
+        Msg {
+            format: FORMAT,
+            data,
+        },
+    );
+    msg.memory_regions.push(region);
+    Ok(msg)
+}
+
+/// Why a received message was not an hsipc frame.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Unwrap {
+    Foreign,
+    Malformed(&'static str),
+}
+
+/// Takes the frame out of a received message. The message's fds are closed when it drops.
+pub(super) fn unwrap(
+    mut msg: ipmb::Message<Msg>,
+    max_len: usize,
+) -> Result<(PeerId, Bytes), Unwrap> {
+    if msg.payload.format != FORMAT {
+        return Err(Unwrap::Foreign);
+    }
+    let data = &msg.payload.data;
+    if data.len() < 9 {
+        return Err(Unwrap::Malformed("message shorter than the envelope"));
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&data[..8]);
+    let from = PeerId(u64::from_le_bytes(id));
+    match data[8] {
+        INLINE => Ok((from, Bytes::copy_from_slice(&data[9..]))),
+        REGION => {
+            if data.len() != 17 {
+                return Err(Unwrap::Malformed("region envelope has the wrong length"));
+            }
+            let mut len = [0u8; 8];
+            len.copy_from_slice(&data[9..17]);
+            let len = u64::from_le_bytes(len);
+            if len > max_len as u64 {
+                return Err(Unwrap::Malformed(
+                    "region frame over the maximum message length",
+                ));
+            }
+            let len = len as usize;
+            let Some(region) = msg.memory_regions.first_mut() else {
+                return Err(Unwrap::Malformed("region envelope without a region"));
+            };
+            if region.buffer_size() < len as u64 {
+                return Err(Unwrap::Malformed("region smaller than the frame"));
+            }
+            let buf = region
+                .map(..len)
+                .map_err(|_| Unwrap::Malformed("region cannot be mapped"))?;
+            // Copy out: the region stays writable by the sender, so never parse it in place.
+            Ok((from, Bytes::copy_from_slice(buf)))
+        }
+        _ => Err(Unwrap::Malformed("unknown envelope kind")),
+    }
+}

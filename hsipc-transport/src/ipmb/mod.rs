@@ -1,0 +1,285 @@
+//! The ipmb transport: hubs in different processes on one machine, over an ipmb bus.
+//!
+//! ipmb 0.8.5 is used unmodified from crates.io, and this module absorbs its measured defects
+//! (see `shared/ipmb-on-linux.md`; `tests/ipmb_facts.rs` reproduces each one):
+//!
+//! - **A message between two non-controller endpoints without an fd is dropped** (and the
+//!   receiver evicted). Every message we send therefore carries one: an inline frame carries a
+//!   duplicate of a private eventfd, a large frame carries its shared-memory region.
+//! - **A message over ~131 040 bytes makes `send` loop forever** and leaks fds in the
+//!   controller. Frames up to [`INLINE_MAX`] travel inline; larger ones go in a
+//!   `MemoryRegion` (one copy in, one copy out), up to [`IpmbConfig::max_message_len`]; above
+//!   that the send is refused with [`TransportError::TooLarge`] before ipmb sees it.
+//! - **`recv` cannot be woken, and a `send` can wait for a blocked `recv`.** The reader thread
+//!   calls `recv` with a short timeout, so it never holds ipmb's lock for long, notices
+//!   shutdown promptly, and never ends on a timeout. Our own goodbye (a multicast that also
+//!   reaches us) wakes it at once on close.
+//! - **One slow reader stalls the whole bus.** The reader only moves frames into the engine's
+//!   bounded mailbox and never waits for the engine: when the mailbox is full, frames are
+//!   dropped and counted, never left in the socket.
+//! - **Nothing reports a peer's death, and `send` is Ok for messages nobody receives.** The
+//!   protocol has heartbeats and deadlines, and the engine watches peer processes (pidfds).
+//! - **ipmb's sockets are not close-on-exec**, so a child process would inherit them and, if
+//!   this process is the bus controller, keep the bus wedged after it dies. The reader marks
+//!   every socket and anonymous-inode fd of the process close-on-exec after joining and then
+//!   once a second (ipmb's controller accepts new connections at any time).
+//! - **ipmb panics on some errors** (`unreachable!`, poisoned locks). Calls into it are wrapped
+//!   in `catch_unwind`; a panic turns into a transport error, not a crashed process.
+//!
+//! Hub names are made unique per bus with an abstract Unix socket bound for the hub's lifetime:
+//! the kernel refuses a second bind at once and frees the name when the process dies.
+
+mod cloexec;
+mod envelope;
+mod name_lock;
+mod reader;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proto::PeerId;
+
+use crate::mailbox::Inbox;
+use crate::transport::{Connect, Transport, TransportError};
+
+pub use envelope::INLINE_MAX;
+
+/// The ipmb message type hsipc sends: opaque bytes.
+type Msg = ipmb::BytesMessage;
+
+/// The label every hsipc endpoint carries, for broadcasts.
+const ALL_LABEL: &str = "hsipc";
+
+/// Settings of the ipmb transport.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct IpmbConfig {
+    /// The bus name: hubs on different buses never see each other. 1 to 64 characters from
+    /// `A-Z a-z 0-9 . _ -`.
+    pub bus: String,
+    /// The largest frame sent or accepted (frames above [`INLINE_MAX`] travel in shared memory).
+    /// Default 32 MiB.
+    pub max_message_len: usize,
+    /// How long `recv` waits before the reader checks for shutdown. Default 100 ms.
+    pub recv_timeout: Duration,
+    /// How long joining the bus may take. Default 5 s.
+    pub join_timeout: Duration,
+}
+
+impl IpmbConfig {
+    /// Defaults for bus `bus`.
+    pub fn new(bus: impl Into<String>) -> Self {
+        IpmbConfig {
+            bus: bus.into(),
+            max_message_len: 32 << 20,
+            recv_timeout: Duration::from_millis(100),
+            join_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Connects hubs to an ipmb bus.
+#[derive(Clone, Debug)]
+pub struct IpmbBus {
+    config: IpmbConfig,
+}
+
+impl IpmbBus {
+    /// A connector for the bus described by `config`.
+    pub fn new(config: IpmbConfig) -> Self {
+        IpmbBus { config }
+    }
+
+    /// A connector, boxed for [`Engine::start`](crate::Engine::start).
+    pub fn connector(self) -> Box<dyn Connect> {
+        Box::new(self)
+    }
+}
+
+/// The ipmb label of a peer.
+fn peer_label(p: PeerId) -> String {
+    format!("p{p}")
+}
+
+fn validate_bus(bus: &str) -> Result<(), TransportError> {
+    let ok = !bus.is_empty()
+        && bus.len() <= 64
+        && bus
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(TransportError::InvalidName {
+            name: bus.into(),
+            reason: "a bus name is 1 to 64 of A-Z a-z 0-9 . _ -",
+        })
+    }
+}
+
+fn validate_hub(name: &str) -> Result<(), TransportError> {
+    if name.is_empty() || name.len() > 255 || name.chars().any(|c| c.is_control()) {
+        return Err(TransportError::InvalidName {
+            name: name.into(),
+            reason: "a hub name is 1 to 255 bytes without control characters",
+        });
+    }
+    Ok(())
+}
+
+impl Connect for IpmbBus {
+    fn connect(
+        self: Box<Self>,
+        local: PeerId,
+        name: &str,
+        inbox: Inbox,
+    ) -> Result<Box<dyn Transport>, TransportError> {
+        let cfg = self.config;
+        validate_bus(&cfg.bus)?;
+        validate_hub(name)?;
+        let lock = name_lock::NameLock::acquire(&cfg.bus, name)?;
+        let options = ipmb::Options::new(
+            format!("hsipc.{}", cfg.bus),
+            ipmb::label!(ALL_LABEL, peer_label(local)),
+            "",
+        );
+        let before = cloexec::open_fds();
+        let joined = catch_unwind(|| ipmb::join::<Msg, Msg>(options, Some(cfg.join_timeout)));
+        let (sender, receiver) = match joined {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                return Err(TransportError::Join {
+                    bus: cfg.bus,
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(TransportError::Join {
+                    bus: cfg.bus,
+                    reason: "ipmb panicked while joining".into(),
+                });
+            }
+        };
+        cloexec::mark_new(&before);
+        // SAFETY: eventfd takes an initial value and flags and returns a new fd or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(TransportError::Io {
+                what: "creating the eventfd attached to messages",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: a fresh fd owned by nothing else.
+        let carrier = unsafe { OwnedFd::from_raw_fd(fd) };
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = reader::spawn(
+            receiver,
+            local,
+            inbox,
+            cfg.max_message_len,
+            cfg.recv_timeout,
+            stop.clone(),
+        )?;
+        Ok(Box::new(IpmbTransport {
+            sender,
+            local,
+            carrier,
+            max_message_len: cfg.max_message_len,
+            stop,
+            reader: Some(reader),
+            _lock: lock,
+            broken: false,
+        }))
+    }
+}
+
+/// One hub's end of an ipmb bus.
+pub struct IpmbTransport {
+    sender: ipmb::EndpointSender<Msg>,
+    local: PeerId,
+    carrier: OwnedFd,
+    max_message_len: usize,
+    stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+    _lock: name_lock::NameLock,
+    broken: bool,
+}
+
+impl std::fmt::Debug for IpmbTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpmbTransport")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IpmbTransport {
+    fn send_to(&mut self, selector: ipmb::Selector, frame: &Bytes) -> Result<(), TransportError> {
+        if self.broken || self.stop.load(Ordering::Relaxed) {
+            return Err(TransportError::Closed);
+        }
+        if frame.len() > self.max_message_len {
+            return Err(TransportError::TooLarge {
+                len: frame.len(),
+                max: self.max_message_len,
+            });
+        }
+        let mut msg = envelope::wrap(selector, self.local, frame)?;
+        if msg.memory_regions.is_empty() {
+            // SAFETY: fcntl duplicates a valid fd we own; the result is a new fd or -1.
+            let dup = unsafe { libc::fcntl(self.carrier.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+            if dup < 0 {
+                return Err(TransportError::Io {
+                    what: "duplicating the carrier fd",
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            // SAFETY: `dup` is a new fd; ipmb's Object takes ownership and closes it.
+            msg.objects.push(unsafe { ipmb::Object::from_raw(dup) });
+        }
+        match catch_unwind(AssertUnwindSafe(|| self.sender.send(msg))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(TransportError::Bus(e.to_string())),
+            Err(_) => {
+                tracing::error!("ipmb panicked in send; this hub can no longer send");
+                self.broken = true;
+                Err(TransportError::Bus("ipmb panicked in send".into()))
+            }
+        }
+    }
+}
+
+impl Transport for IpmbTransport {
+    fn send(&mut self, to: PeerId, frame: &Bytes) -> Result<(), TransportError> {
+        self.send_to(ipmb::Selector::unicast(peer_label(to)), frame)
+    }
+
+    fn broadcast(&mut self, frame: &Bytes) -> Result<(), TransportError> {
+        self.send_to(ipmb::Selector::multicast(ALL_LABEL), frame)
+    }
+
+    fn max_frame_len(&self) -> usize {
+        self.max_message_len
+    }
+
+    fn close(&mut self) {
+        if self.stop.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if let Some(reader) = self.reader.take() {
+            // The reader wakes within one recv timeout (at once if our goodbye reached it).
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for IpmbTransport {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

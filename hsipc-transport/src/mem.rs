@@ -1,0 +1,128 @@
+//! An in-memory transport: hubs in one process exchange frames through a shared registry.
+//!
+//! For tests (fast, deterministic delivery order) and for services inside one process.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use proto::PeerId;
+
+use crate::mailbox::Inbox;
+use crate::transport::{Connect, Transport, TransportError};
+
+/// A bus in memory. Clone it to give every hub the same bus.
+#[derive(Clone, Debug, Default)]
+pub struct MemBus {
+    inner: Arc<Mutex<Registry>>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    peers: HashMap<PeerId, (String, Inbox)>,
+}
+
+impl MemBus {
+    /// A new, empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A connector that joins this bus.
+    pub fn connector(&self) -> Box<dyn Connect> {
+        Box::new(self.clone())
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Connect for MemBus {
+    fn connect(
+        self: Box<Self>,
+        local: PeerId,
+        name: &str,
+        inbox: Inbox,
+    ) -> Result<Box<dyn Transport>, TransportError> {
+        let mut reg = self.registry();
+        if reg.peers.values().any(|(n, _)| n == name) {
+            return Err(TransportError::NameTaken {
+                bus: "memory".into(),
+                name: name.into(),
+            });
+        }
+        reg.peers.insert(local, (name.to_string(), inbox));
+        drop(reg);
+        Ok(Box::new(MemTransport {
+            bus: *self,
+            local,
+            closed: false,
+        }))
+    }
+}
+
+/// One hub's end of a [`MemBus`].
+#[derive(Debug)]
+pub struct MemTransport {
+    bus: MemBus,
+    local: PeerId,
+    closed: bool,
+}
+
+impl Transport for MemTransport {
+    fn send(&mut self, to: PeerId, frame: &Bytes) -> Result<(), TransportError> {
+        if self.closed {
+            return Err(TransportError::Closed);
+        }
+        let inbox = self.bus.registry().peers.get(&to).map(|(_, i)| i.clone());
+        if let Some(inbox) = inbox {
+            inbox.deliver(self.local, frame.clone());
+        }
+        Ok(())
+    }
+
+    fn broadcast(&mut self, frame: &Bytes) -> Result<(), TransportError> {
+        if self.closed {
+            return Err(TransportError::Closed);
+        }
+        let inboxes: Vec<Inbox> = self
+            .bus
+            .registry()
+            .peers
+            .iter()
+            .filter(|(p, _)| **p != self.local)
+            .map(|(_, (_, i))| i.clone())
+            .collect();
+        for inbox in inboxes {
+            inbox.deliver(self.local, frame.clone());
+        }
+        Ok(())
+    }
+
+    fn max_frame_len(&self) -> usize {
+        usize::MAX
+    }
+
+    fn close(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            let inboxes: Vec<Inbox> = {
+                let mut reg = self.bus.registry();
+                reg.peers.remove(&self.local);
+                reg.peers.values().map(|(_, i)| i.clone()).collect()
+            };
+            // In one process a hub's end is certain: tell the others at once.
+            for inbox in inboxes {
+                inbox.peer_lost(self.local);
+            }
+        }
+    }
+}
+
+impl Drop for MemTransport {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,94 @@
+//! The `Transport` trait: how frames move between peers, addressed by hsipc peer id.
+
+use std::fmt;
+
+use bytes::Bytes;
+use proto::PeerId;
+
+use crate::mailbox::Inbox;
+
+/// A transport failed to move a frame.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The frame is larger than this transport carries.
+    #[error(
+        "message of {len} bytes is over the transport's maximum of {max} bytes; raise max_message_len on every hub, or stream the data in pieces"
+    )]
+    TooLarge {
+        /// Frame length.
+        len: usize,
+        /// The transport's maximum.
+        max: usize,
+    },
+    /// Joining the bus failed.
+    #[error("cannot join bus `{bus}`: {reason}")]
+    Join {
+        /// The bus name.
+        bus: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Another hub on this bus already uses this name.
+    #[error(
+        "a hub named `{name}` is already on bus `{bus}`; pick another name, or stop the other process"
+    )]
+    NameTaken {
+        /// The bus name.
+        bus: String,
+        /// The hub name.
+        name: String,
+    },
+    /// The bus or hub name cannot be used.
+    #[error("invalid name `{name}`: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The transport was closed.
+    #[error("the transport is closed")]
+    Closed,
+    /// The underlying bus failed.
+    #[error("bus error: {0}")]
+    Bus(String),
+    /// An operating-system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Moves frames to peers. Received frames are pushed into the [`Inbox`] given at connect time.
+///
+/// Peers are named by hsipc [`PeerId`], never by a bus-specific address, so a transport can
+/// route a frame over the bus, over a direct peer-to-peer link it set up, or over a network,
+/// without the engine or the adapters knowing. Implementations must deliver frames from one
+/// peer to another in the order they were sent (or drop them): the protocol detects losses
+/// but treats a reorder as a loss.
+pub trait Transport: Send + fmt::Debug + 'static {
+    /// Sends one frame to one peer. `Ok` means "handed over", not "delivered".
+    fn send(&mut self, to: PeerId, frame: &Bytes) -> Result<(), TransportError>;
+    /// Sends one frame to every other peer.
+    fn broadcast(&mut self, frame: &Bytes) -> Result<(), TransportError>;
+    /// The largest frame this transport carries.
+    fn max_frame_len(&self) -> usize;
+    /// Stops receiving and releases the bus. Idempotent.
+    fn close(&mut self);
+}
+
+/// Opens a [`Transport`] for one hub.
+pub trait Connect: Send + fmt::Debug + 'static {
+    /// Joins as peer `local` named `name`, delivering received frames into `inbox`.
+    fn connect(
+        self: Box<Self>,
+        local: PeerId,
+        name: &str,
+        inbox: Inbox,
+    ) -> Result<Box<dyn Transport>, TransportError>;
+}
