@@ -1198,7 +1198,7 @@ impl Endpoint {
         };
         self.subscriptions.remove(&filter, &id);
         let key = filter.as_str();
-        let gone = match self.patterns.get_mut(key) {
+        match self.patterns.get_mut(key) {
             Some(n) if *n > 1 => {
                 *n -= 1;
                 false
@@ -1208,8 +1208,7 @@ impl Endpoint {
                 true
             }
             None => false,
-        };
-        gone
+        }
     }
 
     fn disarm(&mut self, id: RequestId, deadline: Option<Instant>) {

@@ -122,10 +122,6 @@ impl Bus {
         self.nodes[i].alive = false;
     }
 
-    pub(crate) fn advance(&mut self, d: Duration) {
-        self.now += d;
-    }
-
     /// Drains every node and routes the outputs. Returns whether anything was produced.
     fn drain(&mut self) -> bool {
         let mut any = false;
@@ -259,29 +255,6 @@ impl Bus {
         }
         self.now = self.now.max(limit);
         self.settle();
-    }
-
-    /// Runs until `pred` holds for node `i`'s events, or panics after `max` of virtual time.
-    pub(crate) fn run_until(
-        &mut self,
-        max: Duration,
-        mut pred: impl FnMut(&[(Instant, Event)]) -> bool,
-    ) {
-        let limit = self.now + max;
-        loop {
-            self.drain();
-            if self.nodes.iter().any(|n| pred(&n.events)) {
-                return;
-            }
-            if !self.step(limit) {
-                self.drain();
-                assert!(
-                    self.nodes.iter().any(|n| pred(&n.events)),
-                    "condition not met within {max:?}"
-                );
-                return;
-            }
-        }
     }
 
     /// Takes node `i`'s events so far.

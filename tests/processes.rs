@@ -1,0 +1,856 @@
+//! Real processes talking over the real ipmb bus, through the blocking hub.
+//!
+//! Each test runs on a bus of its own (so tests run in parallel) and starts its peers as child
+//! processes (see `common`). Bounds on time are generous and only ever "well before": the
+//! issue's numbers (2 s for a killed peer, 100 ms for a missing service, 1 s for a closed hub)
+//! are asserted as upper bounds, never as exact durations.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Peer, command, env, env_or, kind, report, unique_bus};
+use hsipc::Error;
+use hsipc::blocking::{ProcessHub, StreamSink};
+
+const LONG: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// Child roles
+
+/// Entry point of child processes; does nothing in the parent.
+#[test]
+fn child_entry() {
+    let Some(role) = common::role() else { return };
+    common::watch_parent(Duration::from_secs(120));
+    match role.as_str() {
+        "bystander" => bystander(),
+        "server" => server(),
+        "client" => client(&env("HSIPC_SCRIPT")),
+        "subscriber" => subscriber(),
+        "publisher" => publisher(),
+        "exit_after_ready" => exit_after_ready(),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+fn hub() -> ProcessHub {
+    let name = env("HSIPC_NAME");
+    let mut b = ProcessHub::builder(&name)
+        .default_timeout(Duration::from_secs(env_or("HSIPC_TIMEOUT_S", 30)));
+    if let Ok(ms) = std::env::var("HSIPC_HEARTBEAT_MS") {
+        let ms: u64 = ms.parse().unwrap();
+        b = b.heartbeat(Duration::from_millis(ms), Duration::from_millis(ms * 6));
+    }
+    if let Ok(n) = std::env::var("HSIPC_MAX_MESSAGE") {
+        b = b.max_message_len(n.parse().unwrap());
+    }
+    b.build().unwrap_or_else(|e| {
+        report(format!("JOIN_FAILED {}", e));
+        std::process::exit(0);
+    })
+}
+
+/// Joins and idles until told to quit.
+fn bystander() {
+    let hub = hub();
+    report("READY");
+    wait_quit(&hub);
+}
+
+fn wait_quit(hub: &ProcessHub) {
+    while let Some(cmd) = command() {
+        match cmd.as_str() {
+            "quit" => break,
+            "exit_now" => std::process::exit(0), // no goodbye: like a crash, but clean exit
+            _ => {}
+        }
+    }
+    hub.close();
+    report("BYE");
+}
+
+/// Serves the `calc` service.
+fn server() {
+    let hub = hub();
+    let name = hub.name().to_string();
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let c = counts.clone();
+    hub.serve("calc.add", move |(a, b): (i64, i64)| {
+        c[0].fetch_add(1, Ordering::Relaxed);
+        Ok::<_, String>(a + b)
+    })
+    .unwrap();
+    hub.serve("calc.div", |(a, b): (i64, i64)| {
+        if b == 0 {
+            Err("division by zero")
+        } else {
+            Ok(a / b)
+        }
+    })
+    .unwrap();
+    hub.serve("calc.echo", |b: Bytes| Ok::<_, String>(b))
+        .unwrap();
+    let c = counts.clone();
+    hub.serve("calc.slow", move |ms: u64| {
+        c[1].fetch_add(1, Ordering::Relaxed);
+        c[2].fetch_add(1, Ordering::Relaxed);
+        report("SLOW_STARTED");
+        std::thread::sleep(Duration::from_millis(ms));
+        c[2].fetch_sub(1, Ordering::Relaxed);
+        Ok::<_, String>(ms)
+    })
+    .unwrap();
+    let c = counts.clone();
+    hub.serve("calc.stats", move |()| {
+        Ok::<_, String>((
+            c[0].load(Ordering::Relaxed),
+            c[1].load(Ordering::Relaxed),
+            c[2].load(Ordering::Relaxed),
+        ))
+    })
+    .unwrap();
+    hub.serve("calc.whoami", move |()| Ok::<_, String>(name.clone()))
+        .unwrap();
+    hub.serve_stream(
+        "calc.count",
+        |(n, size): (u64, usize), sink: &StreamSink<(u64, Bytes)>| {
+            let pad = Bytes::from(vec![7u8; size]);
+            for i in 0..n {
+                sink.send(&(i, pad.clone()))?;
+            }
+            Ok::<_, Error>(())
+        },
+    )
+    .unwrap();
+    report("READY");
+    wait_quit(&hub);
+}
+
+/// Subscribes to `HSIPC_PATTERN` and reports every event; a slow one sleeps per event.
+fn subscriber() {
+    let hub = hub();
+    let sub = hub.subscribe::<String>(&env("HSIPC_PATTERN")).unwrap();
+    let delay = Duration::from_millis(env_or("HSIPC_DELAY_MS", 0));
+    if std::env::var("HSIPC_FAST_PATTERN").is_ok() {
+        // A second, fast subscription in the same process, and a service to call meanwhile.
+        let fast = hub.subscribe::<String>(&env("HSIPC_FAST_PATTERN")).unwrap();
+        std::thread::spawn(move || {
+            for ev in fast {
+                report(format!("FAST {}", ev.unwrap().payload));
+            }
+        });
+        hub.serve("sub.ping", |()| Ok::<_, String>("pong".to_string()))
+            .unwrap();
+    }
+    let reader = std::thread::spawn(move || {
+        for ev in sub {
+            let ev = ev.unwrap();
+            std::thread::sleep(delay);
+            report(format!("EV {} {} {}", ev.topic, ev.payload, ev.missed));
+        }
+    });
+    report("READY");
+    wait_quit(&hub);
+    let _ = reader.join();
+}
+
+/// Publishes each `topic=payload` of `HSIPC_EVENTS` (comma separated) once `HSIPC_WAIT_SUBS`
+/// subscribers are known, then a final `end` on `HSIPC_END_TOPIC`.
+fn publisher() {
+    let hub = hub();
+    report("READY");
+    let want: usize = env_or("HSIPC_WAIT_SUBS", 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hub
+        .peers()
+        .unwrap()
+        .iter()
+        .filter(|p| !p.patterns.is_empty())
+        .count()
+        < want
+    {
+        assert!(Instant::now() < deadline, "subscribers never appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for pair in env("HSIPC_EVENTS").split(',') {
+        let (topic, payload) = pair.split_once('=').unwrap();
+        hub.publish(topic, payload).unwrap();
+    }
+    report("PUBLISHED");
+    wait_quit(&hub);
+}
+
+/// Creates a hub that serves and subscribes, reports READY, and returns from "main".
+fn exit_after_ready() {
+    let hub = hub();
+    hub.serve("quick.x", |()| Ok::<_, String>(())).unwrap();
+    let _sub = hub.subscribe::<u8>("a/#").unwrap();
+    report("READY");
+}
+
+/// Client scripts: one per test.
+fn client(script: &str) {
+    let hub = hub();
+    report("READY");
+    let result = match script {
+        "calls" => script_calls(&hub),
+        "payloads" => script_payloads(&hub),
+        "concurrent" => script_concurrent(&hub),
+        "slow_stream" => script_slow_stream(&hub),
+        "killed_server" => script_killed_server(&hub),
+        "errors" => script_errors(&hub),
+        "client_first" => script_client_first(&hub),
+        "idle" => script_idle(&hub),
+        "slow_handler" => script_slow_handler(&hub),
+        "failover" => script_failover(&hub),
+        "watch_leave" => script_watch_leave(&hub),
+        "isolated" => script_isolated(&hub),
+        "ping" => script_ping(&hub),
+        other => panic!("unknown script {other}"),
+    };
+    report(format!("RESULT {result}"));
+    wait_quit(&hub);
+}
+
+fn script_calls(hub: &ProcessHub) -> String {
+    hub.wait_for_service("calc", LONG).unwrap();
+    let n: i64 = env_or("HSIPC_N", 10_000);
+    let mut ok = 0;
+    for i in 0..n {
+        if hub.call::<_, i64>("calc.add", &(i, 2 * i)).unwrap() == 3 * i {
+            ok += 1;
+        }
+    }
+    format!("ok={ok}")
+}
+
+fn script_payloads(hub: &ProcessHub) -> String {
+    hub.wait_for_service("calc", LONG).unwrap();
+    let mut out = Vec::new();
+    for size in [0usize, 64, 100 << 10, 1 << 20, 16 << 20] {
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let back: Bytes = hub.call("calc.echo", &Bytes::from(data.clone())).unwrap();
+        out.push(format!(
+            "{size}:{}",
+            if back == data { "intact" } else { "corrupt" }
+        ));
+    }
+    let max: usize = env_or("HSIPC_MAX_MESSAGE", 32 << 20);
+    let too_big = Bytes::from(vec![0u8; max + 1]);
+    let e = hub.call::<_, Bytes>("calc.echo", &too_big).unwrap_err();
+    out.push(format!("over:{}", kind(&e)));
+    let after: i64 = hub.call("calc.add", &(1, 1)).unwrap();
+    out.push(format!("after:{after}"));
+    out.join(" ")
+}
+
+fn script_concurrent(hub: &ProcessHub) -> String {
+    hub.wait_for_service("calc", LONG).unwrap();
+    let threads: Vec<_> = (0..8i64)
+        .map(|t| {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                (0..25i64)
+                    .filter(|i| hub.call::<_, i64>("calc.add", &(t, *i)).unwrap() == t + i)
+                    .count()
+            })
+        })
+        .collect();
+    let ok: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    format!("ok={ok}")
+}
+
+fn script_slow_stream(hub: &ProcessHub) -> String {
+    hub.wait_for_service("calc", LONG).unwrap();
+    let n = 100_000u64;
+    let mut expected = 0;
+    for item in hub
+        .call_stream::<_, (u64, Bytes)>("calc.count", &(n, 1024usize))
+        .unwrap()
+    {
+        let (i, pad) = item.unwrap();
+        assert_eq!((i, pad.len()), (expected, 1024));
+        expected += 1;
+        if i % 200 == 0 {
+            std::thread::sleep(Duration::from_millis(2)); // a slow reader
+        }
+        if i == n / 2 {
+            report("HALFWAY");
+        }
+    }
+    format!("items={expected}")
+}
+
+fn script_killed_server(hub: &ProcessHub) -> String {
+    hub.wait_for_service("calc", LONG).unwrap();
+    report("CALLING");
+    let e = hub
+        .call_timeout::<_, u64>("calc.slow", &60_000u64, Duration::from_secs(30))
+        .unwrap_err();
+    report(format!("FAILED {}", kind(&e)));
+    hub.wait_for_service("calc", LONG).unwrap();
+    let sum: i64 = hub.call("calc.add", &(20, 22)).unwrap();
+    format!("after_restart={sum}")
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, u128) {
+    let t = Instant::now();
+    let r = f();
+    (r, t.elapsed().as_micros())
+}
+
+fn script_errors(hub: &ProcessHub) -> String {
+    hub.wait_for_service("calc", LONG).unwrap();
+    let (e1, t1) = timed(|| hub.call::<_, i64>("nosuch.method", &()).unwrap_err());
+    let (e2, t2) = timed(|| hub.call::<_, i64>("calc.nope", &()).unwrap_err());
+    let e3 = hub.call::<_, i64>("calc.div", &(1, 0)).unwrap_err();
+    let msg = match &e3 {
+        Error::Remote(r) => r.message.replace(' ', "_"),
+        _ => String::new(),
+    };
+    let (e4, t4) = timed(|| {
+        hub.call_timeout::<_, u64>("calc.slow", &3000u64, Duration::from_millis(300))
+            .unwrap_err()
+    });
+    format!(
+        "{}:{t1} {}:{t2} {}:{msg} {}:{t4}",
+        kind(&e1),
+        kind(&e2),
+        kind(&e3),
+        kind(&e4)
+    )
+}
+
+fn script_client_first(hub: &ProcessHub) -> String {
+    let (e, t) = timed(|| hub.call::<_, i64>("calc.add", &(1, 2)).unwrap_err());
+    report(format!("EARLY {}:{t}", kind(&e)));
+    hub.wait_for_service("calc", LONG).unwrap();
+    report("SERVICE_UP");
+    let sum: i64 = hub.call("calc.add", &(1, 2)).unwrap();
+    format!("sum={sum}")
+}
+
+fn script_idle(hub: &ProcessHub) -> String {
+    hub.wait_for_service("calc", LONG).unwrap();
+    let before: i64 = hub.call("calc.add", &(1, 1)).unwrap();
+    // Idle well past ipmb's receive timeout and the peer timeout (6 heartbeats).
+    let idle = Duration::from_millis(env_or("HSIPC_IDLE_MS", 2000));
+    std::thread::sleep(idle);
+    let after: i64 = hub.call("calc.add", &(2, 2)).unwrap();
+    let peers = hub.peers().unwrap().len();
+    format!("before={before} after={after} peers={peers}")
+}
+
+fn script_slow_handler(hub: &ProcessHub) -> String {
+    hub.wait_for_service("calc", LONG).unwrap();
+    let h = hub.clone();
+    let slow = std::thread::spawn(move || h.call::<_, u64>("calc.slow", &2000u64).unwrap());
+    // Wait until the slow handler is running, then time a fast call.
+    let deadline = Instant::now() + LONG;
+    while hub.call::<_, (u64, u64, u64)>("calc.stats", &()).unwrap().2 == 0 {
+        assert!(Instant::now() < deadline);
+    }
+    let (sum, fast_us) = timed(|| hub.call::<_, i64>("calc.add", &(5, 5)).unwrap());
+    let still_running = hub.call::<_, (u64, u64, u64)>("calc.stats", &()).unwrap().2;
+    slow.join().unwrap();
+    for i in 0..20 {
+        hub.call::<_, i64>("calc.add", &(i, i)).unwrap();
+    }
+    let (adds, slows, _) = hub.call::<_, (u64, u64, u64)>("calc.stats", &()).unwrap();
+    format!("sum={sum} fast_us={fast_us} slow_running={still_running} adds={adds} slows={slows}")
+}
+
+fn script_failover(hub: &ProcessHub) -> String {
+    hub.wait_for_service("calc", LONG).unwrap();
+    let deadline = Instant::now() + LONG;
+    while hub
+        .peers()
+        .unwrap()
+        .iter()
+        .filter(|p| p.services.iter().any(|s| s == "calc"))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut names: Vec<String> = (0..4)
+        .map(|_| hub.call("calc.whoami", &()).unwrap())
+        .collect();
+    names.sort();
+    names.dedup();
+    report(format!("BOTH {}", names.join(",")));
+    let _ = command(); // the parent killed one provider
+    let t = Instant::now();
+    while hub
+        .peers()
+        .unwrap()
+        .iter()
+        .filter(|p| p.services.iter().any(|s| s == "calc"))
+        .count()
+        > 1
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the killed provider was never dropped"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let gone_ms = t.elapsed().as_millis();
+    let next: String = hub.call("calc.whoami", &()).unwrap();
+    format!("next={next} gone_ms={gone_ms}")
+}
+
+fn script_watch_leave(hub: &ProcessHub) -> String {
+    hub.wait_for_service("calc", LONG).unwrap();
+    report("WATCHING");
+    let t = Instant::now();
+    while hub
+        .peers()
+        .unwrap()
+        .iter()
+        .any(|p| p.services.iter().any(|s| s == "calc"))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "service never disappeared"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let gone_ms = t.elapsed().as_millis();
+    let e = hub.call::<_, i64>("calc.add", &(1, 1)).unwrap_err();
+    format!("gone_ms={gone_ms} then={}", kind(&e))
+}
+
+fn script_ping(hub: &ProcessHub) -> String {
+    hub.wait_for_service("sub", LONG).unwrap();
+    let (reply, us) = timed(|| hub.call::<_, String>("sub.ping", &()).unwrap());
+    format!("reply={reply} ping_us={us}")
+}
+
+fn script_isolated(hub: &ProcessHub) -> String {
+    let sub = hub.subscribe::<String>("#").unwrap();
+    report("SUBSCRIBED");
+    let _ = command(); // the other bus has published and served by now
+    let peers = hub.peers().unwrap().len();
+    let e = hub.call::<_, i64>("calc.add", &(1, 1)).unwrap_err();
+    let got = sub.recv_timeout(Duration::from_millis(500)).is_ok();
+    format!("peers={peers} call={} event={got}", kind(&e))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+fn field<'a>(result: &'a str, key: &str) -> &'a str {
+    result
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no `{key}` in `{result}`"))
+}
+
+#[test]
+fn ten_thousand_calls_between_three_processes() {
+    // A bystander joins first, so neither client nor server is the bus controller: every frame
+    // between them is a client-to-client forward (the path where ipmb drops fd-less messages).
+    let bus = unique_bus("calls");
+    let _bystander = Peer::ready("bystander", &bus, "bystander", &[]);
+    let _server = Peer::ready("server", &bus, "server", &[]);
+    let mut client = Peer::ready(
+        "client",
+        &bus,
+        "client",
+        &[("HSIPC_SCRIPT", "calls"), ("HSIPC_N", "10000")],
+    );
+    let r = client.expect("RESULT", Duration::from_secs(120));
+    assert_eq!(field(&r, "ok"), "10000");
+}
+
+#[test]
+fn payloads_of_every_size_round_trip_intact() {
+    let bus = unique_bus("payloads");
+    let _bystander = Peer::ready("bystander", &bus, "bystander", &[]);
+    let _server = Peer::ready("server", &bus, "server", &[]);
+    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "payloads")]);
+    let r = client.expect("RESULT", Duration::from_secs(60));
+    assert_eq!(
+        r,
+        "0:intact 64:intact 102400:intact 1048576:intact 16777216:intact over:too_large after:2"
+    );
+}
+
+#[test]
+fn two_hundred_calls_from_eight_threads() {
+    let bus = unique_bus("concurrent");
+    let _server = Peer::ready("server", &bus, "server", &[]);
+    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "concurrent")]);
+    assert_eq!(field(&client.expect("RESULT", LONG), "ok"), "200");
+}
+
+#[test]
+fn a_slow_reader_keeps_both_processes_memory_bounded() {
+    let bus = unique_bus("slowstream");
+    let _bystander = Peer::ready("bystander", &bus, "bystander", &[]);
+    let server = Peer::ready("server", &bus, "server", &[]);
+    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "slow_stream")]);
+    let base = (server.rss_kib(), client.rss_kib());
+    let mut peak = base;
+    // 100 000 items of 1 KiB: about 100 MiB would pile up somewhere without flow control.
+    let result = loop {
+        if let Some(line) = client.try_line(Duration::from_millis(20)) {
+            if let Some(r) = line.strip_prefix("RESULT") {
+                break r.trim().to_string();
+            }
+        }
+        peak = (peak.0.max(server.rss_kib()), peak.1.max(client.rss_kib()));
+    };
+    assert_eq!(field(&result, "items"), "100000");
+    let growth = (peak.0.saturating_sub(base.0), peak.1.saturating_sub(base.1));
+    eprintln!(
+        "rss growth during the stream (KiB): server {}, client {}",
+        growth.0, growth.1
+    );
+    assert!(
+        growth.0 < 32 * 1024 && growth.1 < 32 * 1024,
+        "memory grew by {growth:?} KiB"
+    );
+}
+
+#[test]
+fn wildcard_subscribers_in_other_processes_get_exactly_their_events() {
+    let bus = unique_bus("pubsub");
+    let mut plus = Peer::ready("subscriber", &bus, "plus", &[("HSIPC_PATTERN", "sensor/+")]);
+    let mut hash = Peer::ready("subscriber", &bus, "hash", &[("HSIPC_PATTERN", "sensor/#")]);
+    let events =
+        "sensor/temp=a,sensor/room1/temp=b,sensor=c,other/x=d,sensor/hum=e,$SYS/x=f,sensor/end=end";
+    let mut publisher = Peer::ready(
+        "publisher",
+        &bus,
+        "pub",
+        &[("HSIPC_WAIT_SUBS", "2"), ("HSIPC_EVENTS", events)],
+    );
+    publisher.expect("PUBLISHED", LONG);
+    let collect = |p: &mut Peer| {
+        let mut got = Vec::new();
+        loop {
+            let line = p.expect("EV", LONG);
+            let done = line.starts_with("sensor/end ");
+            got.push(line);
+            if done {
+                break got;
+            }
+        }
+    };
+    assert_eq!(
+        collect(&mut plus),
+        ["sensor/temp a 0", "sensor/hum e 0", "sensor/end end 0"]
+    );
+    assert_eq!(
+        collect(&mut hash),
+        [
+            "sensor/temp a 0",
+            "sensor/room1/temp b 0",
+            "sensor c 0",
+            "sensor/hum e 0",
+            "sensor/end end 0"
+        ]
+    );
+    // Nothing else arrives (the marker was last, and ipmb keeps order per sender).
+    assert!(plus.try_line(Duration::from_millis(200)).is_none());
+}
+
+#[test]
+fn a_killed_server_fails_the_call_fast_and_a_restarted_one_is_reachable() {
+    let bus = unique_bus("killed");
+    let _bystander = Peer::ready("bystander", &bus, "bystander", &[]);
+    let mut server = Peer::ready("server", &bus, "server", &[]);
+    let mut client = Peer::ready(
+        "client",
+        &bus,
+        "client",
+        &[("HSIPC_SCRIPT", "killed_server")],
+    );
+    client.expect("CALLING", LONG);
+    // Kill it while the handler is running (it would sleep for a minute).
+    server.expect("SLOW_STARTED", LONG);
+    let killed = Instant::now();
+    server.kill();
+    let failed = client.expect("FAILED", Duration::from_secs(10));
+    let after = killed.elapsed();
+    assert!(failed == "peer_lost" || failed == "timeout", "{failed}");
+    assert!(
+        after < Duration::from_secs(2),
+        "the caller learned of the death after {after:?}"
+    );
+    let _restarted = Peer::ready("server", &bus, "server", &[]);
+    assert_eq!(field(&client.expect("RESULT", LONG), "after_restart"), "42");
+}
+
+#[test]
+fn each_failure_has_its_own_error_and_missing_ones_fail_fast() {
+    let bus = unique_bus("errors");
+    let _server = Peer::ready("server", &bus, "server", &[]);
+    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "errors")]);
+    let r = client.expect("RESULT", LONG);
+    let parts: Vec<(&str, &str)> = r
+        .split_whitespace()
+        .map(|p| p.split_once(':').unwrap())
+        .collect();
+    assert_eq!(parts[0].0, "no_such_service");
+    assert_eq!(parts[1].0, "no_such_method");
+    assert_eq!(parts[2], ("remote", "division_by_zero"));
+    assert_eq!(parts[3].0, "timeout");
+    for (what, us) in &parts[..2] {
+        let us: u128 = us.parse().unwrap();
+        assert!(us < 100_000, "{what} took {us} µs");
+    }
+    let timeout_us: u128 = parts[3].1.parse().unwrap();
+    assert!(
+        (300_000..2_000_000).contains(&timeout_us),
+        "timeout after {timeout_us} µs"
+    );
+}
+
+fn start_order(first: &str) {
+    let bus = unique_bus(&format!("order-{first}"));
+    let mut peers = Vec::new();
+    let client_env = [("HSIPC_SCRIPT", "client_first")];
+    match first {
+        "client" => {
+            let mut client = Peer::ready("client", &bus, "client", &client_env);
+            let early = client.expect("EARLY", LONG);
+            let (k, us) = early.split_once(':').unwrap();
+            assert_eq!(k, "no_such_service");
+            assert!(
+                us.parse::<u128>().unwrap() < 100_000,
+                "an early call took {us} µs to fail"
+            );
+            let up = Instant::now();
+            peers.push(Peer::ready("server", &bus, "server", &[]));
+            client.expect("SERVICE_UP", LONG);
+            let waited = up.elapsed();
+            assert!(
+                waited < Duration::from_secs(5),
+                "wait_for_service returned {waited:?} after the server started"
+            );
+            assert_eq!(field(&client.expect("RESULT", LONG), "sum"), "3");
+        }
+        "server" | "bystander" => {
+            peers.push(Peer::ready(first, &bus, first, &[]));
+            if first == "bystander" {
+                peers.push(Peer::ready("server", &bus, "server", &[]));
+            }
+            let mut client = Peer::ready("client", &bus, "client", &client_env);
+            assert_eq!(field(&client.expect("RESULT", LONG), "sum"), "3");
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn start_order_client_first() {
+    start_order("client");
+}
+
+#[test]
+fn start_order_server_first() {
+    start_order("server");
+}
+
+#[test]
+fn start_order_bystander_first() {
+    start_order("bystander");
+}
+
+#[test]
+fn an_idle_hub_still_serves_and_calls() {
+    let bus = unique_bus("idle");
+    // Heartbeat every 100 ms, peer timeout 600 ms; ipmb's receive timeout is 100 ms. The
+    // client idles 2 s, past all of them.
+    let hb = [("HSIPC_HEARTBEAT_MS", "100")];
+    let _server = Peer::ready("server", &bus, "server", &hb);
+    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "idle"), hb[0]]);
+    let r = client.expect("RESULT", LONG);
+    assert_eq!(
+        (field(&r, "before"), field(&r, "after"), field(&r, "peers")),
+        ("2", "4", "2")
+    );
+}
+
+#[test]
+fn a_slow_handler_does_not_delay_a_fast_call_and_handlers_run_once() {
+    let bus = unique_bus("slowhandler");
+    let _server = Peer::ready("server", &bus, "server", &[]);
+    let mut client = Peer::ready(
+        "client",
+        &bus,
+        "client",
+        &[("HSIPC_SCRIPT", "slow_handler")],
+    );
+    let r = client.expect("RESULT", LONG);
+    assert_eq!(field(&r, "sum"), "10");
+    assert_eq!(
+        field(&r, "slow_running"),
+        "1",
+        "the fast call finished while the slow handler ran"
+    );
+    let fast: u128 = field(&r, "fast_us").parse().unwrap();
+    assert!(fast < 1_000_000, "the fast call took {fast} µs");
+    assert_eq!(field(&r, "adds"), "21");
+    assert_eq!(field(&r, "slows"), "1");
+}
+
+#[test]
+fn a_slow_subscriber_does_not_delay_replies_or_other_subscribers() {
+    let bus = unique_bus("slowsub");
+    let mut sub = Peer::ready(
+        "subscriber",
+        &bus,
+        "sub",
+        &[
+            ("HSIPC_PATTERN", "t/#"),
+            ("HSIPC_DELAY_MS", "300"),
+            ("HSIPC_FAST_PATTERN", "t/+"),
+        ],
+    );
+    let events: Vec<String> = (0..10).map(|i| format!("t/x={i}")).collect();
+    let mut publisher = Peer::ready(
+        "publisher",
+        &bus,
+        "pub",
+        &[
+            ("HSIPC_WAIT_SUBS", "1"),
+            ("HSIPC_EVENTS", &events.join(",")),
+        ],
+    );
+    publisher.expect("PUBLISHED", LONG);
+    let start = Instant::now();
+    // The fast subscription sees all ten while the slow one is still on its first or second.
+    let mut fast = 0;
+    let mut slow_seen = 0;
+    while fast < 10 {
+        let line = sub.line(Duration::from_secs(10));
+        if line.starts_with("FAST") {
+            fast += 1;
+        } else if line.starts_with("EV") {
+            slow_seen += 1;
+        }
+    }
+    let fast_all = start.elapsed();
+    assert!(
+        slow_seen <= 2,
+        "the fast subscriber waited for the slow one ({slow_seen} slow events first)"
+    );
+    assert!(
+        fast_all < Duration::from_secs(2),
+        "fast subscriber took {fast_all:?}"
+    );
+    // Replies from the same process are not delayed by the slow reader either: it is still
+    // on its first events (10 × 300 ms) while a call to that process is answered.
+    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "ping")]);
+    let r = client.expect("RESULT", LONG);
+    let ping: u128 = field(&r, "ping_us").parse().unwrap();
+    assert_eq!(field(&r, "reply"), "pong");
+    assert!(
+        ping < 1_000_000,
+        "a call to the slow subscriber's process took {ping} µs"
+    );
+    let slow_done = (0..10)
+        .filter_map(|_| sub.try_line(Duration::from_millis(1)))
+        .count();
+    assert!(
+        slow_seen + slow_done < 10,
+        "the slow subscriber had already finished: the call was not concurrent"
+    );
+}
+
+#[test]
+fn when_one_of_two_providers_dies_the_next_call_reaches_the_other() {
+    let bus = unique_bus("failover");
+    let _bystander = Peer::ready("bystander", &bus, "bystander", &[]);
+    let mut p1 = Peer::ready("server", &bus, "p1", &[]);
+    let _p2 = Peer::ready("server", &bus, "p2", &[]);
+    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "failover")]);
+    assert_eq!(client.expect("BOTH", LONG), "p1,p2");
+    p1.kill();
+    client.send("killed");
+    let r = client.expect("RESULT", LONG);
+    assert_eq!(field(&r, "next"), "p2");
+    let gone: u128 = field(&r, "gone_ms").parse().unwrap();
+    assert!(gone < 2000, "the dead provider was listed for {gone} ms");
+}
+
+fn service_disappears(how: &str) {
+    let bus = unique_bus(&format!("leave-{how}"));
+    let _bystander = Peer::ready("bystander", &bus, "bystander", &[]);
+    let mut server = Peer::ready("server", &bus, "server", &[]);
+    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "watch_leave")]);
+    client.expect("WATCHING", LONG);
+    server.send(how);
+    let r = client.expect("RESULT", LONG);
+    let gone: u128 = field(&r, "gone_ms").parse().unwrap();
+    assert!(
+        gone < 1000,
+        "the service was still listed {gone} ms after the server left ({how})"
+    );
+    assert_eq!(field(&r, "then"), "no_such_service");
+}
+
+#[test]
+fn a_closed_hub_disappears_within_a_second() {
+    service_disappears("quit");
+}
+
+#[test]
+fn an_exited_process_disappears_within_a_second() {
+    service_disappears("exit_now");
+}
+
+#[test]
+fn a_program_that_returns_from_main_exits_promptly() {
+    let bus = unique_bus("exit");
+    let _bystander = Peer::ready("bystander", &bus, "bystander", &[]);
+    let mut p = Peer::ready("exit_after_ready", &bus, "quick", &[]);
+    let took = p
+        .wait_exit(Duration::from_secs(10))
+        .expect("the process never exited");
+    assert!(took < Duration::from_secs(1), "exit took {took:?}");
+}
+
+#[test]
+fn different_buses_never_see_each_other() {
+    let bus_a = unique_bus("iso-a");
+    let bus_b = unique_bus("iso-b");
+    let _server = Peer::ready("server", &bus_a, "server", &[]);
+    let mut other = Peer::ready("client", &bus_b, "client", &[("HSIPC_SCRIPT", "isolated")]);
+    other.expect("SUBSCRIBED", LONG);
+    let mut publisher = Peer::ready(
+        "publisher",
+        &bus_a,
+        "pub",
+        &[("HSIPC_WAIT_SUBS", "0"), ("HSIPC_EVENTS", "x/y=hello")],
+    );
+    publisher.expect("PUBLISHED", LONG);
+    other.send("go");
+    assert_eq!(
+        other.expect("RESULT", LONG),
+        "peers=1 call=no_such_service event=false"
+    );
+}
+
+#[test]
+fn a_second_hub_with_a_taken_name_fails_clearly() {
+    let bus = unique_bus("dupname");
+    let _first = Peer::ready("bystander", &bus, "same", &[]);
+    let mut second = Peer::spawn("bystander", &bus, "same", &[]);
+    let line = second.line(LONG);
+    assert!(
+        line.starts_with("JOIN_FAILED") && line.contains("already on bus"),
+        "{line}"
+    );
+    // The same name on another bus is fine.
+    let _elsewhere = Peer::ready("bystander", &unique_bus("dupname2"), "same", &[]);
+}
