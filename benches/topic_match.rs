@@ -9,9 +9,9 @@ use proto::topic::{Topic, TopicFilter, TopicIndex};
 
 const ROOMS: u32 = 300;
 const KINDS: [&str; 30] = [
-    "temp", "humidity", "co2", "pressure", "light", "noise", "motion", "door", "window", "smoke",
-    "k10", "k11", "k12", "k13", "k14", "k15", "k16", "k17", "k18", "k19", "k20", "k21", "k22",
-    "k23", "k24", "k25", "k26", "k27", "k28", "k29",
+    "temp", "humidity", "co2", "pressure", "light", "noise", "motion", "door", "window", "smoke", "k10", "k11", "k12",
+    "k13", "k14", "k15", "k16", "k17", "k18", "k19", "k20", "k21", "k22", "k23", "k24", "k25", "k26", "k27", "k28",
+    "k29",
 ];
 
 /// 10 000 subscriptions: 9 000 literal `sensor/{room}/{kind}`, 600 `sensor/{room}/+` (two
@@ -31,10 +31,7 @@ fn filters() -> Vec<TopicFilter> {
     }
     filters.extend((0..100).map(|_| "sensor/#".to_owned()));
     assert_eq!(filters.len(), 10_000);
-    filters
-        .into_iter()
-        .map(|f| TopicFilter::new(f).expect("benchmark filters are valid"))
-        .collect()
+    filters.into_iter().map(|f| TopicFilter::new(f).expect("benchmark filters are valid")).collect()
 }
 
 fn index(filters: &[TopicFilter]) -> TopicIndex<u32> {
@@ -52,9 +49,7 @@ fn bench_match(c: &mut Criterion) {
     // 1 literal + 2 `sensor/room42/+` + 1 `+/room42/temp` + 100 `sensor/#`.
     assert_eq!(index.matches(&topic).len(), 104);
 
-    c.bench_function("topic/match_10k", |b| {
-        b.iter(|| index.matches(black_box(&topic)))
-    });
+    c.bench_function("topic/match_10k", |b| b.iter(|| index.matches(black_box(&topic))));
     c.bench_function("topic/for_each_match_10k", |b| {
         b.iter(|| {
             let mut count = 0_u32;
@@ -62,9 +57,7 @@ fn bench_match(c: &mut Criterion) {
             count
         })
     });
-    c.bench_function("topic/any_match_10k", |b| {
-        b.iter(|| index.any_match(black_box(&topic)))
-    });
+    c.bench_function("topic/any_match_10k", |b| b.iter(|| index.any_match(black_box(&topic))));
     // The linear scan the index avoids, for comparison.
     c.bench_function("topic/scan_10k", |b| {
         b.iter(|| {
@@ -75,12 +68,8 @@ fn bench_match(c: &mut Criterion) {
 }
 
 fn bench_parse(c: &mut Criterion) {
-    c.bench_function("topic/parse", |b| {
-        b.iter(|| Topic::new(black_box("sensor/room42/temp")))
-    });
-    c.bench_function("topic/parse_filter", |b| {
-        b.iter(|| TopicFilter::new(black_box("sensor/+/temp/#")))
-    });
+    c.bench_function("topic/parse", |b| b.iter(|| Topic::new(black_box("sensor/room42/temp"))));
+    c.bench_function("topic/parse_filter", |b| b.iter(|| TopicFilter::new(black_box("sensor/+/temp/#"))));
 }
 
 // `criterion_group!` generates an undocumented `pub fn`; a private module keeps it internal.

@@ -39,8 +39,7 @@ fn child_entry() {
 
 fn hub() -> ProcessHub {
     let name = env("HSIPC_NAME");
-    let mut b = ProcessHub::builder(&name)
-        .default_timeout(Duration::from_secs(env_or("HSIPC_TIMEOUT_S", 30)));
+    let mut b = ProcessHub::builder(&name).default_timeout(Duration::from_secs(env_or("HSIPC_TIMEOUT_S", 30)));
     if let Ok(ms) = std::env::var("HSIPC_HEARTBEAT_MS") {
         let ms: u64 = ms.parse().unwrap();
         b = b.heartbeat(Duration::from_millis(ms), Duration::from_millis(ms * 6));
@@ -84,16 +83,8 @@ fn server() {
         Ok::<_, String>(a + b)
     })
     .unwrap();
-    hub.serve("calc.div", |(a, b): (i64, i64)| {
-        if b == 0 {
-            Err("division by zero")
-        } else {
-            Ok(a / b)
-        }
-    })
-    .unwrap();
-    hub.serve("calc.echo", |b: Bytes| Ok::<_, String>(b))
-        .unwrap();
+    hub.serve("calc.div", |(a, b): (i64, i64)| if b == 0 { Err("division by zero") } else { Ok(a / b) }).unwrap();
+    hub.serve("calc.echo", |b: Bytes| Ok::<_, String>(b)).unwrap();
     let c = counts.clone();
     hub.serve("calc.slow", move |ms: u64| {
         c[1].fetch_add(1, Ordering::Relaxed);
@@ -106,25 +97,17 @@ fn server() {
     .unwrap();
     let c = counts.clone();
     hub.serve("calc.stats", move |()| {
-        Ok::<_, String>((
-            c[0].load(Ordering::Relaxed),
-            c[1].load(Ordering::Relaxed),
-            c[2].load(Ordering::Relaxed),
-        ))
+        Ok::<_, String>((c[0].load(Ordering::Relaxed), c[1].load(Ordering::Relaxed), c[2].load(Ordering::Relaxed)))
     })
     .unwrap();
-    hub.serve("calc.whoami", move |()| Ok::<_, String>(name.clone()))
-        .unwrap();
-    hub.serve_stream(
-        "calc.count",
-        |(n, size): (u64, usize), sink: &StreamSink<(u64, Bytes)>| {
-            let pad = Bytes::from(vec![7u8; size]);
-            for i in 0..n {
-                sink.send(&(i, pad.clone()))?;
-            }
-            Ok::<_, Error>(())
-        },
-    )
+    hub.serve("calc.whoami", move |()| Ok::<_, String>(name.clone())).unwrap();
+    hub.serve_stream("calc.count", |(n, size): (u64, usize), sink: &StreamSink<(u64, Bytes)>| {
+        let pad = Bytes::from(vec![7u8; size]);
+        for i in 0..n {
+            sink.send(&(i, pad.clone()))?;
+        }
+        Ok::<_, Error>(())
+    })
     .unwrap();
     report("READY");
     wait_quit(&hub);
@@ -143,8 +126,7 @@ fn subscriber() {
                 report(format!("FAST {}", ev.unwrap().payload));
             }
         });
-        hub.serve("sub.ping", |()| Ok::<_, String>("pong".to_string()))
-            .unwrap();
+        hub.serve("sub.ping", |()| Ok::<_, String>("pong".to_string())).unwrap();
     }
     let reader = std::thread::spawn(move || {
         for ev in sub {
@@ -165,14 +147,7 @@ fn publisher() {
     report("READY");
     let want: usize = env_or("HSIPC_WAIT_SUBS", 0);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while hub
-        .peers()
-        .unwrap()
-        .iter()
-        .filter(|p| !p.patterns.is_empty())
-        .count()
-        < want
-    {
+    while hub.peers().unwrap().iter().filter(|p| !p.patterns.is_empty()).count() < want {
         assert!(Instant::now() < deadline, "subscribers never appeared");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -204,6 +179,7 @@ fn client(script: &str) {
         "killed_server" => script_killed_server(&hub),
         "errors" => script_errors(&hub),
         "client_first" => script_client_first(&hub),
+        "call_at_once" => script_call_at_once(&hub),
         "idle" => script_idle(&hub),
         "slow_handler" => script_slow_handler(&hub),
         "failover" => script_failover(&hub),
@@ -234,10 +210,7 @@ fn script_payloads(hub: &ProcessHub) -> String {
     for size in [0usize, 64, 100 << 10, 1 << 20, 16 << 20] {
         let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
         let back: Bytes = hub.call("calc.echo", &Bytes::from(data.clone())).unwrap();
-        out.push(format!(
-            "{size}:{}",
-            if back == data { "intact" } else { "corrupt" }
-        ));
+        out.push(format!("{size}:{}", if back == data { "intact" } else { "corrupt" }));
     }
     let max: usize = env_or("HSIPC_MAX_MESSAGE", 32 << 20);
     let too_big = Bytes::from(vec![0u8; max + 1]);
@@ -254,9 +227,7 @@ fn script_concurrent(hub: &ProcessHub) -> String {
         .map(|t| {
             let hub = hub.clone();
             std::thread::spawn(move || {
-                (0..25i64)
-                    .filter(|i| hub.call::<_, i64>("calc.add", &(t, *i)).unwrap() == t + i)
-                    .count()
+                (0..25i64).filter(|i| hub.call::<_, i64>("calc.add", &(t, *i)).unwrap() == t + i).count()
             })
         })
         .collect();
@@ -268,10 +239,7 @@ fn script_slow_stream(hub: &ProcessHub) -> String {
     hub.wait_for_service("calc", LONG).unwrap();
     let n = 100_000u64;
     let mut expected = 0;
-    for item in hub
-        .call_stream::<_, (u64, Bytes)>("calc.count", &(n, 1024usize))
-        .unwrap()
-    {
+    for item in hub.call_stream::<_, (u64, Bytes)>("calc.count", &(n, 1024usize)).unwrap() {
         let (i, pad) = item.unwrap();
         assert_eq!((i, pad.len()), (expected, 1024));
         expected += 1;
@@ -288,9 +256,7 @@ fn script_slow_stream(hub: &ProcessHub) -> String {
 fn script_killed_server(hub: &ProcessHub) -> String {
     hub.wait_for_service("calc", LONG).unwrap();
     report("CALLING");
-    let e = hub
-        .call_timeout::<_, u64>("calc.slow", &60_000u64, Duration::from_secs(30))
-        .unwrap_err();
+    let e = hub.call_timeout::<_, u64>("calc.slow", &60_000u64, Duration::from_secs(30)).unwrap_err();
     report(format!("FAILED {}", kind(&e)));
     hub.wait_for_service("calc", LONG).unwrap();
     let sum: i64 = hub.call("calc.add", &(20, 22)).unwrap();
@@ -312,17 +278,8 @@ fn script_errors(hub: &ProcessHub) -> String {
         Error::Remote(r) => r.message.replace(' ', "_"),
         _ => String::new(),
     };
-    let (e4, t4) = timed(|| {
-        hub.call_timeout::<_, u64>("calc.slow", &3000u64, Duration::from_millis(300))
-            .unwrap_err()
-    });
-    format!(
-        "{}:{t1} {}:{t2} {}:{msg} {}:{t4}",
-        kind(&e1),
-        kind(&e2),
-        kind(&e3),
-        kind(&e4)
-    )
+    let (e4, t4) = timed(|| hub.call_timeout::<_, u64>("calc.slow", &3000u64, Duration::from_millis(300)).unwrap_err());
+    format!("{}:{t1} {}:{t2} {}:{msg} {}:{t4}", kind(&e1), kind(&e2), kind(&e3), kind(&e4))
 }
 
 fn script_client_first(hub: &ProcessHub) -> String {
@@ -332,6 +289,15 @@ fn script_client_first(hub: &ProcessHub) -> String {
     report("SERVICE_UP");
     let sum: i64 = hub.call("calc.add", &(1, 2)).unwrap();
     format!("sum={sum}")
+}
+
+/// Calls right after joining, without waiting for the service: discovery makes that work.
+fn script_call_at_once(hub: &ProcessHub) -> String {
+    let (sum, us) = timed(|| hub.call::<_, i64>("calc.add", &(1, 2)));
+    match sum {
+        Ok(sum) => format!("sum={sum} us={us}"),
+        Err(e) => format!("sum={} us={us}", kind(&e)),
+    }
 }
 
 fn script_idle(hub: &ProcessHub) -> String {
@@ -367,37 +333,18 @@ fn script_slow_handler(hub: &ProcessHub) -> String {
 fn script_failover(hub: &ProcessHub) -> String {
     hub.wait_for_service("calc", LONG).unwrap();
     let deadline = Instant::now() + LONG;
-    while hub
-        .peers()
-        .unwrap()
-        .iter()
-        .filter(|p| p.services.iter().any(|s| s == "calc"))
-        .count()
-        < 2
-    {
+    while hub.peers().unwrap().iter().filter(|p| p.services.iter().any(|s| s == "calc")).count() < 2 {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(5));
     }
-    let mut names: Vec<String> = (0..4)
-        .map(|_| hub.call("calc.whoami", &()).unwrap())
-        .collect();
+    let mut names: Vec<String> = (0..4).map(|_| hub.call("calc.whoami", &()).unwrap()).collect();
     names.sort();
     names.dedup();
     report(format!("BOTH {}", names.join(",")));
     let _ = command(); // the parent killed one provider
     let t = Instant::now();
-    while hub
-        .peers()
-        .unwrap()
-        .iter()
-        .filter(|p| p.services.iter().any(|s| s == "calc"))
-        .count()
-        > 1
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "the killed provider was never dropped"
-        );
+    while hub.peers().unwrap().iter().filter(|p| p.services.iter().any(|s| s == "calc")).count() > 1 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the killed provider was never dropped");
         std::thread::sleep(Duration::from_millis(5));
     }
     let gone_ms = t.elapsed().as_millis();
@@ -409,16 +356,8 @@ fn script_watch_leave(hub: &ProcessHub) -> String {
     hub.wait_for_service("calc", LONG).unwrap();
     report("WATCHING");
     let t = Instant::now();
-    while hub
-        .peers()
-        .unwrap()
-        .iter()
-        .any(|p| p.services.iter().any(|s| s == "calc"))
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "service never disappeared"
-        );
+    while hub.peers().unwrap().iter().any(|p| p.services.iter().any(|s| s == "calc")) {
+        assert!(t.elapsed() < Duration::from_secs(10), "service never disappeared");
         std::thread::sleep(Duration::from_millis(2));
     }
     let gone_ms = t.elapsed().as_millis();
@@ -459,12 +398,7 @@ fn ten_thousand_calls_between_three_processes() {
     let bus = unique_bus("calls");
     let _bystander = Peer::ready("bystander", &bus, "bystander", &[]);
     let _server = Peer::ready("server", &bus, "server", &[]);
-    let mut client = Peer::ready(
-        "client",
-        &bus,
-        "client",
-        &[("HSIPC_SCRIPT", "calls"), ("HSIPC_N", "10000")],
-    );
+    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "calls"), ("HSIPC_N", "10000")]);
     let r = client.expect("RESULT", Duration::from_secs(120));
     assert_eq!(field(&r, "ok"), "10000");
 }
@@ -476,10 +410,7 @@ fn payloads_of_every_size_round_trip_intact() {
     let _server = Peer::ready("server", &bus, "server", &[]);
     let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "payloads")]);
     let r = client.expect("RESULT", Duration::from_secs(60));
-    assert_eq!(
-        r,
-        "0:intact 64:intact 102400:intact 1048576:intact 16777216:intact over:too_large after:2"
-    );
+    assert_eq!(r, "0:intact 64:intact 102400:intact 1048576:intact 16777216:intact over:too_large after:2");
 }
 
 #[test]
@@ -509,14 +440,8 @@ fn a_slow_reader_keeps_both_processes_memory_bounded() {
     };
     assert_eq!(field(&result, "items"), "100000");
     let growth = (peak.0.saturating_sub(base.0), peak.1.saturating_sub(base.1));
-    eprintln!(
-        "rss growth during the stream (KiB): server {}, client {}",
-        growth.0, growth.1
-    );
-    assert!(
-        growth.0 < 32 * 1024 && growth.1 < 32 * 1024,
-        "memory grew by {growth:?} KiB"
-    );
+    eprintln!("rss growth during the stream (KiB): server {}, client {}", growth.0, growth.1);
+    assert!(growth.0 < 32 * 1024 && growth.1 < 32 * 1024, "memory grew by {growth:?} KiB");
 }
 
 #[test]
@@ -524,14 +449,8 @@ fn wildcard_subscribers_in_other_processes_get_exactly_their_events() {
     let bus = unique_bus("pubsub");
     let mut plus = Peer::ready("subscriber", &bus, "plus", &[("HSIPC_PATTERN", "sensor/+")]);
     let mut hash = Peer::ready("subscriber", &bus, "hash", &[("HSIPC_PATTERN", "sensor/#")]);
-    let events =
-        "sensor/temp=a,sensor/room1/temp=b,sensor=c,other/x=d,sensor/hum=e,$SYS/x=f,sensor/end=end";
-    let mut publisher = Peer::ready(
-        "publisher",
-        &bus,
-        "pub",
-        &[("HSIPC_WAIT_SUBS", "2"), ("HSIPC_EVENTS", events)],
-    );
+    let events = "sensor/temp=a,sensor/room1/temp=b,sensor=c,other/x=d,sensor/hum=e,$SYS/x=f,sensor/end=end";
+    let mut publisher = Peer::ready("publisher", &bus, "pub", &[("HSIPC_WAIT_SUBS", "2"), ("HSIPC_EVENTS", events)]);
     publisher.expect("PUBLISHED", LONG);
     let collect = |p: &mut Peer| {
         let mut got = Vec::new();
@@ -544,19 +463,10 @@ fn wildcard_subscribers_in_other_processes_get_exactly_their_events() {
             }
         }
     };
-    assert_eq!(
-        collect(&mut plus),
-        ["sensor/temp a 0", "sensor/hum e 0", "sensor/end end 0"]
-    );
+    assert_eq!(collect(&mut plus), ["sensor/temp a 0", "sensor/hum e 0", "sensor/end end 0"]);
     assert_eq!(
         collect(&mut hash),
-        [
-            "sensor/temp a 0",
-            "sensor/room1/temp b 0",
-            "sensor c 0",
-            "sensor/hum e 0",
-            "sensor/end end 0"
-        ]
+        ["sensor/temp a 0", "sensor/room1/temp b 0", "sensor c 0", "sensor/hum e 0", "sensor/end end 0"]
     );
     // Nothing else arrives (the marker was last, and ipmb keeps order per sender).
     assert!(plus.try_line(Duration::from_millis(200)).is_none());
@@ -567,12 +477,7 @@ fn a_killed_server_fails_the_call_fast_and_a_restarted_one_is_reachable() {
     let bus = unique_bus("killed");
     let _bystander = Peer::ready("bystander", &bus, "bystander", &[]);
     let mut server = Peer::ready("server", &bus, "server", &[]);
-    let mut client = Peer::ready(
-        "client",
-        &bus,
-        "client",
-        &[("HSIPC_SCRIPT", "killed_server")],
-    );
+    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "killed_server")]);
     client.expect("CALLING", LONG);
     // Kill it while the handler is running (it would sleep for a minute).
     server.expect("SLOW_STARTED", LONG);
@@ -581,10 +486,7 @@ fn a_killed_server_fails_the_call_fast_and_a_restarted_one_is_reachable() {
     let failed = client.expect("FAILED", Duration::from_secs(10));
     let after = killed.elapsed();
     assert!(failed == "peer_lost" || failed == "timeout", "{failed}");
-    assert!(
-        after < Duration::from_secs(2),
-        "the caller learned of the death after {after:?}"
-    );
+    assert!(after < Duration::from_secs(2), "the caller learned of the death after {after:?}");
     let _restarted = Peer::ready("server", &bus, "server", &[]);
     assert_eq!(field(&client.expect("RESULT", LONG), "after_restart"), "42");
 }
@@ -595,10 +497,7 @@ fn each_failure_has_its_own_error_and_missing_ones_fail_fast() {
     let _server = Peer::ready("server", &bus, "server", &[]);
     let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "errors")]);
     let r = client.expect("RESULT", LONG);
-    let parts: Vec<(&str, &str)> = r
-        .split_whitespace()
-        .map(|p| p.split_once(':').unwrap())
-        .collect();
+    let parts: Vec<(&str, &str)> = r.split_whitespace().map(|p| p.split_once(':').unwrap()).collect();
     assert_eq!(parts[0].0, "no_such_service");
     assert_eq!(parts[1].0, "no_such_method");
     assert_eq!(parts[2], ("remote", "division_by_zero"));
@@ -608,10 +507,7 @@ fn each_failure_has_its_own_error_and_missing_ones_fail_fast() {
         assert!(us < 100_000, "{what} took {us} µs");
     }
     let timeout_us: u128 = parts[3].1.parse().unwrap();
-    assert!(
-        (300_000..2_000_000).contains(&timeout_us),
-        "timeout after {timeout_us} µs"
-    );
+    assert!((300_000..2_000_000).contains(&timeout_us), "timeout after {timeout_us} µs");
 }
 
 fn start_order(first: &str) {
@@ -624,18 +520,12 @@ fn start_order(first: &str) {
             let early = client.expect("EARLY", LONG);
             let (k, us) = early.split_once(':').unwrap();
             assert_eq!(k, "no_such_service");
-            assert!(
-                us.parse::<u128>().unwrap() < 100_000,
-                "an early call took {us} µs to fail"
-            );
+            assert!(us.parse::<u128>().unwrap() < 100_000, "an early call took {us} µs to fail");
             let up = Instant::now();
             peers.push(Peer::ready("server", &bus, "server", &[]));
             client.expect("SERVICE_UP", LONG);
             let waited = up.elapsed();
-            assert!(
-                waited < Duration::from_secs(5),
-                "wait_for_service returned {waited:?} after the server started"
-            );
+            assert!(waited < Duration::from_secs(5), "wait_for_service returned {waited:?} after the server started");
             assert_eq!(field(&client.expect("RESULT", LONG), "sum"), "3");
         }
         "server" | "bystander" => {
@@ -643,7 +533,8 @@ fn start_order(first: &str) {
             if first == "bystander" {
                 peers.push(Peer::ready("server", &bus, "server", &[]));
             }
-            let mut client = Peer::ready("client", &bus, "client", &client_env);
+            // A client that joins after the server can call at once: no wait_for_service.
+            let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "call_at_once")]);
             assert_eq!(field(&client.expect("RESULT", LONG), "sum"), "3");
         }
         _ => unreachable!(),
@@ -674,29 +565,17 @@ fn an_idle_hub_still_serves_and_calls() {
     let _server = Peer::ready("server", &bus, "server", &hb);
     let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "idle"), hb[0]]);
     let r = client.expect("RESULT", LONG);
-    assert_eq!(
-        (field(&r, "before"), field(&r, "after"), field(&r, "peers")),
-        ("2", "4", "2")
-    );
+    assert_eq!((field(&r, "before"), field(&r, "after"), field(&r, "peers")), ("2", "4", "2"));
 }
 
 #[test]
 fn a_slow_handler_does_not_delay_a_fast_call_and_handlers_run_once() {
     let bus = unique_bus("slowhandler");
     let _server = Peer::ready("server", &bus, "server", &[]);
-    let mut client = Peer::ready(
-        "client",
-        &bus,
-        "client",
-        &[("HSIPC_SCRIPT", "slow_handler")],
-    );
+    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "slow_handler")]);
     let r = client.expect("RESULT", LONG);
     assert_eq!(field(&r, "sum"), "10");
-    assert_eq!(
-        field(&r, "slow_running"),
-        "1",
-        "the fast call finished while the slow handler ran"
-    );
+    assert_eq!(field(&r, "slow_running"), "1", "the fast call finished while the slow handler ran");
     let fast: u128 = field(&r, "fast_us").parse().unwrap();
     assert!(fast < 1_000_000, "the fast call took {fast} µs");
     assert_eq!(field(&r, "adds"), "21");
@@ -710,22 +589,11 @@ fn a_slow_subscriber_does_not_delay_replies_or_other_subscribers() {
         "subscriber",
         &bus,
         "sub",
-        &[
-            ("HSIPC_PATTERN", "t/#"),
-            ("HSIPC_DELAY_MS", "300"),
-            ("HSIPC_FAST_PATTERN", "t/+"),
-        ],
+        &[("HSIPC_PATTERN", "t/#"), ("HSIPC_DELAY_MS", "300"), ("HSIPC_FAST_PATTERN", "t/+")],
     );
     let events: Vec<String> = (0..10).map(|i| format!("t/x={i}")).collect();
-    let mut publisher = Peer::ready(
-        "publisher",
-        &bus,
-        "pub",
-        &[
-            ("HSIPC_WAIT_SUBS", "1"),
-            ("HSIPC_EVENTS", &events.join(",")),
-        ],
-    );
+    let mut publisher =
+        Peer::ready("publisher", &bus, "pub", &[("HSIPC_WAIT_SUBS", "1"), ("HSIPC_EVENTS", &events.join(","))]);
     publisher.expect("PUBLISHED", LONG);
     let start = Instant::now();
     // The fast subscription sees all ten while the slow one is still on its first or second.
@@ -740,31 +608,17 @@ fn a_slow_subscriber_does_not_delay_replies_or_other_subscribers() {
         }
     }
     let fast_all = start.elapsed();
-    assert!(
-        slow_seen <= 2,
-        "the fast subscriber waited for the slow one ({slow_seen} slow events first)"
-    );
-    assert!(
-        fast_all < Duration::from_secs(2),
-        "fast subscriber took {fast_all:?}"
-    );
+    assert!(slow_seen <= 2, "the fast subscriber waited for the slow one ({slow_seen} slow events first)");
+    assert!(fast_all < Duration::from_secs(2), "fast subscriber took {fast_all:?}");
     // Replies from the same process are not delayed by the slow reader either: it is still
     // on its first events (10 × 300 ms) while a call to that process is answered.
     let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "ping")]);
     let r = client.expect("RESULT", LONG);
     let ping: u128 = field(&r, "ping_us").parse().unwrap();
     assert_eq!(field(&r, "reply"), "pong");
-    assert!(
-        ping < 1_000_000,
-        "a call to the slow subscriber's process took {ping} µs"
-    );
-    let slow_done = (0..10)
-        .filter_map(|_| sub.try_line(Duration::from_millis(1)))
-        .count();
-    assert!(
-        slow_seen + slow_done < 10,
-        "the slow subscriber had already finished: the call was not concurrent"
-    );
+    assert!(ping < 1_000_000, "a call to the slow subscriber's process took {ping} µs");
+    let slow_done = (0..10).filter_map(|_| sub.try_line(Duration::from_millis(1))).count();
+    assert!(slow_seen + slow_done < 10, "the slow subscriber had already finished: the call was not concurrent");
 }
 
 #[test]
@@ -792,10 +646,7 @@ fn service_disappears(how: &str) {
     server.send(how);
     let r = client.expect("RESULT", LONG);
     let gone: u128 = field(&r, "gone_ms").parse().unwrap();
-    assert!(
-        gone < 1000,
-        "the service was still listed {gone} ms after the server left ({how})"
-    );
+    assert!(gone < 1000, "the service was still listed {gone} ms after the server left ({how})");
     assert_eq!(field(&r, "then"), "no_such_service");
 }
 
@@ -814,9 +665,7 @@ fn a_program_that_returns_from_main_exits_promptly() {
     let bus = unique_bus("exit");
     let _bystander = Peer::ready("bystander", &bus, "bystander", &[]);
     let mut p = Peer::ready("exit_after_ready", &bus, "quick", &[]);
-    let took = p
-        .wait_exit(Duration::from_secs(10))
-        .expect("the process never exited");
+    let took = p.wait_exit(Duration::from_secs(10)).expect("the process never exited");
     assert!(took < Duration::from_secs(1), "exit took {took:?}");
 }
 
@@ -827,18 +676,11 @@ fn different_buses_never_see_each_other() {
     let _server = Peer::ready("server", &bus_a, "server", &[]);
     let mut other = Peer::ready("client", &bus_b, "client", &[("HSIPC_SCRIPT", "isolated")]);
     other.expect("SUBSCRIBED", LONG);
-    let mut publisher = Peer::ready(
-        "publisher",
-        &bus_a,
-        "pub",
-        &[("HSIPC_WAIT_SUBS", "0"), ("HSIPC_EVENTS", "x/y=hello")],
-    );
+    let mut publisher =
+        Peer::ready("publisher", &bus_a, "pub", &[("HSIPC_WAIT_SUBS", "0"), ("HSIPC_EVENTS", "x/y=hello")]);
     publisher.expect("PUBLISHED", LONG);
     other.send("go");
-    assert_eq!(
-        other.expect("RESULT", LONG),
-        "peers=1 call=no_such_service event=false"
-    );
+    assert_eq!(other.expect("RESULT", LONG), "peers=1 call=no_such_service event=false");
 }
 
 #[test]
@@ -847,10 +689,7 @@ fn a_second_hub_with_a_taken_name_fails_clearly() {
     let _first = Peer::ready("bystander", &bus, "same", &[]);
     let mut second = Peer::spawn("bystander", &bus, "same", &[]);
     let line = second.line(LONG);
-    assert!(
-        line.starts_with("JOIN_FAILED") && line.contains("already on bus"),
-        "{line}"
-    );
+    assert!(line.starts_with("JOIN_FAILED") && line.contains("already on bus"), "{line}");
     // The same name on another bus is fine.
     let _elsewhere = Peer::ready("bystander", &unique_bus("dupname2"), "same", &[]);
 }

@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hsipc_transport::proto::{PeerId, Topic, TopicFilter, codec};
-use hsipc_transport::{
-    Connect, Engine, EngineConfig, Error, Handle, IpmbBus, IpmbConfig, PeerSummary, Result,
-};
+use hsipc_transport::{Connect, Engine, EngineConfig, Error, Handle, IpmbBus, IpmbConfig, PeerSummary, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -38,11 +36,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let engine = self
-            .engine
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let engine = self.engine.get_mut().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mut engine) = engine {
             engine.shutdown(Duration::from_secs(1));
         }
@@ -132,13 +126,6 @@ impl HubBuilder {
         self
     }
 
-    /// Frames and commands queued for the engine before received frames are dropped.
-    /// Default 8192.
-    pub fn mailbox_capacity(mut self, n: usize) -> Self {
-        self.engine.mailbox_capacity = n;
-        self
-    }
-
     /// How long a serving stream's `send` waits for the reader's credit. Default 60 s.
     pub fn stream_stall_timeout(mut self, timeout: Duration) -> Self {
         self.stream_stall_timeout = timeout;
@@ -153,10 +140,7 @@ impl HubBuilder {
 
     /// Joins the bus.
     pub fn build(self) -> Result<ProcessHub> {
-        let bus = self
-            .bus
-            .or_else(|| std::env::var("HSIPC_BUS").ok())
-            .unwrap_or_else(|| "hsipc".to_string());
+        let bus = self.bus.or_else(|| std::env::var("HSIPC_BUS").ok()).unwrap_or_else(|| "hsipc".to_string());
         let mut engine_config = self.engine;
         engine_config.proto.max_frame_len = self.max_message_len;
         let connect = match self.transport {
@@ -169,13 +153,7 @@ impl HubBuilder {
         };
         let handlers = Handlers::default();
         let pool = Pool::new(self.workers, self.handler_queue, handlers.clone());
-        let engine = Engine::start(
-            engine_config.clone(),
-            connect,
-            new_peer_id(),
-            &self.name,
-            Box::new(pool),
-        )?;
+        let engine = Engine::start(engine_config.clone(), connect, new_peer_id(), &self.name, Box::new(pool))?;
         let handle = engine.handle().clone();
         Ok(ProcessHub {
             inner: Arc::new(Inner {
@@ -194,11 +172,7 @@ impl HubBuilder {
 fn new_peer_id() -> PeerId {
     let mut h = RandomState::new().build_hasher();
     h.write_u32(std::process::id());
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
     PeerId(h.finish())
 }
 
@@ -258,33 +232,22 @@ impl ProcessHub {
         E: std::fmt::Display + 'static,
         F: Fn(Req, &StreamSink<Item>) -> std::result::Result<(), E> + Send + Sync + 'static,
     {
-        self.register(
-            method,
-            stream_handler(handler, self.inner.stream_stall_timeout),
-        )
+        self.register(method, stream_handler(handler, self.inner.stream_stall_timeout))
     }
 
     fn register(&self, method: &str, handler: crate::serve::Handler) -> Result<()> {
         let service = match method.rsplit_once('.') {
             Some((s, m)) if !s.is_empty() && !m.is_empty() => s,
             _ => {
-                return Err(Error::InvalidName {
-                    name: method.into(),
-                    reason: "a method is named `service.method`",
-                });
+                return Err(Error::InvalidName { name: method.into(), reason: "a method is named `service.method`" });
             }
         };
         self.inner.handlers.insert(method, handler);
-        let done = self.inner.handle.serve(service)?;
-        wait(&done, Instant::now() + Duration::from_secs(5))?
+        self.inner.handle.serve(service)
     }
 
     /// Calls `method` with the default timeout and decodes the response.
-    pub fn call<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
-        &self,
-        method: &str,
-        req: &Req,
-    ) -> Result<Resp> {
+    pub fn call<Req: Serialize + ?Sized, Resp: DeserializeOwned>(&self, method: &str, req: &Req) -> Result<Resp> {
         self.call_timeout(method, req, self.inner.default_timeout)
     }
 
@@ -297,9 +260,24 @@ impl ProcessHub {
     ) -> Result<Resp> {
         let deadline = Instant::now() + timeout + GRACE;
         let body = codec::encode(req)?;
-        let done = self.inner.handle.call(method, body, timeout)?;
+        let done = self.after_discovery(deadline, || self.inner.handle.call(method, body.clone(), timeout))?;
         let bytes = wait(&done, deadline)??;
         Ok(codec::decode(&bytes)?)
+    }
+
+    /// Starts a call; if no provider is known while this hub is still discovering the bus (it
+    /// just joined), waits for discovery to finish (milliseconds) and tries once more.
+    fn after_discovery<T>(&self, deadline: Instant, start: impl Fn() -> Result<T>) -> Result<T> {
+        match start() {
+            Err(Error::NoSuchService { service }) => match self.inner.handle.discovered() {
+                Some(done) => {
+                    wait(&done, deadline)?;
+                    start()
+                }
+                None => Err(Error::NoSuchService { service }),
+            },
+            other => other,
+        }
     }
 
     /// Calls a streaming `method`. The stream is an iterator of items; each waits at most the
@@ -312,14 +290,10 @@ impl ProcessHub {
     ) -> Result<ResponseStream<Item>> {
         let timeout = self.inner.default_timeout;
         let body = codec::encode(req)?;
-        let (opened, items) = self.inner.handle.call_stream(method, body, timeout)?;
-        let id = wait(&opened, Instant::now() + Duration::from_secs(5))??;
-        Ok(ResponseStream::new(
-            self.inner.handle.clone(),
-            id,
-            items,
-            timeout + GRACE,
-        ))
+        let deadline = Instant::now() + timeout;
+        let (id, items) =
+            self.after_discovery(deadline, || self.inner.handle.call_stream(method, body.clone(), timeout))?;
+        Ok(ResponseStream::new(self.inner.handle.clone(), id, items, timeout + GRACE))
     }
 
     /// Publishes `event` on `topic` to every subscriber whose pattern matches, in other
@@ -327,7 +301,7 @@ impl ProcessHub {
     pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, event: &T) -> Result<()> {
         let topic = Topic::new(topic)?;
         let body = codec::encode(event)?;
-        self.inner.handle.publish(topic, body, false)?;
+        self.inner.handle.publish(&topic, body)?;
         Ok(())
     }
 
@@ -335,18 +309,13 @@ impl ProcessHub {
     /// subscription unsubscribes.
     pub fn subscribe<T: DeserializeOwned>(&self, pattern: &str) -> Result<Subscription<T>> {
         let filter = TopicFilter::new(pattern)?;
-        let (done, events) = self
-            .inner
-            .handle
-            .subscribe(filter, self.inner.subscription_capacity)?;
-        let id = wait(&done, Instant::now() + Duration::from_secs(5))??;
+        let (id, events) = self.inner.handle.subscribe(filter, self.inner.subscription_capacity)?;
         Ok(Subscription::new(self.inner.handle.clone(), id, events))
     }
 
     /// Who is on the bus (this hub included) and what each serves.
     pub fn peers(&self) -> Result<Vec<PeerSummary>> {
-        let done = self.inner.handle.peers()?;
-        wait(&done, Instant::now() + Duration::from_secs(5))
+        self.inner.handle.peers()
     }
 
     /// Waits until some peer serves `service`; returns at once if one does already.
@@ -358,12 +327,7 @@ impl ProcessHub {
     /// Says goodbye and leaves the bus. Pending calls fail with [`Error::Closed`]; later calls
     /// on any clone of this hub fail the same way.
     pub fn close(&self) {
-        let engine = self
-            .inner
-            .engine
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let engine = self.inner.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mut engine) = engine {
             engine.shutdown(Duration::from_secs(1));
         }

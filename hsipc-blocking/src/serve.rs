@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use hsipc_transport::proto::{CallMode, ErrorCode, IncomingId, RemoteError, codec};
-use hsipc_transport::{Dispatcher, Error, Handle, IncomingCall, Reject, Result};
+use hsipc_transport::{Dispatcher, Error, Handle, IncomingCall, ItemSent, Reject, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -26,18 +26,11 @@ impl std::fmt::Debug for Handlers {
 
 impl Handlers {
     pub(crate) fn insert(&self, method: &str, h: Handler) {
-        self.0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(method.to_string(), h);
+        self.0.write().unwrap_or_else(|e| e.into_inner()).insert(method.to_string(), h);
     }
 
     fn get(&self, method: &str) -> Option<Handler> {
-        self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(method)
-            .cloned()
+        self.0.read().unwrap_or_else(|e| e.into_inner()).get(method).cloned()
     }
 }
 
@@ -53,13 +46,7 @@ pub(crate) struct Pool {
 impl Pool {
     pub(crate) fn new(workers: usize, queue: usize, handlers: Handlers) -> Self {
         let (jobs, rx) = flume::bounded(queue);
-        Pool {
-            handlers,
-            jobs,
-            rx,
-            workers,
-            started: false,
-        }
+        Pool { handlers, jobs, rx, workers, started: false }
     }
 
     /// Starts the workers on the first call (a hub that serves nothing starts no thread).
@@ -87,10 +74,7 @@ impl Pool {
 
 impl Dispatcher for Pool {
     fn dispatch(&mut self, call: IncomingCall, handle: &Handle) -> std::result::Result<(), Reject> {
-        let handler = self
-            .handlers
-            .get(&call.method)
-            .ok_or(Reject::NoSuchMethod)?;
+        let handler = self.handlers.get(&call.method).ok_or(Reject::NoSuchMethod)?;
         if !self.started {
             self.start(handle);
         }
@@ -105,9 +89,7 @@ impl Dispatcher for Pool {
 }
 
 /// Runs `f`, turning a panic into an error message.
-fn guarded<T>(
-    f: impl FnOnce() -> std::result::Result<T, String>,
-) -> std::result::Result<T, String> {
+fn guarded<T>(f: impl FnOnce() -> std::result::Result<T, String>) -> std::result::Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err("the handler panicked".to_string()))
 }
 
@@ -147,12 +129,7 @@ where
         let result = match codec::decode::<Req>(&call.body) {
             Err(e) => Err(bad_request(e)),
             Ok(req) => {
-                let sink = StreamSink {
-                    handle: handle.clone(),
-                    id: call.id,
-                    stall,
-                    _item: PhantomData,
-                };
+                let sink = StreamSink { handle: handle.clone(), id: call.id, stall, _item: PhantomData };
                 guarded(|| f(req, &sink).map_err(|e| e.to_string())).map_err(RemoteError::handler)
             }
         };
@@ -177,7 +154,10 @@ impl<Item: Serialize> StreamSink<Item> {
     /// died: return from the handler then.
     pub fn send(&self, item: &Item) -> Result<()> {
         let body = codec::encode(item)?;
-        let done = self.handle.send_item(self.id, body)?;
+        let done = match self.handle.send_item(self.id, body)? {
+            ItemSent::Now => return Ok(()),
+            ItemSent::Later(done) => done,
+        };
         match done.recv_deadline(Instant::now() + self.stall) {
             Ok(r) => r,
             Err(flume::RecvTimeoutError::Timeout) => Err(Error::Timeout),

@@ -22,20 +22,8 @@ pub struct ResponseStream<T> {
 }
 
 impl<T> ResponseStream<T> {
-    pub(crate) fn new(
-        handle: Handle,
-        id: RequestId,
-        items: flume::Receiver<StreamMsg>,
-        wait: Duration,
-    ) -> Self {
-        ResponseStream {
-            handle,
-            id,
-            items,
-            wait,
-            ended: false,
-            _item: PhantomData,
-        }
+    pub(crate) fn new(handle: Handle, id: RequestId, items: flume::Receiver<StreamMsg>, wait: Duration) -> Self {
+        ResponseStream { handle, id, items, wait, ended: false, _item: PhantomData }
     }
 
     /// Stops the stream now (the server's next send fails with `Cancelled`).

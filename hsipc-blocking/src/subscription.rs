@@ -32,17 +32,8 @@ pub struct Subscription<T> {
 }
 
 impl<T: DeserializeOwned> Subscription<T> {
-    pub(crate) fn new(
-        handle: Handle,
-        id: SubscriptionId,
-        events: flume::Receiver<Delivery>,
-    ) -> Self {
-        Subscription {
-            handle,
-            id,
-            events,
-            _event: PhantomData,
-        }
+    pub(crate) fn new(handle: Handle, id: SubscriptionId, events: flume::Receiver<Delivery>) -> Self {
+        Subscription { handle, id, events, _event: PhantomData }
     }
 
     /// The next event, waiting at most `timeout` ([`Error::Timeout`] if none came).
@@ -62,12 +53,7 @@ impl<T: DeserializeOwned> Subscription<T> {
 
 fn decode<T: DeserializeOwned>(d: Delivery) -> Result<Event<T>> {
     let payload = codec::decode(&d.body).map_err(Error::from)?;
-    Ok(Event {
-        topic: d.topic.as_str().to_string(),
-        payload,
-        from: d.from,
-        missed: d.missed,
-    })
+    Ok(Event { topic: d.topic.as_str().to_string(), payload, from: d.from, missed: d.missed })
 }
 
 impl<T: DeserializeOwned> Iterator for Subscription<T> {

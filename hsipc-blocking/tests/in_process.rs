@@ -6,11 +6,7 @@ use hsipc_blocking::{Error, ProcessHub};
 use hsipc_transport::MemBus;
 
 fn hub(bus: &MemBus, name: &str) -> ProcessHub {
-    ProcessHub::builder(name)
-        .transport(bus.connector())
-        .default_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
+    ProcessHub::builder(name).transport(bus.connector()).default_timeout(Duration::from_secs(5)).build().unwrap()
 }
 
 #[test]
@@ -18,52 +14,27 @@ fn calls_streams_and_errors() {
     let bus = MemBus::new();
     let server = hub(&bus, "server");
     let client = hub(&bus, "client");
+    server.serve("calc.add", |(a, b): (i64, i64)| Ok::<_, String>(a + b)).unwrap();
+    server.serve("calc.div", |(a, b): (i64, i64)| if b == 0 { Err("division by zero") } else { Ok(a / b) }).unwrap();
     server
-        .serve("calc.add", |(a, b): (i64, i64)| Ok::<_, String>(a + b))
-        .unwrap();
-    server
-        .serve("calc.div", |(a, b): (i64, i64)| {
-            if b == 0 {
-                Err("division by zero")
-            } else {
-                Ok(a / b)
+        .serve_stream("calc.count", |n: u32, sink: &hsipc_blocking::StreamSink<u32>| {
+            for i in 0..n {
+                sink.send(&i)?;
             }
+            Ok::<_, Error>(())
         })
         .unwrap();
-    server
-        .serve_stream(
-            "calc.count",
-            |n: u32, sink: &hsipc_blocking::StreamSink<u32>| {
-                for i in 0..n {
-                    sink.send(&i)?;
-                }
-                Ok::<_, Error>(())
-            },
-        )
-        .unwrap();
-    client
-        .wait_for_service("calc", Duration::from_secs(5))
-        .unwrap();
+    client.wait_for_service("calc", Duration::from_secs(5)).unwrap();
     assert_eq!(client.call::<_, i64>("calc.add", &(2, 3)).unwrap(), 5);
     match client.call::<_, i64>("calc.div", &(1, 0)) {
         Err(Error::Remote(e)) => assert_eq!(e.message, "division by zero"),
         other => panic!("{other:?}"),
     }
     let t = Instant::now();
-    assert!(matches!(
-        client.call::<_, i64>("calc.nope", &()),
-        Err(Error::NoSuchMethod { .. })
-    ));
-    assert!(matches!(
-        client.call::<_, i64>("other.x", &()),
-        Err(Error::NoSuchService { .. })
-    ));
+    assert!(matches!(client.call::<_, i64>("calc.nope", &()), Err(Error::NoSuchMethod { .. })));
+    assert!(matches!(client.call::<_, i64>("other.x", &()), Err(Error::NoSuchService { .. })));
     assert!(t.elapsed() < Duration::from_secs(1));
-    let items: Vec<u32> = client
-        .call_stream("calc.count", &1000u32)
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let items: Vec<u32> = client.call_stream("calc.count", &1000u32).unwrap().map(|r| r.unwrap()).collect();
     assert_eq!(items, (0..1000).collect::<Vec<_>>());
     // A call to our own service loops back.
     assert_eq!(server.call::<_, i64>("calc.add", &(1, 1)).unwrap(), 2);
@@ -79,14 +50,7 @@ fn publish_subscribe_with_wildcards() {
     let s2 = hash.subscribe::<f64>("sensor/#").unwrap();
     // Wait until the publisher knows both patterns.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while publisher
-        .peers()
-        .unwrap()
-        .iter()
-        .filter(|p| !p.patterns.is_empty())
-        .count()
-        < 2
-    {
+    while publisher.peers().unwrap().iter().filter(|p| !p.patterns.is_empty()).count() < 2 {
         assert!(Instant::now() < deadline);
         std::thread::yield_now();
     }
@@ -96,44 +60,26 @@ fn publish_subscribe_with_wildcards() {
     publisher.publish("done", &0.0).unwrap();
     let e = s1.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!((e.topic.as_str(), e.payload), ("sensor/temp", 1.5));
-    let got: Vec<String> = (0..3)
-        .map(|_| s2.recv_timeout(Duration::from_secs(5)).unwrap().topic)
-        .collect();
+    let got: Vec<String> = (0..3).map(|_| s2.recv_timeout(Duration::from_secs(5)).unwrap().topic).collect();
     assert_eq!(got, ["sensor/temp", "sensor/room/temp", "sensor"]);
-    assert!(matches!(
-        s1.recv_timeout(Duration::from_millis(100)),
-        Err(Error::Timeout)
-    ));
+    assert!(matches!(s1.recv_timeout(Duration::from_millis(100)), Err(Error::Timeout)));
 }
 
 #[test]
 fn duplicate_names_fail_and_close_removes_services() {
     let bus = MemBus::new();
     let a = hub(&bus, "a");
-    assert!(
-        ProcessHub::builder("a")
-            .transport(bus.connector())
-            .build()
-            .is_err()
-    );
+    assert!(ProcessHub::builder("a").transport(bus.connector()).build().is_err());
     let b = hub(&bus, "b");
     a.serve("svc.m", |x: u8| Ok::<_, String>(x)).unwrap();
     b.wait_for_service("svc", Duration::from_secs(5)).unwrap();
     a.close();
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
-        if !b
-            .peers()
-            .unwrap()
-            .iter()
-            .any(|p| p.services.contains(&"svc".to_string()))
-        {
+        if !b.peers().unwrap().iter().any(|p| p.services.contains(&"svc".to_string())) {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "service still listed after close"
-        );
+        assert!(Instant::now() < deadline, "service still listed after close");
         std::thread::yield_now();
     }
     assert!(matches!(a.call::<_, u8>("svc.m", &1u8), Err(Error::Closed)));

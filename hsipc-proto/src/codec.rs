@@ -20,9 +20,7 @@ pub enum CodecError {
         reason: String,
     },
     /// The bytes are not a valid CBOR encoding of the expected type.
-    #[error(
-        "cannot decode the payload as a `{type_name}`: {reason}; check that both sides use the same message type"
-    )]
+    #[error("cannot decode the payload as a `{type_name}`: {reason}; check that both sides use the same message type")]
     Decode {
         /// The Rust type that was expected.
         type_name: &'static str,
@@ -40,19 +38,15 @@ pub enum CodecError {
 /// ```
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, CodecError> {
     let mut w = BytesMut::with_capacity(64).writer();
-    ciborium::into_writer(value, &mut w).map_err(|e| CodecError::Encode {
-        type_name: std::any::type_name::<T>(),
-        reason: e.to_string(),
-    })?;
+    ciborium::into_writer(value, &mut w)
+        .map_err(|e| CodecError::Encode { type_name: std::any::type_name::<T>(), reason: e.to_string() })?;
     Ok(w.into_inner().freeze())
 }
 
 /// Decodes CBOR bytes as a `T`; the error names `T`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    ciborium::from_reader(bytes).map_err(|e| CodecError::Decode {
-        type_name: std::any::type_name::<T>(),
-        reason: e.to_string(),
-    })
+    ciborium::from_reader(bytes)
+        .map_err(|e| CodecError::Decode { type_name: std::any::type_name::<T>(), reason: e.to_string() })
 }
 
 #[cfg(test)]

@@ -21,6 +21,10 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// A peer not heard from for this long is considered dead. Default 3 s.
     pub peer_timeout: Duration,
+    /// How long a new endpoint waits at most for the bus to announce itself before it considers
+    /// discovery complete (it usually completes much sooner; see
+    /// [`Event::DiscoveryComplete`](crate::Event::DiscoveryComplete)). Default 500 ms.
+    pub discovery_window: Duration,
 }
 
 impl Default for Config {
@@ -33,6 +37,7 @@ impl Default for Config {
             max_queued_outputs: 65_536,
             heartbeat_interval: Duration::from_millis(250),
             peer_timeout: Duration::from_secs(3),
+            discovery_window: Duration::from_millis(500),
         }
     }
 }

@@ -22,6 +22,10 @@ pub struct PeerInfo {
     pub services: Vec<String>,
     /// Topic patterns it subscribes to.
     pub patterns: Vec<String>,
+    /// How many peers the sender knows, itself included: a newcomer has finished discovery
+    /// once it knows as many.
+    #[serde(default)]
+    pub peers: u32,
 }
 
 /// A peer as the directory knows it.
@@ -54,13 +58,7 @@ pub(crate) struct Directory {
 
 impl Directory {
     /// Adds or refreshes a peer from its announce. Invalid patterns in it are skipped.
-    pub(crate) fn learn(
-        &mut self,
-        now: Instant,
-        id: PeerId,
-        generation: u64,
-        info: PeerInfo,
-    ) -> Learned {
+    pub(crate) fn learn(&mut self, now: Instant, id: PeerId, generation: u64, info: PeerInfo) -> Learned {
         if let Some(p) = self.peers.get_mut(&id) {
             p.last_seen = now;
             if generation <= p.generation {
@@ -85,21 +83,8 @@ impl Directory {
         for f in &filters {
             self.topics.insert(f, id);
         }
-        self.peers.insert(
-            id,
-            Peer {
-                id,
-                info,
-                generation,
-                last_seen: now,
-                filters,
-            },
-        );
-        if existed {
-            Learned::Changed
-        } else {
-            Learned::New
-        }
+        self.peers.insert(id, Peer { id, info, generation, last_seen: now, filters });
+        if existed { Learned::Changed } else { Learned::New }
     }
 
     /// Updates the local peer's own entry (it never expires, so its `last_seen` is kept).
@@ -125,11 +110,7 @@ impl Directory {
 
     /// Peers whose last announce is at or before `cutoff`.
     pub(crate) fn silent_since(&self, cutoff: Instant, except: PeerId) -> Vec<PeerId> {
-        self.peers
-            .values()
-            .filter(|p| p.id != except && p.last_seen <= cutoff)
-            .map(|p| p.id)
-            .collect()
+        self.peers.values().filter(|p| p.id != except && p.last_seen <= cutoff).map(|p| p.id).collect()
     }
 
     /// A provider of `service`, round-robin over all of them (fair across calls).
@@ -139,15 +120,11 @@ impl Directory {
             return None;
         }
         self.round_robin = self.round_robin.wrapping_add(1);
-        set.iter()
-            .nth((self.round_robin % set.len() as u64) as usize)
-            .copied()
+        set.iter().nth((self.round_robin % set.len() as u64) as usize).copied()
     }
 
     pub(crate) fn serves(&self, peer: PeerId, service: &str) -> bool {
-        self.providers
-            .get(service)
-            .is_some_and(|s| s.contains(&peer))
+        self.providers.get(service).is_some_and(|s| s.contains(&peer))
     }
 
     pub(crate) fn subscribers(&self, topic: &crate::topic::Topic) -> Vec<PeerId> {
@@ -156,6 +133,10 @@ impl Directory {
 
     pub(crate) fn get(&self, id: PeerId) -> Option<&Peer> {
         self.peers.get(&id)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.peers.len()
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Peer> {

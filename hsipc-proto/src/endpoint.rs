@@ -70,6 +70,9 @@ pub struct Endpoint {
     info: PeerInfo,
     generation: u64,
     closed: bool,
+    /// While discovering: how many peers (ourselves included) the bus says there are, and
+    /// when discovery ends anyway.
+    discovering: Option<(usize, Instant)>,
     directory: Directory,
     request_ids: Counter,
     incoming_ids: Counter,
@@ -96,14 +99,10 @@ impl Endpoint {
     pub fn new(config: Config, local: PeerId, name: &str, pid: u32, now: Instant) -> Self {
         let mut ep = Endpoint {
             local,
-            info: PeerInfo {
-                name: name.to_string(),
-                pid,
-                services: Vec::new(),
-                patterns: Vec::new(),
-            },
+            info: PeerInfo { name: name.to_string(), pid, services: Vec::new(), patterns: Vec::new(), peers: 1 },
             generation: 1,
             closed: false,
+            discovering: Some((1, now + config.discovery_window)),
             directory: Directory::default(),
             request_ids: Counter::default(),
             incoming_ids: Counter::default(),
@@ -122,11 +121,11 @@ impl Endpoint {
             stats: Stats::default(),
             config,
         };
-        ep.directory
-            .learn(now, local, ep.generation, ep.info.clone());
+        ep.directory.learn(now, local, ep.generation, ep.info.clone());
         ep.announce(Dest::All, Flags::PROBE);
-        ep.timers
-            .set(now + ep.config.heartbeat_interval, Timer::Heartbeat);
+        ep.timers.set(now + ep.config.heartbeat_interval, Timer::Heartbeat);
+        ep.timers.set(now + ep.config.discovery_window, Timer::Discovery);
+        debug_assert_eq!(ep.discovering.map(|d| d.1), Some(now + ep.config.discovery_window));
         ep
     }
 
@@ -191,6 +190,12 @@ impl Endpoint {
                         self.drop_incoming(id, CancelReason::DeadlineExpired);
                     }
                 }
+                Timer::Discovery => {
+                    if self.discovering.is_some() {
+                        tracing::debug!(known = self.directory.len(), "discovery window over");
+                        self.discovery_done();
+                    }
+                }
                 Timer::Heartbeat => {
                     self.announce(Dest::All, 0);
                     if let Some(cutoff) = now.checked_sub(self.config.peer_timeout) {
@@ -199,8 +204,7 @@ impl Endpoint {
                             self.peer_gone(peer, LeaveReason::Expired);
                         }
                     }
-                    self.timers
-                        .set(now + self.config.heartbeat_interval, Timer::Heartbeat);
+                    self.timers.set(now + self.config.heartbeat_interval, Timer::Heartbeat);
                 }
             }
         }
@@ -226,12 +230,10 @@ impl Endpoint {
         self.check_open()?;
         validate_method(method)?;
         let service = service_of(method);
-        let peer =
-            self.directory
-                .pick_provider(service)
-                .ok_or_else(|| CommandError::NoSuchService {
-                    service: service.to_string(),
-                })?;
+        let peer = self
+            .directory
+            .pick_provider(service)
+            .ok_or_else(|| CommandError::NoSuchService { service: service.to_string() })?;
         self.request_to(now, peer, method, body, mode, timeout)
     }
 
@@ -251,9 +253,7 @@ impl Endpoint {
             return Err(CommandError::UnknownPeer(peer));
         }
         if self.outgoing.len() >= self.config.max_outgoing_calls {
-            return Err(CommandError::TooManyCalls {
-                limit: self.config.max_outgoing_calls,
-            });
+            return Err(CommandError::TooManyCalls { limit: self.config.max_outgoing_calls });
         }
         self.check_room(1)?;
         let id = RequestId(self.request_ids.next());
@@ -262,38 +262,16 @@ impl Endpoint {
             CallMode::ServerStream => Flags::STREAM,
             CallMode::Session => Flags::SESSION,
         };
-        let window = if mode == CallMode::Unary {
-            0
-        } else {
-            u64::from(self.config.stream_window)
-        };
+        let window = if mode == CallMode::Unary { 0 } else { u64::from(self.config.stream_window) };
         let budget_ms = timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
-        let frame = self.encode(
-            FrameKind::Request,
-            flags,
-            budget_ms,
-            id.0,
-            window,
-            method.as_bytes(),
-            &body,
-        )?;
+        let frame = self.encode(FrameKind::Request, flags, budget_ms, id.0, window, method.as_bytes(), &body)?;
         let deadline = now + timeout;
         self.timers.set(deadline, Timer::Call(id));
         let recv = (mode != CallMode::Unary).then(|| RecvHalf::new(self.config.stream_window));
         // A session's sending half starts with no credit: the server grants its window.
         let send = (mode == CallMode::Session).then(|| SendHalf::new(0));
-        self.outgoing.insert(
-            id,
-            Outgoing {
-                peer,
-                mode,
-                method: method.into(),
-                timeout,
-                deadline: Some(deadline),
-                recv,
-                send,
-            },
-        );
+        self.outgoing
+            .insert(id, Outgoing { peer, mode, method: method.into(), timeout, deadline: Some(deadline), recv, send });
         self.transmit(Dest::Peer(peer), frame);
         Ok(id)
     }
@@ -309,11 +287,7 @@ impl Endpoint {
     }
 
     /// Answers a unary call. For streams, an `Err` ends the stream with that error.
-    pub fn respond(
-        &mut self,
-        id: IncomingId,
-        result: Result<Bytes, RemoteError>,
-    ) -> Result<(), CommandError> {
+    pub fn respond(&mut self, id: IncomingId, result: Result<Bytes, RemoteError>) -> Result<(), CommandError> {
         let inc = self.incoming.get(&id).ok_or(CommandError::UnknownCall)?;
         match (inc.mode, result) {
             (CallMode::Unary, Ok(body)) => {
@@ -331,9 +305,9 @@ impl Endpoint {
                 self.send_error(peer, remote_id, e.code, &e.message);
                 Ok(())
             }
-            (_, Ok(_)) => Err(CommandError::WrongMode(
-                "respond with a body is for unary calls; use send_item and finish",
-            )),
+            (_, Ok(_)) => {
+                Err(CommandError::WrongMode("respond with a body is for unary calls; use send_item and finish"))
+            }
             (_, Err(e)) => self.finish(CallRef::Incoming(id), Err(e)),
         }
     }
@@ -349,14 +323,8 @@ impl Endpoint {
         let max = self.config.max_frame_len;
         let (dest, id, flags, half) = match call.into() {
             CallRef::Incoming(id) => {
-                let inc = self
-                    .incoming
-                    .get_mut(&id)
-                    .ok_or(CommandError::UnknownCall)?;
-                let half = inc
-                    .send
-                    .as_mut()
-                    .ok_or(CommandError::WrongMode("unary calls have no stream"))?;
+                let inc = self.incoming.get_mut(&id).ok_or(CommandError::UnknownCall)?;
+                let half = inc.send.as_mut().ok_or(CommandError::WrongMode("unary calls have no stream"))?;
                 // A stream in progress is bounded by the caller's own idle timeout and cancel.
                 if let Some(d) = inc.deadline.take() {
                     self.timers.cancel(d, Timer::Incoming(id));
@@ -364,13 +332,8 @@ impl Endpoint {
                 (inc.peer, inc.remote_id, Flags::TO_CALLER, half)
             }
             CallRef::Outgoing(id) => {
-                let o = self
-                    .outgoing
-                    .get_mut(&id)
-                    .ok_or(CommandError::UnknownCall)?;
-                let half = o.send.as_mut().ok_or(CommandError::WrongMode(
-                    "only sessions send items to the server",
-                ))?;
+                let o = self.outgoing.get_mut(&id).ok_or(CommandError::UnknownCall)?;
+                let half = o.send.as_mut().ok_or(CommandError::WrongMode("only sessions send items to the server"))?;
                 (o.peer, id.0, 0, half)
             }
         };
@@ -389,37 +352,19 @@ impl Endpoint {
 
     /// Ends this side's stream: the server's end of a server stream or session (which closes
     /// the call), or the caller's sending half of a session (`Err` then cancels the call).
-    pub fn finish(
-        &mut self,
-        call: impl Into<CallRef>,
-        result: Result<(), RemoteError>,
-    ) -> Result<(), CommandError> {
+    pub fn finish(&mut self, call: impl Into<CallRef>, result: Result<(), RemoteError>) -> Result<(), CommandError> {
         self.check_open()?;
         self.check_room(1)?;
         match call.into() {
             CallRef::Incoming(id) => {
                 let inc = self.incoming.get(&id).ok_or(CommandError::UnknownCall)?;
-                let half = inc
-                    .send
-                    .as_ref()
-                    .ok_or(CommandError::WrongMode("unary calls end with respond"))?;
+                let half = inc.send.as_ref().ok_or(CommandError::WrongMode("unary calls end with respond"))?;
                 let (flags, code, msg) = match &result {
                     Ok(()) => (Flags::TO_CALLER, 0, ""),
-                    Err(e) => (
-                        Flags::TO_CALLER | Flags::ERROR,
-                        e.code.0,
-                        e.message.as_str(),
-                    ),
+                    Err(e) => (Flags::TO_CALLER | Flags::ERROR, e.code.0, e.message.as_str()),
                 };
-                let frame = self.encode(
-                    FrameKind::StreamEnd,
-                    flags,
-                    code,
-                    inc.remote_id,
-                    half.sent(),
-                    &[],
-                    msg.as_bytes(),
-                )?;
+                let frame =
+                    self.encode(FrameKind::StreamEnd, flags, code, inc.remote_id, half.sent(), &[], msg.as_bytes())?;
                 let peer = inc.peer;
                 self.remove_incoming(id);
                 self.transmit(Dest::Peer(peer), frame);
@@ -429,14 +374,8 @@ impl Endpoint {
                 if result.is_err() {
                     return self.cancel(id);
                 }
-                let o = self
-                    .outgoing
-                    .get_mut(&id)
-                    .ok_or(CommandError::UnknownCall)?;
-                let half = o
-                    .send
-                    .as_mut()
-                    .ok_or(CommandError::WrongMode("only sessions have a sending half"))?;
+                let o = self.outgoing.get_mut(&id).ok_or(CommandError::UnknownCall)?;
+                let half = o.send.as_mut().ok_or(CommandError::WrongMode("only sessions have a sending half"))?;
                 if half.is_finished() {
                     return Err(CommandError::StreamFinished);
                 }
@@ -452,23 +391,12 @@ impl Endpoint {
     /// Reports that the reader took `n` items of a stream. When enough have been taken,
     /// credit is granted to the sender, so items keep flowing and the reader's queue never
     /// holds more than [`Config::stream_window`] items.
-    pub fn consumed(
-        &mut self,
-        now: Instant,
-        call: impl Into<CallRef>,
-        n: u32,
-    ) -> Result<(), CommandError> {
+    pub fn consumed(&mut self, now: Instant, call: impl Into<CallRef>, n: u32) -> Result<(), CommandError> {
         self.check_open()?;
         let (peer, id, flags, grant) = match call.into() {
             CallRef::Outgoing(id) => {
-                let o = self
-                    .outgoing
-                    .get_mut(&id)
-                    .ok_or(CommandError::UnknownCall)?;
-                let half = o
-                    .recv
-                    .as_mut()
-                    .ok_or(CommandError::WrongMode("unary calls have no stream"))?;
+                let o = self.outgoing.get_mut(&id).ok_or(CommandError::UnknownCall)?;
+                let half = o.recv.as_mut().ok_or(CommandError::WrongMode("unary calls have no stream"))?;
                 let grant = half.consume(n);
                 // The sender has credit again, so waiting on it is bounded again.
                 if grant > 0 && o.deadline.is_none() {
@@ -479,14 +407,8 @@ impl Endpoint {
                 (o.peer, id.0, 0, grant)
             }
             CallRef::Incoming(id) => {
-                let inc = self
-                    .incoming
-                    .get_mut(&id)
-                    .ok_or(CommandError::UnknownCall)?;
-                let half = inc
-                    .recv
-                    .as_mut()
-                    .ok_or(CommandError::WrongMode("only sessions receive items"))?;
+                let inc = self.incoming.get_mut(&id).ok_or(CommandError::UnknownCall)?;
+                let half = inc.recv.as_mut().ok_or(CommandError::WrongMode("only sessions receive items"))?;
                 (inc.peer, inc.remote_id, Flags::TO_CALLER, half.consume(n))
             }
         };
@@ -527,10 +449,7 @@ impl Endpoint {
     pub fn subscribe(&mut self, filter: TopicFilter) -> Result<SubscriptionId, CommandError> {
         self.check_open()?;
         let id = SubscriptionId(self.subscription_ids.next());
-        let count = self
-            .patterns
-            .entry(filter.as_str().to_string())
-            .or_insert(0);
+        let count = self.patterns.entry(filter.as_str().to_string()).or_insert(0);
         *count += 1;
         let is_new = *count == 1;
         self.subscriptions.insert(&filter, id);
@@ -563,10 +482,7 @@ impl Endpoint {
         let name = topic.as_str().as_bytes();
         let len = crate::frame::HEADER_LEN + name.len() + body.len();
         if len > self.config.max_frame_len {
-            return Err(CommandError::PayloadTooLarge {
-                len,
-                max: self.config.max_frame_len,
-            });
+            return Err(CommandError::PayloadTooLarge { len, max: self.config.max_frame_len });
         }
         let mut count = 0;
         for peer in peers {
@@ -594,6 +510,14 @@ impl Endpoint {
         Ok(count)
     }
 
+    /// Ends discovery now: the transport knows that no other peer was on the bus when this one
+    /// joined, so there is nobody to wait for.
+    pub fn finish_discovery(&mut self) {
+        if self.discovering.is_some() {
+            self.discovery_done();
+        }
+    }
+
     /// Says goodbye and fails everything still open with [`CallError::Closed`]. After this,
     /// commands fail with [`CommandError::Closed`] and inputs are ignored; drain the final
     /// outputs (the goodbye frame and the failure events).
@@ -616,6 +540,7 @@ impl Endpoint {
             self.drop_incoming(id, CancelReason::Closed);
         }
         self.timers.clear();
+        self.discovering = None;
         self.closed = true;
     }
 
@@ -659,14 +584,18 @@ impl Endpoint {
 
     /// Whether some peer (this one included) serves `service`.
     pub fn has_provider(&self, service: &str) -> bool {
-        self.directory
-            .iter()
-            .any(|p| self.directory.serves(p.id, service))
+        self.directory.iter().any(|p| self.directory.serves(p.id, service))
     }
 
     /// Counters of what was seen and dropped.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Whether this endpoint is still learning who is on the bus (see
+    /// [`Event::DiscoveryComplete`]).
+    pub fn is_discovering(&self) -> bool {
+        self.discovering.is_some()
     }
 
     /// Whether [`close`](Self::close) was called.
@@ -755,10 +684,7 @@ impl Endpoint {
             return Ok(());
         }
         if self.incoming.len() >= self.config.max_incoming_calls {
-            let msg = format!(
-                "`{}` is serving its limit of {} calls",
-                self.info.name, self.config.max_incoming_calls
-            );
+            let msg = format!("`{}` is serving its limit of {} calls", self.info.name, self.config.max_incoming_calls);
             self.send_error(from, f.id, ErrorCode::BUSY, &msg);
             return Ok(());
         }
@@ -780,49 +706,25 @@ impl Endpoint {
         if let Some(d) = timer {
             self.timers.set(d, Timer::Incoming(id));
         }
-        self.incoming.insert(
-            id,
-            Incoming {
-                peer: from,
-                remote_id: f.id,
-                mode,
-                deadline: timer,
-                send,
-                recv,
-            },
-        );
+        self.incoming.insert(id, Incoming { peer: from, remote_id: f.id, mode, deadline: timer, send, recv });
         self.incoming_keys.insert((from, f.id), id);
         if mode == CallMode::Session {
             let window = u64::from(self.config.stream_window);
-            if let Ok(frame) = self.encode(
-                FrameKind::Credit,
-                Flags::TO_CALLER,
-                0,
-                f.id,
-                window,
-                &[],
-                &[],
-            ) {
+            if let Ok(frame) = self.encode(FrameKind::Credit, Flags::TO_CALLER, 0, f.id, window, &[], &[]) {
                 self.transmit(Dest::Peer(from), frame);
             }
         }
         let method = method.to_string();
-        self.push_event(Event::RequestReceived {
-            id,
-            from,
-            method,
-            body: f.payload,
-            deadline,
-            mode,
-        });
+        self.push_event(Event::RequestReceived { id, from, method, body: f.payload, deadline, mode });
         Ok(())
     }
 
     fn on_response(&mut self, from: PeerId, f: Frame) {
         let id = RequestId(f.id);
-        let matches = self.outgoing.get(&id).is_some_and(|o| {
-            o.peer == from && (f.kind == FrameKind::ErrorResponse || o.mode == CallMode::Unary)
-        });
+        let matches = self
+            .outgoing
+            .get(&id)
+            .is_some_and(|o| o.peer == from && (f.kind == FrameKind::ErrorResponse || o.mode == CallMode::Unary));
         if !matches {
             self.stats.late_or_unknown += 1;
             return;
@@ -840,10 +742,7 @@ impl Endpoint {
             Err(CallError::from_remote(ErrorCode(f.aux), msg, &o.method))
         };
         match outcome {
-            Ok(body) => self.push_event(Event::Response {
-                id,
-                outcome: Ok(body),
-            }),
+            Ok(body) => self.push_event(Event::Response { id, outcome: Ok(body) }),
             Err(e) => self.finish_outgoing(id, o.mode, Err(e)),
         }
     }
@@ -864,21 +763,14 @@ impl Endpoint {
                 return Ok(());
             }
             Err(Gap::Lost { expected, got }) => {
-                let o = self
-                    .outgoing
-                    .remove(&id)
-                    .expect("checked above: the call is open");
+                let o = self.outgoing.remove(&id).expect("checked above: the call is open");
                 self.disarm(id, o.deadline);
                 self.send_cancel(from, id);
                 self.finish_outgoing(id, o.mode, Err(CallError::ItemLost { expected, got }));
                 return Ok(());
             }
             Err(Gap::OverCredit) => {
-                return Err(self.fail_outgoing_violation(
-                    id,
-                    from,
-                    "stream item beyond the granted credit",
-                ));
+                return Err(self.fail_outgoing_violation(id, from, "stream item beyond the granted credit"));
             }
         }
         // The idle timer runs only while the sender has credit left to use.
@@ -894,19 +786,13 @@ impl Endpoint {
         if let Some(d) = new {
             self.timers.set(d, Timer::Call(id));
         }
-        self.push_event(Event::Item {
-            call: CallRef::Outgoing(id),
-            body: f.payload,
-        });
+        self.push_event(Event::Item { call: CallRef::Outgoing(id), body: f.payload });
         Ok(())
     }
 
     fn on_outgoing_end(&mut self, from: PeerId, f: Frame) {
         let id = RequestId(f.id);
-        let ok = self
-            .outgoing
-            .get(&id)
-            .is_some_and(|o| o.peer == from && o.recv.is_some());
+        let ok = self.outgoing.get(&id).is_some_and(|o| o.peer == from && o.recv.is_some());
         if !ok {
             self.stats.late_or_unknown += 1;
             return;
@@ -921,10 +807,7 @@ impl Endpoint {
             Err(CallError::from_remote(ErrorCode(f.aux), msg, &o.method))
         } else if f.seq != received {
             // The server sent more items than arrived: the missing ones were lost.
-            Err(CallError::ItemLost {
-                expected: received + 1,
-                got: f.seq,
-            })
+            Err(CallError::ItemLost { expected: received + 1, got: f.seq })
         } else {
             Ok(())
         };
@@ -937,18 +820,11 @@ impl Endpoint {
             return Ok(());
         };
         let Some(half) = self.incoming.get_mut(&id).and_then(|i| i.recv.as_mut()) else {
-            return Err(self.fail_incoming_violation(
-                id,
-                from,
-                "stream item to a call that is not a session",
-            ));
+            return Err(self.fail_incoming_violation(id, from, "stream item to a call that is not a session"));
         };
         match half.accept(f.seq) {
             Ok(()) => {
-                self.push_event(Event::Item {
-                    call: CallRef::Incoming(id),
-                    body: f.payload,
-                });
+                self.push_event(Event::Item { call: CallRef::Incoming(id), body: f.payload });
                 Ok(())
             }
             Err(Gap::Duplicate) => {
@@ -976,13 +852,7 @@ impl Endpoint {
         };
         let received = half.received();
         if f.seq != received {
-            self.abort_incoming(
-                id,
-                CallError::ItemLost {
-                    expected: received + 1,
-                    got: f.seq,
-                },
-            );
+            self.abort_incoming(id, CallError::ItemLost { expected: received + 1, got: f.seq });
         } else if half.end() {
             self.push_event(Event::InputFinished { id });
         } else {
@@ -993,12 +863,7 @@ impl Endpoint {
     fn on_credit(&mut self, from: PeerId, f: Frame) -> Result<(), FrameError> {
         let (call, half) = if f.flags.has(Flags::TO_CALLER) {
             let id = RequestId(f.id);
-            match self
-                .outgoing
-                .get_mut(&id)
-                .filter(|o| o.peer == from)
-                .and_then(|o| o.send.as_mut())
-            {
+            match self.outgoing.get_mut(&id).filter(|o| o.peer == from).and_then(|o| o.send.as_mut()) {
                 Some(h) => (CallRef::Outgoing(id), h),
                 None => {
                     self.stats.late_or_unknown += 1;
@@ -1013,10 +878,7 @@ impl Endpoint {
             match self.incoming.get_mut(&id).and_then(|i| i.send.as_mut()) {
                 Some(h) => (CallRef::Incoming(id), h),
                 None => {
-                    return Err(FrameError::Violation {
-                        peer: from,
-                        what: "credit for a call with no stream",
-                    });
+                    return Err(FrameError::Violation { peer: from, what: "credit for a call with no stream" });
                 }
             }
         };
@@ -1024,10 +886,7 @@ impl Endpoint {
             Some(true) => self.push_event(Event::Writable { call }),
             Some(false) => {}
             None => {
-                return Err(FrameError::Violation {
-                    peer: from,
-                    what: "credit overflow",
-                });
+                return Err(FrameError::Violation { peer: from, what: "credit overflow" });
             }
         }
         Ok(())
@@ -1047,13 +906,7 @@ impl Endpoint {
             self.stats.unmatched_events += 1;
             return Ok(());
         }
-        self.push_event(Event::Published {
-            from,
-            topic,
-            body: f.payload,
-            subscriptions,
-            missed,
-        });
+        self.push_event(Event::Published { from, topic, body: f.payload, subscriptions, missed });
         Ok(())
     }
 
@@ -1062,14 +915,10 @@ impl Endpoint {
             return Ok(());
         }
         let info: PeerInfo = codec::decode(&f.payload).map_err(FrameError::BadAnnounce)?;
-        let (name, pid) = (info.name.clone(), info.pid);
+        let (name, pid, their_count) = (info.name.clone(), info.pid, info.peers as usize);
         let learned = self.directory.learn(now, from, f.seq, info);
         match learned {
-            Learned::New => self.push_event(Event::PeerJoined {
-                peer: from,
-                name,
-                pid,
-            }),
+            Learned::New => self.push_event(Event::PeerJoined { peer: from, name, pid }),
             Learned::Changed => self.push_event(Event::PeerChanged { peer: from }),
             Learned::Same => {}
         }
@@ -1077,6 +926,12 @@ impl Endpoint {
         // heartbeat, so it can call us without a discovery delay.
         if f.flags.has(Flags::PROBE) || learned == Learned::New {
             self.announce(Dest::Peer(from), 0);
+        }
+        if let Some((expected, _)) = self.discovering.as_mut() {
+            *expected = (*expected).max(their_count);
+            if self.directory.len() >= *expected {
+                self.discovery_done();
+            }
         }
         Ok(())
     }
@@ -1086,24 +941,14 @@ impl Endpoint {
 
     fn peer_gone(&mut self, peer: PeerId, reason: LeaveReason) {
         let known = self.directory.remove(peer);
-        let calls: Vec<RequestId> = self
-            .outgoing
-            .iter()
-            .filter(|(_, o)| o.peer == peer)
-            .map(|(id, _)| *id)
-            .collect();
+        let calls: Vec<RequestId> = self.outgoing.iter().filter(|(_, o)| o.peer == peer).map(|(id, _)| *id).collect();
         for id in calls {
             if let Some(o) = self.outgoing.remove(&id) {
                 self.disarm(id, o.deadline);
                 self.finish_outgoing(id, o.mode, Err(CallError::PeerLost));
             }
         }
-        let served: Vec<IncomingId> = self
-            .incoming
-            .iter()
-            .filter(|(_, i)| i.peer == peer)
-            .map(|(id, _)| *id)
-            .collect();
+        let served: Vec<IncomingId> = self.incoming.iter().filter(|(_, i)| i.peer == peer).map(|(id, _)| *id).collect();
         for id in served {
             self.drop_incoming(id, CancelReason::PeerLost);
         }
@@ -1115,28 +960,15 @@ impl Endpoint {
     }
 
     /// Emits the terminal event of an outgoing call that was already removed.
-    fn finish_outgoing(
-        &mut self,
-        id: RequestId,
-        mode: CallMode,
-        outcome: Result<Bytes, CallError>,
-    ) {
+    fn finish_outgoing(&mut self, id: RequestId, mode: CallMode, outcome: Result<Bytes, CallError>) {
         let ev = match mode {
             CallMode::Unary => Event::Response { id, outcome },
-            _ => Event::StreamEnded {
-                id,
-                outcome: outcome.map(|_| ()),
-            },
+            _ => Event::StreamEnded { id, outcome: outcome.map(|_| ()) },
         };
         self.push_event(ev);
     }
 
-    fn fail_outgoing_violation(
-        &mut self,
-        id: RequestId,
-        peer: PeerId,
-        what: &'static str,
-    ) -> FrameError {
+    fn fail_outgoing_violation(&mut self, id: RequestId, peer: PeerId, what: &'static str) -> FrameError {
         if let Some(o) = self.outgoing.remove(&id) {
             self.disarm(id, o.deadline);
             self.send_cancel(peer, id);
@@ -1145,12 +977,7 @@ impl Endpoint {
         FrameError::Violation { peer, what }
     }
 
-    fn fail_incoming_violation(
-        &mut self,
-        id: IncomingId,
-        peer: PeerId,
-        what: &'static str,
-    ) -> FrameError {
+    fn fail_incoming_violation(&mut self, id: IncomingId, peer: PeerId, what: &'static str) -> FrameError {
         self.abort_incoming(id, CallError::Protocol(what));
         FrameError::Violation { peer, what }
     }
@@ -1228,30 +1055,26 @@ impl Endpoint {
         let payload = codec::encode(&self.info).expect("PeerInfo always encodes");
         let len = crate::frame::HEADER_LEN + payload.len();
         if len > self.config.max_frame_len {
-            return Err(CommandError::AnnounceTooLarge {
-                len,
-                max: self.config.max_frame_len,
-            });
+            return Err(CommandError::AnnounceTooLarge { len, max: self.config.max_frame_len });
         }
         self.generation += 1;
         // The local entry serves local calls and publishes like any other peer's.
-        self.directory
-            .learn_local(self.local, self.generation, self.info.clone());
+        self.directory.learn_local(self.local, self.generation, self.info.clone());
         self.announce(Dest::All, 0);
         Ok(())
     }
 
+    fn discovery_done(&mut self) {
+        if let Some((_, deadline)) = self.discovering.take() {
+            self.timers.cancel(deadline, Timer::Discovery);
+        }
+        self.push_event(Event::DiscoveryComplete);
+    }
+
     fn announce(&mut self, dest: Dest, flags: u8) {
+        self.info.peers = self.directory.len().min(u32::MAX as usize) as u32;
         let payload = codec::encode(&self.info).expect("PeerInfo always encodes");
-        match self.encode(
-            FrameKind::Announce,
-            flags,
-            0,
-            0,
-            self.generation,
-            &[],
-            &payload,
-        ) {
+        match self.encode(FrameKind::Announce, flags, 0, 0, self.generation, &[], &payload) {
             Ok(frame) => self.transmit(dest, frame),
             Err(e) => tracing::warn!(error = %e, "announce does not fit in a frame"),
         }
@@ -1265,21 +1088,9 @@ impl Endpoint {
 
     fn send_error(&mut self, peer: PeerId, remote_id: u64, code: ErrorCode, message: &str) {
         // Clip the message so an error always fits in a frame.
-        let max = self
-            .config
-            .max_frame_len
-            .saturating_sub(crate::frame::HEADER_LEN)
-            .min(64 << 10);
+        let max = self.config.max_frame_len.saturating_sub(crate::frame::HEADER_LEN).min(64 << 10);
         let msg = clip_utf8(message, max);
-        if let Ok(frame) = self.encode(
-            FrameKind::ErrorResponse,
-            0,
-            code.0,
-            remote_id,
-            0,
-            &[],
-            msg.as_bytes(),
-        ) {
+        if let Ok(frame) = self.encode(FrameKind::ErrorResponse, 0, code.0, remote_id, 0, &[], msg.as_bytes()) {
             self.transmit(Dest::Peer(peer), frame);
         }
     }
@@ -1295,23 +1106,12 @@ impl Endpoint {
         name: &[u8],
         payload: &[u8],
     ) -> Result<Bytes, CommandError> {
-        encode_parts(
-            kind,
-            flags,
-            aux,
-            id,
-            seq,
-            name,
-            payload,
-            self.config.max_frame_len,
-        )
-        .map_err(too_large)
+        encode_parts(kind, flags, aux, id, seq, name, payload, self.config.max_frame_len).map_err(too_large)
     }
 
     fn transmit(&mut self, dest: Dest, frame: Bytes) {
         self.stats.frames_out += 1;
-        self.out
-            .push_back(Output::Transmit(Transmit { dest, frame }));
+        self.out.push_back(Output::Transmit(Transmit { dest, frame }));
     }
 
     fn push_event(&mut self, ev: Event) {
@@ -1319,18 +1119,12 @@ impl Endpoint {
     }
 
     fn check_open(&self) -> Result<(), CommandError> {
-        if self.closed {
-            Err(CommandError::Closed)
-        } else {
-            Ok(())
-        }
+        if self.closed { Err(CommandError::Closed) } else { Ok(()) }
     }
 
     fn check_room(&self, n: usize) -> Result<(), CommandError> {
         if self.out.len() + n > self.config.max_queued_outputs {
-            Err(CommandError::OutputFull {
-                limit: self.config.max_queued_outputs,
-            })
+            Err(CommandError::OutputFull { limit: self.config.max_queued_outputs })
         } else {
             Ok(())
         }
@@ -1363,12 +1157,7 @@ pub fn service_of(method: &str) -> &str {
 }
 
 fn validate_method(method: &str) -> Result<(), CommandError> {
-    let bad = |reason| {
-        Err(CommandError::InvalidName {
-            name: method.to_string(),
-            reason,
-        })
-    };
+    let bad = |reason| Err(CommandError::InvalidName { name: method.to_string(), reason });
     if method.len() > MAX_NAME_LEN {
         return bad("longer than 65535 bytes");
     }
@@ -1379,12 +1168,7 @@ fn validate_method(method: &str) -> Result<(), CommandError> {
 }
 
 fn validate_service(service: &str) -> Result<(), CommandError> {
-    let bad = |reason| {
-        Err(CommandError::InvalidName {
-            name: service.to_string(),
-            reason,
-        })
-    };
+    let bad = |reason| Err(CommandError::InvalidName { name: service.to_string(), reason });
     if service.is_empty() {
         return bad("a service name cannot be empty");
     }
@@ -1400,10 +1184,9 @@ fn validate_service(service: &str) -> Result<(), CommandError> {
 fn too_large(e: FrameError) -> CommandError {
     match e {
         FrameError::TooLarge { len, max } => CommandError::PayloadTooLarge { len, max },
-        FrameError::NameTooLong { len } => CommandError::InvalidName {
-            name: format!("<{len} bytes>"),
-            reason: "longer than 65535 bytes",
-        },
+        FrameError::NameTooLong { len } => {
+            CommandError::InvalidName { name: format!("<{len} bytes>"), reason: "longer than 65535 bytes" }
+        }
         _ => CommandError::WrongMode("frame could not be encoded"),
     }
 }

@@ -86,9 +86,7 @@ pub enum FrameError {
 #[non_exhaustive]
 pub enum CommandError {
     /// No peer on the bus serves this service.
-    #[error(
-        "no peer on the bus serves `{service}`; start the server, or wait for it with wait_for_service"
-    )]
+    #[error("no peer on the bus serves `{service}`; start the server, or wait for it with wait_for_service")]
     NoSuchService {
         /// The service name (the method name up to its last `.`).
         service: String,
@@ -209,18 +207,12 @@ pub struct RemoteError {
 impl RemoteError {
     /// A handler error with a message.
     pub fn handler(message: impl Into<String>) -> Self {
-        RemoteError {
-            code: ErrorCode::HANDLER,
-            message: message.into(),
-        }
+        RemoteError { code: ErrorCode::HANDLER, message: message.into() }
     }
 
     /// An error with an explicit code.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        RemoteError {
-            code,
-            message: message.into(),
-        }
+        RemoteError { code, message: message.into() }
     }
 }
 
@@ -267,9 +259,7 @@ impl CallError {
     pub(crate) fn from_remote(code: ErrorCode, message: String, method: &str) -> Self {
         match code {
             ErrorCode::NO_SUCH_METHOD => CallError::NoSuchMethod(method.to_string()),
-            ErrorCode::NO_SUCH_SERVICE => {
-                CallError::NoSuchService(crate::service_of(method).to_string())
-            }
+            ErrorCode::NO_SUCH_SERVICE => CallError::NoSuchService(crate::service_of(method).to_string()),
             _ => CallError::Remote(RemoteError { code, message }),
         }
     }

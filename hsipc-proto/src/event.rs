@@ -177,6 +177,11 @@ pub enum Event {
         /// The peer.
         peer: PeerId,
     },
+    /// This endpoint has heard from every peer the bus told it about (or waited
+    /// [`Config::discovery_window`](crate::Config::discovery_window)): from now on, a service
+    /// missing from the directory is missing from the bus. Calls that failed with
+    /// `NoSuchService` while discovery was under way may be retried once now.
+    DiscoveryComplete,
     /// A peer left the directory; its calls and streams have already failed with
     /// [`CallError::PeerLost`].
     PeerLeft {

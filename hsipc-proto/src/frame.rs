@@ -129,15 +129,7 @@ pub struct Frame {
 impl Frame {
     /// A frame with an empty name and payload.
     pub fn new(kind: FrameKind, flags: u8, id: u64, seq: u64) -> Self {
-        Frame {
-            kind,
-            flags: Flags(flags),
-            aux: 0,
-            id,
-            seq,
-            name: Bytes::new(),
-            payload: Bytes::new(),
-        }
+        Frame { kind, flags: Flags(flags), aux: 0, id, seq, name: Bytes::new(), payload: Bytes::new() }
     }
 
     /// Sets the name (method or topic).
@@ -171,16 +163,7 @@ impl Frame {
 
     /// Encodes the frame; fails if it would be longer than `max_len` or the name is too long.
     pub fn encode(&self, max_len: usize) -> Result<Bytes, FrameError> {
-        encode_parts(
-            self.kind,
-            self.flags.0,
-            self.aux,
-            self.id,
-            self.seq,
-            &self.name,
-            &self.payload,
-            max_len,
-        )
+        encode_parts(self.kind, self.flags.0, self.aux, self.id, self.seq, &self.name, &self.payload, max_len)
     }
 
     /// Parses one frame. Never panics; any malformed input gives a [`FrameError`].
@@ -197,10 +180,7 @@ impl Frame {
             return Err(FrameError::BadMagic(h[0]));
         }
         if h[1] != VERSION {
-            return Err(FrameError::UnsupportedVersion {
-                theirs: h[1],
-                ours: VERSION,
-            });
+            return Err(FrameError::UnsupportedVersion { theirs: h[1], ours: VERSION });
         }
         let kind = FrameKind::from_u8(h[2]).ok_or(FrameError::UnknownKind(h[2]))?;
         let flags = Flags(h[3]);
@@ -211,10 +191,7 @@ impl Frame {
         let payload_len = u32::from_le_bytes([h[28], h[29], h[30], h[31]]) as usize;
         let declared = HEADER_LEN as u64 + name_len as u64 + payload_len as u64;
         if declared != len as u64 {
-            return Err(FrameError::LengthMismatch {
-                declared,
-                actual: len,
-            });
+            return Err(FrameError::LengthMismatch { declared, actual: len });
         }
         let name_end = HEADER_LEN + name_len;
         let name = buf.slice(HEADER_LEN..name_end);
@@ -222,15 +199,7 @@ impl Frame {
             return Err(FrameError::NameNotUtf8);
         }
         let payload = buf.slice(name_end..);
-        Ok(Frame {
-            kind,
-            flags,
-            aux,
-            id,
-            seq,
-            name,
-            payload,
-        })
+        Ok(Frame { kind, flags, aux, id, seq, name, payload })
     }
 }
 
@@ -317,46 +286,22 @@ mod tests {
 
     #[test]
     fn rejects_each_malformation_with_its_own_error() {
-        let good = Frame::new(FrameKind::Request, 0, 1, 2)
-            .with_name("svc.m")
-            .encode(MAX)
-            .unwrap();
+        let good = Frame::new(FrameKind::Request, 0, 1, 2).with_name("svc.m").encode(MAX).unwrap();
         let with = |i: usize, v: u8| {
             let mut b = good.to_vec();
             b[i] = v;
             Frame::decode(Bytes::from(b), MAX)
         };
-        assert_eq!(
-            Frame::decode(Bytes::from_static(b"abc"), MAX),
-            Err(FrameError::Truncated { len: 3 })
-        );
+        assert_eq!(Frame::decode(Bytes::from_static(b"abc"), MAX), Err(FrameError::Truncated { len: 3 }));
         assert_eq!(with(0, 0), Err(FrameError::BadMagic(0)));
-        assert_eq!(
-            with(1, 9),
-            Err(FrameError::UnsupportedVersion {
-                theirs: 9,
-                ours: VERSION
-            })
-        );
+        assert_eq!(with(1, 9), Err(FrameError::UnsupportedVersion { theirs: 9, ours: VERSION }));
         assert_eq!(with(2, 99), Err(FrameError::UnknownKind(99)));
-        assert!(matches!(
-            with(24, 200),
-            Err(FrameError::LengthMismatch { .. })
-        ));
+        assert!(matches!(with(24, 200), Err(FrameError::LengthMismatch { .. })));
         assert_eq!(with(HEADER_LEN, 0xFF), Err(FrameError::NameNotUtf8));
         let mut long = good.to_vec();
         long.push(0);
-        assert!(matches!(
-            Frame::decode(Bytes::from(long), MAX),
-            Err(FrameError::LengthMismatch { .. })
-        ));
-        assert_eq!(
-            Frame::decode(good.clone(), 10),
-            Err(FrameError::TooLarge {
-                len: good.len(),
-                max: 10
-            })
-        );
+        assert!(matches!(Frame::decode(Bytes::from(long), MAX), Err(FrameError::LengthMismatch { .. })));
+        assert_eq!(Frame::decode(good.clone(), 10), Err(FrameError::TooLarge { len: good.len(), max: 10 }));
     }
 
     #[test]
@@ -364,10 +309,7 @@ mod tests {
         let f = Frame::new(FrameKind::Publish, 0, 0, 0).with_payload(Bytes::from(vec![0u8; 100]));
         assert_eq!(
             f.encode(HEADER_LEN + 99),
-            Err(FrameError::TooLarge {
-                len: HEADER_LEN + 100,
-                max: HEADER_LEN + 99
-            })
+            Err(FrameError::TooLarge { len: HEADER_LEN + 100, max: HEADER_LEN + 99 })
         );
         assert!(f.encode(HEADER_LEN + 100).is_ok());
     }

@@ -35,14 +35,7 @@ pub(crate) struct RecvHalf {
 
 impl RecvHalf {
     pub(crate) fn new(window: u32) -> Self {
-        RecvHalf {
-            window,
-            received: 0,
-            granted: u64::from(window),
-            consumed: 0,
-            unreported: 0,
-            ended: false,
-        }
+        RecvHalf { window, received: 0, granted: u64::from(window), consumed: 0, unreported: 0, ended: false }
     }
 
     /// Accepts item `seq` if it is the next one and the sender had credit for it.
@@ -103,12 +96,7 @@ pub(crate) struct SendHalf {
 
 impl SendHalf {
     pub(crate) fn new(credit: u64) -> Self {
-        SendHalf {
-            credit,
-            sent: 0,
-            blocked: false,
-            finished: false,
-        }
+        SendHalf { credit, sent: 0, blocked: false, finished: false }
     }
 
     /// Spends one credit; returns the new item's sequence number.
@@ -165,13 +153,7 @@ mod tests {
         let mut r = RecvHalf::new(2);
         assert_eq!(r.accept(1), Ok(()));
         assert_eq!(r.accept(1), Err(Gap::Duplicate));
-        assert_eq!(
-            r.accept(3),
-            Err(Gap::Lost {
-                expected: 2,
-                got: 3
-            })
-        );
+        assert_eq!(r.accept(3), Err(Gap::Lost { expected: 2, got: 3 }));
         assert_eq!(r.accept(2), Ok(()));
         assert_eq!(r.accept(3), Err(Gap::OverCredit));
         assert_eq!(r.consume(1), 1, "half a window (1) consumed: grant it");

@@ -14,6 +14,8 @@ pub(crate) enum Timer {
     Incoming(IncomingId),
     /// Announce ourselves and expire silent peers.
     Heartbeat,
+    /// Give up waiting for more announces: discovery is complete.
+    Discovery,
 }
 
 /// Deadlines in order. Set when the logical change happens, never in `poll_*`; a timer is due

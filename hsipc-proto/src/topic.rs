@@ -270,10 +270,7 @@ impl TopicFilter {
 impl<K> TopicIndex<K> {
     /// An empty index.
     pub fn new() -> Self {
-        Self {
-            root: Node::default(),
-            len: 0,
-        }
+        Self { root: Node::default(), len: 0 }
     }
 
     /// The number of `(filter, key)` entries.
@@ -315,11 +312,7 @@ impl<K: Ord> TopicIndex<K> {
                 literal => node.children.entry(Box::from(literal)).or_default(),
             };
         }
-        let inserted = if multi {
-            node.multi.insert(key)
-        } else {
-            node.exact.insert(key)
-        };
+        let inserted = if multi { node.multi.insert(key) } else { node.exact.insert(key) };
         self.len += usize::from(inserted);
         inserted
     }
@@ -332,11 +325,7 @@ impl<K: Ord> TopicIndex<K> {
         let Some(node) = self.root.descend_mut(&path) else {
             return false;
         };
-        let removed = if multi {
-            node.multi.remove(key)
-        } else {
-            node.exact.remove(key)
-        };
+        let removed = if multi { node.multi.remove(key) } else { node.exact.remove(key) };
         if removed {
             self.len -= 1;
             self.prune(&path);
@@ -383,8 +372,7 @@ impl<K: Ord> TopicIndex<K> {
         // MQTT 3.1.1 §4.7.2: a `$` topic is not matched by a filter starting with a wildcard,
         // so the root's wildcard branches are skipped for it.
         let root_wildcards = !topic.starts_with('$');
-        self.root
-            .step(Some(topic), root_wildcards, &mut on_keys, &mut work)?;
+        self.root.step(Some(topic), root_wildcards, &mut on_keys, &mut work)?;
         while let Some((node, rest)) = work.pop() {
             node.step(rest, true, &mut on_keys, &mut work)?;
         }
@@ -402,9 +390,7 @@ impl<K: Ord> TopicIndex<K> {
                 return;
             };
             let last = depth + 1 == path.len();
-            let bare = child.exact.is_empty()
-                && child.multi.is_empty()
-                && child.child_count() == usize::from(!last);
+            let bare = child.exact.is_empty() && child.multi.is_empty() && child.child_count() == usize::from(!last);
             if !bare {
                 cut = None;
             } else if cut.is_none() {
@@ -445,19 +431,11 @@ impl<K: fmt::Debug> fmt::Debug for TopicIndex<K> {
                 entries.push((path.clone(), &node.exact));
             }
             if !node.multi.is_empty() {
-                let filter = if is_root {
-                    "#".to_owned()
-                } else {
-                    format!("{path}/#")
-                };
+                let filter = if is_root { "#".to_owned() } else { format!("{path}/#") };
                 entries.push((filter, &node.multi));
             }
             let join = |level: &str| {
-                if is_root {
-                    level.to_owned()
-                } else {
-                    format!("{path}/{level}")
-                }
+                if is_root { level.to_owned() } else { format!("{path}/{level}") }
             };
             if let Some(plus) = &node.plus {
                 work.push((plus, join("+"), false));
@@ -467,10 +445,7 @@ impl<K: fmt::Debug> fmt::Debug for TopicIndex<K> {
             }
         }
         entries.sort_by(|a, b| a.0.cmp(&b.0));
-        f.debug_struct("TopicIndex")
-            .field("len", &self.len)
-            .field("entries", &DebugEntries(&entries))
-            .finish()
+        f.debug_struct("TopicIndex").field("len", &self.len).field("entries", &DebugEntries(&entries)).finish()
     }
 }
 
@@ -666,12 +641,7 @@ impl<K: Ord> Node<K> {
 
 impl<K> Default for Node<K> {
     fn default() -> Self {
-        Self {
-            children: BTreeMap::new(),
-            plus: None,
-            exact: BTreeSet::new(),
-            multi: BTreeSet::new(),
-        }
+        Self { children: BTreeMap::new(), plus: None, exact: BTreeSet::new(), multi: BTreeSet::new() }
     }
 }
 
@@ -708,10 +678,7 @@ impl Defect {
     fn into_error(self, s: String) -> TopicError {
         match self {
             Self::Empty => TopicError::Empty,
-            Self::TooLong(len) => TopicError::TooLong {
-                len,
-                max: MAX_TOPIC_LEN,
-            },
+            Self::TooLong(len) => TopicError::TooLong { len, max: MAX_TOPIC_LEN },
             Self::ContainsNul => TopicError::ContainsNul { topic: s },
             Self::Wildcard(wildcard) => TopicError::WildcardInTopic { topic: s, wildcard },
             Self::PlusNotWholeLevel => TopicError::PlusNotWholeLevel { filter: s },
@@ -737,11 +704,7 @@ fn check_common(s: &str) -> Result<(), Defect> {
 fn check_topic(topic: &str) -> Result<(), Defect> {
     check_common(topic)?;
     match topic.find(['+', '#']) {
-        Some(at) => Err(Defect::Wildcard(if topic.as_bytes()[at] == b'+' {
-            '+'
-        } else {
-            '#'
-        })),
+        Some(at) => Err(Defect::Wildcard(if topic.as_bytes()[at] == b'+' { '+' } else { '#' })),
         None => Ok(()),
     }
 }
@@ -800,9 +763,7 @@ struct DebugEntries<'a, K>(&'a [(String, &'a BTreeSet<K>)]);
 
 impl<K: fmt::Debug> fmt::Debug for DebugEntries<'_, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(self.0.iter().map(|(filter, keys)| (filter, keys)))
-            .finish()
+        f.debug_map().entries(self.0.iter().map(|(filter, keys)| (filter, keys))).finish()
     }
 }
 
@@ -849,9 +810,10 @@ mod tests {
         !s.is_empty()
             && s.len() <= MAX_TOPIC_LEN
             && !s.contains('\0')
-            && levels.iter().enumerate().all(|(i, l)| {
-                *l == "+" || (*l == "#" && i == levels.len() - 1) || !l.contains(['+', '#'])
-            })
+            && levels
+                .iter()
+                .enumerate()
+                .all(|(i, l)| *l == "+" || (*l == "#" && i == levels.len() - 1) || !l.contains(['+', '#']))
     }
 
     #[test]
@@ -884,53 +846,13 @@ mod tests {
         let too_long = "a".repeat(MAX_TOPIC_LEN + 1);
         let cases: &[(&str, TopicError)] = &[
             ("", TopicError::Empty),
-            (
-                &too_long,
-                TopicError::TooLong {
-                    len: MAX_TOPIC_LEN + 1,
-                    max: MAX_TOPIC_LEN,
-                },
-            ),
-            (
-                "a\0b",
-                TopicError::ContainsNul {
-                    topic: "a\0b".into(),
-                },
-            ),
-            (
-                "a/+\0",
-                TopicError::ContainsNul {
-                    topic: "a/+\0".into(),
-                },
-            ),
-            (
-                "+",
-                TopicError::WildcardInTopic {
-                    topic: "+".into(),
-                    wildcard: '+',
-                },
-            ),
-            (
-                "a/#",
-                TopicError::WildcardInTopic {
-                    topic: "a/#".into(),
-                    wildcard: '#',
-                },
-            ),
-            (
-                "a#/b+",
-                TopicError::WildcardInTopic {
-                    topic: "a#/b+".into(),
-                    wildcard: '#',
-                },
-            ),
-            (
-                "sport/tennis+",
-                TopicError::WildcardInTopic {
-                    topic: "sport/tennis+".into(),
-                    wildcard: '+',
-                },
-            ),
+            (&too_long, TopicError::TooLong { len: MAX_TOPIC_LEN + 1, max: MAX_TOPIC_LEN }),
+            ("a\0b", TopicError::ContainsNul { topic: "a\0b".into() }),
+            ("a/+\0", TopicError::ContainsNul { topic: "a/+\0".into() }),
+            ("+", TopicError::WildcardInTopic { topic: "+".into(), wildcard: '+' }),
+            ("a/#", TopicError::WildcardInTopic { topic: "a/#".into(), wildcard: '#' }),
+            ("a#/b+", TopicError::WildcardInTopic { topic: "a#/b+".into(), wildcard: '#' }),
+            ("sport/tennis+", TopicError::WildcardInTopic { topic: "sport/tennis+".into(), wildcard: '+' }),
         ];
         for (case, expected) in cases {
             assert_eq!(Topic::new(*case).as_ref(), Err(expected), "{case:?}");
@@ -973,19 +895,8 @@ mod tests {
         let last = |f: &str| TopicError::HashNotLast { filter: f.into() };
         let cases: &[(&str, TopicError)] = &[
             ("", TopicError::Empty),
-            (
-                &too_long,
-                TopicError::TooLong {
-                    len: too_long.len(),
-                    max: MAX_TOPIC_LEN,
-                },
-            ),
-            (
-                "a/\0/#",
-                TopicError::ContainsNul {
-                    topic: "a/\0/#".into(),
-                },
-            ),
+            (&too_long, TopicError::TooLong { len: too_long.len(), max: MAX_TOPIC_LEN }),
+            ("a/\0/#", TopicError::ContainsNul { topic: "a/\0/#".into() }),
             ("a+", plus("a+")),
             ("+a", plus("+a")),
             ("++", plus("++")),
@@ -1006,11 +917,7 @@ mod tests {
         ];
         for (case, expected) in cases {
             assert_eq!(TopicFilter::new(*case).as_ref(), Err(expected), "{case:?}");
-            assert_eq!(
-                case.parse::<TopicFilter>().as_ref(),
-                Err(expected),
-                "{case:?}"
-            );
+            assert_eq!(case.parse::<TopicFilter>().as_ref(), Err(expected), "{case:?}");
         }
     }
 
@@ -1031,16 +938,10 @@ mod tests {
         let long = format!("{}+", "x".repeat(1000));
         let message = Topic::new(long).unwrap_err().to_string();
         assert!(message.len() < 200, "{message}");
-        assert!(
-            message.contains(&format!("`{}…`", "x".repeat(64))),
-            "{message}"
-        );
+        assert!(message.contains(&format!("`{}…`", "x".repeat(64))), "{message}");
         for error in [
             TopicError::Empty,
-            TopicError::TooLong {
-                len: 70_000,
-                max: MAX_TOPIC_LEN,
-            },
+            TopicError::TooLong { len: 70_000, max: MAX_TOPIC_LEN },
             TopicFilter::new("a+").unwrap_err(),
             TopicFilter::new("a#").unwrap_err(),
         ] {
@@ -1053,16 +954,8 @@ mod tests {
     /// MQTT 3.1.1 §4.7.1 and §4.7.2, plus edge cases of empty levels.
     const MATCH_CASES: &[(&str, &str, bool)] = &[
         ("sport/tennis/player1/#", "sport/tennis/player1", true),
-        (
-            "sport/tennis/player1/#",
-            "sport/tennis/player1/ranking",
-            true,
-        ),
-        (
-            "sport/tennis/player1/#",
-            "sport/tennis/player1/score/wimbledon",
-            true,
-        ),
+        ("sport/tennis/player1/#", "sport/tennis/player1/ranking", true),
+        ("sport/tennis/player1/#", "sport/tennis/player1/score/wimbledon", true),
         ("sport/tennis/player1/#", "sport/tennis/player2", false),
         ("sport/tennis/player1/#", "sport/tennis", false),
         ("sport/#", "sport", true),
@@ -1124,11 +1017,7 @@ mod tests {
         }
         let topics: BTreeSet<&str> = MATCH_CASES.iter().map(|c| c.1).collect();
         for t in topics {
-            let mut expected: Vec<&str> = MATCH_CASES
-                .iter()
-                .map(|c| c.0)
-                .filter(|f| naive_match(f, t))
-                .collect();
+            let mut expected: Vec<&str> = MATCH_CASES.iter().map(|c| c.0).filter(|f| naive_match(f, t)).collect();
             if !expected.is_empty() {
                 expected.push("~");
             }
@@ -1172,10 +1061,7 @@ mod tests {
 
         assert!(!index.remove(&filter("a/b/c"), &9), "absent key");
         assert!(!index.remove(&filter("a/b/c/d"), &1), "absent path");
-        assert!(
-            !index.remove(&filter("a/b/#"), &1),
-            "absent filter on a live path"
-        );
+        assert!(!index.remove(&filter("a/b/#"), &1), "absent filter on a live path");
         assert_eq!((index.len(), index.node_count()), (6, 6));
 
         assert!(index.remove(&filter("a/b/c"), &1));
@@ -1227,10 +1113,7 @@ mod tests {
         index.insert(&filter("a/+"), 2);
         index.insert(&filter("#"), 1);
         index.insert(&filter("/#"), 3);
-        assert_eq!(
-            format!("{index:?}"),
-            r##"TopicIndex { len: 3, entries: {"#": {1}, "/#": {3}, "a/+": {2}} }"##
-        );
+        assert_eq!(format!("{index:?}"), r##"TopicIndex { len: 3, entries: {"#": {1}, "/#": {3}, "a/+": {2}} }"##);
     }
 
     #[test]
@@ -1272,10 +1155,7 @@ mod tests {
         let mut bad = Vec::new();
         ciborium::into_writer(&"sensor/+", &mut bad).unwrap();
         assert!(ciborium::from_reader::<Topic, _>(&bad[..]).is_err());
-        assert_eq!(
-            ciborium::from_reader::<TopicFilter, _>(&bad[..]).unwrap(),
-            filter("sensor/+")
-        );
+        assert_eq!(ciborium::from_reader::<TopicFilter, _>(&bad[..]).unwrap(), filter("sensor/+"));
     }
 
     fn topic_level() -> impl Strategy<Value = &'static str> {

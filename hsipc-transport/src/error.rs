@@ -15,9 +15,7 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
     /// Nobody on the bus serves the service.
-    #[error(
-        "no peer on the bus serves `{service}`; start the server, or wait for it with wait_for_service"
-    )]
+    #[error("no peer on the bus serves `{service}`; start the server, or wait for it with wait_for_service")]
     NoSuchService {
         /// The service (method name up to its last `.`).
         service: String,
@@ -100,9 +98,7 @@ impl From<CommandError> for Error {
     fn from(e: CommandError) -> Self {
         match e {
             CommandError::NoSuchService { service } => Error::NoSuchService { service },
-            CommandError::UnknownPeer(p) => {
-                Error::Overloaded(format!("peer {p} is not on the bus"))
-            }
+            CommandError::UnknownPeer(p) => Error::Overloaded(format!("peer {p} is not on the bus")),
             CommandError::PayloadTooLarge { len, max } => Error::PayloadTooLarge { len, max },
             CommandError::InvalidName { name, reason } => Error::InvalidName { name, reason },
             CommandError::InvalidTopic(t) => Error::InvalidTopic(t),

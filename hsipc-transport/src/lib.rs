@@ -10,19 +10,18 @@
 
 mod engine;
 mod error;
+mod inbox;
 pub mod ipmb;
 mod liveness;
-mod mailbox;
 mod mem;
 mod transport;
 
 pub use engine::{
-    Command, Delivery, Dispatcher, Engine, EngineConfig, Handle, IncomingCall, PeerSummary, Reject,
-    StreamMsg,
+    Delivery, Dispatcher, Engine, EngineConfig, Handle, IncomingCall, ItemSent, PeerSummary, Reject, StreamMsg,
 };
 pub use error::{Error, Result};
+pub use inbox::Inbox;
 pub use ipmb::{IpmbBus, IpmbConfig};
-pub use mailbox::{Inbox, Mail};
 pub use mem::{MemBus, MemTransport};
 pub use proto;
 pub use transport::{Connect, Transport, TransportError};

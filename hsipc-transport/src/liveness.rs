@@ -20,10 +20,7 @@ pub(crate) struct Liveness {
 
 impl Liveness {
     pub(crate) fn new(own_pid: u32) -> Self {
-        Liveness {
-            own_pid,
-            fds: HashMap::new(),
-        }
+        Liveness { own_pid, fds: HashMap::new() }
     }
 
     /// Starts watching `peer`'s process. Peers in this process (or with no pid) are skipped.
@@ -54,16 +51,7 @@ impl Liveness {
         let (peers, mut polls): (Vec<PeerId>, Vec<libc::pollfd>) = self
             .fds
             .iter()
-            .map(|(p, fd)| {
-                (
-                    *p,
-                    libc::pollfd {
-                        fd: fd.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                )
-            })
+            .map(|(p, fd)| (*p, libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }))
             .unzip();
         // SAFETY: `polls` is a valid array of pollfd of the given length; timeout 0 never blocks.
         let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, 0) };
@@ -89,10 +77,7 @@ mod tests {
 
     #[test]
     fn a_child_that_exits_is_reported_dead_once() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
         let mut l = Liveness::new(std::process::id());
         l.watch(PeerId(7), child.id());
         l.watch(PeerId(8), std::process::id()); // ourselves: never watched

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use proto::PeerId;
 
-use crate::mailbox::Inbox;
+use crate::inbox::Inbox;
 use crate::transport::{Connect, Transport, TransportError};
 
 /// A bus in memory. Clone it to give every hub the same bus.
@@ -40,26 +40,15 @@ impl MemBus {
 }
 
 impl Connect for MemBus {
-    fn connect(
-        self: Box<Self>,
-        local: PeerId,
-        name: &str,
-        inbox: Inbox,
-    ) -> Result<Box<dyn Transport>, TransportError> {
+    fn connect(self: Box<Self>, local: PeerId, name: &str, inbox: Inbox) -> Result<Box<dyn Transport>, TransportError> {
         let mut reg = self.registry();
         if reg.peers.values().any(|(n, _)| n == name) {
-            return Err(TransportError::NameTaken {
-                bus: "memory".into(),
-                name: name.into(),
-            });
+            return Err(TransportError::NameTaken { bus: "memory".into(), name: name.into() });
         }
+        let alone = reg.peers.is_empty();
         reg.peers.insert(local, (name.to_string(), inbox));
         drop(reg);
-        Ok(Box::new(MemTransport {
-            bus: *self,
-            local,
-            closed: false,
-        }))
+        Ok(Box::new(MemTransport { bus: *self, local, closed: false, alone }))
     }
 }
 
@@ -69,6 +58,7 @@ pub struct MemTransport {
     bus: MemBus,
     local: PeerId,
     closed: bool,
+    alone: bool,
 }
 
 impl Transport for MemTransport {
@@ -87,14 +77,8 @@ impl Transport for MemTransport {
         if self.closed {
             return Err(TransportError::Closed);
         }
-        let inboxes: Vec<Inbox> = self
-            .bus
-            .registry()
-            .peers
-            .iter()
-            .filter(|(p, _)| **p != self.local)
-            .map(|(_, (_, i))| i.clone())
-            .collect();
+        let inboxes: Vec<Inbox> =
+            self.bus.registry().peers.iter().filter(|(p, _)| **p != self.local).map(|(_, (_, i))| i.clone()).collect();
         for inbox in inboxes {
             inbox.deliver(self.local, frame.clone());
         }
@@ -103,6 +87,10 @@ impl Transport for MemTransport {
 
     fn max_frame_len(&self) -> usize {
         usize::MAX
+    }
+
+    fn joined_empty_bus(&self) -> bool {
+        self.alone
     }
 
     fn close(&mut self) {

@@ -5,7 +5,7 @@ use std::fmt;
 use bytes::Bytes;
 use proto::PeerId;
 
-use crate::mailbox::Inbox;
+use crate::inbox::Inbox;
 
 /// A transport failed to move a frame.
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +30,7 @@ pub enum TransportError {
         reason: String,
     },
     /// Another hub on this bus already uses this name.
-    #[error(
-        "a hub named `{name}` is already on bus `{bus}`; pick another name, or stop the other process"
-    )]
+    #[error("a hub named `{name}` is already on bus `{bus}`; pick another name, or stop the other process")]
     NameTaken {
         /// The bus name.
         bus: String,
@@ -78,6 +76,11 @@ pub trait Transport: Send + fmt::Debug + 'static {
     fn broadcast(&mut self, frame: &Bytes) -> Result<(), TransportError>;
     /// The largest frame this transport carries.
     fn max_frame_len(&self) -> usize;
+    /// Whether the bus had no other member when this transport joined, so the new peer has
+    /// nobody to discover and can say at once that a service is missing. `false` when unsure.
+    fn joined_empty_bus(&self) -> bool {
+        false
+    }
     /// Stops receiving and releases the bus. Idempotent.
     fn close(&mut self);
 }
@@ -85,10 +88,5 @@ pub trait Transport: Send + fmt::Debug + 'static {
 /// Opens a [`Transport`] for one hub.
 pub trait Connect: Send + fmt::Debug + 'static {
     /// Joins as peer `local` named `name`, delivering received frames into `inbox`.
-    fn connect(
-        self: Box<Self>,
-        local: PeerId,
-        name: &str,
-        inbox: Inbox,
-    ) -> Result<Box<dyn Transport>, TransportError>;
+    fn connect(self: Box<Self>, local: PeerId, name: &str, inbox: Inbox) -> Result<Box<dyn Transport>, TransportError>;
 }

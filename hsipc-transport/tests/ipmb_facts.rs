@@ -68,10 +68,7 @@ const REGION_SIZE: usize = 1 << 20;
 
 /// A unique bus identifier for one test run (well under the 106-byte truncation limit, 1.1).
 fn bus_name(fact: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .subsec_nanos();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").subsec_nanos();
     format!("hsipc-fact-{fact}-{}-{nanos}", std::process::id())
 }
 
@@ -112,13 +109,7 @@ impl Proc {
                 }
             }
         });
-        Proc {
-            name: name.to_owned(),
-            child,
-            stdin,
-            lines,
-            seen: Vec::new(),
-        }
+        Proc { name: name.to_owned(), child, stdin, lines, seen: Vec::new() }
     }
 
     /// Spawns a child and waits for the `READY` it prints once `ipmb::join` has returned.
@@ -152,9 +143,7 @@ impl Proc {
 
     /// Skips lines until one starts with `prefix`; panics at `deadline`.
     fn wait_for(&mut self, prefix: &str, deadline: Instant) -> String {
-        self.collect_until(prefix, deadline)
-            .pop()
-            .expect("collect_until returns the matching line last")
+        self.collect_until(prefix, deadline).pop().expect("collect_until returns the matching line last")
     }
 
     /// Every line up to and including the first one starting with `prefix`; panics at `deadline`.
@@ -205,28 +194,20 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 }
 
 fn num(line: &str, key: &str) -> u64 {
-    field(line, key)
-        .parse()
-        .unwrap_or_else(|e| panic!("{key}= in {line:?}: {e}"))
+    field(line, key).parse().unwrap_or_else(|e| panic!("{key}= in {line:?}: {e}"))
 }
 
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
 /// FNV-1a, to compare payloads across processes by printing one number.
 fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 24) as u8 ^ seed)
-        .collect()
+    (0..len).map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 24) as u8 ^ seed).collect()
 }
 
 /// A then B and C, each joined before the next is spawned: A is the controller.
@@ -257,18 +238,11 @@ fn client_to_client_without_fd_is_dropped() {
     // marker is in, the 50 were dropped, not late.
     b.cmd(&format!("PLAIN c {BURST}"));
     let sent = b.wait_for("SENT PLAIN", Instant::now() + STEP);
-    assert_eq!(
-        num(&sent, "ok"),
-        BURST,
-        "every fd-less send returns Ok: {sent}"
-    );
+    assert_eq!(num(&sent, "ok"), BURST, "every fd-less send returns Ok: {sent}");
     assert_eq!(num(&sent, "err"), 0, "{sent}");
     b.cmd(&format!("PROBE c {}", u64::MAX));
     b.wait_for("SENT PROBE", Instant::now() + STEP);
-    let got = c.collect_until(
-        &format!("GOT fmt={KIND_MARKER} seq={} ", u64::MAX),
-        Instant::now() + STEP,
-    );
+    let got = c.collect_until(&format!("GOT fmt={KIND_MARKER} seq={} ", u64::MAX), Instant::now() + STEP);
     let plain: Vec<_> = got.iter().filter(is_plain).collect();
     assert!(
         plain.is_empty(),
@@ -286,16 +260,11 @@ fn client_to_client_without_fd_is_dropped() {
         b.cmd(&format!("PAIR c {seq}"));
         let got = c.collect_until(&format!("GOT fmt={KIND_MARKER} seq={seq} "), deadline);
         let plain: Vec<_> = got.iter().filter(is_plain).collect();
-        assert!(
-            plain.is_empty(),
-            "fact changed: fd-less message {seq} reached a joined client: {plain:?}"
-        );
+        assert!(plain.is_empty(), "fact changed: fd-less message {seq} reached a joined client: {plain:?}");
     }
     let sent = b.collect_until(&format!("SENT PAIR seq={} ", PAIRS - 1), deadline);
     assert!(
-        sent.iter()
-            .filter(|l| l.starts_with("SENT PAIR"))
-            .all(|l| num(l, "plain_ok") == 1 && num(l, "probe_ok") == 1),
+        sent.iter().filter(|l| l.starts_with("SENT PAIR")).all(|l| num(l, "plain_ok") == 1 && num(l, "probe_ok") == 1),
         "every send returns Ok: {sent:?}"
     );
     eprintln!(
@@ -329,20 +298,9 @@ fn client_to_client_with_fd_is_delivered() {
     assert_eq!(num(&line, "fmt"), u64::from(KIND_REGION), "{line}");
     assert_eq!(num(&line, "regions"), 1, "{line}");
     assert_eq!(num(&line, "rlen"), REGION_SIZE as u64, "{line}");
-    assert_eq!(
-        field(&line, "rsum"),
-        field(&sent, "rsum"),
-        "region bytes intact"
-    );
-    assert_eq!(
-        num(&line, "rsum"),
-        fnv(&pattern(REGION_SIZE, 0x5a)),
-        "region bytes are the sender's pattern"
-    );
-    eprintln!(
-        "client_to_client_with_fd_is_delivered: {N}/{N} in order + 1 MiB region, {:?}",
-        start.elapsed()
-    );
+    assert_eq!(field(&line, "rsum"), field(&sent, "rsum"), "region bytes intact");
+    assert_eq!(num(&line, "rsum"), fnv(&pattern(REGION_SIZE, 0x5a)), "region bytes are the sender's pattern");
+    eprintln!("client_to_client_with_fd_is_delivered: {N}/{N} in order + 1 MiB region, {:?}", start.elapsed());
 }
 
 /// Sections 1.3 and 2.d: 100 000 bytes is delivered; 200 000 bytes makes a client's `send` loop.
@@ -373,10 +331,7 @@ fn oversized_send_never_returns() {
             sending_at.elapsed()
         );
     }
-    assert!(
-        b.is_running(),
-        "the sender is still inside send(), not dead"
-    );
+    assert!(b.is_running(), "the sender is still inside send(), not dead");
     let fds_after = open_fds(a.pid());
     assert!(
         fds_after > fds_before + 100,
@@ -410,16 +365,8 @@ fn send_to_absent_label_is_ok() {
     assert_eq!(num(&sent, "ok"), N, "{sent}");
     b.cmd("RECV 500");
     let line = b.wait_for("RECV ", Instant::now() + STEP);
-    assert!(
-        line.starts_with("RECV timeout"),
-        "no bounce or error reaches the sender: {line}"
-    );
-    eprintln!(
-        "send_to_absent_label_is_ok: {}/{} Ok, no report, {:?}",
-        2 * N,
-        2 * N,
-        start.elapsed()
-    );
+    assert!(line.starts_with("RECV timeout"), "no bounce or error reaches the sender: {line}");
+    eprintln!("send_to_absent_label_is_ok: {}/{} Ok, no report, {:?}", 2 * N, 2 * N, start.elapsed());
 }
 
 /// Section 1.7, experiment 2.i: `recv(Some(t))` restarts `t` after each discarded message.
@@ -437,17 +384,11 @@ fn recv_timeout_is_not_a_deadline() {
     a.cmd(&format!("SPAM c {SPAM} {INTERVAL_MS}"));
     let line = c.wait_for("RECV ", Instant::now() + Duration::from_secs(12));
     a.wait_for("SPAMMED", Instant::now() + STEP);
-    assert!(
-        line.starts_with("RECV timeout"),
-        "only other-typed messages were sent: {line}"
-    );
+    assert!(line.starts_with("RECV timeout"), "only other-typed messages were sent: {line}");
     let elapsed_ms = num(&line, "ms");
     // The spam lasts (SPAM - 1) * INTERVAL_MS = 2.7 s, so a real 1 s deadline would end long
     // before; ipmb returns about 1 s after the last discarded message.
-    assert!(
-        elapsed_ms >= 2_500,
-        "fact changed: recv(Some(1 s)) honoured its timeout as a deadline: {line}"
-    );
+    assert!(elapsed_ms >= 2_500, "fact changed: recv(Some(1 s)) honoured its timeout as a deadline: {line}");
     eprintln!(
         "recv_timeout_is_not_a_deadline: recv(Some(1 s)) returned Timeout after {elapsed_ms} ms, \
          test {:?}",
@@ -507,21 +448,14 @@ fn say(line: &str) {
     println!("{TAG}{line}");
 }
 
-fn join<S: MessageBox, R: MessageBox>(
-    bus: &str,
-    label: &str,
-) -> (EndpointSender<S>, EndpointReceiver<R>) {
+fn join<S: MessageBox, R: MessageBox>(bus: &str, label: &str) -> (EndpointSender<S>, EndpointReceiver<R>) {
     let options = ipmb::Options::new(bus, ipmb::label!(label), "");
-    ipmb::join::<S, R>(options, Some(JOIN_TIMEOUT))
-        .unwrap_or_else(|e| panic!("join {bus} as {label}: {e}"))
+    ipmb::join::<S, R>(options, Some(JOIN_TIMEOUT)).unwrap_or_else(|e| panic!("join {bus} as {label}: {e}"))
 }
 
 /// Commands from the parent, one per line; ends when the parent closes stdin.
 fn commands() -> impl Iterator<Item = Vec<String>> {
-    std::io::stdin()
-        .lines()
-        .map_while(Result::ok)
-        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+    std::io::stdin().lines().map_while(Result::ok).map(|l| l.split_whitespace().map(str::to_owned).collect())
 }
 
 /// A fresh eventfd as an `ipmb::Object`.
@@ -534,10 +468,7 @@ fn eventfd_object() -> ipmb::Object {
 }
 
 fn bytes_message(target: &str, kind: u16, data: Vec<u8>) -> Message<BytesMessage> {
-    Message::new(
-        Selector::unicast(target),
-        BytesMessage { format: kind, data },
-    )
+    Message::new(Selector::unicast(target), BytesMessage { format: kind, data })
 }
 
 /// A message that can cross client → client (one fd) and waits up to 5 s for a receiver that is
@@ -545,10 +476,7 @@ fn bytes_message(target: &str, kind: u16, data: Vec<u8>) -> Message<BytesMessage
 fn probe(target: &str, seq: u64) -> Message<BytesMessage> {
     let mut selector = Selector::unicast(target);
     selector.ttl = Duration::from_secs(5);
-    let payload = BytesMessage {
-        format: KIND_MARKER,
-        data: seq.to_le_bytes().to_vec(),
-    };
+    let payload = BytesMessage { format: KIND_MARKER, data: seq.to_le_bytes().to_vec() };
     let mut msg = Message::new(selector, payload);
     msg.objects.push(eventfd_object());
     msg
@@ -570,9 +498,7 @@ fn role_receiver(bus: &str, label: &str) {
         match rx.recv(Some(Duration::from_millis(300))) {
             Ok(mut msg) => {
                 let data = &msg.payload.data;
-                let seq = data
-                    .get(..8)
-                    .map_or(u64::MAX, |b| u64::from_le_bytes(b.try_into().expect("8")));
+                let seq = data.get(..8).map_or(u64::MAX, |b| u64::from_le_bytes(b.try_into().expect("8")));
                 let mut region_bytes = Vec::new();
                 for region in &mut msg.memory_regions {
                     let mapped = region.map(..).expect("map received region");
@@ -638,11 +564,7 @@ fn role_peer(bus: &str, label: &str) {
                 let plain = bytes_message(target, KIND_PLAIN, seq.to_le_bytes().to_vec());
                 let plain_ok = tx.send(plain).is_ok();
                 let probe_ok = tx.send(probe(target, seq)).is_ok();
-                say(&format!(
-                    "SENT PAIR seq={seq} plain_ok={} probe_ok={}",
-                    u8::from(plain_ok),
-                    u8::from(probe_ok)
-                ));
+                say(&format!("SENT PAIR seq={seq} plain_ok={} probe_ok={}", u8::from(plain_ok), u8::from(probe_ok)));
             }
             ["REGION", target] => {
                 let mut region = ipmb::MemoryRegion::new(REGION_SIZE).expect("memory region");
@@ -651,11 +573,7 @@ fn role_peer(bus: &str, label: &str) {
                 let mut msg = bytes_message(target, KIND_REGION, Vec::new());
                 msg.memory_regions.push(region);
                 let res = tx.send(msg);
-                say(&format!(
-                    "SENT REGION ok={} rsum={}",
-                    u8::from(res.is_ok()),
-                    fnv(&bytes)
-                ));
+                say(&format!("SENT REGION ok={} rsum={}", u8::from(res.is_ok()), fnv(&bytes)));
             }
             ["BIG", target, len] => {
                 let len: usize = len.parse().expect("length");
@@ -690,11 +608,7 @@ impl OtherMessage {
 
 impl MessageBox for OtherMessage {
     fn decode(uuid: [u8; 16], _data: &[u8]) -> Result<Self, ipmb::Error> {
-        if uuid == Self::UUID {
-            Ok(OtherMessage)
-        } else {
-            Err(ipmb::Error::TypeUuidNotFound)
-        }
+        if uuid == Self::UUID { Ok(OtherMessage) } else { Err(ipmb::Error::TypeUuidNotFound) }
     }
 
     fn encode(&self) -> Result<Vec<u8>, ipmb::Error> {
@@ -720,8 +634,7 @@ fn role_spammer(bus: &str, label: &str) {
                     if i > 0 {
                         thread::sleep(interval);
                     }
-                    tx.send(Message::new(Selector::unicast(*target), OtherMessage))
-                        .expect("controller send");
+                    tx.send(Message::new(Selector::unicast(*target), OtherMessage)).expect("controller send");
                 }
                 say("SPAMMED");
             }

@@ -17,17 +17,8 @@ use std::time::{Duration, Instant};
 /// A bus name no other test (or test run) uses.
 pub fn unique_bus(test: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "t-{}-{}-{}-{}",
-        &test[..test.len().min(24)],
-        std::process::id(),
-        nanos,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("t-{}-{}-{}-{}", &test[..test.len().min(24)], std::process::id(), nanos, N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A running child process in a role.
@@ -65,12 +56,7 @@ impl Peer {
             }
         });
         let stdin = child.stdin.take();
-        Peer {
-            name: name.to_string(),
-            child,
-            stdin,
-            lines,
-        }
+        Peer { name: name.to_string(), child, stdin, lines }
     }
 
     /// Spawns and waits for its `READY` line.
@@ -88,11 +74,7 @@ impl Peer {
     pub fn line(&mut self, timeout: Duration) -> String {
         match self.lines.recv_timeout(timeout) {
             Ok(l) => l,
-            Err(_) => panic!(
-                "{}: no report within {timeout:?} (exit: {:?})",
-                self.name,
-                self.child.try_wait()
-            ),
+            Err(_) => panic!("{}: no report within {timeout:?} (exit: {:?})", self.name, self.child.try_wait()),
         }
     }
 
@@ -105,10 +87,7 @@ impl Peer {
             if let Some(rest) = line.strip_prefix(prefix) {
                 return rest.trim().to_string();
             }
-            eprintln!(
-                "{}: skipping report `{line}` while waiting for `{prefix}`",
-                self.name
-            );
+            eprintln!("{}: skipping report `{line}` while waiting for `{prefix}`", self.name);
         }
     }
 
@@ -145,8 +124,7 @@ impl Peer {
 
     /// Resident memory of the child, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -174,10 +152,7 @@ pub fn env(key: &str) -> String {
 
 /// In a child: an optional environment variable parsed.
 pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// In a child: reports a line to the parent.

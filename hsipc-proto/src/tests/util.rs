@@ -52,9 +52,7 @@ pub(crate) struct Bus {
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bus")
-            .field("nodes", &self.nodes.len())
-            .finish()
+        f.debug_struct("Bus").field("nodes", &self.nodes.len()).finish()
     }
 }
 
@@ -88,18 +86,8 @@ impl Bus {
     /// Adds a node (it announces itself with a probe).
     pub(crate) fn add(&mut self, config: Config) -> usize {
         let i = self.nodes.len();
-        let ep = Endpoint::new(
-            config,
-            peer(i),
-            &format!("node{i}"),
-            1000 + i as u32,
-            self.now,
-        );
-        self.nodes.push(Node {
-            ep,
-            events: Vec::new(),
-            alive: true,
-        });
+        let ep = Endpoint::new(config, peer(i), &format!("node{i}"), 1000 + i as u32, self.now);
+        self.nodes.push(Node { ep, events: Vec::new(), alive: true });
         i
     }
 
@@ -136,9 +124,7 @@ impl Bus {
                     Output::Event(e) => self.nodes[i].events.push((self.now, e)),
                     Output::Transmit(t) => {
                         let targets: Vec<usize> = match t.dest {
-                            Dest::Peer(p) => {
-                                (0..self.nodes.len()).filter(|&j| peer(j) == p).collect()
-                            }
+                            Dest::Peer(p) => (0..self.nodes.len()).filter(|&j| peer(j) == p).collect(),
                             Dest::All => (0..self.nodes.len()).filter(|&j| j != i).collect(),
                         };
                         for to in targets {
@@ -152,13 +138,8 @@ impl Bus {
     }
 
     fn route(&mut self, from: usize, to: usize, bytes: Bytes) {
-        let frame =
-            Frame::decode(bytes.clone(), usize::MAX).expect("endpoints encode valid frames");
-        let fault = (self.plan)(&InFlight {
-            from,
-            to,
-            frame: &frame,
-        });
+        let frame = Frame::decode(bytes.clone(), usize::MAX).expect("endpoints encode valid frames");
+        let fault = (self.plan)(&InFlight { from, to, frame: &frame });
         let at = self.now + self.latency;
         match fault {
             Fault::Drop => {}
@@ -194,13 +175,7 @@ impl Bus {
             progressed = true;
             if self.nodes[to].alive {
                 let now = self.now;
-                if let Err(e) = self.nodes[to].ep.handle_input(
-                    now,
-                    Input::Frame {
-                        from: peer(from),
-                        bytes,
-                    },
-                ) {
+                if let Err(e) = self.nodes[to].ep.handle_input(now, Input::Frame { from: peer(from), bytes }) {
                     self.rejected.push(e);
                 }
             }
@@ -215,12 +190,7 @@ impl Bus {
             return true;
         }
         let next_arrival = self.in_flight.keys().next().map(|k| k.0);
-        let next_timer = self
-            .nodes
-            .iter()
-            .filter(|n| n.alive)
-            .filter_map(|n| n.ep.poll_timeout())
-            .min();
+        let next_timer = self.nodes.iter().filter(|n| n.alive).filter_map(|n| n.ep.poll_timeout()).min();
         let next = [next_arrival, next_timer].into_iter().flatten().min();
         match next {
             Some(t) if t <= limit => {
@@ -260,10 +230,7 @@ impl Bus {
     /// Takes node `i`'s events so far.
     pub(crate) fn events(&mut self, i: usize) -> Vec<Event> {
         self.drain();
-        std::mem::take(&mut self.nodes[i].events)
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect()
+        std::mem::take(&mut self.nodes[i].events).into_iter().map(|(_, e)| e).collect()
     }
 
     /// Takes node `i`'s events with the time each was emitted.
@@ -280,11 +247,7 @@ impl Bus {
                 continue;
             }
             let t = n.ep.table_sizes();
-            assert_eq!(
-                (t.outgoing, t.incoming, t.timers, t.queued),
-                (0, 0, 0, 0),
-                "node {i} leaked state: {t:?}"
-            );
+            assert_eq!((t.outgoing, t.incoming, t.timers, t.queued), (0, 0, 0, 0), "node {i} leaked state: {t:?}");
         }
     }
 }

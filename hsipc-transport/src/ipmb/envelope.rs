@@ -26,23 +26,13 @@ const INLINE: u8 = 0;
 const REGION: u8 = 1;
 
 /// Wraps `frame` from `from` in a message for `selector`.
-pub(super) fn wrap(
-    selector: ipmb::Selector,
-    from: PeerId,
-    frame: &[u8],
-) -> Result<ipmb::Message<Msg>, TransportError> {
+pub(super) fn wrap(selector: ipmb::Selector, from: PeerId, frame: &[u8]) -> Result<ipmb::Message<Msg>, TransportError> {
     let mut data = Vec::with_capacity(17 + frame.len().min(INLINE_MAX));
     data.extend_from_slice(&from.0.to_le_bytes());
     if frame.len() <= INLINE_MAX {
         data.push(INLINE);
         data.extend_from_slice(frame);
-        return Ok(ipmb::Message::new(
-            selector,
-            Msg {
-                format: FORMAT,
-                data,
-            },
-        ));
+        return Ok(ipmb::Message::new(selector, Msg { format: FORMAT, data }));
     }
     data.push(REGION);
     data.extend_from_slice(&(frame.len() as u64).to_le_bytes());
@@ -50,17 +40,9 @@ pub(super) fn wrap(
         what: "creating a shared-memory region for a large message",
         source: std::io::Error::last_os_error(),
     })?;
-    let buf = region
-        .map(..)
-        .map_err(|e| TransportError::Bus(format!("mapping a shared-memory region: {e}")))?;
+    let buf = region.map(..).map_err(|e| TransportError::Bus(format!("mapping a shared-memory region: {e}")))?;
     buf[..frame.len()].copy_from_slice(frame);
-    let mut msg = ipmb::Message::new(
-        selector,
-        Msg {
-            format: FORMAT,
-            data,
-        },
-    );
+    let mut msg = ipmb::Message::new(selector, Msg { format: FORMAT, data });
     msg.memory_regions.push(region);
     Ok(msg)
 }
@@ -73,10 +55,7 @@ pub(super) enum Unwrap {
 }
 
 /// Takes the frame out of a received message. The message's fds are closed when it drops.
-pub(super) fn unwrap(
-    mut msg: ipmb::Message<Msg>,
-    max_len: usize,
-) -> Result<(PeerId, Bytes), Unwrap> {
+pub(super) fn unwrap(mut msg: ipmb::Message<Msg>, max_len: usize) -> Result<(PeerId, Bytes), Unwrap> {
     if msg.payload.format != FORMAT {
         return Err(Unwrap::Foreign);
     }
@@ -97,9 +76,7 @@ pub(super) fn unwrap(
             len.copy_from_slice(&data[9..17]);
             let len = u64::from_le_bytes(len);
             if len > max_len as u64 {
-                return Err(Unwrap::Malformed(
-                    "region frame over the maximum message length",
-                ));
+                return Err(Unwrap::Malformed("region frame over the maximum message length"));
             }
             let len = len as usize;
             let Some(region) = msg.memory_regions.first_mut() else {
@@ -108,9 +85,7 @@ pub(super) fn unwrap(
             if region.buffer_size() < len as u64 {
                 return Err(Unwrap::Malformed("region smaller than the frame"));
             }
-            let buf = region
-                .map(..len)
-                .map_err(|_| Unwrap::Malformed("region cannot be mapped"))?;
+            let buf = region.map(..len).map_err(|_| Unwrap::Malformed("region cannot be mapped"))?;
             // Copy out: the region stays writable by the sender, so never parse it in place.
             Ok((from, Bytes::copy_from_slice(buf)))
         }

@@ -44,7 +44,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use proto::PeerId;
 
-use crate::mailbox::Inbox;
+use crate::inbox::Inbox;
 use crate::transport::{Connect, Transport, TransportError};
 
 pub use envelope::INLINE_MAX;
@@ -106,19 +106,28 @@ fn peer_label(p: PeerId) -> String {
     format!("p{p}")
 }
 
+/// Whether no process listens on the bus's socket yet, i.e. joining makes us its first member.
+/// Read from `/proc/net/unix` (abstract names appear as `@name`, NUL padding as `@`); when it
+/// cannot be read, the answer is "not known to be empty".
+fn bus_is_empty(identifier: &str) -> bool {
+    const LISTENING: u32 = 0x0001_0000; // __SO_ACCEPTCON
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else { return false };
+    let wanted = format!("@{identifier}");
+    !table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let listening = fields.get(3).and_then(|f| u32::from_str_radix(f, 16).ok()).is_some_and(|f| f & LISTENING != 0);
+        listening && fields.get(7).is_some_and(|path| path.trim_end_matches('@') == wanted)
+    })
+}
+
 fn validate_bus(bus: &str) -> Result<(), TransportError> {
     let ok = !bus.is_empty()
         && bus.len() <= 64
-        && bus
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && bus.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {
-        Err(TransportError::InvalidName {
-            name: bus.into(),
-            reason: "a bus name is 1 to 64 of A-Z a-z 0-9 . _ -",
-        })
+        Err(TransportError::InvalidName { name: bus.into(), reason: "a bus name is 1 to 64 of A-Z a-z 0-9 . _ -" })
     }
 }
 
@@ -133,36 +142,23 @@ fn validate_hub(name: &str) -> Result<(), TransportError> {
 }
 
 impl Connect for IpmbBus {
-    fn connect(
-        self: Box<Self>,
-        local: PeerId,
-        name: &str,
-        inbox: Inbox,
-    ) -> Result<Box<dyn Transport>, TransportError> {
+    fn connect(self: Box<Self>, local: PeerId, name: &str, inbox: Inbox) -> Result<Box<dyn Transport>, TransportError> {
         let cfg = self.config;
         validate_bus(&cfg.bus)?;
         validate_hub(name)?;
         let lock = name_lock::NameLock::acquire(&cfg.bus, name)?;
-        let options = ipmb::Options::new(
-            format!("hsipc.{}", cfg.bus),
-            ipmb::label!(ALL_LABEL, peer_label(local)),
-            "",
-        );
+        let identifier = format!("hsipc.{}", cfg.bus);
+        let alone = bus_is_empty(&identifier);
+        let options = ipmb::Options::new(identifier, ipmb::label!(ALL_LABEL, peer_label(local)), "");
         let before = cloexec::open_fds();
         let joined = catch_unwind(|| ipmb::join::<Msg, Msg>(options, Some(cfg.join_timeout)));
         let (sender, receiver) = match joined {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
-                return Err(TransportError::Join {
-                    bus: cfg.bus,
-                    reason: e.to_string(),
-                });
+                return Err(TransportError::Join { bus: cfg.bus, reason: e.to_string() });
             }
             Err(_) => {
-                return Err(TransportError::Join {
-                    bus: cfg.bus,
-                    reason: "ipmb panicked while joining".into(),
-                });
+                return Err(TransportError::Join { bus: cfg.bus, reason: "ipmb panicked while joining".into() });
             }
         };
         cloexec::mark_new(&before);
@@ -177,14 +173,7 @@ impl Connect for IpmbBus {
         // SAFETY: a fresh fd owned by nothing else.
         let carrier = unsafe { OwnedFd::from_raw_fd(fd) };
         let stop = Arc::new(AtomicBool::new(false));
-        let reader = reader::spawn(
-            receiver,
-            local,
-            inbox,
-            cfg.max_message_len,
-            cfg.recv_timeout,
-            stop.clone(),
-        )?;
+        let reader = reader::spawn(receiver, local, inbox, cfg.max_message_len, cfg.recv_timeout, stop.clone())?;
         Ok(Box::new(IpmbTransport {
             sender,
             local,
@@ -194,6 +183,7 @@ impl Connect for IpmbBus {
             reader: Some(reader),
             _lock: lock,
             broken: false,
+            alone,
         }))
     }
 }
@@ -208,13 +198,12 @@ pub struct IpmbTransport {
     reader: Option<JoinHandle<()>>,
     _lock: name_lock::NameLock,
     broken: bool,
+    alone: bool,
 }
 
 impl std::fmt::Debug for IpmbTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IpmbTransport")
-            .field("local", &self.local)
-            .finish_non_exhaustive()
+        f.debug_struct("IpmbTransport").field("local", &self.local).finish_non_exhaustive()
     }
 }
 
@@ -224,10 +213,7 @@ impl IpmbTransport {
             return Err(TransportError::Closed);
         }
         if frame.len() > self.max_message_len {
-            return Err(TransportError::TooLarge {
-                len: frame.len(),
-                max: self.max_message_len,
-            });
+            return Err(TransportError::TooLarge { len: frame.len(), max: self.max_message_len });
         }
         let mut msg = envelope::wrap(selector, self.local, frame)?;
         if msg.memory_regions.is_empty() {
@@ -265,6 +251,10 @@ impl Transport for IpmbTransport {
 
     fn max_frame_len(&self) -> usize {
         self.max_message_len
+    }
+
+    fn joined_empty_bus(&self) -> bool {
+        self.alone
     }
 
     fn close(&mut self) {

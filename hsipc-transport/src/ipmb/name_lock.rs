@@ -19,35 +19,21 @@ impl NameLock {
     pub(super) fn acquire(bus: &str, name: &str) -> Result<NameLock, TransportError> {
         let full = format!("hsipc.{bus}/hub/{name}");
         // Abstract names are at most 107 bytes; a longer one is replaced by its hash.
-        let key = if full.len() <= 100 {
-            full
-        } else {
-            format!("hsipc.{bus}/hub#{:016x}", fnv1a(full.as_bytes()))
-        };
-        let addr = SocketAddr::from_abstract_name(key.as_bytes()).map_err(|source| {
-            TransportError::Io {
-                what: "naming the hub lock socket",
-                source,
-            }
-        })?;
+        let key = if full.len() <= 100 { full } else { format!("hsipc.{bus}/hub#{:016x}", fnv1a(full.as_bytes())) };
+        let addr = SocketAddr::from_abstract_name(key.as_bytes())
+            .map_err(|source| TransportError::Io { what: "naming the hub lock socket", source })?;
         match UnixListener::bind_addr(&addr) {
             Ok(socket) => Ok(NameLock { _socket: socket }),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(TransportError::NameTaken {
-                bus: bus.into(),
-                name: name.into(),
-            }),
-            Err(source) => Err(TransportError::Io {
-                what: "binding the hub lock socket",
-                source,
-            }),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                Err(TransportError::NameTaken { bus: bus.into(), name: name.into() })
+            }
+            Err(source) => Err(TransportError::Io { what: "binding the hub lock socket", source }),
         }
     }
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]
@@ -58,17 +44,11 @@ mod tests {
     fn a_name_is_held_once_and_freed_on_drop() {
         let bus = format!("lock-test-{}", std::process::id());
         let a = NameLock::acquire(&bus, "svc").unwrap();
-        assert!(matches!(
-            NameLock::acquire(&bus, "svc"),
-            Err(TransportError::NameTaken { .. })
-        ));
+        assert!(matches!(NameLock::acquire(&bus, "svc"), Err(TransportError::NameTaken { .. })));
         assert!(NameLock::acquire(&bus, "other").is_ok());
         let long = "x".repeat(200);
         let _l = NameLock::acquire(&bus, &long).unwrap();
-        assert!(matches!(
-            NameLock::acquire(&bus, &long),
-            Err(TransportError::NameTaken { .. })
-        ));
+        assert!(matches!(NameLock::acquire(&bus, &long), Err(TransportError::NameTaken { .. })));
         drop(a);
         assert!(NameLock::acquire(&bus, "svc").is_ok());
     }

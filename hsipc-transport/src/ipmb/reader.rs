@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use proto::PeerId;
 
 use super::{Msg, cloexec, envelope};
-use crate::mailbox::Inbox;
+use crate::inbox::Inbox;
 use crate::transport::TransportError;
 
 /// How often the reader re-marks the process's bus fds close-on-exec.
@@ -61,8 +61,5 @@ pub(super) fn spawn(
                 }
             }
         })
-        .map_err(|source| TransportError::Io {
-            what: "spawning the ipmb reader thread",
-            source,
-        })
+        .map_err(|source| TransportError::Io { what: "spawning the ipmb reader thread", source })
 }

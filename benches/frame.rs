@@ -1,0 +1,81 @@
+//! Sans-IO codec benches: frame encode + decode, and the CBOR payload codec.
+//!
+//! Run with `cargo bench --bench frame`.
+
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput};
+use hsipc::proto::codec;
+use hsipc::proto::frame::{Frame, FrameKind};
+use serde::{Deserialize, Serialize};
+
+/// The largest frame accepted (hsipc's default maximum message length).
+const MAX: usize = 32 << 20;
+
+fn frame(c: &mut Criterion) {
+    let mut g = c.benchmark_group("frame");
+    for (name, len) in [("encode_decode_64B", 64), ("encode_decode_64KiB", 64 * 1024)] {
+        let payload = Bytes::from(vec![0xA5u8; len]);
+        g.throughput(Throughput::Bytes(len as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let frame = Frame::new(FrameKind::Request, 0, 1, 2)
+                    .with_name("svc.method")
+                    .with_payload(black_box(payload.clone()));
+                let bytes = frame.encode(MAX).expect("encode");
+                let back = Frame::decode(black_box(bytes), MAX).expect("decode");
+                black_box(back)
+            })
+        });
+    }
+    g.finish();
+}
+
+/// A small event, about 64 bytes as CBOR.
+#[derive(Serialize, Deserialize)]
+struct Reading {
+    seq: u64,
+    value: f64,
+    sensor: String,
+    raw: Bytes,
+}
+
+fn cbor(c: &mut Criterion) {
+    let mut g = c.benchmark_group("codec");
+    let payload = Bytes::from(vec![0xA5u8; 64]);
+    g.throughput(Throughput::Bytes(64));
+    g.bench_function("cbor_64B", |b| {
+        b.iter(|| {
+            let enc = codec::encode(black_box(&payload)).expect("encode");
+            let back: Bytes = codec::decode(black_box(&enc)).expect("decode");
+            black_box(back)
+        })
+    });
+    let reading =
+        Reading { seq: 123_456_789, value: 21.5, sensor: "room12/temperature".into(), raw: Bytes::from(vec![7u8; 16]) };
+    let len = codec::encode(&reading).expect("encode").len();
+    g.throughput(Throughput::Bytes(len as u64));
+    g.bench_function("cbor_struct_64B", |b| {
+        b.iter(|| {
+            let enc = codec::encode(black_box(&reading)).expect("encode");
+            let back: Reading = codec::decode(black_box(&enc)).expect("decode");
+            black_box(back)
+        })
+    });
+    g.finish();
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    frame(&mut c);
+    cbor(&mut c);
+    c.final_summary();
+}

@@ -1,0 +1,569 @@
+//! Cross-process benches: hsipc and raw ipmb side by side, measured the same way.
+//!
+//! Run with `cargo bench --bench ipc`.
+//!
+//! - `roundtrip_64B/{raw_ipmb,hsipc}`: the bench process sends 64 bytes to an echo process and
+//!   waits for them to come back.
+//! - `publish_64B/{raw_ipmb,hsipc}`: the bench process publishes batches of [`BATCH`] 64-byte
+//!   events to a subscriber process; a batch counts once the subscriber has reported receiving
+//!   all of it, so the time covers delivery, not only queueing.
+//!
+//! Topology, the same for both: a bystander process joins the bus first and so becomes ipmb's
+//! bus controller; the echo server (or subscriber) joins next, and the bench process last. Both
+//! ends of the measured traffic are therefore ipmb clients and every message passes through
+//! the controller, the path hsipc's own tests take. Between two clients ipmb 0.8.5 drops
+//! messages that carry no fd, so every raw message carries a duplicate of an eventfd, exactly as
+//! hsipc's ipmb transport does.
+//!
+//! The child processes are this binary run again with `HSIPC_BENCH_ROLE` set. They report on
+//! stdout (lines starting `@@`), exit when their stdin closes or their parent dies, and are
+//! killed and reaped when their benchmark ends. Every child is spawned before the bench process
+//! joins a bus (ipmb's fds are not close-on-exec), and the bench process marks its own fds
+//! close-on-exec before each spawn as well.
+
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
+use hsipc::SyncProcessHub;
+
+/// Which role a child process runs.
+const ROLE_ENV: &str = "HSIPC_BENCH_ROLE";
+/// The bus a child joins.
+const BUS_ENV: &str = "HSIPC_BENCH_BUS";
+/// The parent's pid, so a child can notice that it is gone.
+const PARENT_ENV: &str = "HSIPC_BENCH_PARENT";
+
+/// Payload size of every measured message.
+const PAYLOAD: usize = 64;
+/// Events per publish batch (one criterion iteration). Below hsipc's default subscription
+/// queue (1024) and engine mailbox (8192), so a batch that waits for its own delivery can never
+/// overflow them.
+const BATCH: u64 = 1000;
+/// `BytesMessage::format` of the raw messages.
+const RAW_FORMAT: u16 = 0xBE;
+/// How long any single wait in the parent may take before the bench gives up.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn main() {
+    if let Ok(role) = std::env::var(ROLE_ENV) {
+        child::run(&role);
+        return;
+    }
+    let mut c = Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+        .configure_from_args();
+    roundtrip(&mut c);
+    publish(&mut c);
+    c.final_summary();
+}
+
+/// A bus name no other run uses.
+fn unique_bus(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() % 1_000_000_000_000);
+    format!("bench-{what}-{}-{nanos}", std::process::id())
+}
+
+/// The raw ipmb identifier of bus `bus`.
+fn raw_identifier(bus: &str) -> String {
+    format!("hsipc-bench-raw.{bus}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Benchmarks
+
+fn roundtrip(c: &mut Criterion) {
+    let mut g = c.benchmark_group("roundtrip_64B");
+    g.throughput(Throughput::Elements(1));
+
+    let mut raw: Option<RawPair> = None;
+    g.bench_function("raw_ipmb", |b| {
+        let raw = raw.get_or_insert_with(|| RawPair::start("rt-raw", "raw_echo"));
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                raw.send("b", vec![0x5A; PAYLOAD]);
+                let reply = raw.recv();
+                assert_eq!(reply.len(), PAYLOAD, "raw echo returned a wrong payload");
+                black_box(reply);
+            }
+            start.elapsed()
+        })
+    });
+    drop(raw);
+
+    let mut hs: Option<HsipcPair> = None;
+    let payload = Bytes::from(vec![0x5Au8; PAYLOAD]);
+    g.bench_function("hsipc", |b| {
+        let hs = hs.get_or_insert_with(|| {
+            let pair = HsipcPair::start("rt-hs", "hsipc_echo");
+            pair.hub.wait_for_service("bench", WAIT).expect("the echo server is not seen on the bus");
+            pair
+        });
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let reply: Bytes = hs.hub.call::<Bytes, Bytes>("bench.echo", &payload).expect("bench.echo failed");
+                assert_eq!(reply.len(), PAYLOAD, "hsipc echo returned a wrong payload");
+                black_box(reply);
+            }
+            start.elapsed()
+        })
+    });
+    drop(hs);
+    g.finish();
+}
+
+fn publish(c: &mut Criterion) {
+    let mut g = c.benchmark_group("publish_64B");
+    // One iteration is a whole batch (several ms): the same number of iterations per sample.
+    g.sampling_mode(SamplingMode::Flat);
+    g.throughput(Throughput::Elements(BATCH));
+    bench_batches::<RawPub>(&mut g, "raw_ipmb");
+    bench_batches::<HsipcPub>(&mut g, "hsipc");
+    g.finish();
+}
+
+/// What the subscriber reported over a whole benchmark.
+#[derive(Default)]
+struct Tally {
+    batches: u64,
+    received: u64,
+    /// hsipc only: the sum of `Event::missed`.
+    missed: u64,
+}
+
+/// A publisher in this process and a subscriber process that reports each batch's arrival.
+trait Publisher {
+    fn start() -> Self;
+    /// Publishes `n` events of `batch`; the last one is the batch's marker.
+    fn publish(&mut self, batch: u64, n: u64);
+    fn subscriber(&mut self) -> &mut Proc;
+}
+
+struct RawPub(RawPair);
+
+impl Publisher for RawPub {
+    fn start() -> Self {
+        RawPub(RawPair::start("pub-raw", "raw_sub"))
+    }
+    fn publish(&mut self, batch: u64, n: u64) {
+        for i in 1..=n {
+            self.0.send("sub", event_bytes(batch, i == n).to_vec());
+        }
+    }
+    fn subscriber(&mut self) -> &mut Proc {
+        &mut self.0.peer
+    }
+}
+
+struct HsipcPub(HsipcPair);
+
+impl Publisher for HsipcPub {
+    fn start() -> Self {
+        HsipcPub(HsipcPair::start("pub-hs", "hsipc_sub"))
+    }
+    fn publish(&mut self, batch: u64, n: u64) {
+        let normal = event_bytes(batch, false);
+        for _ in 1..n {
+            self.0.hub.publish("bench/t", &normal).expect("publish");
+        }
+        let last = event_bytes(batch, true);
+        self.0.hub.publish("bench/t", &last).expect("publish");
+    }
+    fn subscriber(&mut self) -> &mut Proc {
+        &mut self.0.peer
+    }
+}
+
+/// Publishes one batch per iteration and waits for the subscriber's report of that batch.
+fn bench_batches<P: Publisher>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str) {
+    let mut state: Option<P> = None;
+    let mut tally = Tally::default();
+    let mut next_batch = 1u64;
+    g.bench_function(name, |b| {
+        let p = state.get_or_insert_with(|| {
+            let mut p = P::start();
+            // The publisher may not see the subscriber at once (hsipc learns of it from the
+            // subscriber's announce): send one-event batches until one arrives. The subscriber
+            // restarts its count at every marker, so a lost one does no harm.
+            let mut ok = false;
+            for _ in 0..100 {
+                let batch = next_batch;
+                next_batch += 1;
+                p.publish(batch, 1);
+                if await_batch(p.subscriber(), batch, Duration::from_millis(200)).is_some() {
+                    ok = true;
+                    break;
+                }
+            }
+            assert!(ok, "{name}: the subscriber never received an event");
+            p
+        });
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            for _ in 0..iters {
+                let batch = next_batch;
+                next_batch += 1;
+                let start = Instant::now();
+                p.publish(batch, BATCH);
+                let got = await_batch(p.subscriber(), batch, WAIT);
+                elapsed += start.elapsed();
+                let (count, missed) = got.unwrap_or_else(|| panic!("{name}: batch {batch} never completed"));
+                tally.batches += 1;
+                tally.received += count;
+                tally.missed += missed;
+            }
+            elapsed
+        })
+    });
+    drop(state);
+    let expected = tally.batches * BATCH;
+    println!(
+        "publish_64B/{name}: {} batches of {BATCH}: {} of {expected} events delivered \
+         ({} dropped), {} reported missed by the subscriber",
+        tally.batches,
+        tally.received,
+        expected.saturating_sub(tally.received),
+        tally.missed
+    );
+}
+
+/// Waits for the subscriber's report of `batch`: (events counted, events reported missed).
+fn await_batch(sub: &mut Proc, batch: u64, timeout: Duration) -> Option<(u64, u64)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let line = sub.line_until(deadline)?;
+        let mut words = line.split_whitespace();
+        if words.next() != Some("GOT") {
+            continue;
+        }
+        let nums: Vec<u64> = words.filter_map(|w| w.parse().ok()).collect();
+        if let [b, count, missed] = nums[..] {
+            if b == batch {
+                return Some((count, missed));
+            }
+        }
+    }
+}
+
+/// A 64-byte event of `batch`: byte 0 is 1 on the batch's last event, bytes 1..9 the batch.
+fn event_bytes(batch: u64, last: bool) -> Bytes {
+    let mut v = vec![0u8; PAYLOAD];
+    v[0] = u8::from(last);
+    v[1..9].copy_from_slice(&batch.to_le_bytes());
+    Bytes::from(v)
+}
+
+/// Reads a marker event: `Some(batch)` if it is the last of its batch.
+fn marker_of(data: &[u8]) -> Option<u64> {
+    if data.len() >= 9 && data[0] == 1 { Some(u64::from_le_bytes(data[1..9].try_into().ok()?)) } else { None }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures in the bench process
+
+/// Raw ipmb: bystander (controller) + one peer process, and this process joined as `"a"`.
+/// Fields drop in order: our endpoint first, then the peer, then the bystander.
+struct RawPair {
+    tx: ipmb::EndpointSender<ipmb::BytesMessage>,
+    rx: ipmb::EndpointReceiver<ipmb::BytesMessage>,
+    carrier: OwnedFd,
+    peer: Proc,
+    _bystander: Proc,
+}
+
+impl RawPair {
+    fn start(what: &str, role: &str) -> RawPair {
+        let bus = unique_bus(what);
+        let bystander = Proc::ready("raw_bystander", &bus);
+        let peer = Proc::ready(role, &bus);
+        let (tx, rx) = raw_join(&bus, "a");
+        RawPair { tx, rx, carrier: new_eventfd(), peer, _bystander: bystander }
+    }
+
+    fn send(&mut self, to: &str, data: Vec<u8>) {
+        raw_send(&self.tx, &self.carrier, to, data);
+    }
+
+    fn recv(&mut self) -> Vec<u8> {
+        match self.rx.recv(Some(WAIT)) {
+            Ok(msg) => msg.payload.data,
+            Err(e) => panic!("raw recv: {e}"),
+        }
+    }
+}
+
+/// hsipc: bystander hub (controller) + one peer process, and this process's hub `"bench"`.
+struct HsipcPair {
+    hub: SyncProcessHub,
+    peer: Proc,
+    _bystander: Proc,
+}
+
+impl HsipcPair {
+    fn start(what: &str, role: &str) -> HsipcPair {
+        let bus = unique_bus(what);
+        let bystander = Proc::ready("hsipc_bystander", &bus);
+        let peer = Proc::ready(role, &bus);
+        mark_all_cloexec();
+        let hub = SyncProcessHub::builder("bench").bus(&bus).build().expect("bench hub joins");
+        HsipcPair { hub, peer, _bystander: bystander }
+    }
+}
+
+/// A child process in a role; killed and reaped on drop.
+struct Proc {
+    role: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Spawns `role` on `bus` and waits for its `READY` report.
+    fn ready(role: &str, bus: &str) -> Proc {
+        mark_all_cloexec();
+        let exe = std::env::current_exe().expect("bench binary path");
+        let mut child = Command::new(exe)
+            .env(ROLE_ENV, role)
+            .env(BUS_ENV, bus)
+            .env(PARENT_ENV, std::process::id().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn a bench child");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(i) = line.find("@@") {
+                    if tx.send(line[i + 2..].to_string()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut p = Proc { role: role.to_string(), stdin: child.stdin.take(), child, lines };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match p.line_until(deadline) {
+                Some(l) if l == "READY" => return p,
+                Some(_) => {}
+                None => panic!("{role}: no READY within {WAIT:?} (exit: {:?})", p.child.try_wait()),
+            }
+        }
+    }
+
+    /// The next report line, or None at `deadline` or if the child is gone.
+    fn line_until(&mut self, deadline: Instant) -> Option<String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.lines.recv_timeout(left).ok()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        if let Ok(status) = self.child.wait() {
+            // Killed is the expected end; anything else means the child failed first.
+            if status.code().is_some_and(|c| c != 0) {
+                eprintln!("bench child {} exited with {status}", self.role);
+            }
+        }
+    }
+}
+
+/// Marks every fd above stderr close-on-exec, so no child inherits a bus socket.
+fn mark_all_cloexec() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    for fd in fds.into_iter().filter(|&fd| fd > 2) {
+        // SAFETY: F_GETFD/F_SETFD only read and set a flag; a closed fd gives EBADF.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw ipmb, used by both sides
+
+fn raw_join(
+    bus: &str,
+    label: &str,
+) -> (ipmb::EndpointSender<ipmb::BytesMessage>, ipmb::EndpointReceiver<ipmb::BytesMessage>) {
+    let options = ipmb::Options::new(raw_identifier(bus), ipmb::label!(label), "");
+    ipmb::join::<ipmb::BytesMessage, ipmb::BytesMessage>(options, Some(Duration::from_secs(10)))
+        .unwrap_or_else(|e| panic!("raw ipmb join of {label}: {e}"))
+}
+
+fn new_eventfd() -> OwnedFd {
+    // SAFETY: eventfd takes an initial value and flags and returns a new fd or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh fd owned by nothing else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Sends `data` to label `to` with a duplicate of `carrier` attached (without an fd, ipmb 0.8.5
+/// drops messages between two non-controller endpoints), as hsipc's transport does.
+fn raw_send(tx: &ipmb::EndpointSender<ipmb::BytesMessage>, carrier: &OwnedFd, to: &str, data: Vec<u8>) {
+    let mut msg = ipmb::Message::new(ipmb::Selector::unicast(to), ipmb::BytesMessage { format: RAW_FORMAT, data });
+    // SAFETY: fcntl duplicates a valid fd we own; the result is a new fd or -1.
+    let dup = unsafe { libc::fcntl(carrier.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    assert!(dup >= 0, "dup: {}", std::io::Error::last_os_error());
+    // SAFETY: `dup` is a new fd; ipmb's Object takes ownership and closes it.
+    msg.objects.push(unsafe { ipmb::Object::from_raw(dup) });
+    tx.send(msg).expect("raw ipmb send");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Children
+
+mod child {
+    use super::*;
+
+    fn report(line: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "@@{line}");
+        let _ = out.flush();
+    }
+
+    fn bus() -> String {
+        std::env::var(BUS_ENV).expect("child needs HSIPC_BENCH_BUS")
+    }
+
+    /// Exits when the parent dies or closes our stdin.
+    fn watch_parent() {
+        let parent: i32 = std::env::var(PARENT_ENV).ok().and_then(|p| p.parse().ok()).unwrap_or(0);
+        // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal;
+        // getppid has no preconditions.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                std::process::exit(3);
+            }
+        }
+        std::thread::spawn(|| {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            std::process::exit(0);
+        });
+    }
+
+    pub(super) fn run(role: &str) {
+        watch_parent();
+        match role {
+            "raw_bystander" => raw_bystander(),
+            "raw_echo" => raw_echo(),
+            "raw_sub" => raw_sub(),
+            "hsipc_bystander" => hsipc_bystander(),
+            "hsipc_echo" => hsipc_echo(),
+            "hsipc_sub" => hsipc_sub(),
+            other => panic!("unknown bench role {other}"),
+        }
+    }
+
+    fn raw_bystander() {
+        let (_tx, mut rx) = raw_join(&bus(), "bystander");
+        report("READY");
+        loop {
+            let _ = rx.recv(None);
+        }
+    }
+
+    fn raw_echo() {
+        let (tx, mut rx) = raw_join(&bus(), "b");
+        let carrier = new_eventfd();
+        report("READY");
+        loop {
+            match rx.recv(None) {
+                Ok(msg) => raw_send(&tx, &carrier, "a", msg.payload.data),
+                Err(e) => eprintln!("raw_echo: recv: {e}"),
+            }
+        }
+    }
+
+    fn raw_sub() {
+        let (_tx, mut rx) = raw_join(&bus(), "sub");
+        report("READY");
+        let mut count = 0u64;
+        loop {
+            match rx.recv(None) {
+                Ok(msg) => {
+                    count += 1;
+                    if let Some(batch) = marker_of(&msg.payload.data) {
+                        report(&format!("GOT {batch} {count} 0"));
+                        count = 0;
+                    }
+                }
+                Err(e) => eprintln!("raw_sub: recv: {e}"),
+            }
+        }
+    }
+
+    fn hub(name: &str) -> SyncProcessHub {
+        SyncProcessHub::builder(name).bus(bus()).build().unwrap_or_else(|e| panic!("{name} hub joins: {e}"))
+    }
+
+    fn park() -> ! {
+        loop {
+            std::thread::park();
+        }
+    }
+
+    fn hsipc_bystander() {
+        let _hub = hub("bystander");
+        report("READY");
+        park();
+    }
+
+    fn hsipc_echo() {
+        let hub = hub("server");
+        hub.serve("bench.echo", |b: Bytes| Ok::<Bytes, String>(b)).expect("serve bench.echo");
+        report("READY");
+        park();
+    }
+
+    fn hsipc_sub() {
+        let hub = hub("sub");
+        let events = hub.subscribe::<Bytes>("bench/#").expect("subscribe");
+        report("READY");
+        let (mut count, mut missed) = (0u64, 0u64);
+        for event in events {
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("hsipc_sub: {e}");
+                    continue;
+                }
+            };
+            count += 1;
+            missed += event.missed;
+            if let Some(batch) = marker_of(&event.payload) {
+                report(&format!("GOT {batch} {count} {missed}"));
+                count = 0;
+                missed = 0;
+            }
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Where a transport delivers what it receives.
+
+use std::sync::Weak;
+
+use bytes::Bytes;
+use proto::PeerId;
+
+use crate::engine::Shared;
+
+/// A transport's way into its engine. Cheap to clone.
+///
+/// [`deliver`](Self::deliver) runs the frame through the protocol at once, on the calling
+/// thread, and hands the results on (a response to its waiting caller, a request to the
+/// handler pool) without queueing on the way: every extra thread hop costs tens of
+/// microseconds. It never waits for I/O: frames the protocol wants sent in reply are queued
+/// for the engine's writer, so a transport's reader thread never blocks in a send, and a slow
+/// application never stops the reader from draining the bus.
+#[derive(Clone, Debug)]
+pub struct Inbox {
+    shared: Weak<Shared>,
+}
+
+impl Inbox {
+    pub(crate) fn new(shared: Weak<Shared>) -> Self {
+        Inbox { shared }
+    }
+
+    /// Delivers a frame from `from`. Returns false once the engine is gone (stop reading).
+    pub fn deliver(&self, from: PeerId, bytes: Bytes) -> bool {
+        match self.shared.upgrade() {
+            Some(shared) => {
+                shared.input(from, bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reports that a peer is gone. Returns false once the engine is gone.
+    pub fn peer_lost(&self, peer: PeerId) -> bool {
+        match self.shared.upgrade() {
+            Some(shared) => {
+                shared.peer_lost(peer);
+                true
+            }
+            None => false,
+        }
+    }
+}
