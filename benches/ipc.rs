@@ -44,8 +44,8 @@ const PARENT_ENV: &str = "HSIPC_BENCH_PARENT";
 /// Payload size of every measured message.
 const PAYLOAD: usize = 64;
 /// Events per publish batch (one criterion iteration). Below hsipc's default subscription
-/// queue (1024) and engine mailbox (8192), so a batch that waits for its own delivery can never
-/// overflow them.
+/// queue (1024 events), so a batch that waits for its own delivery before the next one starts
+/// never overflows it.
 const BATCH: u64 = 1000;
 /// `BytesMessage::format` of the raw messages.
 const RAW_FORMAT: u16 = 0xBE;

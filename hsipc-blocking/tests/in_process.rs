@@ -84,3 +84,46 @@ fn duplicate_names_fail_and_close_removes_services() {
     }
     assert!(matches!(a.call::<_, u8>("svc.m", &1u8), Err(Error::Closed)));
 }
+
+#[test]
+fn a_panicking_handler_answers_with_an_error_and_the_hub_keeps_serving() {
+    let bus = MemBus::new();
+    let server = hub(&bus, "server");
+    let client = hub(&bus, "client");
+    server.serve("svc.boom", |_: ()| -> Result<u8, String> { panic!("kaboom") }).unwrap();
+    server.serve("svc.ok", |x: u8| Ok::<_, String>(x)).unwrap();
+    client.wait_for_service("svc", Duration::from_secs(5)).unwrap();
+    match client.call::<_, u8>("svc.boom", &()) {
+        Err(Error::Remote(e)) => assert!(e.message.contains("panicked"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.call::<_, u8>("svc.ok", &7u8).unwrap(), 7);
+}
+
+#[test]
+fn a_full_subscription_drops_the_newest_and_reports_them_as_missed() {
+    let bus = MemBus::new();
+    let publisher = hub(&bus, "pub");
+    let subscriber = ProcessHub::builder("sub").transport(bus.connector()).subscription_capacity(4).build().unwrap();
+    let sub = subscriber.subscribe::<u32>("t").unwrap();
+    subscriber.serve("sub.sync", |()| Ok::<_, String>(())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !publisher.peers().unwrap().iter().any(|p| p.patterns.contains(&"t".to_string())) {
+        assert!(Instant::now() < deadline);
+        std::thread::yield_now();
+    }
+    for i in 0..10u32 {
+        publisher.publish("t", &i).unwrap();
+    }
+    // Frames between two hubs stay in order, so once this call is answered all ten events
+    // have reached the subscription.
+    publisher.call::<_, ()>("sub.sync", &()).unwrap();
+    // The first four fit; the other six were dropped.
+    let first: Vec<(u32, u64)> =
+        (0..4).map(|_| sub.recv_timeout(Duration::from_secs(5)).map(|e| (e.payload, e.missed)).unwrap()).collect();
+    assert_eq!(first, [(0, 0), (1, 0), (2, 0), (3, 0)]);
+    assert!(matches!(sub.recv_timeout(Duration::from_millis(50)), Err(Error::Timeout)));
+    publisher.publish("t", &99u32).unwrap();
+    let next = sub.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!((next.payload, next.missed), (99, 6));
+}
