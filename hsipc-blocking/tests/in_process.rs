@@ -127,3 +127,51 @@ fn a_full_subscription_drops_the_newest_and_reports_them_as_missed() {
     let next = sub.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!((next.payload, next.missed), (99, 6));
 }
+
+#[test]
+fn dropping_a_response_stream_cancels_it_at_the_server() {
+    let bus = MemBus::new();
+    let server = hub(&bus, "server");
+    let client = hub(&bus, "client");
+    let (ended_tx, ended) = flume::bounded(1);
+    server
+        .serve_stream("svc.forever", move |(): (), sink: &hsipc_blocking::StreamSink<u64>| {
+            let mut i = 0u64;
+            let outcome = loop {
+                if let Err(e) = sink.send(&i) {
+                    break e;
+                }
+                i += 1;
+            };
+            let _ = ended_tx.send(format!("{outcome:?}"));
+            Err::<(), _>(outcome)
+        })
+        .unwrap();
+    client.wait_for_service("svc", Duration::from_secs(5)).unwrap();
+    let mut stream = client.call_stream::<_, u64>("svc.forever", &()).unwrap();
+    for want in 0..10 {
+        assert_eq!(stream.next().unwrap().unwrap(), want);
+    }
+    drop(stream);
+    let outcome = ended.recv_timeout(Duration::from_secs(5)).expect("the handler stopped");
+    assert_eq!(outcome, "Cancelled");
+}
+
+#[test]
+fn dropping_a_subscription_unsubscribes_everywhere() {
+    let bus = MemBus::new();
+    let watcher = hub(&bus, "watcher");
+    let subscriber = hub(&bus, "sub");
+    let has_pattern = || watcher.peers().unwrap().iter().any(|p| p.patterns.contains(&"a/#".to_string()));
+    let sub = subscriber.subscribe::<u8>("a/#").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !has_pattern() {
+        assert!(Instant::now() < deadline, "the pattern never appeared");
+        std::thread::yield_now();
+    }
+    drop(sub);
+    while has_pattern() {
+        assert!(Instant::now() < deadline, "the pattern never went away");
+        std::thread::yield_now();
+    }
+}

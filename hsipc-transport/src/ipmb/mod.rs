@@ -263,7 +263,10 @@ impl Transport for IpmbTransport {
         }
         if let Some(reader) = self.reader.take() {
             // The reader wakes within one recv timeout (at once if our goodbye reached it).
-            let _ = reader.join();
+            // It is never joined from itself (if it held the engine's last reference).
+            if reader.thread().id() != std::thread::current().id() {
+                let _ = reader.join();
+            }
         }
     }
 }
