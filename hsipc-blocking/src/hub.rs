@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hsipc_transport::proto::{PeerId, Topic, TopicFilter, codec};
-use hsipc_transport::{Connect, Engine, EngineConfig, Error, Handle, IpmbBus, IpmbConfig, PeerSummary, Result};
+use hsipc_transport::{
+    Connect, Engine, EngineConfig, Error, Handle, IpmbBus, IpmbConfig, Overflow, PeerSummary, Result,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -31,6 +33,7 @@ struct Inner {
     handlers: Handlers,
     default_timeout: Duration,
     subscription_capacity: usize,
+    subscription_overflow: Overflow,
     stream_stall_timeout: Duration,
 }
 
@@ -54,6 +57,7 @@ pub struct HubBuilder {
     default_timeout: Duration,
     workers: usize,
     handler_queue: usize,
+    subscription_overflow: Overflow,
     stream_stall_timeout: Duration,
     transport: Option<Box<dyn Connect>>,
 }
@@ -69,6 +73,7 @@ impl HubBuilder {
             workers: 8,
             handler_queue: 1024,
             stream_stall_timeout: Duration::from_secs(60),
+            subscription_overflow: Overflow::default(),
             transport: None,
         }
     }
@@ -113,10 +118,18 @@ impl HubBuilder {
         self
     }
 
-    /// Events queued per subscription before the newest are dropped and counted as missed.
-    /// Default 1024.
+    /// Events queued per subscription before its overflow policy drops one (see
+    /// [`subscription_overflow`](Self::subscription_overflow)). Default 1024.
     pub fn subscription_capacity(mut self, n: usize) -> Self {
         self.engine.subscription_capacity = n.max(1);
+        self
+    }
+
+    /// What a full subscription queue drops: the oldest event (the default: a slow subscriber
+    /// keeps seeing the latest) or the newest. Either way the subscriber learns how many it
+    /// missed.
+    pub fn subscription_overflow(mut self, overflow: Overflow) -> Self {
+        self.subscription_overflow = overflow;
         self
     }
 
@@ -162,6 +175,7 @@ impl HubBuilder {
                 handlers,
                 default_timeout: self.default_timeout,
                 subscription_capacity: engine_config.subscription_capacity,
+                subscription_overflow: self.subscription_overflow,
                 stream_stall_timeout: self.stream_stall_timeout,
             }),
         })
@@ -309,7 +323,8 @@ impl ProcessHub {
     /// subscription unsubscribes.
     pub fn subscribe<T: DeserializeOwned>(&self, pattern: &str) -> Result<Subscription<T>> {
         let filter = TopicFilter::new(pattern)?;
-        let (id, events) = self.inner.handle.subscribe(filter, self.inner.subscription_capacity)?;
+        let (id, events) =
+            self.inner.handle.subscribe(filter, self.inner.subscription_capacity, self.inner.subscription_overflow)?;
         Ok(Subscription::new(self.inner.handle.clone(), id, events))
     }
 

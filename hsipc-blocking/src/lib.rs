@@ -31,7 +31,7 @@ mod stream;
 mod subscription;
 
 pub use hsipc_transport::proto::{PeerId, RemoteError};
-pub use hsipc_transport::{Error, PeerSummary, Result};
+pub use hsipc_transport::{Error, Overflow, PeerSummary, Result};
 pub use hub::{HubBuilder, ProcessHub, SyncProcessHub};
 pub use serve::StreamSink;
 pub use stream::ResponseStream;

@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use hsipc_transport::proto::{PeerId, SubscriptionId, codec};
-use hsipc_transport::{Delivery, Error, Handle, Result};
+use hsipc_transport::{Delivery, Error, EventReceiver, Handle, Result};
 use serde::de::DeserializeOwned;
 
 /// One event received by a subscription.
@@ -27,27 +27,23 @@ pub struct Event<T> {
 pub struct Subscription<T> {
     handle: Handle,
     id: SubscriptionId,
-    events: flume::Receiver<Delivery>,
+    events: EventReceiver,
     _event: PhantomData<fn() -> T>,
 }
 
 impl<T: DeserializeOwned> Subscription<T> {
-    pub(crate) fn new(handle: Handle, id: SubscriptionId, events: flume::Receiver<Delivery>) -> Self {
+    pub(crate) fn new(handle: Handle, id: SubscriptionId, events: EventReceiver) -> Self {
         Subscription { handle, id, events, _event: PhantomData }
     }
 
     /// The next event, waiting at most `timeout` ([`Error::Timeout`] if none came).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Event<T>> {
-        match self.events.recv_deadline(Instant::now() + timeout) {
-            Ok(d) => decode(d),
-            Err(flume::RecvTimeoutError::Timeout) => Err(Error::Timeout),
-            Err(flume::RecvTimeoutError::Disconnected) => Err(Error::Closed),
-        }
+        decode(self.events.recv_deadline(Instant::now() + timeout)?)
     }
 
     /// The next event if one is queued.
     pub fn try_recv(&self) -> Option<Result<Event<T>>> {
-        self.events.try_recv().ok().map(decode)
+        self.events.try_recv().map(decode)
     }
 }
 
@@ -60,7 +56,7 @@ impl<T: DeserializeOwned> Iterator for Subscription<T> {
     type Item = Result<Event<T>>;
 
     fn next(&mut self) -> Option<Result<Event<T>>> {
-        self.events.recv().ok().map(decode)
+        self.events.recv().map(decode)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use hsipc_blocking::{Error, ProcessHub};
+use hsipc_blocking::{Error, Overflow, ProcessHub};
 use hsipc_transport::MemBus;
 
 fn hub(bus: &MemBus, name: &str) -> ProcessHub {
@@ -104,7 +104,12 @@ fn a_panicking_handler_answers_with_an_error_and_the_hub_keeps_serving() {
 fn a_full_subscription_drops_the_newest_and_reports_them_as_missed() {
     let bus = MemBus::new();
     let publisher = hub(&bus, "pub");
-    let subscriber = ProcessHub::builder("sub").transport(bus.connector()).subscription_capacity(4).build().unwrap();
+    let subscriber = ProcessHub::builder("sub")
+        .transport(bus.connector())
+        .subscription_capacity(4)
+        .subscription_overflow(Overflow::DropNewest)
+        .build()
+        .unwrap();
     let sub = subscriber.subscribe::<u32>("t").unwrap();
     subscriber.serve("sub.sync", |()| Ok::<_, String>(())).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -174,4 +179,26 @@ fn dropping_a_subscription_unsubscribes_everywhere() {
         assert!(Instant::now() < deadline, "the pattern never went away");
         std::thread::yield_now();
     }
+}
+
+#[test]
+fn a_full_drop_oldest_subscription_keeps_the_latest_events() {
+    let bus = MemBus::new();
+    let publisher = hub(&bus, "pub");
+    let subscriber = ProcessHub::builder("sub").transport(bus.connector()).subscription_capacity(4).build().unwrap();
+    let sub = subscriber.subscribe::<u32>("t").unwrap();
+    subscriber.serve("sub.sync", |()| Ok::<_, String>(())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !publisher.peers().unwrap().iter().any(|p| p.patterns.contains(&"t".to_string())) {
+        assert!(Instant::now() < deadline);
+        std::thread::yield_now();
+    }
+    for i in 0..10u32 {
+        publisher.publish("t", &i).unwrap();
+    }
+    publisher.call::<_, ()>("sub.sync", &()).unwrap();
+    // The default policy keeps the newest four; the first says six were lost before it.
+    let got: Vec<(u32, u64)> =
+        (0..4).map(|_| sub.recv_timeout(Duration::from_secs(5)).map(|e| (e.payload, e.missed)).unwrap()).collect();
+    assert_eq!(got, [(6, 6), (7, 0), (8, 0), (9, 0)]);
 }

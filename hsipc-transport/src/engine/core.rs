@@ -10,6 +10,7 @@ use proto::{
 };
 
 use super::api::{Delivery, Dispatcher, IncomingCall, Reject, StreamMsg};
+use super::queue::SubscriptionQueue;
 use super::{EngineConfig, Handle};
 use crate::error::{Error, Result};
 use crate::liveness::Liveness;
@@ -26,7 +27,7 @@ pub(crate) struct Core {
     pub(super) calls: HashMap<RequestId, flume::Sender<Result<Bytes>>>,
     pub(super) streams: HashMap<RequestId, flume::Sender<StreamMsg>>,
     pub(super) blocked_items: HashMap<IncomingId, (Bytes, flume::Sender<Result<()>>)>,
-    pub(super) subscriptions: HashMap<SubscriptionId, (flume::Sender<Delivery>, u64)>,
+    pub(super) subscriptions: HashMap<SubscriptionId, SubscriptionQueue>,
     watchers: Vec<(String, flume::Sender<()>)>,
     discovery_waiters: Vec<flume::Sender<()>>,
     outbound: VecDeque<(Dest, Bytes)>,
@@ -201,17 +202,11 @@ impl Core {
             }
             Event::Published { from, topic, body, subscriptions, missed } => {
                 for sub in subscriptions {
-                    let Some((tx, pending_missed)) = self.subscriptions.get_mut(&sub) else { continue };
-                    let d =
-                        Delivery { from, topic: topic.clone(), body: body.clone(), missed: missed + *pending_missed };
-                    match tx.try_send(d) {
-                        Ok(()) => *pending_missed = 0,
-                        // Drop-newest: the subscriber learns the count with its next event.
-                        Err(flume::TrySendError::Full(_)) => *pending_missed += 1,
-                        Err(flume::TrySendError::Disconnected(_)) => {
-                            self.subscriptions.remove(&sub);
-                            let _ = self.endpoint.unsubscribe(sub);
-                        }
+                    let Some(queue) = self.subscriptions.get_mut(&sub) else { continue };
+                    let d = Delivery { from, topic: topic.clone(), body: body.clone(), missed };
+                    if queue.push(d).is_err() {
+                        self.subscriptions.remove(&sub);
+                        let _ = self.endpoint.unsubscribe(sub);
                     }
                 }
             }

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use proto::{CallMode, IncomingId, PeerId, RemoteError, RequestId, SubscriptionId, Topic, TopicFilter};
 
-use super::api::{Delivery, PeerSummary, StreamMsg};
+use super::api::{PeerSummary, StreamMsg};
+use super::queue::{EventReceiver, Overflow, SubscriptionQueue};
 use super::{Sender, Shared};
 use crate::error::{Error, Result};
 
@@ -153,17 +154,19 @@ impl Handle {
         self.with(Sender::Writer, |core, _| Ok(core.endpoint.publish(topic, body)?))
     }
 
-    /// Subscribes; events arrive on the channel, which holds at most `capacity` (then the
-    /// newest are dropped and reported as missed with the next one).
+    /// Subscribes; events arrive on the channel, which holds at most `capacity`; when it is
+    /// full, `overflow` decides which event is dropped (either way the loss is reported as
+    /// `missed` with the next event delivered).
     pub fn subscribe(
         &self,
         filter: TopicFilter,
         capacity: usize,
-    ) -> Result<(SubscriptionId, flume::Receiver<Delivery>)> {
-        let (events, rx) = flume::bounded(capacity.max(1));
+        overflow: Overflow,
+    ) -> Result<(SubscriptionId, EventReceiver)> {
+        let (queue, rx) = SubscriptionQueue::new(capacity, overflow);
         self.with(Sender::Writer, |core, _| {
             let id = core.endpoint.subscribe(filter)?;
-            core.subscriptions.insert(id, (events, 0));
+            core.subscriptions.insert(id, queue);
             Ok((id, rx))
         })
     }

@@ -30,6 +30,7 @@
 mod api;
 mod core;
 mod handle;
+mod queue;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,6 +43,7 @@ use proto::{Config, Dest, Endpoint, Input, PeerId};
 pub use self::api::{Delivery, Dispatcher, IncomingCall, PeerSummary, Reject, StreamMsg};
 use self::core::Core;
 pub use self::handle::{Handle, ItemSent};
+pub use self::queue::{EventReceiver, Overflow};
 use crate::error::Result;
 use crate::inbox::Inbox;
 use crate::transport::{Connect, Transport, TransportError};

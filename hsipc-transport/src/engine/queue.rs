@@ -1,0 +1,158 @@
+//! A subscription's bounded queue and what happens when it is full.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use super::api::Delivery;
+use crate::error::{Error, Result};
+
+/// What a full subscription queue does with one more event. Either way the subscriber is told
+/// how many events it lost, in [`Delivery::missed`] of the next event it receives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop the oldest queued event to make room: a slow subscriber always sees the latest
+    /// events (like ROS's `KEEP_LAST`). The default.
+    #[default]
+    DropOldest,
+    /// Drop the new event: a slow subscriber sees the earliest events, then a gap.
+    DropNewest,
+}
+
+/// The engine's end of one subscription's queue.
+pub(super) struct SubscriptionQueue {
+    tx: flume::Sender<Delivery>,
+    /// For [`Overflow::DropOldest`]: the engine's own receiver, to take the oldest event out.
+    oldest: Option<flume::Receiver<Delivery>>,
+    /// Events dropped at the head, for the reader to add to the next event it takes.
+    evicted: Arc<AtomicU64>,
+    /// Events dropped at the tail, added to the next event queued.
+    refused: u64,
+}
+
+/// The subscriber dropped its end.
+pub(super) struct Gone;
+
+impl SubscriptionQueue {
+    pub(super) fn new(capacity: usize, overflow: Overflow) -> (Self, EventReceiver) {
+        let (tx, rx) = flume::bounded(capacity.max(1));
+        let oldest = (overflow == Overflow::DropOldest).then(|| rx.clone());
+        let evicted = Arc::new(AtomicU64::new(0));
+        let queue = SubscriptionQueue { tx, oldest, evicted: evicted.clone(), refused: 0 };
+        (queue, EventReceiver { rx, evicted })
+    }
+
+    /// Queues an event, never waiting.
+    pub(super) fn push(&mut self, mut d: Delivery) -> Result<(), Gone> {
+        d.missed += self.refused;
+        loop {
+            match self.tx.try_send(d) {
+                Ok(()) => {
+                    self.refused = 0;
+                    return Ok(());
+                }
+                Err(flume::TrySendError::Disconnected(_)) => return Err(Gone),
+                Err(flume::TrySendError::Full(back)) => {
+                    d = back;
+                    let Some(rx) = &self.oldest else {
+                        // Drop-newest: this event and what it had missed count for the next.
+                        self.refused = d.missed + 1;
+                        return Ok(());
+                    };
+                    // Drop-oldest: the loss is reported with the event that becomes the head.
+                    // (If the reader took one meanwhile, there is room now and this finds none
+                    // to drop, or drops the next oldest.)
+                    if let Ok(old) = rx.try_recv() {
+                        self.evicted.fetch_add(old.missed + 1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The subscriber's end of a subscription's queue: [`Delivery`]s with every loss counted.
+///
+/// Under [`Overflow::DropOldest`], events evicted from the head are counted in the `missed` of
+/// the next event taken. The total is exact; if the reader takes an event at the very moment
+/// another is evicted, the count may land one event early.
+#[derive(Debug)]
+pub struct EventReceiver {
+    rx: flume::Receiver<Delivery>,
+    evicted: Arc<AtomicU64>,
+}
+
+impl EventReceiver {
+    fn take(&self, mut d: Delivery) -> Delivery {
+        d.missed += self.evicted.swap(0, Ordering::Relaxed);
+        d
+    }
+
+    /// The next event, waiting until `deadline`: [`Error::Timeout`] if none came,
+    /// [`Error::Closed`] once the hub is closed.
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<Delivery> {
+        match self.rx.recv_deadline(deadline) {
+            Ok(d) => Ok(self.take(d)),
+            Err(flume::RecvTimeoutError::Timeout) => Err(Error::Timeout),
+            Err(flume::RecvTimeoutError::Disconnected) => Err(Error::Closed),
+        }
+    }
+
+    /// The next event, waiting as long as it takes; `None` once the hub is closed.
+    pub fn recv(&self) -> Option<Delivery> {
+        self.rx.recv().ok().map(|d| self.take(d))
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&self) -> Option<Delivery> {
+        self.rx.try_recv().ok().map(|d| self.take(d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use proto::{PeerId, Topic};
+
+    use super::*;
+
+    fn ev(n: u8, missed: u64) -> Delivery {
+        Delivery { from: PeerId(1), topic: Topic::new("t").unwrap(), body: Bytes::from(vec![n]), missed }
+    }
+
+    fn drain(rx: &EventReceiver) -> Vec<(u8, u64)> {
+        std::iter::from_fn(|| rx.try_recv()).map(|d| (d.body[0], d.missed)).collect()
+    }
+
+    #[test]
+    fn drop_newest_reports_the_gap_on_the_next_event_queued() {
+        let (mut q, rx) = SubscriptionQueue::new(2, Overflow::DropNewest);
+        for (n, missed) in [(0, 0), (1, 0), (2, 0), (3, 5), (4, 0)] {
+            assert!(q.push(ev(n, missed)).is_ok());
+        }
+        assert_eq!(drain(&rx), [(0, 0), (1, 0)]);
+        q.push(ev(5, 1)).ok().unwrap();
+        // Lost: 2, 3 and the 5 that 3 had missed, 4, and the 1 that 5 missed itself.
+        assert_eq!(drain(&rx), [(5, 1 + 1 + 6 + 1)]);
+    }
+
+    #[test]
+    fn drop_oldest_reports_the_gap_on_the_new_head() {
+        let (mut q, rx) = SubscriptionQueue::new(2, Overflow::DropOldest);
+        for (n, missed) in [(0, 0), (1, 3), (2, 0), (3, 0)] {
+            assert!(q.push(ev(n, missed)).is_ok());
+        }
+        // 0 and 1 (which had missed 3) were evicted: 2 is the head and carries 1 + 4.
+        assert_eq!(drain(&rx), [(2, 5), (3, 0)]);
+        assert!(matches!(rx.recv_deadline(Instant::now() + Duration::from_millis(1)), Err(Error::Timeout)));
+    }
+
+    #[test]
+    fn a_dropped_receiver_is_reported() {
+        let (mut q, rx) = SubscriptionQueue::new(2, Overflow::DropNewest);
+        drop(rx);
+        assert!(q.push(ev(0, 0)).is_err());
+    }
+}
