@@ -186,6 +186,7 @@ fn client(script: &str) {
         "watch_leave" => script_watch_leave(&hub),
         "isolated" => script_isolated(&hub),
         "ping" => script_ping(&hub),
+        "survive_controller" => script_survive_controller(&hub),
         other => panic!("unknown script {other}"),
     };
     report(format!("RESULT {result}"));
@@ -363,6 +364,36 @@ fn script_watch_leave(hub: &ProcessHub) -> String {
     let gone_ms = t.elapsed().as_millis();
     let e = hub.call::<_, i64>("calc.add", &(1, 1)).unwrap_err();
     format!("gone_ms={gone_ms} then={}", kind(&e))
+}
+
+/// Calls in a loop; once told the controller was killed, requires calls to work again.
+fn script_survive_controller(hub: &ProcessHub) -> String {
+    hub.wait_for_service("calc", LONG).unwrap();
+    for i in 0..100 {
+        assert_eq!(hub.call::<_, i64>("calc.add", &(i, 1)).unwrap(), i + 1);
+    }
+    report("CALLING");
+    let _ = command(); // the controller is dead now
+    let killed = Instant::now();
+    let mut failures = 0;
+    let recovered_ms = loop {
+        match hub.call_timeout::<_, i64>("calc.add", &(1, 1), Duration::from_millis(500)) {
+            Ok(2) => break killed.elapsed().as_millis(),
+            Ok(other) => panic!("wrong answer {other}"),
+            Err(e) => {
+                failures += 1;
+                eprintln!("call during the controller's replacement: {e}");
+                assert!(killed.elapsed() < Duration::from_secs(20), "never recovered");
+            }
+        }
+    };
+    let mut ok = 0;
+    for i in 0..1000 {
+        if hub.call::<_, i64>("calc.add", &(i, 1)).unwrap() == i + 1 {
+            ok += 1;
+        }
+    }
+    format!("recovered_ms={recovered_ms} failures={failures} ok_after={ok}")
 }
 
 fn script_ping(hub: &ProcessHub) -> String {
@@ -692,4 +723,22 @@ fn a_second_hub_with_a_taken_name_fails_clearly() {
     assert!(line.starts_with("JOIN_FAILED") && line.contains("already on bus"), "{line}");
     // The same name on another bus is fine.
     let _elsewhere = Peer::ready("bystander", &unique_bus("dupname2"), "same", &[]);
+}
+
+#[test]
+fn calls_survive_the_death_of_the_bus_controller() {
+    // The bystander joined first, so it is ipmb's bus controller: every frame between client
+    // and server passes through it. Killing it forces a survivor to take over the bus.
+    let bus = unique_bus("controller");
+    let mut controller = Peer::ready("bystander", &bus, "controller", &[]);
+    let _server = Peer::ready("server", &bus, "server", &[]);
+    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "survive_controller")]);
+    client.expect("CALLING", LONG);
+    controller.kill();
+    client.send("killed");
+    let r = client.expect("RESULT", LONG);
+    eprintln!("{r}");
+    assert_eq!(field(&r, "ok_after"), "1000");
+    let recovered: u128 = field(&r, "recovered_ms").parse().unwrap();
+    assert!(recovered < 10_000, "calls came back only after {recovered} ms");
 }
