@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use hsipc_blocking::{Error, Overflow, ProcessHub};
+use hsipc_blocking::{Error, Overflow, ProcessHub, Subscription};
 use hsipc_transport::MemBus;
 
 fn hub(bus: &MemBus, name: &str) -> ProcessHub {
@@ -101,39 +101,6 @@ fn a_panicking_handler_answers_with_an_error_and_the_hub_keeps_serving() {
 }
 
 #[test]
-fn a_full_subscription_drops_the_newest_and_reports_them_as_missed() {
-    let bus = MemBus::new();
-    let publisher = hub(&bus, "pub");
-    let subscriber = ProcessHub::builder("sub")
-        .transport(bus.connector())
-        .subscription_capacity(4)
-        .subscription_overflow(Overflow::DropNewest)
-        .build()
-        .unwrap();
-    let sub = subscriber.subscribe::<u32>("t").unwrap();
-    subscriber.serve("sub.sync", |()| Ok::<_, String>(())).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !publisher.peers().unwrap().iter().any(|p| p.patterns.contains(&"t".to_string())) {
-        assert!(Instant::now() < deadline);
-        std::thread::yield_now();
-    }
-    for i in 0..10u32 {
-        publisher.publish("t", &i).unwrap();
-    }
-    // Frames between two hubs stay in order, so once this call is answered all ten events
-    // have reached the subscription.
-    publisher.call::<_, ()>("sub.sync", &()).unwrap();
-    // The first four fit; the other six were dropped.
-    let first: Vec<(u32, u64)> =
-        (0..4).map(|_| sub.recv_timeout(Duration::from_secs(5)).map(|e| (e.payload, e.missed)).unwrap()).collect();
-    assert_eq!(first, [(0, 0), (1, 0), (2, 0), (3, 0)]);
-    assert!(matches!(sub.recv_timeout(Duration::from_millis(50)), Err(Error::Timeout)));
-    publisher.publish("t", &99u32).unwrap();
-    let next = sub.recv_timeout(Duration::from_secs(5)).unwrap();
-    assert_eq!((next.payload, next.missed), (99, 6));
-}
-
-#[test]
 fn dropping_a_response_stream_cancels_it_at_the_server() {
     let bus = MemBus::new();
     let server = hub(&bus, "server");
@@ -181,11 +148,16 @@ fn dropping_a_subscription_unsubscribes_everywhere() {
     }
 }
 
-#[test]
-fn a_full_drop_oldest_subscription_keeps_the_latest_events() {
-    let bus = MemBus::new();
-    let publisher = hub(&bus, "pub");
-    let subscriber = ProcessHub::builder("sub").transport(bus.connector()).subscription_capacity(4).build().unwrap();
+/// A publisher and a subscriber whose subscription to `t` holds four events, after ten were
+/// published into it; the handles must stay alive for the subscription to.
+fn overflowed(bus: &MemBus, overflow: Overflow) -> (ProcessHub, ProcessHub, Subscription<u32>) {
+    let publisher = hub(bus, "pub");
+    let subscriber = ProcessHub::builder("sub")
+        .transport(bus.connector())
+        .subscription_capacity(4)
+        .subscription_overflow(overflow)
+        .build()
+        .unwrap();
     let sub = subscriber.subscribe::<u32>("t").unwrap();
     subscriber.serve("sub.sync", |()| Ok::<_, String>(())).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -196,9 +168,32 @@ fn a_full_drop_oldest_subscription_keeps_the_latest_events() {
     for i in 0..10u32 {
         publisher.publish("t", &i).unwrap();
     }
+    // Frames between two hubs stay in order, so once this call is answered all ten events
+    // have reached the subscription.
     publisher.call::<_, ()>("sub.sync", &()).unwrap();
-    // The default policy keeps the newest four; the first says six were lost before it.
-    let got: Vec<(u32, u64)> =
-        (0..4).map(|_| sub.recv_timeout(Duration::from_secs(5)).map(|e| (e.payload, e.missed)).unwrap()).collect();
-    assert_eq!(got, [(6, 6), (7, 0), (8, 0), (9, 0)]);
+    (publisher, subscriber, sub)
+}
+
+fn take4(sub: &Subscription<u32>) -> Vec<(u32, u64)> {
+    (0..4).map(|_| sub.recv_timeout(Duration::from_secs(5)).map(|e| (e.payload, e.missed)).unwrap()).collect()
+}
+
+#[test]
+fn a_full_drop_newest_subscription_reports_the_dropped_as_missed() {
+    let bus = MemBus::new();
+    let (publisher, _subscriber, sub) = overflowed(&bus, Overflow::DropNewest);
+    // The first four fit; the other six were dropped.
+    assert_eq!(take4(&sub), [(0, 0), (1, 0), (2, 0), (3, 0)]);
+    assert!(matches!(sub.recv_timeout(Duration::from_millis(50)), Err(Error::Timeout)));
+    publisher.publish("t", &99u32).unwrap();
+    let next = sub.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!((next.payload, next.missed), (99, 6));
+}
+
+#[test]
+fn a_full_drop_oldest_subscription_keeps_the_latest_events() {
+    let bus = MemBus::new();
+    let (_publisher, _subscriber, sub) = overflowed(&bus, Overflow::DropOldest);
+    // The newest four are kept; the first of them says six were lost before it.
+    assert_eq!(take4(&sub), [(6, 6), (7, 0), (8, 0), (9, 0)]);
 }
