@@ -37,6 +37,9 @@ pub enum FrameError {
     /// Unknown frame kind.
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
+    /// The reserved header field is not zero (a newer peer using it, or a corrupt frame).
+    #[error("reserved header field is {0:#06x}, not zero")]
+    ReservedNotZero(u16),
     /// The frame is over the configured maximum.
     #[error("frame of {len} bytes is over the maximum of {max} bytes")]
     TooLarge {

@@ -183,6 +183,10 @@ impl Frame {
             return Err(FrameError::UnsupportedVersion { theirs: h[1], ours: VERSION });
         }
         let kind = FrameKind::from_u8(h[2]).ok_or(FrameError::UnknownKind(h[2]))?;
+        let reserved = u16::from_le_bytes([h[26], h[27]]);
+        if reserved != 0 {
+            return Err(FrameError::ReservedNotZero(reserved));
+        }
         let flags = Flags(h[3]);
         let aux = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
         let id = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
@@ -296,6 +300,7 @@ mod tests {
         assert_eq!(with(0, 0), Err(FrameError::BadMagic(0)));
         assert_eq!(with(1, 9), Err(FrameError::UnsupportedVersion { theirs: 9, ours: VERSION }));
         assert_eq!(with(2, 99), Err(FrameError::UnknownKind(99)));
+        assert_eq!(with(26, 1), Err(FrameError::ReservedNotZero(1)));
         assert!(matches!(with(24, 200), Err(FrameError::LengthMismatch { .. })));
         assert_eq!(with(HEADER_LEN, 0xFF), Err(FrameError::NameNotUtf8));
         let mut long = good.to_vec();
