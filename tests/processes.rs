@@ -33,6 +33,8 @@ fn child_entry() {
         "subscriber" => subscriber(),
         "publisher" => publisher(),
         "exit_after_ready" => exit_after_ready(),
+        "rogue" => rogue(),
+        "stuck" => stuck(),
         other => panic!("unknown role {other}"),
     }
 }
@@ -101,6 +103,8 @@ fn server() {
     })
     .unwrap();
     hub.serve("calc.whoami", move |()| Ok::<_, String>(name.clone())).unwrap();
+    let me = hub.clone();
+    hub.serve("calc.bad_frames", move |()| Ok::<_, String>(me.stats().bad_frames)).unwrap();
     hub.serve_stream("calc.count", |(n, size): (u64, usize), sink: &StreamSink<(u64, Bytes)>| {
         let pad = Bytes::from(vec![7u8; size]);
         for i in 0..n {
@@ -167,6 +171,119 @@ fn exit_after_ready() {
     report("READY");
 }
 
+/// Joins the bus with raw ipmb, not as a hub, and sends every hub malformed or hostile
+/// messages: bad envelopes, garbage frames, lying lengths, frames from a peer nobody knows.
+fn rogue() {
+    use hsipc::proto::frame::{Flags, Frame, FrameKind};
+    let identifier = format!("hsipc.{}", env("HSIPC_BUS"));
+    let options = ipmb::Options::new(identifier, ipmb::label!("hsipc", "rogue"), "");
+    let (tx, mut rx) = ipmb::join::<ipmb::BytesMessage, ipmb::BytesMessage>(options, None).unwrap();
+    // Keep reading what the bus sends us (our own multicasts, hubs' announces): an ipmb member
+    // that stops reading stalls the whole bus, rogue or not.
+    std::thread::spawn(move || {
+        loop {
+            let _ = rx.recv(Some(Duration::from_millis(100)));
+        }
+    });
+    report("READY");
+    // SAFETY: eventfd returns a new fd or -1 (checked).
+    let carrier = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    assert!(carrier >= 0);
+    let send = |data: Vec<u8>, region: Option<ipmb::MemoryRegion>| {
+        let mut msg =
+            ipmb::Message::new(ipmb::Selector::multicast("hsipc"), ipmb::BytesMessage { format: 0x4853, data });
+        match region {
+            Some(r) => msg.memory_regions.push(r),
+            // SAFETY: dup of our eventfd; the message owns and closes it.
+            None => msg.objects.push(unsafe { ipmb::Object::from_raw(libc::dup(carrier)) }),
+        }
+        tx.send(msg).unwrap();
+    };
+    let envelope = |from: u64, kind: u8, rest: &[u8]| {
+        let mut d = from.to_le_bytes().to_vec();
+        d.push(kind);
+        d.extend_from_slice(rest);
+        d
+    };
+    let frame = |f: Frame| f.encode(1 << 20).unwrap().to_vec();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut random = |n: usize| {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect::<Vec<u8>>()
+    };
+    let fake = 0xBAD0_0000_0000_0001u64;
+    for round in 0..200u64 {
+        send(random(5), None); // shorter than the envelope
+        send(envelope(fake, 0, &random(40)), None); // garbage frame
+        send(envelope(fake, 9, &random(40)), None); // unknown envelope kind
+        send(envelope(fake, 1, &u64::MAX.to_le_bytes()), None); // region of impossible size, no region
+        let mut small = ipmb::MemoryRegion::new(16).unwrap();
+        small.map(..).unwrap().fill(0xB5);
+        send(envelope(fake, 1, &1000u64.to_le_bytes()), Some(small)); // region smaller than claimed
+        let mut lying = frame(Frame::new(FrameKind::Publish, 0, 0, round).with_name("a/b"));
+        lying[28] = 0xFF; // payload length that is not there
+        send(envelope(fake, 0, &lying), None);
+        let hostile = [
+            Frame::new(FrameKind::Announce, Flags::PROBE, 0, round).with_payload(bytes::Bytes::from(random(64))),
+            Frame::new(FrameKind::Request, 0, round, 1 << 40)
+                .with_name("calc.add")
+                .with_payload(bytes::Bytes::from(random(8))),
+            Frame::new(FrameKind::Response, 0, round, 0).with_payload(bytes::Bytes::from(random(8))),
+            Frame::new(FrameKind::StreamItem, Flags::TO_CALLER, round, 1),
+            Frame::new(FrameKind::Credit, 0, round, u64::MAX),
+            Frame::new(FrameKind::Publish, 0, 0, u64::MAX).with_name("bad/+/topic"),
+            Frame::new(FrameKind::Goodbye, 0, 0, 0),
+        ];
+        for f in hostile {
+            send(envelope(fake + round, 0, &frame(f)), None);
+        }
+        // Pretend to be a real peer too: announce under another hub's id (taken from nothing:
+        // the rogue guesses) and say goodbye for it.
+        send(envelope(round, 0, &frame(Frame::new(FrameKind::Goodbye, 0, 0, 0))), None);
+    }
+    report("SENT");
+    while command().is_some_and(|c| c != "quit") {}
+}
+
+/// Joins with raw ipmb, announces itself as a hub subscribed to `#`, and never reads: once its
+/// socket is full, ipmb's controller blocks forwarding to it and the whole bus stalls.
+fn stuck() {
+    use hsipc::proto::frame::{Frame, FrameKind};
+    use hsipc::proto::{PeerId, PeerInfo, codec};
+    let fake = PeerId(0xBAD);
+    let identifier = format!("hsipc.{}", env("HSIPC_BUS"));
+    let options = ipmb::Options::new(identifier, ipmb::label!("stuck", format!("p{fake}")), "");
+    let (tx, _never_read) = ipmb::join::<ipmb::BytesMessage, ipmb::BytesMessage>(options, None).unwrap();
+    let info = PeerInfo { name: "stuck".into(), pid: 0, services: vec![], patterns: vec!["#".into()], peers: 1 };
+    let frame = Frame::new(FrameKind::Announce, 0, 0, 1).with_payload(codec::encode(&info).unwrap());
+    let mut data = fake.0.to_le_bytes().to_vec();
+    data.push(0);
+    data.extend_from_slice(&frame.encode(1 << 20).unwrap());
+    // Heartbeat like a hub (until the stall blocks this thread's sends too).
+    std::thread::spawn(move || {
+        loop {
+            let mut msg = ipmb::Message::new(
+                ipmb::Selector::multicast("hsipc"),
+                ipmb::BytesMessage { format: 0x4853, data: data.clone() },
+            );
+            // SAFETY: eventfd returns a new fd (checked); the message owns and closes it.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+            assert!(fd >= 0);
+            msg.objects.push(unsafe { ipmb::Object::from_raw(fd) });
+            tx.send(msg).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    report("READY");
+    while command().is_some_and(|c| c != "quit") {}
+}
+
 /// Client scripts: one per test.
 fn client(script: &str) {
     let hub = hub();
@@ -186,6 +303,8 @@ fn client(script: &str) {
         "watch_leave" => script_watch_leave(&hub),
         "isolated" => script_isolated(&hub),
         "ping" => script_ping(&hub),
+        "bad_frames" => script_bad_frames(&hub),
+        "stall" => script_stall(&hub),
         "survive_controller" => script_survive_controller(&hub),
         other => panic!("unknown script {other}"),
     };
@@ -394,6 +513,39 @@ fn script_survive_controller(hub: &ProcessHub) -> String {
         }
     }
     format!("recovered_ms={recovered_ms} failures={failures} ok_after={ok}")
+}
+
+/// Floods the stuck subscriber until the bus stalls, then calls: the call must return by its
+/// deadline. After the parent kills the stuck member, calls must work again.
+fn script_stall(hub: &ProcessHub) -> String {
+    hub.wait_for_service("calc", LONG).unwrap();
+    let deadline = Instant::now() + LONG;
+    while !hub.peers().unwrap().iter().any(|p| p.name == "stuck") {
+        assert!(Instant::now() < deadline, "the stuck member never appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // 3 MB for a member that reads nothing: far more than the kernel buffers on the way hold.
+    let event = Bytes::from(vec![0u8; 1024]);
+    for _ in 0..3000 {
+        hub.publish("x/y", &event).unwrap();
+    }
+    let (r, us) = timed(|| hub.call_timeout::<_, i64>("calc.add", &(1, 1), Duration::from_millis(500)));
+    report(format!("STALLED {}:{us}", r.map_or_else(|e| kind(&e), |_| "ok")));
+    let _ = command(); // the stuck member was killed
+    let killed = Instant::now();
+    loop {
+        if let Ok(2) = hub.call_timeout::<_, i64>("calc.add", &(1, 1), Duration::from_millis(500)) {
+            break;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "the bus never recovered");
+    }
+    format!("recovered_ms={}", killed.elapsed().as_millis())
+}
+
+fn script_bad_frames(hub: &ProcessHub) -> String {
+    hub.wait_for_service("calc", LONG).unwrap();
+    let bad: u64 = hub.call("calc.bad_frames", &()).unwrap();
+    format!("bad={bad}")
 }
 
 fn script_ping(hub: &ProcessHub) -> String {
@@ -741,4 +893,42 @@ fn calls_survive_the_death_of_the_bus_controller() {
     assert_eq!(field(&r, "ok_after"), "1000");
     let recovered: u128 = field(&r, "recovered_ms").parse().unwrap();
     assert!(recovered < 10_000, "calls came back only after {recovered} ms");
+}
+
+#[test]
+fn a_rogue_process_on_the_bus_cannot_crash_or_wedge_a_hub() {
+    let bus = unique_bus("rogue");
+    let _bystander = Peer::ready("bystander", &bus, "bystander", &[]);
+    let server = Peer::ready("server", &bus, "server", &[]);
+    let _subscriber = Peer::ready("subscriber", &bus, "sub", &[("HSIPC_PATTERN", "#")]);
+    let mut rogue = Peer::ready("rogue", &bus, "rogue", &[]);
+    rogue.expect("SENT", LONG);
+    // Every hub is still alive and serving: a fresh client gets answers.
+    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "calls"), ("HSIPC_N", "1000")]);
+    assert_eq!(field(&client.expect("RESULT", LONG), "ok"), "1000");
+    let mut check = Peer::ready("client", &bus, "checker", &[("HSIPC_SCRIPT", "bad_frames")]);
+    let bad: u64 = field(&check.expect("RESULT", LONG), "bad").parse().unwrap();
+    assert!(bad >= 200, "the server rejected only {bad} frames: the garbage did not reach it");
+    assert!(server.rss_kib() < 256 * 1024, "the server's memory grew to {} KiB", server.rss_kib());
+}
+
+#[test]
+fn a_stalled_bus_never_holds_a_caller_past_its_deadline() {
+    // ipmb has one routing thread: a member that stops reading blocks it, and with it every
+    // send on the bus. hsipc cannot unblock ipmb, but its callers must still get their answer
+    // (a timeout) by their deadline, and everything must work again once the member is gone.
+    let bus = unique_bus("stall");
+    let _bystander = Peer::ready("bystander", &bus, "bystander", &[]);
+    let _server = Peer::ready("server", &bus, "server", &[]);
+    let mut stuck = Peer::ready("stuck", &bus, "stuck", &[]);
+    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "stall")]);
+    let stalled = client.expect("STALLED", LONG);
+    let (k, us) = stalled.split_once(':').unwrap();
+    assert_eq!(k, "timeout", "the call went through a stalled bus?");
+    let us: u128 = us.parse().unwrap();
+    assert!(us < 2_000_000, "a call with a 500 ms timeout returned after {us} µs");
+    stuck.kill();
+    client.send("killed");
+    let r = client.expect("RESULT", LONG);
+    eprintln!("{r}");
 }

@@ -191,8 +191,9 @@ fn new_peer_id() -> PeerId {
 }
 
 /// How much longer than the engine's own deadline a caller waits before giving up on it: the
-/// engine times calls out itself, so this only matters if it is stuck.
-const GRACE: Duration = Duration::from_secs(1);
+/// engine times calls out itself, so this only matters when its writer is stuck in a stalled
+/// bus (then the caller still returns, this much after its deadline).
+const GRACE: Duration = Duration::from_millis(100);
 
 impl ProcessHub {
     /// Joins the default bus (`HSIPC_BUS`, else `"hsipc"`) as `name`, which must be unique on
@@ -331,6 +332,12 @@ impl ProcessHub {
     /// Who is on the bus (this hub included) and what each serves.
     pub fn peers(&self) -> Result<Vec<PeerSummary>> {
         self.inner.handle.peers()
+    }
+
+    /// Counters of what this hub's protocol saw and dropped: frames in and out, malformed
+    /// frames from peers, late or unknown responses, duplicates, events nobody matched.
+    pub fn stats(&self) -> hsipc_transport::proto::Stats {
+        self.inner.handle.stats()
     }
 
     /// Waits until some peer serves `service`; returns at once if one does already.

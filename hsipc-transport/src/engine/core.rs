@@ -31,6 +31,7 @@ pub(crate) struct Core {
     watchers: Vec<(String, flume::Sender<()>)>,
     discovery_waiters: Vec<flume::Sender<()>>,
     outbound: VecDeque<(Dest, Bytes)>,
+    outbound_bytes: usize,
     dropped_outbound: u64,
     looped_back: Vec<Bytes>,
     /// When the engine thread will wake by itself (None while it is awake).
@@ -53,6 +54,7 @@ impl Core {
             watchers: Vec::new(),
             discovery_waiters: Vec::new(),
             outbound: VecDeque::new(),
+            outbound_bytes: 0,
             dropped_outbound: 0,
             looped_back: Vec::new(),
             sleeping_until: None,
@@ -109,6 +111,7 @@ impl Core {
     }
 
     pub(super) fn take_outbound(&mut self) -> Vec<(Dest, Bytes)> {
+        self.outbound_bytes = 0;
         self.outbound.drain(..).collect()
     }
 
@@ -148,7 +151,11 @@ impl Core {
     fn queue(&mut self, dest: Dest, frame: Bytes) {
         if dest == Dest::Peer(self.endpoint.local()) {
             self.looped_back.push(frame);
-        } else if self.outbound.len() < self.config.outbound_capacity {
+        } else if self.outbound.is_empty()
+            || (self.outbound.len() < self.config.outbound_capacity
+                && self.outbound_bytes + frame.len() <= self.config.outbound_max_bytes)
+        {
+            self.outbound_bytes += frame.len();
             self.outbound.push_back((dest, frame));
         } else {
             // Only when the bus has been stalled for a long time: protocol deadlines and loss

@@ -207,6 +207,11 @@ impl Handle {
             .collect())
     }
 
+    /// Counters of what the protocol saw and dropped (bad frames, late responses, ...).
+    pub fn stats(&self) -> proto::Stats {
+        self.shared.lock().endpoint.stats()
+    }
+
     /// The channel yields `()` as soon as some peer serves `service` (at once if one does).
     pub fn watch_service(&self, service: &str) -> Result<flume::Receiver<()>> {
         let (done, rx) = flume::bounded(1);

@@ -58,8 +58,10 @@ pub struct EngineConfig {
     /// Default 1024.
     pub subscription_capacity: usize,
     /// Frames queued for sending before more are dropped (only when the bus is stalled).
-    /// Default 65 536.
+    /// Default 4096.
     pub outbound_capacity: usize,
+    /// Bytes queued for sending before more frames are dropped. Default 64 MiB.
+    pub outbound_max_bytes: usize,
     /// How often the engine checks whether known peer processes are still alive. Default 100 ms.
     pub liveness_interval: Duration,
 }
@@ -69,7 +71,8 @@ impl Default for EngineConfig {
         EngineConfig {
             proto: Config::default(),
             subscription_capacity: 1024,
-            outbound_capacity: 65_536,
+            outbound_capacity: 4096,
+            outbound_max_bytes: 64 << 20,
             liveness_interval: Duration::from_millis(100),
         }
     }
