@@ -1,0 +1,97 @@
+//! The peer directory: announces, discovery, departures.
+
+use super::*;
+
+impl Endpoint {
+    /// Ends discovery now: the transport knows that no other peer was on the bus when this one
+    /// joined, so there is nobody to wait for.
+    pub fn finish_discovery(&mut self) {
+        if self.discovering.is_some() {
+            self.discovery_done();
+        }
+    }
+
+    pub(super) fn on_announce(&mut self, now: Instant, from: PeerId, f: Frame) -> Result<(), FrameError> {
+        if from == self.local {
+            return Ok(());
+        }
+        let info: PeerInfo = codec::decode(&f.payload).map_err(FrameError::BadAnnounce)?;
+        let (name, pid, their_count) = (info.name.clone(), info.pid, info.peers as usize);
+        let learned = self.directory.learn(now, from, f.seq, info);
+        match learned {
+            Learned::New => self.push_event(Event::PeerJoined { peer: from, name, pid }),
+            Learned::Changed => self.push_event(Event::PeerChanged { peer: from }),
+            Learned::Same => {}
+        }
+        // A newcomer (or one that asked) learns about us at once rather than at our next
+        // heartbeat, so it can call us without a discovery delay.
+        if f.flags.has(Flags::PROBE) || learned == Learned::New {
+            self.announce(Dest::Peer(from), 0);
+        }
+        if let Some((expected, _)) = self.discovering.as_mut() {
+            *expected = (*expected).max(their_count);
+            if self.directory.len() >= *expected {
+                self.discovery_done();
+            }
+        }
+        Ok(())
+    }
+
+    // Private
+
+    pub(super) fn peer_gone(&mut self, peer: PeerId, reason: LeaveReason) {
+        let known = self.directory.remove(peer);
+        let calls: Vec<RequestId> = self.outgoing.iter().filter(|(_, o)| o.peer == peer).map(|(id, _)| *id).collect();
+        for id in calls {
+            if let Some(o) = self.outgoing.remove(&id) {
+                self.disarm(id, o.deadline);
+                self.finish_outgoing(id, o.mode, Err(CallError::PeerLost));
+            }
+        }
+        let served: Vec<IncomingId> = self.incoming.iter().filter(|(_, i)| i.peer == peer).map(|(id, _)| *id).collect();
+        for id in served {
+            self.drop_incoming(id, CancelReason::PeerLost);
+        }
+        self.publish_seq_out.remove(&peer);
+        self.publish_seq_in.remove(&peer);
+        if known {
+            self.push_event(Event::PeerLeft { peer, reason });
+        }
+    }
+
+    pub(super) fn refresh_info(&mut self) {
+        self.info.services = self.services.iter().cloned().collect();
+        self.info.patterns = self.patterns.keys().cloned().collect();
+    }
+
+    /// Bumps the generation and announces the new state to everyone.
+    pub(super) fn reannounce(&mut self) -> Result<(), CommandError> {
+        self.refresh_info();
+        let payload = codec::encode(&self.info).expect("PeerInfo always encodes");
+        let len = crate::frame::HEADER_LEN + payload.len();
+        if len > self.config.max_frame_len {
+            return Err(CommandError::AnnounceTooLarge { len, max: self.config.max_frame_len });
+        }
+        self.generation += 1;
+        // The local entry serves local calls and publishes like any other peer's.
+        self.directory.learn_local(self.local, self.generation, self.info.clone());
+        self.announce(Dest::All, 0);
+        Ok(())
+    }
+
+    pub(super) fn discovery_done(&mut self) {
+        if let Some((_, deadline)) = self.discovering.take() {
+            self.timers.cancel(deadline, Timer::Discovery);
+        }
+        self.push_event(Event::DiscoveryComplete);
+    }
+
+    pub(super) fn announce(&mut self, dest: Dest, flags: u8) {
+        self.info.peers = self.directory.len().min(u32::MAX as usize) as u32;
+        let payload = codec::encode(&self.info).expect("PeerInfo always encodes");
+        match self.encode(FrameKind::Announce, flags, 0, 0, self.generation, &[], &payload) {
+            Ok(frame) => self.transmit(dest, frame),
+            Err(e) => tracing::warn!(error = %e, "announce does not fit in a frame"),
+        }
+    }
+}
