@@ -105,6 +105,7 @@ impl Endpoint {
     /// Queues the first announce (asking every peer to announce itself back) and arms the
     /// heartbeat. `name` is only informative here; uniqueness is the transport's job.
     pub fn new(config: Config, local: PeerId, name: &str, pid: u32, now: Instant) -> Self {
+        let config = config.sanitized();
         let mut ep = Endpoint {
             local,
             info: PeerInfo { name: name.to_string(), pid, services: Vec::new(), patterns: Vec::new(), peers: 1 },

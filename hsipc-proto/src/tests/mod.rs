@@ -769,3 +769,25 @@ fn a_lone_endpoint_finishes_discovery_after_the_window_or_when_told() {
     assert!(bus.events(0).contains(&Event::DiscoveryComplete));
     bus.assert_no_leaks();
 }
+
+#[test]
+fn degenerate_settings_are_raised_to_working_ones() {
+    let config = Config {
+        heartbeat_interval: Duration::ZERO,
+        peer_timeout: Duration::ZERO,
+        stream_window: 0,
+        max_queued_outputs: 0,
+        ..Config::default()
+    };
+    let mut bus = Bus::with_config(2, config);
+    bus.ep(1).serve("calc").unwrap();
+    // A zero heartbeat would re-arm itself as already due and spin forever.
+    bus.run_for(Duration::from_millis(20));
+    assert!(bus.ep(0).has_provider("calc"), "peers do not expire each other");
+    let (id, inc) = open_stream(&mut bus, SECOND);
+    bus.ep(1).send_item(inc, b("x")).unwrap();
+    bus.settle();
+    assert_eq!(items(&bus.events(0), id).len(), 1, "a window of 0 is raised to 1");
+    bus.ep(0).cancel(id).unwrap();
+    bus.assert_no_leaks();
+}
