@@ -30,17 +30,17 @@ pub struct Config {
 impl Config {
     /// The same settings, with values that would break the protocol raised to the smallest
     /// that work: a heartbeat of at least 1 ms (a zero interval would fire forever), a peer
-    /// timeout of at least two heartbeats, a stream window of at least 1, and room for at least
-    /// one call each way and 64 queued outputs. [`Endpoint::new`](crate::Endpoint::new)
-    /// applies it.
+    /// timeout of at least two heartbeats, a stream window of at least 1, room for at least one
+    /// call each way and one queued output, and frames of at least 256 bytes of payload.
+    /// [`Endpoint::new`](crate::Endpoint::new) applies it.
     pub fn sanitized(mut self) -> Config {
         self.heartbeat_interval = self.heartbeat_interval.max(Duration::from_millis(1));
         self.peer_timeout = self.peer_timeout.max(self.heartbeat_interval * 2);
         self.stream_window = self.stream_window.max(1);
         self.max_outgoing_calls = self.max_outgoing_calls.max(1);
         self.max_incoming_calls = self.max_incoming_calls.max(1);
-        self.max_queued_outputs = self.max_queued_outputs.max(64);
-        self.max_frame_len = self.max_frame_len.max(crate::frame::HEADER_LEN + 1024);
+        self.max_queued_outputs = self.max_queued_outputs.max(1);
+        self.max_frame_len = self.max_frame_len.max(crate::frame::HEADER_LEN + 256);
         self
     }
 }

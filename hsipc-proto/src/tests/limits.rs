@@ -1,0 +1,95 @@
+//! Limits and hostile input: bounded tables, bad frames, degenerate settings.
+
+use super::*;
+
+#[test]
+fn limits_give_clear_errors_not_growth() {
+    let config = Config { max_outgoing_calls: 3, max_incoming_calls: 2, max_frame_len: 1024, ..Config::default() };
+    let mut bus = Bus::with_config(2, config);
+    bus.ep(1).serve("calc").unwrap();
+    bus.settle();
+    let now = bus.now;
+    let ids: Vec<RequestId> =
+        (0..3).map(|_| bus.ep(0).request(now, "calc.x", b(""), CallMode::Unary, SECOND).unwrap()).collect();
+    assert_eq!(
+        bus.ep(0).request(now, "calc.x", b(""), CallMode::Unary, SECOND),
+        Err(CommandError::TooManyCalls { limit: 3 })
+    );
+    bus.settle();
+    // The server accepted two and refused the third as busy.
+    assert_eq!(requests(&mut bus, 1).len(), 2);
+    let ev = bus.events(0);
+    assert!(matches!(response(&ev, ids[2]), Some(Err(CallError::Remote(RemoteError { code: ErrorCode::BUSY, .. })))));
+    let big = Bytes::from(vec![0u8; 2000]);
+    assert!(matches!(
+        bus.ep(0).publish(&Topic::new("a").unwrap(), big.clone()),
+        Err(CommandError::PayloadTooLarge { max: 1024, .. })
+    ));
+    bus.run_for(2 * SECOND);
+    assert!(matches!(
+        bus.with(0, |ep, now| ep.request(now, "calc.x", big, CallMode::Unary, SECOND)),
+        Err(CommandError::PayloadTooLarge { .. })
+    ));
+    bus.assert_no_leaks();
+}
+
+#[test]
+fn a_full_output_queue_refuses_commands_and_drops_peer_frames() {
+    let config = Config { max_queued_outputs: 4, ..Config::default() };
+    let mut bus = Bus::with_config(2, config);
+    bus.ep(1).subscribe(TopicFilter::new("#").unwrap()).unwrap();
+    bus.settle();
+    let topic = Topic::new("x").unwrap();
+    let mut ok = 0;
+    let err = loop {
+        match bus.ep(0).publish(&topic, b("e")) {
+            Ok(_) => ok += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err, CommandError::OutputFull { limit: 4 });
+    assert_eq!(ok, 4);
+    bus.settle();
+    bus.assert_no_leaks();
+}
+
+#[test]
+fn bad_frames_from_a_peer_are_counted_and_change_nothing() {
+    let mut bus = calc_bus(2);
+    let before = bus.ep(1).table_sizes();
+    bus.inject(0, 1, Bytes::from_static(b"garbage"));
+    let mut f = Frame::new(FrameKind::Publish, 0, 0, 1).with_name("bad/+").encode(1 << 20).unwrap().to_vec();
+    bus.inject(0, 1, Bytes::from(f.clone()));
+    f[2] = 200;
+    bus.inject(0, 1, Bytes::from(f));
+    let over_credit = Frame::new(FrameKind::StreamItem, crate::frame::Flags::TO_CALLER, 99, 1).encode(1 << 20).unwrap();
+    bus.inject(0, 1, over_credit);
+    bus.settle();
+    assert_eq!(bus.rejected.len(), 3, "{:?}", bus.rejected);
+    assert_eq!(bus.ep(1).stats().bad_frames, 3);
+    assert_eq!(bus.ep(1).stats().late_or_unknown, 1, "an item for an unknown call is dropped as late");
+    assert_eq!(bus.ep(1).table_sizes(), before);
+    bus.assert_no_leaks();
+}
+
+#[test]
+fn degenerate_settings_are_raised_to_working_ones() {
+    let config = Config {
+        heartbeat_interval: Duration::ZERO,
+        peer_timeout: Duration::ZERO,
+        stream_window: 0,
+        max_queued_outputs: 0,
+        ..Config::default()
+    };
+    let mut bus = Bus::with_config(2, config);
+    bus.ep(1).serve("calc").unwrap();
+    // A zero heartbeat would re-arm itself as already due and spin forever.
+    bus.run_for(Duration::from_millis(20));
+    assert!(bus.ep(0).has_provider("calc"), "peers do not expire each other");
+    let (id, inc) = open_stream(&mut bus, SECOND);
+    bus.ep(1).send_item(inc, b("x")).unwrap();
+    bus.settle();
+    assert_eq!(items(&bus.events(0), id).len(), 1, "a window of 0 is raised to 1");
+    bus.ep(0).cancel(id).unwrap();
+    bus.assert_no_leaks();
+}

@@ -1,0 +1,143 @@
+//! The peer directory: discovery, expiry, departures, restarts.
+
+use super::*;
+
+#[test]
+fn peers_discover_each_other_whatever_the_join_order() {
+    let mut bus = Bus::new(1);
+    bus.ep(0).serve("a").unwrap();
+    bus.settle();
+    bus.add(Config::default());
+    bus.settle();
+    bus.add(Config::default());
+    bus.ep(2).serve("c").unwrap();
+    bus.settle();
+    for i in 0..3 {
+        let n = bus.ep(i).peers().count();
+        assert_eq!(n, 3, "node {i} knows {n} peers");
+        assert!(bus.ep(i).has_provider("a") && bus.ep(i).has_provider("c"));
+    }
+    let joined = bus.events(0).iter().filter(|e| matches!(e, Event::PeerJoined { .. })).count();
+    assert_eq!(joined, 2);
+    bus.assert_no_leaks();
+}
+
+#[test]
+fn peer_expiry_fails_pending_calls_and_streams() {
+    let mut bus = calc_bus(3);
+    let now = bus.now;
+    let unary = bus.ep(0).request(now, "calc.slow", b(""), CallMode::Unary, 60 * SECOND).unwrap();
+    let stream = bus.ep(0).request(now, "calc.count", b(""), CallMode::ServerStream, 60 * SECOND).unwrap();
+    bus.settle();
+    let served = requests(&mut bus, 1);
+    assert_eq!(served.len(), 2);
+    bus.ep(1).send_item(served[1].0, b("x")).unwrap();
+    bus.settle();
+    bus.kill(1); // no goodbye: the process just vanished
+    let killed_at = bus.now;
+    bus.run_for(5 * SECOND);
+    let ev = bus.timed_events(0);
+    let find = |want: &dyn Fn(&Event) -> bool| ev.iter().find(|(_, e)| want(e)).map(|(t, _)| *t);
+    let t1 = find(&|e| matches!(e, Event::Response { id, outcome: Err(CallError::PeerLost) } if *id == unary));
+    let t2 = find(&|e| matches!(e, Event::StreamEnded { id, outcome: Err(CallError::PeerLost) } if *id == stream));
+    let t3 = find(&|e| matches!(e, Event::PeerLeft { reason: LeaveReason::Expired, .. }));
+    let timeout = Config::default().peer_timeout;
+    let heartbeat = Config::default().heartbeat_interval;
+    for t in [t1, t2, t3] {
+        let after = t.expect("failed with PeerLost") - killed_at;
+        assert!(after <= timeout + heartbeat, "expired {after:?} after the kill");
+    }
+    // Node 2 (a bystander) also forgets it; nobody serves calc any more.
+    assert!(!bus.ep(2).has_provider("calc"));
+    assert_eq!(
+        bus.with(0, |ep, now| ep.request(now, "calc.add", b(""), CallMode::Unary, SECOND)),
+        Err(CommandError::NoSuchService { service: "calc".into() })
+    );
+    bus.assert_no_leaks();
+}
+
+#[test]
+fn a_transport_reported_loss_fails_calls_at_once() {
+    let mut bus = calc_bus(2);
+    let now = bus.now;
+    let id = bus.ep(0).request(now, "calc.slow", b(""), CallMode::Unary, 60 * SECOND).unwrap();
+    bus.settle();
+    bus.kill(1);
+    bus.ep(0).handle_input(now, crate::Input::PeerLost(peer(1))).unwrap();
+    let ev = bus.events(0);
+    assert_eq!(response(&ev, id), Some(Err(CallError::PeerLost)));
+    assert!(ev.contains(&Event::PeerLeft { peer: peer(1), reason: LeaveReason::Lost }));
+    bus.assert_no_leaks();
+}
+
+#[test]
+fn close_says_goodbye_and_fails_everything_open() {
+    let mut bus = calc_bus(2);
+    let now = bus.now;
+    let mine = bus.ep(0).request(now, "calc.slow", b(""), CallMode::Unary, 60 * SECOND).unwrap();
+    let theirs = bus.ep(1).request(now, "calc.self", b(""), CallMode::Unary, 60 * SECOND).unwrap();
+    bus.settle();
+    bus.ep(1).close();
+    bus.settle();
+    let ev0 = bus.events(0);
+    assert_eq!(response(&ev0, mine), Some(Err(CallError::PeerLost)));
+    assert!(ev0.contains(&Event::PeerLeft { peer: peer(1), reason: LeaveReason::Goodbye }));
+    let ev1 = bus.events(1);
+    assert_eq!(response(&ev1, theirs), Some(Err(CallError::Closed)));
+    assert_eq!(bus.ep(1).poll_timeout(), None);
+    assert_eq!(bus.ep(1).serve("x"), Err(CommandError::Closed));
+    assert!(!bus.ep(0).has_provider("calc"));
+    bus.assert_no_leaks();
+}
+
+#[test]
+fn a_restarted_server_is_reachable_again() {
+    let mut bus = calc_bus(2);
+    bus.kill(1);
+    bus.run_for(5 * SECOND);
+    let now = bus.now;
+    assert!(bus.ep(0).request(now, "calc.add", b(""), CallMode::Unary, SECOND).is_err());
+    let i = bus.add(Config::default());
+    bus.ep(i).serve("calc").unwrap();
+    bus.settle();
+    let id = bus.with(0, |ep, now| ep.request(now, "calc.add", b(""), CallMode::Unary, SECOND)).unwrap();
+    bus.settle();
+    let (inc, ..) = requests(&mut bus, i)[0].clone();
+    bus.ep(i).respond(inc, Ok(b("back"))).unwrap();
+    bus.settle();
+    assert_eq!(response(&bus.events(0), id), Some(Ok(b("back"))));
+    bus.assert_no_leaks();
+}
+
+#[test]
+fn a_newcomer_finishes_discovery_as_soon_as_every_peer_has_answered() {
+    let mut bus = Bus::new(2);
+    bus.ep(0).serve("a").unwrap();
+    bus.settle();
+    assert!(!bus.ep(0).is_discovering() && !bus.ep(1).is_discovering());
+    let joined_at = bus.now;
+    let c = bus.add(Config::default());
+    assert!(bus.ep(c).is_discovering());
+    bus.settle();
+    let ev = bus.timed_events(c);
+    let (at, _) = ev.iter().find(|(_, e)| *e == Event::DiscoveryComplete).expect("discovery completes");
+    assert!(*at - joined_at < Duration::from_millis(1), "completed by the answers, not the window");
+    assert!(!bus.ep(c).is_discovering());
+    assert!(bus.ep(c).has_provider("a"));
+    bus.assert_no_leaks();
+}
+
+#[test]
+fn a_lone_endpoint_finishes_discovery_after_the_window_or_when_told() {
+    let mut bus = Bus::new(1);
+    let start = bus.now;
+    bus.run_for(SECOND);
+    let ev = bus.timed_events(0);
+    let (at, _) = ev.iter().find(|(_, e)| *e == Event::DiscoveryComplete).expect("discovery completes");
+    assert_eq!(*at - start, Config::default().discovery_window);
+    let mut bus = Bus::new(1);
+    bus.ep(0).finish_discovery();
+    assert!(!bus.ep(0).is_discovering());
+    assert!(bus.events(0).contains(&Event::DiscoveryComplete));
+    bus.assert_no_leaks();
+}
