@@ -303,7 +303,17 @@ impl ProcessHub {
         method: &str,
         req: &Req,
     ) -> Result<ResponseStream<Item>> {
-        let timeout = self.inner.default_timeout;
+        self.call_stream_timeout(method, req, self.inner.default_timeout)
+    }
+
+    /// Calls a streaming `method`; each item may take at most `timeout` to arrive while the
+    /// server has credit to send it (the wait is paused while this reader is behind).
+    pub fn call_stream_timeout<Req: Serialize + ?Sized, Item: DeserializeOwned>(
+        &self,
+        method: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<ResponseStream<Item>> {
         let body = codec::encode(req)?;
         let deadline = Instant::now() + timeout;
         let (id, items) =
