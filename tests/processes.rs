@@ -35,6 +35,7 @@ fn child_entry() {
         "exit_after_ready" => exit_after_ready(),
         "rogue" => rogue(),
         "stuck" => stuck(),
+        "spawner" => spawner(),
         other => panic!("unknown role {other}"),
     }
 }
@@ -282,6 +283,18 @@ fn stuck() {
     });
     report("READY");
     while command().is_some_and(|c| c != "quit") {}
+}
+
+/// A hub that, once told, spawns a long-lived child process (which would inherit ipmb's
+/// sockets if they were not close-on-exec) and reports the child's pid.
+fn spawner() {
+    let hub = hub();
+    report("READY");
+    let _ = command(); // everyone has joined
+    hsipc::transport::ipmb::mark_bus_fds_close_on_exec();
+    let child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    report(format!("SPAWNED {}", child.id()));
+    wait_quit(&hub);
 }
 
 /// Client scripts: one per test.
@@ -931,4 +944,33 @@ fn a_stalled_bus_never_holds_a_caller_past_its_deadline() {
     client.send("killed");
     let r = client.expect("RESULT", LONG);
     eprintln!("{r}");
+}
+
+#[test]
+fn a_dead_controller_s_child_process_does_not_wedge_the_bus() {
+    // ipmb-on-linux.md 2.l: the controller spawned a child and was killed; the child inherited
+    // the controller's bus sockets (ipmb makes them without CLOEXEC) and kept the bus wedged
+    // until it exited. hsipc marks them close-on-exec, so the bus recovers at once.
+    let bus = unique_bus("spawner");
+    let mut controller = Peer::ready("spawner", &bus, "controller", &[]);
+    let _server = Peer::ready("server", &bus, "server", &[]);
+    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "survive_controller")]);
+    client.expect("CALLING", LONG);
+    controller.send("spawn");
+    let grandchild: i32 = controller.expect("SPAWNED", LONG).parse().unwrap();
+    struct Reap(i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            // SAFETY: kill only sends a signal to the pid we spawned (a sleep).
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _reap = Reap(grandchild);
+    controller.kill();
+    client.send("killed");
+    let r = client.expect("RESULT", LONG);
+    eprintln!("{r}");
+    assert_eq!(field(&r, "ok_after"), "1000");
+    let recovered: u128 = field(&r, "recovered_ms").parse().unwrap();
+    assert!(recovered < 10_000, "calls came back only after {recovered} ms");
 }

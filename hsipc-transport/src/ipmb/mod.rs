@@ -20,9 +20,10 @@
 //! - **Nothing reports a peer's death, and `send` is Ok for messages nobody receives.** The
 //!   protocol has heartbeats and deadlines, and the engine watches peer processes (pidfds).
 //! - **ipmb's sockets are not close-on-exec**, so a child process would inherit them and, if
-//!   this process is the bus controller, keep the bus wedged after it dies. The reader marks
-//!   every socket and anonymous-inode fd of the process close-on-exec after joining and then
-//!   once a second (ipmb's controller accepts new connections at any time).
+//!   this process is the bus controller, keep the bus wedged after it dies. The fds the join
+//!   opened are marked close-on-exec, and then, every 100 ms, any new socket or
+//!   anonymous-inode fd (ipmb's controller accepts connections at any time); fds 0-2 and the
+//!   application's earlier fds are left alone.
 //! - **ipmb panics on some errors** (`unreachable!`, poisoned locks). Calls into it are wrapped
 //!   in `catch_unwind`; a panic turns into a transport error, not a crashed process.
 //!
@@ -30,6 +31,8 @@
 //! the kernel refuses a second bind at once and frees the name when the process dies.
 
 mod cloexec;
+
+pub use cloexec::mark_bus_fds_close_on_exec;
 mod envelope;
 mod name_lock;
 mod reader;
@@ -150,7 +153,7 @@ impl Connect for IpmbBus {
         let identifier = format!("hsipc.{}", cfg.bus);
         let alone = bus_is_empty(&identifier);
         let options = ipmb::Options::new(identifier, ipmb::label!(ALL_LABEL, peer_label(local)), "");
-        let before = cloexec::open_fds();
+        let sweeper = cloexec::Sweeper::before_join();
         let joined = catch_unwind(|| ipmb::join::<Msg, Msg>(options, Some(cfg.join_timeout)));
         let (sender, receiver) = match joined {
             Ok(Ok(pair)) => pair,
@@ -161,7 +164,7 @@ impl Connect for IpmbBus {
                 return Err(TransportError::Join { bus: cfg.bus, reason: "ipmb panicked while joining".into() });
             }
         };
-        cloexec::mark_new(&before);
+        sweeper.after_join();
         // SAFETY: eventfd takes an initial value and flags and returns a new fd or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -173,7 +176,8 @@ impl Connect for IpmbBus {
         // SAFETY: a fresh fd owned by nothing else.
         let carrier = unsafe { OwnedFd::from_raw_fd(fd) };
         let stop = Arc::new(AtomicBool::new(false));
-        let reader = reader::spawn(receiver, local, inbox, cfg.max_message_len, cfg.recv_timeout, stop.clone())?;
+        let reader =
+            reader::spawn(receiver, local, inbox, cfg.max_message_len, cfg.recv_timeout, stop.clone(), sweeper)?;
         Ok(Box::new(IpmbTransport {
             sender,
             local,

@@ -13,7 +13,7 @@ use crate::inbox::Inbox;
 use crate::transport::TransportError;
 
 /// How often the reader re-marks the process's bus fds close-on-exec.
-const CLOEXEC_SWEEP: Duration = Duration::from_secs(1);
+const CLOEXEC_SWEEP: Duration = Duration::from_millis(100);
 
 pub(super) fn spawn(
     mut receiver: ipmb::EndpointReceiver<Msg>,
@@ -22,6 +22,7 @@ pub(super) fn spawn(
     max_len: usize,
     timeout: Duration,
     stop: Arc<AtomicBool>,
+    sweeper: cloexec::Sweeper,
 ) -> Result<JoinHandle<()>, TransportError> {
     std::thread::Builder::new()
         .name("hsipc-ipmb-reader".into())
@@ -29,7 +30,7 @@ pub(super) fn spawn(
             let mut next_sweep = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 if Instant::now() >= next_sweep {
-                    cloexec::mark_bus_fds();
+                    sweeper.sweep();
                     next_sweep = Instant::now() + CLOEXEC_SWEEP;
                 }
                 let received = catch_unwind(AssertUnwindSafe(|| receiver.recv(Some(timeout))));
