@@ -292,9 +292,11 @@ fn spawner() {
     report("READY");
     let _ = command(); // everyone has joined
     hsipc::transport::ipmb::mark_bus_fds_close_on_exec();
-    let child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
     report(format!("SPAWNED {}", child.id()));
     wait_quit(&hub);
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Client scripts: one per test.
