@@ -250,6 +250,18 @@ impl ProcessHub {
         self.register(method, stream_handler(handler, self.inner.stream_stall_timeout))
     }
 
+    /// Stops serving `method`. When no method of its service is left, the service is withdrawn
+    /// from the bus; calls to it already running finish normally.
+    pub fn unserve(&self, method: &str) -> Result<()> {
+        let Some((service, _)) = method.rsplit_once('.') else {
+            return Err(Error::InvalidName { name: method.into(), reason: "a method is named `service.method`" });
+        };
+        if self.inner.handlers.remove(method) && !self.inner.handlers.serves(service) {
+            self.inner.handle.unserve(service)?;
+        }
+        Ok(())
+    }
+
     fn register(&self, method: &str, handler: crate::serve::Handler) -> Result<()> {
         let service = match method.rsplit_once('.') {
             Some((s, m)) if !s.is_empty() && !m.is_empty() => s,
@@ -298,6 +310,14 @@ impl ProcessHub {
     /// Calls a streaming `method`. The stream is an iterator of items; each waits at most the
     /// default timeout while the server has credit to send. Dropping it cancels the stream at
     /// the server.
+    ///
+    /// ```no_run
+    /// # let hub = hsipc_blocking::ProcessHub::new("doc").unwrap();
+    /// for line in hub.call_stream::<_, String>("logs.tail", &100u32)? {
+    ///     println!("{}", line?); // a lost item or a server error ends the loop with an error
+    /// }
+    /// # Ok::<(), hsipc_blocking::Error>(())
+    /// ```
     pub fn call_stream<Req: Serialize + ?Sized, Item: DeserializeOwned>(
         &self,
         method: &str,
@@ -322,7 +342,16 @@ impl ProcessHub {
     }
 
     /// Publishes `event` on `topic` to every subscriber whose pattern matches, in other
-    /// processes and in this one. Returns once the event is queued.
+    /// processes and in this one. Returns once the event is queued; events published before a
+    /// subscriber's pattern has reached this hub are not delivered to it.
+    ///
+    /// ```no_run
+    /// # let hub = hsipc_blocking::ProcessHub::new("doc").unwrap();
+    /// #[derive(serde::Serialize)]
+    /// struct Reading { celsius: f64 }
+    /// hub.publish("sensor/kitchen/temperature", &Reading { celsius: 21.5 })?;
+    /// # Ok::<(), hsipc_blocking::Error>(())
+    /// ```
     pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, event: &T) -> Result<()> {
         let topic = Topic::new(topic)?;
         let body = codec::encode(event)?;
@@ -332,6 +361,18 @@ impl ProcessHub {
 
     /// Subscribes to `pattern` (MQTT rules: `+` one level, `#` the rest). Dropping the
     /// subscription unsubscribes.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # let hub = hsipc_blocking::ProcessHub::new("doc").unwrap();
+    /// let temperatures = hub.subscribe::<f64>("sensor/+/temperature")?;
+    /// match temperatures.recv_timeout(Duration::from_secs(1)) {
+    ///     Ok(ev) => println!("{} = {} ({} missed before)", ev.topic, ev.payload, ev.missed),
+    ///     Err(hsipc_blocking::Error::Timeout) => println!("nothing for a second"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok::<(), hsipc_blocking::Error>(())
+    /// ```
     pub fn subscribe<T: DeserializeOwned>(&self, pattern: &str) -> Result<Subscription<T>> {
         let filter = TopicFilter::new(pattern)?;
         let (id, events) =

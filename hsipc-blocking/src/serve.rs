@@ -29,6 +29,17 @@ impl Handlers {
         self.0.write().unwrap_or_else(|e| e.into_inner()).insert(method.to_string(), h);
     }
 
+    /// Removes a handler; whether there was one.
+    pub(crate) fn remove(&self, method: &str) -> bool {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).remove(method).is_some()
+    }
+
+    /// Whether any handler of `service` is left.
+    pub(crate) fn serves(&self, service: &str) -> bool {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        map.keys().any(|m| m.rsplit_once('.').is_some_and(|(s, _)| s == service))
+    }
+
     fn get(&self, method: &str) -> Option<Handler> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).get(method).cloned()
     }

@@ -197,3 +197,23 @@ fn a_full_drop_oldest_subscription_keeps_the_latest_events() {
     // The newest four are kept; the first of them says six were lost before it.
     assert_eq!(take4(&sub), [(6, 6), (7, 0), (8, 0), (9, 0)]);
 }
+
+#[test]
+fn unserving_the_last_method_withdraws_the_service() {
+    let bus = MemBus::new();
+    let server = hub(&bus, "server");
+    let client = hub(&bus, "client");
+    server.serve("svc.a", |x: u8| Ok::<_, String>(x)).unwrap();
+    server.serve("svc.b", |x: u8| Ok::<_, String>(x)).unwrap();
+    client.wait_for_service("svc", Duration::from_secs(5)).unwrap();
+    server.unserve("svc.a").unwrap();
+    assert!(matches!(client.call::<_, u8>("svc.a", &1u8), Err(Error::NoSuchMethod { .. })));
+    assert_eq!(client.call::<_, u8>("svc.b", &2u8).unwrap(), 2);
+    server.unserve("svc.b").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.peers().unwrap().iter().any(|p| p.services.contains(&"svc".to_string())) {
+        assert!(Instant::now() < deadline, "the service was never withdrawn");
+        std::thread::yield_now();
+    }
+    assert!(matches!(client.call::<_, u8>("svc.b", &2u8), Err(Error::NoSuchService { .. })));
+}

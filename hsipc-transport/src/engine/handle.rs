@@ -188,6 +188,11 @@ impl Handle {
         })
     }
 
+    /// Stops serving a service (announced to the bus at once).
+    pub fn unserve(&self, service: &str) -> Result<()> {
+        self.with(Sender::Writer, |core, _| Ok(core.endpoint.unserve(service)?))
+    }
+
     /// A snapshot of the peer directory.
     pub fn peers(&self) -> Result<Vec<PeerSummary>> {
         let core = self.shared.lock();
