@@ -38,7 +38,8 @@
 //! # fn wait_for_frame(_deadline: Option<Instant>) -> Option<(PeerId, bytes::Bytes)> { None }
 //! # fn send(_dest: Dest, _frame: bytes::Bytes) {}
 //! # fn deliver(_event: hsipc_proto::Event) {}
-//! let mut ep = Endpoint::new(Config::default(), PeerId(1), "my-hub", 42, Instant::now());
+//! # fn clock() -> Instant { unreachable!("the driver's clock") }
+//! let mut ep = Endpoint::new(Config::default(), PeerId(1), "my-hub", 42, clock());
 //! loop {
 //!     // 1. Drain: outputs are queued inside, so nothing is lost if this runs late.
 //!     while let Some(out) = ep.poll_output() {
@@ -49,7 +50,7 @@
 //!     }
 //!     // 2. Wait for a frame, at most until the next deadline.
 //!     let deadline = ep.poll_timeout();
-//!     let now = Instant::now();
+//!     let now = clock(); // the driver reads the clock, never the endpoint
 //!     match wait_for_frame(deadline) {
 //!         Some((from, bytes)) => {
 //!             if let Err(e) = ep.handle_input(now, Input::Frame { from, bytes }) {
