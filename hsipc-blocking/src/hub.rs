@@ -287,24 +287,9 @@ impl ProcessHub {
     ) -> Result<Resp> {
         let deadline = Instant::now() + timeout + GRACE;
         let body = codec::encode(req)?;
-        let done = self.after_discovery(deadline, || self.inner.handle.call(method, body.clone(), timeout))?;
+        let done = self.inner.handle.call(method, body, timeout)?;
         let bytes = wait(&done, deadline)??;
         Ok(codec::decode(&bytes)?)
-    }
-
-    /// Starts a call; if no provider is known while this hub is still discovering the bus (it
-    /// just joined), waits for discovery to finish (milliseconds) and tries once more.
-    fn after_discovery<T>(&self, deadline: Instant, start: impl Fn() -> Result<T>) -> Result<T> {
-        match start() {
-            Err(Error::NoSuchService { service }) => match self.inner.handle.discovered() {
-                Some(done) => {
-                    wait(&done, deadline)?;
-                    start()
-                }
-                None => Err(Error::NoSuchService { service }),
-            },
-            other => other,
-        }
     }
 
     /// Calls a streaming `method`. The stream is an iterator of items; each waits at most the
@@ -335,9 +320,7 @@ impl ProcessHub {
         timeout: Duration,
     ) -> Result<ResponseStream<Item>> {
         let body = codec::encode(req)?;
-        let deadline = Instant::now() + timeout;
-        let (id, items) =
-            self.after_discovery(deadline, || self.inner.handle.call_stream(method, body.clone(), timeout))?;
+        let (id, items) = self.inner.handle.call_stream(method, body, timeout)?;
         Ok(ResponseStream::new(self.inner.handle.clone(), id, items, timeout + GRACE))
     }
 

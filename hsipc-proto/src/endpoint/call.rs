@@ -11,6 +11,11 @@ impl Endpoint {
     /// The outcome arrives as [`Event::Response`] (unary) or as [`Event::Item`]s then
     /// [`Event::StreamEnded`] (streams). For a stream, `timeout` bounds the wait for each next
     /// item while this side has granted credit; it is paused while the reader is behind.
+    ///
+    /// With no provider known, this fails with [`CommandError::NoSuchService`] — except while
+    /// the endpoint is still discovering the bus (it just joined, and the provider may simply
+    /// not have answered yet): then the call is parked, sent as soon as a provider is heard of,
+    /// and ended with [`CallError::NoSuchService`] if discovery completes without one.
     pub fn request(
         &mut self,
         now: Instant,
@@ -22,11 +27,12 @@ impl Endpoint {
         self.check_open()?;
         validate_method(method)?;
         let service = service_of(method);
-        let peer = self
-            .directory
-            .pick_provider(service)
-            .ok_or_else(|| CommandError::NoSuchService { service: service.to_string() })?;
-        self.request_to(now, peer, method, body, mode, timeout)
+        match self.directory.pick_provider(service) {
+            Some(peer) => self.request_to(now, peer, method, body, mode, timeout),
+            // Just joined: the provider may not have announced itself to us yet.
+            None if self.discovering.is_some() => self.park(now, method, body, mode, timeout),
+            None => Err(CommandError::NoSuchService { service: service.to_string() }),
+        }
     }
 
     /// Calls `method` on one given peer.
@@ -44,20 +50,35 @@ impl Endpoint {
         if self.directory.get(peer).is_none() {
             return Err(CommandError::UnknownPeer(peer));
         }
-        if self.outgoing.len() >= self.config.max_outgoing_calls {
-            return Err(CommandError::TooManyCalls { limit: self.config.max_outgoing_calls });
-        }
+        self.check_call_limit()?;
         self.check_room(1)?;
         let id = RequestId(self.request_ids.next());
+        self.send_request(now, id, peer, method, &body, mode, timeout, now + timeout)?;
+        Ok(id)
+    }
+
+    /// Sends a request under a given id and deadline, and opens its call.
+    #[allow(clippy::too_many_arguments)]
+    fn send_request(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        peer: PeerId,
+        method: &str,
+        body: &[u8],
+        mode: CallMode,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> Result<(), CommandError> {
         let flags = match mode {
             CallMode::Unary => 0,
             CallMode::ServerStream => Flags::STREAM,
             CallMode::Session => Flags::SESSION,
         };
         let window = if mode == CallMode::Unary { 0 } else { u64::from(self.config.stream_window) };
-        let budget_ms = timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
-        let frame = self.encode(FrameKind::Request, flags, budget_ms, id.0, window, method.as_bytes(), &body)?;
-        let deadline = now + timeout;
+        let budget = deadline.saturating_duration_since(now);
+        let budget_ms = budget.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
+        let frame = self.encode(FrameKind::Request, flags, budget_ms, id.0, window, method.as_bytes(), body)?;
         self.timers.set(deadline, Timer::Call(id));
         let recv = (mode != CallMode::Unary).then(|| RecvHalf::new(self.config.stream_window));
         // A session's sending half starts with no credit: the server grants its window.
@@ -65,11 +86,69 @@ impl Endpoint {
         self.outgoing
             .insert(id, Outgoing { peer, mode, method: method.into(), timeout, deadline: Some(deadline), recv, send });
         self.transmit(Dest::Peer(peer), frame);
+        Ok(())
+    }
+
+    /// Holds a call until discovery tells whether its service exists.
+    fn park(
+        &mut self,
+        now: Instant,
+        method: &str,
+        body: Bytes,
+        mode: CallMode,
+        timeout: Duration,
+    ) -> Result<RequestId, CommandError> {
+        self.check_call_limit()?;
+        let len = crate::frame::HEADER_LEN + method.len() + body.len();
+        if len > self.config.max_frame_len {
+            return Err(CommandError::PayloadTooLarge { len, max: self.config.max_frame_len });
+        }
+        let id = RequestId(self.request_ids.next());
+        let deadline = now + timeout;
+        self.timers.set(deadline, Timer::Call(id));
+        self.parked.insert(id, Parked { method: method.into(), body, mode, timeout, deadline });
         Ok(id)
+    }
+
+    /// Sends the parked calls whose service now has a provider; once discovery is over, fails
+    /// the others with `NoSuchService`.
+    pub(super) fn unpark(&mut self, now: Instant) {
+        let ids: Vec<RequestId> = self.parked.keys().copied().collect();
+        for id in ids {
+            let service = service_of(&self.parked[&id].method).to_string();
+            let peer = self.directory.pick_provider(&service);
+            if peer.is_none() && self.discovering.is_some() {
+                continue;
+            }
+            let Some(p) = self.parked.remove(&id) else { continue };
+            self.timers.cancel(p.deadline, Timer::Call(id));
+            let outcome = match peer {
+                // Its size was checked when it was parked, so this cannot fail in practice.
+                Some(peer) => self
+                    .send_request(now, id, peer, &p.method, &p.body, p.mode, p.timeout, p.deadline)
+                    .map_err(|_| CallError::Protocol("a parked call could not be encoded")),
+                None => Err(CallError::NoSuchService(service)),
+            };
+            if let Err(e) = outcome {
+                self.finish_outgoing(id, p.mode, Err(e));
+            }
+        }
+    }
+
+    fn check_call_limit(&self) -> Result<(), CommandError> {
+        if self.outgoing.len() + self.parked.len() >= self.config.max_outgoing_calls {
+            Err(CommandError::TooManyCalls { limit: self.config.max_outgoing_calls })
+        } else {
+            Ok(())
+        }
     }
 
     /// Gives up on a call this endpoint made. The server is told; no event follows.
     pub fn cancel(&mut self, id: RequestId) -> Result<(), CommandError> {
+        if let Some(p) = self.parked.remove(&id) {
+            self.timers.cancel(p.deadline, Timer::Call(id));
+            return Ok(());
+        }
         let o = self.outgoing.remove(&id).ok_or(CommandError::UnknownCall)?;
         if let Some(d) = o.deadline {
             self.timers.cancel(d, Timer::Call(id));

@@ -57,6 +57,17 @@ struct Outgoing {
     send: Option<SendHalf>,
 }
 
+/// A call made while discovering, before any provider of its service was known: sent as soon
+/// as one is, failed with `NoSuchService` if discovery ends without one.
+#[derive(Debug)]
+struct Parked {
+    method: Box<str>,
+    body: Bytes,
+    mode: CallMode,
+    timeout: Duration,
+    deadline: Instant,
+}
+
 /// A call this endpoint is serving.
 #[derive(Debug)]
 struct Incoming {
@@ -86,6 +97,7 @@ pub struct Endpoint {
     incoming_ids: Counter,
     subscription_ids: Counter,
     outgoing: HashMap<RequestId, Outgoing>,
+    parked: BTreeMap<RequestId, Parked>,
     incoming: HashMap<IncomingId, Incoming>,
     incoming_keys: HashMap<(PeerId, u64), IncomingId>,
     services: BTreeSet<String>,
@@ -117,6 +129,7 @@ impl Endpoint {
             incoming_ids: Counter::default(),
             subscription_ids: Counter::default(),
             outgoing: HashMap::new(),
+            parked: BTreeMap::new(),
             incoming: HashMap::new(),
             incoming_keys: HashMap::new(),
             services: BTreeSet::new(),
@@ -192,6 +205,8 @@ impl Endpoint {
                         tracing::debug!(id = id.0, method = %o.method, "call timed out");
                         self.send_cancel(o.peer, id);
                         self.finish_outgoing(id, o.mode, Err(CallError::TimedOut));
+                    } else if let Some(p) = self.parked.remove(&id) {
+                        self.finish_outgoing(id, p.mode, Err(CallError::TimedOut));
                     }
                 }
                 Timer::Incoming(id) => {
@@ -202,7 +217,7 @@ impl Endpoint {
                 Timer::Discovery => {
                     if self.discovering.is_some() {
                         tracing::debug!(known = self.directory.len(), "discovery window over");
-                        self.discovery_done();
+                        self.discovery_done(now);
                     }
                 }
                 Timer::Heartbeat => {
@@ -238,6 +253,9 @@ impl Endpoint {
             if let Some(o) = self.outgoing.remove(&id) {
                 self.finish_outgoing(id, o.mode, Err(CallError::Closed));
             }
+        }
+        for (id, p) in std::mem::take(&mut self.parked) {
+            self.finish_outgoing(id, p.mode, Err(CallError::Closed));
         }
         let ids: Vec<IncomingId> = self.incoming.keys().copied().collect();
         for id in ids {
@@ -316,7 +334,7 @@ impl Endpoint {
     /// subscriptions, armed timers besides the heartbeat, queued outputs).
     pub fn table_sizes(&self) -> TableSizes {
         TableSizes {
-            outgoing: self.outgoing.len(),
+            outgoing: self.outgoing.len() + self.parked.len(),
             incoming: self.incoming.len() + self.incoming_keys.len(),
             subscriptions: self.subscription_filters.len() + self.subscriptions.len(),
             timers: self.timers.len().saturating_sub(usize::from(!self.closed)),

@@ -4,10 +4,11 @@ use super::*;
 
 impl Endpoint {
     /// Ends discovery now: the transport knows that no other peer was on the bus when this one
-    /// joined, so there is nobody to wait for.
-    pub fn finish_discovery(&mut self) {
+    /// joined, so there is nobody to wait for. Calls parked for a provider fail with
+    /// `NoSuchService`.
+    pub fn finish_discovery(&mut self, now: Instant) {
         if self.discovering.is_some() {
-            self.discovery_done();
+            self.discovery_done(now);
         }
     }
 
@@ -31,8 +32,11 @@ impl Endpoint {
         if let Some((expected, _)) = self.discovering.as_mut() {
             *expected = (*expected).max(their_count);
             if self.directory.len() >= *expected {
-                self.discovery_done();
+                self.discovery_done(now);
             }
+        }
+        if learned != Learned::Same {
+            self.unpark(now);
         }
         Ok(())
     }
@@ -79,11 +83,12 @@ impl Endpoint {
         Ok(())
     }
 
-    pub(super) fn discovery_done(&mut self) {
+    pub(super) fn discovery_done(&mut self, now: Instant) {
         if let Some((_, deadline)) = self.discovering.take() {
             self.timers.cancel(deadline, Timer::Discovery);
         }
         self.push_event(Event::DiscoveryComplete);
+        self.unpark(now);
     }
 
     pub(super) fn announce(&mut self, dest: Dest, flags: u8) {

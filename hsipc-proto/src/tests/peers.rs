@@ -136,8 +136,56 @@ fn a_lone_endpoint_finishes_discovery_after_the_window_or_when_told() {
     let (at, _) = ev.iter().find(|(_, e)| *e == Event::DiscoveryComplete).expect("discovery completes");
     assert_eq!(*at - start, Config::default().discovery_window);
     let mut bus = Bus::new(1);
-    bus.ep(0).finish_discovery();
+    bus.with(0, |ep, now| ep.finish_discovery(now));
     assert!(!bus.ep(0).is_discovering());
     assert!(bus.events(0).contains(&Event::DiscoveryComplete));
+    bus.assert_no_leaks();
+}
+
+#[test]
+fn a_call_made_while_discovering_waits_for_the_provider_instead_of_failing() {
+    let mut bus = calc_bus(2);
+    let c = bus.add(Config::default());
+    let joined = bus.now;
+    // Before any answer has arrived the newcomer knows nobody, but it is still discovering:
+    // the call is parked, not refused.
+    let found = bus.with(c, |ep, now| ep.request(now, "calc.add", b("x"), CallMode::Unary, SECOND)).unwrap();
+    let missing = bus.with(c, |ep, now| ep.request(now, "nothing.x", b(""), CallMode::Unary, SECOND)).unwrap();
+    bus.settle();
+    let (inc, ..) = requests(&mut bus, 1)[0].clone();
+    bus.ep(1).respond(inc, Ok(b("y"))).unwrap();
+    bus.settle();
+    let ev = bus.timed_events(c);
+    let outcome = |want| {
+        ev.iter().find_map(|(t, e)| match e {
+            Event::Response { id, outcome } if *id == want => Some((*t, outcome.clone())),
+            _ => None,
+        })
+    };
+    assert_eq!(outcome(found).map(|(_, o)| o), Some(Ok(b("y"))));
+    let (at, o) = outcome(missing).expect("the missing service's call ended");
+    assert_eq!(o, Err(CallError::NoSuchService("nothing".into())));
+    assert!(at - joined < Duration::from_millis(1), "failed when discovery ended, not at the deadline");
+    bus.assert_no_leaks();
+}
+
+#[test]
+fn a_parked_call_times_out_or_is_cancelled_cleanly() {
+    let mut bus = Bus::new(1);
+    // Alone and still discovering: both calls park.
+    let timed =
+        bus.with(0, |ep, now| ep.request(now, "a.b", b(""), CallMode::Unary, Duration::from_millis(100))).unwrap();
+    let cancelled = bus.with(0, |ep, now| ep.request(now, "a.b", b(""), CallMode::ServerStream, SECOND)).unwrap();
+    assert_eq!(bus.ep(0).table_sizes().outgoing, 2);
+    bus.ep(0).cancel(cancelled).unwrap();
+    bus.run_for(SECOND);
+    let ev = bus.events(0);
+    assert_eq!(response(&ev, timed), Some(Err(CallError::TimedOut)));
+    assert_eq!(stream_end(&ev, cancelled), None, "a cancelled call has no event");
+    // After discovery, a missing service fails at once again.
+    assert_eq!(
+        bus.with(0, |ep, now| ep.request(now, "a.b", b(""), CallMode::Unary, SECOND)),
+        Err(CommandError::NoSuchService { service: "a".into() })
+    );
     bus.assert_no_leaks();
 }

@@ -29,7 +29,6 @@ pub(crate) struct Core {
     pub(super) blocked_items: HashMap<IncomingId, (Bytes, flume::Sender<Result<()>>)>,
     pub(super) subscriptions: HashMap<SubscriptionId, SubscriptionQueue>,
     watchers: Vec<(String, flume::Sender<()>)>,
-    discovery_waiters: Vec<flume::Sender<()>>,
     outbound: VecDeque<(Dest, Bytes)>,
     outbound_bytes: usize,
     dropped_outbound: u64,
@@ -52,7 +51,6 @@ impl Core {
             blocked_items: HashMap::new(),
             subscriptions: HashMap::new(),
             watchers: Vec::new(),
-            discovery_waiters: Vec::new(),
             outbound: VecDeque::new(),
             outbound_bytes: 0,
             dropped_outbound: 0,
@@ -126,7 +124,6 @@ impl Core {
         }
         self.subscriptions.clear();
         self.watchers.clear();
-        self.discovery_waiters.clear();
     }
 
     /// Delivers every event and queues every frame the endpoint produced, until none is left.
@@ -222,11 +219,7 @@ impl Core {
                 self.notify_watchers();
             }
             Event::PeerChanged { .. } => self.notify_watchers(),
-            Event::DiscoveryComplete => {
-                for w in self.discovery_waiters.drain(..) {
-                    let _ = w.send(());
-                }
-            }
+            Event::DiscoveryComplete => {}
             Event::PeerLeft { peer, .. } => self.liveness.unwatch(peer),
         }
     }
@@ -279,17 +272,6 @@ impl Core {
         } else {
             tracing::warn!("too many wait_for_service callers; one will time out");
         }
-    }
-
-    /// A channel that fires when discovery completes, or `None` if it has.
-    pub(super) fn discovered(&mut self) -> Option<flume::Receiver<()>> {
-        if !self.endpoint.is_discovering() {
-            return None;
-        }
-        let (tx, rx) = flume::bounded(1);
-        self.discovery_waiters.retain(|w| !w.is_disconnected());
-        self.discovery_waiters.push(tx);
-        Some(rx)
     }
 
     pub(super) fn notify_watchers(&mut self) {

@@ -226,13 +226,6 @@ impl Handle {
         })
     }
 
-    /// While this hub is still learning who is on the bus (just after joining), a channel
-    /// that fires when it knows; `None` once it does. A call that failed with
-    /// [`Error::NoSuchService`] during discovery deserves one retry after it.
-    pub fn discovered(&self) -> Option<flume::Receiver<()>> {
-        self.shared.lock().discovered()
-    }
-
     fn check_len(&self, len: usize) -> Result<()> {
         let max = self.max_payload_len();
         if len > max { Err(Error::PayloadTooLarge { len, max }) } else { Ok(()) }

@@ -215,7 +215,7 @@ impl Engine {
         });
         let transport = connect.connect(local, name, Inbox::new(Arc::downgrade(&shared)))?;
         if transport.joined_empty_bus() {
-            shared.lock().endpoint.finish_discovery();
+            shared.lock().endpoint.finish_discovery(Instant::now());
         }
         *shared.transport.lock().unwrap_or_else(|e| e.into_inner()) = Some(transport);
         let handle = Handle::from_shared(shared.clone());
