@@ -220,6 +220,10 @@ impl ProcessHub {
     /// Serves `method` (`"service.method"`): calls to it run `handler` on a worker thread. An
     /// `Err` from the handler reaches the caller as [`Error::Remote`] with its message.
     ///
+    /// The service becomes visible to the bus with its first method: register all of a
+    /// service's methods before telling clients it is up, or an early call to a later one gets
+    /// [`Error::NoSuchMethod`].
+    ///
     /// ```no_run
     /// # let hub = hsipc_blocking::ProcessHub::new("doc").unwrap();
     /// hub.serve("calc.div", |(a, b): (i64, i64)| {

@@ -67,7 +67,8 @@ pub(super) fn unwrap(mut msg: ipmb::Message<Msg>, max_len: usize) -> Result<(Pee
     id.copy_from_slice(&data[..8]);
     let from = PeerId(u64::from_le_bytes(id));
     match data[8] {
-        INLINE => Ok((from, Bytes::copy_from_slice(&data[9..]))),
+        // The message's buffer becomes the frame's: no copy.
+        INLINE => Ok((from, Bytes::from(std::mem::take(&mut msg.payload.data)).slice(9..))),
         REGION => {
             if data.len() != 17 {
                 return Err(Unwrap::Malformed("region envelope has the wrong length"));
