@@ -1,6 +1,7 @@
 //! The engine's state: the endpoint and everyone waiting on it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use proto::{
 
 use super::api::{Delivery, Dispatcher, IncomingCall, Reject, StreamMsg};
 use super::queue::SubscriptionQueue;
-use super::{EngineConfig, Handle};
+use super::{EngineConfig, Handle, Shared};
 use crate::error::{Error, Result};
 use crate::liveness::Liveness;
 
@@ -108,9 +109,9 @@ impl Core {
         !self.outbound.is_empty()
     }
 
-    pub(super) fn take_outbound(&mut self) -> Vec<(Dest, Bytes)> {
+    pub(super) fn take_outbound(&mut self) -> VecDeque<(Dest, Bytes)> {
         self.outbound_bytes = 0;
-        self.outbound.drain(..).collect()
+        std::mem::take(&mut self.outbound)
     }
 
     /// Closes the endpoint (goodbye, every open call fails) and stops serving.
@@ -127,12 +128,13 @@ impl Core {
     }
 
     /// Delivers every event and queues every frame the endpoint produced, until none is left.
-    pub(super) fn drain(&mut self, now: Instant, handle: &Handle) {
+    /// `shared` is only needed (as a [`Handle`]) when a request is handed to the dispatcher.
+    pub(super) fn drain(&mut self, now: Instant, shared: &Arc<Shared>) {
         loop {
             while let Some(out) = self.endpoint.poll_output() {
                 match out {
                     Output::Transmit(t) => self.queue(t.dest, t.frame),
-                    Output::Event(e) => self.event(e, handle),
+                    Output::Event(e) => self.event(e, shared),
                 }
             }
             if self.looped_back.is_empty() {
@@ -164,7 +166,7 @@ impl Core {
         }
     }
 
-    fn event(&mut self, ev: Event, handle: &Handle) {
+    fn event(&mut self, ev: Event, shared: &Arc<Shared>) {
         match ev {
             Event::Response { id, outcome } => {
                 if let Some(done) = self.calls.remove(&id) {
@@ -196,7 +198,7 @@ impl Core {
             }
             Event::Writable { call: CallRef::Outgoing(_) } | Event::InputFinished { .. } => {}
             Event::RequestReceived { id, from, method, body, deadline, mode } => {
-                self.dispatch(IncomingCall { id, from, method, body, deadline, mode }, handle);
+                self.dispatch(IncomingCall { id, from, method, body, deadline, mode }, shared);
             }
             Event::IncomingCancelled { id, reason } => {
                 tracing::debug!(id = id.as_u64(), ?reason, "served call cancelled");
@@ -224,7 +226,7 @@ impl Core {
         }
     }
 
-    fn dispatch(&mut self, call: IncomingCall, handle: &Handle) {
+    fn dispatch(&mut self, call: IncomingCall, shared: &Arc<Shared>) {
         let (id, mode) = (call.id, call.mode);
         if mode == CallMode::Session {
             let msg = "sessions are not served by this hub yet";
@@ -233,7 +235,7 @@ impl Core {
         }
         let method = call.method.clone();
         let verdict = match self.dispatcher.as_mut() {
-            Some(d) => d.dispatch(call, handle),
+            Some(d) => d.dispatch(call, &Handle::from_shared(shared.clone())),
             None => Err(Reject::Busy("the hub is closing".into())),
         };
         let refusal = match verdict {

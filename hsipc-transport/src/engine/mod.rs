@@ -137,7 +137,7 @@ impl Shared {
 
     /// Ends a change to the core: delivers its events, then has its frames sent.
     pub(crate) fn finish(self: &Arc<Self>, mut core: MutexGuard<'_, Core>, now: Instant, sender: Sender) {
-        core.drain(now, &Handle::from_shared(self.clone()));
+        core.drain(now, self);
         let queued = core.has_outbound();
         let earlier_timer = core.needs_earlier_wake();
         drop(core);
@@ -283,7 +283,7 @@ fn run(shared: &Arc<Shared>, wake: &flume::Receiver<()>) {
     let now = Instant::now();
     let mut core = shared.lock();
     core.close();
-    core.drain(now, &Handle::from_shared(shared.clone()));
+    core.drain(now, shared);
     drop(core);
     let mut transport = shared.transport.lock().unwrap_or_else(|e| e.into_inner());
     shared.send_all(transport.as_deref_mut());
