@@ -324,8 +324,8 @@ impl ProcessHub {
         timeout: Duration,
     ) -> Result<ResponseStream<Item>> {
         let body = codec::encode(req)?;
-        let (id, items) = self.inner.handle.call_stream(method, body, timeout)?;
-        Ok(ResponseStream::new(self.inner.handle.clone(), id, items, timeout + GRACE))
+        let items = self.inner.handle.call_stream(method, body, timeout)?;
+        Ok(ResponseStream::new(items, timeout + GRACE))
     }
 
     /// Publishes `event` on `topic` to every subscriber whose pattern matches, in other
@@ -362,9 +362,9 @@ impl ProcessHub {
     /// ```
     pub fn subscribe<T: DeserializeOwned>(&self, pattern: &str) -> Result<Subscription<T>> {
         let filter = TopicFilter::new(pattern)?;
-        let (id, events) =
+        let events =
             self.inner.handle.subscribe(filter, self.inner.subscription_capacity, self.inner.subscription_overflow)?;
-        Ok(Subscription::new(self.inner.handle.clone(), id, events))
+        Ok(Subscription::new(events))
     }
 
     /// Who is on the bus (this hub included) and what each serves.

@@ -3,8 +3,8 @@
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use hsipc_transport::proto::{PeerId, SubscriptionId, codec};
-use hsipc_transport::{Delivery, Error, EventReceiver, Handle, Result};
+use hsipc_transport::proto::{PeerId, codec};
+use hsipc_transport::{Delivery, Error, EventReceiver, Result};
 use serde::de::DeserializeOwned;
 
 /// One event received by a subscription.
@@ -22,18 +22,16 @@ pub struct Event<T> {
 }
 
 /// Events matching a pattern. Iterating blocks until the next event, and ends when the hub
-/// closes. Dropping the subscription unsubscribes.
+/// closes. Dropping the subscription unsubscribes (its [`EventReceiver`] does).
 #[derive(Debug)]
 pub struct Subscription<T> {
-    handle: Handle,
-    id: SubscriptionId,
     events: EventReceiver,
     _event: PhantomData<fn() -> T>,
 }
 
 impl<T: DeserializeOwned> Subscription<T> {
-    pub(crate) fn new(handle: Handle, id: SubscriptionId, events: EventReceiver) -> Self {
-        Subscription { handle, id, events, _event: PhantomData }
+    pub(crate) fn new(events: EventReceiver) -> Self {
+        Subscription { events, _event: PhantomData }
     }
 
     /// The next event, waiting at most `timeout` ([`Error::Timeout`] if none came).
@@ -57,11 +55,5 @@ impl<T: DeserializeOwned> Iterator for Subscription<T> {
 
     fn next(&mut self) -> Option<Result<Event<T>>> {
         self.events.recv().map(decode)
-    }
-}
-
-impl<T> Drop for Subscription<T> {
-    fn drop(&mut self) {
-        self.handle.unsubscribe(self.id);
     }
 }

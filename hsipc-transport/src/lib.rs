@@ -17,8 +17,8 @@ mod mem;
 mod transport;
 
 pub use engine::{
-    Delivery, Dispatcher, Engine, EngineConfig, EventReceiver, Handle, IncomingCall, ItemSent, Overflow, PeerSummary,
-    Reject, StreamMsg,
+    Delivery, Dispatcher, Engine, EngineConfig, EventReceiver, Handle, IncomingCall, ItemReceiver, ItemSent, Overflow,
+    PeerSummary, Reject, StreamMsg,
 };
 pub use error::{Error, Result};
 pub use inbox::Inbox;

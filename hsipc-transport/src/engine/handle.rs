@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use proto::{CallMode, IncomingId, PeerId, RemoteError, RequestId, SubscriptionId, Topic, TopicFilter};
 
-use super::api::{PeerSummary, StreamMsg};
+use super::api::PeerSummary;
 use super::queue::{EventReceiver, Overflow, SubscriptionQueue};
+use super::receiver::ItemReceiver;
 use super::{Sender, Shared};
 use crate::error::{Error, Result};
 
@@ -83,23 +84,17 @@ impl Handle {
         })
     }
 
-    /// Starts a server-streaming call: the items and then the end arrive on the channel.
-    /// Report items taken with [`consumed`](Self::consumed), or the server stops at the
-    /// credit window.
-    pub fn call_stream(
-        &self,
-        method: &str,
-        body: Bytes,
-        timeout: Duration,
-    ) -> Result<(RequestId, flume::Receiver<StreamMsg>)> {
+    /// Starts a server-streaming call; its items and then its end arrive on the receiver.
+    pub fn call_stream(&self, method: &str, body: Bytes, timeout: Duration) -> Result<ItemReceiver> {
         self.check_len(method.len() + body.len())?;
         // Credit bounds the items in flight to one window; +1 for the end.
         let (items, rx) = flume::bounded(self.shared.window as usize + 1);
         self.with(Sender::Writer, |core, now| {
             let id = core.endpoint.request(now, method, body, CallMode::ServerStream, timeout)?;
             core.streams.insert(id, items);
-            Ok((id, rx))
+            Ok(id)
         })
+        .map(|id| ItemReceiver::new(self.clone(), id, rx))
     }
 
     /// The reader of stream `id` took `n` items.
@@ -154,21 +149,17 @@ impl Handle {
         self.with(Sender::Writer, |core, _| Ok(core.endpoint.publish(topic, body)?))
     }
 
-    /// Subscribes; events arrive on the channel, which holds at most `capacity`; when it is
+    /// Subscribes; events arrive on the receiver, which holds at most `capacity`; when it is
     /// full, `overflow` decides which event is dropped (either way the loss is reported as
-    /// `missed` with the next event delivered).
-    pub fn subscribe(
-        &self,
-        filter: TopicFilter,
-        capacity: usize,
-        overflow: Overflow,
-    ) -> Result<(SubscriptionId, EventReceiver)> {
+    /// `missed` with the next event delivered). Dropping the receiver unsubscribes.
+    pub fn subscribe(&self, filter: TopicFilter, capacity: usize, overflow: Overflow) -> Result<EventReceiver> {
         let (queue, rx) = SubscriptionQueue::new(capacity, overflow);
-        self.with(Sender::Writer, |core, _| {
+        let id = self.with(Sender::Writer, |core, _| {
             let id = core.endpoint.subscribe(filter)?;
             core.subscriptions.insert(id, queue);
-            Ok((id, rx))
-        })
+            Ok(id)
+        })?;
+        Ok(rx.attach(self.clone(), id))
     }
 
     /// Removes a subscription.

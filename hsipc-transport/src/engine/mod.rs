@@ -31,6 +31,7 @@ mod api;
 mod core;
 mod handle;
 mod queue;
+mod receiver;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,6 +45,7 @@ pub use self::api::{Delivery, Dispatcher, IncomingCall, PeerSummary, Reject, Str
 use self::core::Core;
 pub use self::handle::{Handle, ItemSent};
 pub use self::queue::{EventReceiver, Overflow};
+pub use self::receiver::ItemReceiver;
 use crate::error::Result;
 use crate::inbox::Inbox;
 use crate::transport::{Connect, Transport, TransportError};

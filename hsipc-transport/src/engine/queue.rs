@@ -4,6 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use proto::SubscriptionId;
+
+use super::Handle;
 use super::api::Delivery;
 use crate::error::{Error, Result};
 
@@ -39,7 +42,7 @@ impl SubscriptionQueue {
         let oldest = (overflow == Overflow::DropOldest).then(|| rx.clone());
         let evicted = Arc::new(AtomicU64::new(0));
         let queue = SubscriptionQueue { tx, oldest, evicted: evicted.clone(), refused: 0 };
-        (queue, EventReceiver { rx, evicted })
+        (queue, EventReceiver { rx, evicted, subscription: None })
     }
 
     /// Queues an event, never waiting.
@@ -76,14 +79,36 @@ impl SubscriptionQueue {
 /// Under [`Overflow::DropOldest`], events evicted from the head are counted in the `missed` of
 /// the next event taken. The total is exact; if the reader takes an event at the very moment
 /// another is evicted, the count may land one event early.
+///
+/// Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct EventReceiver {
     rx: flume::Receiver<Delivery>,
     evicted: Arc<AtomicU64>,
+    subscription: Option<(Handle, SubscriptionId)>,
 }
 
 impl EventReceiver {
-    fn take(&self, mut d: Delivery) -> Delivery {
+    /// Ties the receiver to its subscription, which ends when it drops.
+    pub(super) fn attach(mut self, handle: Handle, id: SubscriptionId) -> Self {
+        self.subscription = Some((handle, id));
+        self
+    }
+
+    /// The subscription's id.
+    pub fn id(&self) -> Option<SubscriptionId> {
+        self.subscription.as_ref().map(|(_, id)| *id)
+    }
+
+    /// The channel the engine delivers on, for adapters that await it; hand each delivery to
+    /// [`take`](Self::take).
+    pub fn channel(&self) -> &flume::Receiver<Delivery> {
+        &self.rx
+    }
+
+    /// Completes a delivery taken from [`channel`](Self::channel): adds the events evicted
+    /// before it to its `missed`.
+    pub fn take(&self, mut d: Delivery) -> Delivery {
         d.missed += self.evicted.swap(0, Ordering::Relaxed);
         d
     }
@@ -106,6 +131,14 @@ impl EventReceiver {
     /// The next event if one is queued.
     pub fn try_recv(&self) -> Option<Delivery> {
         self.rx.try_recv().ok().map(|d| self.take(d))
+    }
+}
+
+impl Drop for EventReceiver {
+    fn drop(&mut self) {
+        if let Some((handle, id)) = self.subscription.take() {
+            handle.unsubscribe(id);
+        }
     }
 }
 
