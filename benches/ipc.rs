@@ -114,7 +114,7 @@ fn roundtrip(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters {
-                let reply: Bytes = hs.hub.call::<Bytes, Bytes>("bench.echo", &payload).expect("bench.echo failed");
+                let reply: Bytes = hs.hub.call::<_, Bytes>("bench.echo", &payload).expect("bench.echo failed");
                 assert_eq!(reply.len(), PAYLOAD, "hsipc echo returned a wrong payload");
                 black_box(reply);
             }

@@ -124,10 +124,10 @@ fn client() -> Result<(), Box<dyn std::error::Error>> {
     say(format!("on the bus: {}", names.join(", ")));
 
     let t = Instant::now();
-    let sum: i64 = hub.call("calc.add", &(2, 3))?;
+    let sum: i64 = hub.call("calc.add", (2, 3))?;
     say(format!("calc.add(2, 3) = {sum}   [{} µs round trip, first call]", t.elapsed().as_micros()));
     let t = Instant::now();
-    let sum: i64 = hub.call("calc.add", &(40, 2))?;
+    let sum: i64 = hub.call("calc.add", (40, 2))?;
     say(format!("calc.add(40, 2) = {sum}   [{} µs]", t.elapsed().as_micros()));
     match hub.call::<_, i64>("calc.div", &(1, 0)) {
         Err(e) => say(format!("calc.div(1, 0) failed as it should: {e}")),
@@ -155,7 +155,7 @@ fn client() -> Result<(), Box<dyn std::error::Error>> {
         hub.publish(topic, &Reading { room: room.into(), value })?;
         say(format!("published {topic}"));
     }
-    let seen: u64 = hub.call("display.seen", &3u64)?;
+    let seen: u64 = hub.call("display.seen", 3u64)?;
     say(format!("the subscriber saw {seen} of the 4 events (the humidity reading matches no pattern)"));
     hub.close();
     Ok(())

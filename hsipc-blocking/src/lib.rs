@@ -22,17 +22,16 @@
 //! # }
 //! ```
 //!
-//! All protocol logic lives in `hsipc-proto` and the engine in `hsipc-transport`; this crate
-//! only blocks (on flume channels, with deadlines) and runs handlers on threads.
+//! All protocol logic lives in `hsipc-proto`, and the engine and everything a hub does the
+//! same on every runtime in `hsipc-transport`; this crate holds only its worker threads and
+//! its blocking surface.
 
 mod hub;
-mod serve;
-mod stream;
-mod subscription;
+mod iter;
+mod pool;
 
+pub use hsipc_transport::hub::Event;
 pub use hsipc_transport::proto::{PeerId, RemoteError};
-pub use hsipc_transport::{Error, Overflow, PeerSummary, Result};
-pub use hub::{HubBuilder, ProcessHub, SyncProcessHub};
-pub use serve::StreamSink;
-pub use stream::ResponseStream;
-pub use subscription::{Event, Subscription};
+pub use hsipc_transport::{CallContext, Census, Error, Overflow, PeerSummary, Result};
+pub use hub::{HubBuilder, ProcessHub, SyncProcessHub, Threads};
+pub use iter::{ResponseStream, StreamSink, Subscription};

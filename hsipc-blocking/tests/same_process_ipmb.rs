@@ -20,7 +20,7 @@ fn two_hubs_in_one_process_talk_over_ipmb() {
     for i in 0..100 {
         assert_eq!(client.call::<_, i64>("calc.add", &(i, i)).unwrap(), 2 * i);
     }
-    let items: Vec<u32> = client.call_stream("calc.count", &500u32).unwrap().map(|r| r.unwrap()).collect();
+    let items: Vec<u32> = client.call_stream("calc.count", 500u32).unwrap().map(|r| r.unwrap()).collect();
     assert_eq!(items.len(), 500);
     let sub = server.subscribe::<String>("news/#").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -28,7 +28,7 @@ fn two_hubs_in_one_process_talk_over_ipmb() {
         assert!(std::time::Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(1));
     }
-    client.publish("news/today", &"hello".to_string()).unwrap();
+    client.publish("news/today", "hello".to_string()).unwrap();
     assert_eq!(sub.recv_timeout(Duration::from_secs(5)).unwrap().payload, "hello");
     client.close();
     server.close();

@@ -1,7 +1,67 @@
-//! hsipc for smol applications.
+//! hsipc for smol (and any async-io based executor).
 //!
-//! **Not implemented yet.** This crate will hold only what is specific to smol: spawning
-//! handlers, waiting with `async-io` timers, and the `async` surface of `ProcessHub`,
-//! `Subscription` and response streams (as `futures_core::Stream`). All protocol logic lives in
-//! `hsipc-proto` and the shared engine in `hsipc-transport`. Until it lands, use
-//! `hsipc-blocking`.
+//! [`ProcessHub`] joins a bus and lets tasks call services in other processes, serve their
+//! own, stream responses and publish or subscribe to events. Calls are futures (dropping one
+//! cancels the call at the server); response streams and subscriptions are
+//! [`futures_core::Stream`]s; handlers are spawned on smol's global executor, blocking work on
+//! its blocking pool.
+//!
+//! ```no_run
+//! use hsipc_smol::ProcessHub;
+//!
+//! fn main() -> hsipc_smol::Result<()> {
+//!     smol::block_on(async {
+//!         let hub = ProcessHub::new("calculator").await?;
+//!         hub.serve("calc.add", |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) }).await?;
+//!         let sum: i64 = hub.call("calc.add", (2, 3)).await?;
+//!         assert_eq!(sum, 5);
+//!         Ok(())
+//!     })
+//! }
+//! ```
+//!
+//! This crate holds only what is smol's: how a handler is spawned. The async surface is shared
+//! with `hsipc-tokio` ([`hsipc_transport::hub::AsyncHub`]).
+
+use std::sync::Arc;
+
+use hsipc_transport::hub::{BoxFuture, Runtime, RuntimeKind, Settings};
+
+pub use hsipc_transport::hub::{CallFuture, Event, ResponseStream, StreamSink, Subscription};
+pub use hsipc_transport::proto::{PeerId, RemoteError};
+pub use hsipc_transport::{CallContext, Census, Error, Overflow, PeerSummary, Result};
+
+/// A hub for smol code. See [`AsyncHub`](hsipc_transport::hub::AsyncHub) for its methods.
+pub type ProcessHub = hsipc_transport::hub::AsyncHub<Smol>;
+
+/// Configures and creates a [`ProcessHub`]: `ProcessHub::builder(name)...build()`.
+pub type HubBuilder = hsipc_transport::hub::HubBuilder<Smol>;
+
+/// The smol hub's kind: handlers are tasks on smol's global executor.
+#[derive(Debug)]
+pub struct Smol;
+
+impl RuntimeKind for Smol {
+    type Hub = ProcessHub;
+
+    fn runtime(_: &Settings) -> Result<Arc<dyn Runtime>> {
+        Ok(Arc::new(SmolRuntime))
+    }
+}
+
+#[derive(Debug)]
+struct SmolRuntime;
+
+impl Runtime for SmolRuntime {
+    fn spawn(&self, task: BoxFuture) {
+        smol::spawn(task).detach();
+    }
+
+    fn spawn_blocking(&self, job: Box<dyn FnOnce() + Send + 'static>) {
+        smol::unblock(job).detach();
+    }
+
+    fn handlers_send_inline(&self) -> bool {
+        false
+    }
+}

@@ -1,7 +1,82 @@
 //! hsipc for tokio applications.
 //!
-//! **Not implemented yet.** This crate will hold only what is specific to tokio: spawning
-//! handlers as tasks, waiting with tokio timers, and the `async` surface of `ProcessHub`,
-//! `Subscription` and response streams (as `futures_core::Stream`). All protocol logic lives in
-//! `hsipc-proto` and the shared engine in `hsipc-transport`. Until it lands, use
-//! `hsipc-blocking`.
+//! [`ProcessHub`] joins a bus and lets tasks call services in other processes, serve their
+//! own, stream responses and publish or subscribe to events. Calls are futures (dropping one
+//! cancels the call at the server); response streams and subscriptions are
+//! [`futures_core::Stream`]s; handlers are spawned as tasks on the runtime the hub was created
+//! in (current-thread or multi-thread).
+//!
+//! ```no_run
+//! use hsipc_tokio::ProcessHub;
+//!
+//! #[tokio::main]
+//! async fn main() -> hsipc_tokio::Result<()> {
+//!     // In the server process:
+//!     let server = ProcessHub::new("calculator").await?;
+//!     server.serve("calc.add", |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) }).await?;
+//!
+//!     // In the client process:
+//!     let client = ProcessHub::new("client").await?;
+//!     client.wait_for_service("calc", std::time::Duration::from_secs(5)).await?;
+//!     let sum: i64 = client.call("calc.add", (2, 3)).await?;
+//!     assert_eq!(sum, 5);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! This crate holds only what is tokio's: how a handler is spawned. The async surface is
+//! shared with `hsipc-smol` ([`hsipc_transport::hub::AsyncHub`]), and no hub thread waits on
+//! tokio: the engine's own threads end every call by its deadline, so a call's `.await` is a
+//! single channel receive and needs no tokio timer.
+
+use std::sync::Arc;
+
+use hsipc_transport::hub::{BoxFuture, Runtime, RuntimeKind, Settings};
+
+pub use hsipc_transport::hub::{CallFuture, Event, ResponseStream, StreamSink, Subscription};
+pub use hsipc_transport::proto::{PeerId, RemoteError};
+pub use hsipc_transport::{CallContext, Census, Error, Overflow, PeerSummary, Result};
+
+/// A hub for tokio code. See [`AsyncHub`](hsipc_transport::hub::AsyncHub) for its methods.
+pub type ProcessHub = hsipc_transport::hub::AsyncHub<Tokio>;
+
+/// Configures and creates a [`ProcessHub`]: `ProcessHub::builder(name)...build()`, inside a
+/// tokio runtime.
+pub type HubBuilder = hsipc_transport::hub::HubBuilder<Tokio>;
+
+/// The tokio hub's kind: handlers are tasks on the runtime the hub is created in.
+#[derive(Debug)]
+pub struct Tokio;
+
+impl RuntimeKind for Tokio {
+    type Hub = ProcessHub;
+
+    fn runtime(_: &Settings) -> Result<Arc<dyn Runtime>> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::Runtime(
+                "hsipc_tokio::ProcessHub must be created inside a tokio runtime (in #[tokio::main], a task, or after Runtime::enter)",
+            )
+        })?;
+        Ok(Arc::new(TokioRuntime(handle)))
+    }
+}
+
+/// Spawns on the runtime the hub was created in, from any thread.
+#[derive(Debug)]
+struct TokioRuntime(tokio::runtime::Handle);
+
+impl Runtime for TokioRuntime {
+    fn spawn(&self, task: BoxFuture) {
+        // Once the runtime is shut down the task is dropped, which drops the handler: its
+        // call is then answered by its caller's deadline or by this hub's close.
+        drop(self.0.spawn(task));
+    }
+
+    fn spawn_blocking(&self, job: Box<dyn FnOnce() + Send + 'static>) {
+        drop(self.0.spawn_blocking(job));
+    }
+
+    fn handlers_send_inline(&self) -> bool {
+        false
+    }
+}

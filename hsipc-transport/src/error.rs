@@ -67,15 +67,22 @@ pub enum Error {
         /// Sequence received.
         got: u64,
     },
-    /// The hub is at a limit (calls in flight, queued work).
-    #[error("hub overloaded: {0}")]
-    Overloaded(String),
+    /// The serving hub refused the call because all its handlers are busy: the server's
+    /// fault (or load), not this hub's. Retry later, or give the server more workers.
+    #[error("the server is busy: {0}")]
+    ServerBusy(String),
+    /// This hub is at one of its own limits (calls in flight, queued frames, waiters).
+    #[error("this hub is at a limit: {0}; wait for some work to finish, or raise the limit")]
+    LocalLimit(String),
     /// The peer broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
     /// The hub is closed.
     #[error("the hub is closed")]
     Closed,
+    /// The hub cannot run where it was created.
+    #[error("{0}")]
+    Runtime(&'static str),
 }
 
 impl From<CallError> for Error {
@@ -86,6 +93,7 @@ impl From<CallError> for Error {
             CallError::Cancelled => Error::Cancelled,
             CallError::NoSuchService(service) => Error::NoSuchService { service },
             CallError::NoSuchMethod(method) => Error::NoSuchMethod { method },
+            CallError::Remote(r) if r.code == proto::ErrorCode::BUSY => Error::ServerBusy(r.message),
             CallError::Remote(r) => Error::Remote(r),
             CallError::ItemLost { expected, got } => Error::ItemLost { expected, got },
             CallError::Closed => Error::Closed,
@@ -98,13 +106,14 @@ impl From<CommandError> for Error {
     fn from(e: CommandError) -> Self {
         match e {
             CommandError::NoSuchService { service } => Error::NoSuchService { service },
-            CommandError::UnknownPeer(p) => Error::Overloaded(format!("peer {p} is not on the bus")),
+            CommandError::UnknownPeer(_) => Error::PeerLost,
             CommandError::PayloadTooLarge { len, max } => Error::PayloadTooLarge { len, max },
             CommandError::InvalidName { name, reason } => Error::InvalidName { name, reason },
             CommandError::InvalidTopic(t) => Error::InvalidTopic(t),
             CommandError::UnknownCall | CommandError::StreamFinished => Error::Cancelled,
             CommandError::Closed => Error::Closed,
-            other => Error::Overloaded(other.to_string()),
+            CommandError::WrongMode(what) => Error::Protocol(what.to_string()),
+            other => Error::LocalLimit(other.to_string()),
         }
     }
 }

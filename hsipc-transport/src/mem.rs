@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use proto::PeerId;
 
-use crate::inbox::Inbox;
+use crate::ingress::Ingress;
 use crate::transport::{Connect, Transport, TransportError};
 
 /// A bus in memory. Clone it to give every hub the same bus.
@@ -19,7 +19,7 @@ pub struct MemBus {
 
 #[derive(Debug, Default)]
 struct Registry {
-    peers: HashMap<PeerId, (String, Inbox)>,
+    peers: HashMap<PeerId, (String, Ingress)>,
 }
 
 impl MemBus {
@@ -40,13 +40,18 @@ impl MemBus {
 }
 
 impl Connect for MemBus {
-    fn connect(self: Box<Self>, local: PeerId, name: &str, inbox: Inbox) -> Result<Box<dyn Transport>, TransportError> {
+    fn connect(
+        self: Box<Self>,
+        local: PeerId,
+        name: &str,
+        ingress: Ingress,
+    ) -> Result<Box<dyn Transport>, TransportError> {
         let mut reg = self.registry();
         if reg.peers.values().any(|(n, _)| n == name) {
             return Err(TransportError::NameTaken { bus: "memory".into(), name: name.into() });
         }
         let alone = reg.peers.is_empty();
-        reg.peers.insert(local, (name.to_string(), inbox));
+        reg.peers.insert(local, (name.to_string(), ingress));
         drop(reg);
         Ok(Box::new(MemTransport { bus: *self, local, closed: false, alone }))
     }
@@ -66,9 +71,9 @@ impl Transport for MemTransport {
         if self.closed {
             return Err(TransportError::Closed);
         }
-        let inbox = self.bus.registry().peers.get(&to).map(|(_, i)| i.clone());
-        if let Some(inbox) = inbox {
-            inbox.deliver(self.local, frame.clone());
+        let ingress = self.bus.registry().peers.get(&to).map(|(_, i)| i.clone());
+        if let Some(ingress) = ingress {
+            ingress.deliver(self.local, frame.clone());
         }
         Ok(())
     }
@@ -77,10 +82,10 @@ impl Transport for MemTransport {
         if self.closed {
             return Err(TransportError::Closed);
         }
-        let inboxes: Vec<Inbox> =
+        let ingresses: Vec<Ingress> =
             self.bus.registry().peers.iter().filter(|(p, _)| **p != self.local).map(|(_, (_, i))| i.clone()).collect();
-        for inbox in inboxes {
-            inbox.deliver(self.local, frame.clone());
+        for ingress in ingresses {
+            ingress.deliver(self.local, frame.clone());
         }
         Ok(())
     }
@@ -96,14 +101,14 @@ impl Transport for MemTransport {
     fn close(&mut self) {
         if !self.closed {
             self.closed = true;
-            let inboxes: Vec<Inbox> = {
+            let ingresses: Vec<Ingress> = {
                 let mut reg = self.bus.registry();
                 reg.peers.remove(&self.local);
                 reg.peers.values().map(|(_, i)| i.clone()).collect()
             };
             // In one process a hub's end is certain: tell the others at once.
-            for inbox in inboxes {
-                inbox.peer_lost(self.local);
+            for ingress in ingresses {
+                ingress.peer_lost(self.local);
             }
         }
     }

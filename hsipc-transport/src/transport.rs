@@ -5,7 +5,7 @@ use std::fmt;
 use bytes::Bytes;
 use proto::PeerId;
 
-use crate::inbox::Inbox;
+use crate::ingress::Ingress;
 
 /// A transport failed to move a frame.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +62,7 @@ pub enum TransportError {
     },
 }
 
-/// Moves frames to peers. Received frames are pushed into the [`Inbox`] given at connect time.
+/// Moves frames to peers. Received frames are pushed into the [`Ingress`] given at connect time.
 ///
 /// Peers are named by hsipc [`PeerId`], never by a bus-specific address, so a transport can
 /// route a frame over the bus, over a direct peer-to-peer link it set up, or over a network,
@@ -87,6 +87,11 @@ pub trait Transport: Send + fmt::Debug + 'static {
 
 /// Opens a [`Transport`] for one hub.
 pub trait Connect: Send + fmt::Debug + 'static {
-    /// Joins as peer `local` named `name`, delivering received frames into `inbox`.
-    fn connect(self: Box<Self>, local: PeerId, name: &str, inbox: Inbox) -> Result<Box<dyn Transport>, TransportError>;
+    /// Joins as peer `local` named `name`, delivering received frames into `ingress`.
+    fn connect(
+        self: Box<Self>,
+        local: PeerId,
+        name: &str,
+        ingress: Ingress,
+    ) -> Result<Box<dyn Transport>, TransportError>;
 }

@@ -1,4 +1,4 @@
-//! `Handle`: how adapters command the engine.
+//! `Handle`: how a hub commands its engine.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -6,34 +6,49 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use proto::{CallMode, IncomingId, PeerId, RemoteError, RequestId, SubscriptionId, Topic, TopicFilter};
 
-use super::api::PeerSummary;
-use super::queue::{EventReceiver, Overflow, SubscriptionQueue};
-use super::receiver::ItemReceiver;
-use super::{Sender, Shared};
+use super::CallContext;
+use super::item_sink::ItemSink;
+use super::pending::{PendingCall, Waiter};
+use super::shared::Shared;
+use super::state::{Census, State};
+use super::stream_reader::ItemReceiver;
+use super::subscription::{EventReceiver, Overflow, SubscriptionQueue};
 use crate::error::{Error, Result};
 
-/// The application's handle on a running engine. Cheap to clone.
+/// How much longer than a stream's idle timeout one blocking read waits before it gives up on
+/// the engine (a guard against a bug: the engine's clock ends stalled streams itself).
+const STREAM_BACKSTOP: Duration = Duration::from_millis(500);
+
+/// A hub's handle on its running engine. Cheap to clone.
 ///
 /// Every method runs at once on the calling thread and never waits for the bus: a call that
-/// cannot start fails immediately, and outcomes that come later arrive on channels that can
-/// be waited on from a thread (`recv_deadline`) or a future (`recv_async`) alike.
+/// cannot start fails immediately, and outcomes that come later arrive as [`Waiter`]s,
+/// [`PendingCall`]s and receivers that a thread blocks on or a task awaits.
 #[derive(Clone, Debug)]
 pub struct Handle {
     shared: Arc<Shared>,
 }
 
-/// The result of [`Handle::send_item`].
-#[derive(Debug)]
-pub enum ItemSent {
-    /// The item was accepted.
-    Now,
-    /// The reader has granted no credit: the channel says when the item was accepted, or why
-    /// it never will be.
-    Later(flume::Receiver<Result<()>>),
+/// A peer as shown to the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerSummary {
+    /// Its id.
+    pub id: PeerId,
+    /// Its hub name.
+    pub name: String,
+    /// Its process id.
+    pub pid: u32,
+    /// The services it serves.
+    pub services: Vec<String>,
+    /// The topic patterns it subscribes to.
+    pub patterns: Vec<String>,
+    /// Whether it is this hub.
+    pub is_local: bool,
 }
 
 impl Handle {
-    pub(super) fn from_shared(shared: Arc<Shared>) -> Self {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
         Handle { shared }
     }
 
@@ -56,78 +71,90 @@ impl Handle {
         self.shared.max_frame_len.saturating_sub(proto::frame::HEADER_LEN)
     }
 
-    /// The credit window of streams this hub reads.
-    pub fn stream_window(&self) -> u32 {
-        self.shared.window
+    /// Whether the hub has been asked to shut down.
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_shut_down()
     }
 
-    /// Runs `f` on the core, then delivers its events and has its frames sent.
-    fn with<T>(&self, sender: Sender, f: impl FnOnce(&mut super::Core, Instant) -> Result<T>) -> Result<T> {
+    /// Runs `f` on the state, then delivers its events and has its frames sent (from this
+    /// thread if `send_inline` and the send path is free, else by the writer).
+    fn with<T>(&self, send_inline: bool, f: impl FnOnce(&mut State, Instant) -> Result<T>) -> Result<T> {
         let now = Instant::now();
-        let mut core = self.shared.lock();
-        core.check_open()?;
-        let r = f(&mut core, now);
-        self.shared.finish(core, now, sender);
+        let mut state = self.shared.state();
+        state.check_open()?;
+        let r = f(&mut state, now);
+        self.shared.commit(state, now, send_inline);
         r
     }
 
     /// Starts a unary call. Fails at once if it cannot start (no such service, too large,
-    /// too many calls); otherwise the outcome arrives on the channel, at the latest at the
-    /// deadline.
-    pub fn call(&self, method: &str, body: Bytes, timeout: Duration) -> Result<flume::Receiver<Result<Bytes>>> {
+    /// too many calls); otherwise the outcome arrives by the deadline. Dropping the
+    /// [`PendingCall`] first cancels the call at the server.
+    pub fn call(&self, method: &str, body: Bytes, timeout: Duration) -> Result<PendingCall> {
         self.check_len(method.len() + body.len())?;
         let (done, rx) = flume::bounded(1);
-        self.with(Sender::Writer, |core, now| {
-            let id = core.endpoint.request(now, method, body, CallMode::Unary, timeout)?;
-            core.calls.insert(id, done);
-            Ok(rx)
-        })
+        let id = self.with(false, |state, now| {
+            let id = state.endpoint.request(now, method, body, CallMode::Unary, timeout)?;
+            state.calls.insert(id, done);
+            Ok(id)
+        })?;
+        Ok(PendingCall::new(self.clone(), id, Waiter::new(rx, Instant::now() + timeout)))
     }
 
-    /// Starts a server-streaming call; its items and then its end arrive on the receiver.
+    /// Starts a server-streaming call whose items may each take at most `timeout` while the
+    /// reader is waiting. Dropping the receiver cancels the stream at the server.
     pub fn call_stream(&self, method: &str, body: Bytes, timeout: Duration) -> Result<ItemReceiver> {
         self.check_len(method.len() + body.len())?;
         // Credit bounds the items in flight to one window; +1 for the end.
         let (items, rx) = flume::bounded(self.shared.window as usize + 1);
-        self.with(Sender::Writer, |core, now| {
-            let id = core.endpoint.request(now, method, body, CallMode::ServerStream, timeout)?;
-            core.streams.insert(id, items);
+        let id = self.with(false, |state, now| {
+            let id = state.endpoint.request(now, method, body, CallMode::ServerStream, timeout)?;
+            state.streams.insert(id, items);
             Ok(id)
-        })
-        .map(|id| ItemReceiver::new(self.clone(), id, rx))
+        })?;
+        Ok(ItemReceiver::new(self.clone(), id, rx, timeout + STREAM_BACKSTOP))
     }
 
     /// The reader of stream `id` took `n` items.
-    pub fn consumed(&self, id: RequestId, n: u32) {
-        let _ = self.with(Sender::Writer, |core, now| Ok(core.endpoint.consumed(now, id, n)?));
+    pub(super) fn consumed(&self, id: RequestId, n: u32) {
+        let _ = self.with(false, |state, now| Ok(state.endpoint.consumed(now, id, n)?));
     }
 
     /// Cancels outgoing call `id` (the server is told).
-    pub fn cancel(&self, id: RequestId) {
-        let _ = self.with(Sender::Writer, |core, _| {
-            core.streams.remove(&id);
-            core.calls.remove(&id);
-            Ok(core.endpoint.cancel(id)?)
+    pub(super) fn cancel(&self, id: RequestId) {
+        let _ = self.with(false, |state, _| {
+            state.streams.remove(&id);
+            state.calls.remove(&id);
+            Ok(state.endpoint.cancel(id)?)
         });
     }
 
-    /// Answers a unary call.
+    /// Answers a unary call this hub serves.
     pub fn respond(&self, id: IncomingId, result: std::result::Result<Bytes, RemoteError>) {
-        let r = self.with(Sender::Direct, |core, _| Ok(core.endpoint.respond(id, result)?));
+        let r = self.with(self.shared.handlers_send_inline, |state, _| {
+            state.end_served(id);
+            Ok(state.endpoint.respond(id, result)?)
+        });
         if let Err(e) = r {
             tracing::debug!(id = id.as_u64(), error = %e, "response not sent (the caller left or gave up)");
         }
     }
 
-    /// Sends one item of a stream this hub serves.
-    pub fn send_item(&self, id: IncomingId, body: Bytes) -> Result<ItemSent> {
+    /// The sink of a stream this hub serves; items wait for credit at most `stall`.
+    pub fn item_sink(&self, id: IncomingId, stall: Duration, context: CallContext) -> ItemSink {
+        ItemSink::new(self.clone(), id, stall, context)
+    }
+
+    /// Sends one item of a stream this hub serves: `None` if it went at once, else a waiter
+    /// that completes when the reader's credit lets it go (or fails at `deadline`).
+    pub(super) fn send_item(&self, id: IncomingId, body: Bytes, deadline: Instant) -> Result<Option<Waiter<()>>> {
         self.check_len(body.len())?;
-        self.with(Sender::Direct, |core, _| match core.endpoint.send_item(id, body.clone()) {
-            Ok(()) => Ok(ItemSent::Now),
+        self.with(self.shared.handlers_send_inline, |state, _| match state.endpoint.send_item(id, body.clone()) {
+            Ok(()) => Ok(None),
             Err(proto::CommandError::Blocked) => {
                 let (done, rx) = flume::bounded(1);
-                core.blocked_items.insert(id, (body, done));
-                Ok(ItemSent::Later(rx))
+                state.send_item(id, body, done, deadline);
+                Ok(Some(Waiter::new(rx, deadline)))
             }
             Err(e) => Err(e.into()),
         })
@@ -135,18 +162,25 @@ impl Handle {
 
     /// Ends a stream this hub serves.
     pub fn finish(&self, id: IncomingId, result: std::result::Result<(), RemoteError>) {
-        let _ = self.with(Sender::Direct, |core, _| {
-            if let Some((_, done)) = core.blocked_items.remove(&id) {
-                let _ = done.send(Err(Error::Cancelled));
-            }
-            Ok(core.endpoint.finish(id, result)?)
+        let _ = self.with(self.shared.handlers_send_inline, |state, _| {
+            state.end_served(id);
+            Ok(state.endpoint.finish(id, result)?)
+        });
+    }
+
+    /// Forgets a served call that its handler will not answer (it was cancelled, or its caller
+    /// gave up before it started).
+    pub fn abandon(&self, id: IncomingId) {
+        let _ = self.with(false, |state, _| {
+            state.end_served(id);
+            Ok(())
         });
     }
 
     /// Publishes an event; returns how many peers (this one included) it was queued for.
     pub fn publish(&self, topic: &Topic, body: Bytes) -> Result<usize> {
         self.check_len(topic.as_str().len() + body.len())?;
-        self.with(Sender::Writer, |core, _| Ok(core.endpoint.publish(topic, body)?))
+        self.with(false, |state, _| Ok(state.endpoint.publish(topic, body)?))
     }
 
     /// Subscribes; events arrive on the receiver, which holds at most `capacity`; when it is
@@ -154,42 +188,54 @@ impl Handle {
     /// `missed` with the next event delivered). Dropping the receiver unsubscribes.
     pub fn subscribe(&self, filter: TopicFilter, capacity: usize, overflow: Overflow) -> Result<EventReceiver> {
         let (queue, rx) = SubscriptionQueue::new(capacity, overflow);
-        let id = self.with(Sender::Writer, |core, _| {
-            let id = core.endpoint.subscribe(filter)?;
-            core.subscriptions.insert(id, queue);
+        let id = self.with(false, |state, _| {
+            let id = state.endpoint.subscribe(filter)?;
+            state.subscriptions.insert(id, Arc::new(queue));
             Ok(id)
         })?;
         Ok(rx.attach(self.clone(), id))
     }
 
     /// Removes a subscription.
-    pub fn unsubscribe(&self, id: SubscriptionId) {
-        let _ = self.with(Sender::Writer, |core, _| {
-            core.subscriptions.remove(&id);
-            Ok(core.endpoint.unsubscribe(id)?)
+    pub(super) fn unsubscribe(&self, id: SubscriptionId) {
+        let _ = self.with(false, |state, _| {
+            state.subscriptions.remove(&id);
+            Ok(state.endpoint.unsubscribe(id)?)
         });
     }
 
     /// Starts serving a service (announced to the bus at once).
     pub fn serve(&self, service: &str) -> Result<()> {
-        self.with(Sender::Writer, |core, _| {
-            core.endpoint.serve(service)?;
-            core.notify_watchers();
+        self.with(false, |state, _| {
+            state.endpoint.serve(service)?;
+            state.notify_watchers();
             Ok(())
         })
     }
 
     /// Stops serving a service (announced to the bus at once).
     pub fn unserve(&self, service: &str) -> Result<()> {
-        self.with(Sender::Writer, |core, _| Ok(core.endpoint.unserve(service)?))
+        self.with(false, |state, _| Ok(state.endpoint.unserve(service)?))
+    }
+
+    /// Completes as soon as some peer serves `service` (at once if one does), or fails with
+    /// [`Error::Timeout`] after `timeout`.
+    pub fn watch_service(&self, service: &str, timeout: Duration) -> Result<Waiter<()>> {
+        let (done, rx) = flume::bounded(1);
+        let deadline = Instant::now() + timeout;
+        self.with(false, |state, _| {
+            state.add_watcher(service.to_string(), done, deadline);
+            Ok(())
+        })?;
+        Ok(Waiter::new(rx, deadline))
     }
 
     /// A snapshot of the peer directory.
     pub fn peers(&self) -> Result<Vec<PeerSummary>> {
-        let core = self.shared.lock();
-        core.check_open()?;
-        let local = core.endpoint.local();
-        Ok(core
+        let state = self.shared.state();
+        state.check_open()?;
+        let local = state.endpoint.local();
+        Ok(state
             .endpoint
             .peers()
             .map(|p| PeerSummary {
@@ -205,16 +251,12 @@ impl Handle {
 
     /// Counters of what the protocol saw and dropped (bad frames, late responses, ...).
     pub fn stats(&self) -> proto::Stats {
-        self.shared.lock().endpoint.stats()
+        self.shared.state().endpoint.stats()
     }
 
-    /// The channel yields `()` as soon as some peer serves `service` (at once if one does).
-    pub fn watch_service(&self, service: &str) -> Result<flume::Receiver<()>> {
-        let (done, rx) = flume::bounded(1);
-        self.with(Sender::Writer, |core, _| {
-            core.add_watcher(service.to_string(), done);
-            Ok(rx)
-        })
+    /// What is open in the engine and its protocol core, for leak checks.
+    pub fn census(&self) -> Census {
+        self.shared.state().census()
     }
 
     fn check_len(&self, len: usize) -> Result<()> {

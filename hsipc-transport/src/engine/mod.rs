@@ -3,52 +3,72 @@
 //!
 //! # Threads and locks
 //!
-//! The endpoint and everything around it (waiting callers, stream readers, subscriptions) sit
-//! in one `Core` behind a mutex that is never held across I/O or a blocking wait. Three kinds
-//! of threads drive it:
+//! The endpoint and everything around it (waiting callers, stream readers, subscriptions,
+//! served calls) sit in one [`State`] behind a mutex that is never held across I/O, a blocking
+//! wait, or a wake-up of another thread. Four kinds of threads drive it:
 //!
-//! - **The transport's reader** delivers each received frame straight into the core
-//!   ([`Inbox::deliver`]): the protocol runs, a response wakes its caller, a request goes to
-//!   the adapter's [`Dispatcher`]. The reader never sends (a send can block when the bus is
-//!   stalled); frames the protocol wants sent are queued for the writer.
-//! - **Application threads** run commands in the core directly (a call that cannot start fails
-//!   at once, with no thread hop). A caller's frames are sent by the writer, so a caller never
-//!   blocks in the bus and always gets its answer or its timeout at its deadline. A handler's
-//!   answers are sent by the handler's own thread when the send path is free, which saves a
-//!   hop on the server side.
-//! - **The engine thread** (the writer) sends queued frames, runs the protocol's timers, and
-//!   polls peer processes for death.
+//! - **The transport's reader** hands each received frame to the engine ([`Ingress::deliver`]):
+//!   the protocol runs under the lock, and once the lock is released a response wakes its
+//!   caller and a request goes to the [`Dispatcher`]. The reader never sends.
+//! - **Application threads and tasks** run commands directly; a call that cannot start fails
+//!   at once. A caller's frames are sent by the writer, so a caller never blocks in the bus.
+//!   Handlers of the blocking hub send their own answers when the send path is free (saving a
+//!   hop); handlers on an async runtime never touch the bus (an executor thread must not
+//!   block in a stalled bus).
+//! - **The writer thread** sends queued frames. It is the only thread that may block in the
+//!   bus, and it holds no state lock while it does.
+//! - **The clock thread** runs the protocol's timers, the engine's own deadlines (a stream
+//!   sink waiting for credit, `wait_for_service`) and the liveness check. It never does I/O,
+//!   so deadlines hold even when the bus is stalled: a caller is always answered by its
+//!   deadline, and adapters need no timer of their own.
 //!
-//! Sends happen under a second lock, taken only with `try_lock` by everyone but the closing
-//! engine, and whoever holds it sends everything queued, in order: frames leave in the order
-//! the protocol produced them, and no thread ever waits for another one's send.
+//! Sends happen under a second lock, taken only with `try_lock` by everyone but the writer,
+//! and whoever holds it sends everything queued, in order: frames leave in the order the
+//! protocol produced them, and no thread ever waits for another one's send.
 //!
-//! Each thread hop costs tens of microseconds on a small virtual machine (a sleeping thread
-//! has to be woken), so a unary call crosses exactly three: caller → writer, server reader →
-//! handler, client reader → caller.
+//! A unary call crosses three thread hops on the blocking hub (caller → writer, server reader
+//! → handler, client reader → caller), and one more on an async hub (handler → writer).
+//!
+//! # Shutdown
+//!
+//! [`Engine::shutdown`] only raises a flag and wakes the clock thread; it never waits. The
+//! clock fails everything open with [`Error::Closed`](crate::Error::Closed), the writer sends
+//! the goodbye and releases the bus, and both threads end. [`Engine::stopped`] says when that
+//! happened (at the latest about a second later, if the bus is stalled).
 
-mod api;
-mod core;
+mod deferred;
+mod dispatch;
 mod handle;
-mod queue;
-mod receiver;
+mod item_sink;
+mod pending;
+mod shared;
+mod state;
+mod stream_reader;
+mod subscription;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use proto::{Config, Dest, Endpoint, Input, PeerId};
+use proto::{Config, Endpoint, PeerId};
 
-pub use self::api::{Delivery, Dispatcher, IncomingCall, PeerSummary, Reject, StreamMsg};
-use self::core::Core;
-pub use self::handle::{Handle, ItemSent};
-pub use self::queue::{EventReceiver, Overflow};
-pub use self::receiver::ItemReceiver;
+pub use self::dispatch::{CallContext, Dispatcher, IncomingCall, Reject};
+pub use self::handle::{Handle, PeerSummary};
+pub use self::item_sink::ItemSink;
+pub use self::pending::{PendingCall, Waiter};
+pub(crate) use self::shared::Shared;
+use self::shared::Wakes;
+pub use self::state::Census;
+use self::state::State;
+pub use self::stream_reader::ItemReceiver;
+pub use self::subscription::{Delivery, EventReceiver, Overflow};
 use crate::error::Result;
-use crate::inbox::Inbox;
-use crate::transport::{Connect, Transport, TransportError};
+use crate::ingress::Ingress;
+use crate::transport::{Connect, TransportError};
+
+/// How long the clock waits for the writer to send the goodbye before it declares the engine
+/// stopped anyway (the bus may be stalled).
+const GOODBYE_WAIT: Duration = Duration::from_secs(1);
 
 /// Settings of one engine (one hub).
 #[derive(Clone, Debug)]
@@ -56,9 +76,6 @@ use crate::transport::{Connect, Transport, TransportError};
 pub struct EngineConfig {
     /// The protocol's limits and timings.
     pub proto: Config,
-    /// Events queued per subscription before the newest are dropped (and reported as missed).
-    /// Default 1024.
-    pub subscription_capacity: usize,
     /// Frames queued for sending before more are dropped (only when the bus is stalled).
     /// Default 4096.
     pub outbound_capacity: usize,
@@ -66,174 +83,68 @@ pub struct EngineConfig {
     pub outbound_max_bytes: usize,
     /// How often the engine checks whether known peer processes are still alive. Default 100 ms.
     pub liveness_interval: Duration,
+    /// Whether handlers send their answers from their own thread when the send path is free
+    /// (true for thread-pool handlers), or always through the writer (async runtimes, whose
+    /// threads must never block in a stalled bus). Default true.
+    pub handlers_send_inline: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             proto: Config::default(),
-            subscription_capacity: 1024,
             outbound_capacity: 4096,
             outbound_max_bytes: 64 << 20,
             liveness_interval: Duration::from_millis(100),
+            handlers_send_inline: true,
         }
     }
 }
 
-/// What the engine's threads share.
-pub(crate) struct Shared {
-    core: Mutex<Core>,
-    /// The send lock: whoever holds it sends everything queued. `None` once closed.
-    transport: Mutex<Option<Box<dyn Transport>>>,
-    wake: flume::Sender<()>,
-    shutdown: AtomicBool,
-    local: PeerId,
-    name: Box<str>,
-    max_frame_len: usize,
-    window: u32,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("local", &self.local).field("name", &self.name).finish_non_exhaustive()
-    }
-}
-
-/// Who finishes a command: the writer thread, or the calling thread itself.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Sender {
-    /// Queue for the writer: the calling thread never blocks in the bus.
-    Writer,
-    /// Send from this thread if nobody else is sending (handler threads).
-    Direct,
-}
-
-impl Shared {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
-        // A panic in an adapter callback cannot leave the core half-updated in a way that
-        // matters more than stopping the hub would; keep serving.
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A frame from the transport (called by its reader thread).
-    pub(crate) fn input(self: &Arc<Self>, from: PeerId, bytes: Bytes) {
-        let now = Instant::now();
-        let mut core = self.lock();
-        if core.is_closed() {
-            return;
-        }
-        core.input(now, from, bytes);
-        self.finish(core, now, Sender::Writer);
-    }
-
-    /// The transport learned that a peer is gone.
-    pub(crate) fn peer_lost(self: &Arc<Self>, peer: PeerId) {
-        let now = Instant::now();
-        let mut core = self.lock();
-        if core.is_closed() {
-            return;
-        }
-        let _ = core.endpoint.handle_input(now, Input::PeerLost(peer));
-        self.finish(core, now, Sender::Writer);
-    }
-
-    /// Ends a change to the core: delivers its events, then has its frames sent.
-    pub(crate) fn finish(self: &Arc<Self>, mut core: MutexGuard<'_, Core>, now: Instant, sender: Sender) {
-        core.drain(now, self);
-        let queued = core.has_outbound();
-        let earlier_timer = core.needs_earlier_wake();
-        drop(core);
-        if queued && sender == Sender::Direct {
-            self.flush();
-        } else if queued || earlier_timer {
-            let _ = self.wake.try_send(());
-        }
-    }
-
-    /// Sends everything queued, unless another thread is already doing so (it will send ours
-    /// too: the queue is shared and re-checked after every release).
-    pub(crate) fn flush(&self) {
-        loop {
-            let Ok(mut transport) = self.transport.try_lock() else { return };
-            self.send_all(transport.as_deref_mut());
-            drop(transport);
-            if !self.lock().has_outbound() {
-                return;
-            }
-        }
-    }
-
-    /// Sends the queue out with the send lock held.
-    fn send_all(&self, mut transport: Option<&mut (dyn Transport + 'static)>) {
-        loop {
-            let batch = self.lock().take_outbound();
-            if batch.is_empty() {
-                return;
-            }
-            let Some(t) = transport.as_deref_mut() else { continue };
-            for (dest, frame) in batch {
-                let r = match dest {
-                    Dest::Peer(p) => t.send(p, &frame),
-                    Dest::All => t.broadcast(&frame),
-                };
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "transport failed to send a frame");
-                }
-            }
-        }
-    }
-}
-
-/// A running engine: its writer thread, and a [`Handle`] to command it.
+/// A running engine: its threads, and a [`Handle`] to command it.
+///
+/// Dropping it shuts the engine down without waiting (see [`shutdown`](Self::shutdown)).
 #[derive(Debug)]
 pub struct Engine {
     handle: Handle,
-    thread: Option<JoinHandle<()>>,
-    stopped: flume::Receiver<()>,
+    stopped: flume::Receiver<Result<()>>,
 }
 
 impl Engine {
-    /// Connects the transport and starts the engine for peer `local` named `name`.
+    /// Connects the transport and starts the engine for peer `local` named `name`; calls are
+    /// handed to `dispatcher`.
     pub fn start(
         config: EngineConfig,
         connect: Box<dyn Connect>,
         local: PeerId,
         name: &str,
-        dispatcher: Box<dyn Dispatcher>,
+        dispatcher: Arc<dyn Dispatcher>,
     ) -> Result<Engine> {
         let now = Instant::now();
-        let pid = std::process::id();
-        let endpoint = Endpoint::new(config.proto.clone(), local, name, pid, now);
-        let (wake, wake_rx) = flume::bounded(1);
-        let shared = Arc::new(Shared {
-            max_frame_len: config.proto.max_frame_len,
-            window: config.proto.stream_window,
-            core: Mutex::new(Core::new(endpoint, dispatcher, config, now)),
-            transport: Mutex::new(None),
-            wake,
-            shutdown: AtomicBool::new(false),
-            local,
-            name: name.into(),
-        });
-        let transport = connect.connect(local, name, Inbox::new(Arc::downgrade(&shared)))?;
+        let endpoint = Endpoint::new(config.proto.clone(), local, name, std::process::id(), now);
+        let (wake_writer, writer_rx) = flume::bounded(1);
+        let (wake_clock, clock_rx) = flume::bounded(1);
+        let state = State::new(endpoint, config.clone(), now);
+        let wakes = Wakes { writer: wake_writer, clock: wake_clock };
+        let shared = Arc::new_cyclic(|me| Shared::new(me.clone(), state, dispatcher, wakes, name));
+        let transport = connect.connect(local, name, Ingress::new(Arc::downgrade(&shared)))?;
         if transport.joined_empty_bus() {
-            shared.lock().endpoint.finish_discovery(Instant::now());
+            shared.state().endpoint.finish_discovery(Instant::now());
         }
-        *shared.transport.lock().unwrap_or_else(|e| e.into_inner()) = Some(transport);
-        let handle = Handle::from_shared(shared.clone());
-        {
-            let core = shared.lock();
-            shared.finish(core, Instant::now(), Sender::Direct); // the first announce
-        }
+        shared.set_transport(transport);
+        shared.commit(shared.state(), Instant::now(), true); // the first announce
         let (stopped_tx, stopped) = flume::bounded(1);
-        let thread = std::thread::Builder::new()
-            .name(format!("hsipc-engine-{name}"))
-            .spawn(move || {
-                run(&shared, &wake_rx);
-                let _ = stopped_tx.send(());
-            })
-            .map_err(|source| TransportError::Io { what: "spawning the engine thread", source })?;
-        Ok(Engine { handle, thread: Some(thread), stopped })
+        let (sent_tx, sent_rx) = flume::bounded(1);
+        let writer = shared.clone();
+        spawn(format!("hsipc-writer-{name}"), move || run_writer(&writer, &writer_rx, &sent_tx))?;
+        let clock = shared.clone();
+        spawn(format!("hsipc-clock-{name}"), move || {
+            run_clock(&clock, &clock_rx);
+            // The writer sends the goodbye; a stalled bus must not keep `stopped` waiting.
+            let _ = sent_rx.recv_timeout(GOODBYE_WAIT);
+            let _ = stopped_tx.send(Ok(()));
+        })?;
+        Ok(Engine { handle: Handle::new(shared), stopped })
     }
 
     /// A handle to command the engine.
@@ -241,55 +152,70 @@ impl Engine {
         &self.handle
     }
 
-    /// Says goodbye, stops the engine and the transport, and waits (at most `timeout`) for the
-    /// thread to finish. Idempotent.
-    pub fn shutdown(&mut self, timeout: Duration) {
-        if let Some(thread) = self.thread.take() {
-            self.handle.shared().shutdown.store(true, Ordering::SeqCst);
-            let _ = self.handle.shared().wake.try_send(());
-            match self.stopped.recv_timeout(timeout) {
-                Ok(()) | Err(flume::RecvTimeoutError::Disconnected) => {
-                    let _ = thread.join();
-                }
-                Err(flume::RecvTimeoutError::Timeout) => {
-                    tracing::warn!("hsipc engine did not stop within {timeout:?} (is the bus stalled?)");
-                }
-            }
+    /// Asks the engine to say goodbye and stop. Returns at once; every open call, stream and
+    /// wait fails with [`Error::Closed`](crate::Error::Closed) shortly after. Idempotent.
+    pub fn shutdown(&self) {
+        let shared = self.handle.shared();
+        if !shared.shutdown.swap(true, Ordering::SeqCst) {
+            shared.wake_clock();
         }
+    }
+
+    /// Completes once the engine has stopped: the goodbye was sent (or the bus was stalled
+    /// for a second) and the threads are ending. Wait on it with [`Waiter::wait`] or `.await`;
+    /// any outcome means "stopped" (a second waiter sees [`Error::Closed`](crate::Error::Closed)).
+    pub fn stopped(&self) -> Waiter<()> {
+        Waiter::new(self.stopped.clone(), Instant::now() + 2 * GOODBYE_WAIT)
     }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.shutdown(Duration::from_secs(1));
+        self.shutdown();
     }
 }
 
-/// The engine thread: wait for a wake-up or the next deadline, run timers, send.
-fn run(shared: &Arc<Shared>, wake: &flume::Receiver<()>) {
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<()> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map(drop)
+        .map_err(|source| TransportError::Io { what: "spawning an engine thread", source }.into())
+}
+
+/// The clock thread: sleep until the next deadline or a wake-up, run what is due.
+fn run_clock(shared: &Arc<Shared>, wake: &flume::Receiver<()>) {
     loop {
-        let deadline = shared.lock().sleep_until();
-        match wake.recv_deadline(deadline) {
-            Ok(()) | Err(flume::RecvTimeoutError::Timeout) => {}
-            Err(flume::RecvTimeoutError::Disconnected) => break,
-        }
+        let deadline = shared.state().sleep_until();
+        let _ = wake.recv_deadline(deadline);
         if shared.shutdown.load(Ordering::SeqCst) {
             break;
         }
         let now = Instant::now();
-        let mut core = shared.lock();
-        core.awake(now);
-        shared.finish(core, now, Sender::Direct);
+        let mut state = shared.state();
+        state.awake(now);
+        shared.commit(state, now, false);
     }
-    // Goodbye: fail what is open, send the goodbye, release the bus.
+    // Goodbye: fail everything open, queue the goodbye, stop dispatching, let the writer finish.
     let now = Instant::now();
-    let mut core = shared.lock();
-    core.close();
-    core.drain(now, shared);
-    drop(core);
-    let mut transport = shared.transport.lock().unwrap_or_else(|e| e.into_inner());
-    shared.send_all(transport.as_deref_mut());
-    if let Some(mut t) = transport.take() {
-        t.close();
+    let mut state = shared.state();
+    state.close();
+    shared.commit(state, now, false);
+    shared.close_dispatcher();
+    shared.closed.store(true, Ordering::SeqCst);
+    shared.wake_writer();
+}
+
+/// The writer thread: send whatever is queued whenever woken; after the close, release the bus.
+fn run_writer(shared: &Shared, wake: &flume::Receiver<()>, sent: &flume::Sender<()>) {
+    while wake.recv().is_ok() {
+        // Read before sending: everything queued before the close (the goodbye) goes out.
+        let closing = shared.closed.load(Ordering::SeqCst);
+        shared.send_queued_blocking();
+        if closing {
+            shared.close_transport();
+            let _ = sent.send(());
+            return;
+        }
     }
 }

@@ -14,9 +14,10 @@
 //!   calls `recv` with a short timeout, so it never holds ipmb's lock for long, notices
 //!   shutdown promptly, and never ends on a timeout. Our own goodbye (a multicast that also
 //!   reaches us) wakes it at once on close.
-//! - **One slow reader stalls the whole bus.** The reader only moves frames into the engine's
-//!   bounded mailbox and never waits for the engine: when the mailbox is full, frames are
-//!   dropped and counted, never left in the socket.
+//! - **One slow reader stalls the whole bus.** The reader hands each frame to the engine,
+//!   which never waits for the application: responses go to callers, requests to handlers,
+//!   events to bounded subscription queues (whose overflow is counted), so the socket is
+//!   always drained.
 //! - **Nothing reports a peer's death, and `send` is Ok for messages nobody receives.** The
 //!   protocol has heartbeats and deadlines, and the engine watches peer processes (pidfds).
 //! - **ipmb's sockets are not close-on-exec**, so a child process would inherit them and, if
@@ -47,7 +48,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use proto::PeerId;
 
-use crate::inbox::Inbox;
+use crate::ingress::Ingress;
 use crate::transport::{Connect, Transport, TransportError};
 
 pub use envelope::INLINE_MAX;
@@ -145,7 +146,12 @@ fn validate_hub(name: &str) -> Result<(), TransportError> {
 }
 
 impl Connect for IpmbBus {
-    fn connect(self: Box<Self>, local: PeerId, name: &str, inbox: Inbox) -> Result<Box<dyn Transport>, TransportError> {
+    fn connect(
+        self: Box<Self>,
+        local: PeerId,
+        name: &str,
+        ingress: Ingress,
+    ) -> Result<Box<dyn Transport>, TransportError> {
         let cfg = self.config;
         validate_bus(&cfg.bus)?;
         validate_hub(name)?;
@@ -177,7 +183,7 @@ impl Connect for IpmbBus {
         let carrier = unsafe { OwnedFd::from_raw_fd(fd) };
         let stop = Arc::new(AtomicBool::new(false));
         let reader =
-            reader::spawn(receiver, local, inbox, cfg.max_message_len, cfg.recv_timeout, stop.clone(), sweeper)?;
+            reader::spawn(receiver, local, ingress, cfg.max_message_len, cfg.recv_timeout, stop.clone(), sweeper)?;
         Ok(Box::new(IpmbTransport {
             sender,
             local,

@@ -1,4 +1,4 @@
-//! The reader thread: ipmb `recv` → the engine's mailbox. It waits for nothing else.
+//! The reader thread: ipmb `recv` → the engine (through its [`Ingress`]). It waits for nothing else.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use proto::PeerId;
 
 use super::{Msg, cloexec, envelope};
-use crate::inbox::Inbox;
+use crate::ingress::Ingress;
 use crate::transport::TransportError;
 
 /// How often the reader re-marks the process's bus fds close-on-exec.
@@ -18,7 +18,7 @@ const CLOEXEC_SWEEP: Duration = Duration::from_millis(100);
 pub(super) fn spawn(
     mut receiver: ipmb::EndpointReceiver<Msg>,
     local: PeerId,
-    inbox: Inbox,
+    ingress: Ingress,
     max_len: usize,
     timeout: Duration,
     stop: Arc<AtomicBool>,
@@ -51,7 +51,7 @@ pub(super) fn spawn(
                 match envelope::unwrap(msg, max_len) {
                     Ok((from, _)) if from == local => {} // our own broadcast
                     Ok((from, bytes)) => {
-                        if !inbox.deliver(from, bytes) {
+                        if !ingress.deliver(from, bytes) {
                             return; // the engine is gone
                         }
                     }

@@ -1,4 +1,4 @@
-//! Where a transport delivers what it receives.
+//! The transport's way into its engine: where received frames and peer deaths go.
 
 use std::sync::Weak;
 
@@ -7,22 +7,22 @@ use proto::PeerId;
 
 use crate::engine::Shared;
 
-/// A transport's way into its engine. Cheap to clone.
+/// A transport's way into its engine. Cheap to clone. Not a queue: nothing waits here.
 ///
 /// [`deliver`](Self::deliver) runs the frame through the protocol at once, on the calling
 /// thread, and hands the results on (a response to its waiting caller, a request to the
-/// handler pool) without queueing on the way: every extra thread hop costs tens of
+/// dispatcher) without queueing on the way: every extra thread hop costs tens of
 /// microseconds. It never waits for I/O: frames the protocol wants sent in reply are queued
 /// for the engine's writer, so a transport's reader thread never blocks in a send, and a slow
 /// application never stops the reader from draining the bus.
 #[derive(Clone, Debug)]
-pub struct Inbox {
+pub struct Ingress {
     shared: Weak<Shared>,
 }
 
-impl Inbox {
+impl Ingress {
     pub(crate) fn new(shared: Weak<Shared>) -> Self {
-        Inbox { shared }
+        Ingress { shared }
     }
 
     /// Delivers a frame from `from`. Returns false once the engine is gone (stop reading).

@@ -1,14 +1,31 @@
 //! A subscription's bounded queue and what happens when it is full.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use proto::SubscriptionId;
+use bytes::Bytes;
+use futures_core::Stream;
+use proto::{PeerId, SubscriptionId, Topic};
 
 use super::Handle;
-use super::api::Delivery;
 use crate::error::{Error, Result};
+
+/// One event delivered to a subscription.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The publisher.
+    pub from: PeerId,
+    /// The topic it was published on.
+    pub topic: Topic,
+    /// The event body (CBOR).
+    pub body: Bytes,
+    /// Events lost before this one (dropped in transit, or because this subscription's queue
+    /// was full).
+    pub missed: u64,
+}
 
 /// What a full subscription queue does with one more event. Either way the subscriber is told
 /// how many events it lost, in [`Delivery::missed`] of the next event it receives.
@@ -22,36 +39,37 @@ pub enum Overflow {
     DropNewest,
 }
 
-/// The engine's end of one subscription's queue.
-pub(super) struct SubscriptionQueue {
+/// The engine's end of one subscription's queue. Pushed to by one thread at a time (the
+/// engine's deliveries are serialized), with no engine lock held.
+pub(crate) struct SubscriptionQueue {
     tx: flume::Sender<Delivery>,
     /// For [`Overflow::DropOldest`]: the engine's own receiver, to take the oldest event out.
     oldest: Option<flume::Receiver<Delivery>>,
     /// Events dropped at the head, for the reader to add to the next event it takes.
     evicted: Arc<AtomicU64>,
     /// Events dropped at the tail, added to the next event queued.
-    refused: u64,
+    refused: AtomicU64,
 }
 
 /// The subscriber dropped its end.
-pub(super) struct Gone;
+pub(crate) struct Gone;
 
 impl SubscriptionQueue {
-    pub(super) fn new(capacity: usize, overflow: Overflow) -> (Self, EventReceiver) {
+    pub(crate) fn new(capacity: usize, overflow: Overflow) -> (Self, EventReceiver) {
         let (tx, rx) = flume::bounded(capacity.max(1));
         let oldest = (overflow == Overflow::DropOldest).then(|| rx.clone());
         let evicted = Arc::new(AtomicU64::new(0));
-        let queue = SubscriptionQueue { tx, oldest, evicted: evicted.clone(), refused: 0 };
-        (queue, EventReceiver { rx, evicted, subscription: None })
+        let queue = SubscriptionQueue { tx, oldest, evicted: evicted.clone(), refused: AtomicU64::new(0) };
+        (queue, EventReceiver { rx, evicted, stream: None, subscription: None })
     }
 
     /// Queues an event, never waiting.
-    pub(super) fn push(&mut self, mut d: Delivery) -> Result<(), Gone> {
-        d.missed += self.refused;
+    pub(crate) fn push(&self, mut d: Delivery) -> Result<(), Gone> {
+        d.missed += self.refused.load(Ordering::Relaxed);
         loop {
             match self.tx.try_send(d) {
                 Ok(()) => {
-                    self.refused = 0;
+                    self.refused.store(0, Ordering::Relaxed);
                     return Ok(());
                 }
                 Err(flume::TrySendError::Disconnected(_)) => return Err(Gone),
@@ -59,7 +77,7 @@ impl SubscriptionQueue {
                     d = back;
                     let Some(rx) = &self.oldest else {
                         // Drop-newest: this event and what it had missed count for the next.
-                        self.refused = d.missed + 1;
+                        self.refused.store(d.missed + 1, Ordering::Relaxed);
                         return Ok(());
                     };
                     // Drop-oldest: the loss is reported with the event that becomes the head.
@@ -85,30 +103,20 @@ impl SubscriptionQueue {
 pub struct EventReceiver {
     rx: flume::Receiver<Delivery>,
     evicted: Arc<AtomicU64>,
+    stream: Option<flume::r#async::RecvStream<'static, Delivery>>,
     subscription: Option<(Handle, SubscriptionId)>,
 }
 
 impl EventReceiver {
     /// Ties the receiver to its subscription, which ends when it drops.
-    pub(super) fn attach(mut self, handle: Handle, id: SubscriptionId) -> Self {
+    pub(crate) fn attach(mut self, handle: Handle, id: SubscriptionId) -> Self {
         self.subscription = Some((handle, id));
         self
     }
 
-    /// The subscription's id.
-    pub fn id(&self) -> Option<SubscriptionId> {
-        self.subscription.as_ref().map(|(_, id)| *id)
-    }
-
-    /// The channel the engine delivers on, for adapters that await it; hand each delivery to
-    /// [`take`](Self::take).
-    pub fn channel(&self) -> &flume::Receiver<Delivery> {
-        &self.rx
-    }
-
-    /// Completes a delivery taken from [`channel`](Self::channel): adds the events evicted
-    /// before it to its `missed`.
-    pub fn take(&self, mut d: Delivery) -> Delivery {
+    /// Completes a delivery taken from the channel: adds the events evicted before it to its
+    /// `missed`.
+    fn take(&self, mut d: Delivery) -> Delivery {
         d.missed += self.evicted.swap(0, Ordering::Relaxed);
         d
     }
@@ -131,6 +139,18 @@ impl EventReceiver {
     /// The next event if one is queued.
     pub fn try_recv(&self) -> Option<Delivery> {
         self.rx.try_recv().ok().map(|d| self.take(d))
+    }
+}
+
+/// From async code: the events, ending when the hub closes.
+impl Stream for EventReceiver {
+    type Item = Delivery;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        let this = self.get_mut();
+        let rx = &this.rx;
+        let stream = this.stream.get_or_insert_with(|| rx.clone().into_stream());
+        Pin::new(stream).poll_next(cx).map(|d| d.map(|d| this.take(d)))
     }
 }
 
@@ -161,7 +181,7 @@ mod tests {
 
     #[test]
     fn drop_newest_reports_the_gap_on_the_next_event_queued() {
-        let (mut q, rx) = SubscriptionQueue::new(2, Overflow::DropNewest);
+        let (q, rx) = SubscriptionQueue::new(2, Overflow::DropNewest);
         for (n, missed) in [(0, 0), (1, 0), (2, 0), (3, 5), (4, 0)] {
             assert!(q.push(ev(n, missed)).is_ok());
         }
@@ -173,7 +193,7 @@ mod tests {
 
     #[test]
     fn drop_oldest_reports_the_gap_on_the_new_head() {
-        let (mut q, rx) = SubscriptionQueue::new(2, Overflow::DropOldest);
+        let (q, rx) = SubscriptionQueue::new(2, Overflow::DropOldest);
         for (n, missed) in [(0, 0), (1, 3), (2, 0), (3, 0)] {
             assert!(q.push(ev(n, missed)).is_ok());
         }
@@ -184,7 +204,7 @@ mod tests {
 
     #[test]
     fn a_dropped_receiver_is_reported() {
-        let (mut q, rx) = SubscriptionQueue::new(2, Overflow::DropNewest);
+        let (q, rx) = SubscriptionQueue::new(2, Overflow::DropNewest);
         drop(rx);
         assert!(q.push(ev(0, 0)).is_err());
     }

@@ -1,0 +1,98 @@
+//! The blocking forms of response streams, subscriptions and stream sinks.
+
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use hsipc_transport::hub::{Event, decode};
+use hsipc_transport::proto::codec;
+use hsipc_transport::{CallContext, EventReceiver, ItemReceiver, ItemSink, Result};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The items of a streaming call. Each `next` blocks for the next item; the server can only
+/// run ahead of this reader by the credit window, so memory stays bounded however slow the
+/// reader is. Dropping the stream before its end cancels it at the server.
+#[derive(Debug)]
+pub struct ResponseStream<T> {
+    items: ItemReceiver,
+    _item: PhantomData<fn() -> T>,
+}
+
+impl<T> ResponseStream<T> {
+    pub(crate) fn new(items: ItemReceiver) -> Self {
+        ResponseStream { items, _item: PhantomData }
+    }
+
+    /// Stops the stream now (the server's next send fails with `Cancelled`).
+    pub fn cancel(mut self) {
+        self.items.cancel();
+    }
+}
+
+impl<T: DeserializeOwned> Iterator for ResponseStream<T> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        self.items.recv().transpose().map(decode)
+    }
+}
+
+/// Events matching a pattern. Iterating blocks until the next event, and ends when the hub
+/// closes. Dropping the subscription unsubscribes.
+#[derive(Debug)]
+pub struct Subscription<T> {
+    events: EventReceiver,
+    _event: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Subscription<T> {
+    pub(crate) fn new(events: EventReceiver) -> Self {
+        Subscription { events, _event: PhantomData }
+    }
+
+    /// The next event, waiting at most `timeout` ([`Error::Timeout`](crate::Error::Timeout)
+    /// if none came).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event<T>> {
+        Event::decode(self.events.recv_deadline(Instant::now() + timeout)?)
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&self) -> Option<Result<Event<T>>> {
+        self.events.try_recv().map(Event::decode)
+    }
+}
+
+impl<T: DeserializeOwned> Iterator for Subscription<T> {
+    type Item = Result<Event<T>>;
+
+    fn next(&mut self) -> Option<Result<Event<T>>> {
+        self.events.recv().map(Event::decode)
+    }
+}
+
+/// Where a streaming handler sends its items.
+#[derive(Debug)]
+pub struct StreamSink<Item> {
+    sink: ItemSink,
+    _item: PhantomData<fn(&Item)>,
+}
+
+impl<Item: Serialize> StreamSink<Item> {
+    pub(crate) fn new(sink: ItemSink) -> Self {
+        StreamSink { sink, _item: PhantomData }
+    }
+
+    /// Sends one item. Blocks while the reader has granted no credit (so a slow reader slows
+    /// the handler instead of filling memory), at most the hub's stream stall timeout.
+    ///
+    /// Fails with [`Error::Cancelled`](crate::Error::Cancelled) once the caller has
+    /// cancelled, dropped the stream or died: return from the handler then.
+    pub fn send(&self, item: &Item) -> Result<()> {
+        self.sink.send(codec::encode(item)?)
+    }
+
+    /// The call being served: caller, deadline, cancellation.
+    pub fn context(&self) -> &CallContext {
+        self.sink.context()
+    }
+}

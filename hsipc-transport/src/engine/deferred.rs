@@ -1,0 +1,87 @@
+//! What the state decides under its lock and the engine carries out after releasing it:
+//! waking callers, feeding readers and subscribers, handing requests to the dispatcher.
+//!
+//! Waking a thread is a system call, and a dispatcher spawns work: neither belongs under the
+//! lock every other thread needs. Deliveries of one commit run in order, and commits deliver in
+//! the order they took the lock (see [`Shared::commit`](super::shared::Shared::commit)), so a
+//! reader sees items and its end in protocol order.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use proto::{ErrorCode, IncomingId, RemoteError, RequestId, SubscriptionId};
+
+use super::dispatch::{CallContext, IncomingCall, Reject};
+use super::handle::Handle;
+use super::shared::Shared;
+use super::stream_reader::StreamMsg;
+use super::subscription::{Delivery, SubscriptionQueue};
+use crate::error::Result;
+
+/// One thing to do once the state lock is released.
+pub(super) enum Deferred {
+    /// Wake a unary caller with its outcome.
+    Response(flume::Sender<Result<Bytes>>, Result<Bytes>),
+    /// Give a stream reader its next message.
+    Stream(RequestId, flume::Sender<StreamMsg>, StreamMsg),
+    /// Queue an event for a subscription.
+    Publish(SubscriptionId, Arc<SubscriptionQueue>, Delivery),
+    /// End a wait (a sink's item accepted, a watched service up, or their deadline passed).
+    Done(flume::Sender<Result<()>>, Result<()>),
+    /// Tell a served call's handler that its call is gone.
+    Cancel(CallContext),
+    /// Hand a request to the dispatcher.
+    Dispatch(IncomingCall),
+}
+
+/// What a delivery found that needs the state again (taken after the delivery lock is free).
+pub(super) enum Followup {
+    /// The stream's reader is gone, or broke the credit contract: cancel the stream.
+    CancelStream(RequestId),
+    /// The subscriber dropped its end: unsubscribe.
+    Unsubscribe(SubscriptionId),
+    /// The dispatcher refused the call: answer it with this error.
+    Refuse(IncomingId, RemoteError),
+}
+
+impl Deferred {
+    /// Carries it out, with no state lock held.
+    pub(super) fn complete(self, shared: &Shared) -> Option<Followup> {
+        match self {
+            Deferred::Response(tx, outcome) => {
+                let _ = tx.send(outcome);
+            }
+            Deferred::Stream(id, tx, msg) => {
+                if tx.try_send(msg).is_err() {
+                    return Some(Followup::CancelStream(id));
+                }
+            }
+            Deferred::Publish(id, queue, delivery) => {
+                if queue.push(delivery).is_err() {
+                    return Some(Followup::Unsubscribe(id));
+                }
+            }
+            Deferred::Done(tx, outcome) => {
+                let _ = tx.send(outcome);
+            }
+            Deferred::Cancel(ctx) => ctx.cancel(),
+            Deferred::Dispatch(call) => return dispatch(shared, call),
+        }
+        None
+    }
+}
+
+fn dispatch(shared: &Shared, call: IncomingCall) -> Option<Followup> {
+    let id = call.id;
+    let method = call.method.clone();
+    let verdict = match (shared.dispatcher(), shared.this()) {
+        (Some(d), Some(me)) => d.dispatch(call, &Handle::new(me)),
+        _ => Err(Reject::Busy("the hub is closing".into())),
+    };
+    let refusal = match verdict {
+        Ok(()) => return None,
+        Err(Reject::NoSuchMethod) => RemoteError::new(ErrorCode::NO_SUCH_METHOD, format!("no handler for `{method}`")),
+        Err(Reject::Busy(why)) => RemoteError::new(ErrorCode::BUSY, why),
+    };
+    Some(Followup::Refuse(id, refusal))
+}

@@ -1,0 +1,146 @@
+//! Serving: a call as handed to the dispatcher, and the context its handler sees.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use event_listener::{Event, Listener};
+use proto::{CallMode, IncomingId, PeerId};
+
+use super::Handle;
+
+/// A call this hub serves, as handed to the [`Dispatcher`].
+#[derive(Debug)]
+pub struct IncomingCall {
+    /// The call's id, for [`Handle::respond`], [`Handle::send_item`] and [`Handle::finish`].
+    pub id: IncomingId,
+    /// The caller.
+    pub from: PeerId,
+    /// `service.method`.
+    pub method: String,
+    /// The request body (CBOR).
+    pub body: Bytes,
+    /// When the caller stops waiting.
+    pub deadline: Instant,
+    /// Unary, server stream or session.
+    pub mode: CallMode,
+    /// What the handler can see of its call while it runs.
+    pub context: CallContext,
+}
+
+/// Why a dispatcher did not take a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    /// No handler for this method.
+    NoSuchMethod,
+    /// Too many calls are already being served.
+    Busy(String),
+}
+
+/// Who runs served calls. The engine calls it with no lock held, on whichever thread delivered
+/// the request (the transport's reader, usually), so it must start the handler and return at
+/// once; the handler answers through `handle` ([`Handle::respond`], [`Handle::send_item`],
+/// [`Handle::finish`]).
+pub trait Dispatcher: Send + Sync + 'static {
+    /// A call arrived.
+    fn dispatch(&self, call: IncomingCall, handle: &Handle) -> Result<(), Reject>;
+}
+
+/// A handler's view of the call it is serving: who called, until when the caller waits, and
+/// whether the call is still wanted. Cheap to clone.
+///
+/// The call stops being wanted when the caller cancels it (drops its call future or response
+/// stream), when the caller's process dies or leaves, when its deadline passes, or when this
+/// hub closes. An async handler is dropped at that moment by the hub; a blocking handler
+/// should look at [`is_cancelled`](Self::is_cancelled) between steps of long work (its answer
+/// would be discarded anyway).
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    inner: Arc<ContextInner>,
+}
+
+#[derive(Debug)]
+struct ContextInner {
+    method: Box<str>,
+    caller: PeerId,
+    deadline: Instant,
+    cancelled: AtomicBool,
+    on_cancel: Event,
+}
+
+impl CallContext {
+    pub(super) fn new(method: &str, caller: PeerId, deadline: Instant) -> Self {
+        CallContext {
+            inner: Arc::new(ContextInner {
+                method: method.into(),
+                caller,
+                deadline,
+                cancelled: AtomicBool::new(false),
+                on_cancel: Event::new(),
+            }),
+        }
+    }
+
+    /// The method called (`service.method`).
+    pub fn method(&self) -> &str {
+        &self.inner.method
+    }
+
+    /// The calling hub's peer id.
+    pub fn caller(&self) -> PeerId {
+        self.inner.caller
+    }
+
+    /// When the caller stops waiting for the answer.
+    pub fn deadline(&self) -> Instant {
+        self.inner.deadline
+    }
+
+    /// How long until the deadline (zero once it has passed).
+    pub fn remaining(&self) -> Duration {
+        self.inner.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the call is no longer wanted: cancelled, its caller gone, its deadline passed,
+    /// or this hub closed.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Blocks until the call is cancelled or `timeout` passes; whether it was cancelled.
+    pub fn wait_cancelled(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        loop {
+            if self.is_cancelled() {
+                return true;
+            }
+            let listener = self.inner.on_cancel.listen();
+            if self.is_cancelled() {
+                return true;
+            }
+            if listener.wait_deadline(until).is_none() {
+                return self.is_cancelled();
+            }
+        }
+    }
+
+    /// Completes when the call is cancelled (never, if it is answered first).
+    pub async fn cancelled(&self) {
+        loop {
+            if self.is_cancelled() {
+                return;
+            }
+            let listener = self.inner.on_cancel.listen();
+            if self.is_cancelled() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    pub(super) fn cancel(&self) {
+        self.inner.cancelled.store(true, Ordering::Release);
+        self.inner.on_cancel.notify(usize::MAX);
+    }
+}

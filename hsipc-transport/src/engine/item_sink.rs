@@ -1,0 +1,59 @@
+//! The sending end of a served stream.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proto::IncomingId;
+
+use super::{CallContext, Handle, Waiter};
+use crate::error::Result;
+
+/// Where a streaming handler's items go, one frame each, paced by the reader's credit.
+///
+/// A send that finds no credit waits until the reader takes items, at most the hub's stall
+/// timeout (then [`Error::Timeout`](crate::Error::Timeout)); the engine's clock enforces that,
+/// so a thread blocks on [`send`](Self::send) and a task awaits
+/// [`send_async`](Self::send_async) with no timer of its own. Once the call is gone (the
+/// caller cancelled, died or its deadline passed) sends fail with
+/// [`Error::Cancelled`](crate::Error::Cancelled).
+#[derive(Debug)]
+pub struct ItemSink {
+    handle: Handle,
+    id: IncomingId,
+    stall: Duration,
+    context: CallContext,
+}
+
+impl ItemSink {
+    /// The sink of served call `id`.
+    pub fn new(handle: Handle, id: IncomingId, stall: Duration, context: CallContext) -> Self {
+        ItemSink { handle, id, stall, context }
+    }
+
+    /// The call being served.
+    pub fn context(&self) -> &CallContext {
+        &self.context
+    }
+
+    /// Sends one item, blocking while the reader has granted no credit.
+    pub fn send(&self, body: Bytes) -> Result<()> {
+        match self.start(body)? {
+            None => Ok(()),
+            Some(waiter) => waiter.wait(),
+        }
+    }
+
+    /// Sends one item, waiting (without blocking a thread) while the reader has granted no
+    /// credit.
+    pub async fn send_async(&self, body: Bytes) -> Result<()> {
+        match self.start(body)? {
+            None => Ok(()),
+            Some(waiter) => waiter.await,
+        }
+    }
+
+    fn start(&self, body: Bytes) -> Result<Option<Waiter<()>>> {
+        let deadline = Instant::now() + self.stall;
+        self.handle.send_item(self.id, body, deadline)
+    }
+}

@@ -1,0 +1,218 @@
+//! What the engine's threads and handles share: the state lock, the send lock, the wake-ups.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Instant;
+
+use bytes::Bytes;
+use proto::{Dest, Input, PeerId};
+
+use super::dispatch::Dispatcher;
+use super::state::State;
+use crate::transport::Transport;
+
+pub(crate) struct Shared {
+    /// This engine, for handles given to the dispatcher.
+    me: Weak<Shared>,
+    state: Mutex<State>,
+    /// Taken before the state lock is released and held while deliveries run, so that commits
+    /// deliver in the order they changed the state. Never held while taking the state lock.
+    delivery: Mutex<()>,
+    /// The send lock: whoever holds it sends everything queued. `None` once closed.
+    transport: Mutex<Option<Box<dyn Transport>>>,
+    /// Who runs served calls; taken away at close, so that handler workers end.
+    dispatcher: Mutex<Option<Arc<dyn Dispatcher>>>,
+    wake_writer: flume::Sender<()>,
+    wake_clock: flume::Sender<()>,
+    /// Set by [`Engine::shutdown`](super::Engine::shutdown).
+    pub(super) shutdown: AtomicBool,
+    /// Set by the clock once the state is closed and the goodbye queued.
+    pub(super) closed: AtomicBool,
+    pub(super) local: PeerId,
+    pub(super) name: Box<str>,
+    pub(super) max_frame_len: usize,
+    pub(super) window: u32,
+    pub(super) handlers_send_inline: bool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("local", &self.local).field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// The channels that wake the writer and the clock thread.
+pub(super) struct Wakes {
+    pub(super) writer: flume::Sender<()>,
+    pub(super) clock: flume::Sender<()>,
+}
+
+impl Shared {
+    pub(super) fn new(
+        me: Weak<Shared>,
+        state: State,
+        dispatcher: Arc<dyn Dispatcher>,
+        wakes: Wakes,
+        name: &str,
+    ) -> Self {
+        let Wakes { writer: wake_writer, clock: wake_clock } = wakes;
+        let config = state.config();
+        let (max_frame_len, window, handlers_send_inline) =
+            (config.proto.max_frame_len, config.proto.stream_window, config.handlers_send_inline);
+        let local = state.endpoint.local();
+        Shared {
+            me,
+            state: Mutex::new(state),
+            delivery: Mutex::new(()),
+            transport: Mutex::new(None),
+            dispatcher: Mutex::new(Some(dispatcher)),
+            wake_writer,
+            wake_clock,
+            shutdown: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            local,
+            name: name.into(),
+            max_frame_len,
+            window,
+            handlers_send_inline,
+        }
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        // A panic in a callback cannot leave the state half-updated in a way that matters more
+        // than stopping the hub would; keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn set_transport(&self, t: Box<dyn Transport>) {
+        *self.transport.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+    }
+
+    /// A frame from the transport (called by its reader thread).
+    pub(crate) fn input(&self, from: PeerId, bytes: Bytes) {
+        let now = Instant::now();
+        let mut state = self.state();
+        if state.is_closed() {
+            return;
+        }
+        state.input(now, from, bytes);
+        self.commit(state, now, false);
+    }
+
+    /// The transport learned that a peer is gone.
+    pub(crate) fn peer_lost(&self, peer: PeerId) {
+        let now = Instant::now();
+        let mut state = self.state();
+        if state.is_closed() {
+            return;
+        }
+        let _ = state.endpoint.handle_input(now, Input::PeerLost(peer));
+        self.commit(state, now, false);
+    }
+
+    /// Ends a change to the state: collects its events and frames, releases the lock, then
+    /// wakes whoever waits, dispatches requests, and has the frames sent (by this thread if
+    /// `send_inline` and nobody else is sending, else by the writer).
+    pub(crate) fn commit(&self, mut state: MutexGuard<'_, State>, now: Instant, send_inline: bool) {
+        state.drain(now);
+        let deferred = state.take_deferred();
+        let queued = state.has_outbound();
+        let earlier_timer = state.needs_earlier_wake();
+        let mut followups = Vec::new();
+        if !deferred.is_empty() {
+            let order = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
+            drop(state);
+            followups.extend(deferred.into_iter().filter_map(|d| d.complete(self)));
+            drop(order);
+        } else {
+            drop(state);
+        }
+        if queued && send_inline {
+            self.flush();
+        } else if queued {
+            self.wake_writer();
+        }
+        if earlier_timer {
+            self.wake_clock();
+        }
+        if !followups.is_empty() {
+            let mut state = self.state();
+            for f in followups {
+                state.follow_up(f);
+            }
+            self.commit(state, now, false);
+        }
+    }
+
+    /// This engine, while any handle to it lives.
+    pub(super) fn this(&self) -> Option<Arc<Shared>> {
+        self.me.upgrade()
+    }
+
+    pub(super) fn dispatcher(&self) -> Option<Arc<dyn Dispatcher>> {
+        self.dispatcher.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(super) fn close_dispatcher(&self) {
+        self.dispatcher.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    pub(super) fn wake_writer(&self) {
+        let _ = self.wake_writer.try_send(());
+    }
+
+    pub(super) fn wake_clock(&self) {
+        let _ = self.wake_clock.try_send(());
+    }
+
+    /// Sends everything queued, unless another thread is already doing so (it sends ours too:
+    /// the queue is shared and re-checked after every release).
+    pub(super) fn flush(&self) {
+        loop {
+            let Ok(mut transport) = self.transport.try_lock() else { return };
+            self.send_all(transport.as_deref_mut());
+            drop(transport);
+            if !self.state().has_outbound() {
+                return;
+            }
+        }
+    }
+
+    /// The writer's send: waits for the send lock (held only briefly by handlers).
+    pub(super) fn send_queued_blocking(&self) {
+        let mut transport = self.transport.lock().unwrap_or_else(|e| e.into_inner());
+        self.send_all(transport.as_deref_mut());
+    }
+
+    pub(super) fn close_transport(&self) {
+        let mut transport = self.transport.lock().unwrap_or_else(|e| e.into_inner());
+        self.send_all(transport.as_deref_mut());
+        if let Some(mut t) = transport.take() {
+            t.close();
+        }
+    }
+
+    /// Sends the queue out with the send lock held.
+    fn send_all(&self, mut transport: Option<&mut (dyn Transport + 'static)>) {
+        loop {
+            let batch = self.state().take_outbound();
+            if batch.is_empty() {
+                return;
+            }
+            let Some(t) = transport.as_deref_mut() else { continue };
+            for (dest, frame) in batch {
+                let r = match dest {
+                    Dest::Peer(p) => t.send(p, &frame),
+                    Dest::All => t.broadcast(&frame),
+                };
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "transport failed to send a frame");
+                }
+            }
+        }
+    }
+
+    pub(super) fn is_shut_down(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+}

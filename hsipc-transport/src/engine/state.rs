@@ -1,0 +1,411 @@
+//! The engine's state: the endpoint and everyone waiting on it.
+//!
+//! Everything here runs under the state lock and never blocks: what wakes another thread is
+//! recorded as [`Deferred`] work and carried out once the lock is released.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use proto::{
+    CallMode, CallRef, Dest, Endpoint, ErrorCode, Event, IncomingId, Input, Output, PeerId, RemoteError, RequestId,
+    SubscriptionId, TableSizes,
+};
+
+use super::EngineConfig;
+use super::deferred::{Deferred, Followup};
+use super::dispatch::{CallContext, IncomingCall};
+use super::stream_reader::StreamMsg;
+use super::subscription::{Delivery, SubscriptionQueue};
+use crate::error::{Error, Result};
+use crate::liveness::Liveness;
+
+/// Most `wait_for_service` callers waiting at once.
+const MAX_WATCHERS: usize = 4096;
+
+/// A served stream's item waiting for the reader's credit.
+struct BlockedItem {
+    body: Bytes,
+    done: flume::Sender<Result<()>>,
+    /// When the sender gives up (the hub's stream stall timeout).
+    deadline: Instant,
+}
+
+/// A `wait_for_service` caller.
+struct Watcher {
+    service: String,
+    done: flume::Sender<Result<()>>,
+    deadline: Instant,
+}
+
+/// Sizes of the engine's tables, for leak checks: all zero on an idle hub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Census {
+    /// Unary calls waiting for their answer.
+    pub calls: usize,
+    /// Response streams being read.
+    pub streams: usize,
+    /// Calls being served.
+    pub served: usize,
+    /// Stream items waiting for credit.
+    pub blocked_items: usize,
+    /// Subscriptions.
+    pub subscriptions: usize,
+    /// `wait_for_service` callers.
+    pub watchers: usize,
+    /// The protocol core's own tables.
+    pub proto: TableSizes,
+}
+
+impl Census {
+    /// Whether nothing is open: no call, stream, served call, subscription, wait or protocol
+    /// timer (the heartbeat aside).
+    pub fn is_idle(&self) -> bool {
+        let p = &self.proto;
+        self.calls + self.streams + self.served + self.blocked_items + self.subscriptions + self.watchers == 0
+            && p.outgoing + p.incoming + p.subscriptions + p.timers == 0
+    }
+}
+
+pub(crate) struct State {
+    pub(super) endpoint: Endpoint,
+    liveness: Liveness,
+    next_liveness: Instant,
+    config: EngineConfig,
+    pub(super) calls: HashMap<RequestId, flume::Sender<Result<Bytes>>>,
+    pub(super) streams: HashMap<RequestId, flume::Sender<StreamMsg>>,
+    /// Calls being served, with the context their handler sees.
+    pub(super) served: HashMap<IncomingId, CallContext>,
+    blocked_items: HashMap<IncomingId, BlockedItem>,
+    pub(super) subscriptions: HashMap<SubscriptionId, Arc<SubscriptionQueue>>,
+    watchers: Vec<Watcher>,
+    outbound: VecDeque<(Dest, Bytes)>,
+    outbound_bytes: usize,
+    dropped_outbound: u64,
+    looped_back: Vec<Bytes>,
+    deferred: Vec<Deferred>,
+    /// When the clock thread will wake by itself (None while it is awake).
+    sleeping_until: Option<Instant>,
+    closed: bool,
+}
+
+impl State {
+    pub(super) fn new(endpoint: Endpoint, config: EngineConfig, now: Instant) -> Self {
+        State {
+            liveness: Liveness::new(std::process::id()),
+            next_liveness: now + config.liveness_interval,
+            endpoint,
+            config,
+            calls: HashMap::new(),
+            streams: HashMap::new(),
+            served: HashMap::new(),
+            blocked_items: HashMap::new(),
+            subscriptions: HashMap::new(),
+            watchers: Vec::new(),
+            outbound: VecDeque::new(),
+            outbound_bytes: 0,
+            dropped_outbound: 0,
+            looped_back: Vec::new(),
+            deferred: Vec::new(),
+            sleeping_until: None,
+            closed: false,
+        }
+    }
+
+    pub(super) fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    pub(super) fn check_open(&self) -> Result<()> {
+        if self.closed { Err(Error::Closed) } else { Ok(()) }
+    }
+
+    pub(super) fn input(&mut self, now: Instant, from: PeerId, bytes: Bytes) {
+        if let Err(e) = self.endpoint.handle_input(now, Input::Frame { from, bytes }) {
+            tracing::debug!(%from, error = %e, "dropped a frame");
+        }
+    }
+
+    /// The clock woke: runs due protocol timers, the engine's own deadlines, the liveness check.
+    pub(super) fn awake(&mut self, now: Instant) {
+        self.sleeping_until = None;
+        if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+            self.endpoint.handle_timeout(now);
+        }
+        if now >= self.next_liveness {
+            for peer in self.liveness.dead() {
+                tracing::debug!(%peer, "peer process exited");
+                let _ = self.endpoint.handle_input(now, Input::PeerLost(peer));
+            }
+            self.next_liveness = now + self.config.liveness_interval;
+        }
+        let stalled: Vec<IncomingId> =
+            self.blocked_items.iter().filter(|(_, b)| b.deadline <= now).map(|(id, _)| *id).collect();
+        for id in stalled {
+            if let Some(b) = self.blocked_items.remove(&id) {
+                self.deferred.push(Deferred::Done(b.done, Err(Error::Timeout)));
+            }
+        }
+        let (expired, waiting): (Vec<Watcher>, Vec<Watcher>) =
+            std::mem::take(&mut self.watchers).into_iter().partition(|w| w.deadline <= now);
+        self.watchers = waiting;
+        for w in expired {
+            self.deferred.push(Deferred::Done(w.done, Err(Error::Timeout)));
+        }
+    }
+
+    /// The next instant anything here is due.
+    fn next_deadline(&self) -> Instant {
+        let mut t = self.next_liveness;
+        let engine = self.blocked_items.values().map(|b| b.deadline).chain(self.watchers.iter().map(|w| w.deadline));
+        for d in self.endpoint.poll_timeout().into_iter().chain(engine) {
+            t = t.min(d);
+        }
+        t
+    }
+
+    /// When the clock should wake next; records it.
+    pub(super) fn sleep_until(&mut self) -> Instant {
+        let t = self.next_deadline();
+        self.sleeping_until = Some(t);
+        t
+    }
+
+    /// Whether something is now due before the clock plans to wake.
+    pub(super) fn needs_earlier_wake(&self) -> bool {
+        self.sleeping_until.is_some_and(|s| self.next_deadline() < s)
+    }
+
+    pub(super) fn has_outbound(&self) -> bool {
+        !self.outbound.is_empty()
+    }
+
+    pub(super) fn take_outbound(&mut self) -> VecDeque<(Dest, Bytes)> {
+        self.outbound_bytes = 0;
+        std::mem::take(&mut self.outbound)
+    }
+
+    pub(super) fn take_deferred(&mut self) -> Vec<Deferred> {
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// Closes the endpoint (goodbye, every open call fails) and ends every wait.
+    pub(super) fn close(&mut self) {
+        self.endpoint.close();
+        self.closed = true;
+        for (_, b) in self.blocked_items.drain() {
+            self.deferred.push(Deferred::Done(b.done, Err(Error::Closed)));
+        }
+        for w in self.watchers.drain(..) {
+            self.deferred.push(Deferred::Done(w.done, Err(Error::Closed)));
+        }
+        for (_, ctx) in self.served.drain() {
+            self.deferred.push(Deferred::Cancel(ctx));
+        }
+        // Dropping the senders ends every reader with `Closed`.
+        self.subscriptions.clear();
+    }
+
+    /// Everything open, for leak checks.
+    pub(super) fn census(&self) -> Census {
+        Census {
+            calls: self.calls.len(),
+            streams: self.streams.len(),
+            served: self.served.len(),
+            blocked_items: self.blocked_items.len(),
+            subscriptions: self.subscriptions.len(),
+            watchers: self.watchers.len(),
+            proto: self.endpoint.table_sizes(),
+        }
+    }
+
+    /// Takes every event and frame the endpoint produced, until none is left.
+    pub(super) fn drain(&mut self, now: Instant) {
+        loop {
+            while let Some(out) = self.endpoint.poll_output() {
+                match out {
+                    Output::Transmit(t) => self.queue(t.dest, t.frame),
+                    Output::Event(e) => self.event(e),
+                }
+            }
+            if self.looped_back.is_empty() {
+                break;
+            }
+            let local = self.endpoint.local();
+            for bytes in std::mem::take(&mut self.looped_back) {
+                self.input(now, local, bytes);
+            }
+        }
+        if self.closed {
+            // The endpoint failed every call with an event; what is left has no reader.
+            self.calls.clear();
+            self.streams.clear();
+        }
+    }
+
+    /// Applies what a delivery found after the lock was released.
+    pub(super) fn follow_up(&mut self, f: Followup) {
+        match f {
+            Followup::CancelStream(id) => {
+                self.streams.remove(&id);
+                let _ = self.endpoint.cancel(id);
+            }
+            Followup::Unsubscribe(id) => {
+                self.subscriptions.remove(&id);
+                let _ = self.endpoint.unsubscribe(id);
+            }
+            Followup::Refuse(id, err) => {
+                self.served.remove(&id);
+                let _ = self.endpoint.respond(id, Err(err));
+            }
+        }
+    }
+
+    fn queue(&mut self, dest: Dest, frame: Bytes) {
+        if dest == Dest::Peer(self.endpoint.local()) {
+            self.looped_back.push(frame);
+        } else if self.outbound.is_empty()
+            || (self.outbound.len() < self.config.outbound_capacity
+                && self.outbound_bytes + frame.len() <= self.config.outbound_max_bytes)
+        {
+            self.outbound_bytes += frame.len();
+            self.outbound.push_back((dest, frame));
+        } else {
+            // Only when the bus has been stalled for a long time: protocol deadlines and loss
+            // detection report what this drops.
+            self.dropped_outbound += 1;
+            if self.dropped_outbound.is_power_of_two() {
+                tracing::warn!(dropped = self.dropped_outbound, "send queue full (bus stalled?): dropping frames");
+            }
+        }
+    }
+
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Response { id, outcome } => {
+                if let Some(done) = self.calls.remove(&id) {
+                    self.deferred.push(Deferred::Response(done, outcome.map_err(Error::from)));
+                }
+            }
+            Event::Item { call: CallRef::Outgoing(id), body } => {
+                if let Some(items) = self.streams.get(&id) {
+                    self.deferred.push(Deferred::Stream(id, items.clone(), StreamMsg::Item(body)));
+                }
+            }
+            Event::Item { call: CallRef::Incoming(id), .. } => {
+                // Sessions have no application API yet: end them rather than buffer.
+                let msg = "sessions are not served by this hub";
+                let _ = self.endpoint.finish(id, Err(RemoteError::new(ErrorCode::PROTOCOL, msg)));
+            }
+            Event::StreamEnded { id, outcome } => {
+                if let Some(items) = self.streams.remove(&id) {
+                    self.deferred.push(Deferred::Stream(id, items, StreamMsg::End(outcome.map_err(Error::from))));
+                }
+            }
+            Event::Writable { call: CallRef::Incoming(id) } => {
+                if let Some(b) = self.blocked_items.remove(&id) {
+                    self.send_item(id, b.body, b.done, b.deadline);
+                }
+            }
+            Event::Writable { call: CallRef::Outgoing(_) } | Event::InputFinished { .. } => {}
+            Event::RequestReceived { id, from, method, body, deadline, mode } => {
+                if mode == CallMode::Session {
+                    let msg = "sessions are not served by this hub yet";
+                    let _ = self.endpoint.respond(id, Err(RemoteError::new(ErrorCode::NO_SUCH_METHOD, msg)));
+                    return;
+                }
+                let context = CallContext::new(&method, from, deadline);
+                self.served.insert(id, context.clone());
+                self.deferred.push(Deferred::Dispatch(IncomingCall {
+                    id,
+                    from,
+                    method,
+                    body,
+                    deadline,
+                    mode,
+                    context,
+                }));
+            }
+            Event::IncomingCancelled { id, reason } => {
+                tracing::debug!(id = id.as_u64(), ?reason, "served call cancelled");
+                if let Some(ctx) = self.served.remove(&id) {
+                    self.deferred.push(Deferred::Cancel(ctx));
+                }
+                if let Some(b) = self.blocked_items.remove(&id) {
+                    self.deferred.push(Deferred::Done(b.done, Err(Error::Cancelled)));
+                }
+            }
+            Event::Published { from, topic, body, subscriptions, missed } => {
+                for sub in subscriptions {
+                    let Some(queue) = self.subscriptions.get(&sub) else { continue };
+                    let d = Delivery { from, topic: topic.clone(), body: body.clone(), missed };
+                    self.deferred.push(Deferred::Publish(sub, queue.clone(), d));
+                }
+            }
+            Event::PeerJoined { peer, pid, .. } => {
+                self.liveness.watch(peer, pid);
+                self.notify_watchers();
+            }
+            Event::PeerChanged { .. } => self.notify_watchers(),
+            Event::DiscoveryComplete => {}
+            Event::PeerLeft { peer, .. } => self.liveness.unwatch(peer),
+        }
+    }
+
+    /// Sends a served stream's item now, or parks it until the reader grants credit (at most
+    /// until `deadline`).
+    pub(super) fn send_item(
+        &mut self,
+        id: IncomingId,
+        body: Bytes,
+        done: flume::Sender<Result<()>>,
+        deadline: Instant,
+    ) {
+        match self.endpoint.send_item(id, body.clone()) {
+            Ok(()) => self.deferred.push(Deferred::Done(done, Ok(()))),
+            Err(proto::CommandError::Blocked) => {
+                self.blocked_items.insert(id, BlockedItem { body, done, deadline });
+            }
+            Err(e) => self.deferred.push(Deferred::Done(done, Err(e.into()))),
+        }
+    }
+
+    /// Ends a served call: it no longer needs its context or a parked item.
+    pub(super) fn end_served(&mut self, id: IncomingId) {
+        self.served.remove(&id);
+        if let Some(b) = self.blocked_items.remove(&id) {
+            self.deferred.push(Deferred::Done(b.done, Err(Error::Cancelled)));
+        }
+    }
+
+    pub(super) fn add_watcher(&mut self, service: String, done: flume::Sender<Result<()>>, deadline: Instant) {
+        if self.endpoint.has_provider(&service) {
+            self.deferred.push(Deferred::Done(done, Ok(())));
+            return;
+        }
+        self.watchers.retain(|w| !w.done.is_disconnected());
+        if self.watchers.len() < MAX_WATCHERS {
+            self.watchers.push(Watcher { service, done, deadline });
+        } else {
+            let why = format!("more than {MAX_WATCHERS} wait_for_service calls are waiting");
+            self.deferred.push(Deferred::Done(done, Err(Error::LocalLimit(why))));
+        }
+    }
+
+    pub(super) fn notify_watchers(&mut self) {
+        let (up, waiting): (Vec<Watcher>, Vec<Watcher>) = std::mem::take(&mut self.watchers)
+            .into_iter()
+            .filter(|w| !w.done.is_disconnected())
+            .partition(|w| self.endpoint.has_provider(&w.service));
+        self.watchers = waiting;
+        for w in up {
+            self.deferred.push(Deferred::Done(w.done, Ok(())));
+        }
+    }
+}

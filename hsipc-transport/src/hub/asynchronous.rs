@@ -1,0 +1,316 @@
+//! The async surface, written once for every executor: tokio's and smol's `ProcessHub` are
+//! this type with their own [`RuntimeKind`].
+
+use std::fmt::Display;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+use proto::{PeerId, codec};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::builder::HubBuilder;
+use super::core::HubCore;
+use super::runtime::RuntimeKind;
+use super::typed::{Event, decode};
+use crate::engine::{CallContext, Census, EventReceiver, ItemReceiver, ItemSink, PeerSummary, PendingCall};
+use crate::error::{Error, Result};
+
+/// A hub for async code: serves, calls, publishes and subscribes. `K` is the executor
+/// (`hsipc_tokio::Tokio`, `hsipc_smol::Smol`); use it through those crates' `ProcessHub`.
+///
+/// Cheap to clone (clones share one membership), `Send + Sync`, and every future it returns
+/// is `Send`. The hub says goodbye when [`close`](Self::close)d or when the last clone drops;
+/// dropping never blocks the executor.
+///
+/// Waiting never needs a timer from the executor: the hub's engine ends every call, stream and
+/// wait by its deadline itself, so a call's `.await` is one channel receive.
+pub struct AsyncHub<K> {
+    core: HubCore,
+    _kind: PhantomData<fn() -> K>,
+}
+
+impl<K> Clone for AsyncHub<K> {
+    fn clone(&self) -> Self {
+        AsyncHub { core: self.core.clone(), _kind: PhantomData }
+    }
+}
+
+impl<K> std::fmt::Debug for AsyncHub<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncHub").field("name", &self.core.name()).finish()
+    }
+}
+
+impl<K> From<HubCore> for AsyncHub<K> {
+    fn from(core: HubCore) -> Self {
+        AsyncHub { core, _kind: PhantomData }
+    }
+}
+
+impl<K: RuntimeKind<Hub = AsyncHub<K>>> AsyncHub<K> {
+    /// Joins the default bus (`HSIPC_BUS`, else `"hsipc"`) as `name`, which must be unique on
+    /// the bus.
+    pub async fn new(name: &str) -> Result<Self> {
+        Self::builder(name).build()
+    }
+
+    /// A builder for a hub named `name`.
+    pub fn builder(name: &str) -> HubBuilder<K> {
+        HubBuilder::new(name)
+    }
+}
+
+impl<K> AsyncHub<K> {
+    /// This hub's name.
+    pub fn name(&self) -> &str {
+        self.core.name()
+    }
+
+    /// This hub's peer id.
+    pub fn id(&self) -> PeerId {
+        self.core.id()
+    }
+
+    /// Serves `method` (`"service.method"`): each call runs `handler`'s future as a task. An
+    /// `Err` reaches the caller as [`Error::Remote`] with its message. The future is dropped
+    /// when the caller cancels, dies or its deadline passes.
+    ///
+    /// The service becomes visible to the bus with its first method: register all of a
+    /// service's methods before telling clients it is up.
+    pub async fn serve<Req, Resp, E, F, Fut>(&self, method: &str, handler: F) -> Result<()>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + 'static,
+        E: Display + 'static,
+        F: Fn(Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Resp, E>> + Send + 'static,
+    {
+        self.core.serve_async(method, move |req, _ctx| handler(req))
+    }
+
+    /// Like [`serve`](Self::serve), with the call's [`CallContext`] (caller, deadline,
+    /// cancellation) given to the handler.
+    pub async fn serve_with_context<Req, Resp, E, F, Fut>(&self, method: &str, handler: F) -> Result<()>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + 'static,
+        E: Display + 'static,
+        F: Fn(Req, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Resp, E>> + Send + 'static,
+    {
+        self.core.serve_async(method, handler)
+    }
+
+    /// Serves a streaming `method`: the handler sends items through its [`StreamSink`], whose
+    /// `send().await` waits for the reader's credit (a slow reader slows the handler, never
+    /// bloats memory), and returns when the stream is complete.
+    pub async fn serve_stream<Req, Item, E, F, Fut>(&self, method: &str, handler: F) -> Result<()>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Item: Serialize + 'static,
+        E: Display + 'static,
+        F: Fn(Req, StreamSink<Item>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+    {
+        self.core.serve_async_stream(method, move |req, sink| handler(req, StreamSink::new(sink)))
+    }
+
+    /// Stops serving `method`. When no method of its service is left, the service is withdrawn
+    /// from the bus; calls already running finish normally.
+    pub async fn unserve(&self, method: &str) -> Result<()> {
+        self.core.unserve(method)
+    }
+
+    /// Calls `method` with the default timeout. The request may be a value or a reference.
+    /// Dropping the future before it completes cancels the call at the server.
+    pub fn call<Req: Serialize, Resp: DeserializeOwned>(&self, method: &str, req: Req) -> CallFuture<Resp> {
+        self.call_timeout(method, req, self.core.default_timeout())
+    }
+
+    /// Calls `method`, failing with [`Error::Timeout`] if no answer arrives within `timeout`.
+    pub fn call_timeout<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        method: &str,
+        req: Req,
+        timeout: Duration,
+    ) -> CallFuture<Resp> {
+        CallFuture::new(self.core.start_call(method, &req, timeout))
+    }
+
+    /// Calls a streaming `method`: its items as a [`Stream`], each waiting at most the default
+    /// timeout while the server has credit to send. Dropping the stream cancels it at the
+    /// server.
+    pub fn call_stream<Req: Serialize, Item: DeserializeOwned>(
+        &self,
+        method: &str,
+        req: Req,
+    ) -> impl Future<Output = Result<ResponseStream<Item>>> + Send {
+        self.call_stream_timeout(method, req, self.core.default_timeout())
+    }
+
+    /// Calls a streaming `method`; each item may take at most `timeout` while the server has
+    /// credit to send it.
+    pub fn call_stream_timeout<Req: Serialize, Item: DeserializeOwned>(
+        &self,
+        method: &str,
+        req: Req,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ResponseStream<Item>>> + Send {
+        let started = self.core.start_stream(method, &req, timeout).map(ResponseStream::new);
+        std::future::ready(started)
+    }
+
+    /// Publishes `event` (a value or a reference) on `topic` to every subscriber whose pattern
+    /// matches, in other processes and in this one.
+    pub fn publish<T: Serialize>(&self, topic: &str, event: T) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(self.core.publish(topic, &event))
+    }
+
+    /// Subscribes to `pattern` (MQTT rules: `+` one level, `#` the rest): the events as a
+    /// [`Stream`]. Dropping it unsubscribes.
+    pub async fn subscribe<T: DeserializeOwned>(&self, pattern: &str) -> Result<Subscription<T>> {
+        Ok(Subscription::new(self.core.subscribe(pattern)?))
+    }
+
+    /// Who is on the bus (this hub included) and what each serves.
+    pub fn peers(&self) -> Result<Vec<PeerSummary>> {
+        self.core.peers()
+    }
+
+    /// Counters of what this hub's protocol saw and dropped.
+    pub fn stats(&self) -> proto::Stats {
+        self.core.stats()
+    }
+
+    /// What is open in this hub (calls, streams, subscriptions, timers), for leak checks.
+    pub fn census(&self) -> Census {
+        self.core.census()
+    }
+
+    /// Waits until some peer serves `service`; completes at once if one does already.
+    pub async fn wait_for_service(&self, service: &str, timeout: Duration) -> Result<()> {
+        self.core.watch_service(service, timeout)?.await
+    }
+
+    /// Says goodbye and leaves the bus. Pending calls fail with [`Error::Closed`]; later calls
+    /// on any clone of this hub fail the same way.
+    pub async fn close(&self) {
+        let _ = self.core.close().await;
+    }
+}
+
+/// The response of a call from an [`AsyncHub`]. Dropping it before it completes cancels the
+/// call at the server.
+#[must_use = "a call future does nothing useful unless awaited; dropping it cancels the call"]
+#[derive(Debug)]
+pub struct CallFuture<T> {
+    state: CallState,
+    _resp: PhantomData<fn() -> T>,
+}
+
+#[derive(Debug)]
+enum CallState {
+    Failed(Option<Error>),
+    Started(PendingCall),
+}
+
+impl<T> CallFuture<T> {
+    fn new(started: Result<PendingCall>) -> Self {
+        let state = match started {
+            Ok(call) => CallState::Started(call),
+            Err(e) => CallState::Failed(Some(e)),
+        };
+        CallFuture { state, _resp: PhantomData }
+    }
+}
+
+impl<T: DeserializeOwned> Future for CallFuture<T> {
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        match &mut self.get_mut().state {
+            CallState::Failed(e) => Poll::Ready(Err(e.take().unwrap_or(Error::Closed))),
+            CallState::Started(call) => Pin::new(call).poll(cx).map(decode),
+        }
+    }
+}
+
+/// The items of a streaming call, as a [`Stream`]. The server runs ahead of this reader by at
+/// most the credit window. Dropping it before its end cancels it at the server.
+#[derive(Debug)]
+pub struct ResponseStream<T> {
+    items: ItemReceiver,
+    _item: PhantomData<fn() -> T>,
+}
+
+impl<T> ResponseStream<T> {
+    fn new(items: ItemReceiver) -> Self {
+        ResponseStream { items, _item: PhantomData }
+    }
+
+    /// Stops the stream now (the server's next send fails with [`Error::Cancelled`]).
+    pub fn cancel(mut self) {
+        self.items.cancel();
+    }
+}
+
+impl<T: DeserializeOwned> Stream for ResponseStream<T> {
+    type Item = Result<T>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<T>>> {
+        Pin::new(&mut self.get_mut().items).poll_next(cx).map(|item| item.map(decode))
+    }
+}
+
+/// Events matching a pattern, as a [`Stream`] that ends when the hub closes. Dropping it
+/// unsubscribes.
+#[derive(Debug)]
+pub struct Subscription<T> {
+    events: EventReceiver,
+    _event: PhantomData<fn() -> T>,
+}
+
+impl<T> Subscription<T> {
+    fn new(events: EventReceiver) -> Self {
+        Subscription { events, _event: PhantomData }
+    }
+}
+
+impl<T: DeserializeOwned> Stream for Subscription<T> {
+    type Item = Result<Event<T>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Event<T>>>> {
+        Pin::new(&mut self.get_mut().events).poll_next(cx).map(|d| d.map(Event::decode))
+    }
+}
+
+/// Where an async streaming handler sends its items.
+#[derive(Debug)]
+pub struct StreamSink<Item> {
+    sink: ItemSink,
+    _item: PhantomData<fn(&Item)>,
+}
+
+impl<Item: Serialize> StreamSink<Item> {
+    fn new(sink: ItemSink) -> Self {
+        StreamSink { sink, _item: PhantomData }
+    }
+
+    /// Sends one item, waiting (without blocking a thread) while the reader has granted no
+    /// credit, at most the hub's stream stall timeout. Fails with [`Error::Cancelled`] once the
+    /// caller has cancelled, dropped the stream or died: return from the handler then.
+    pub fn send(&self, item: &Item) -> impl Future<Output = Result<()>> + Send + '_ {
+        let body = codec::encode(item);
+        async move { self.sink.send_async(body?).await }
+    }
+
+    /// The call being served: caller, deadline, cancellation.
+    pub fn context(&self) -> &CallContext {
+        self.sink.context()
+    }
+}

@@ -1,0 +1,208 @@
+//! The hub builder: every setting, its default, and starting the engine with them.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::PeerId;
+
+use super::core::HubCore;
+use super::registry::Registry;
+use super::runtime::RuntimeKind;
+use crate::engine::Overflow;
+use crate::engine::{Engine, EngineConfig};
+use crate::error::Result;
+use crate::ipmb::{IpmbBus, IpmbConfig};
+use crate::transport::Connect;
+
+/// The bus joined when neither [`HubBuilder::bus`] nor `HSIPC_BUS` names one.
+pub const DEFAULT_BUS: &str = "hsipc";
+
+/// A hub's settings, as the builder collected them.
+#[non_exhaustive]
+pub struct Settings {
+    /// The hub's name, unique on its bus.
+    pub name: String,
+    /// The bus, if set explicitly.
+    pub bus: Option<String>,
+    /// The engine's and the protocol's settings.
+    pub engine: EngineConfig,
+    /// Largest message sent or accepted, set in both the protocol and the transport.
+    pub max_message_len: usize,
+    /// Timeout of calls made without one.
+    pub default_timeout: Duration,
+    /// Threads that run blocking handlers (on the blocking hub, every handler).
+    pub workers: usize,
+    /// Served calls accepted and not yet answered before more are refused as busy.
+    pub max_pending_calls: usize,
+    /// Events queued per subscription.
+    pub subscription_capacity: usize,
+    /// What a full subscription queue drops.
+    pub subscription_overflow: Overflow,
+    /// How long a serving stream's send waits for the reader's credit.
+    pub stream_stall_timeout: Duration,
+    transport: Option<Box<dyn Connect>>,
+}
+
+/// Configures and creates a hub. `K` is the kind of hub (blocking, tokio, smol); every kind
+/// has the same settings.
+///
+/// ```no_run
+/// # fn f<K: hsipc_transport::hub::RuntimeKind>() -> hsipc_transport::Result<()> {
+/// use std::time::Duration;
+/// let hub = hsipc_transport::hub::HubBuilder::<K>::new("sensor-reader")
+///     .bus("plant-7")
+///     .default_timeout(Duration::from_secs(5))
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[must_use]
+pub struct HubBuilder<K> {
+    settings: Settings,
+    _kind: PhantomData<fn() -> K>,
+}
+
+impl<K> std::fmt::Debug for HubBuilder<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubBuilder").field("settings", &self.settings).finish()
+    }
+}
+
+impl<K: RuntimeKind> HubBuilder<K> {
+    /// A builder for a hub named `name` (unique on its bus).
+    pub fn new(name: &str) -> Self {
+        HubBuilder {
+            settings: Settings {
+                name: name.to_string(),
+                bus: None,
+                engine: EngineConfig::default(),
+                max_message_len: 32 << 20,
+                default_timeout: Duration::from_secs(30),
+                workers: 8,
+                max_pending_calls: 1024,
+                subscription_capacity: 1024,
+                subscription_overflow: Overflow::default(),
+                stream_stall_timeout: Duration::from_secs(60),
+                transport: None,
+            },
+            _kind: PhantomData,
+        }
+    }
+
+    /// The bus to join. Default: the `HSIPC_BUS` environment variable, else `"hsipc"`.
+    pub fn bus(mut self, bus: impl Into<String>) -> Self {
+        self.settings.bus = Some(bus.into());
+        self
+    }
+
+    /// Timeout of `call` and of each item of `call_stream`. Default 30 s.
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.default_timeout = timeout;
+        self
+    }
+
+    /// Threads that run blocking handlers. Default 8. (Async handlers on tokio and smol run
+    /// as tasks; this bounds only the blocking ones.)
+    pub fn workers(mut self, n: usize) -> Self {
+        self.settings.workers = n.max(1);
+        self
+    }
+
+    /// Served calls accepted and not yet answered (running or queued) before more are
+    /// refused with [`Error::ServerBusy`](crate::Error::ServerBusy) at their callers.
+    /// Default 1024.
+    pub fn max_pending_calls(mut self, n: usize) -> Self {
+        self.settings.max_pending_calls = n.max(1);
+        self
+    }
+
+    /// How often the hub announces itself, and after how long a silent peer is considered
+    /// dead. Defaults 250 ms and 3 s. (A peer whose process exits is noticed sooner, through
+    /// its process id.)
+    pub fn heartbeat(mut self, interval: Duration, peer_timeout: Duration) -> Self {
+        self.settings.engine.proto.heartbeat_interval = interval;
+        self.settings.engine.proto.peer_timeout = peer_timeout;
+        self
+    }
+
+    /// Largest message sent or accepted (payload plus a small header). Default 32 MiB. Set the
+    /// same on every hub of a bus.
+    pub fn max_message_len(mut self, n: usize) -> Self {
+        self.settings.max_message_len = n;
+        self
+    }
+
+    /// Events queued per subscription before its overflow policy drops one. Default 1024.
+    pub fn subscription_capacity(mut self, n: usize) -> Self {
+        self.settings.subscription_capacity = n.max(1);
+        self
+    }
+
+    /// What a full subscription queue drops: the oldest event (the default: a slow subscriber
+    /// keeps seeing the latest) or the newest. Either way the subscriber learns how many it
+    /// missed.
+    pub fn subscription_overflow(mut self, overflow: Overflow) -> Self {
+        self.settings.subscription_overflow = overflow;
+        self
+    }
+
+    /// Stream items in flight per stream this hub reads (the credit window). Default 64.
+    pub fn stream_window(mut self, n: u32) -> Self {
+        self.settings.engine.proto.stream_window = n.max(1);
+        self
+    }
+
+    /// How long a serving stream's send waits for the reader's credit. Default 60 s.
+    pub fn stream_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.stream_stall_timeout = timeout;
+        self
+    }
+
+    /// Uses another transport instead of the ipmb bus (e.g. [`MemBus`](crate::MemBus) for
+    /// tests, or hubs inside one process).
+    pub fn transport(mut self, connect: Box<dyn Connect>) -> Self {
+        self.settings.transport = Some(connect);
+        self
+    }
+
+    /// Joins the bus and starts the hub.
+    pub fn build(self) -> Result<K::Hub> {
+        let runtime = K::runtime(&self.settings)?;
+        let mut s = self.settings;
+        let bus = s.bus.clone().or_else(|| std::env::var("HSIPC_BUS").ok()).unwrap_or_else(|| DEFAULT_BUS.into());
+        s.engine.proto.max_frame_len = s.max_message_len;
+        s.engine.handlers_send_inline = runtime.handlers_send_inline();
+        let connect = match s.transport.take() {
+            Some(c) => c,
+            None => {
+                let mut cfg = IpmbConfig::new(bus);
+                cfg.max_message_len = s.max_message_len;
+                IpmbBus::new(cfg).connector()
+            }
+        };
+        let registry = Arc::new(Registry::new(runtime, s.max_pending_calls, s.stream_stall_timeout));
+        let engine = Engine::start(s.engine.clone(), connect, new_peer_id(), &s.name, registry.clone())?;
+        Ok(HubCore::new(engine, registry, &s).into())
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("name", &self.name)
+            .field("bus", &self.bus)
+            .field("max_message_len", &self.max_message_len)
+            .field("default_timeout", &self.default_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A peer id no other hub will have: random, mixed with the process id and the time.
+fn new_peer_id() -> PeerId {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    PeerId(h.finish())
+}

@@ -1,0 +1,195 @@
+//! `HubCore`: one membership of a bus, with everything every kind of hub does the same way.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::{PeerId, Topic, TopicFilter, codec};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::builder::Settings;
+use super::handler::{self, Handler};
+use super::registry::Registry;
+use crate::engine::{
+    CallContext, Census, Engine, EventReceiver, Handle, ItemReceiver, ItemSink, Overflow, PeerSummary, PendingCall,
+    Waiter,
+};
+use crate::error::Result;
+
+/// What every kind of hub is made of: the running engine, the handler registry and the
+/// settings. Cheap to clone; the engine stops (without waiting) when the last clone drops.
+///
+/// The hubs users touch (`hsipc_blocking::ProcessHub`, [`AsyncHub`](super::AsyncHub)) wrap
+/// it and add only how their caller waits.
+#[derive(Clone, Debug)]
+pub struct HubCore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    engine: Engine,
+    registry: Arc<Registry>,
+    default_timeout: Duration,
+    subscription_capacity: usize,
+    subscription_overflow: Overflow,
+}
+
+impl HubCore {
+    pub(crate) fn new(engine: Engine, registry: Arc<Registry>, settings: &Settings) -> Self {
+        HubCore {
+            inner: Arc::new(Inner {
+                engine,
+                registry,
+                default_timeout: settings.default_timeout,
+                subscription_capacity: settings.subscription_capacity,
+                subscription_overflow: settings.subscription_overflow,
+            }),
+        }
+    }
+
+    fn handle(&self) -> &Handle {
+        self.inner.engine.handle()
+    }
+
+    /// This hub's name.
+    pub fn name(&self) -> &str {
+        self.handle().name()
+    }
+
+    /// This hub's peer id.
+    pub fn id(&self) -> PeerId {
+        self.handle().local()
+    }
+
+    /// Timeout of calls made without one.
+    pub fn default_timeout(&self) -> Duration {
+        self.inner.default_timeout
+    }
+
+    /// How long a serving stream's send waits for credit.
+    fn stall_timeout(&self) -> Duration {
+        self.inner.registry.stall
+    }
+
+    /// Registers `handler` for `method` (`service.method`) and announces the service.
+    fn register(&self, method: &str, handler: Handler) -> Result<()> {
+        let service = self.inner.registry.insert(method, handler)?;
+        self.handle().serve(service)
+    }
+
+    /// Serves `method` with a blocking handler, run on a worker thread.
+    pub fn serve_blocking<Req, Resp, E, F>(&self, method: &str, f: F) -> Result<()>
+    where
+        Req: DeserializeOwned + 'static,
+        Resp: Serialize + 'static,
+        E: Display + 'static,
+        F: Fn(Req, &CallContext) -> std::result::Result<Resp, E> + Send + Sync + 'static,
+    {
+        self.register(method, handler::blocking_unary(f))
+    }
+
+    /// Serves a streaming `method` with a blocking handler, run on a worker thread.
+    pub fn serve_blocking_stream<Req, E, F>(&self, method: &str, f: F) -> Result<()>
+    where
+        Req: DeserializeOwned + 'static,
+        E: Display + 'static,
+        F: Fn(Req, ItemSink) -> std::result::Result<(), E> + Send + Sync + 'static,
+    {
+        self.register(method, handler::blocking_stream(f, self.stall_timeout()))
+    }
+
+    /// Serves `method` with an async handler, spawned as a task (on the blocking hub, driven
+    /// on a worker thread).
+    pub fn serve_async<Req, Resp, E, F, Fut>(&self, method: &str, f: F) -> Result<()>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + 'static,
+        E: Display + 'static,
+        F: Fn(Req, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Resp, E>> + Send + 'static,
+    {
+        self.register(method, handler::async_unary(f))
+    }
+
+    /// Serves a streaming `method` with an async handler.
+    pub fn serve_async_stream<Req, E, F, Fut>(&self, method: &str, f: F) -> Result<()>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        E: Display + 'static,
+        F: Fn(Req, ItemSink) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+    {
+        self.register(method, handler::async_stream(f, self.stall_timeout()))
+    }
+
+    /// Stops serving `method`; withdraws its service from the bus with its last method.
+    pub fn unserve(&self, method: &str) -> Result<()> {
+        match self.inner.registry.remove(method)? {
+            Some(service) => self.handle().unserve(service),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts a unary call with an encoded request.
+    pub fn start_call<Req: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<PendingCall> {
+        self.handle().call(method, codec::encode(req)?, timeout)
+    }
+
+    /// Starts a server-streaming call with an encoded request.
+    pub fn start_stream<Req: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<ItemReceiver> {
+        self.handle().call_stream(method, codec::encode(req)?, timeout)
+    }
+
+    /// Publishes an encoded event on `topic`.
+    pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, event: &T) -> Result<()> {
+        let topic = Topic::new(topic)?;
+        self.handle().publish(&topic, codec::encode(event)?)?;
+        Ok(())
+    }
+
+    /// Subscribes to `pattern` with the hub's queue settings.
+    pub fn subscribe(&self, pattern: &str) -> Result<EventReceiver> {
+        let filter = TopicFilter::new(pattern)?;
+        let inner = &self.inner;
+        self.handle().subscribe(filter, inner.subscription_capacity, inner.subscription_overflow)
+    }
+
+    /// Completes once some peer serves `service`.
+    pub fn watch_service(&self, service: &str, timeout: Duration) -> Result<Waiter<()>> {
+        self.handle().watch_service(service, timeout)
+    }
+
+    /// Who is on the bus (this hub included) and what each serves.
+    pub fn peers(&self) -> Result<Vec<PeerSummary>> {
+        self.handle().peers()
+    }
+
+    /// Counters of what this hub's protocol saw and dropped.
+    pub fn stats(&self) -> proto::Stats {
+        self.handle().stats()
+    }
+
+    /// What is open in this hub, for leak checks.
+    pub fn census(&self) -> Census {
+        self.handle().census()
+    }
+
+    /// Starts the goodbye (never waits); the waiter completes once the hub has left the bus.
+    pub fn close(&self) -> Waiter<()> {
+        self.inner.engine.shutdown();
+        self.inner.engine.stopped()
+    }
+}

@@ -1,0 +1,173 @@
+//! Handler wrappers: a typed handler becomes one that takes a raw call and answers it.
+//!
+//! Written once for every hub: a request that does not decode is answered with
+//! `BAD_REQUEST`; a handler's `Err` becomes a remote error with its message; a panic becomes a
+//! remote error ("the handler panicked") and never takes a worker down; a response that does
+//! not encode is reported as the handler's error. An async handler is dropped as soon as its
+//! call is no longer wanted (cancelled, caller gone, deadline passed, hub closed).
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::FutureExt;
+use proto::{ErrorCode, RemoteError, codec};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::registry::wanted;
+use super::runtime::BoxFuture;
+use crate::engine::{CallContext, Handle, IncomingCall, ItemSink};
+
+/// Runs one call to completion on a worker thread and answers it through the handle.
+type BlockingFn = dyn Fn(IncomingCall, &Handle) + Send + Sync;
+/// Makes the task that serves one call.
+type AsyncFn = dyn Fn(IncomingCall, Handle) -> BoxFuture + Send + Sync;
+
+/// A type-erased handler, as the registry keeps it.
+#[derive(Clone)]
+pub(crate) enum Handler {
+    /// Run on a worker thread.
+    Blocking(Arc<BlockingFn>),
+    /// Spawned as a task on the runtime.
+    Async(Arc<AsyncFn>),
+}
+
+const PANICKED: &str = "the handler panicked";
+
+fn bad_request(e: codec::CodecError) -> RemoteError {
+    RemoteError::new(ErrorCode::BAD_REQUEST, e.to_string())
+}
+
+fn encode_response<T: Serialize>(r: Result<T, String>) -> Result<bytes::Bytes, RemoteError> {
+    match r {
+        Ok(v) => codec::encode(&v).map_err(|e| RemoteError::handler(format!("cannot encode the response: {e}"))),
+        Err(msg) => Err(RemoteError::handler(msg)),
+    }
+}
+
+/// A blocking unary handler.
+pub(crate) fn blocking_unary<Req, Resp, E, F>(f: F) -> Handler
+where
+    Req: DeserializeOwned + 'static,
+    Resp: Serialize + 'static,
+    E: std::fmt::Display + 'static,
+    F: Fn(Req, &CallContext) -> Result<Resp, E> + Send + Sync + 'static,
+{
+    Handler::Blocking(Arc::new(move |call: IncomingCall, handle: &Handle| {
+        let result = match codec::decode::<Req>(&call.body) {
+            Err(e) => Err(bad_request(e)),
+            Ok(req) => {
+                let ctx = &call.context;
+                let r = catch_unwind(AssertUnwindSafe(|| f(req, ctx).map_err(|e| e.to_string())));
+                encode_response(r.unwrap_or_else(|_| Err(PANICKED.into())))
+            }
+        };
+        handle.respond(call.id, result);
+    }))
+}
+
+/// A blocking streaming handler: it gets the call's [`ItemSink`].
+pub(crate) fn blocking_stream<Req, E, F>(f: F, stall: Duration) -> Handler
+where
+    Req: DeserializeOwned + 'static,
+    E: std::fmt::Display + 'static,
+    F: Fn(Req, ItemSink) -> Result<(), E> + Send + Sync + 'static,
+{
+    Handler::Blocking(Arc::new(move |call: IncomingCall, handle: &Handle| {
+        let result = match codec::decode::<Req>(&call.body) {
+            Err(e) => Err(bad_request(e)),
+            Ok(req) => {
+                let sink = handle.item_sink(call.id, stall, call.context.clone());
+                let r = catch_unwind(AssertUnwindSafe(|| f(req, sink).map_err(|e| e.to_string())));
+                r.unwrap_or_else(|_| Err(PANICKED.into())).map_err(RemoteError::handler)
+            }
+        };
+        handle.finish(call.id, result);
+    }))
+}
+
+/// An async unary handler.
+pub(crate) fn async_unary<Req, Resp, E, F, Fut>(f: F) -> Handler
+where
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + 'static,
+    E: std::fmt::Display + 'static,
+    F: Fn(Req, CallContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, E>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Handler::Async(Arc::new(move |call: IncomingCall, handle: Handle| {
+        let f = f.clone();
+        Box::pin(async move {
+            let id = call.id;
+            let work = match codec::decode::<Req>(&call.body) {
+                Err(e) => Ok(Err(bad_request(e))),
+                Ok(req) => Err(f(req, call.context.clone())),
+            };
+            let result = match work {
+                Ok(refusal) => Some(refusal),
+                Err(fut) => {
+                    let run = async { encode_response(fut.await.map_err(|e| e.to_string())) };
+                    guarded(&call, run, |_| Err(RemoteError::handler(PANICKED))).await
+                }
+            };
+            match result {
+                Some(r) => handle.respond(id, r),
+                None => handle.abandon(id),
+            }
+        })
+    }))
+}
+
+/// An async streaming handler: it gets the call's [`ItemSink`].
+pub(crate) fn async_stream<Req, E, F, Fut>(f: F, stall: Duration) -> Handler
+where
+    Req: DeserializeOwned + Send + 'static,
+    E: std::fmt::Display + 'static,
+    F: Fn(Req, ItemSink) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Handler::Async(Arc::new(move |call: IncomingCall, handle: Handle| {
+        let f = f.clone();
+        Box::pin(async move {
+            let id = call.id;
+            let work = match codec::decode::<Req>(&call.body) {
+                Err(e) => Ok(Err(bad_request(e))),
+                Ok(req) => Err(f(req, handle.item_sink(id, stall, call.context.clone()))),
+            };
+            let result = match work {
+                Ok(refusal) => Some(refusal),
+                Err(fut) => {
+                    let run = async { fut.await.map_err(|e| RemoteError::handler(e.to_string())) };
+                    guarded(&call, run, |_| Err(RemoteError::handler(PANICKED))).await
+                }
+            };
+            match result {
+                Some(r) => handle.finish(id, r),
+                None => handle.abandon(id),
+            }
+        })
+    }))
+}
+
+/// Runs a handler's future while its call is wanted: `None` (and the future dropped) once the
+/// call is cancelled, or if it was stale before it started; a panic becomes `on_panic`.
+async fn guarded<T>(
+    call: &IncomingCall,
+    run: impl Future<Output = T>,
+    on_panic: impl FnOnce(Box<dyn std::any::Any + Send>) -> T,
+) -> Option<T> {
+    if !wanted(call) {
+        return None;
+    }
+    let ctx = call.context.clone();
+    let finished = async { Some(AssertUnwindSafe(run).catch_unwind().await.unwrap_or_else(on_panic)) };
+    let cancelled = async {
+        ctx.cancelled().await;
+        None
+    };
+    finished.or(cancelled).await
+}

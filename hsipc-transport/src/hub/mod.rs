@@ -1,0 +1,29 @@
+//! The hub: everything a `ProcessHub` is, except how its handlers are spawned.
+//!
+//! - [`HubBuilder`] holds every setting and its default (the `HSIPC_BUS` default, the maximum
+//!   message size set in both the protocol and the transport, the transport choice) and
+//!   starts the engine.
+//! - [`HubCore`] is one membership of a bus: the handler registry (`service.method` names, a
+//!   service withdrawn with its last method), typed calls, publishing, subscribing.
+//! - The dispatch policy and the handler wrappers live here too (unknown method, busy, a
+//!   caller that gave up before its handler started, decode errors, panics), so every hub
+//!   behaves the same.
+//! - [`AsyncHub`] is the async surface, written once for every executor: `hsipc-tokio` and
+//!   `hsipc-smol` only say how a task is spawned ([`Runtime`]).
+//!
+//! An adapter implements [`RuntimeKind`] on a marker type and, for the blocking hub, adds the
+//! blocking surface over [`HubCore`].
+
+mod asynchronous;
+mod builder;
+mod core;
+mod handler;
+mod registry;
+mod runtime;
+mod typed;
+
+pub use self::asynchronous::{AsyncHub, CallFuture, ResponseStream, StreamSink, Subscription};
+pub use self::builder::{DEFAULT_BUS, HubBuilder, Settings};
+pub use self::core::HubCore;
+pub use self::runtime::{BoxFuture, Runtime, RuntimeKind};
+pub use self::typed::{Event, decode};

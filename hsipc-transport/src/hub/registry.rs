@@ -1,0 +1,125 @@
+//! The handler registry and the dispatch policy: which handler runs a call, whether it may
+//! run at all, and on what.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use proto::CallMode;
+
+use super::handler::Handler;
+use super::runtime::Runtime;
+use crate::engine::{Dispatcher, Handle, IncomingCall, Reject};
+use crate::error::{Error, Result};
+
+/// Handlers by method name, the runtime they run on, and the bound on calls in progress.
+pub(crate) struct Registry {
+    handlers: RwLock<HashMap<String, Handler>>,
+    runtime: Arc<dyn Runtime>,
+    pending: Arc<AtomicUsize>,
+    max_pending: usize,
+    pub(crate) stall: Duration,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("runtime", &self.runtime).finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    pub(crate) fn new(runtime: Arc<dyn Runtime>, max_pending: usize, stall: Duration) -> Self {
+        Registry {
+            handlers: RwLock::new(HashMap::new()),
+            runtime,
+            pending: Arc::new(AtomicUsize::new(0)),
+            max_pending,
+            stall,
+        }
+    }
+
+    /// Adds (or replaces) the handler of `method`; returns its service.
+    pub(crate) fn insert<'m>(&self, method: &'m str, h: Handler) -> Result<&'m str> {
+        let service = service_of(method)?;
+        self.handlers.write().unwrap_or_else(|e| e.into_inner()).insert(method.to_string(), h);
+        Ok(service)
+    }
+
+    /// Removes the handler of `method`; returns its service if that was its last method (the
+    /// service is then to be withdrawn from the bus).
+    pub(crate) fn remove<'m>(&self, method: &'m str) -> Result<Option<&'m str>> {
+        let service = service_of(method)?;
+        let mut map = self.handlers.write().unwrap_or_else(|e| e.into_inner());
+        if map.remove(method).is_none() {
+            return Ok(None);
+        }
+        let left = map.keys().any(|m| m.rsplit_once('.').is_some_and(|(s, _)| s == service));
+        Ok((!left).then_some(service))
+    }
+
+    fn get(&self, method: &str) -> Option<Handler> {
+        self.handlers.read().unwrap_or_else(|e| e.into_inner()).get(method).cloned()
+    }
+}
+
+/// The service of a `service.method` name, or why the name is not one.
+fn service_of(method: &str) -> Result<&str> {
+    match method.rsplit_once('.') {
+        Some((s, m)) if !s.is_empty() && !m.is_empty() => Ok(s),
+        _ => Err(Error::InvalidName { name: method.into(), reason: "a method is named `service.method`" }),
+    }
+}
+
+impl Dispatcher for Registry {
+    /// The dispatch policy, the same on every hub: an unknown method is refused with
+    /// `NoSuchMethod`; past `max_pending_calls` a call is refused as busy; a call whose
+    /// caller has given up by the time a worker takes it is skipped.
+    fn dispatch(&self, call: IncomingCall, handle: &Handle) -> std::result::Result<(), Reject> {
+        let handler = self.get(&call.method).ok_or(Reject::NoSuchMethod)?;
+        let slot = Slot::take(&self.pending, self.max_pending)
+            .ok_or_else(|| Reject::Busy(format!("{} calls are already being served; retry later", self.max_pending)))?;
+        let handle = handle.clone();
+        match handler {
+            Handler::Blocking(f) => self.runtime.spawn_blocking(Box::new(move || {
+                let _slot = slot;
+                if !wanted(&call) {
+                    handle.abandon(call.id);
+                    return;
+                }
+                f(call, &handle);
+            })),
+            Handler::Async(f) => {
+                let task = f(call, handle);
+                self.runtime.spawn(Box::pin(async move {
+                    let _slot = slot;
+                    task.await;
+                }));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a call is still wanted when its handler is about to start: not cancelled, and (for
+/// a unary call) its deadline not passed while it waited for a worker.
+pub(crate) fn wanted(call: &IncomingCall) -> bool {
+    let stale = call.mode == CallMode::Unary && Instant::now() >= call.deadline;
+    !(call.context.is_cancelled() || stale)
+}
+
+/// One of the `max_pending_calls` places; given back when the handler ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(pending: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(Slot(pending.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,41 @@
+//! The one thing an adapter brings: how handlers are spawned.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use super::builder::Settings;
+use super::core::HubCore;
+use crate::error::Result;
+
+/// A boxed, sendable future, as handed to [`Runtime::spawn`].
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// How a hub runs its handlers: the whole of what differs between tokio, smol and threads.
+///
+/// Waiting needs nothing from the runtime: the engine's clock thread ends every wait by its
+/// deadline, and its channels can be awaited from any executor or blocked on from any thread.
+/// So there is no `sleep` or `now` here (quinn's `Runtime` needs them because its timers
+/// live in the runtime; ours live in the engine).
+pub trait Runtime: Send + Sync + fmt::Debug + 'static {
+    /// Spawns an async handler as a task. Called with no engine lock held, on the thread that
+    /// delivered the request; must not block.
+    fn spawn(&self, task: BoxFuture);
+    /// Runs a blocking handler where blocking is allowed (a worker thread). Must not block
+    /// the caller.
+    fn spawn_blocking(&self, job: Box<dyn FnOnce() + Send + 'static>);
+    /// Whether handlers may send their answers from their own thread when the send path is
+    /// free. True for thread pools (it saves a thread hop); false for async runtimes, whose
+    /// threads must never block in a stalled bus.
+    fn handlers_send_inline(&self) -> bool;
+}
+
+/// A kind of hub: which [`Runtime`] it runs handlers on, and which hub type its builder
+/// makes. Each adapter implements it once, on a marker type.
+pub trait RuntimeKind: Sized + 'static {
+    /// The hub type [`HubBuilder::build`](super::HubBuilder::build) returns.
+    type Hub: From<HubCore>;
+    /// Makes the runtime for one hub (tokio: a handle on the current runtime).
+    fn runtime(settings: &Settings) -> Result<Arc<dyn Runtime>>;
+}
