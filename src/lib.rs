@@ -1,34 +1,82 @@
 //! hsipc: typed inter-process services, response streams and publish/subscribe between
 //! processes on one machine, over the ipmb bus.
 //!
-//! This is the facade. Pick the adapter for your code:
+//! This is the facade. Pick the hub for your code; the names are the same in each, so switching
+//! is a change of `use` line:
 //!
-//! - [`blocking`] (feature `blocking`, on by default): plain threads. Calls block with a
-//!   deadline; response streams and subscriptions are iterators. [`SyncProcessHub`] is its hub.
-//! - `tokio` and `smol` adapters are not written yet (see README's status table).
+//! | feature | hub | calls | streams and subscriptions | handlers run |
+//! |---|---|---|---|---|
+//! | `tokio` (default) | [`ProcessHub`] | `.await` | [`Stream`]s | as tokio tasks |
+//! | `smol` | `smol::ProcessHub` | `.await` | [`Stream`]s | on smol's executor |
+//! | `blocking` (default) | [`SyncProcessHub`] ([`blocking::ProcessHub`]) | block with a deadline | iterators | on worker threads |
+//!
+//! Features are additive: any combination compiles and works in one process.
 //!
 //! ```no_run
-//! use hsipc::SyncProcessHub;
+//! use hsipc::{ProcessHub, Result};
+//! use serde::{Deserialize, Serialize};
 //!
-//! # fn main() -> hsipc::Result<()> {
-//! let hub = SyncProcessHub::new("client")?;
-//! hub.wait_for_service("calc", std::time::Duration::from_secs(5))?;
-//! let sum: i64 = hub.call("calc.add", &(2, 3))?;
-//! hub.publish("sensor/temperature", &21.5)?;
-//! for event in hub.subscribe::<f64>("sensor/+")? {
-//!     let event = event?;
-//!     println!("{} = {}", event.topic, event.payload);
+//! #[derive(Serialize, Deserialize)]
+//! pub struct TemperatureEvent {
+//!     pub sensor_id: String,
+//!     pub value: f64,
 //! }
-//! # Ok(())
-//! # }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<()> {
+//!     let hub = ProcessHub::new("sensor").await?;
+//!     hub.serve("calc.add", |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) }).await?;
+//!     let sum: i64 = hub.call("calc.add", (2, 3)).await?;
+//!     assert_eq!(sum, 5);
+//!
+//!     let event = TemperatureEvent { sensor_id: "room_001".to_string(), value: 25.5 };
+//!     hub.publish("sensor/temperature", event).await?;
+//!     Ok(())
+//! }
 //! ```
 //!
 //! The layers underneath are re-exported for those who need them: [`proto`] (the sans-IO
-//! protocol core) and [`transport`] (transports and the engine).
+//! protocol core) and [`transport`] (transports, the engine and the hub layer).
 
+pub use futures_core::Stream;
+pub use hsipc_transport as transport;
+pub use hsipc_transport::hub::Event;
+pub use hsipc_transport::proto;
+pub use hsipc_transport::proto::{PeerId, RemoteError, Stats, Topic, TopicError, TopicFilter};
+pub use hsipc_transport::{CallContext, Census, Error, Overflow, PeerSummary, Result};
+
+/// The blocking hub: calls block with a deadline, streams and subscriptions are iterators,
+/// handlers run on worker threads.
 #[cfg(feature = "blocking")]
-pub use hsipc_blocking as blocking;
+pub mod blocking {
+    pub use hsipc_blocking::{HubBuilder, ProcessHub, ResponseStream, StreamSink, Subscription, SyncProcessHub};
+}
+
+/// The blocking hub, under the earlier hsipc's name.
 #[cfg(feature = "blocking")]
 pub use hsipc_blocking::SyncProcessHub;
-pub use hsipc_transport as transport;
-pub use hsipc_transport::{Error, PeerSummary, Result, proto};
+
+/// The tokio hub.
+#[cfg(feature = "tokio")]
+pub mod tokio {
+    pub use hsipc_tokio::{CallFuture, HubBuilder, ProcessHub, ResponseStream, StreamSink, Subscription};
+}
+
+/// The tokio hub, as the earlier hsipc had it.
+#[cfg(feature = "tokio")]
+pub use hsipc_tokio::{HubBuilder, ProcessHub};
+
+/// The smol hub.
+#[cfg(feature = "smol")]
+pub mod smol {
+    pub use hsipc_smol::{CallFuture, HubBuilder, ProcessHub, ResponseStream, StreamSink, Subscription};
+}
+
+/// The async hubs' stream and subscription types (the same for tokio and smol).
+#[cfg(any(feature = "tokio", feature = "smol"))]
+pub use hsipc_transport::hub::{CallFuture, ResponseStream, StreamSink, Subscription};
+
+/// Without an async hub, `Subscription` and friends are the blocking ones.
+#[cfg(not(any(feature = "tokio", feature = "smol")))]
+#[cfg(feature = "blocking")]
+pub use hsipc_blocking::{ResponseStream, StreamSink, Subscription};

@@ -3,7 +3,7 @@
 //! [`ProcessHub`] joins a bus and lets tasks call services in other processes, serve their
 //! own, stream responses and publish or subscribe to events. Calls are futures (dropping one
 //! cancels the call at the server); response streams and subscriptions are
-//! [`futures_core::Stream`]s; handlers are spawned on smol's global executor, blocking work on
+//! [`Stream`]s; handlers are spawned on smol's global executor, blocking work on
 //! its blocking pool.
 //!
 //! ```no_run
@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use hsipc_transport::hub::{BoxFuture, Runtime, RuntimeKind, Settings};
 
-pub use hsipc_transport::hub::{CallFuture, Event, ResponseStream, StreamSink, Subscription};
+pub use hsipc_transport::hub::{CallFuture, Event, ResponseStream, Stream, StreamSink, Subscription};
 pub use hsipc_transport::proto::{PeerId, RemoteError};
 pub use hsipc_transport::{CallContext, Census, Error, Overflow, PeerSummary, Result};
 

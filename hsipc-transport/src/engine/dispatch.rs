@@ -13,7 +13,7 @@ use super::Handle;
 /// A call this hub serves, as handed to the [`Dispatcher`].
 #[derive(Debug)]
 pub struct IncomingCall {
-    /// The call's id, for [`Handle::respond`], [`Handle::send_item`] and [`Handle::finish`].
+    /// The call's id, for [`Handle::respond`], [`Handle::item_sink`] and [`Handle::finish`].
     pub id: IncomingId,
     /// The caller.
     pub from: PeerId,
@@ -40,7 +40,7 @@ pub enum Reject {
 
 /// Who runs served calls. The engine calls it with no lock held, on whichever thread delivered
 /// the request (the transport's reader, usually), so it must start the handler and return at
-/// once; the handler answers through `handle` ([`Handle::respond`], [`Handle::send_item`],
+/// once; the handler answers through `handle` ([`Handle::respond`], [`Handle::item_sink`],
 /// [`Handle::finish`]).
 pub trait Dispatcher: Send + Sync + 'static {
     /// A call arrived.

@@ -27,3 +27,4 @@ pub use self::builder::{DEFAULT_BUS, HubBuilder, Settings};
 pub use self::core::HubCore;
 pub use self::runtime::{BoxFuture, Runtime, RuntimeKind};
 pub use self::typed::{Event, decode};
+pub use futures_core::Stream;
