@@ -2,11 +2,13 @@
 //!
 //! Run with `cargo bench --bench ipc`.
 //!
-//! - `roundtrip_64B/{raw_ipmb,hsipc}`: the bench process sends 64 bytes to an echo process and
-//!   waits for them to come back.
-//! - `publish_64B/{raw_ipmb,hsipc}`: the bench process publishes batches of [`BATCH`] 64-byte
-//!   events to a subscriber process; a batch counts once the subscriber has reported receiving
-//!   all of it, so the time covers delivery, not only queueing.
+//! - `roundtrip_64B/{raw_ipmb,blocking,tokio,smol}`: the bench process sends 64 bytes to an echo
+//!   process and waits for them to come back. For each hub, both ends use that hub (the echo
+//!   server serves with an async handler on tokio and smol, a worker thread on blocking).
+//! - `publish_64B/{raw_ipmb,blocking,tokio,smol}`: the bench process publishes batches of
+//!   [`BATCH`] 64-byte events to a subscriber process of the same kind; a batch counts once the
+//!   subscriber has reported receiving all of it, so the time covers delivery, not only
+//!   queueing.
 //!
 //! Topology, the same for both: a bystander process joins the bus first and so becomes ipmb's
 //! bus controller; the echo server (or subscriber) joins next, and the bench process last. Both
@@ -32,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
+use futures_lite::StreamExt;
 use hsipc::SyncProcessHub;
 
 /// Which role a child process runs.
@@ -40,6 +43,10 @@ const ROLE_ENV: &str = "HSIPC_BENCH_ROLE";
 const BUS_ENV: &str = "HSIPC_BENCH_BUS";
 /// The parent's pid, so a child can notice that it is gone.
 const PARENT_ENV: &str = "HSIPC_BENCH_PARENT";
+/// Which hub a child uses: `blocking`, `tokio` or `smol`.
+const KIND_ENV: &str = "HSIPC_BENCH_KIND";
+/// The hubs measured.
+const KINDS: [&str; 3] = ["blocking", "tokio", "smol"];
 
 /// Payload size of every measured message.
 const PAYLOAD: usize = 64;
@@ -103,25 +110,27 @@ fn roundtrip(c: &mut Criterion) {
     });
     drop(raw);
 
-    let mut hs: Option<HsipcPair> = None;
     let payload = Bytes::from(vec![0x5Au8; PAYLOAD]);
-    g.bench_function("hsipc", |b| {
-        let hs = hs.get_or_insert_with(|| {
-            let pair = HsipcPair::start("rt-hs", "hsipc_echo");
-            pair.hub.wait_for_service("bench", WAIT).expect("the echo server is not seen on the bus");
-            pair
+    for kind in KINDS {
+        let mut hs: Option<HsipcPair> = None;
+        g.bench_function(kind, |b| {
+            let hs = hs.get_or_insert_with(|| {
+                let pair = HsipcPair::start("rt-hs", "hsipc_echo", kind);
+                pair.hub.wait_for_service("bench").expect("the echo server is not seen on the bus");
+                pair
+            });
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let reply = hs.hub.echo(&payload);
+                    assert_eq!(reply.len(), PAYLOAD, "hsipc echo returned a wrong payload");
+                    black_box(reply);
+                }
+                start.elapsed()
+            })
         });
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                let reply: Bytes = hs.hub.call::<_, Bytes>("bench.echo", &payload).expect("bench.echo failed");
-                assert_eq!(reply.len(), PAYLOAD, "hsipc echo returned a wrong payload");
-                black_box(reply);
-            }
-            start.elapsed()
-        })
-    });
-    drop(hs);
+        drop(hs);
+    }
     g.finish();
 }
 
@@ -130,8 +139,10 @@ fn publish(c: &mut Criterion) {
     // One iteration is a whole batch (several ms): the same number of iterations per sample.
     g.sampling_mode(SamplingMode::Flat);
     g.throughput(Throughput::Elements(BATCH));
-    bench_batches::<RawPub>(&mut g, "raw_ipmb");
-    bench_batches::<HsipcPub>(&mut g, "hsipc");
+    bench_batches(&mut g, "raw_ipmb", RawPub::start);
+    for kind in KINDS {
+        bench_batches(&mut g, kind, || HsipcPub(HsipcPair::start("pub-hs", "hsipc_sub", kind)));
+    }
     g.finish();
 }
 
@@ -146,7 +157,6 @@ struct Tally {
 
 /// A publisher in this process and a subscriber process that reports each batch's arrival.
 trait Publisher {
-    fn start() -> Self;
     /// Publishes `n` events of `batch`; the last one is the batch's marker.
     fn publish(&mut self, batch: u64, n: u64);
     fn subscriber(&mut self) -> &mut Proc;
@@ -154,10 +164,13 @@ trait Publisher {
 
 struct RawPub(RawPair);
 
-impl Publisher for RawPub {
+impl RawPub {
     fn start() -> Self {
         RawPub(RawPair::start("pub-raw", "raw_sub"))
     }
+}
+
+impl Publisher for RawPub {
     fn publish(&mut self, batch: u64, n: u64) {
         for i in 1..=n {
             self.0.send("sub", event_bytes(batch, i == n).to_vec());
@@ -171,16 +184,12 @@ impl Publisher for RawPub {
 struct HsipcPub(HsipcPair);
 
 impl Publisher for HsipcPub {
-    fn start() -> Self {
-        HsipcPub(HsipcPair::start("pub-hs", "hsipc_sub"))
-    }
     fn publish(&mut self, batch: u64, n: u64) {
         let normal = event_bytes(batch, false);
         for _ in 1..n {
-            self.0.hub.publish("bench/t", &normal).expect("publish");
+            self.0.hub.publish(&normal);
         }
-        let last = event_bytes(batch, true);
-        self.0.hub.publish("bench/t", &last).expect("publish");
+        self.0.hub.publish(&event_bytes(batch, true));
     }
     fn subscriber(&mut self) -> &mut Proc {
         &mut self.0.peer
@@ -188,13 +197,13 @@ impl Publisher for HsipcPub {
 }
 
 /// Publishes one batch per iteration and waits for the subscriber's report of that batch.
-fn bench_batches<P: Publisher>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str) {
+fn bench_batches<P: Publisher>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, start: impl Fn() -> P) {
     let mut state: Option<P> = None;
     let mut tally = Tally::default();
     let mut next_batch = 1u64;
     g.bench_function(name, |b| {
         let p = state.get_or_insert_with(|| {
-            let mut p = P::start();
+            let mut p = start();
             // The publisher may not see the subscriber at once (hsipc learns of it from the
             // subscriber's announce): send one-event batches until one arrives. The subscriber
             // restarts its count at every marker, so a lost one does no harm.
@@ -305,21 +314,69 @@ impl RawPair {
     }
 }
 
-/// hsipc: bystander hub (controller) + one peer process, and this process's hub `"bench"`.
+/// hsipc: bystander hub (controller) + one peer process of hub kind `kind`, and this process's
+/// hub `"bench"` of the same kind.
 struct HsipcPair {
-    hub: SyncProcessHub,
+    hub: Client,
     peer: Proc,
     _bystander: Proc,
 }
 
 impl HsipcPair {
-    fn start(what: &str, role: &str) -> HsipcPair {
+    fn start(what: &str, role: &str, kind: &str) -> HsipcPair {
         let bus = unique_bus(what);
-        let bystander = Proc::ready("hsipc_bystander", &bus);
-        let peer = Proc::ready(role, &bus);
+        let bystander = Proc::ready_as("hsipc_bystander", &bus, "blocking");
+        let peer = Proc::ready_as(role, &bus, kind);
         mark_all_cloexec();
-        let hub = SyncProcessHub::builder("bench").bus(&bus).build().expect("bench hub joins");
-        HsipcPair { hub, peer, _bystander: bystander }
+        HsipcPair { hub: Client::join(kind, &bus), peer, _bystander: bystander }
+    }
+}
+
+/// The bench process's hub, of one kind. An async hub's calls are awaited on a current-thread
+/// runtime in this thread, as an application's task would.
+enum Client {
+    Blocking(SyncProcessHub),
+    Tokio(tokio::runtime::Runtime, hsipc::tokio::ProcessHub),
+    Smol(hsipc::smol::ProcessHub),
+}
+
+impl Client {
+    fn join(kind: &str, bus: &str) -> Client {
+        match kind {
+            "blocking" => Client::Blocking(SyncProcessHub::builder("bench").bus(bus).build().expect("bench hub joins")),
+            "tokio" => {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+                let hub = rt.block_on(async { hsipc::tokio::ProcessHub::builder("bench").bus(bus).build() });
+                Client::Tokio(rt, hub.expect("bench hub joins"))
+            }
+            _ => Client::Smol(hsipc::smol::ProcessHub::builder("bench").bus(bus).build().expect("bench hub joins")),
+        }
+    }
+
+    fn wait_for_service(&self, service: &str) -> hsipc::Result<()> {
+        match self {
+            Client::Blocking(h) => h.wait_for_service(service, WAIT),
+            Client::Tokio(rt, h) => rt.block_on(h.wait_for_service(service, WAIT)),
+            Client::Smol(h) => smol::block_on(h.wait_for_service(service, WAIT)),
+        }
+    }
+
+    fn echo(&self, payload: &Bytes) -> Bytes {
+        let r: hsipc::Result<Bytes> = match self {
+            Client::Blocking(h) => h.call("bench.echo", payload),
+            Client::Tokio(rt, h) => rt.block_on(h.call("bench.echo", payload)),
+            Client::Smol(h) => smol::block_on(h.call("bench.echo", payload)),
+        };
+        r.expect("bench.echo failed")
+    }
+
+    fn publish(&self, event: &Bytes) {
+        let r = match self {
+            Client::Blocking(h) => h.publish("bench/t", event),
+            Client::Tokio(rt, h) => rt.block_on(h.publish("bench/t", event)),
+            Client::Smol(h) => smol::block_on(h.publish("bench/t", event)),
+        };
+        r.expect("publish");
     }
 }
 
@@ -334,12 +391,18 @@ struct Proc {
 impl Proc {
     /// Spawns `role` on `bus` and waits for its `READY` report.
     fn ready(role: &str, bus: &str) -> Proc {
+        Self::ready_as(role, bus, "blocking")
+    }
+
+    /// Spawns `role` on `bus` using hub kind `kind`, and waits for its `READY` report.
+    fn ready_as(role: &str, bus: &str, kind: &str) -> Proc {
         mark_all_cloexec();
         let exe = std::env::current_exe().expect("bench binary path");
         let mut child = Command::new(exe)
             .env(ROLE_ENV, role)
             .env(BUS_ENV, bus)
             .env(PARENT_ENV, std::process::id().to_string())
+            .env(KIND_ENV, kind)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -537,33 +600,83 @@ mod child {
         park();
     }
 
-    fn hsipc_echo() {
-        let hub = hub("server");
-        hub.serve("bench.echo", |b: Bytes| Ok::<Bytes, String>(b)).expect("serve bench.echo");
-        report("READY");
-        park();
+    fn kind() -> String {
+        std::env::var(KIND_ENV).unwrap_or_else(|_| "blocking".into())
     }
 
-    fn hsipc_sub() {
-        let hub = hub("sub");
-        let events = hub.subscribe::<Bytes>("bench/#").expect("subscribe");
-        report("READY");
-        let (mut count, mut missed) = (0u64, 0u64);
-        for event in events {
+    fn hsipc_echo() {
+        match kind().as_str() {
+            "blocking" => {
+                let hub = hub("server");
+                hub.serve("bench.echo", |b: Bytes| Ok::<Bytes, String>(b)).expect("serve bench.echo");
+                report("READY");
+                park();
+            }
+            "tokio" => tokio::runtime::Runtime::new().expect("tokio runtime").block_on(async {
+                let hub = hsipc::tokio::ProcessHub::builder("server").bus(bus()).build().expect("server hub joins");
+                hub.serve("bench.echo", |b: Bytes| async move { Ok::<Bytes, String>(b) }).await.expect("serve");
+                report("READY");
+                std::future::pending::<()>().await;
+            }),
+            _ => smol::block_on(async {
+                let hub = hsipc::smol::ProcessHub::builder("server").bus(bus()).build().expect("server hub joins");
+                hub.serve("bench.echo", |b: Bytes| async move { Ok::<Bytes, String>(b) }).await.expect("serve");
+                report("READY");
+                std::future::pending::<()>().await;
+            }),
+        }
+    }
+
+    /// Counts events and reports each batch's marker.
+    #[derive(Default)]
+    struct Counter {
+        count: u64,
+        missed: u64,
+    }
+
+    impl Counter {
+        fn take(&mut self, event: hsipc::Result<hsipc::Event<Bytes>>) {
             let event = match event {
                 Ok(e) => e,
                 Err(e) => {
                     eprintln!("hsipc_sub: {e}");
-                    continue;
+                    return;
                 }
             };
-            count += 1;
-            missed += event.missed;
+            self.count += 1;
+            self.missed += event.missed;
             if let Some(batch) = marker_of(&event.payload) {
-                report(&format!("GOT {batch} {count} {missed}"));
-                count = 0;
-                missed = 0;
+                report(&format!("GOT {batch} {} {}", self.count, self.missed));
+                *self = Counter::default();
             }
+        }
+    }
+
+    fn hsipc_sub() {
+        let mut counter = Counter::default();
+        match kind().as_str() {
+            "blocking" => {
+                let hub = hub("sub");
+                let events = hub.subscribe::<Bytes>("bench/#").expect("subscribe");
+                report("READY");
+                events.for_each(|e| counter.take(e));
+            }
+            "tokio" => tokio::runtime::Runtime::new().expect("tokio runtime").block_on(async {
+                let hub = hsipc::tokio::ProcessHub::builder("sub").bus(bus()).build().expect("sub hub joins");
+                let mut events = hub.subscribe::<Bytes>("bench/#").await.expect("subscribe");
+                report("READY");
+                while let Some(e) = events.next().await {
+                    counter.take(e);
+                }
+            }),
+            _ => smol::block_on(async {
+                let hub = hsipc::smol::ProcessHub::builder("sub").bus(bus()).build().expect("sub hub joins");
+                let mut events = hub.subscribe::<Bytes>("bench/#").await.expect("subscribe");
+                report("READY");
+                while let Some(e) = events.next().await {
+                    counter.take(e);
+                }
+            }),
         }
     }
 }
