@@ -32,7 +32,8 @@ impl RuntimeKind for Threads {
 
 /// A hub on a bus: serves, calls, publishes and subscribes, blocking the calling thread.
 /// Cheap to clone (clones share one membership); the hub says goodbye when
-/// [`close`](Self::close)d or when the last clone drops.
+/// [`close`](Self::close)d or when the last clone drops. (A handler that captures a clone of
+/// its own hub keeps the hub alive: close such a hub explicitly.)
 ///
 /// Every wait has a deadline, and the hub's own threads (not the caller's runtime, if any)
 /// complete it, so the hub also works when called from inside an async runtime; there, prefer

@@ -22,12 +22,13 @@ pub enum TransportError {
         max: usize,
     },
     /// Joining the bus failed.
-    #[error("cannot join bus `{bus}`: {reason}")]
+    #[error("cannot join bus `{bus}`; check that the bus name is right and /tmp is writable")]
     Join {
         /// The bus name.
         bus: String,
-        /// What went wrong.
-        reason: String,
+        /// What the bus reported.
+        #[source]
+        source: BusError,
     },
     /// Another hub on this bus already uses this name.
     #[error("a hub named `{name}` is already on bus `{bus}`; pick another name, or stop the other process")]
@@ -48,9 +49,18 @@ pub enum TransportError {
     /// The transport was closed.
     #[error("the transport is closed")]
     Closed,
-    /// The underlying bus failed.
-    #[error("bus error: {0}")]
-    Bus(String),
+    /// The bus refused to send a message.
+    #[error("the bus refused a message")]
+    Send(#[source] BusError),
+    /// A shared-memory region for a large message could not be mapped.
+    #[error("cannot map a shared-memory region for a large message")]
+    SharedMemory(#[source] BusError),
+    /// The bus library panicked (a bug in it); this hub can no longer use the bus.
+    #[error("the bus library panicked while {during}; close this hub and join again")]
+    Panicked {
+        /// What the hub was doing.
+        during: &'static str,
+    },
     /// An operating-system call failed.
     #[error("{what}: {source}")]
     Io {
@@ -61,6 +71,9 @@ pub enum TransportError {
         source: std::io::Error,
     },
 }
+
+/// An error reported by the bus library underneath a transport.
+pub type BusError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Moves frames to peers. Received frames are pushed into the [`Ingress`] given at connect time.
 ///

@@ -6,6 +6,7 @@ mod limits;
 mod peers;
 mod pubsub;
 mod streams;
+mod topic;
 mod util;
 
 use std::time::Duration;

@@ -334,11 +334,14 @@ impl State {
             }
             Event::IncomingCancelled { id, reason } => {
                 tracing::debug!(id = id.as_u64(), ?reason, "served call cancelled");
-                if let Some(ctx) = self.served.remove(&id) {
-                    self.deferred.push(Deferred::Cancel(ctx));
-                }
+                // The parked send fails before the context is cancelled (deferreds complete in
+                // order): an async handler woken by the cancel then sees its send fail with
+                // `Cancelled`, as documented, instead of racing its own drop (as in `close`).
                 if let Some(b) = self.blocked_items.remove(&id) {
                     self.deferred.push(Deferred::Done(b.done, Err(Error::Cancelled)));
+                }
+                if let Some(ctx) = self.served.remove(&id) {
+                    self.deferred.push(Deferred::Cancel(ctx));
                 }
             }
             Event::Published { from, topic, body, subscriptions, missed } => {

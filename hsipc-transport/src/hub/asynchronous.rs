@@ -25,7 +25,8 @@ use crate::error::{Error, Result};
 ///
 /// Cheap to clone (clones share one membership), `Send + Sync`, and every future it returns
 /// is `Send`. The hub says goodbye when [`close`](Self::close)d or when the last clone drops;
-/// dropping never blocks the executor.
+/// dropping never blocks the executor. (A handler that captures a clone of its own hub keeps
+/// the hub alive: close such a hub explicitly.)
 ///
 /// Waiting never needs a timer from the executor: the hub's engine ends every call, stream and
 /// wait by its deadline itself, so a call's `.await` is one channel receive.

@@ -188,8 +188,12 @@ impl HubCore {
     }
 
     /// Starts the goodbye (never waits); the waiter completes once the hub has left the bus.
+    ///
+    /// Also forgets every handler: a handler that captured a clone of its own hub keeps the
+    /// hub alive until then, so a hub whose handlers call it back must be closed explicitly.
     pub fn close(&self) -> Waiter<()> {
         self.inner.engine.shutdown();
+        self.inner.registry.clear();
         self.inner.engine.stopped()
     }
 }

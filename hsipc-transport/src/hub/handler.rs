@@ -16,14 +16,16 @@ use proto::{ErrorCode, RemoteError, codec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::registry::wanted;
+use super::registry::{Slot, wanted};
 use super::runtime::BoxFuture;
 use crate::engine::{CallContext, Handle, IncomingCall, ItemSink};
 
-/// Runs one call to completion on a worker thread and answers it through the handle.
-type BlockingFn = dyn Fn(IncomingCall, &Handle) + Send + Sync;
-/// Makes the task that serves one call.
-type AsyncFn = dyn Fn(IncomingCall, Handle) -> BoxFuture + Send + Sync;
+/// Runs one call to completion on a worker thread and answers it through the handle. The
+/// call's [`Slot`] is given back just before the answer goes out, so a caller that has its
+/// answer never finds the place still taken.
+type BlockingFn = dyn Fn(IncomingCall, &Handle, Slot) + Send + Sync;
+/// Makes the task that serves one call (giving its [`Slot`] back before answering).
+type AsyncFn = dyn Fn(IncomingCall, Handle, Slot) -> BoxFuture + Send + Sync;
 
 /// A type-erased handler, as the registry keeps it.
 #[derive(Clone)]
@@ -55,7 +57,7 @@ where
     E: std::fmt::Display + 'static,
     F: Fn(Req, &CallContext) -> Result<Resp, E> + Send + Sync + 'static,
 {
-    Handler::Blocking(Arc::new(move |call: IncomingCall, handle: &Handle| {
+    Handler::Blocking(Arc::new(move |call: IncomingCall, handle: &Handle, slot: Slot| {
         let result = match codec::decode::<Req>(&call.body) {
             Err(e) => Err(bad_request(e)),
             Ok(req) => {
@@ -64,6 +66,7 @@ where
                 encode_response(r.unwrap_or_else(|_| Err(PANICKED.into())))
             }
         };
+        drop(slot);
         handle.respond(call.id, result);
     }))
 }
@@ -75,7 +78,7 @@ where
     E: std::fmt::Display + 'static,
     F: Fn(Req, ItemSink) -> Result<(), E> + Send + Sync + 'static,
 {
-    Handler::Blocking(Arc::new(move |call: IncomingCall, handle: &Handle| {
+    Handler::Blocking(Arc::new(move |call: IncomingCall, handle: &Handle, slot: Slot| {
         let result = match codec::decode::<Req>(&call.body) {
             Err(e) => Err(bad_request(e)),
             Ok(req) => {
@@ -84,6 +87,7 @@ where
                 r.unwrap_or_else(|_| Err(PANICKED.into())).map_err(RemoteError::handler)
             }
         };
+        drop(slot);
         handle.finish(call.id, result);
     }))
 }
@@ -98,21 +102,14 @@ where
     Fut: Future<Output = Result<Resp, E>> + Send + 'static,
 {
     let f = Arc::new(f);
-    Handler::Async(Arc::new(move |call: IncomingCall, handle: Handle| {
+    Handler::Async(Arc::new(move |call: IncomingCall, handle: Handle, slot: Slot| {
         let f = f.clone();
         Box::pin(async move {
             let id = call.id;
-            let work = match codec::decode::<Req>(&call.body) {
-                Err(e) => Ok(Err(bad_request(e))),
-                Ok(req) => Err(f(req, call.context.clone())),
-            };
-            let result = match work {
-                Ok(refusal) => Some(refusal),
-                Err(fut) => {
-                    let run = async { encode_response(fut.await.map_err(|e| e.to_string())) };
-                    guarded(&call, run, |_| Err(RemoteError::handler(PANICKED))).await
-                }
-            };
+            let ctx = call.context.clone();
+            let run = |req| async move { encode_response(f(req, ctx).await.map_err(|e| e.to_string())) };
+            let result = serve_async(&call, run).await;
+            drop(slot);
             match result {
                 Some(r) => handle.respond(id, r),
                 None => handle.abandon(id),
@@ -130,27 +127,33 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
 {
     let f = Arc::new(f);
-    Handler::Async(Arc::new(move |call: IncomingCall, handle: Handle| {
+    Handler::Async(Arc::new(move |call: IncomingCall, handle: Handle, slot: Slot| {
         let f = f.clone();
         Box::pin(async move {
             let id = call.id;
-            let work = match codec::decode::<Req>(&call.body) {
-                Err(e) => Ok(Err(bad_request(e))),
-                Ok(req) => Err(f(req, handle.item_sink(id, stall, call.context.clone()))),
-            };
-            let result = match work {
-                Ok(refusal) => Some(refusal),
-                Err(fut) => {
-                    let run = async { fut.await.map_err(|e| RemoteError::handler(e.to_string())) };
-                    guarded(&call, run, |_| Err(RemoteError::handler(PANICKED))).await
-                }
-            };
+            let sink = handle.item_sink(id, stall, call.context.clone());
+            let run = |req| async move { f(req, sink).await.map_err(|e| RemoteError::handler(e.to_string())) };
+            let result = serve_async(&call, run).await;
+            drop(slot);
             match result {
                 Some(r) => handle.finish(id, r),
                 None => handle.abandon(id),
             }
         })
     }))
+}
+
+/// Decodes the request and runs the handler's future while the call is wanted: its answer, or
+/// `None` if the call went away first (the future is then dropped).
+async fn serve_async<Req, T, Fut>(call: &IncomingCall, run: impl FnOnce(Req) -> Fut) -> Option<Result<T, RemoteError>>
+where
+    Req: DeserializeOwned,
+    Fut: Future<Output = Result<T, RemoteError>>,
+{
+    match codec::decode::<Req>(&call.body) {
+        Err(e) => Some(Err(bad_request(e))),
+        Ok(req) => guarded(call, run(req), |_| Err(RemoteError::handler(PANICKED))).await,
+    }
 }
 
 /// Runs a handler's future while its call is wanted: `None` (and the future dropped) once the

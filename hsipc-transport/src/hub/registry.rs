@@ -58,6 +58,13 @@ impl Registry {
         Ok((!left).then_some(service))
     }
 
+    /// Forgets every handler (at close: a handler that captured a clone of its own hub would
+    /// otherwise keep the hub alive through the registry).
+    pub(crate) fn clear(&self) {
+        let handlers = std::mem::take(&mut *self.handlers.write().unwrap_or_else(|e| e.into_inner()));
+        drop(handlers);
+    }
+
     fn get(&self, method: &str) -> Option<Handler> {
         self.handlers.read().unwrap_or_else(|e| e.into_inner()).get(method).cloned()
     }
@@ -82,20 +89,15 @@ impl Dispatcher for Registry {
         let handle = handle.clone();
         match handler {
             Handler::Blocking(f) => self.runtime.spawn_blocking(Box::new(move || {
-                let _slot = slot;
                 if !wanted(&call) {
+                    drop(slot);
                     handle.abandon(call.id);
                     return;
                 }
-                f(call, &handle);
+                f(call, &handle, slot);
             })),
-            Handler::Async(f) => {
-                let task = f(call, handle);
-                self.runtime.spawn(Box::pin(async move {
-                    let _slot = slot;
-                    task.await;
-                }));
-            }
+            // The handler gives the slot back before it answers (or when its task is dropped).
+            Handler::Async(f) => self.runtime.spawn(f(call, handle, slot)),
         }
         Ok(())
     }
@@ -108,8 +110,9 @@ pub(crate) fn wanted(call: &IncomingCall) -> bool {
     !(call.context.is_cancelled() || stale)
 }
 
-/// One of the `max_pending_calls` places; given back when the handler ends.
-struct Slot(Arc<AtomicUsize>);
+/// One of the `max_pending_calls` places; given back just before the call is answered (or
+/// abandoned), so that a caller holding its answer never finds its place still taken.
+pub(crate) struct Slot(Arc<AtomicUsize>);
 
 impl Slot {
     fn take(pending: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {

@@ -40,7 +40,7 @@ pub(super) fn wrap(selector: ipmb::Selector, from: PeerId, frame: &[u8]) -> Resu
         what: "creating a shared-memory region for a large message",
         source: std::io::Error::last_os_error(),
     })?;
-    let buf = region.map(..).map_err(|e| TransportError::Bus(format!("mapping a shared-memory region: {e}")))?;
+    let buf = region.map(..).map_err(|e| TransportError::SharedMemory(Box::new(e)))?;
     buf[..frame.len()].copy_from_slice(frame);
     let mut msg = ipmb::Message::new(selector, Msg { format: FORMAT, data });
     msg.memory_regions.push(region);

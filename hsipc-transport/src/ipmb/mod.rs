@@ -164,10 +164,10 @@ impl Connect for IpmbBus {
         let (sender, receiver) = match joined {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
-                return Err(TransportError::Join { bus: cfg.bus, reason: e.to_string() });
+                return Err(TransportError::Join { bus: cfg.bus, source: Box::new(e) });
             }
             Err(_) => {
-                return Err(TransportError::Join { bus: cfg.bus, reason: "ipmb panicked while joining".into() });
+                return Err(TransportError::Panicked { during: "joining the bus" });
             }
         };
         sweeper.after_join();
@@ -240,11 +240,11 @@ impl IpmbTransport {
         }
         match catch_unwind(AssertUnwindSafe(|| self.sender.send(msg))) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(TransportError::Bus(e.to_string())),
+            Ok(Err(e)) => Err(TransportError::Send(Box::new(e))),
             Err(_) => {
                 tracing::error!("ipmb panicked in send; this hub can no longer send");
                 self.broken = true;
-                Err(TransportError::Bus("ipmb panicked in send".into()))
+                Err(TransportError::Panicked { during: "sending" })
             }
         }
     }
