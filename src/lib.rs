@@ -39,8 +39,9 @@
 //! protocol core) and [`transport`] (transports, the engine and the hub layer).
 
 pub use futures_core::Stream;
+pub use hsipc_macros::{service, service_impl, service_trait};
 pub use hsipc_transport as transport;
-pub use hsipc_transport::hub::Event;
+pub use hsipc_transport::hub::{ClientError, Event, MethodCall, MethodIter, MethodStream, Service};
 pub use hsipc_transport::proto;
 pub use hsipc_transport::proto::{PeerId, RemoteError, Stats, Topic, TopicError, TopicFilter};
 pub use hsipc_transport::{CallContext, Census, Error, Overflow, PeerSummary, Result};
@@ -72,11 +73,25 @@ pub mod smol {
     pub use hsipc_smol::{CallFuture, HubBuilder, ProcessHub, ResponseStream, StreamSink, Subscription};
 }
 
+/// The sink a streaming handler sends through: `send(&item).await` from async code,
+/// `send_blocking(&item)` from a thread. `#[service]` streaming methods take one.
+pub use hsipc_transport::hub::StreamSink;
+
 /// The async hubs' stream and subscription types (the same for tokio and smol).
 #[cfg(any(feature = "tokio", feature = "smol"))]
-pub use hsipc_transport::hub::{CallFuture, ResponseStream, StreamSink, Subscription};
+pub use hsipc_transport::hub::{CallFuture, ResponseStream, Subscription};
 
-/// Without an async hub, `Subscription` and friends are the blocking ones.
+/// Without an async hub, `Subscription` and `ResponseStream` are the blocking ones.
 #[cfg(not(any(feature = "tokio", feature = "smol")))]
 #[cfg(feature = "blocking")]
-pub use hsipc_blocking::{ResponseStream, StreamSink, Subscription};
+pub use hsipc_blocking::{ResponseStream, Subscription};
+
+/// What `#[service]`'s generated code uses; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use hsipc_transport::ItemSink;
+    pub use hsipc_transport::hub::{
+        ClientErrorOf, ClientResult, HasCore, HubCore, MethodResult, Service, ServiceError, assert_service_error,
+        assert_wire, end_stream, end_stream_blocking, method_sink,
+    };
+}

@@ -1,11 +1,50 @@
 //! The earlier hsipc's README snippets compile as written, changing only the `use` line
-//! (`../shared/seeds/000_fa5688a95bad95ee.txt`, sections 发布/订阅模式 and 同步 API), and run
-//! against a real bus.
+//! (`../shared/seeds/000_fa5688a95bad95ee.txt`, sections Trait-based 服务定义, 发布/订阅模式 and
+//! 同步 API), and run against a real bus.
 //!
 //! Each snippet is kept verbatim in a module of its own; only its `main` is renamed so that the
 //! test can run it on a private bus.
 
 #![allow(unreachable_pub)] // the snippets are verbatim, `pub` included
+
+mod trait_based {
+    use hsipc::{ProcessHub, Result, service_impl, service_trait};
+
+    #[service_trait]
+    trait Calculator {
+        async fn add(&self, params: (i32, i32)) -> Result<i32>;
+        async fn multiply(&self, params: (i32, i32)) -> Result<i32>;
+    }
+
+    struct BasicCalculator;
+
+    #[service_impl]
+    impl Calculator for BasicCalculator {
+        async fn add(&self, params: (i32, i32)) -> Result<i32> {
+            Ok(params.0 + params.1)
+        }
+
+        async fn multiply(&self, params: (i32, i32)) -> Result<i32> {
+            Ok(params.0 * params.1)
+        }
+    }
+
+    #[tokio::main]
+    pub async fn main() -> Result<()> {
+        let hub = ProcessHub::new("calculator").await?;
+
+        // 注册服务
+        let calculator = BasicCalculator;
+        hub.register_service(BasicCalculatorService::new(calculator)).await?;
+
+        // 自动生成的客户端
+        let client = CalculatorClient::new(hub.clone());
+        let result = client.add((10, 20)).await?;
+        println!("10 + 20 = {}", result);
+
+        Ok(())
+    }
+}
 
 mod publisher {
     use hsipc::{ProcessHub, Result};
@@ -75,6 +114,7 @@ fn run_child(role: &str) -> std::process::Output {
 fn child_entry() {
     match std::env::var("HSIPC_SEED_ROLE").as_deref() {
         Ok("publisher") => publisher::main().expect("the publisher snippet runs"),
+        Ok("trait_based") => trait_based::main().expect("the trait-based snippet runs"),
         Ok("sync_api") => {
             // "add" names no `service.method`: the call fails, clearly, at run time; the
             // snippet's point is that it compiles unchanged.
@@ -84,6 +124,13 @@ fn child_entry() {
         }
         _ => {}
     }
+}
+
+#[test]
+fn the_trait_based_service_snippet_runs_unchanged() {
+    let out = run_child("trait_based");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("10 + 20 = 30"));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hsipc_transport::hub::{HubCore, Runtime, RuntimeKind, Settings};
+use hsipc_transport::hub::{HasCore, HubCore, Runtime, RuntimeKind, Service, Settings};
 use hsipc_transport::proto::PeerId;
 use hsipc_transport::{CallContext, Census, PeerSummary, Result};
 use serde::Serialize;
@@ -41,6 +41,12 @@ impl RuntimeKind for Threads {
 #[derive(Clone, Debug)]
 pub struct ProcessHub {
     core: HubCore,
+}
+
+impl HasCore for ProcessHub {
+    fn core(&self) -> &HubCore {
+        &self.core
+    }
 }
 
 impl From<HubCore> for ProcessHub {
@@ -133,6 +139,13 @@ impl ProcessHub {
         F: Fn(Req, &StreamSink<Item>) -> std::result::Result<(), E> + Send + Sync + 'static,
     {
         self.core.serve_blocking_stream(method, move |req, sink| handler(req, &StreamSink::new(sink)))
+    }
+
+    /// Serves every method of a `#[hsipc::service]` service (`CalculatorService::new(imp)`),
+    /// under its service name. Plain methods run on the worker threads, and so do async ones
+    /// (each driven to completion on its worker).
+    pub fn register_service<S: Service>(&self, service: S) -> Result<()> {
+        service.register(&self.core)
     }
 
     /// Stops serving `method`. When no method of its service is left, the service is withdrawn

@@ -16,7 +16,7 @@ use crate::error::Result;
 /// [`send_async`](Self::send_async) with no timer of its own. Once the call is gone (the
 /// caller cancelled, died or its deadline passed) sends fail with
 /// [`Error::Cancelled`](crate::Error::Cancelled).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ItemSink {
     handle: Handle,
     id: IncomingId,

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_core::Stream;
 use proto::{PeerId, codec};
 use serde::Serialize;
@@ -16,6 +17,7 @@ use serde::de::DeserializeOwned;
 use super::builder::HubBuilder;
 use super::core::HubCore;
 use super::runtime::RuntimeKind;
+use super::service::Service;
 use super::typed::{Event, decode};
 use crate::engine::{CallContext, Census, EventReceiver, ItemReceiver, ItemSink, PeerSummary, PendingCall};
 use crate::error::{Error, Result};
@@ -31,7 +33,7 @@ use crate::error::{Error, Result};
 /// Waiting never needs a timer from the executor: the hub's engine ends every call, stream and
 /// wait by its deadline itself, so a call's `.await` is one channel receive.
 pub struct AsyncHub<K> {
-    core: HubCore,
+    pub(crate) core: HubCore,
     _kind: PhantomData<fn() -> K>,
 }
 
@@ -119,6 +121,13 @@ impl<K> AsyncHub<K> {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
     {
         self.core.serve_async_stream(method, move |req, sink| handler(req, StreamSink::new(sink)))
+    }
+
+    /// Serves every method of a `#[hsipc::service]` service (`CalculatorService::new(imp)`),
+    /// under its service name. Async methods run as tasks, plain ones on the runtime's
+    /// blocking pool.
+    pub async fn register_service<S: Service>(&self, service: S) -> Result<()> {
+        service.register(&self.core)
     }
 
     /// Stops serving `method`. When no method of its service is left, the service is withdrawn
@@ -290,24 +299,45 @@ impl<T: DeserializeOwned> Stream for Subscription<T> {
     }
 }
 
-/// Where an async streaming handler sends its items.
-#[derive(Debug)]
+/// Where a streaming handler sends its items: `send(&item).await` from async code,
+/// [`send_blocking`](Self::send_blocking) from a thread. Each send waits while the reader has
+/// granted no credit, so a slow reader slows the handler instead of filling memory.
 pub struct StreamSink<Item> {
     sink: ItemSink,
-    _item: PhantomData<fn(&Item)>,
+    encode: fn(&Item) -> Result<Bytes>,
+}
+
+impl<Item> std::fmt::Debug for StreamSink<Item> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSink").field("sink", &self.sink).finish_non_exhaustive()
+    }
 }
 
 impl<Item: Serialize> StreamSink<Item> {
     fn new(sink: ItemSink) -> Self {
-        StreamSink { sink, _item: PhantomData }
+        StreamSink { sink, encode: |item| Ok(codec::encode(item)?) }
+    }
+}
+
+impl<Item> StreamSink<Item> {
+    /// A sink whose items go on the wire as `encode` makes them (a `#[service]` method's items
+    /// carry its error type's framing).
+    pub(crate) fn with_encoder(sink: ItemSink, encode: fn(&Item) -> Result<Bytes>) -> Self {
+        StreamSink { sink, encode }
     }
 
     /// Sends one item, waiting (without blocking a thread) while the reader has granted no
     /// credit, at most the hub's stream stall timeout. Fails with [`Error::Cancelled`] once the
     /// caller has cancelled, dropped the stream or died: return from the handler then.
     pub fn send(&self, item: &Item) -> impl Future<Output = Result<()>> + Send + '_ {
-        let body = codec::encode(item);
+        let body = (self.encode)(item);
         async move { self.sink.send_async(body?).await }
+    }
+
+    /// Sends one item from a thread, blocking while the reader has granted no credit (at most
+    /// the hub's stream stall timeout).
+    pub fn send_blocking(&self, item: &Item) -> Result<()> {
+        self.sink.send((self.encode)(item)?)
     }
 
     /// The call being served: caller, deadline, cancellation.

@@ -20,11 +20,16 @@ mod core;
 mod handler;
 mod registry;
 mod runtime;
+mod service;
 mod typed;
 
 pub use self::asynchronous::{AsyncHub, CallFuture, ResponseStream, StreamSink, Subscription};
 pub use self::builder::{DEFAULT_BUS, HubBuilder, Settings};
 pub use self::core::HubCore;
 pub use self::runtime::{BoxFuture, Runtime, RuntimeKind};
+pub use self::service::{
+    ClientError, ClientErrorOf, ClientResult, HasCore, MethodCall, MethodIter, MethodResult, MethodStream, Service,
+    ServiceError, Wire, assert_service_error, assert_wire, end_stream, end_stream_blocking, method_sink,
+};
 pub use self::typed::{Event, decode};
 pub use futures_core::Stream;

@@ -1,0 +1,240 @@
+//! Reading a service trait: its methods, their arguments and results, and every misuse as a
+//! compile error at the span that has to change.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{
+    Attribute, FnArg, GenericArgument, Ident, ItemTrait, LitStr, Pat, PathArguments, ReturnType, TraitItem,
+    TraitItemFn, Type,
+};
+
+/// Names the generated clients and services use for their own methods: a trait method of the
+/// same name would collide with them.
+const RESERVED: &[&str] = &["new", "with_name", "with_timeout", "timeout", "service_name", "hub"];
+
+/// A service trait, read.
+pub(crate) struct ServiceDef {
+    pub(crate) item: ItemTrait,
+    /// The service name methods are served under by default.
+    pub(crate) name: String,
+    pub(crate) methods: Vec<MethodDef>,
+}
+
+/// One method of a service trait.
+pub(crate) struct MethodDef {
+    pub(crate) ident: Ident,
+    /// The method part of `service.method` on the wire.
+    pub(crate) wire_name: String,
+    pub(crate) is_async: bool,
+    /// The arguments sent to the server (the sink of a streaming method excluded).
+    pub(crate) args: Vec<(Ident, Type)>,
+    /// The declared result, `Result<T, E>`.
+    pub(crate) ret: Type,
+    /// For a streaming method: the item type.
+    pub(crate) stream_item: Option<Type>,
+    pub(crate) docs: Vec<Attribute>,
+}
+
+/// `#[hsipc::service(name = "...")]` arguments.
+pub(crate) fn service_name(attr: proc_macro2::TokenStream, default: &Ident) -> syn::Result<String> {
+    let mut name = default.to_string();
+    if attr.is_empty() {
+        return Ok(name);
+    }
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("name") {
+            let lit: LitStr = meta.value()?.parse()?;
+            name = checked_name(&lit, "service")?;
+            Ok(())
+        } else {
+            Err(meta.error("unknown argument: `#[hsipc::service]` takes only `name = \"...\"`"))
+        }
+    });
+    syn::parse::Parser::parse2(parser, attr)?;
+    Ok(name)
+}
+
+fn checked_name(lit: &LitStr, what: &str) -> syn::Result<String> {
+    let v = lit.value();
+    if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("a {what} name is non-empty, without spaces or control characters"),
+        ));
+    }
+    if what == "method" && v.contains('.') {
+        return Err(syn::Error::new(
+            lit.span(),
+            "a method name cannot contain `.` (it separates the service from the method)",
+        ));
+    }
+    Ok(v)
+}
+
+impl ServiceDef {
+    pub(crate) fn parse(mut item: ItemTrait, name: String) -> syn::Result<ServiceDef> {
+        if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+            return Err(syn::Error::new(
+                item.generics.span(),
+                "a service trait cannot be generic: every process must agree on its types; use concrete types",
+            ));
+        }
+        let mut errors: Option<syn::Error> = None;
+        let mut methods = Vec::new();
+        for trait_item in &mut item.items {
+            let result = match trait_item {
+                TraitItem::Fn(f) => MethodDef::parse(f),
+                other => Err(syn::Error::new(
+                    other.span(),
+                    "a service trait holds only methods (each one a call another process can make)",
+                )),
+            };
+            match result {
+                Ok(m) => methods.push(m),
+                Err(e) => match &mut errors {
+                    Some(all) => all.combine(e),
+                    None => errors = Some(e),
+                },
+            }
+        }
+        if let Some(e) = errors {
+            return Err(e);
+        }
+        Ok(ServiceDef { item, name, methods })
+    }
+}
+
+impl MethodDef {
+    fn parse(f: &mut TraitItemFn) -> syn::Result<MethodDef> {
+        let (wire_name, stream) = method_attrs(&mut f.attrs)?;
+        let sig = &f.sig;
+        let ident = sig.ident.clone();
+        let wire_name = wire_name.unwrap_or_else(|| ident.to_string());
+        if RESERVED.contains(&ident.to_string().as_str()) {
+            return Err(syn::Error::new(
+                ident.span(),
+                format!(
+                    "`{ident}` collides with a method of the generated client; rename the method, and keep its name on the wire with `#[hsipc(name = \"{ident}\")]`"
+                ),
+            ));
+        }
+        if let Some(body) = &f.default {
+            return Err(syn::Error::new(
+                body.span(),
+                "declare service methods without a body; implement them in `impl Trait for YourType`",
+            ));
+        }
+        if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+            return Err(syn::Error::new(
+                sig.generics.span(),
+                "a service method cannot be generic: the other process must know the concrete types; use concrete types",
+            ));
+        }
+        if let Some(v) = &sig.variadic {
+            return Err(syn::Error::new(v.span(), "a service method cannot be variadic"));
+        }
+        check_receiver(sig)?;
+        let ret = match &sig.output {
+            ReturnType::Type(_, ty) if is_result(ty) => (**ty).clone(),
+            ReturnType::Type(_, ty) => {
+                return Err(syn::Error::new(
+                    ty.span(),
+                    "a service method returns `Result<T, E>` (or `hsipc::Result<T>`): a call to another process can always fail",
+                ));
+            }
+            ReturnType::Default => {
+                return Err(syn::Error::new(
+                    sig.paren_token.span.join(),
+                    "a service method returns `Result<T, E>` (or `hsipc::Result<T>`); for no value, `Result<(), E>`",
+                ));
+            }
+        };
+        let mut args = Vec::new();
+        for (i, arg) in sig.inputs.iter().skip(1).enumerate() {
+            let FnArg::Typed(pt) = arg else { continue };
+            let name = match &*pt.pat {
+                Pat::Ident(p) => p.ident.clone(),
+                _ => Ident::new(&format!("arg{i}"), pt.pat.span()),
+            };
+            args.push((name, (*pt.ty).clone()));
+        }
+        let stream_item = match stream {
+            None => None,
+            Some(span) => {
+                let Some((_, sink)) = args.pop() else {
+                    return Err(syn::Error::new(
+                        span,
+                        "a streaming method takes its sink as its last argument: `sink: hsipc::StreamSink<Item>`",
+                    ));
+                };
+                Some(sink_item(&sink)?)
+            }
+        };
+        let docs = f.attrs.iter().filter(|a| a.path().is_ident("doc")).cloned().collect();
+        Ok(MethodDef { ident, wire_name, is_async: sig.asyncness.is_some(), args, ret, stream_item, docs })
+    }
+}
+
+/// Reads and removes `#[hsipc(...)]` on a method: its wire name and whether it streams.
+fn method_attrs(attrs: &mut Vec<Attribute>) -> syn::Result<(Option<String>, Option<Span>)> {
+    let mut name = None;
+    let mut stream = None;
+    let mut error: Option<syn::Error> = None;
+    attrs.retain(|a| {
+        if !a.path().is_ident("hsipc") {
+            return true;
+        }
+        let r = a.parse_nested_meta(|meta| {
+            if meta.path.is_ident("name") {
+                let lit: LitStr = meta.value()?.parse()?;
+                name = Some(checked_name(&lit, "method")?);
+                Ok(())
+            } else if meta.path.is_ident("stream") {
+                stream = Some(meta.path.span());
+                Ok(())
+            } else {
+                Err(meta.error("unknown argument: a method takes `#[hsipc(name = \"...\")]` and `#[hsipc(stream)]`"))
+            }
+        });
+        if let Err(e) = r {
+            error = Some(e);
+        }
+        false
+    });
+    if let Some(e) = error {
+        return Err(e);
+    }
+    Ok((name, stream))
+}
+
+fn check_receiver(sig: &syn::Signature) -> syn::Result<()> {
+    let msg =
+        "a service method takes `&self`: calls run concurrently, so keep mutable state behind a `Mutex` or an atomic";
+    match sig.inputs.first() {
+        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() && r.colon_token.is_none() => {
+            Ok(())
+        }
+        Some(FnArg::Receiver(r)) => Err(syn::Error::new(r.span(), msg)),
+        _ => Err(syn::Error::new(sig.ident.span(), format!("{msg}; add `&self` as the first argument"))),
+    }
+}
+
+fn is_result(ty: &Type) -> bool {
+    matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == "Result"))
+}
+
+/// The `Item` of a sink argument `StreamSink<Item>`.
+fn sink_item(ty: &Type) -> syn::Result<Type> {
+    let err =
+        || syn::Error::new(ty.span(), "the last argument of a streaming method is its sink: `hsipc::StreamSink<Item>`");
+    let Type::Path(p) = ty else { return Err(err()) };
+    let last = p.path.segments.last().ok_or_else(err)?;
+    if last.ident != "StreamSink" {
+        return Err(err());
+    }
+    let PathArguments::AngleBracketed(generics) = &last.arguments else { return Err(err()) };
+    match generics.args.first() {
+        Some(GenericArgument::Type(item)) if generics.args.len() == 1 => Ok(item.clone()),
+        _ => Err(err()),
+    }
+}
