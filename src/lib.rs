@@ -95,3 +95,8 @@ pub mod __private {
         assert_wire, end_stream, end_stream_blocking, method_sink,
     };
 }
+
+/// README.md's examples, compiled as doc tests so that they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
