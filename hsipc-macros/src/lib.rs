@@ -33,6 +33,39 @@
 //! - **`CalculatorBlockingClient<H>`**: the same methods, blocking, for the blocking hub;
 //!   streaming methods give an `Iterator`.
 //!
+//! In code, for `#[hsipc::service] pub trait Greeter { async fn hello(&self, name: String) ->
+//! hsipc::Result<String>; }` the expansion is, in short:
+//!
+//! ```ignore
+//! pub trait Greeter: Send + Sync + 'static {
+//!     fn hello(&self, name: String) -> impl Future<Output = hsipc::Result<String>> + Send;
+//! }
+//!
+//! pub struct GreeterService<I> { /* Arc<I>, the service name */ }
+//! impl<I: Greeter> GreeterService<I> {
+//!     pub const DEFAULT_NAME: &'static str = "Greeter";
+//!     pub fn new(imp: I) -> Self;
+//!     pub fn with_name(imp: I, name: &str) -> Self;
+//! }
+//! impl<I: Greeter> hsipc::Service for GreeterService<I> { /* serves "Greeter.hello" */ }
+//!
+//! pub struct GreeterClient<H> { /* the hub, the service name, a timeout */ }
+//! impl<H: HasCore> GreeterClient<H> {
+//!     pub fn new(hub: H) -> Self;
+//!     pub fn with_name(hub: H, service: &str) -> Self;
+//!     pub fn with_timeout(self, timeout: Duration) -> Self;
+//!     pub fn timeout(&self, timeout: Duration) -> Self;       // for one call
+//!     pub fn service_name(&self) -> &str;
+//!     pub fn hello(&self, name: String) -> hsipc::MethodCall<hsipc::Result<String>>; // a Send future
+//! }
+//!
+//! pub struct GreeterBlockingClient<H> { /* the same */ }
+//! impl<H: HasCore> GreeterBlockingClient<H> {
+//!     // new, with_name, with_timeout, timeout, service_name as above, and:
+//!     pub fn hello(&self, name: String) -> hsipc::Result<String>;
+//! }
+//! ```
+//!
 //! # Methods
 //!
 //! A method takes `&self` and owned serde arguments (any number, zero included), and returns

@@ -74,8 +74,8 @@ fn checked_name(lit: &LitStr, what: &str) -> syn::Result<String> {
 impl ServiceDef {
     pub(crate) fn parse(mut item: ItemTrait, name: String) -> syn::Result<ServiceDef> {
         if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
-            return Err(syn::Error::new(
-                item.generics.span(),
+            return Err(generics_error(
+                &item.generics,
                 "a service trait cannot be generic: every process must agree on its types; use concrete types",
             ));
         }
@@ -84,9 +84,9 @@ impl ServiceDef {
         for trait_item in &mut item.items {
             let result = match trait_item {
                 TraitItem::Fn(f) => MethodDef::parse(f),
-                other => Err(syn::Error::new(
-                    other.span(),
-                    "a service trait holds only methods (each one a call another process can make)",
+                other => Err(syn::Error::new_spanned(
+                    other,
+                    "a service trait holds only methods (each one a call another process can make); move this item out of the trait",
                 )),
             };
             match result {
@@ -125,8 +125,8 @@ impl MethodDef {
             ));
         }
         if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-            return Err(syn::Error::new(
-                sig.generics.span(),
+            return Err(generics_error(
+                &sig.generics,
                 "a service method cannot be generic: the other process must know the concrete types; use concrete types",
             ));
         }
@@ -137,8 +137,8 @@ impl MethodDef {
         let ret = match &sig.output {
             ReturnType::Type(_, ty) if is_result(ty) => (**ty).clone(),
             ReturnType::Type(_, ty) => {
-                return Err(syn::Error::new(
-                    ty.span(),
+                return Err(syn::Error::new_spanned(
+                    ty,
                     "a service method returns `Result<T, E>` (or `hsipc::Result<T>`): a call to another process can always fail",
                 ));
             }
@@ -158,6 +158,12 @@ impl MethodDef {
             };
             args.push((name, (*pt.ty).clone()));
         }
+        // Borrowed types cannot travel; said here, before the compiler's more obscure
+        // "implementation of `Deserialize` is not general enough".
+        let (ok, err) = result_args(&ret);
+        for ty in args.iter().map(|(_, t)| t).chain(ok).chain(err) {
+            check_owned(ty)?;
+        }
         let stream_item = match stream {
             None => None,
             Some(span) => {
@@ -167,7 +173,9 @@ impl MethodDef {
                         "a streaming method takes its sink as its last argument: `sink: hsipc::StreamSink<Item>`",
                     ));
                 };
-                Some(sink_item(&sink)?)
+                let item = sink_item(&sink)?;
+                check_owned(&item)?;
+                Some(item)
             }
         };
         let docs = f.attrs.iter().filter(|a| a.path().is_ident("doc")).cloned().collect();
@@ -214,9 +222,94 @@ fn check_receiver(sig: &syn::Signature) -> syn::Result<()> {
         Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() && r.colon_token.is_none() => {
             Ok(())
         }
-        Some(FnArg::Receiver(r)) => Err(syn::Error::new(r.span(), msg)),
+        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.colon_token.is_none() => {
+            Err(syn::Error::new_spanned(r, format!("{msg}; write `&self`")))
+        }
+        Some(FnArg::Receiver(r)) => Err(syn::Error::new_spanned(
+            r,
+            "a service method takes `&self`: one implementation serves every call, so no call can take it; write `&self`",
+        )),
         _ => Err(syn::Error::new(sig.ident.span(), format!("{msg}; add `&self` as the first argument"))),
     }
+}
+
+/// An error at a trait's or a method's generics: the parameters, or else the where clause.
+fn generics_error(generics: &syn::Generics, msg: &str) -> syn::Error {
+    match &generics.where_clause {
+        Some(w) if generics.params.is_empty() => syn::Error::new_spanned(w, msg),
+        _ => syn::Error::new_spanned(generics, msg),
+    }
+}
+
+/// Rejects a borrowed type (`&str`, `&[u8]`, `Foo<'a>`) anywhere in an argument, result or
+/// item type: what travels to another process is decoded there into an owned value.
+fn check_owned(ty: &Type) -> syn::Result<()> {
+    match ty {
+        Type::Reference(r) => {
+            let owned = match &*r.elem {
+                Type::Path(p) if p.qself.is_none() && p.path.is_ident("str") => "String".to_string(),
+                Type::Slice(s) => format!("Vec<{}>", type_text(&s.elem)),
+                elem => type_text(elem),
+            };
+            Err(syn::Error::new_spanned(
+                r,
+                format!(
+                    "a borrowed type cannot travel between processes: a service method's arguments and results are owned; use `{owned}`"
+                ),
+            ))
+        }
+        Type::Path(p) => {
+            if let Some(q) = &p.qself {
+                check_owned(&q.ty)?;
+            }
+            for seg in &p.path.segments {
+                let PathArguments::AngleBracketed(args) = &seg.arguments else { continue };
+                for arg in &args.args {
+                    match arg {
+                        GenericArgument::Type(t) => check_owned(t)?,
+                        GenericArgument::Lifetime(l) if l.ident != "static" => {
+                            return Err(syn::Error::new_spanned(
+                                l,
+                                "a borrowed type cannot travel between processes: a service method's arguments and results are owned; use a type without a lifetime (or `'static`)",
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Ok(())
+        }
+        Type::Tuple(t) => t.elems.iter().try_for_each(check_owned),
+        Type::Array(a) => check_owned(&a.elem),
+        Type::Slice(s) => check_owned(&s.elem),
+        Type::Paren(p) => check_owned(&p.elem),
+        Type::Group(g) => check_owned(&g.elem),
+        _ => Ok(()),
+    }
+}
+
+/// A type as a user writes it (`Vec<u8>`, not `Vec < u8 >`), for a message.
+fn type_text(ty: &Type) -> String {
+    quote::quote!(#ty)
+        .to_string()
+        .replace(" <", "<")
+        .replace("< ", "<")
+        .replace(" >", ">")
+        .replace(" ::", "::")
+        .replace(":: ", "::")
+        .replace(" ,", ",")
+}
+
+/// The `T` and `E` written in `Result<T, E>` (or `T` alone in `Result<T>`).
+pub(crate) fn result_args(ret: &Type) -> (Option<&Type>, Option<&Type>) {
+    let Type::Path(p) = ret else { return (None, None) };
+    let Some(last) = p.path.segments.last() else { return (None, None) };
+    let PathArguments::AngleBracketed(args) = &last.arguments else { return (None, None) };
+    let mut types = args.args.iter().filter_map(|a| match a {
+        GenericArgument::Type(t) => Some(t),
+        _ => None,
+    });
+    (types.next(), types.next())
 }
 
 fn is_result(ty: &Type) -> bool {
@@ -225,8 +318,12 @@ fn is_result(ty: &Type) -> bool {
 
 /// The `Item` of a sink argument `StreamSink<Item>`.
 fn sink_item(ty: &Type) -> syn::Result<Type> {
-    let err =
-        || syn::Error::new(ty.span(), "the last argument of a streaming method is its sink: `hsipc::StreamSink<Item>`");
+    let err = || {
+        syn::Error::new_spanned(
+            ty,
+            "the last argument of a streaming method is its sink: `sink: hsipc::StreamSink<Item>`; move it last, or add one",
+        )
+    };
     let Type::Path(p) = ty else { return Err(err()) };
     let last = p.path.segments.last().ok_or_else(err)?;
     if last.ident != "StreamSink" {
