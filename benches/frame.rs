@@ -69,6 +69,43 @@ fn cbor(c: &mut Criterion) {
     g.finish();
 }
 
+/// Raw bytes as `Bytes` (one copy) against `Vec<u8>` (through serde a byte at a time, written
+/// as a byte string) and against `Vec<u8>` written as CBOR's array of integers (what hsipc did
+/// before byte sequences became byte strings).
+fn binary(c: &mut Criterion) {
+    let mut g = c.benchmark_group("binary");
+    for (label, len) in [("64B", 64usize), ("4KiB", 4096), ("64KiB", 64 * 1024), ("1MiB", 1 << 20)] {
+        let raw: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let bytes = Bytes::from(raw.clone());
+        g.throughput(Throughput::Bytes(len as u64));
+        g.bench_function(format!("bytes_{label}"), |b| {
+            b.iter(|| {
+                let enc = codec::encode(black_box(&bytes)).expect("encode");
+                let back: Bytes = codec::decode(black_box(&enc)).expect("decode");
+                black_box(back)
+            })
+        });
+        g.bench_function(format!("vec_u8_{label}"), |b| {
+            b.iter(|| {
+                let enc = codec::encode(black_box(&raw)).expect("encode");
+                let back: Vec<u8> = codec::decode(black_box(&enc)).expect("decode");
+                black_box(back)
+            })
+        });
+        if len <= 64 * 1024 {
+            g.bench_function(format!("vec_u8_as_array_{label}"), |b| {
+                b.iter(|| {
+                    let mut enc = Vec::new();
+                    ciborium::into_writer(black_box(&raw), &mut enc).expect("encode");
+                    let back: Vec<u8> = codec::decode(black_box(&enc)).expect("decode");
+                    black_box(back)
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 fn main() {
     let mut c = Criterion::default()
         .sample_size(30)
@@ -77,5 +114,6 @@ fn main() {
         .configure_from_args();
     frame(&mut c);
     cbor(&mut c);
+    binary(&mut c);
     c.final_summary();
 }

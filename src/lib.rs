@@ -41,7 +41,7 @@
 pub use futures_core::Stream;
 pub use hsipc_macros::{service, service_impl, service_trait};
 pub use hsipc_transport as transport;
-pub use hsipc_transport::hub::{ClientError, Event, MethodCall, MethodIter, MethodStream, Service};
+pub use hsipc_transport::hub::{ClientError, Event, HasCore, MethodCall, MethodIter, MethodStream, Service};
 pub use hsipc_transport::proto;
 pub use hsipc_transport::proto::{PeerId, RemoteError, Stats, Topic, TopicError, TopicFilter};
 pub use hsipc_transport::{CallContext, Census, Error, Overflow, PeerSummary, Result};
@@ -77,14 +77,11 @@ pub mod smol {
 /// `send_blocking(&item)` from a thread. `#[service]` streaming methods take one.
 pub use hsipc_transport::hub::StreamSink;
 
-/// The async hubs' stream and subscription types (the same for tokio and smol).
-#[cfg(any(feature = "tokio", feature = "smol"))]
+/// The async hubs' call future, response stream and subscription (the same for tokio and smol;
+/// present whatever the features, so that no name here changes meaning when a feature is
+/// turned on: the blocking hub's iterators are `hsipc::blocking::ResponseStream` and
+/// `hsipc::blocking::Subscription`).
 pub use hsipc_transport::hub::{CallFuture, ResponseStream, Subscription};
-
-/// Without an async hub, `Subscription` and `ResponseStream` are the blocking ones.
-#[cfg(not(any(feature = "tokio", feature = "smol")))]
-#[cfg(feature = "blocking")]
-pub use hsipc_blocking::{ResponseStream, Subscription};
 
 /// What `#[service]`'s generated code uses; not part of the API.
 #[doc(hidden)]

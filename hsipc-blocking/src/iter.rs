@@ -53,7 +53,8 @@ impl<T: DeserializeOwned> Subscription<T> {
     /// The next event, waiting at most `timeout` ([`Error::Timeout`](crate::Error::Timeout)
     /// if none came).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Event<T>> {
-        Event::decode(self.events.recv_deadline(Instant::now() + timeout)?)
+        let deadline = Instant::now() + timeout.min(hsipc_transport::proto::MAX_TIMEOUT);
+        Event::decode(self.events.recv_deadline(deadline)?)
     }
 
     /// The next event if one is queued.

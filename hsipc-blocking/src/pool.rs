@@ -47,9 +47,14 @@ impl Pool {
             let spawned = std::thread::Builder::new().name(format!("hsipc-worker-{i}")).spawn(move || {
                 // Ends when the pool (and with it the sender) is dropped.
                 while let Ok(job) = rx.recv() {
-                    match job {
+                    // The handler wrappers catch handlers' panics and answer the caller; this
+                    // only keeps the worker alive should anything else panic.
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
                         Job::Blocking(f) => f(),
                         Job::Future(task) => futures_lite::future::block_on(task),
+                    }));
+                    if ran.is_err() {
+                        tracing::error!("a handler job panicked outside its handler");
                     }
                 }
             });

@@ -131,39 +131,39 @@ fn registration(m: &MethodDef) -> TokenStream {
     let method = quote!(&::std::format!("{}.{}", name, #wire));
     let body = match (&m.stream_item, m.is_async) {
         (None, true) => quote! {
-            hub.serve_async(#method, move |#pattern: #req_ty, _ctx: ::hsipc::CallContext| {
-                let imp = imp.clone();
+            hub.serve_async(#method, move |#pattern: #req_ty, _: ::hsipc::CallContext| {
+                let __hsipc_imp = __hsipc_imp.clone();
                 async move {
-                    <#err as ::hsipc::__private::ServiceError>::to_wire(imp.#ident(#(#names),*).await)
+                    <#err as ::hsipc::__private::ServiceError>::to_wire(__hsipc_imp.#ident(#(#names),*).await)
                 }
             })?;
         },
         (None, false) => quote! {
-            hub.serve_blocking(#method, move |#pattern: #req_ty, _ctx: &::hsipc::CallContext| {
-                <#err as ::hsipc::__private::ServiceError>::to_wire(imp.#ident(#(#names),*))
+            hub.serve_blocking(#method, move |#pattern: #req_ty, _: &::hsipc::CallContext| {
+                <#err as ::hsipc::__private::ServiceError>::to_wire(__hsipc_imp.#ident(#(#names),*))
             })?;
         },
         (Some(item), true) => quote! {
-            hub.serve_async_stream(#method, move |#pattern: #req_ty, sink: ::hsipc::__private::ItemSink| {
-                let imp = imp.clone();
+            hub.serve_async_stream(#method, move |#pattern: #req_ty, __hsipc_sink: ::hsipc::__private::ItemSink| {
+                let __hsipc_imp = __hsipc_imp.clone();
                 async move {
-                    let items = ::hsipc::__private::method_sink::<#item, #err>(::core::clone::Clone::clone(&sink));
-                    let result = imp.#ident(#(#names,)* items).await;
-                    ::hsipc::__private::end_stream::<#err>(sink, result).await
+                    let __hsipc_items = ::hsipc::__private::method_sink::<#item, #err>(::core::clone::Clone::clone(&__hsipc_sink));
+                    let __hsipc_result = __hsipc_imp.#ident(#(#names,)* __hsipc_items).await;
+                    ::hsipc::__private::end_stream::<#err>(__hsipc_sink, __hsipc_result).await
                 }
             })?;
         },
         (Some(item), false) => quote! {
-            hub.serve_blocking_stream(#method, move |#pattern: #req_ty, sink: ::hsipc::__private::ItemSink| {
-                let items = ::hsipc::__private::method_sink::<#item, #err>(::core::clone::Clone::clone(&sink));
-                let result = imp.#ident(#(#names,)* items);
-                ::hsipc::__private::end_stream_blocking::<#err>(sink, result)
+            hub.serve_blocking_stream(#method, move |#pattern: #req_ty, __hsipc_sink: ::hsipc::__private::ItemSink| {
+                let __hsipc_items = ::hsipc::__private::method_sink::<#item, #err>(::core::clone::Clone::clone(&__hsipc_sink));
+                let __hsipc_result = __hsipc_imp.#ident(#(#names,)* __hsipc_items);
+                ::hsipc::__private::end_stream_blocking::<#err>(__hsipc_sink, __hsipc_result)
             })?;
         },
     };
     quote! {
         {
-            let imp = ::std::sync::Arc::clone(&imp);
+            let __hsipc_imp = ::std::sync::Arc::clone(&imp);
             #body
         }
     }
@@ -235,25 +235,31 @@ fn client_method(m: &MethodDef, blocking: bool) -> TokenStream {
     let ident = &m.ident;
     let wire = &m.wire_name;
     let ret = &m.ret;
-    let docs = &m.docs;
+    let default_doc = format!("Calls the service's `{wire}` method.");
+    let docs = if m.docs.is_empty() {
+        quote!(#[doc = #default_doc])
+    } else {
+        let d = &m.docs;
+        quote!(#(#d)*)
+    };
     let params = m.args.iter().map(|(n, t)| quote!(#n: #t));
     let (value, _) = request(m);
     let start = quote!((::hsipc::__private::HasCore::core(&self.hub), &self.service, #wire, &#value, self.timeout));
     match (&m.stream_item, blocking) {
         (None, false) => quote! {
-            #(#docs)*
+            #docs
             pub fn #ident(&self, #(#params),*) -> ::hsipc::MethodCall<#ret> {
                 ::hsipc::MethodCall::start #start
             }
         },
         (None, true) => quote! {
-            #(#docs)*
+            #docs
             pub fn #ident(&self, #(#params),*) -> ::hsipc::__private::ClientResult<#ret> {
                 ::hsipc::MethodCall::<#ret>::start #start .wait()
             }
         },
         (Some(item), false) => quote! {
-            #(#docs)*
+            #docs
             pub fn #ident(&self, #(#params),*)
                 -> ::core::result::Result<::hsipc::MethodStream<#item, #ret>, ::hsipc::__private::ClientErrorOf<#ret>>
             {
@@ -261,7 +267,7 @@ fn client_method(m: &MethodDef, blocking: bool) -> TokenStream {
             }
         },
         (Some(item), true) => quote! {
-            #(#docs)*
+            #docs
             pub fn #ident(&self, #(#params),*)
                 -> ::core::result::Result<::hsipc::MethodIter<#item, #ret>, ::hsipc::__private::ClientErrorOf<#ret>>
             {

@@ -97,6 +97,10 @@ pub mod topic;
 mod tests;
 
 pub use config::Config;
+
+/// The longest timeout a call can have (about ten years); a longer one (`Duration::MAX`, say)
+/// is taken as this, so that no deadline overflows the clock.
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
 pub use directory::{Peer, PeerInfo};
 pub use endpoint::{Endpoint, Stats, TableSizes, service_of};
 pub use error::{CallError, CommandError, ErrorCode, FrameError, RemoteError};

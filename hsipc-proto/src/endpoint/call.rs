@@ -26,6 +26,7 @@ impl Endpoint {
     ) -> Result<RequestId, CommandError> {
         self.check_open()?;
         validate_method(method)?;
+        let timeout = timeout.min(crate::MAX_TIMEOUT);
         let service = service_of(method);
         match self.directory.pick_provider(service) {
             Some(peer) => self.request_to(now, peer, method, body, mode, timeout),
@@ -47,6 +48,7 @@ impl Endpoint {
     ) -> Result<RequestId, CommandError> {
         self.check_open()?;
         validate_method(method)?;
+        let timeout = timeout.min(crate::MAX_TIMEOUT);
         if self.directory.get(peer).is_none() {
             return Err(CommandError::UnknownPeer(peer));
         }

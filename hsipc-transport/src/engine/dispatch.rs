@@ -38,10 +38,10 @@ pub enum Reject {
     Busy(String),
 }
 
-/// Who runs served calls. The engine calls it with no lock held, on whichever thread delivered
-/// the request (the transport's reader, usually), so it must start the handler and return at
-/// once; the handler answers through `handle` ([`Handle::respond`], [`Handle::item_sink`],
-/// [`Handle::finish`]).
+/// Who runs served calls. The engine calls it with none of its locks held, on whichever thread
+/// delivered the request (the transport's reader, usually), so it must start the handler and
+/// return at once; the handler answers through `handle` ([`Handle::respond`],
+/// [`Handle::item_sink`], [`Handle::finish`]).
 pub trait Dispatcher: Send + Sync + 'static {
     /// A call arrived.
     fn dispatch(&self, call: IncomingCall, handle: &Handle) -> Result<(), Reject>;
@@ -110,7 +110,7 @@ impl CallContext {
 
     /// Blocks until the call is cancelled or `timeout` passes; whether it was cancelled.
     pub fn wait_cancelled(&self, timeout: Duration) -> bool {
-        let until = Instant::now() + timeout;
+        let until = super::deadline_in(timeout);
         loop {
             if self.is_cancelled() {
                 return true;

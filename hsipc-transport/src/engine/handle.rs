@@ -98,7 +98,7 @@ impl Handle {
             state.calls.insert(id, done);
             Ok(id)
         })?;
-        Ok(PendingCall::new(self.clone(), id, Waiter::new(rx, Instant::now() + timeout)))
+        Ok(PendingCall::new(self.clone(), id, Waiter::new(rx, super::deadline_in(timeout))))
     }
 
     /// Starts a server-streaming call whose items may each take at most `timeout` while the
@@ -112,7 +112,7 @@ impl Handle {
             state.streams.insert(id, items);
             Ok(id)
         })?;
-        Ok(ItemReceiver::new(self.clone(), id, rx, timeout + STREAM_BACKSTOP))
+        Ok(ItemReceiver::new(self.clone(), id, rx, timeout.min(proto::MAX_TIMEOUT) + STREAM_BACKSTOP))
     }
 
     /// The reader of stream `id` took `n` items.
@@ -149,14 +149,14 @@ impl Handle {
     /// that completes when the reader's credit lets it go (or fails at `deadline`).
     pub(super) fn send_item(&self, id: IncomingId, body: Bytes, deadline: Instant) -> Result<Option<Waiter<()>>> {
         self.check_len(body.len())?;
-        self.with(self.shared.handlers_send_inline, |state, _| match state.endpoint.send_item(id, body.clone()) {
-            Ok(()) => Ok(None),
-            Err(proto::CommandError::Blocked) => {
-                let (done, rx) = flume::bounded(1);
-                state.send_item(id, body, done, deadline);
-                Ok(Some(Waiter::new(rx, deadline)))
+        self.with(self.shared.handlers_send_inline, |state, _| {
+            if state.has_blocked_item(id) {
+                // One item waits for credit already: a second would overtake or replace it.
+                return Err(Error::LocalLimit(
+                    "a send on this stream is still waiting for credit; await it before sending the next item".into(),
+                ));
             }
-            Err(e) => Err(e.into()),
+            state.try_send_item(id, body, deadline)
         })
     }
 
@@ -222,7 +222,7 @@ impl Handle {
     /// [`Error::Timeout`] after `timeout`.
     pub fn watch_service(&self, service: &str, timeout: Duration) -> Result<Waiter<()>> {
         let (done, rx) = flume::bounded(1);
-        let deadline = Instant::now() + timeout;
+        let deadline = super::deadline_in(timeout);
         self.with(false, |state, _| {
             state.add_watcher(service.to_string(), done, deadline);
             Ok(())

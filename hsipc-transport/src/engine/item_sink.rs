@@ -1,6 +1,6 @@
 //! The sending end of a served stream.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use proto::IncomingId;
@@ -53,7 +53,7 @@ impl ItemSink {
     }
 
     fn start(&self, body: Bytes) -> Result<Option<Waiter<()>>> {
-        let deadline = Instant::now() + self.stall;
+        let deadline = super::deadline_in(self.stall);
         self.handle.send_item(self.id, body, deadline)
     }
 }

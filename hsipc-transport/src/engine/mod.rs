@@ -175,6 +175,12 @@ impl Drop for Engine {
     }
 }
 
+/// The instant `timeout` from now; a timeout too long for the clock (`Duration::MAX`) is taken as
+/// [`proto::MAX_TIMEOUT`].
+pub(crate) fn deadline_in(timeout: Duration) -> Instant {
+    Instant::now() + timeout.min(proto::MAX_TIMEOUT)
+}
+
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<()> {
     std::thread::Builder::new()
         .name(name)
@@ -212,6 +218,8 @@ fn run_writer(shared: &Shared, wake: &flume::Receiver<()>, sent: &flume::Sender<
         // Read before sending: everything queued before the close (the goodbye) goes out.
         let closing = shared.closed.load(Ordering::SeqCst);
         shared.send_queued_blocking();
+        // A handler may have queued a frame while this thread held the send lock and found it
+        // taken: it woke this thread, so the next loop sends it.
         if closing {
             shared.close_transport();
             let _ = sent.send(());

@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use proto::{Dest, Input, PeerId};
 
+use super::deferred::Deferred;
 use super::dispatch::Dispatcher;
 use super::state::State;
 use crate::transport::Transport;
@@ -119,14 +120,24 @@ impl Shared {
         let queued = state.has_outbound();
         let earlier_timer = state.needs_earlier_wake();
         let mut followups = Vec::new();
+        let mut dispatches = Vec::new();
         if !deferred.is_empty() {
             let order = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
             drop(state);
-            followups.extend(deferred.into_iter().filter_map(|d| d.complete(self)));
+            for d in deferred {
+                match d {
+                    // Requests are handed over after the delivery lock too: a dispatcher or a
+                    // runtime may then command the engine (refuse, answer inline) without
+                    // taking the two locks in the other order.
+                    Deferred::Dispatch(call) => dispatches.push(call),
+                    other => followups.extend(other.complete(self)),
+                }
+            }
             drop(order);
         } else {
             drop(state);
         }
+        followups.extend(dispatches.into_iter().filter_map(|call| Deferred::Dispatch(call).complete(self)));
         if queued && send_inline {
             self.flush();
         } else if queued {
@@ -165,16 +176,26 @@ impl Shared {
         let _ = self.wake_clock.try_send(());
     }
 
-    /// Sends everything queued, unless another thread is already doing so (it sends ours too:
-    /// the queue is shared and re-checked after every release).
+    /// Sends what is queued now from this thread, unless another thread is sending (then the
+    /// writer is woken to make sure it is sent). Sends one batch at most: a handler's thread is
+    /// never kept sending other threads' frames; whatever is queued meanwhile goes to the writer.
     pub(super) fn flush(&self) {
-        loop {
-            let Ok(mut transport) = self.transport.try_lock() else { return };
-            self.send_all(transport.as_deref_mut());
-            drop(transport);
-            if !self.state().has_outbound() {
+        let mut transport = match self.transport.try_lock() {
+            Ok(t) => t,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                // The holder may already have taken its last batch: never rely on it.
+                self.wake_writer();
                 return;
             }
+        };
+        let batch = self.state().take_outbound();
+        if let Some(t) = transport.as_deref_mut() {
+            send_batch(t, batch);
+        }
+        drop(transport);
+        if self.state().has_outbound() {
+            self.wake_writer();
         }
     }
 
@@ -200,19 +221,23 @@ impl Shared {
                 return;
             }
             let Some(t) = transport.as_deref_mut() else { continue };
-            for (dest, frame) in batch {
-                let r = match dest {
-                    Dest::Peer(p) => t.send(p, &frame),
-                    Dest::All => t.broadcast(&frame),
-                };
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "transport failed to send a frame");
-                }
-            }
+            send_batch(t, batch);
         }
     }
 
     pub(super) fn is_shut_down(&self) -> bool {
         self.shutdown.load(Ordering::SeqCst)
+    }
+}
+
+fn send_batch(t: &mut dyn Transport, batch: std::collections::VecDeque<(Dest, Bytes)>) {
+    for (dest, frame) in batch {
+        let r = match dest {
+            Dest::Peer(p) => t.send(p, &frame),
+            Dest::All => t.broadcast(&frame),
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "transport failed to send a frame");
+        }
     }
 }

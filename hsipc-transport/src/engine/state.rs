@@ -379,6 +379,30 @@ impl State {
         }
     }
 
+    /// Whether an item of served call `id` waits for credit.
+    pub(super) fn has_blocked_item(&self, id: IncomingId) -> bool {
+        self.blocked_items.contains_key(&id)
+    }
+
+    /// Sends an item of a served stream now (`None`), or parks it until the reader's credit
+    /// lets it go (the waiter completes then, or fails at `deadline`).
+    pub(super) fn try_send_item(
+        &mut self,
+        id: IncomingId,
+        body: Bytes,
+        deadline: Instant,
+    ) -> Result<Option<super::Waiter<()>>> {
+        match self.endpoint.send_item(id, body.clone()) {
+            Ok(()) => Ok(None),
+            Err(proto::CommandError::Blocked) => {
+                let (done, rx) = flume::bounded(1);
+                self.blocked_items.insert(id, BlockedItem { body, done, deadline });
+                Ok(Some(super::Waiter::new(rx, deadline)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Ends a served call: it no longer needs its context or a parked item.
     pub(super) fn end_served(&mut self, id: IncomingId) {
         self.served.remove(&id);

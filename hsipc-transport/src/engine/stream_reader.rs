@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_core::Stream;
@@ -53,7 +53,7 @@ impl ItemReceiver {
         if self.ended {
             return Ok(None);
         }
-        match self.rx.recv_deadline(Instant::now() + self.backstop) {
+        match self.rx.recv_deadline(super::deadline_in(self.backstop)) {
             Ok(msg) => self.take(msg),
             Err(flume::RecvTimeoutError::Timeout) => {
                 self.cancel();

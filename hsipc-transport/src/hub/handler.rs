@@ -58,14 +58,13 @@ where
     F: Fn(Req, &CallContext) -> Result<Resp, E> + Send + Sync + 'static,
 {
     Handler::Blocking(Arc::new(move |call: IncomingCall, handle: &Handle, slot: Slot| {
-        let result = match codec::decode::<Req>(&call.body) {
-            Err(e) => Err(bad_request(e)),
-            Ok(req) => {
-                let ctx = &call.context;
-                let r = catch_unwind(AssertUnwindSafe(|| f(req, ctx).map_err(|e| e.to_string())));
-                encode_response(r.unwrap_or_else(|_| Err(PANICKED.into())))
-            }
-        };
+        // Decoding and encoding run user code too (`Deserialize`, `Serialize` impls): a panic
+        // anywhere answers the caller and leaves the worker alive.
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let req = codec::decode::<Req>(&call.body).map_err(bad_request)?;
+            encode_response(f(req, &call.context).map_err(|e| e.to_string()))
+        }))
+        .unwrap_or_else(|_| Err(RemoteError::handler(PANICKED)));
         drop(slot);
         handle.respond(call.id, result);
     }))
@@ -79,14 +78,12 @@ where
     F: Fn(Req, ItemSink) -> Result<(), E> + Send + Sync + 'static,
 {
     Handler::Blocking(Arc::new(move |call: IncomingCall, handle: &Handle, slot: Slot| {
-        let result = match codec::decode::<Req>(&call.body) {
-            Err(e) => Err(bad_request(e)),
-            Ok(req) => {
-                let sink = handle.item_sink(call.id, stall, call.context.clone());
-                let r = catch_unwind(AssertUnwindSafe(|| f(req, sink).map_err(|e| e.to_string())));
-                r.unwrap_or_else(|_| Err(PANICKED.into())).map_err(RemoteError::handler)
-            }
-        };
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let req = codec::decode::<Req>(&call.body).map_err(bad_request)?;
+            let sink = handle.item_sink(call.id, stall, call.context.clone());
+            f(req, sink).map_err(|e| RemoteError::handler(e.to_string()))
+        }))
+        .unwrap_or_else(|_| Err(RemoteError::handler(PANICKED)));
         drop(slot);
         handle.finish(call.id, result);
     }))
@@ -150,9 +147,12 @@ where
     Req: DeserializeOwned,
     Fut: Future<Output = Result<T, RemoteError>>,
 {
-    match codec::decode::<Req>(&call.body) {
-        Err(e) => Some(Err(bad_request(e))),
-        Ok(req) => guarded(call, run(req), |_| Err(RemoteError::handler(PANICKED))).await,
+    // Decoding and making the future run user code too: a panic there answers the caller.
+    let started = catch_unwind(AssertUnwindSafe(|| codec::decode::<Req>(&call.body).map(run)));
+    match started {
+        Err(_) => Some(Err(RemoteError::handler(PANICKED))),
+        Ok(Err(e)) => Some(Err(bad_request(e))),
+        Ok(Ok(fut)) => guarded(call, fut, |_| Err(RemoteError::handler(PANICKED))).await,
     }
 }
 

@@ -38,9 +38,11 @@ pub trait Service: Send + 'static {
     fn register(self, hub: &HubCore) -> Result<()>;
 }
 
-/// A hub that generated clients and services can use: every hub type implements it.
+/// A hub that generated clients can use: every hub type implements it. Its method is for
+/// generated code, not part of the API.
 pub trait HasCore: Clone + Send + Sync + 'static {
     /// The hub's core.
+    #[doc(hidden)]
     fn core(&self) -> &HubCore;
 }
 

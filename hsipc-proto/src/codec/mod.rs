@@ -3,9 +3,18 @@
 //! CBOR is self-describing, so a tool can show any payload as JSON, and a struct can gain
 //! optional fields without breaking older peers. ciborium bounds its recursion depth, so a
 //! deeply nested payload from a peer is a decode error, not a stack overflow.
+//!
+//! Sequences of bytes (`Vec<u8>`, `&[u8]`, ...) are written as CBOR byte strings, not as arrays
+//! of integers (see `byte_strings`): a megabyte stays a megabyte. The fastest payload type for
+//! raw bytes is still `bytes::Bytes` (or `serde_bytes::ByteBuf`), which is copied whole,
+//! where a `Vec<u8>` goes through serde one byte at a time.
+
+mod byte_strings;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
+
+use self::byte_strings::Wrapped;
 
 /// A value could not be turned into CBOR or back.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -38,7 +47,7 @@ pub enum CodecError {
 /// ```
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, CodecError> {
     let mut w = BytesMut::with_capacity(64).writer();
-    ciborium::into_writer(value, &mut w)
+    ciborium::into_writer(&Wrapped(value), &mut w)
         .map_err(|e| CodecError::Encode { type_name: std::any::type_name::<T>(), reason: e.to_string() })?;
     Ok(w.into_inner().freeze())
 }
@@ -63,16 +72,58 @@ mod tests {
     }
 
     #[test]
+    fn byte_sequences_are_byte_strings_and_read_back_as_before() {
+        let v: Vec<u8> = (0..=255).collect();
+        let bytes = encode(&v).unwrap();
+        // A byte string header (major type 2, 2-byte length) and the bytes themselves.
+        assert_eq!(&bytes[..3], &[0x59, 0x01, 0x00]);
+        assert_eq!(bytes.len(), 3 + 256);
+        assert_eq!(decode::<Vec<u8>>(&bytes).unwrap(), v);
+        // Nested, and beside sequences that are not bytes.
+        type Nested = (Option<Vec<u8>>, Vec<Vec<u8>>, Vec<u16>, Vec<u8>);
+        let nested: Nested = (Some(vec![1u8, 2, 3]), vec![vec![9u8]], vec![300u16, 1], Vec::<u8>::new());
+        let back: Nested = decode(&encode(&nested).unwrap()).unwrap();
+        assert_eq!(back, nested);
+        // What an older peer wrote (an array of integers) still reads.
+        let mut old = Vec::new();
+        ciborium::into_writer(&v, &mut old).unwrap();
+        assert_eq!(decode::<Vec<u8>>(&old).unwrap(), v);
+    }
+
+    #[test]
+    fn a_sequence_that_stops_being_bytes_falls_back_to_an_array() {
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        #[serde(untagged)]
+        enum Small {
+            Byte(u8),
+            Word(u32),
+        }
+        let v = vec![Small::Byte(1), Small::Byte(2), Small::Word(70_000), Small::Byte(3)];
+        let bytes = encode(&v).unwrap();
+        assert_eq!(bytes[0], 0x84, "an array of four");
+        assert_eq!(decode::<Vec<Small>>(&bytes).unwrap(), v);
+    }
+
+    #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
         let bytes = vec![0x81u8; 100_000]; // arrays nested 100 000 deep
         assert!(decode::<ciborium::Value>(&bytes).is_err());
     }
+
+    /// Byte sequences at several depths, beside other sequences.
+    type WithBytes = (Vec<u8>, Option<Vec<u8>>, Vec<(u8, Vec<u8>)>, std::collections::BTreeMap<String, Vec<u8>>);
 
     proptest! {
         #[test]
         fn round_trip(v: (u64, String, Vec<i32>, Option<bool>)) {
             let bytes = encode(&v).unwrap();
             prop_assert_eq!(decode::<(u64, String, Vec<i32>, Option<bool>)>(&bytes).unwrap(), v);
+        }
+
+        #[test]
+        fn round_trip_with_bytes(v: WithBytes) {
+            let bytes = encode(&v).unwrap();
+            prop_assert_eq!(decode::<WithBytes>(&bytes).unwrap(), v);
         }
 
         #[test]

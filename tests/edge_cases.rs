@@ -1,0 +1,127 @@
+//! Edge cases found in review: limits of timeouts, user code that panics where hsipc runs it,
+//! misuse of a stream sink, and generated code that must not clash with user names.
+
+use std::time::Duration;
+
+use hsipc::transport::MemBus;
+use hsipc::{Error, StreamSink};
+use serde::{Deserialize, Deserializer, Serialize};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn pair(bus: &MemBus) -> (hsipc::SyncProcessHub, hsipc::SyncProcessHub) {
+    let server = hsipc::SyncProcessHub::builder("server").workers(1).transport(bus.connector()).build().unwrap();
+    let client = hsipc::SyncProcessHub::builder("client").transport(bus.connector()).build().unwrap();
+    (server, client)
+}
+
+#[test]
+fn the_longest_timeouts_are_taken_as_very_long_not_as_a_crash() {
+    let bus = MemBus::new();
+    let (server, client) = pair(&bus);
+    server.serve("calc.add", |(a, b): (i64, i64)| Ok::<_, String>(a + b)).unwrap();
+    client.wait_for_service("calc", Duration::MAX).unwrap();
+    let sum: i64 = client.call_timeout("calc.add", (1, 2), Duration::MAX).unwrap();
+    assert_eq!(sum, 3);
+    let items: Vec<u8> = client
+        .call_stream_timeout::<_, u8>("calc.none", (), Duration::MAX)
+        .map_or_else(|e| panic!("{e}"), |s| s.filter_map(|r| r.ok()).collect());
+    assert!(items.is_empty());
+    let sub = client.subscribe::<u8>("t/#").unwrap();
+    client.publish("t/x", 7u8).unwrap();
+    assert_eq!(sub.recv_timeout(Duration::MAX).unwrap().payload, 7);
+}
+
+/// A request type whose `Deserialize` panics on one value: user code that hsipc runs while
+/// decoding a peer's bytes.
+#[derive(Serialize)]
+struct Touchy(u8);
+
+impl<'de> Deserialize<'de> for Touchy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u8::deserialize(d)?;
+        assert!(v != 13, "unlucky");
+        Ok(Touchy(v))
+    }
+}
+
+#[test]
+fn a_panic_while_decoding_a_request_answers_the_caller_and_keeps_the_worker() {
+    let bus = MemBus::new();
+    let (server, client) = pair(&bus); // one worker: if it died, the next call would hang
+    server.serve("t.touchy", |t: Touchy| Ok::<_, String>(t.0)).unwrap();
+    client.wait_for_service("t", WAIT).unwrap();
+    match client.call::<_, u8>("t.touchy", 13u8) {
+        Err(Error::Remote(r)) => assert!(r.message.contains("panicked"), "{r:?}"),
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+    assert_eq!(client.call::<_, u8>("t.touchy", 12u8).unwrap(), 12);
+}
+
+#[test]
+fn a_second_send_while_one_waits_for_credit_is_refused_not_lost() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let bus = MemBus::new();
+        let server = hsipc::ProcessHub::builder("server").transport(bus.connector()).build().unwrap();
+        let client = hsipc::ProcessHub::builder("client").stream_window(1).transport(bus.connector()).build().unwrap();
+        let (tx, rx) = flume::bounded(1);
+        server
+            .serve_stream("t.two", move |(): (), sink: StreamSink<u32>| {
+                let tx = tx.clone();
+                async move {
+                    sink.send(&0).await?; // the window of one is now used
+                    let first = sink.send(&1); // waits for credit
+                    let second = sink.send(&2);
+                    let (first, second) = futures_lite::future::zip(first, second).await;
+                    let _ = tx.send_async((first.is_ok(), second.map_err(|e| e.to_string()))).await;
+                    Ok::<_, Error>(())
+                }
+            })
+            .await
+            .unwrap();
+        client.wait_for_service("t", WAIT).await.unwrap();
+        let stream = client.call_stream::<_, u32>("t.two", ()).await.unwrap();
+        let items: Vec<u32> =
+            futures_lite::StreamExt::collect::<Vec<_>>(futures_lite::StreamExt::map(stream, |r| r.unwrap())).await;
+        let (first_ok, second) = rx.recv_async().await.unwrap();
+        assert!(first_ok);
+        let refusal = second.unwrap_err();
+        assert!(refusal.contains("still waiting for credit"), "{refusal}");
+        assert_eq!(items, [0, 1]);
+    });
+}
+
+/// Arguments named like the generated code's own variables.
+#[hsipc::service]
+pub trait Clashing {
+    /// Adds four numbers.
+    async fn add(&self, imp: i64, items: i64, hub: i64, name: i64) -> hsipc::Result<i64>;
+    /// Streams its argument back.
+    #[hsipc(stream)]
+    fn echo(&self, result: u32, sink: StreamSink<u32>) -> hsipc::Result<()>;
+}
+
+struct Impl;
+
+impl Clashing for Impl {
+    async fn add(&self, imp: i64, items: i64, hub: i64, name: i64) -> hsipc::Result<i64> {
+        Ok(imp + items + hub + name)
+    }
+
+    fn echo(&self, result: u32, sink: StreamSink<u32>) -> hsipc::Result<()> {
+        sink.send_blocking(&result)
+    }
+}
+
+#[test]
+fn argument_names_do_not_clash_with_generated_code() {
+    let bus = MemBus::new();
+    let (server, client) = pair(&bus);
+    server.register_service(ClashingService::new(Impl)).unwrap();
+    client.wait_for_service("Clashing", WAIT).unwrap();
+    let c = ClashingBlockingClient::new(client);
+    assert_eq!(c.add(1, 2, 3, 4).unwrap(), 10);
+    let echoed: Vec<u32> = c.echo(9).unwrap().map(|r| r.unwrap()).collect();
+    assert_eq!(echoed, [9]);
+}
