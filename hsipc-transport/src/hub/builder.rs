@@ -43,6 +43,8 @@ pub struct Settings {
     pub subscription_overflow: Overflow,
     /// How long a serving stream's send waits for the reader's credit.
     pub stream_stall_timeout: Duration,
+    /// Whether traffic to a peer moves onto a direct lane (ipmb transport only).
+    pub direct_lanes: bool,
     transport: Option<Box<dyn Connect>>,
 }
 
@@ -85,6 +87,7 @@ impl<K: RuntimeKind> HubBuilder<K> {
                 subscription_capacity: 1024,
                 subscription_overflow: Overflow::default(),
                 stream_stall_timeout: Duration::from_secs(60),
+                direct_lanes: true,
                 transport: None,
             },
             _kind: PhantomData,
@@ -160,6 +163,14 @@ impl<K: RuntimeKind> HubBuilder<K> {
         self
     }
 
+    /// Whether traffic to a peer moves onto a direct lane (a socket pair of the two hubs', set
+    /// up over the bus: faster, and independent of ipmb's bus controller) or stays on the bus.
+    /// Default true.
+    pub fn direct_lanes(mut self, on: bool) -> Self {
+        self.settings.direct_lanes = on;
+        self
+    }
+
     /// Uses another transport instead of the ipmb bus (e.g. [`MemBus`](crate::MemBus) for
     /// tests, or hubs inside one process).
     pub fn transport(mut self, connect: Box<dyn Connect>) -> Self {
@@ -179,6 +190,7 @@ impl<K: RuntimeKind> HubBuilder<K> {
             None => {
                 let mut cfg = IpmbConfig::new(bus);
                 cfg.max_message_len = s.max_message_len;
+                cfg.direct_lanes = s.direct_lanes;
                 IpmbBus::new(cfg).connector()
             }
         };

@@ -5,7 +5,8 @@
 //! ```text
 //! offset size
 //!      0    8 sender's hsipc peer id (little-endian)
-//!      8    1 0 = the frame follows inline, 1 = the frame is in the attached memory region
+//!      8    1 0 = the frame follows inline, 1 = the frame is in the attached memory region,
+//!             2 = a lane offer: the attached fd is the reading end of a direct lane
 //!      9    8 (region only) the frame's length in the region
 //!      9      (inline only) the frame
 //! ```
@@ -24,6 +25,27 @@ pub const INLINE_MAX: usize = 120 * 1024;
 
 const INLINE: u8 = 0;
 const REGION: u8 = 1;
+const LANE: u8 = 2;
+
+/// What a received hsipc message holds.
+#[derive(Debug)]
+pub(super) enum Received {
+    /// A frame from a peer.
+    Frame(PeerId, Bytes),
+    /// A peer's offer of a direct lane: the reading end of its socket pair.
+    Lane(PeerId, std::os::fd::OwnedFd),
+}
+
+/// A lane offer from `from` to `selector`, carrying `fd` (which the message now owns).
+pub(super) fn lane_offer(selector: ipmb::Selector, from: PeerId, fd: std::os::fd::OwnedFd) -> ipmb::Message<Msg> {
+    let mut data = Vec::with_capacity(9);
+    data.extend_from_slice(&from.0.to_le_bytes());
+    data.push(LANE);
+    let mut msg = ipmb::Message::new(selector, Msg { format: FORMAT, data });
+    // SAFETY: `into_raw_fd` gives up ownership; ipmb's Object takes it and closes it.
+    msg.objects.push(unsafe { ipmb::Object::from_raw(std::os::fd::IntoRawFd::into_raw_fd(fd)) });
+    msg
+}
 
 /// Wraps `frame` from `from` in a message for `selector`.
 pub(super) fn wrap(selector: ipmb::Selector, from: PeerId, frame: &[u8]) -> Result<ipmb::Message<Msg>, TransportError> {
@@ -54,8 +76,9 @@ pub(super) enum Unwrap {
     Malformed(&'static str),
 }
 
-/// Takes the frame out of a received message. The message's fds are closed when it drops.
-pub(super) fn unwrap(mut msg: ipmb::Message<Msg>, max_len: usize) -> Result<(PeerId, Bytes), Unwrap> {
+/// Takes the frame (or lane) out of a received message. The message's other fds are closed
+/// when it drops.
+pub(super) fn unwrap(mut msg: ipmb::Message<Msg>, max_len: usize) -> Result<Received, Unwrap> {
     if msg.payload.format != FORMAT {
         return Err(Unwrap::Foreign);
     }
@@ -68,7 +91,15 @@ pub(super) fn unwrap(mut msg: ipmb::Message<Msg>, max_len: usize) -> Result<(Pee
     let from = PeerId(u64::from_le_bytes(id));
     match data[8] {
         // The message's buffer becomes the frame's: no copy.
-        INLINE => Ok((from, Bytes::from(std::mem::take(&mut msg.payload.data)).slice(9..))),
+        INLINE => Ok(Received::Frame(from, Bytes::from(std::mem::take(&mut msg.payload.data)).slice(9..))),
+        LANE => {
+            if data.len() != 9 || msg.objects.len() != 1 {
+                return Err(Unwrap::Malformed("lane offer without exactly one fd"));
+            }
+            let raw = msg.objects.remove(0).into_raw();
+            // SAFETY: ipmb received this fd for us and gave up ownership with `into_raw`.
+            Ok(Received::Lane(from, unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) }))
+        }
         REGION => {
             if data.len() != 17 {
                 return Err(Unwrap::Malformed("region envelope has the wrong length"));
@@ -88,7 +119,7 @@ pub(super) fn unwrap(mut msg: ipmb::Message<Msg>, max_len: usize) -> Result<(Pee
             }
             let buf = region.map(..len).map_err(|_| Unwrap::Malformed("region cannot be mapped"))?;
             // Copy out: the region stays writable by the sender, so never parse it in place.
-            Ok((from, Bytes::copy_from_slice(buf)))
+            Ok(Received::Frame(from, Bytes::copy_from_slice(buf)))
         }
         _ => Err(Unwrap::Malformed("unknown envelope kind")),
     }

@@ -35,9 +35,11 @@ mod cloexec;
 
 pub use cloexec::mark_bus_fds_close_on_exec;
 mod envelope;
+mod lane;
 mod name_lock;
 mod reader;
 
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -73,6 +75,14 @@ pub struct IpmbConfig {
     pub recv_timeout: Duration,
     /// How long joining the bus may take. Default 5 s.
     pub join_timeout: Duration,
+    /// Whether frames to a peer go through a direct lane (a socket pair of the two hubs', set up
+    /// over the bus) rather than through ipmb's controller. Default true.
+    pub direct_lanes: bool,
+    /// Most lanes this hub opens; peers beyond it are reached through the bus. Default 64.
+    pub max_lanes: usize,
+    /// How long a write into a full lane may wait before the lane's reader is taken to be stuck
+    /// and the lane is given up. Default 5 s.
+    pub lane_stall_timeout: Duration,
 }
 
 impl IpmbConfig {
@@ -83,6 +93,9 @@ impl IpmbConfig {
             max_message_len: 32 << 20,
             recv_timeout: Duration::from_millis(100),
             join_timeout: Duration::from_secs(5),
+            direct_lanes: true,
+            max_lanes: 64,
+            lane_stall_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -182,8 +195,17 @@ impl Connect for IpmbBus {
         // SAFETY: a fresh fd owned by nothing else.
         let carrier = unsafe { OwnedFd::from_raw_fd(fd) };
         let stop = Arc::new(AtomicBool::new(false));
-        let reader =
-            reader::spawn(receiver, local, ingress, cfg.max_message_len, cfg.recv_timeout, stop.clone(), sweeper)?;
+        let incoming = reader::IncomingLanes::default();
+        let setup = reader::ReaderSetup {
+            local,
+            ingress,
+            max_len: cfg.max_message_len,
+            timeout: cfg.recv_timeout,
+            stop: stop.clone(),
+            sweeper,
+            lanes: incoming.clone(),
+        };
+        let reader = reader::spawn(receiver, setup)?;
         Ok(Box::new(IpmbTransport {
             sender,
             local,
@@ -194,6 +216,14 @@ impl Connect for IpmbBus {
             _lock: lock,
             broken: false,
             alone,
+            lanes: Lanes {
+                enabled: cfg.direct_lanes,
+                max: cfg.max_lanes,
+                stall: cfg.lane_stall_timeout,
+                outgoing: HashMap::new(),
+                dead: HashSet::new(),
+                incoming,
+            },
         }))
     }
 }
@@ -209,6 +239,20 @@ pub struct IpmbTransport {
     _lock: name_lock::NameLock,
     broken: bool,
     alone: bool,
+    lanes: Lanes,
+}
+
+/// This hub's direct lanes (see [`lane`]).
+struct Lanes {
+    enabled: bool,
+    max: usize,
+    stall: Duration,
+    /// The writing end of the lane to each peer.
+    outgoing: HashMap<PeerId, OwnedFd>,
+    /// Peers whose lane broke: they are gone (a new lane would reorder their frames).
+    dead: HashSet<PeerId>,
+    /// The lanes this hub reads, to wake their readers at close.
+    incoming: reader::IncomingLanes,
 }
 
 impl std::fmt::Debug for IpmbTransport {
@@ -218,13 +262,53 @@ impl std::fmt::Debug for IpmbTransport {
 }
 
 impl IpmbTransport {
-    fn send_to(&mut self, selector: ipmb::Selector, frame: &Bytes) -> Result<(), TransportError> {
+    /// Opens a lane to `to`: sends the reading end over the bus, keeps the writing end.
+    fn open_lane(&mut self, to: PeerId) -> Result<(), TransportError> {
+        let io = |what| move |source| TransportError::Io { what, source };
+        let (mine, theirs) = lane::pair().map_err(io("creating a lane"))?;
+        lane::set_send_timeout(&mine, self.lanes.stall).map_err(io("setting a lane's send timeout"))?;
+        let offer = envelope::lane_offer(ipmb::Selector::unicast(peer_label(to)), self.local, theirs);
+        self.send_msg(offer)?;
+        tracing::debug!(peer = %to, "opened a direct lane");
+        self.lanes.outgoing.insert(to, mine);
+        Ok(())
+    }
+
+    /// Writes a frame into the lane to `to`; a broken lane means the peer is gone.
+    fn lane_send(&mut self, to: PeerId, frame: &[u8]) -> Result<(), TransportError> {
+        let Some(fd) = self.lanes.outgoing.get(&to) else { return Err(TransportError::Closed) };
+        lane::send(fd, frame).map_err(|source| {
+            tracing::debug!(peer = %to, error = %source, "lane broken: the peer is gone or stuck");
+            self.lanes.outgoing.remove(&to);
+            self.lanes.dead.insert(to);
+            TransportError::Io { what: "writing into a direct lane", source }
+        })
+    }
+
+    fn send_msg(&mut self, msg: ipmb::Message<Msg>) -> Result<(), TransportError> {
+        match catch_unwind(AssertUnwindSafe(|| self.sender.send(msg))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(TransportError::Send(Box::new(e))),
+            Err(_) => {
+                tracing::error!("ipmb panicked in send; this hub can no longer send");
+                self.broken = true;
+                Err(TransportError::Panicked { during: "sending" })
+            }
+        }
+    }
+
+    fn check_open(&self, frame: &Bytes) -> Result<(), TransportError> {
         if self.broken || self.stop.load(Ordering::Relaxed) {
             return Err(TransportError::Closed);
         }
         if frame.len() > self.max_message_len {
             return Err(TransportError::TooLarge { len: frame.len(), max: self.max_message_len });
         }
+        Ok(())
+    }
+
+    fn send_to(&mut self, selector: ipmb::Selector, frame: &Bytes) -> Result<(), TransportError> {
+        self.check_open(frame)?;
         let mut msg = envelope::wrap(selector, self.local, frame)?;
         if msg.memory_regions.is_empty() {
             // SAFETY: fcntl duplicates a valid fd we own; the result is a new fd or -1.
@@ -238,25 +322,37 @@ impl IpmbTransport {
             // SAFETY: `dup` is a new fd; ipmb's Object takes ownership and closes it.
             msg.objects.push(unsafe { ipmb::Object::from_raw(dup) });
         }
-        match catch_unwind(AssertUnwindSafe(|| self.sender.send(msg))) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(TransportError::Send(Box::new(e))),
-            Err(_) => {
-                tracing::error!("ipmb panicked in send; this hub can no longer send");
-                self.broken = true;
-                Err(TransportError::Panicked { during: "sending" })
-            }
-        }
+        self.send_msg(msg)
     }
 }
 
 impl Transport for IpmbTransport {
     fn send(&mut self, to: PeerId, frame: &Bytes) -> Result<(), TransportError> {
+        self.check_open(frame)?;
+        if self.lanes.outgoing.contains_key(&to) {
+            return self.lane_send(to, frame);
+        }
+        if self.lanes.dead.contains(&to) {
+            return Err(TransportError::Closed);
+        }
+        if self.lanes.enabled && self.lanes.outgoing.len() < self.lanes.max {
+            match self.open_lane(to) {
+                Ok(()) => return self.lane_send(to, frame),
+                Err(e) => tracing::debug!(peer = %to, error = %e, "no lane; sending through the bus"),
+            }
+        }
         self.send_to(ipmb::Selector::unicast(peer_label(to)), frame)
     }
 
     fn broadcast(&mut self, frame: &Bytes) -> Result<(), TransportError> {
-        self.send_to(ipmb::Selector::multicast(ALL_LABEL), frame)
+        let r = self.send_to(ipmb::Selector::multicast(ALL_LABEL), frame);
+        // Peers this hub has a lane to ignore its bus messages: they get their copy in order
+        // through the lane.
+        let laned: Vec<PeerId> = self.lanes.outgoing.keys().copied().collect();
+        for peer in laned {
+            let _ = self.lane_send(peer, frame);
+        }
+        r
     }
 
     fn max_frame_len(&self) -> usize {
@@ -270,6 +366,11 @@ impl Transport for IpmbTransport {
     fn close(&mut self) {
         if self.stop.swap(true, Ordering::Relaxed) {
             return;
+        }
+        // Peers reading our lanes see their end (after everything sent, the goodbye included).
+        self.lanes.outgoing.clear();
+        for fd in self.lanes.incoming.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            lane::shut(&fd);
         }
         if let Some(reader) = self.reader.take() {
             // The reader wakes within one recv timeout (at once if our goodbye reached it).

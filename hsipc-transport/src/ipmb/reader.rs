@@ -8,25 +8,42 @@ use std::time::{Duration, Instant};
 
 use proto::PeerId;
 
-use super::{Msg, cloexec, envelope};
+use super::envelope::Received;
+use super::{Msg, cloexec, envelope, lane};
 use crate::ingress::Ingress;
 use crate::transport::TransportError;
 
 /// How often the reader re-marks the process's bus fds close-on-exec.
 const CLOEXEC_SWEEP: Duration = Duration::from_millis(100);
 
+/// The lanes this hub reads, kept so that closing can wake their readers.
+pub(super) type IncomingLanes = Arc<std::sync::Mutex<Vec<Arc<std::os::fd::OwnedFd>>>>;
+
+/// Most lanes a hub reads from (each has a thread); offers beyond are refused.
+const MAX_INCOMING_LANES: usize = 256;
+
+/// What the reader needs besides the bus.
+pub(super) struct ReaderSetup {
+    pub(super) local: PeerId,
+    pub(super) ingress: Ingress,
+    pub(super) max_len: usize,
+    pub(super) timeout: Duration,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) sweeper: cloexec::Sweeper,
+    pub(super) lanes: IncomingLanes,
+}
+
 pub(super) fn spawn(
     mut receiver: ipmb::EndpointReceiver<Msg>,
-    local: PeerId,
-    ingress: Ingress,
-    max_len: usize,
-    timeout: Duration,
-    stop: Arc<AtomicBool>,
-    sweeper: cloexec::Sweeper,
+    setup: ReaderSetup,
 ) -> Result<JoinHandle<()>, TransportError> {
+    let ReaderSetup { local, ingress, max_len, timeout, stop, sweeper, lanes } = setup;
     std::thread::Builder::new()
         .name("hsipc-ipmb-reader".into())
         .spawn(move || {
+            // Peers whose frames now come through their lane: their bus messages are copies.
+            let mut laned = std::collections::HashSet::new();
+            let own_uid = lane::own_uid();
             let mut next_sweep = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 if Instant::now() >= next_sweep {
@@ -49,10 +66,23 @@ pub(super) fn spawn(
                     }
                 };
                 match envelope::unwrap(msg, max_len) {
-                    Ok((from, _)) if from == local => {} // our own broadcast
-                    Ok((from, bytes)) => {
+                    Ok(Received::Frame(from, _)) if from == local || laned.contains(&from) => {}
+                    Ok(Received::Frame(from, bytes)) => {
                         if !ingress.deliver(from, bytes) {
                             return; // the engine is gone
+                        }
+                    }
+                    Ok(Received::Lane(from, fd)) => {
+                        // Every earlier frame from `from` has been delivered: read its lane now.
+                        match accept_lane(from, fd, own_uid, &lanes) {
+                            Some(fd) => {
+                                laned.insert(from);
+                                let started = lane::spawn_reader(fd, from, ingress.clone(), max_len, stop.clone());
+                                if let Err(e) = started {
+                                    tracing::warn!(%from, error = %e, "cannot start a lane reader");
+                                }
+                            }
+                            None => tracing::warn!(%from, "refused a lane; that peer's frames to this hub are lost"),
                         }
                     }
                     Err(envelope::Unwrap::Foreign) => {}
@@ -63,4 +93,32 @@ pub(super) fn spawn(
             }
         })
         .map_err(|source| TransportError::Io { what: "spawning the ipmb reader thread", source })
+}
+
+/// Checks a lane offer: made by a process of this user, within the limit of lanes.
+fn accept_lane(
+    from: PeerId,
+    fd: std::os::fd::OwnedFd,
+    own_uid: u32,
+    lanes: &IncomingLanes,
+) -> Option<Arc<std::os::fd::OwnedFd>> {
+    match lane::maker_uid(&fd) {
+        Ok(uid) if uid == own_uid => {}
+        Ok(uid) => {
+            tracing::warn!(%from, uid, "lane offered by another user's process");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(%from, error = %e, "cannot read a lane's credentials");
+            return None;
+        }
+    }
+    let mut lanes = lanes.lock().unwrap_or_else(|e| e.into_inner());
+    lanes.retain(|l| Arc::strong_count(l) > 1); // forget lanes whose reader has ended
+    if lanes.len() >= MAX_INCOMING_LANES {
+        return None;
+    }
+    let fd = Arc::new(fd);
+    lanes.push(fd.clone());
+    Some(fd)
 }

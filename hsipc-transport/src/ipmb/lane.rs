@@ -1,0 +1,177 @@
+//! Direct lanes: frames between two hubs on a socket pair of their own, past ipmb's controller.
+//!
+//! A lane runs one way, from the hub that made it to one peer. The first time a hub sends a
+//! frame to a peer, it makes a `SOCK_SEQPACKET` socket pair, sends the reading end to the peer
+//! over the bus (ipmb passes fds), and from then on writes every frame for that peer (its
+//! share of broadcasts included) into the lane. Order is kept across the switch without a
+//! handshake:
+//!
+//! - the offer travels on the bus after every frame sent to that peer before it, and the
+//!   peer's bus reader handles messages one at a time: it starts reading the lane only once it
+//!   has handled every earlier frame;
+//! - after the offer, the peer ignores that sender's bus messages (broadcasts still go out on
+//!   the bus for peers without a lane; the peer gets its copy through the lane instead).
+//!
+//! The lane's end of file is the sender's death or close, seen at once; a lane does not
+//! depend on the bus controller, so traffic that has its lanes survives the controller's death.
+//! A frame larger than one lane message travels in chunks. The reading end checks that the
+//! process that made the pair runs as the same user (`SO_PEERCRED`) and refuses it otherwise.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use proto::PeerId;
+
+use crate::ingress::Ingress;
+
+/// The payload of one lane message (a frame travels in as many as it needs).
+const CHUNK: usize = 60 * 1024;
+/// The first byte of a lane message: more chunks of this frame follow.
+const MORE: u8 = 1;
+/// The first byte of a lane message: the last (or only) chunk of a frame.
+const LAST: u8 = 0;
+
+/// Makes a lane: (the end this hub writes, the end it hands to the peer).
+pub(super) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two new fds into the array on success.
+    let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds are new and owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Bounds how long a write into a full lane blocks (then it fails with `WouldBlock`).
+pub(super) fn set_send_timeout(fd: &OwnedFd, timeout: std::time::Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: `tv` is a valid timeval for the duration of the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Writes one frame into a lane, in chunks; blocks while the lane is full (at most the send
+/// timeout per chunk).
+pub(super) fn send(fd: &OwnedFd, frame: &[u8]) -> io::Result<()> {
+    let mut chunks = frame.chunks(CHUNK).peekable();
+    if frame.is_empty() {
+        return send_chunk(fd, LAST, &[]);
+    }
+    while let Some(chunk) = chunks.next() {
+        send_chunk(fd, if chunks.peek().is_some() { MORE } else { LAST }, chunk)?;
+    }
+    Ok(())
+}
+
+fn send_chunk(fd: &OwnedFd, flag: u8, data: &[u8]) -> io::Result<()> {
+    let mut iov = [
+        libc::iovec { iov_base: &flag as *const u8 as *mut libc::c_void, iov_len: 1 },
+        libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() },
+    ];
+    // SAFETY: an all-zero msghdr is valid; it is then pointed at the two iovecs above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = 2;
+    loop {
+        // SAFETY: the msghdr and its iovecs point at live memory for the duration of the call;
+        // MSG_NOSIGNAL turns a closed peer into EPIPE instead of SIGPIPE.
+        let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// The user id of the process that made the socket pair behind `fd`.
+pub(super) fn maker_uid(fd: &OwnedFd) -> io::Result<u32> {
+    // SAFETY: an all-zero ucred is valid; getsockopt fills it and its length.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the given size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// This process's user id.
+pub(super) fn own_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// Wakes a lane's reader for good (at close): its `recv` returns end of file.
+pub(super) fn shut(fd: &OwnedFd) {
+    // SAFETY: shutdown on an fd we hold open; it only changes the socket's state.
+    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+}
+
+/// Reads lane `fd` from peer `from` on a thread of its own, handing each frame to the engine,
+/// until end of file: then the peer is gone (unless this hub is closing).
+pub(super) fn spawn_reader(
+    fd: Arc<OwnedFd>,
+    from: PeerId,
+    ingress: Ingress,
+    max_len: usize,
+    stop: Arc<AtomicBool>,
+) -> io::Result<()> {
+    std::thread::Builder::new().name(format!("hsipc-lane-{from}")).spawn(move || {
+        let mut buf = vec![0u8; CHUNK + 1];
+        let mut frame = BytesMut::new();
+        loop {
+            // SAFETY: `buf` is valid for writes of its length.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if n <= 0 {
+                break; // end of file (or a broken socket): the sender is gone
+            }
+            let n = n as usize;
+            frame.extend_from_slice(&buf[1..n]);
+            if frame.len() > max_len {
+                tracing::debug!(%from, "lane frame over the maximum message length; dropping the lane");
+                break;
+            }
+            if buf[0] == LAST {
+                let bytes: Bytes = std::mem::take(&mut frame).freeze();
+                if !ingress.deliver(from, bytes) {
+                    return; // the engine is gone
+                }
+            }
+        }
+        if !stop.load(Ordering::Relaxed) {
+            tracing::debug!(%from, "lane closed: the peer is gone");
+            ingress.peer_lost(from);
+        }
+    })?;
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! Direct lanes between hubs in different processes: traffic moves off ipmb's controller onto a
+//! socket pair per pair of hubs, keeps its order across the switch, and outlives the controller.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Peer, command, env, kind, report, unique_bus};
+use hsipc::blocking::ProcessHub;
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[test]
+fn child_entry() {
+    let Some(role) = common::role() else { return };
+    common::watch_parent(Duration::from_secs(120));
+    let hub = ProcessHub::builder(&env("HSIPC_NAME")).build().unwrap();
+    match role.as_str() {
+        "bystander" => {}
+        "server" => {
+            hub.serve("calc.add", |(a, b): (i64, i64)| Ok::<_, String>(a + b)).unwrap();
+            hub.serve("calc.echo", |v: Vec<u8>| Ok::<_, String>(v)).unwrap();
+        }
+        "client" => {}
+        other => panic!("unknown role {other}"),
+    }
+    report("READY");
+    if role == "client" {
+        client(&hub);
+    }
+    while let Some(cmd) = command() {
+        match cmd.as_str() {
+            "lanes" => report(format!("LANES {}", lane_threads())),
+            "again" => again(&hub),
+            "quit" => break,
+            other => panic!("unknown command {other}"),
+        }
+    }
+    hub.close();
+}
+
+/// Threads that read a lane in this process.
+fn lane_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("hsipc-lane"))
+        .count()
+}
+
+fn client(hub: &ProcessHub) {
+    hub.wait_for_service("calc", LONG).unwrap();
+    // Interleave small calls and ones large enough to cross lane chunks and ipmb's limit: the
+    // replies must match their calls one for one (order and integrity across the switch).
+    for i in 0..200i64 {
+        assert_eq!(hub.call::<_, i64>("calc.add", (i, 1)).unwrap(), i + 1);
+        if i % 50 == 0 {
+            let big: Vec<u8> = (0..300_000).map(|j| (j as i64 + i) as u8).collect();
+            assert_eq!(hub.call::<_, Vec<u8>>("calc.echo", &big).unwrap(), big);
+        }
+    }
+    report("CALLED");
+}
+
+/// After the controller is killed: the lane carries on at once.
+fn again(hub: &ProcessHub) {
+    let results: Vec<String> = (0..20)
+        .map(|i| match hub.call_timeout::<_, i64>("calc.add", (i, i), Duration::from_secs(5)) {
+            Ok(v) if v == 2 * i => "ok".to_string(),
+            Ok(v) => format!("wrong:{v}"),
+            Err(e) => kind(&e).to_string(),
+        })
+        .collect();
+    report(format!("AGAIN {}", results.join(",")));
+}
+
+#[test]
+fn calls_move_to_a_lane_keep_their_order_and_outlive_the_bus_controller() {
+    let bus = unique_bus("lanes");
+    // The bystander joins first, so it is ipmb's bus controller; the others are clients of it.
+    let mut controller = Peer::ready("bystander", &bus, "controller", &[]);
+    let mut server = Peer::ready("server", &bus, "server", &[]);
+    let mut client = Peer::ready("client", &bus, "client", &[]);
+    client.expect("CALLED", LONG);
+    // The server read the client's requests from a lane, and the client the server's replies.
+    server.send("lanes");
+    assert_ne!(server.expect("LANES", LONG), "0", "the server reads no lane");
+    client.send("lanes");
+    assert_ne!(client.expect("LANES", LONG), "0", "the client reads no lane");
+    // Without its controller, ipmb cannot route a message; the lanes do not need it.
+    controller.kill();
+    client.send("again");
+    let again = client.expect("AGAIN", LONG);
+    assert!(again.split(',').all(|r| r == "ok"), "calls after the controller died: {again}");
+    server.send("quit");
+    client.send("quit");
+}
