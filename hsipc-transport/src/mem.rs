@@ -78,6 +78,11 @@ impl Transport for MemTransport {
         Ok(())
     }
 
+    fn try_send(&mut self, to: PeerId, frame: &Bytes) -> Result<bool, TransportError> {
+        // Delivery in memory never waits for the receiver.
+        self.send(to, frame).map(|()| true)
+    }
+
     fn broadcast(&mut self, frame: &Bytes) -> Result<(), TransportError> {
         if self.closed {
             return Err(TransportError::Closed);

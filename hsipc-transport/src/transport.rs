@@ -85,6 +85,13 @@ pub type BusError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub trait Transport: Send + fmt::Debug + 'static {
     /// Sends one frame to one peer. `Ok` means "handed over", not "delivered".
     fn send(&mut self, to: PeerId, frame: &Bytes) -> Result<(), TransportError>;
+    /// Sends one frame to one peer only if that needs no waiting: `Ok(true)` if it went,
+    /// `Ok(false)` if it would have had to wait (then nothing was sent, and the engine's writer
+    /// sends it with [`send`](Self::send), in order). The default never sends here.
+    fn try_send(&mut self, to: PeerId, frame: &Bytes) -> Result<bool, TransportError> {
+        let _ = (to, frame);
+        Ok(false)
+    }
     /// Sends one frame to every other peer.
     fn broadcast(&mut self, frame: &Bytes) -> Result<(), TransportError>;
     /// The largest frame this transport carries.

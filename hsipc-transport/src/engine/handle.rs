@@ -9,7 +9,7 @@ use proto::{CallMode, IncomingId, PeerId, RemoteError, RequestId, SubscriptionId
 use super::CallContext;
 use super::item_sink::ItemSink;
 use super::pending::{PendingCall, Waiter};
-use super::shared::Shared;
+use super::shared::{SendBy, Shared};
 use super::state::{Census, State};
 use super::stream_reader::ItemReceiver;
 use super::subscription::{EventReceiver, Overflow, SubscriptionQueue};
@@ -76,14 +76,14 @@ impl Handle {
         self.shared.is_shut_down()
     }
 
-    /// Runs `f` on the state, then delivers its events and has its frames sent (from this
-    /// thread if `send_inline` and the send path is free, else by the writer).
-    fn with<T>(&self, send_inline: bool, f: impl FnOnce(&mut State, Instant) -> Result<T>) -> Result<T> {
+    /// Runs `f` on the state, then delivers its events and has its frames sent as `send_by`
+    /// says.
+    fn with<T>(&self, send_by: SendBy, f: impl FnOnce(&mut State, Instant) -> Result<T>) -> Result<T> {
         let now = Instant::now();
         let mut state = self.shared.state();
         state.check_open()?;
         let r = f(&mut state, now);
-        self.shared.commit(state, now, send_inline);
+        self.shared.commit(state, now, send_by);
         r
     }
 
@@ -93,7 +93,7 @@ impl Handle {
     pub fn call(&self, method: &str, body: Bytes, timeout: Duration) -> Result<PendingCall> {
         self.check_len(method.len() + body.len())?;
         let (done, rx) = flume::bounded(1);
-        let id = self.with(false, |state, now| {
+        let id = self.with(SendBy::TryInline, |state, now| {
             let id = state.endpoint.request(now, method, body, CallMode::Unary, timeout)?;
             state.calls.insert(id, done);
             Ok(id)
@@ -107,7 +107,7 @@ impl Handle {
         self.check_len(method.len() + body.len())?;
         // Credit bounds the items in flight to one window; +1 for the end.
         let (items, rx) = flume::bounded(self.shared.window as usize + 1);
-        let id = self.with(false, |state, now| {
+        let id = self.with(SendBy::TryInline, |state, now| {
             let id = state.endpoint.request(now, method, body, CallMode::ServerStream, timeout)?;
             state.streams.insert(id, items);
             Ok(id)
@@ -117,12 +117,12 @@ impl Handle {
 
     /// The reader of stream `id` took `n` items.
     pub(super) fn consumed(&self, id: RequestId, n: u32) {
-        let _ = self.with(false, |state, now| Ok(state.endpoint.consumed(now, id, n)?));
+        let _ = self.with(SendBy::TryInline, |state, now| Ok(state.endpoint.consumed(now, id, n)?));
     }
 
     /// Cancels outgoing call `id` (the server is told).
     pub(super) fn cancel(&self, id: RequestId) {
-        let _ = self.with(false, |state, _| {
+        let _ = self.with(SendBy::TryInline, |state, _| {
             state.streams.remove(&id);
             state.calls.remove(&id);
             Ok(state.endpoint.cancel(id)?)
@@ -131,7 +131,7 @@ impl Handle {
 
     /// Answers a unary call this hub serves.
     pub fn respond(&self, id: IncomingId, result: std::result::Result<Bytes, RemoteError>) {
-        let r = self.with(self.shared.handlers_send_inline, |state, _| {
+        let r = self.with(self.shared.handler_send, |state, _| {
             state.end_served(id);
             Ok(state.endpoint.respond(id, result)?)
         });
@@ -149,7 +149,7 @@ impl Handle {
     /// that completes when the reader's credit lets it go (or fails at `deadline`).
     pub(super) fn send_item(&self, id: IncomingId, body: Bytes, deadline: Instant) -> Result<Option<Waiter<()>>> {
         self.check_len(body.len())?;
-        self.with(self.shared.handlers_send_inline, |state, _| {
+        self.with(self.shared.handler_send, |state, _| {
             if state.has_blocked_item(id) {
                 // One item waits for credit already: a second would overtake or replace it.
                 return Err(Error::LocalLimit(
@@ -162,7 +162,7 @@ impl Handle {
 
     /// Ends a stream this hub serves.
     pub fn finish(&self, id: IncomingId, result: std::result::Result<(), RemoteError>) {
-        let _ = self.with(self.shared.handlers_send_inline, |state, _| {
+        let _ = self.with(self.shared.handler_send, |state, _| {
             state.end_served(id);
             Ok(state.endpoint.finish(id, result)?)
         });
@@ -171,7 +171,7 @@ impl Handle {
     /// Forgets a served call that its handler will not answer (it was cancelled, or its caller
     /// gave up before it started).
     pub fn abandon(&self, id: IncomingId) {
-        let _ = self.with(false, |state, _| {
+        let _ = self.with(SendBy::TryInline, |state, _| {
             state.end_served(id);
             Ok(())
         });
@@ -180,7 +180,7 @@ impl Handle {
     /// Publishes an event; returns how many peers (this one included) it was queued for.
     pub fn publish(&self, topic: &Topic, body: Bytes) -> Result<usize> {
         self.check_len(topic.as_str().len() + body.len())?;
-        self.with(false, |state, _| Ok(state.endpoint.publish(topic, body)?))
+        self.with(SendBy::TryInline, |state, _| Ok(state.endpoint.publish(topic, body)?))
     }
 
     /// Subscribes; events arrive on the receiver, which holds at most `capacity`; when it is
@@ -188,7 +188,7 @@ impl Handle {
     /// `missed` with the next event delivered). Dropping the receiver unsubscribes.
     pub fn subscribe(&self, filter: TopicFilter, capacity: usize, overflow: Overflow) -> Result<EventReceiver> {
         let (queue, rx) = SubscriptionQueue::new(capacity, overflow);
-        let id = self.with(false, |state, _| {
+        let id = self.with(SendBy::TryInline, |state, _| {
             let id = state.endpoint.subscribe(filter)?;
             state.subscriptions.insert(id, Arc::new(queue));
             Ok(id)
@@ -198,7 +198,7 @@ impl Handle {
 
     /// Removes a subscription.
     pub(super) fn unsubscribe(&self, id: SubscriptionId) {
-        let _ = self.with(false, |state, _| {
+        let _ = self.with(SendBy::TryInline, |state, _| {
             state.subscriptions.remove(&id);
             Ok(state.endpoint.unsubscribe(id)?)
         });
@@ -206,7 +206,7 @@ impl Handle {
 
     /// Starts serving a service (announced to the bus at once).
     pub fn serve(&self, service: &str) -> Result<()> {
-        self.with(false, |state, _| {
+        self.with(SendBy::TryInline, |state, _| {
             state.endpoint.serve(service)?;
             state.notify_watchers();
             Ok(())
@@ -215,7 +215,7 @@ impl Handle {
 
     /// Stops serving a service (announced to the bus at once).
     pub fn unserve(&self, service: &str) -> Result<()> {
-        self.with(false, |state, _| Ok(state.endpoint.unserve(service)?))
+        self.with(SendBy::TryInline, |state, _| Ok(state.endpoint.unserve(service)?))
     }
 
     /// Completes as soon as some peer serves `service` (at once if one does), or fails with
@@ -223,7 +223,7 @@ impl Handle {
     pub fn watch_service(&self, service: &str, timeout: Duration) -> Result<Waiter<()>> {
         let (done, rx) = flume::bounded(1);
         let deadline = super::deadline_in(timeout);
-        self.with(false, |state, _| {
+        self.with(SendBy::TryInline, |state, _| {
             state.add_watcher(service.to_string(), done, deadline);
             Ok(())
         })?;

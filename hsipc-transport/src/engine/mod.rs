@@ -11,10 +11,12 @@
 //!   the protocol runs under the lock, and once the lock is released a response wakes its
 //!   caller and a request goes to the [`Dispatcher`]. The reader never sends.
 //! - **Application threads and tasks** run commands directly; a call that cannot start fails
-//!   at once. A caller's frames are sent by the writer, so a caller never blocks in the bus.
-//!   Handlers of the blocking hub send their own answers when the send path is free (saving a
-//!   hop); handlers on an async runtime never touch the bus (an executor thread must not
-//!   block in a stalled bus).
+//!   at once. They send their own frames when that needs no waiting (a frame into a direct
+//!   lane with room, see the ipmb transport); anything that would wait (a full lane, the bus)
+//!   goes to the writer, in order. So a caller never blocks in the transport and saves a thread
+//!   hop whenever it can. Handlers of the blocking hub send their answers themselves (blocking,
+//!   if they must); handlers on an async runtime send the same way callers do, never blocking an
+//!   executor thread.
 //! - **The writer thread** sends queued frames. It is the only thread that may block in the
 //!   bus, and it holds no state lock while it does.
 //! - **The clock thread** runs the protocol's timers, the engine's own deadlines (a stream
@@ -26,8 +28,10 @@
 //! and whoever holds it sends everything queued, in order: frames leave in the order the
 //! protocol produced them, and no thread ever waits for another one's send.
 //!
-//! A unary call crosses three thread hops on the blocking hub (caller → writer, server reader
-//! → handler, client reader → caller), and one more on an async hub (handler → writer).
+//! Over direct lanes a unary call wakes four threads: the server's lane reader, the handler, the
+//! client's lane reader, the caller (the caller and the handler write into the lanes
+//! themselves). Over the bus it woke seven: the writer, ipmb's controller twice, each side's
+//! reader, the handler and the caller.
 //!
 //! # Shutdown
 //!
@@ -56,6 +60,7 @@ pub use self::dispatch::{CallContext, Dispatcher, IncomingCall, Reject};
 pub use self::handle::{Handle, PeerSummary};
 pub use self::item_sink::ItemSink;
 pub use self::pending::{PendingCall, Waiter};
+use self::shared::SendBy;
 pub(crate) use self::shared::Shared;
 use self::shared::Wakes;
 pub use self::state::Census;
@@ -132,7 +137,7 @@ impl Engine {
             shared.state().endpoint.finish_discovery(Instant::now());
         }
         shared.set_transport(transport);
-        shared.commit(shared.state(), Instant::now(), true); // the first announce
+        shared.commit(shared.state(), Instant::now(), SendBy::Inline); // the first announce
         let (stopped_tx, stopped) = flume::bounded(1);
         let (sent_tx, sent_rx) = flume::bounded(1);
         let writer = shared.clone();
@@ -200,13 +205,13 @@ fn run_clock(shared: &Arc<Shared>, wake: &flume::Receiver<()>) {
         let now = Instant::now();
         let mut state = shared.state();
         state.awake(now);
-        shared.commit(state, now, false);
+        shared.commit(state, now, SendBy::Writer);
     }
     // Goodbye: fail everything open, queue the goodbye, stop dispatching, let the writer finish.
     let now = Instant::now();
     let mut state = shared.state();
     state.close();
-    shared.commit(state, now, false);
+    shared.commit(state, now, SendBy::Writer);
     shared.close_dispatcher();
     shared.closed.store(true, Ordering::SeqCst);
     shared.wake_writer();

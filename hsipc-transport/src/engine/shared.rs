@@ -33,13 +33,27 @@ pub(crate) struct Shared {
     pub(super) name: Box<str>,
     pub(super) max_frame_len: usize,
     pub(super) window: u32,
-    pub(super) handlers_send_inline: bool,
+    /// How handlers' answers are sent: inline (thread pools) or without blocking (runtimes).
+    pub(super) handler_send: SendBy,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared").field("local", &self.local).field("name", &self.name).finish_non_exhaustive()
     }
+}
+
+/// Who sends the frames a change to the state produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SendBy {
+    /// The writer thread (threads that must never block or wait: the clock, the readers).
+    Writer,
+    /// This thread, if nobody else is sending; it may block in the transport (thread-pool
+    /// handlers).
+    Inline,
+    /// This thread, without ever blocking: whatever cannot go at once (a full lane, a frame for
+    /// the bus) goes to the writer, in order (callers, async handlers).
+    TryInline,
 }
 
 /// The channels that wake the writer and the clock thread.
@@ -58,8 +72,8 @@ impl Shared {
     ) -> Self {
         let Wakes { writer: wake_writer, clock: wake_clock } = wakes;
         let config = state.config();
-        let (max_frame_len, window, handlers_send_inline) =
-            (config.proto.max_frame_len, config.proto.stream_window, config.handlers_send_inline);
+        let handler_send = if config.handlers_send_inline { SendBy::Inline } else { SendBy::TryInline };
+        let (max_frame_len, window) = (config.proto.max_frame_len, config.proto.stream_window);
         let local = state.endpoint.local();
         Shared {
             me,
@@ -75,7 +89,7 @@ impl Shared {
             name: name.into(),
             max_frame_len,
             window,
-            handlers_send_inline,
+            handler_send,
         }
     }
 
@@ -97,7 +111,7 @@ impl Shared {
             return;
         }
         state.input(now, from, bytes);
-        self.commit(state, now, false);
+        self.commit(state, now, SendBy::Writer);
     }
 
     /// The transport learned that a peer is gone.
@@ -108,13 +122,13 @@ impl Shared {
             return;
         }
         let _ = state.endpoint.handle_input(now, Input::PeerLost(peer));
-        self.commit(state, now, false);
+        self.commit(state, now, SendBy::Writer);
     }
 
     /// Ends a change to the state: collects its events and frames, releases the lock, then
     /// wakes whoever waits, dispatches requests, and has the frames sent (by this thread if
     /// `send_inline` and nobody else is sending, else by the writer).
-    pub(crate) fn commit(&self, mut state: MutexGuard<'_, State>, now: Instant, send_inline: bool) {
+    pub(crate) fn commit(&self, mut state: MutexGuard<'_, State>, now: Instant, send_by: SendBy) {
         state.drain(now);
         let deferred = state.take_deferred();
         let queued = state.has_outbound();
@@ -138,10 +152,12 @@ impl Shared {
             drop(state);
         }
         followups.extend(dispatches.into_iter().filter_map(|call| Deferred::Dispatch(call).complete(self)));
-        if queued && send_inline {
-            self.flush();
-        } else if queued {
-            self.wake_writer();
+        if queued {
+            match send_by {
+                SendBy::Inline => self.flush(),
+                SendBy::TryInline => self.try_flush(),
+                SendBy::Writer => self.wake_writer(),
+            }
         }
         if earlier_timer {
             self.wake_clock();
@@ -151,7 +167,7 @@ impl Shared {
             for f in followups {
                 state.follow_up(f);
             }
-            self.commit(state, now, false);
+            self.commit(state, now, SendBy::Writer);
         }
     }
 
@@ -192,6 +208,47 @@ impl Shared {
         let batch = self.state().take_outbound();
         if let Some(t) = transport.as_deref_mut() {
             send_batch(t, batch);
+        }
+        drop(transport);
+        if self.state().has_outbound() {
+            self.wake_writer();
+        }
+    }
+
+    /// Sends what is queued from this thread without ever blocking: frames go as long as the
+    /// transport takes them at once; the first that would wait, and everything after it, goes
+    /// back to the front of the queue for the writer (the send lock is held meanwhile, so the
+    /// order holds).
+    pub(super) fn try_flush(&self) {
+        let mut transport = match self.transport.try_lock() {
+            Ok(t) => t,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.wake_writer();
+                return;
+            }
+        };
+        let mut batch = self.state().take_outbound();
+        if let Some(t) = transport.as_deref_mut() {
+            while let Some((dest, frame)) = batch.pop_front() {
+                let sent = match dest {
+                    Dest::Peer(p) => t.try_send(p, &frame),
+                    Dest::All => Ok(false),
+                };
+                match sent {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        batch.push_front((dest, frame));
+                        break;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "transport failed to send a frame"),
+                }
+            }
+        } else {
+            batch.clear();
+        }
+        if !batch.is_empty() {
+            self.state().requeue_front(batch);
         }
         drop(transport);
         if self.state().has_outbound() {

@@ -191,6 +191,13 @@ impl State {
         std::mem::take(&mut self.outbound)
     }
 
+    /// Puts frames that could not be sent yet back in front of the queue, in their order.
+    pub(super) fn requeue_front(&mut self, mut frames: VecDeque<(Dest, Bytes)>) {
+        self.outbound_bytes += frames.iter().map(|(_, f)| f.len()).sum::<usize>();
+        frames.append(&mut self.outbound);
+        self.outbound = frames;
+    }
+
     pub(super) fn take_deferred(&mut self) -> Vec<Deferred> {
         std::mem::take(&mut self.deferred)
     }

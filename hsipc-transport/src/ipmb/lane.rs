@@ -78,7 +78,24 @@ pub(super) fn send(fd: &OwnedFd, frame: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes a frame that fits in one lane message if the lane has room now: `Ok(false)` (nothing
+/// written) if it is full or the frame needs several messages.
+pub(super) fn try_send(fd: &OwnedFd, frame: &[u8]) -> io::Result<bool> {
+    if frame.len() > CHUNK {
+        return Ok(false);
+    }
+    match send_chunk_flags(fd, LAST, frame, libc::MSG_DONTWAIT) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 fn send_chunk(fd: &OwnedFd, flag: u8, data: &[u8]) -> io::Result<()> {
+    send_chunk_flags(fd, flag, data, 0)
+}
+
+fn send_chunk_flags(fd: &OwnedFd, flag: u8, data: &[u8], flags: libc::c_int) -> io::Result<()> {
     let mut iov = [
         libc::iovec { iov_base: &flag as *const u8 as *mut libc::c_void, iov_len: 1 },
         libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() },
@@ -90,7 +107,7 @@ fn send_chunk(fd: &OwnedFd, flag: u8, data: &[u8]) -> io::Result<()> {
     loop {
         // SAFETY: the msghdr and its iovecs point at live memory for the duration of the call;
         // MSG_NOSIGNAL turns a closed peer into EPIPE instead of SIGPIPE.
-        let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | flags) };
         if n >= 0 {
             return Ok(());
         }

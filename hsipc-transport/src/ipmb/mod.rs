@@ -344,6 +344,17 @@ impl Transport for IpmbTransport {
         self.send_to(ipmb::Selector::unicast(peer_label(to)), frame)
     }
 
+    fn try_send(&mut self, to: PeerId, frame: &Bytes) -> Result<bool, TransportError> {
+        self.check_open(frame)?;
+        // Only a lane can take a frame without waiting; the bus (and opening a lane) is the
+        // writer's job.
+        let Some(fd) = self.lanes.outgoing.get(&to) else { return Ok(false) };
+        match lane::try_send(fd, frame) {
+            Ok(sent) => Ok(sent),
+            Err(_) => self.lane_send(to, frame).map(|()| true),
+        }
+    }
+
     fn broadcast(&mut self, frame: &Bytes) -> Result<(), TransportError> {
         let r = self.send_to(ipmb::Selector::multicast(ALL_LABEL), frame);
         // Peers this hub has a lane to ignore its bus messages: they get their copy in order
