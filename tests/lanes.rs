@@ -14,6 +14,11 @@ const LONG: Duration = Duration::from_secs(60);
 fn child_entry() {
     let Some(role) = common::role() else { return };
     common::watch_parent(Duration::from_secs(120));
+    match role.as_str() {
+        "burst_subscriber" => return burst_subscriber(),
+        "burst_publisher" => return burst_publisher(),
+        _ => {}
+    }
     let hub = ProcessHub::builder(&env("HSIPC_NAME")).build().unwrap();
     match role.as_str() {
         "bystander" => {}
@@ -94,4 +99,51 @@ fn calls_move_to_a_lane_keep_their_order_and_outlive_the_bus_controller() {
     assert!(again.split(',').all(|r| r == "ok"), "calls after the controller died: {again}");
     server.send("quit");
     client.send("quit");
+}
+
+/// A publisher that never pauses is held back by its send backlog instead of losing events:
+/// a burst crosses processes complete (the subscriber's own queue is large enough here;
+/// choosing what a slow subscriber loses is its subscription's policy).
+#[test]
+fn a_publisher_that_never_pauses_loses_nothing_on_its_side() {
+    let bus = unique_bus("burst");
+    let mut sub = Peer::ready("burst_subscriber", &bus, "sub", &[]);
+    let mut publisher = Peer::ready("burst_publisher", &bus, "pub", &[]);
+    publisher.expect("PUBLISHED", LONG);
+    let got = sub.expect("GOT", LONG);
+    assert_eq!(got, "20000 missed=0 in_order=true");
+}
+
+fn burst_subscriber() {
+    let hub = ProcessHub::builder(&env("HSIPC_NAME")).subscription_capacity(32_768).build().unwrap();
+    let events = hub.subscribe::<u32>("burst/#").unwrap();
+    report("READY");
+    let (mut count, mut missed, mut in_order) = (0u32, 0u64, true);
+    for event in events {
+        let event = event.unwrap();
+        missed += event.missed;
+        in_order &= event.payload == count;
+        count += 1;
+        if event.payload == 19_999 {
+            break;
+        }
+    }
+    report(format!("GOT {count} missed={missed} in_order={in_order}"));
+    while command().is_some() {}
+}
+
+fn burst_publisher() {
+    let hub = ProcessHub::builder(&env("HSIPC_NAME")).build().unwrap();
+    let deadline = std::time::Instant::now() + LONG;
+    // Publish only once the subscriber's pattern has reached this hub.
+    while !hub.peers().unwrap().iter().any(|p| p.patterns.iter().any(|p| p == "burst/#")) {
+        assert!(std::time::Instant::now() < deadline, "the subscriber never appeared");
+        std::thread::yield_now();
+    }
+    report("READY");
+    for i in 0..20_000u32 {
+        hub.publish("burst/n", i).unwrap();
+    }
+    report("PUBLISHED");
+    while command().is_some() {}
 }

@@ -69,6 +69,9 @@ fn hub() -> ProcessHub {
     if let Ok(n) = std::env::var("HSIPC_MAX_MESSAGE") {
         b = b.max_message_len(n.parse().unwrap());
     }
+    if std::env::var("HSIPC_LANES").is_ok_and(|v| v == "0") {
+        b = b.direct_lanes(false);
+    }
     b.build().unwrap_or_else(|e| {
         report(format!("JOIN_FAILED {}", e));
         std::process::exit(0);
@@ -624,7 +627,11 @@ fn script_stall(hub: &ProcessHub) -> String {
     // 3 MB for a member that reads nothing: far more than the kernel buffers on the way hold.
     let event = Bytes::from(vec![0u8; 1024]);
     for _ in 0..3000 {
-        hub.publish("x/y", &event).unwrap();
+        // Once the bus is stalled, the publisher is held back (then refused at its timeout)
+        // instead of having its events dropped: the bus is stalled by then.
+        if hub.publish("x/y", &event).is_err() {
+            break;
+        }
     }
     let (r, us) = timed(|| hub.call_timeout::<_, i64>("calc.add", &(1, 1), Duration::from_millis(500)));
     report(format!("STALLED {}:{us}", r.map_or_else(|e| kind(&e), |_| "ok")));
@@ -1084,6 +1091,25 @@ fn a_rogue_process_on_the_bus_cannot_crash_or_wedge_a_hub() {
     assert!(server.rss_kib() < 256 * 1024, "the server's memory grew to {} KiB", server.rss_kib());
 }
 
+/// On lanes, a member that stops reading fills only its own lane; once that lane has stayed
+/// full for the lane stall timeout (5 s) the member is cut off, and the publisher (held back
+/// meanwhile, not dropping) and everyone else go on while it is still alive.
+#[test]
+fn on_direct_lanes_a_member_that_stops_reading_is_cut_off_and_others_go_on() {
+    let bus = unique_bus("stall-lanes");
+    let _bystander = Peer::ready("bystander", &bus, "bystander", &[]);
+    let _server = Peer::ready("server", &bus, "server", &[]);
+    let mut stuck = Peer::ready("stuck", &bus, "stuck", &[]);
+    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "stall")]);
+    let stalled = client.expect("STALLED", LONG);
+    let (k, _) = stalled.split_once(':').unwrap();
+    // The stuck member is still alive (it is killed only below): the call went through.
+    assert_eq!(k, "ok", "a call was held by a member that stopped reading");
+    stuck.kill();
+    client.send("killed");
+    client.expect("RESULT", LONG);
+}
+
 #[test]
 fn a_stalled_bus_does_not_hold_a_caller_until_it_clears() {
     // ipmb has one routing thread: a member that stops reading blocks it, and with it every
@@ -1094,7 +1120,14 @@ fn a_stalled_bus_does_not_hold_a_caller_until_it_clears() {
     let _bystander = Peer::ready("bystander", &bus, "bystander", &[]);
     let _server = Peer::ready("server", &bus, "server", &[]);
     let mut stuck = Peer::ready("stuck", &bus, "stuck", &[]);
-    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_SCRIPT", "stall")]);
+    // Without direct lanes, the client's events to the stuck member go through the bus and
+    // stall it (with lanes they would stall only that member's lane: the next test).
+    let mut client = Peer::ready(
+        "client",
+        &bus,
+        "client",
+        &[("HSIPC_SCRIPT", "stall"), ("HSIPC_LANES", "0"), ("HSIPC_TIMEOUT_S", "2")],
+    );
     let stalled = client.expect("STALLED", LONG);
     let (k, us) = stalled.split_once(':').unwrap();
     eprintln!("a call with a 500 ms timeout returned after {us} µs on the stalled bus");

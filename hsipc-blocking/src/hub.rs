@@ -202,8 +202,10 @@ impl ProcessHub {
     }
 
     /// Publishes `event` (a value or a reference) on `topic` to every subscriber whose pattern
-    /// matches, in other processes and in this one. Returns once the event is queued; events
-    /// published before a subscriber's pattern has reached this hub are not delivered to it.
+    /// matches, in other processes and in this one. Returns once the event is queued; while
+    /// subscribers or the bus do not keep up, it blocks (at most the default timeout, then
+    /// `Error::LocalLimit`) instead of losing events. Events published before a subscriber's
+    /// pattern has reached this hub are not delivered to it.
     ///
     /// ```no_run
     /// # let hub = hsipc_blocking::ProcessHub::new("doc").unwrap();
@@ -213,7 +215,7 @@ impl ProcessHub {
     /// # Ok::<(), hsipc_blocking::Error>(())
     /// ```
     pub fn publish<T: Serialize>(&self, topic: &str, event: T) -> Result<()> {
-        self.core.publish(topic, &event)
+        self.core.publish_blocking(topic, &event)
     }
 
     /// Subscribes to `pattern` (MQTT rules: `+` one level, `#` the rest). Dropping the

@@ -29,6 +29,15 @@ pub struct Handle {
     shared: Arc<Shared>,
 }
 
+/// The outcome of [`Handle::publish`].
+#[derive(Debug)]
+pub enum Publish {
+    /// Queued for this many peers (this hub included).
+    Queued(usize),
+    /// Not published: the send backlog is long. Wait, then publish again.
+    Wait(Waiter<()>),
+}
+
 /// A peer as shown to the application.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -177,10 +186,20 @@ impl Handle {
         });
     }
 
-    /// Publishes an event; returns how many peers (this one included) it was queued for.
-    pub fn publish(&self, topic: &Topic, body: Bytes) -> Result<usize> {
+    /// Publishes an event: `Queued(n)` once it is queued for `n` peers (this one included), or,
+    /// while the send backlog is long (subscribers or the bus not keeping up), `Wait(waiter)`
+    /// without publishing: wait for the waiter (it fails at `deadline`), then publish again. So a
+    /// publisher is held back instead of having its events dropped.
+    pub fn publish(&self, topic: &Topic, body: Bytes, deadline: Instant) -> Result<Publish> {
         self.check_len(topic.as_str().len() + body.len())?;
-        self.with(SendBy::TryInline, |state, _| Ok(state.endpoint.publish(topic, body)?))
+        self.with(SendBy::TryInline, |state, _| {
+            if state.backlogged() {
+                let (done, rx) = flume::bounded(1);
+                state.wait_for_room(done, deadline);
+                return Ok(Publish::Wait(Waiter::new(rx, deadline)));
+            }
+            Ok(Publish::Queued(state.endpoint.publish(topic, body)?))
+        })
     }
 
     /// Subscribes; events arrive on the receiver, which holds at most `capacity`; when it is

@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 use proto::{Config, Endpoint, PeerId};
 
 pub use self::dispatch::{CallContext, Dispatcher, IncomingCall, Reject};
-pub use self::handle::{Handle, PeerSummary};
+pub use self::handle::{Handle, PeerSummary, Publish};
 pub use self::item_sink::ItemSink;
 pub use self::pending::{PendingCall, Waiter};
 use self::shared::SendBy;

@@ -1,5 +1,6 @@
 //! What the engine's threads and handles share: the state lock, the send lock, the wake-ups.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
@@ -206,9 +207,11 @@ impl Shared {
             }
         };
         let batch = self.state().take_outbound();
+        let n = batch.len();
         if let Some(t) = transport.as_deref_mut() {
             send_batch(t, batch);
         }
+        self.finish_batch(n, VecDeque::new());
         drop(transport);
         if self.state().has_outbound() {
             self.wake_writer();
@@ -229,27 +232,30 @@ impl Shared {
             }
         };
         let mut batch = self.state().take_outbound();
+        let mut sent = 0;
         if let Some(t) = transport.as_deref_mut() {
             while let Some((dest, frame)) = batch.pop_front() {
-                let sent = match dest {
+                let result_of_try = match dest {
                     Dest::Peer(p) => t.try_send(p, &frame),
                     Dest::All => Ok(false),
                 };
-                match sent {
-                    Ok(true) => {}
+                match result_of_try {
+                    Ok(true) => sent += 1,
                     Ok(false) => {
                         batch.push_front((dest, frame));
                         break;
                     }
-                    Err(e) => tracing::debug!(error = %e, "transport failed to send a frame"),
+                    Err(e) => {
+                        sent += 1;
+                        tracing::debug!(error = %e, "transport failed to send a frame");
+                    }
                 }
             }
         } else {
+            sent = batch.len();
             batch.clear();
         }
-        if !batch.is_empty() {
-            self.state().requeue_front(batch);
-        }
+        self.finish_batch(sent, batch);
         drop(transport);
         if self.state().has_outbound() {
             self.wake_writer();
@@ -277,8 +283,24 @@ impl Shared {
             if batch.is_empty() {
                 return;
             }
-            let Some(t) = transport.as_deref_mut() else { continue };
-            send_batch(t, batch);
+            let n = batch.len();
+            if let Some(t) = transport.as_deref_mut() {
+                send_batch(t, batch);
+            }
+            self.finish_batch(n, VecDeque::new());
+        }
+    }
+
+    /// Records a finished batch (waking publishers waiting for room) and requeues what was not
+    /// sent.
+    fn finish_batch(&self, sent: usize, unsent: VecDeque<(Dest, Bytes)>) {
+        let mut state = self.state();
+        state.batch_done(sent, unsent);
+        let deferred = state.take_deferred();
+        drop(state);
+        for d in deferred {
+            // Only `Done` wake-ups come from here; nothing to follow up.
+            let _ = d.complete(self);
         }
     }
 
@@ -287,7 +309,7 @@ impl Shared {
     }
 }
 
-fn send_batch(t: &mut dyn Transport, batch: std::collections::VecDeque<(Dest, Bytes)>) {
+fn send_batch(t: &mut dyn Transport, batch: VecDeque<(Dest, Bytes)>) {
     for (dest, frame) in batch {
         let r = match dest {
             Dest::Peer(p) => t.send(p, &frame),

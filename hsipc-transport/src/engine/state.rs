@@ -83,6 +83,10 @@ pub(crate) struct State {
     watchers: Vec<Watcher>,
     outbound: VecDeque<(Dest, Bytes)>,
     outbound_bytes: usize,
+    /// Frames taken from the queue by a sender and not yet handed to the transport.
+    sending: usize,
+    /// Publishers waiting for the send backlog to drain, with their deadlines.
+    room_waiters: Vec<(flume::Sender<Result<()>>, Instant)>,
     dropped_outbound: u64,
     looped_back: Vec<Bytes>,
     deferred: Vec<Deferred>,
@@ -106,6 +110,8 @@ impl State {
             watchers: Vec::new(),
             outbound: VecDeque::new(),
             outbound_bytes: 0,
+            sending: 0,
+            room_waiters: Vec::new(),
             dropped_outbound: 0,
             looped_back: Vec::new(),
             deferred: Vec::new(),
@@ -163,7 +169,12 @@ impl State {
     /// The next instant anything here is due.
     fn next_deadline(&self) -> Instant {
         let mut t = self.next_liveness;
-        let engine = self.blocked_items.values().map(|b| b.deadline).chain(self.watchers.iter().map(|w| w.deadline));
+        let engine = self
+            .blocked_items
+            .values()
+            .map(|b| b.deadline)
+            .chain(self.watchers.iter().map(|w| w.deadline))
+            .chain(self.room_waiters.iter().map(|(_, d)| *d));
         for d in self.endpoint.poll_timeout().into_iter().chain(engine) {
             t = t.min(d);
         }
@@ -188,14 +199,45 @@ impl State {
 
     pub(super) fn take_outbound(&mut self) -> VecDeque<(Dest, Bytes)> {
         self.outbound_bytes = 0;
+        self.sending += self.outbound.len();
         std::mem::take(&mut self.outbound)
     }
 
-    /// Puts frames that could not be sent yet back in front of the queue, in their order.
-    pub(super) fn requeue_front(&mut self, mut frames: VecDeque<(Dest, Bytes)>) {
-        self.outbound_bytes += frames.iter().map(|(_, f)| f.len()).sum::<usize>();
-        frames.append(&mut self.outbound);
-        self.outbound = frames;
+    /// A sender is done with a batch it took: `sent` frames went to the transport, `unsent` go
+    /// back in front of the queue, in their order.
+    pub(super) fn batch_done(&mut self, sent: usize, mut unsent: VecDeque<(Dest, Bytes)>) {
+        self.sending = self.sending.saturating_sub(sent + unsent.len());
+        if !unsent.is_empty() {
+            self.outbound_bytes += unsent.iter().map(|(_, f)| f.len()).sum::<usize>();
+            unsent.append(&mut self.outbound);
+            self.outbound = unsent;
+        }
+        if self.outbound.len() + self.sending <= self.low_water() {
+            for (done, _) in self.room_waiters.drain(..) {
+                self.deferred.push(Deferred::Done(done, Ok(())));
+            }
+        }
+    }
+
+    /// Whether the send backlog is so long that a publisher must wait for it to drain (rather
+    /// than have the queue drop frames when it is full).
+    pub(super) fn backlogged(&self) -> bool {
+        self.outbound.len() + self.sending >= self.config.outbound_capacity / 2
+    }
+
+    /// Has `done` complete once the send backlog has drained, or fail at `deadline`.
+    pub(super) fn wait_for_room(&mut self, done: flume::Sender<Result<()>>, deadline: Instant) {
+        self.room_waiters.retain(|(w, _)| !w.is_disconnected());
+        if self.room_waiters.len() < MAX_WATCHERS {
+            self.room_waiters.push((done, deadline));
+        } else {
+            let why = format!("more than {MAX_WATCHERS} publishers wait for the send queue");
+            self.deferred.push(Deferred::Done(done, Err(Error::LocalLimit(why))));
+        }
+    }
+
+    fn low_water(&self) -> usize {
+        self.config.outbound_capacity / 8
     }
 
     pub(super) fn take_deferred(&mut self) -> Vec<Deferred> {
@@ -211,6 +253,9 @@ impl State {
         }
         for w in self.watchers.drain(..) {
             self.deferred.push(Deferred::Done(w.done, Err(Error::Closed)));
+        }
+        for (done, _) in self.room_waiters.drain(..) {
+            self.deferred.push(Deferred::Done(done, Err(Error::Closed)));
         }
         for (_, ctx) in self.served.drain() {
             self.deferred.push(Deferred::Cancel(ctx));

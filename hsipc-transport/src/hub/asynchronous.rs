@@ -177,8 +177,11 @@ impl<K> AsyncHub<K> {
 
     /// Publishes `event` (a value or a reference) on `topic` to every subscriber whose pattern
     /// matches, in other processes and in this one.
+    ///
+    /// While subscribers or the bus do not keep up, the publisher waits (without blocking a
+    /// thread, at most the default timeout, then `Error::LocalLimit`) instead of losing events.
     pub fn publish<T: Serialize>(&self, topic: &str, event: T) -> impl Future<Output = Result<()>> + Send {
-        std::future::ready(self.core.publish(topic, &event))
+        self.core.publish_async(topic, event)
     }
 
     /// Subscribes to `pattern` (MQTT rules: `+` one level, `#` the rest): the events as a

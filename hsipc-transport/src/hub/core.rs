@@ -3,7 +3,7 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use proto::{PeerId, Topic, TopicFilter, codec};
 use serde::Serialize;
@@ -14,7 +14,7 @@ use super::handler::{self, Handler};
 use super::registry::Registry;
 use crate::engine::{
     CallContext, Census, Engine, EventReceiver, Handle, ItemReceiver, ItemSink, Overflow, PeerSummary, PendingCall,
-    Waiter,
+    Publish, Waiter,
 };
 use crate::error::Result;
 
@@ -153,11 +153,37 @@ impl HubCore {
         self.handle().call_stream(method, codec::encode(req)?, timeout)
     }
 
-    /// Publishes an encoded event on `topic`.
-    pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, event: &T) -> Result<()> {
-        let topic = Topic::new(topic)?;
-        self.handle().publish(&topic, codec::encode(event)?)?;
-        Ok(())
+    /// Publishes `event` on `topic`, blocking while the send backlog is long (at most the
+    /// default timeout).
+    pub fn publish_blocking<T: Serialize + ?Sized>(&self, topic: &str, event: &T) -> Result<()> {
+        let (topic, body, deadline) = self.prepare_publish(topic, event)?;
+        loop {
+            match self.handle().publish(&topic, body.clone(), deadline)? {
+                Publish::Queued(_) => return Ok(()),
+                Publish::Wait(room) => room.wait()?,
+            }
+        }
+    }
+
+    /// Publishes `event` on `topic`, waiting (without blocking a thread) while the send backlog
+    /// is long (at most the default timeout). The event is encoded at once.
+    pub fn publish_async<T: Serialize>(&self, topic: &str, event: T) -> impl Future<Output = Result<()>> + Send {
+        let prepared = self.prepare_publish(topic, &event);
+        let core = self.clone();
+        async move {
+            let (topic, body, deadline) = prepared?;
+            loop {
+                match core.handle().publish(&topic, body.clone(), deadline)? {
+                    Publish::Queued(_) => return Ok(()),
+                    Publish::Wait(room) => room.await?,
+                }
+            }
+        }
+    }
+
+    fn prepare_publish<T: Serialize + ?Sized>(&self, topic: &str, event: &T) -> Result<(Topic, bytes::Bytes, Instant)> {
+        let deadline = Instant::now() + self.default_timeout().min(proto::MAX_TIMEOUT);
+        Ok((Topic::new(topic)?, codec::encode(event)?, deadline))
     }
 
     /// Subscribes to `pattern` with the hub's queue settings.
