@@ -207,11 +207,11 @@ impl Shared {
             }
         };
         let batch = self.state().take_outbound();
-        let n = batch.len();
+        let (n, bytes) = (batch.len(), batch.iter().map(|(_, f)| f.len()).sum());
         if let Some(t) = transport.as_deref_mut() {
             send_batch(t, batch);
         }
-        self.finish_batch(n, VecDeque::new());
+        self.finish_batch(n, bytes, VecDeque::new());
         drop(transport);
         if self.state().has_outbound() {
             self.wake_writer();
@@ -232,7 +232,7 @@ impl Shared {
             }
         };
         let mut batch = self.state().take_outbound();
-        let mut sent = 0;
+        let (mut sent, mut sent_bytes) = (0, 0);
         if let Some(t) = transport.as_deref_mut() {
             while let Some((dest, frame)) = batch.pop_front() {
                 let result_of_try = match dest {
@@ -240,22 +240,22 @@ impl Shared {
                     Dest::All => Ok(false),
                 };
                 match result_of_try {
-                    Ok(true) => sent += 1,
                     Ok(false) => {
                         batch.push_front((dest, frame));
                         break;
                     }
-                    Err(e) => {
-                        sent += 1;
-                        tracing::debug!(error = %e, "transport failed to send a frame");
-                    }
+                    Ok(true) => {}
+                    Err(e) => tracing::debug!(error = %e, "transport failed to send a frame"),
                 }
+                sent += 1;
+                sent_bytes += frame.len();
             }
         } else {
             sent = batch.len();
+            sent_bytes = batch.iter().map(|(_, f)| f.len()).sum();
             batch.clear();
         }
-        self.finish_batch(sent, batch);
+        self.finish_batch(sent, sent_bytes, batch);
         drop(transport);
         if self.state().has_outbound() {
             self.wake_writer();
@@ -283,19 +283,19 @@ impl Shared {
             if batch.is_empty() {
                 return;
             }
-            let n = batch.len();
+            let (n, bytes) = (batch.len(), batch.iter().map(|(_, f)| f.len()).sum());
             if let Some(t) = transport.as_deref_mut() {
                 send_batch(t, batch);
             }
-            self.finish_batch(n, VecDeque::new());
+            self.finish_batch(n, bytes, VecDeque::new());
         }
     }
 
     /// Records a finished batch (waking publishers waiting for room) and requeues what was not
     /// sent.
-    fn finish_batch(&self, sent: usize, unsent: VecDeque<(Dest, Bytes)>) {
+    fn finish_batch(&self, sent: usize, sent_bytes: usize, unsent: VecDeque<(Dest, Bytes)>) {
         let mut state = self.state();
-        state.batch_done(sent, unsent);
+        state.batch_done(sent, sent_bytes, unsent);
         let deferred = state.take_deferred();
         drop(state);
         for d in deferred {

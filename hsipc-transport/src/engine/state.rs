@@ -85,6 +85,8 @@ pub(crate) struct State {
     outbound_bytes: usize,
     /// Frames taken from the queue by a sender and not yet handed to the transport.
     sending: usize,
+    /// Their bytes.
+    sending_bytes: usize,
     /// Publishers waiting for the send backlog to drain, with their deadlines.
     room_waiters: Vec<(flume::Sender<Result<()>>, Instant)>,
     dropped_outbound: u64,
@@ -111,6 +113,7 @@ impl State {
             outbound: VecDeque::new(),
             outbound_bytes: 0,
             sending: 0,
+            sending_bytes: 0,
             room_waiters: Vec::new(),
             dropped_outbound: 0,
             looped_back: Vec::new(),
@@ -164,6 +167,14 @@ impl State {
         for w in expired {
             self.deferred.push(Deferred::Done(w.done, Err(Error::Timeout)));
         }
+        let (late, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.room_waiters).into_iter().partition(|(_, d)| *d <= now);
+        self.room_waiters = waiting;
+        for (done, _) in late {
+            let why =
+                "the send queue did not drain before the publish timeout: subscribers or the bus are not keeping up";
+            self.deferred.push(Deferred::Done(done, Err(Error::LocalLimit(why.into()))));
+        }
     }
 
     /// The next instant anything here is due.
@@ -198,21 +209,24 @@ impl State {
     }
 
     pub(super) fn take_outbound(&mut self) -> VecDeque<(Dest, Bytes)> {
-        self.outbound_bytes = 0;
+        self.sending_bytes += std::mem::take(&mut self.outbound_bytes);
         self.sending += self.outbound.len();
         std::mem::take(&mut self.outbound)
     }
 
     /// A sender is done with a batch it took: `sent` frames went to the transport, `unsent` go
     /// back in front of the queue, in their order.
-    pub(super) fn batch_done(&mut self, sent: usize, mut unsent: VecDeque<(Dest, Bytes)>) {
+    pub(super) fn batch_done(&mut self, sent: usize, sent_bytes: usize, mut unsent: VecDeque<(Dest, Bytes)>) {
+        let unsent_bytes: usize = unsent.iter().map(|(_, f)| f.len()).sum();
         self.sending = self.sending.saturating_sub(sent + unsent.len());
+        self.sending_bytes = self.sending_bytes.saturating_sub(sent_bytes + unsent_bytes);
         if !unsent.is_empty() {
-            self.outbound_bytes += unsent.iter().map(|(_, f)| f.len()).sum::<usize>();
+            self.outbound_bytes += unsent_bytes;
             unsent.append(&mut self.outbound);
             self.outbound = unsent;
         }
-        if self.outbound.len() + self.sending <= self.low_water() {
+        let bytes = self.outbound_bytes + self.sending_bytes;
+        if self.outbound.len() + self.sending <= self.low_water() && bytes <= self.config.outbound_max_bytes / 8 {
             for (done, _) in self.room_waiters.drain(..) {
                 self.deferred.push(Deferred::Done(done, Ok(())));
             }
@@ -223,6 +237,7 @@ impl State {
     /// than have the queue drop frames when it is full).
     pub(super) fn backlogged(&self) -> bool {
         self.outbound.len() + self.sending >= self.config.outbound_capacity / 2
+            || self.outbound_bytes + self.sending_bytes >= self.config.outbound_max_bytes / 2
     }
 
     /// Has `done` complete once the send backlog has drained, or fail at `deadline`.

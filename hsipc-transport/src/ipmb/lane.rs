@@ -21,6 +21,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use proto::PeerId;
@@ -46,34 +47,16 @@ pub(super) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Bounds how long a write into a full lane blocks (then it fails with `WouldBlock`).
-pub(super) fn set_send_timeout(fd: &OwnedFd, timeout: std::time::Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: `tv` is a valid timeval for the duration of the call.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            &tv as *const libc::timeval as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-}
-
-/// Writes one frame into a lane, in chunks; blocks while the lane is full (at most the send
-/// timeout per chunk).
-pub(super) fn send(fd: &OwnedFd, frame: &[u8]) -> io::Result<()> {
+/// Writes one frame into a lane, in chunks; waits while the lane is full, at most `stall` for
+/// the whole frame (then `TimedOut`: the reader is stuck).
+pub(super) fn send(fd: &OwnedFd, frame: &[u8], stall: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + stall.max(Duration::from_millis(1));
     let mut chunks = frame.chunks(CHUNK).peekable();
     if frame.is_empty() {
-        return send_chunk(fd, LAST, &[]);
+        return send_chunk(fd, LAST, &[], deadline);
     }
     while let Some(chunk) = chunks.next() {
-        send_chunk(fd, if chunks.peek().is_some() { MORE } else { LAST }, chunk)?;
+        send_chunk(fd, if chunks.peek().is_some() { MORE } else { LAST }, chunk, deadline)?;
     }
     Ok(())
 }
@@ -84,18 +67,34 @@ pub(super) fn try_send(fd: &OwnedFd, frame: &[u8]) -> io::Result<bool> {
     if frame.len() > CHUNK {
         return Ok(false);
     }
-    match send_chunk_flags(fd, LAST, frame, libc::MSG_DONTWAIT) {
+    match send_once(fd, LAST, frame) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-fn send_chunk(fd: &OwnedFd, flag: u8, data: &[u8]) -> io::Result<()> {
-    send_chunk_flags(fd, flag, data, 0)
+/// Sends one chunk, waiting for room until `deadline`.
+fn send_chunk(fd: &OwnedFd, flag: u8, data: &[u8], deadline: Instant) -> io::Result<()> {
+    loop {
+        match send_once(fd, flag, data) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "the lane's reader is stuck"));
+                }
+                let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+                let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+                // SAFETY: one valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut pfd, 1, ms) };
+            }
+            other => return other,
+        }
+    }
 }
 
-fn send_chunk_flags(fd: &OwnedFd, flag: u8, data: &[u8], flags: libc::c_int) -> io::Result<()> {
+/// One non-blocking attempt to send a chunk.
+fn send_once(fd: &OwnedFd, flag: u8, data: &[u8]) -> io::Result<()> {
     let mut iov = [
         libc::iovec { iov_base: &flag as *const u8 as *mut libc::c_void, iov_len: 1 },
         libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() },
@@ -107,7 +106,7 @@ fn send_chunk_flags(fd: &OwnedFd, flag: u8, data: &[u8], flags: libc::c_int) -> 
     loop {
         // SAFETY: the msghdr and its iovecs point at live memory for the duration of the call;
         // MSG_NOSIGNAL turns a closed peer into EPIPE instead of SIGPIPE.
-        let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | flags) };
+        let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
         if n >= 0 {
             return Ok(());
         }
@@ -116,6 +115,36 @@ fn send_chunk_flags(fd: &OwnedFd, flag: u8, data: &[u8], flags: libc::c_int) -> 
             return Err(e);
         }
     }
+}
+
+/// Whether `fd` is a Unix `SOCK_SEQPACKET` socket with an unnamed peer (a socket pair end, not
+/// a connection to some listening socket).
+pub(super) fn is_lane_socket(fd: &OwnedFd) -> bool {
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `ty` and `len` are valid for writes of the given size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            &mut ty as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r != 0 || ty != libc::SOCK_SEQPACKET {
+        return false;
+    }
+    // SAFETY: an all-zero sockaddr_un is valid; getpeername fills it and its length.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut alen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` and `alen` are valid for writes of the given size.
+    let r = unsafe {
+        libc::getpeername(fd.as_raw_fd(), &mut addr as *mut libc::sockaddr_un as *mut libc::sockaddr, &mut alen)
+    };
+    r == 0
+        && addr.sun_family as libc::c_int == libc::AF_UNIX
+        && alen as usize == std::mem::size_of::<libc::sa_family_t>()
 }
 
 /// The user id of the process that made the socket pair behind `fd`.
@@ -139,10 +168,10 @@ pub(super) fn maker_uid(fd: &OwnedFd) -> io::Result<u32> {
     Ok(cred.uid)
 }
 
-/// This process's user id.
+/// This process's effective user id (what `SO_PEERCRED` reports for the pairs it makes).
 pub(super) fn own_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// Wakes a lane's reader for good (at close): its `recv` returns end of file.
@@ -159,13 +188,16 @@ pub(super) fn spawn_reader(
     ingress: Ingress,
     max_len: usize,
     stop: Arc<AtomicBool>,
+    on_end: impl FnOnce(PeerId) + Send + 'static,
 ) -> io::Result<()> {
     std::thread::Builder::new().name(format!("hsipc-lane-{from}")).spawn(move || {
         let mut buf = vec![0u8; CHUNK + 1];
         let mut frame = BytesMut::new();
         loop {
             // SAFETY: `buf` is valid for writes of its length.
-            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+            let n = unsafe {
+                libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_TRUNC)
+            };
             if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                 continue;
             }
@@ -173,6 +205,10 @@ pub(super) fn spawn_reader(
                 break; // end of file (or a broken socket): the sender is gone
             }
             let n = n as usize;
+            if n > buf.len() {
+                tracing::debug!(%from, "oversized lane message; dropping the lane");
+                break;
+            }
             frame.extend_from_slice(&buf[1..n]);
             if frame.len() > max_len {
                 tracing::debug!(%from, "lane frame over the maximum message length; dropping the lane");
@@ -181,10 +217,14 @@ pub(super) fn spawn_reader(
             if buf[0] == LAST {
                 let bytes: Bytes = std::mem::take(&mut frame).freeze();
                 if !ingress.deliver(from, bytes) {
-                    return; // the engine is gone
+                    shut(&fd); // the engine is gone
+                    return;
                 }
             }
         }
+        // The sender sees the end at once (instead of filling a lane nobody reads).
+        shut(&fd);
+        on_end(from);
         if !stop.load(Ordering::Relaxed) {
             tracing::debug!(%from, "lane closed: the peer is gone");
             ingress.peer_lost(from);

@@ -198,7 +198,7 @@ impl Connect for IpmbBus {
         let incoming = reader::IncomingLanes::default();
         let setup = reader::ReaderSetup {
             local,
-            ingress,
+            ingress: ingress.clone(),
             max_len: cfg.max_message_len,
             timeout: cfg.recv_timeout,
             stop: stop.clone(),
@@ -224,6 +224,7 @@ impl Connect for IpmbBus {
                 dead: HashSet::new(),
                 incoming,
             },
+            ingress,
         }))
     }
 }
@@ -240,6 +241,8 @@ pub struct IpmbTransport {
     broken: bool,
     alone: bool,
     lanes: Lanes,
+    /// The engine, to report a peer cut off by its lane.
+    ingress: Ingress,
 }
 
 /// This hub's direct lanes (see [`lane`]).
@@ -266,7 +269,6 @@ impl IpmbTransport {
     fn open_lane(&mut self, to: PeerId) -> Result<(), TransportError> {
         let io = |what| move |source| TransportError::Io { what, source };
         let (mine, theirs) = lane::pair().map_err(io("creating a lane"))?;
-        lane::set_send_timeout(&mine, self.lanes.stall).map_err(io("setting a lane's send timeout"))?;
         let offer = envelope::lane_offer(ipmb::Selector::unicast(peer_label(to)), self.local, theirs);
         self.send_msg(offer)?;
         tracing::debug!(peer = %to, "opened a direct lane");
@@ -277,12 +279,18 @@ impl IpmbTransport {
     /// Writes a frame into the lane to `to`; a broken lane means the peer is gone.
     fn lane_send(&mut self, to: PeerId, frame: &[u8]) -> Result<(), TransportError> {
         let Some(fd) = self.lanes.outgoing.get(&to) else { return Err(TransportError::Closed) };
-        lane::send(fd, frame).map_err(|source| {
-            tracing::debug!(peer = %to, error = %source, "lane broken: the peer is gone or stuck");
-            self.lanes.outgoing.remove(&to);
-            self.lanes.dead.insert(to);
-            TransportError::Io { what: "writing into a direct lane", source }
-        })
+        lane::send(fd, frame, self.lanes.stall).map_err(|source| self.lane_broken(to, source))
+    }
+
+    /// A lane broke (its reader ended) or stayed full past the stall timeout (its reader is
+    /// stuck): the peer is cut off for good, and the engine is told at once, so that calls to
+    /// it fail now instead of at their deadlines.
+    fn lane_broken(&mut self, to: PeerId, source: std::io::Error) -> TransportError {
+        tracing::debug!(peer = %to, error = %source, "lane broken: the peer is gone or stuck");
+        self.lanes.outgoing.remove(&to);
+        self.lanes.dead.insert(to);
+        self.ingress.peer_lost(to);
+        TransportError::Io { what: "writing into a direct lane", source }
     }
 
     fn send_msg(&mut self, msg: ipmb::Message<Msg>) -> Result<(), TransportError> {
@@ -351,7 +359,7 @@ impl Transport for IpmbTransport {
         let Some(fd) = self.lanes.outgoing.get(&to) else { return Ok(false) };
         match lane::try_send(fd, frame) {
             Ok(sent) => Ok(sent),
-            Err(_) => self.lane_send(to, frame).map(|()| true),
+            Err(source) => Err(self.lane_broken(to, source)),
         }
     }
 

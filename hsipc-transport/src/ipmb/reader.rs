@@ -42,7 +42,8 @@ pub(super) fn spawn(
         .name("hsipc-ipmb-reader".into())
         .spawn(move || {
             // Peers whose frames now come through their lane: their bus messages are copies.
-            let mut laned = std::collections::HashSet::new();
+            // A lane's reader takes its peer out again when the lane ends.
+            let laned: Arc<std::sync::Mutex<std::collections::HashSet<PeerId>>> = Arc::default();
             let own_uid = lane::own_uid();
             let mut next_sweep = Instant::now();
             while !stop.load(Ordering::Relaxed) {
@@ -66,7 +67,8 @@ pub(super) fn spawn(
                     }
                 };
                 match envelope::unwrap(msg, max_len) {
-                    Ok(Received::Frame(from, _)) if from == local || laned.contains(&from) => {}
+                    Ok(Received::Frame(from, _))
+                        if from == local || laned.lock().unwrap_or_else(|e| e.into_inner()).contains(&from) => {}
                     Ok(Received::Frame(from, bytes)) => {
                         if !ingress.deliver(from, bytes) {
                             return; // the engine is gone
@@ -74,12 +76,26 @@ pub(super) fn spawn(
                     }
                     Ok(Received::Lane(from, fd)) => {
                         // Every earlier frame from `from` has been delivered: read its lane now.
-                        match accept_lane(from, fd, own_uid, &lanes) {
+                        match accept_lane(from, fd, own_uid, &lanes, &stop) {
                             Some(fd) => {
-                                laned.insert(from);
-                                let started = lane::spawn_reader(fd, from, ingress.clone(), max_len, stop.clone());
+                                let ended = laned.clone();
+                                let on_end = move |peer| {
+                                    ended.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer);
+                                };
+                                // Marked before the reader starts: its first frame may follow at once.
+                                laned.lock().unwrap_or_else(|e| e.into_inner()).insert(from);
+                                let started = lane::spawn_reader(
+                                    fd.clone(),
+                                    from,
+                                    ingress.clone(),
+                                    max_len,
+                                    stop.clone(),
+                                    on_end,
+                                );
                                 if let Err(e) = started {
                                     tracing::warn!(%from, error = %e, "cannot start a lane reader");
+                                    laned.lock().unwrap_or_else(|e| e.into_inner()).remove(&from);
+                                    lane::shut(&fd); // the sender sees the end instead of a silent lane
                                 }
                             }
                             None => tracing::warn!(%from, "refused a lane; that peer's frames to this hub are lost"),
@@ -101,7 +117,15 @@ fn accept_lane(
     fd: std::os::fd::OwnedFd,
     own_uid: u32,
     lanes: &IncomingLanes,
+    stop: &AtomicBool,
 ) -> Option<Arc<std::os::fd::OwnedFd>> {
+    // Until the sweep marks it, a received fd would leak into a child spawned meanwhile.
+    // SAFETY: F_SETFD on an fd we own only sets its close-on-exec flag.
+    unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::F_SETFD, libc::FD_CLOEXEC) };
+    if !lane::is_lane_socket(&fd) {
+        tracing::warn!(%from, "a lane offer carried something that is not a socket pair end");
+        return None;
+    }
     match lane::maker_uid(&fd) {
         Ok(uid) if uid == own_uid => {}
         Ok(uid) => {
@@ -114,6 +138,10 @@ fn accept_lane(
         }
     }
     let mut lanes = lanes.lock().unwrap_or_else(|e| e.into_inner());
+    // Checked under the lock `close` drains: no lane is accepted after it.
+    if stop.load(Ordering::Relaxed) {
+        return None;
+    }
     lanes.retain(|l| Arc::strong_count(l) > 1); // forget lanes whose reader has ended
     if lanes.len() >= MAX_INCOMING_LANES {
         return None;
