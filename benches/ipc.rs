@@ -25,26 +25,26 @@
 
 #![allow(missing_docs)]
 
+#[path = "support/child_proc.rs"]
+mod child_proc;
+#[path = "support/hub_client.rs"]
+mod hub_client;
+#[path = "support/raw_ipmb.rs"]
+mod raw_ipmb;
+
 use std::hint::black_box;
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::os::fd::OwnedFd;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use child_proc::{Proc, ROLE_ENV, mark_all_cloexec};
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
 use futures_lite::StreamExt;
 use hsipc::SyncProcessHub;
+use hub_client::Client;
+use raw_ipmb::{new_eventfd, raw_join, raw_send};
 
-/// Which role a child process runs.
-const ROLE_ENV: &str = "HSIPC_BENCH_ROLE";
-/// The bus a child joins.
-const BUS_ENV: &str = "HSIPC_BENCH_BUS";
-/// The parent's pid, so a child can notice that it is gone.
-const PARENT_ENV: &str = "HSIPC_BENCH_PARENT";
-/// Which hub a child uses: `blocking`, `tokio` or `smol`.
-const KIND_ENV: &str = "HSIPC_BENCH_KIND";
 /// The hubs measured.
 const KINDS: [&str; 3] = ["blocking", "tokio", "smol"];
 
@@ -54,8 +54,6 @@ const PAYLOAD: usize = 64;
 /// queue (1024 events), so a batch that waits for its own delivery before the next one starts
 /// never overflows it.
 const BATCH: u64 = 1000;
-/// `BytesMessage::format` of the raw messages.
-const RAW_FORMAT: u16 = 0xBE;
 /// How long any single wait in the parent may take before the bench gives up.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -80,11 +78,6 @@ fn unique_bus(what: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() % 1_000_000_000_000);
     format!("bench-{what}-{}-{nanos}", std::process::id())
-}
-
-/// The raw ipmb identifier of bus `bus`.
-fn raw_identifier(bus: &str) -> String {
-    format!("hsipc-bench-raw.{bus}")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -116,7 +109,7 @@ fn roundtrip(c: &mut Criterion) {
         g.bench_function(kind, |b| {
             let hs = hs.get_or_insert_with(|| {
                 let pair = HsipcPair::start("rt-hs", "hsipc_echo", kind);
-                pair.hub.wait_for_service("bench").expect("the echo server is not seen on the bus");
+                pair.hub.wait_for_service("bench", WAIT).expect("the echo server is not seen on the bus");
                 pair
             });
             b.iter_custom(|iters| {
@@ -328,64 +321,8 @@ impl HsipcPair {
         let bystander = Proc::ready_as("hsipc_bystander", &bus, "blocking");
         let peer = Proc::ready_as(role, &bus, kind);
         mark_all_cloexec();
-        HsipcPair { hub: Client::join(kind, &bus), peer, _bystander: bystander }
+        HsipcPair { hub: Client::join(kind, &bus, None), peer, _bystander: bystander }
     }
-}
-
-/// The bench process's hub, of one kind. An async hub's calls are awaited on a current-thread
-/// runtime in this thread, as an application's task would.
-enum Client {
-    Blocking(SyncProcessHub),
-    Tokio(tokio::runtime::Runtime, hsipc::tokio::ProcessHub),
-    Smol(hsipc::smol::ProcessHub),
-}
-
-impl Client {
-    fn join(kind: &str, bus: &str) -> Client {
-        match kind {
-            "blocking" => Client::Blocking(SyncProcessHub::builder("bench").bus(bus).build().expect("bench hub joins")),
-            "tokio" => {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-                let hub = rt.block_on(async { hsipc::tokio::ProcessHub::builder("bench").bus(bus).build() });
-                Client::Tokio(rt, hub.expect("bench hub joins"))
-            }
-            _ => Client::Smol(hsipc::smol::ProcessHub::builder("bench").bus(bus).build().expect("bench hub joins")),
-        }
-    }
-
-    fn wait_for_service(&self, service: &str) -> hsipc::Result<()> {
-        match self {
-            Client::Blocking(h) => h.wait_for_service(service, WAIT),
-            Client::Tokio(rt, h) => rt.block_on(h.wait_for_service(service, WAIT)),
-            Client::Smol(h) => smol::block_on(h.wait_for_service(service, WAIT)),
-        }
-    }
-
-    fn echo(&self, payload: &Bytes) -> Bytes {
-        let r: hsipc::Result<Bytes> = match self {
-            Client::Blocking(h) => h.call("bench.echo", payload),
-            Client::Tokio(rt, h) => rt.block_on(h.call("bench.echo", payload)),
-            Client::Smol(h) => smol::block_on(h.call("bench.echo", payload)),
-        };
-        r.expect("bench.echo failed")
-    }
-
-    fn publish(&self, event: &Bytes) {
-        let r = match self {
-            Client::Blocking(h) => h.publish("bench/t", event),
-            Client::Tokio(rt, h) => rt.block_on(h.publish("bench/t", event)),
-            Client::Smol(h) => smol::block_on(h.publish("bench/t", event)),
-        };
-        r.expect("publish");
-    }
-}
-
-/// A child process in a role; killed and reaped on drop.
-struct Proc {
-    role: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
 }
 
 impl Proc {
@@ -396,142 +333,19 @@ impl Proc {
 
     /// Spawns `role` on `bus` using hub kind `kind`, and waits for its `READY` report.
     fn ready_as(role: &str, bus: &str, kind: &str) -> Proc {
-        mark_all_cloexec();
         let exe = std::env::current_exe().expect("bench binary path");
-        let mut child = Command::new(exe)
-            .env(ROLE_ENV, role)
-            .env(BUS_ENV, bus)
-            .env(PARENT_ENV, std::process::id().to_string())
-            .env(KIND_ENV, kind)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn a bench child");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(i) = line.find("@@") {
-                    if tx.send(line[i + 2..].to_string()).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        let mut p = Proc { role: role.to_string(), stdin: child.stdin.take(), child, lines };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match p.line_until(deadline) {
-                Some(l) if l == "READY" => return p,
-                Some(_) => {}
-                None => panic!("{role}: no READY within {WAIT:?} (exit: {:?})", p.child.try_wait()),
-            }
-        }
+        let mut p = Proc::start(Command::new(exe), role, bus, kind, None, None);
+        p.wait_ready(WAIT);
+        p
     }
-
-    /// The next report line, or None at `deadline` or if the child is gone.
-    fn line_until(&mut self, deadline: Instant) -> Option<String> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.lines.recv_timeout(left).ok()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.kill();
-        if let Ok(status) = self.child.wait() {
-            // Killed is the expected end; anything else means the child failed first.
-            if status.code().is_some_and(|c| c != 0) {
-                eprintln!("bench child {} exited with {status}", self.role);
-            }
-        }
-    }
-}
-
-/// Marks every fd above stderr close-on-exec, so no child inherits a bus socket.
-fn mark_all_cloexec() {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let fds: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
-    for fd in fds.into_iter().filter(|&fd| fd > 2) {
-        // SAFETY: F_GETFD/F_SETFD only read and set a flag; a closed fd gives EBADF.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
-                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Raw ipmb, used by both sides
-
-fn raw_join(
-    bus: &str,
-    label: &str,
-) -> (ipmb::EndpointSender<ipmb::BytesMessage>, ipmb::EndpointReceiver<ipmb::BytesMessage>) {
-    let options = ipmb::Options::new(raw_identifier(bus), ipmb::label!(label), "");
-    ipmb::join::<ipmb::BytesMessage, ipmb::BytesMessage>(options, Some(Duration::from_secs(10)))
-        .unwrap_or_else(|e| panic!("raw ipmb join of {label}: {e}"))
-}
-
-fn new_eventfd() -> OwnedFd {
-    // SAFETY: eventfd takes an initial value and flags and returns a new fd or -1.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
-    // SAFETY: a fresh fd owned by nothing else.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-/// Sends `data` to label `to` with a duplicate of `carrier` attached (without an fd, ipmb 0.8.5
-/// drops messages between two non-controller endpoints), as hsipc's transport does.
-fn raw_send(tx: &ipmb::EndpointSender<ipmb::BytesMessage>, carrier: &OwnedFd, to: &str, data: Vec<u8>) {
-    let mut msg = ipmb::Message::new(ipmb::Selector::unicast(to), ipmb::BytesMessage { format: RAW_FORMAT, data });
-    // SAFETY: fcntl duplicates a valid fd we own; the result is a new fd or -1.
-    let dup = unsafe { libc::fcntl(carrier.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    assert!(dup >= 0, "dup: {}", std::io::Error::last_os_error());
-    // SAFETY: `dup` is a new fd; ipmb's Object takes ownership and closes it.
-    msg.objects.push(unsafe { ipmb::Object::from_raw(dup) });
-    tx.send(msg).expect("raw ipmb send");
 }
 
 // ---------------------------------------------------------------------------------------------
 // Children
 
 mod child {
+    use super::child_proc::{bus, kind, report, watch_parent};
     use super::*;
-
-    fn report(line: &str) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "@@{line}");
-        let _ = out.flush();
-    }
-
-    fn bus() -> String {
-        std::env::var(BUS_ENV).expect("child needs HSIPC_BENCH_BUS")
-    }
-
-    /// Exits when the parent dies or closes our stdin.
-    fn watch_parent() {
-        let parent: i32 = std::env::var(PARENT_ENV).ok().and_then(|p| p.parse().ok()).unwrap_or(0);
-        // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal;
-        // getppid has no preconditions.
-        unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() != parent {
-                std::process::exit(3);
-            }
-        }
-        std::thread::spawn(|| {
-            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
-            std::process::exit(0);
-        });
-    }
 
     pub(super) fn run(role: &str) {
         watch_parent();
@@ -598,10 +412,6 @@ mod child {
         let _hub = hub("bystander");
         report("READY");
         park();
-    }
-
-    fn kind() -> String {
-        std::env::var(KIND_ENV).unwrap_or_else(|_| "blocking".into())
     }
 
     fn hsipc_echo() {

@@ -48,33 +48,33 @@
 
 #![allow(missing_docs)]
 
+#[path = "support/child_proc.rs"]
+mod child_proc;
+#[path = "support/hub_client.rs"]
+mod hub_client;
+#[path = "support/raw_ipmb.rs"]
+mod raw_ipmb;
+
 use std::future::Future;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{BufReader, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Barrier, Mutex, mpsc};
+use std::process::Command;
+use std::sync::{Barrier, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use child_proc::{FD_ENV, Proc, ROLE_ENV, mark_all_cloexec, set_cloexec};
 use futures_lite::StreamExt;
 use hsipc::SyncProcessHub;
+use hub_client::Client;
+use raw_ipmb::{new_eventfd, raw_join, raw_send};
 
-/// Which role a child process runs.
-const ROLE_ENV: &str = "HSIPC_BENCH_ROLE";
-/// The bus a child joins.
-const BUS_ENV: &str = "HSIPC_BENCH_BUS";
-/// The parent's pid, so a child can notice that it is gone.
-const PARENT_ENV: &str = "HSIPC_BENCH_PARENT";
-/// Which hub a child uses: `blocking`, `tokio` or `smol`.
-const KIND_ENV: &str = "HSIPC_BENCH_KIND";
 /// The CPU a child pins itself to.
 const CPU_ENV: &str = "HSIPC_BENCH_CPU";
-/// The raw socket child's end of the socketpair (an inherited fd number).
-const FD_ENV: &str = "HSIPC_BENCH_FD";
 
 /// The longest any single wait in the bench process may take.
 const WAIT: Duration = Duration::from_secs(20);
@@ -84,8 +84,6 @@ const RESEND: Duration = Duration::from_millis(500);
 const CHILD_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// Raw ipmb messages above this are not sent: ipmb 0.8.5 hangs on messages over ~131 040 bytes.
 const RAW_IPMB_MAX: usize = 120 * 1024;
-/// `BytesMessage::format` of the raw ipmb messages.
-const RAW_FORMAT: u16 = 0xBE;
 /// Requests in flight in the pipelined metric.
 const IN_FLIGHT: usize = 64;
 /// Events per batch in the events metric (below hsipc's subscription queue of 1024).
@@ -513,6 +511,23 @@ fn roundtrips(link: &mut dyn Link, size: usize, warmup: usize, samples: usize, b
     out
 }
 
+/// The pipelined metric of a raw transport: `one` sends [`IN_FLIGHT`] requests, then reads
+/// their replies. Once untimed, then up to `batches` times, stopping early once over `budget`:
+/// (calls made, time taken).
+fn in_flight_batches<L>(link: &mut L, batches: usize, budget: Duration, one: impl Fn(&mut L)) -> (u64, Duration) {
+    one(link);
+    let start = Instant::now();
+    let mut calls = 0;
+    for _ in 0..batches {
+        one(link);
+        calls += IN_FLIGHT as u64;
+        if start.elapsed() >= budget {
+            break;
+        }
+    }
+    (calls, start.elapsed())
+}
+
 /// A one-way payload of `size` bytes: tag, then (for markers) the batch.
 fn tagged(tag: u8, batch: u64, size: usize) -> Bytes {
     let mut v = vec![0u8; size.max(9)];
@@ -694,25 +709,14 @@ impl Link for SocketLink {
     }
 
     fn pipelined(&mut self, payload: &Bytes, batches: usize, budget: Duration) -> (u64, Duration) {
-        let one = |s: &mut Self| {
+        in_flight_batches(self, batches, budget, |s| {
             for _ in 0..IN_FLIGHT {
                 s.write(payload);
             }
             for _ in 0..IN_FLIGHT {
                 assert_eq!(s.read(), payload.len(), "pipelined echo returned a wrong payload");
             }
-        };
-        one(self);
-        let start = Instant::now();
-        let mut calls = 0;
-        for _ in 0..batches {
-            one(self);
-            calls += IN_FLIGHT as u64;
-            if start.elapsed() >= budget {
-                break;
-            }
-        }
-        (calls, start.elapsed())
+        })
     }
 
     fn send(&mut self, msg: &Bytes) {
@@ -726,40 +730,6 @@ impl Link for SocketLink {
 
 // ---------------------------------------------------------------------------------------------
 // Raw ipmb
-
-/// The raw ipmb identifier of bus `bus`.
-fn raw_identifier(bus: &str) -> String {
-    format!("hsipc-bench-raw.{bus}")
-}
-
-fn raw_join(
-    bus: &str,
-    label: &str,
-) -> (ipmb::EndpointSender<ipmb::BytesMessage>, ipmb::EndpointReceiver<ipmb::BytesMessage>) {
-    let options = ipmb::Options::new(raw_identifier(bus), ipmb::label!(label), "");
-    ipmb::join::<ipmb::BytesMessage, ipmb::BytesMessage>(options, Some(Duration::from_secs(10)))
-        .unwrap_or_else(|e| panic!("raw ipmb join of {label}: {e}"))
-}
-
-fn new_eventfd() -> OwnedFd {
-    // SAFETY: eventfd takes an initial value and flags and returns a new fd or -1.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
-    // SAFETY: a fresh fd owned by nothing else.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-/// Sends `data` to label `to` with a duplicate of `carrier` attached (without an fd, ipmb 0.8.5
-/// drops messages between two non-controller endpoints), as hsipc's transport does.
-fn raw_send(tx: &ipmb::EndpointSender<ipmb::BytesMessage>, carrier: &OwnedFd, to: &str, data: Vec<u8>) {
-    let mut msg = ipmb::Message::new(ipmb::Selector::unicast(to), ipmb::BytesMessage { format: RAW_FORMAT, data });
-    // SAFETY: fcntl duplicates a valid fd we own; the result is a new fd or -1.
-    let dup = unsafe { libc::fcntl(carrier.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    assert!(dup >= 0, "dup: {}", std::io::Error::last_os_error());
-    // SAFETY: `dup` is a new fd; ipmb's Object takes ownership and closes it.
-    msg.objects.push(unsafe { ipmb::Object::from_raw(dup) });
-    tx.send(msg).expect("raw ipmb send");
-}
 
 /// Bystander (controller) + peer process, and this process joined as `"a"`. Fields drop in
 /// order: our endpoint first, then the peer, then the bystander.
@@ -796,25 +766,14 @@ impl Link for IpmbLink {
     }
 
     fn pipelined(&mut self, payload: &Bytes, batches: usize, budget: Duration) -> (u64, Duration) {
-        let one = |s: &mut Self| {
+        in_flight_batches(self, batches, budget, |s| {
             for _ in 0..IN_FLIGHT {
                 raw_send(&s.tx, &s.carrier, "b", payload.to_vec());
             }
             for _ in 0..IN_FLIGHT {
                 assert_eq!(s.recv(), payload.len(), "pipelined echo returned a wrong payload");
             }
-        };
-        one(self);
-        let start = Instant::now();
-        let mut calls = 0;
-        for _ in 0..batches {
-            one(self);
-            calls += IN_FLIGHT as u64;
-            if start.elapsed() >= budget {
-                break;
-            }
-        }
-        (calls, start.elapsed())
+        })
     }
 
     fn send(&mut self, msg: &Bytes) {
@@ -843,8 +802,8 @@ impl HubLink {
         let bystander = Proc::spawn("hub_bystander", &bus, "blocking", cpu, None);
         let peer = Proc::spawn("hub_peer", &bus, kind, cpu, None);
         mark_all_cloexec();
-        let hub = Client::join(kind, &bus);
-        hub.wait_for_service("bench").expect("the echo server is not seen on the bus");
+        let hub = Client::join(kind, &bus, Some(WAIT));
+        hub.wait_for_service("bench", WAIT).expect("the echo server is not seen on the bus");
         HubLink { hub, peer, _bystander: bystander }
     }
 }
@@ -868,69 +827,14 @@ impl Link for HubLink {
     }
 }
 
-/// The bench process's hub, of one kind. An async hub's calls are awaited on a current-thread
-/// runtime in this thread, as an application's task would.
-enum Client {
-    Blocking(SyncProcessHub),
-    Tokio(tokio::runtime::Runtime, hsipc::tokio::ProcessHub),
-    Smol(hsipc::smol::ProcessHub),
-}
-
 impl Client {
-    fn join(kind: &str, bus: &str) -> Client {
-        match kind {
-            "blocking" => Client::Blocking(
-                SyncProcessHub::builder("bench").bus(bus).default_timeout(WAIT).build().expect("bench hub joins"),
-            ),
-            "tokio" => {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-                let hub = rt.block_on(async {
-                    hsipc::tokio::ProcessHub::builder("bench").bus(bus).default_timeout(WAIT).build()
-                });
-                Client::Tokio(rt, hub.expect("bench hub joins"))
-            }
-            _ => Client::Smol(
-                hsipc::smol::ProcessHub::builder("bench")
-                    .bus(bus)
-                    .default_timeout(WAIT)
-                    .build()
-                    .expect("bench hub joins"),
-            ),
-        }
-    }
-
-    fn wait_for_service(&self, service: &str) -> hsipc::Result<()> {
-        match self {
-            Client::Blocking(h) => h.wait_for_service(service, WAIT),
-            Client::Tokio(rt, h) => rt.block_on(h.wait_for_service(service, WAIT)),
-            Client::Smol(h) => smol::block_on(h.wait_for_service(service, WAIT)),
-        }
-    }
-
-    fn echo(&self, payload: &Bytes) -> Bytes {
-        let r: hsipc::Result<Bytes> = match self {
-            Client::Blocking(h) => h.call("bench.echo", payload),
-            Client::Tokio(rt, h) => rt.block_on(h.call("bench.echo", payload)),
-            Client::Smol(h) => smol::block_on(h.call("bench.echo", payload)),
-        };
-        r.expect("bench.echo failed")
-    }
-
+    /// Up to `batches` batches of [`IN_FLIGHT`] calls of `bench.echo`, for [`HubLink`].
     fn pipelined(&self, payload: &Bytes, batches: usize, budget: Duration) -> (u64, Duration) {
         match self {
             Client::Blocking(h) => pipelined_threads(h, payload, batches, budget),
             Client::Tokio(rt, h) => rt.block_on(pipelined_async(|| h.call("bench.echo", payload), batches, budget)),
             Client::Smol(h) => smol::block_on(pipelined_async(|| h.call("bench.echo", payload), batches, budget)),
         }
-    }
-
-    fn publish(&self, event: &Bytes) {
-        let r = match self {
-            Client::Blocking(h) => h.publish("bench/t", event),
-            Client::Tokio(rt, h) => rt.block_on(h.publish("bench/t", event)),
-            Client::Smol(h) => smol::block_on(h.publish("bench/t", event)),
-        };
-        r.expect("publish");
     }
 }
 
@@ -1006,88 +910,18 @@ fn pipelined_threads(h: &SyncProcessHub, payload: &Bytes, batches: usize, budget
 // ---------------------------------------------------------------------------------------------
 // Child processes, seen from the bench process
 
-/// A child process in a role; killed and reaped on drop.
-struct Proc {
-    role: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-}
-
 impl Proc {
     /// Spawns `role` pinned to `cpu` (on `bus`, hub kind `kind`, inheriting `pass` if given)
     /// and waits for its `READY` report.
     fn spawn(role: &str, bus: &str, kind: &str, cpu: usize, pass: Option<&OwnedFd>) -> Proc {
-        mark_all_cloexec();
         // This very binary even if cargo rebuilds the file on disk during the run (the target
         // dir may be shared): a child must run the same code as its parent.
         let mut cmd = Command::new("/proc/self/exe");
-        cmd.env(ROLE_ENV, role)
-            .env(BUS_ENV, bus)
-            .env(PARENT_ENV, std::process::id().to_string())
-            .env(KIND_ENV, kind)
-            .env(CPU_ENV, cpu.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if let Some(fd) = pass {
-            cmd.env(FD_ENV, fd.as_raw_fd().to_string());
-            set_cloexec(fd.as_raw_fd(), false);
-        }
-        let mut children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
-        let spawned = cmd.spawn();
-        if let Some(fd) = pass {
-            set_cloexec(fd.as_raw_fd(), true);
-        }
-        let mut child = spawned.expect("spawn a bench child");
-        children.push(child.id());
-        drop(children);
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(i) = line.find("@@") {
-                    if tx.send(line[i + 2..].to_string()).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        let mut p = Proc { role: role.to_string(), stdin: child.stdin.take(), child, lines };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match p.line_until(deadline) {
-                Some(l) if l == "READY" => {
-                    check_affinity(p.child.id(), cpu);
-                    return p;
-                }
-                Some(_) => {}
-                None => panic!("{role}: no READY within {WAIT:?} (exit: {:?})", p.child.try_wait()),
-            }
-        }
-    }
-
-    /// The next report line, or None at `deadline` or if the child is gone.
-    fn line_until(&mut self, deadline: Instant) -> Option<String> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.lines.recv_timeout(left).ok()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let mut children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
-        drop(self.stdin.take());
-        let _ = self.child.kill();
-        if let Ok(status) = self.child.wait() {
-            // Killed is the expected end; anything else means the child failed first.
-            if status.code().is_some_and(|c| c != 0) {
-                eprintln!("bench child {} exited with {status}", self.role);
-            }
-        }
-        let pid = self.child.id();
-        children.retain(|&p| p != pid);
+        cmd.env(CPU_ENV, cpu.to_string());
+        let mut p = Proc::start(cmd, role, bus, kind, pass, Some(&CHILDREN));
+        p.wait_ready(WAIT);
+        check_affinity(p.child.id(), cpu);
+        p
     }
 }
 
@@ -1096,28 +930,6 @@ fn check_affinity(pid: u32, cpu: usize) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let allowed = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(str::trim);
     assert_eq!(allowed, Some(cpu.to_string().as_str()), "child {pid} is not pinned to CPU {cpu}");
-}
-
-fn set_cloexec(fd: RawFd, on: bool) {
-    // SAFETY: F_GETFD/F_SETFD only read and set a flag of an fd we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags >= 0 {
-            let flags = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
-            libc::fcntl(fd, libc::F_SETFD, flags);
-        }
-    }
-}
-
-/// Marks every fd above stderr close-on-exec, so no child inherits a bus socket.
-fn mark_all_cloexec() {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let fds: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
-    for fd in fds.into_iter().filter(|&fd| fd > 2) {
-        set_cloexec(fd, true);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1283,38 +1095,13 @@ fn render(mode: &Mode, p: &Params, rows: &[Row]) -> String {
 // Children
 
 mod child {
+    use super::child_proc::{bus, kind, report};
     use super::*;
-
-    fn report(line: &str) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "@@{line}");
-        let _ = out.flush();
-    }
-
-    fn bus() -> String {
-        std::env::var(BUS_ENV).expect("child needs HSIPC_BENCH_BUS")
-    }
-
-    fn kind() -> String {
-        std::env::var(KIND_ENV).unwrap_or_else(|_| "blocking".into())
-    }
 
     /// Bounds every wait of this process: it exits when its parent dies or closes our stdin,
     /// or after [`CHILD_LIFETIME`].
     fn watch_parent() {
-        let parent: i32 = std::env::var(PARENT_ENV).ok().and_then(|p| p.parse().ok()).unwrap_or(0);
-        // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal;
-        // getppid has no preconditions.
-        unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() != parent {
-                std::process::exit(3);
-            }
-        }
-        std::thread::spawn(|| {
-            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
-            std::process::exit(0);
-        });
+        let parent = child_proc::watch_parent();
         std::thread::spawn(move || {
             let born = Instant::now();
             loop {
