@@ -125,3 +125,52 @@ fn argument_names_do_not_clash_with_generated_code() {
     let echoed: Vec<u32> = c.echo(9).unwrap().map(|r| r.unwrap()).collect();
     assert_eq!(echoed, [9]);
 }
+
+/// Methods that take the call's context: who called, and whether the call is still wanted.
+#[hsipc::service]
+pub trait Aware {
+    /// The caller's hub name and whether its process is this one.
+    fn who(&self, ctx: &hsipc::CallContext) -> hsipc::Result<(String, bool)>;
+    /// Waits until the call is given up (by the caller's deadline); counts how it ended.
+    async fn wait_out(&self, label: String, ctx: &hsipc::CallContext) -> hsipc::Result<String>;
+}
+
+struct AwareImpl(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl Aware for AwareImpl {
+    fn who(&self, ctx: &hsipc::CallContext) -> hsipc::Result<(String, bool)> {
+        Ok((ctx.caller_name().to_string(), ctx.caller_pid() == std::process::id()))
+    }
+
+    async fn wait_out(&self, label: String, ctx: &hsipc::CallContext) -> hsipc::Result<String> {
+        // The hub drops an async handler whose call is given up; it can also watch for that
+        // itself. Either way it ends: the guard counts it.
+        struct Ended(std::sync::Arc<std::sync::atomic::AtomicU32>);
+        impl Drop for Ended {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _ended = Ended(self.0.clone());
+        ctx.cancelled().await;
+        Ok(label)
+    }
+}
+
+#[test]
+fn service_methods_can_take_their_calls_context() {
+    let bus = MemBus::new();
+    let (server, client) = pair(&bus);
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    server.register_service(AwareService::new(AwareImpl(ended.clone()))).unwrap();
+    client.wait_for_service("Aware", WAIT).unwrap();
+    let aware = AwareBlockingClient::new(client);
+    assert_eq!(aware.who().unwrap(), ("client".to_string(), true));
+    assert!(matches!(aware.timeout(Duration::from_millis(50)).wait_out("x".into()), Err(Error::Timeout)));
+    // The handler ended with its call, well before its own (30 s) timeout would have.
+    let deadline = std::time::Instant::now() + WAIT;
+    while ended.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the handler outlived its call");
+        std::thread::yield_now();
+    }
+}

@@ -127,36 +127,52 @@ fn registration(m: &MethodDef) -> TokenStream {
     let ret = &m.ret;
     let err = quote!(<#ret as ::hsipc::__private::MethodResult>::Err);
     let (pattern, req_ty) = request(m);
-    let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
+    // The implementation's arguments in its order: the sent ones, with the call's context where
+    // the method takes it (`ctx` stands for an expression of type `&CallContext`).
+    let call_args = |ctx: TokenStream| {
+        let mut list: Vec<TokenStream> = m.args.iter().map(|(n, _)| quote!(#n)).collect();
+        if let Some(at) = m.ctx_at {
+            list.insert(at, ctx);
+        }
+        list
+    };
+    let async_args = call_args(quote!(&__hsipc_ctx));
+    let blocking_args = call_args(quote!(__hsipc_ctx));
     let method = quote!(&::std::format!("{}.{}", name, #wire));
     let body = match (&m.stream_item, m.is_async) {
         (None, true) => quote! {
-            hub.serve_async(#method, move |#pattern: #req_ty, _: ::hsipc::CallContext| {
+            hub.serve_async(#method, move |#pattern: #req_ty, __hsipc_ctx: ::hsipc::CallContext| {
                 let __hsipc_imp = __hsipc_imp.clone();
                 async move {
-                    <#err as ::hsipc::__private::ServiceError>::to_wire(__hsipc_imp.#ident(#(#names),*).await)
+                    let _ = &__hsipc_ctx;
+                    <#err as ::hsipc::__private::ServiceError>::to_wire(__hsipc_imp.#ident(#(#async_args),*).await)
                 }
             })?;
         },
         (None, false) => quote! {
-            hub.serve_blocking(#method, move |#pattern: #req_ty, _: &::hsipc::CallContext| {
-                <#err as ::hsipc::__private::ServiceError>::to_wire(__hsipc_imp.#ident(#(#names),*))
+            hub.serve_blocking(#method, move |#pattern: #req_ty, __hsipc_ctx: &::hsipc::CallContext| {
+                let _ = __hsipc_ctx;
+                <#err as ::hsipc::__private::ServiceError>::to_wire(__hsipc_imp.#ident(#(#blocking_args),*))
             })?;
         },
         (Some(item), true) => quote! {
             hub.serve_async_stream(#method, move |#pattern: #req_ty, __hsipc_sink: ::hsipc::__private::ItemSink| {
                 let __hsipc_imp = __hsipc_imp.clone();
                 async move {
+                    let __hsipc_ctx = ::core::clone::Clone::clone(__hsipc_sink.context());
+                    let _ = &__hsipc_ctx;
                     let __hsipc_items = ::hsipc::__private::method_sink::<#item, #err>(::core::clone::Clone::clone(&__hsipc_sink));
-                    let __hsipc_result = __hsipc_imp.#ident(#(#names,)* __hsipc_items).await;
+                    let __hsipc_result = __hsipc_imp.#ident(#(#async_args,)* __hsipc_items).await;
                     ::hsipc::__private::end_stream::<#err>(__hsipc_sink, __hsipc_result).await
                 }
             })?;
         },
         (Some(item), false) => quote! {
             hub.serve_blocking_stream(#method, move |#pattern: #req_ty, __hsipc_sink: ::hsipc::__private::ItemSink| {
+                let __hsipc_ctx = __hsipc_sink.context();
+                let _ = __hsipc_ctx;
                 let __hsipc_items = ::hsipc::__private::method_sink::<#item, #err>(::core::clone::Clone::clone(&__hsipc_sink));
-                let __hsipc_result = __hsipc_imp.#ident(#(#names,)* __hsipc_items);
+                let __hsipc_result = __hsipc_imp.#ident(#(#blocking_args,)* __hsipc_items);
                 ::hsipc::__private::end_stream_blocking::<#err>(__hsipc_sink, __hsipc_result)
             })?;
         },

@@ -78,6 +78,29 @@
 //!   `ClientError::Service(e)` is exactly the `e` the implementation returned, and
 //!   `ClientError::Hsipc(..)` is hsipc's own failure (timeout, peer lost, ...).
 //!
+//! A method may also take `ctx: &hsipc::CallContext` among its arguments: the implementation
+//! then sees its call (the caller's hub name, pid and uid, the deadline, and whether the call is
+//! still wanted: `is_cancelled()`, or `cancelled().await`); clients do not pass it.
+//!
+//! ```ignore
+//! #[hsipc::service]
+//! pub trait Indexer {
+//!     fn reindex(&self, root: String, ctx: &hsipc::CallContext) -> hsipc::Result<u64>;
+//! }
+//! impl Indexer for Disk {
+//!     fn reindex(&self, root: String, ctx: &hsipc::CallContext) -> hsipc::Result<u64> {
+//!         let mut done = 0;
+//!         for dir in self.dirs(&root) {
+//!             if ctx.is_cancelled() {
+//!                 break; // the caller gave up, left or died: stop working for nobody
+//!             }
+//!             done += self.index(dir);
+//!         }
+//!         Ok(done)
+//!     }
+//! }
+//! ```
+//!
 //! A streaming method (`#[hsipc(stream)]`) takes `sink: hsipc::StreamSink<Item>` as its last
 //! argument and sends with `sink.send(&item).await` (async) or `sink.send_blocking(&item)`
 //! (plain `fn`); each send waits for the reader's credit. Its `Err(e)` ends the client's

@@ -28,6 +28,9 @@ pub(crate) struct MethodDef {
     pub(crate) is_async: bool,
     /// The arguments sent to the server (the sink of a streaming method excluded).
     pub(crate) args: Vec<(Ident, Type)>,
+    /// Where the method takes `&CallContext` (the number of sent arguments before it): the
+    /// implementation gets the call's context there; clients do not pass it.
+    pub(crate) ctx_at: Option<usize>,
     /// The declared result, `Result<T, E>`.
     pub(crate) ret: Type,
     /// For a streaming method: the item type.
@@ -150,8 +153,16 @@ impl MethodDef {
             }
         };
         let mut args = Vec::new();
+        let mut ctx_at = None;
         for (i, arg) in sig.inputs.iter().skip(1).enumerate() {
             let FnArg::Typed(pt) = arg else { continue };
+            if is_context(&pt.ty) {
+                if ctx_at.is_some() {
+                    return Err(syn::Error::new(pt.ty.span(), "a method takes the call's context once"));
+                }
+                ctx_at = Some(args.len());
+                continue;
+            }
             let name = match &*pt.pat {
                 Pat::Ident(p) => p.ident.clone(),
                 _ => Ident::new(&format!("arg{i}"), pt.pat.span()),
@@ -179,7 +190,7 @@ impl MethodDef {
             }
         };
         let docs = f.attrs.iter().filter(|a| a.path().is_ident("doc")).cloned().collect();
-        Ok(MethodDef { ident, wire_name, is_async: sig.asyncness.is_some(), args, ret, stream_item, docs })
+        Ok(MethodDef { ident, wire_name, is_async: sig.asyncness.is_some(), args, ctx_at, ret, stream_item, docs })
     }
 }
 
@@ -310,6 +321,12 @@ pub(crate) fn result_args(ret: &Type) -> (Option<&Type>, Option<&Type>) {
         _ => None,
     });
     (types.next(), types.next())
+}
+
+/// Whether `ty` is `&CallContext` (under any path).
+fn is_context(ty: &Type) -> bool {
+    let Type::Reference(r) = ty else { return false };
+    matches!(&*r.elem, Type::Path(p) if p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == "CallContext"))
 }
 
 fn is_result(ty: &Type) -> bool {

@@ -64,17 +64,21 @@ pub struct CallContext {
 struct ContextInner {
     method: Box<str>,
     caller: PeerId,
+    caller_name: Box<str>,
+    caller_pid: u32,
     deadline: Instant,
     cancelled: AtomicBool,
     on_cancel: Event,
 }
 
 impl CallContext {
-    pub(super) fn new(method: &str, caller: PeerId, deadline: Instant) -> Self {
+    pub(super) fn new(method: &str, caller: PeerId, caller_name: &str, caller_pid: u32, deadline: Instant) -> Self {
         CallContext {
             inner: Arc::new(ContextInner {
                 method: method.into(),
                 caller,
+                caller_name: caller_name.into(),
+                caller_pid,
                 deadline,
                 cancelled: AtomicBool::new(false),
                 on_cancel: Event::new(),
@@ -90,6 +94,29 @@ impl CallContext {
     /// The calling hub's peer id.
     pub fn caller(&self) -> PeerId {
         self.inner.caller
+    }
+
+    /// The calling hub's name, as it announced itself (empty if it was not known yet).
+    pub fn caller_name(&self) -> &str {
+        &self.inner.caller_name
+    }
+
+    /// The calling hub's process id, as it announced itself (0 if not known).
+    pub fn caller_pid(&self) -> u32 {
+        self.inner.caller_pid
+    }
+
+    /// The user id the calling process runs as, read from `/proc` when asked (`None` if the
+    /// process is gone or not visible). On direct lanes hsipc accepts only peers of this
+    /// process's own user.
+    pub fn caller_uid(&self) -> Option<u32> {
+        let pid = self.inner.caller_pid;
+        if pid == 0 {
+            return None;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+        line.split_whitespace().nth(2)?.parse().ok() // real, effective, ...: the effective one
     }
 
     /// When the caller stops waiting for the answer.

@@ -387,7 +387,8 @@ impl State {
                     let _ = self.endpoint.respond(id, Err(RemoteError::new(ErrorCode::NO_SUCH_METHOD, msg)));
                     return;
                 }
-                let context = CallContext::new(&method, from, deadline);
+                let (name, pid) = self.endpoint.peer(from).map_or(("", 0), |p| (p.info.name.as_str(), p.info.pid));
+                let context = CallContext::new(&method, from, name, pid, deadline);
                 self.served.insert(id, context.clone());
                 self.deferred.push(Deferred::Dispatch(IncomingCall {
                     id,
