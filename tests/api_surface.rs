@@ -43,6 +43,8 @@ async fn async_futures_are_send(hub: hsipc::ProcessHub, smol_hub: hsipc::smol::P
         Ok::<_, hsipc::Error>(())
     }));
     send(&hub.close());
+    send(&hsipc::ProcessHub::new("another"));
+    send(&hsipc::smol::ProcessHub::new("another"));
     send(&smol_hub.call::<_, i64>("calc.add", req));
     let stream = hub.call_stream::<_, u32>("calc.count", 10u32).await?;
     let events: hsipc::Subscription<f64> = hub.subscribe("sensor/+").await?;

@@ -57,9 +57,9 @@ impl<K> From<HubCore> for AsyncHub<K> {
 
 impl<K: RuntimeKind<Hub = AsyncHub<K>>> AsyncHub<K> {
     /// Joins the default bus (`HSIPC_BUS`, else `"hsipc"`) as `name`, which must be unique on
-    /// the bus.
+    /// the bus. Joining runs on a thread of its own: the executor is never blocked by it.
     pub async fn new(name: &str) -> Result<Self> {
-        Self::builder(name).build()
+        Self::builder(name).build_async().await
     }
 
     /// A builder for a hub named `name`.

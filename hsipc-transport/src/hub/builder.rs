@@ -10,7 +10,7 @@ use proto::PeerId;
 
 use super::core::HubCore;
 use super::registry::Registry;
-use super::runtime::RuntimeKind;
+use super::runtime::{Runtime, RuntimeKind};
 use crate::engine::Overflow;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::Result;
@@ -181,7 +181,29 @@ impl<K: RuntimeKind> HubBuilder<K> {
     /// Joins the bus and starts the hub.
     pub fn build(self) -> Result<K::Hub> {
         let runtime = K::runtime(&self.settings)?;
-        let mut s = self.settings;
+        Self::start(self.settings, runtime).map(Into::into)
+    }
+
+    /// Joins the bus without blocking the calling task: joining (normally milliseconds, up to
+    /// the join timeout on a wedged bus) runs on a thread of its own while the task waits.
+    pub async fn build_async(self) -> Result<K::Hub> {
+        // The runtime is taken here, on the caller's thread (tokio's lives in a thread-local).
+        let runtime = K::runtime(&self.settings)?;
+        let settings = self.settings;
+        let (tx, rx) = flume::bounded(1);
+        std::thread::Builder::new()
+            .name("hsipc-join".into())
+            .spawn(move || {
+                let _ = tx.send(Self::start(settings, runtime));
+            })
+            .map_err(|source| crate::TransportError::Io { what: "spawning the thread that joins the bus", source })?;
+        match rx.recv_async().await {
+            Ok(core) => core.map(Into::into),
+            Err(_) => Err(crate::Error::Runtime("the thread joining the bus ended without an answer")),
+        }
+    }
+
+    fn start(mut s: Settings, runtime: Arc<dyn Runtime>) -> Result<HubCore> {
         let bus = s.bus.clone().or_else(|| std::env::var("HSIPC_BUS").ok()).unwrap_or_else(|| DEFAULT_BUS.into());
         s.engine.proto.max_frame_len = s.max_message_len;
         s.engine.handlers_send_inline = runtime.handlers_send_inline();
@@ -196,7 +218,7 @@ impl<K: RuntimeKind> HubBuilder<K> {
         };
         let registry = Arc::new(Registry::new(runtime, s.max_pending_calls, s.stream_stall_timeout));
         let engine = Engine::start(s.engine.clone(), connect, new_peer_id(), &s.name, registry.clone())?;
-        Ok(HubCore::new(engine, registry, &s).into())
+        Ok(HubCore::new(engine, registry, &s))
     }
 }
 
