@@ -50,7 +50,9 @@ pub use hsipc_transport::{CallContext, Census, Error, Overflow, PeerSummary, Res
 /// handlers run on worker threads.
 #[cfg(feature = "blocking")]
 pub mod blocking {
-    pub use hsipc_blocking::{HubBuilder, ProcessHub, ResponseStream, StreamSink, Subscription, SyncProcessHub};
+    pub use hsipc_blocking::{
+        HubBuilder, ProcessHub, ResponseStream, ServerSession, Session, StreamSink, Subscription, SyncProcessHub,
+    };
 }
 
 /// The blocking hub, under the earlier hsipc's name.
@@ -81,7 +83,7 @@ pub use hsipc_transport::hub::StreamSink;
 /// present whatever the features, so that no name here changes meaning when a feature is
 /// turned on: the blocking hub's iterators are `hsipc::blocking::ResponseStream` and
 /// `hsipc::blocking::Subscription`).
-pub use hsipc_transport::hub::{CallFuture, ResponseStream, Subscription};
+pub use hsipc_transport::hub::{CallFuture, ResponseStream, ServerSession, Session, Subscription};
 
 /// What `#[service]`'s generated code uses; not part of the API.
 #[doc(hidden)]

@@ -9,7 +9,7 @@ use hsipc_transport::{CallContext, Census, PeerSummary, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::iter::{ResponseStream, StreamSink, Subscription};
+use crate::iter::{ResponseStream, ServerSession, Session, StreamSink, Subscription};
 use crate::pool::Pool;
 
 /// The name the earlier hsipc used for the blocking hub.
@@ -146,6 +146,44 @@ impl ProcessHub {
     /// (each driven to completion on its worker).
     pub fn register_service<S: Service>(&self, service: S) -> Result<()> {
         service.register(&self.core)
+    }
+
+    /// Serves a session `method`: a full-duplex, ordered channel with each client that opens
+    /// one. `handler` gets the client's first message and its [`ServerSession`] (send, receive,
+    /// iterate), runs on a worker thread for as long as the session lasts, and ends the session
+    /// by returning.
+    pub fn serve_session<Req, In, Out, E, F>(&self, method: &str, handler: F) -> Result<()>
+    where
+        Req: DeserializeOwned + 'static,
+        In: DeserializeOwned + 'static,
+        Out: Serialize + 'static,
+        E: std::fmt::Display + 'static,
+        F: Fn(Req, &mut ServerSession<In, Out>) -> std::result::Result<(), E> + Send + Sync + 'static,
+    {
+        self.core
+            .serve_blocking_session(method, move |req, sink, input| handler(req, &mut ServerSession::new(sink, input)))
+    }
+
+    /// Opens a session on `method` with a first message. Each message from the server may take
+    /// at most the default timeout while this end waits; dropping the session closes it.
+    ///
+    /// ```no_run
+    /// # let hub = hsipc_blocking::ProcessHub::new("doc").unwrap();
+    /// let mut chat = hub.open_session::<_, String, String>("chat.join", "ann")?;
+    /// chat.send(&"hello".to_string())?;
+    /// chat.close_send(); // no more from us; keep reading
+    /// for line in chat {
+    ///     println!("{}", line?);
+    /// }
+    /// # Ok::<(), hsipc_blocking::Error>(())
+    /// ```
+    pub fn open_session<Req: Serialize, Out: Serialize, In: DeserializeOwned>(
+        &self,
+        method: &str,
+        first: Req,
+    ) -> Result<Session<Out, In>> {
+        let (sender, input) = self.core.open_session(method, &first, self.core.default_timeout())?;
+        Ok(Session::new(sender, input))
     }
 
     /// Stops serving `method`. When no method of its service is left, the service is withdrawn

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use hsipc_transport::hub::{Event, decode};
 use hsipc_transport::proto::codec;
-use hsipc_transport::{CallContext, EventReceiver, ItemReceiver, ItemSink, Result};
+use hsipc_transport::{CallContext, EventReceiver, ItemReceiver, ItemSink, Result, SessionSender};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -95,5 +95,97 @@ impl<Item: Serialize> StreamSink<Item> {
     /// The call being served: caller, deadline, cancellation.
     pub fn context(&self) -> &CallContext {
         self.sink.context()
+    }
+}
+
+/// The client's end of a session: [`send`](Self::send) (blocking while the server has granted
+/// no credit), [`recv`](Self::recv) / [`recv_timeout`](Self::recv_timeout) or iteration for the
+/// server's messages (the end is `None`, not an error). Dropping it closes the session.
+#[derive(Debug)]
+pub struct Session<Out, In> {
+    sender: SessionSender,
+    input: ItemReceiver,
+    _types: PhantomData<fn(&Out) -> In>,
+}
+
+impl<Out: Serialize, In: DeserializeOwned> Session<Out, In> {
+    pub(crate) fn new(sender: SessionSender, input: ItemReceiver) -> Self {
+        Session { sender, input, _types: PhantomData }
+    }
+
+    /// Sends one message, blocking while the server has granted no credit (at most the hub's
+    /// stream stall timeout). Fails once the session is over.
+    pub fn send(&self, msg: &Out) -> Result<()> {
+        self.sender.send(codec::encode(msg)?)
+    }
+
+    /// Ends this end's sending half; the server's messages can still be read.
+    pub fn close_send(&mut self) {
+        self.sender.close();
+    }
+
+    /// The server's next message, blocking (at most the hub's default timeout): `None` once the
+    /// server has ended the session.
+    pub fn recv(&mut self) -> Option<Result<In>> {
+        self.input.recv().transpose().map(decode)
+    }
+
+    /// The server's next message, waiting at most `timeout` (`Error::Timeout` if none came; the
+    /// session stays open).
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<In>> {
+        self.input.recv_timeout(timeout)?.map(|b| decode(Ok(b))).transpose()
+    }
+}
+
+impl<Out: Serialize, In: DeserializeOwned> Iterator for Session<Out, In> {
+    type Item = Result<In>;
+
+    fn next(&mut self) -> Option<Result<In>> {
+        self.recv()
+    }
+}
+
+/// The server's end of a session: [`send`](Self::send) to the client, [`recv`](Self::recv) or
+/// iteration for the client's messages (ending when the client closes its half or drops its
+/// session).
+#[derive(Debug)]
+pub struct ServerSession<In, Out> {
+    sink: StreamSink<Out>,
+    input: ItemReceiver,
+    _in: PhantomData<fn() -> In>,
+}
+
+impl<In: DeserializeOwned, Out: Serialize> ServerSession<In, Out> {
+    pub(crate) fn new(sink: ItemSink, input: ItemReceiver) -> Self {
+        ServerSession { sink: StreamSink::new(sink), input, _in: PhantomData }
+    }
+
+    /// Sends one message to the client, blocking while it has granted no credit.
+    pub fn send(&self, msg: &Out) -> Result<()> {
+        self.sink.send(msg)
+    }
+
+    /// The client's next message, blocking until it comes: `None` once the client has closed
+    /// its half or dropped its session.
+    pub fn recv(&mut self) -> Option<Result<In>> {
+        self.input.recv().transpose().map(decode)
+    }
+
+    /// The client's next message, waiting at most `timeout` (`Error::Timeout` if none came).
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<In>> {
+        self.input.recv_timeout(timeout)?.map(|b| decode(Ok(b))).transpose()
+    }
+
+    /// The call being served: caller, deadline, cancellation.
+    pub fn context(&self) -> &CallContext {
+        self.sink.context()
+    }
+}
+
+impl<In: DeserializeOwned, Out: Serialize> Iterator for ServerSession<In, Out> {
+    type Item = Result<In>;
+
+    fn next(&mut self) -> Option<Result<In>> {
+        self.recv()
     }
 }

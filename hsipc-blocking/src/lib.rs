@@ -34,4 +34,4 @@ pub use hsipc_transport::hub::Event;
 pub use hsipc_transport::proto::{PeerId, RemoteError};
 pub use hsipc_transport::{CallContext, Census, Error, Overflow, PeerSummary, Result};
 pub use hub::{HubBuilder, ProcessHub, SyncProcessHub, Threads};
-pub use iter::{ResponseStream, StreamSink, Subscription};
+pub use iter::{ResponseStream, ServerSession, Session, StreamSink, Subscription};

@@ -33,7 +33,9 @@ use std::sync::Arc;
 
 use hsipc_transport::hub::{BoxFuture, Runtime, RuntimeKind, Settings};
 
-pub use hsipc_transport::hub::{CallFuture, Event, ResponseStream, Stream, StreamSink, Subscription};
+pub use hsipc_transport::hub::{
+    CallFuture, Event, ResponseStream, ServerSession, Session, Stream, StreamSink, Subscription,
+};
 pub use hsipc_transport::proto::{PeerId, RemoteError};
 pub use hsipc_transport::{CallContext, Census, Error, Overflow, PeerSummary, Result};
 

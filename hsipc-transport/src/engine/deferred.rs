@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use proto::{ErrorCode, IncomingId, RemoteError, RequestId, SubscriptionId};
+use proto::{CallRef, ErrorCode, IncomingId, RemoteError, SubscriptionId};
 
 use super::dispatch::{CallContext, IncomingCall, Reject};
 use super::handle::Handle;
@@ -22,8 +22,8 @@ use crate::error::Result;
 pub(super) enum Deferred {
     /// Wake a unary caller with its outcome.
     Response(flume::Sender<Result<Bytes>>, Result<Bytes>),
-    /// Give a stream reader its next message.
-    Stream(RequestId, flume::Sender<StreamMsg>, StreamMsg),
+    /// Give a stream's or session's reader its next message.
+    Stream(CallRef, flume::Sender<StreamMsg>, StreamMsg),
     /// Queue an event for a subscription.
     Publish(SubscriptionId, Arc<SubscriptionQueue>, Delivery),
     /// End a wait (a sink's item accepted, a watched service up, or their deadline passed).
@@ -36,8 +36,9 @@ pub(super) enum Deferred {
 
 /// What a delivery found that needs the state again (taken after the delivery lock is free).
 pub(super) enum Followup {
-    /// The stream's reader is gone, or broke the credit contract: cancel the stream.
-    CancelStream(RequestId),
+    /// The reader is gone, or broke the credit contract: cancel the stream (or, for a served
+    /// session, stop taking the client's messages).
+    CancelStream(CallRef),
     /// The subscriber dropped its end: unsubscribe.
     Unsubscribe(SubscriptionId),
     /// The dispatcher refused the call: answer it with this error.

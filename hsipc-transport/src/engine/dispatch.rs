@@ -27,6 +27,18 @@ pub struct IncomingCall {
     pub mode: CallMode,
     /// What the handler can see of its call while it runs.
     pub context: CallContext,
+    /// For a session: the client's messages (see [`IncomingCall::take_input`]).
+    pub(crate) input: Option<flume::Receiver<super::stream_reader::StreamMsg>>,
+}
+
+impl IncomingCall {
+    /// For a session: the reader of the client's messages (once; `None` for other calls).
+    pub fn take_input(&mut self, handle: &Handle) -> Option<super::ItemReceiver> {
+        let rx = self.input.take()?;
+        // A session stays open while both ends live: the engine ends this reader when the
+        // client closes, cancels, dies or the hub closes; `recv_timeout` bounds one wait.
+        Some(super::ItemReceiver::new(handle.clone(), self.id.into(), rx, proto::MAX_TIMEOUT))
+    }
 }
 
 /// Why a dispatcher did not take a call.

@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use proto::{CallMode, IncomingId, PeerId, RemoteError, RequestId, SubscriptionId, Topic, TopicFilter};
+use proto::{CallMode, CallRef, IncomingId, PeerId, RemoteError, RequestId, SubscriptionId, Topic, TopicFilter};
 
 use super::CallContext;
-use super::item_sink::ItemSink;
+use super::item_sink::{ItemSink, SessionSender};
 use super::pending::{PendingCall, Waiter};
 use super::shared::{SendBy, Shared};
 use super::state::{Census, State};
@@ -121,19 +121,44 @@ impl Handle {
             state.streams.insert(id, items);
             Ok(id)
         })?;
-        Ok(ItemReceiver::new(self.clone(), id, rx, timeout.min(proto::MAX_TIMEOUT) + STREAM_BACKSTOP))
+        Ok(ItemReceiver::new(self.clone(), id.into(), rx, timeout.min(proto::MAX_TIMEOUT) + STREAM_BACKSTOP))
     }
 
-    /// The reader of stream `id` took `n` items.
-    pub(super) fn consumed(&self, id: RequestId, n: u32) {
+    /// Opens a session on `method` with the encoded first message `body`: the sending half, and
+    /// the receiver of the server's messages. Each message may take at most `timeout` to come
+    /// while the reader waits (as a stream's items).
+    pub fn open_session(
+        &self,
+        method: &str,
+        body: Bytes,
+        timeout: Duration,
+        stall: Duration,
+    ) -> Result<(SessionSender, ItemReceiver)> {
+        self.check_len(method.len() + body.len())?;
+        let (items, rx) = flume::bounded(self.shared.window as usize + 1);
+        let id = self.with(SendBy::TryInline, |state, now| {
+            let id = state.endpoint.request(now, method, body, CallMode::Session, timeout)?;
+            state.streams.insert(id, items);
+            Ok(id)
+        })?;
+        let sender = SessionSender::new(self.clone(), id, stall);
+        Ok((sender, ItemReceiver::new(self.clone(), id.into(), rx, timeout.min(proto::MAX_TIMEOUT) + STREAM_BACKSTOP)))
+    }
+
+    /// Ends the sending half of session `id` (the server sees the end of its input).
+    pub(super) fn finish_sending(&self, id: RequestId) {
+        let _ = self.with(SendBy::TryInline, |state, _| Ok(state.endpoint.finish(id, Ok(()))?));
+    }
+
+    /// The reader of stream or session `id` took `n` items.
+    pub(super) fn consumed(&self, id: CallRef, n: u32) {
         let _ = self.with(SendBy::TryInline, |state, now| Ok(state.endpoint.consumed(now, id, n)?));
     }
 
     /// Cancels outgoing call `id` (the server is told).
     pub(super) fn cancel(&self, id: RequestId) {
         let _ = self.with(SendBy::TryInline, |state, _| {
-            state.streams.remove(&id);
-            state.calls.remove(&id);
+            state.end_outgoing(id);
             Ok(state.endpoint.cancel(id)?)
         });
     }
@@ -156,9 +181,10 @@ impl Handle {
 
     /// Sends one item of a stream this hub serves: `None` if it went at once, else a waiter
     /// that completes when the reader's credit lets it go (or fails at `deadline`).
-    pub(super) fn send_item(&self, id: IncomingId, body: Bytes, deadline: Instant) -> Result<Option<Waiter<()>>> {
+    pub(super) fn send_item(&self, id: CallRef, body: Bytes, deadline: Instant) -> Result<Option<Waiter<()>>> {
         self.check_len(body.len())?;
-        self.with(self.shared.handler_send, |state, _| {
+        let send_by = if matches!(id, CallRef::Outgoing(_)) { SendBy::TryInline } else { self.shared.handler_send };
+        self.with(send_by, |state, _| {
             if state.has_blocked_item(id) {
                 // One item waits for credit already: a second would overtake or replace it.
                 return Err(Error::LocalLimit(

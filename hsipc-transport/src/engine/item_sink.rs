@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use proto::IncomingId;
+use proto::{IncomingId, RequestId};
 
 use super::{CallContext, Handle, Waiter};
 use crate::error::Result;
@@ -54,6 +54,60 @@ impl ItemSink {
 
     fn start(&self, body: Bytes) -> Result<Option<Waiter<()>>> {
         let deadline = super::deadline_in(self.stall);
-        self.handle.send_item(self.id, body, deadline)
+        self.handle.send_item(self.id.into(), body, deadline)
+    }
+}
+
+/// The client's sending half of a session: messages to the server, paced by its credit.
+/// [`close`](Self::close) (or dropping it) ends the half; the server then reads the end.
+#[derive(Debug)]
+pub struct SessionSender {
+    handle: Handle,
+    id: RequestId,
+    stall: Duration,
+    closed: bool,
+}
+
+impl SessionSender {
+    pub(super) fn new(handle: Handle, id: RequestId, stall: Duration) -> Self {
+        SessionSender { handle, id, stall, closed: false }
+    }
+
+    /// Sends one message, blocking while the server has granted no credit (at most the
+    /// hub's stall timeout).
+    pub fn send(&self, body: Bytes) -> Result<()> {
+        match self.start(body)? {
+            None => Ok(()),
+            Some(waiter) => waiter.wait(),
+        }
+    }
+
+    /// Sends one message, waiting (without blocking a thread) while the server has granted no
+    /// credit.
+    pub async fn send_async(&self, body: Bytes) -> Result<()> {
+        match self.start(body)? {
+            None => Ok(()),
+            Some(waiter) => waiter.await,
+        }
+    }
+
+    /// Ends this half: the server reads the end after the messages sent before.
+    pub fn close(&mut self) {
+        if !std::mem::replace(&mut self.closed, true) {
+            self.handle.finish_sending(self.id);
+        }
+    }
+
+    fn start(&self, body: Bytes) -> Result<Option<Waiter<()>>> {
+        if self.closed {
+            return Err(crate::Error::Closed);
+        }
+        self.handle.send_item(self.id.into(), body, super::deadline_in(self.stall))
+    }
+}
+
+impl Drop for SessionSender {
+    fn drop(&mut self) {
+        self.close();
     }
 }

@@ -58,7 +58,7 @@ use proto::{Config, Endpoint, PeerId};
 
 pub use self::dispatch::{CallContext, Dispatcher, IncomingCall, Reject};
 pub use self::handle::{Handle, PeerSummary, Publish};
-pub use self::item_sink::ItemSink;
+pub use self::item_sink::{ItemSink, SessionSender};
 pub use self::pending::{PendingCall, Waiter};
 use self::shared::SendBy;
 pub(crate) use self::shared::Shared;

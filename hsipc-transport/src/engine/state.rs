@@ -49,8 +49,10 @@ pub struct Census {
     pub streams: usize,
     /// Calls being served.
     pub served: usize,
-    /// Stream items waiting for credit.
+    /// Stream or session items waiting for credit.
     pub blocked_items: usize,
+    /// Sessions being served.
+    pub sessions: usize,
     /// Subscriptions.
     pub subscriptions: usize,
     /// `wait_for_service` callers.
@@ -64,7 +66,14 @@ impl Census {
     /// timer (the heartbeat aside).
     pub fn is_idle(&self) -> bool {
         let p = &self.proto;
-        self.calls + self.streams + self.served + self.blocked_items + self.subscriptions + self.watchers == 0
+        self.calls
+            + self.streams
+            + self.served
+            + self.blocked_items
+            + self.sessions
+            + self.subscriptions
+            + self.watchers
+            == 0
             && p.outgoing + p.incoming + p.subscriptions + p.timers == 0
     }
 }
@@ -78,7 +87,11 @@ pub(crate) struct State {
     pub(super) streams: HashMap<RequestId, flume::Sender<StreamMsg>>,
     /// Calls being served, with the context their handler sees.
     pub(super) served: HashMap<IncomingId, CallContext>,
-    blocked_items: HashMap<IncomingId, BlockedItem>,
+    /// Items waiting for their reader's credit: of streams and sessions this hub serves, and of
+    /// sessions it opened.
+    blocked_items: HashMap<CallRef, BlockedItem>,
+    /// The client's messages of each session this hub serves, for its handler to read.
+    session_inputs: HashMap<IncomingId, flume::Sender<StreamMsg>>,
     pub(super) subscriptions: HashMap<SubscriptionId, Arc<SubscriptionQueue>>,
     watchers: Vec<Watcher>,
     outbound: VecDeque<(Dest, Bytes)>,
@@ -108,6 +121,7 @@ impl State {
             streams: HashMap::new(),
             served: HashMap::new(),
             blocked_items: HashMap::new(),
+            session_inputs: HashMap::new(),
             subscriptions: HashMap::new(),
             watchers: Vec::new(),
             outbound: VecDeque::new(),
@@ -154,7 +168,7 @@ impl State {
             }
             self.next_liveness = now + self.config.liveness_interval;
         }
-        let stalled: Vec<IncomingId> =
+        let stalled: Vec<CallRef> =
             self.blocked_items.iter().filter(|(_, b)| b.deadline <= now).map(|(id, _)| *id).collect();
         for id in stalled {
             if let Some(b) = self.blocked_items.remove(&id) {
@@ -272,6 +286,7 @@ impl State {
         for (done, _) in self.room_waiters.drain(..) {
             self.deferred.push(Deferred::Done(done, Err(Error::Closed)));
         }
+        self.session_inputs.clear();
         for (_, ctx) in self.served.drain() {
             self.deferred.push(Deferred::Cancel(ctx));
         }
@@ -286,6 +301,7 @@ impl State {
             streams: self.streams.len(),
             served: self.served.len(),
             blocked_items: self.blocked_items.len(),
+            sessions: self.session_inputs.len(),
             subscriptions: self.subscriptions.len(),
             watchers: self.watchers.len(),
             proto: self.endpoint.table_sizes(),
@@ -319,9 +335,14 @@ impl State {
     /// Applies what a delivery found after the lock was released.
     pub(super) fn follow_up(&mut self, f: Followup) {
         match f {
-            Followup::CancelStream(id) => {
-                self.streams.remove(&id);
+            Followup::CancelStream(CallRef::Outgoing(id)) => {
+                self.end_outgoing(id);
                 let _ = self.endpoint.cancel(id);
+            }
+            // A session's handler dropped its reading end: the client's further messages are
+            // not wanted (its sends will wait for credit that never comes, then time out).
+            Followup::CancelStream(CallRef::Incoming(id)) => {
+                self.session_inputs.remove(&id);
             }
             Followup::Unsubscribe(id) => {
                 self.subscriptions.remove(&id);
@@ -362,34 +383,42 @@ impl State {
             }
             Event::Item { call: CallRef::Outgoing(id), body } => {
                 if let Some(items) = self.streams.get(&id) {
-                    self.deferred.push(Deferred::Stream(id, items.clone(), StreamMsg::Item(body)));
+                    self.deferred.push(Deferred::Stream(id.into(), items.clone(), StreamMsg::Item(body)));
                 }
             }
-            Event::Item { call: CallRef::Incoming(id), .. } => {
-                // Sessions have no application API yet: end them rather than buffer.
-                let msg = "sessions are not served by this hub";
-                let _ = self.endpoint.finish(id, Err(RemoteError::new(ErrorCode::PROTOCOL, msg)));
-            }
+            Event::Item { call: CallRef::Incoming(id), body } => match self.session_inputs.get(&id) {
+                Some(input) => self.deferred.push(Deferred::Stream(id.into(), input.clone(), StreamMsg::Item(body))),
+                None => {
+                    let msg = "no session is open for this item";
+                    let _ = self.endpoint.finish(id, Err(RemoteError::new(ErrorCode::PROTOCOL, msg)));
+                }
+            },
             Event::StreamEnded { id, outcome } => {
                 if let Some(items) = self.streams.remove(&id) {
-                    self.deferred.push(Deferred::Stream(id, items, StreamMsg::End(outcome.map_err(Error::from))));
+                    let end = StreamMsg::End(outcome.map_err(Error::from));
+                    self.deferred.push(Deferred::Stream(id.into(), items, end));
                 }
             }
-            Event::Writable { call: CallRef::Incoming(id) } => {
-                if let Some(b) = self.blocked_items.remove(&id) {
-                    self.send_item(id, b.body, b.done, b.deadline);
+            Event::InputFinished { id } => {
+                if let Some(input) = self.session_inputs.remove(&id) {
+                    self.deferred.push(Deferred::Stream(id.into(), input, StreamMsg::End(Ok(()))));
                 }
             }
-            Event::Writable { call: CallRef::Outgoing(_) } | Event::InputFinished { .. } => {}
+            Event::Writable { call } => {
+                if let Some(b) = self.blocked_items.remove(&call) {
+                    self.send_item(call, b.body, b.done, b.deadline);
+                }
+            }
             Event::RequestReceived { id, from, method, body, deadline, mode } => {
-                if mode == CallMode::Session {
-                    let msg = "sessions are not served by this hub yet";
-                    let _ = self.endpoint.respond(id, Err(RemoteError::new(ErrorCode::NO_SUCH_METHOD, msg)));
-                    return;
-                }
                 let (name, pid) = self.endpoint.peer(from).map_or(("", 0), |p| (p.info.name.as_str(), p.info.pid));
                 let context = CallContext::new(&method, from, name, pid, deadline);
                 self.served.insert(id, context.clone());
+                let input = (mode == CallMode::Session).then(|| {
+                    // Credit bounds the client's messages in flight to one window; +1 for the end.
+                    let (tx, rx) = flume::bounded(self.config.proto.stream_window as usize + 1);
+                    self.session_inputs.insert(id, tx);
+                    rx
+                });
                 self.deferred.push(Deferred::Dispatch(IncomingCall {
                     id,
                     from,
@@ -398,6 +427,7 @@ impl State {
                     deadline,
                     mode,
                     context,
+                    input,
                 }));
             }
             Event::IncomingCancelled { id, reason } => {
@@ -405,8 +435,19 @@ impl State {
                 // The parked send fails before the context is cancelled (deferreds complete in
                 // order): an async handler woken by the cancel then sees its send fail with
                 // `Cancelled`, as documented, instead of racing its own drop (as in `close`).
-                if let Some(b) = self.blocked_items.remove(&id) {
+                if let Some(b) = self.blocked_items.remove(&CallRef::Incoming(id)) {
                     self.deferred.push(Deferred::Done(b.done, Err(Error::Cancelled)));
+                }
+                if let Some(input) = self.session_inputs.remove(&id) {
+                    // The client closing its session is an end; its death or deadline is not.
+                    let end = match reason {
+                        proto::CancelReason::CallerCancelled => Ok(()),
+                        proto::CancelReason::DeadlineExpired => Err(Error::Timeout),
+                        proto::CancelReason::PeerLost => Err(Error::PeerLost),
+                        proto::CancelReason::Closed => Err(Error::Closed),
+                        proto::CancelReason::Broken(e) => Err(Error::from(e)),
+                    };
+                    self.deferred.push(Deferred::Stream(id.into(), input, StreamMsg::End(end)));
                 }
                 if let Some(ctx) = self.served.remove(&id) {
                     self.deferred.push(Deferred::Cancel(ctx));
@@ -431,13 +472,7 @@ impl State {
 
     /// Sends a served stream's item now, or parks it until the reader grants credit (at most
     /// until `deadline`).
-    pub(super) fn send_item(
-        &mut self,
-        id: IncomingId,
-        body: Bytes,
-        done: flume::Sender<Result<()>>,
-        deadline: Instant,
-    ) {
+    pub(super) fn send_item(&mut self, id: CallRef, body: Bytes, done: flume::Sender<Result<()>>, deadline: Instant) {
         match self.endpoint.send_item(id, body.clone()) {
             Ok(()) => self.deferred.push(Deferred::Done(done, Ok(()))),
             Err(proto::CommandError::Blocked) => {
@@ -448,7 +483,7 @@ impl State {
     }
 
     /// Whether an item of served call `id` waits for credit.
-    pub(super) fn has_blocked_item(&self, id: IncomingId) -> bool {
+    pub(super) fn has_blocked_item(&self, id: CallRef) -> bool {
         self.blocked_items.contains_key(&id)
     }
 
@@ -456,7 +491,7 @@ impl State {
     /// lets it go (the waiter completes then, or fails at `deadline`).
     pub(super) fn try_send_item(
         &mut self,
-        id: IncomingId,
+        id: CallRef,
         body: Bytes,
         deadline: Instant,
     ) -> Result<Option<super::Waiter<()>>> {
@@ -474,7 +509,17 @@ impl State {
     /// Ends a served call: it no longer needs its context or a parked item.
     pub(super) fn end_served(&mut self, id: IncomingId) {
         self.served.remove(&id);
-        if let Some(b) = self.blocked_items.remove(&id) {
+        self.session_inputs.remove(&id);
+        if let Some(b) = self.blocked_items.remove(&CallRef::Incoming(id)) {
+            self.deferred.push(Deferred::Done(b.done, Err(Error::Cancelled)));
+        }
+    }
+
+    /// Forgets a session this hub opened (its items waiting for credit fail).
+    pub(super) fn end_outgoing(&mut self, id: RequestId) {
+        self.streams.remove(&id);
+        self.calls.remove(&id);
+        if let Some(b) = self.blocked_items.remove(&CallRef::Outgoing(id)) {
             self.deferred.push(Deferred::Done(b.done, Err(Error::Cancelled)));
         }
     }

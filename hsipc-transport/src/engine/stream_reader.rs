@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_core::Stream;
-use proto::RequestId;
+use proto::CallRef;
 
 use super::Handle;
 use crate::error::{Error, Result};
@@ -30,7 +30,7 @@ pub(crate) enum StreamMsg {
 #[derive(Debug)]
 pub struct ItemReceiver {
     handle: Handle,
-    id: RequestId,
+    id: CallRef,
     rx: flume::Receiver<StreamMsg>,
     stream: Option<flume::r#async::RecvStream<'static, StreamMsg>>,
     /// Backstop for one blocking wait, should the engine fail to end the stream.
@@ -39,7 +39,7 @@ pub struct ItemReceiver {
 }
 
 impl ItemReceiver {
-    pub(super) fn new(handle: Handle, id: RequestId, rx: flume::Receiver<StreamMsg>, backstop: Duration) -> Self {
+    pub(super) fn new(handle: Handle, id: CallRef, rx: flume::Receiver<StreamMsg>, backstop: Duration) -> Self {
         ItemReceiver { handle, id, rx, stream: None, backstop, ended: false }
     }
 
@@ -66,11 +66,30 @@ impl ItemReceiver {
         }
     }
 
-    /// Stops the stream now: the server's next send fails with [`Error::Cancelled`].
+    /// Stops the stream now: the server's next send fails with [`Error::Cancelled`]. (For the
+    /// client's messages of a served session, it only stops reading them.)
     pub fn cancel(&mut self) {
         if !self.ended {
             self.ended = true;
-            self.handle.cancel(self.id);
+            if let CallRef::Outgoing(id) = self.id {
+                self.handle.cancel(id);
+            }
+        }
+    }
+
+    /// Blocks for the next item at most `timeout`: `Err(Timeout)` if none came (the stream
+    /// stays open).
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Bytes>> {
+        if self.ended {
+            return Ok(None);
+        }
+        match self.rx.recv_deadline(super::deadline_in(timeout)) {
+            Ok(msg) => self.take(msg),
+            Err(flume::RecvTimeoutError::Timeout) => Err(Error::Timeout),
+            Err(flume::RecvTimeoutError::Disconnected) => {
+                self.ended = true;
+                Err(Error::Closed)
+            }
         }
     }
 

@@ -130,6 +130,37 @@ impl<K> AsyncHub<K> {
         service.register(&self.core)
     }
 
+    /// Serves a session `method`: a full-duplex, ordered channel with each client that opens
+    /// one. The handler gets the client's first message and its [`ServerSession`], sends with
+    /// `send(&msg).await` and reads the client's messages as a [`Stream`] (which ends when the
+    /// client closes its half or drops its session); returning ends the session.
+    pub async fn serve_session<Req, In, Out, E, F, Fut>(&self, method: &str, handler: F) -> Result<()>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        In: DeserializeOwned + 'static,
+        Out: Serialize + 'static,
+        E: Display + 'static,
+        F: Fn(Req, ServerSession<In, Out>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+    {
+        self.core.serve_async_session(method, move |req, sink, input| {
+            handler(req, ServerSession { sink: StreamSink::new(sink), input, _in: PhantomData })
+        })
+    }
+
+    /// Opens a session on `method` with a first message: send with `send(&msg).await`, read the
+    /// server's messages as a [`Stream`] (its end is `None`, not an error). Each message may
+    /// take at most the default timeout to come while this end waits. Dropping the session
+    /// closes it.
+    pub fn open_session<Req: Serialize, Out: Serialize, In: DeserializeOwned>(
+        &self,
+        method: &str,
+        first: Req,
+    ) -> impl Future<Output = Result<Session<Out, In>>> + Send {
+        let opened = self.core.open_session(method, &first, self.core.default_timeout());
+        std::future::ready(opened.map(|(sender, input)| Session { sender, input, _types: PhantomData }))
+    }
+
     /// Stops serving `method`. When no method of its service is left, the service is withdrawn
     /// from the bus; calls already running finish normally.
     pub async fn unserve(&self, method: &str) -> Result<()> {
@@ -346,5 +377,65 @@ impl<Item> StreamSink<Item> {
     /// The call being served: caller, deadline, cancellation.
     pub fn context(&self) -> &CallContext {
         self.sink.context()
+    }
+}
+
+/// The client's end of a session from an [`AsyncHub`]: `send(&msg).await` (paced by the
+/// server's credit), the server's messages as a [`Stream`]. Dropping it closes the session.
+#[derive(Debug)]
+pub struct Session<Out, In> {
+    sender: crate::engine::SessionSender,
+    input: ItemReceiver,
+    _types: PhantomData<fn(&Out) -> In>,
+}
+
+impl<Out: Serialize, In> Session<Out, In> {
+    /// Sends one message, waiting (without blocking a thread) while the server has granted no
+    /// credit. Fails once the session is over.
+    pub fn send(&self, msg: &Out) -> impl Future<Output = Result<()>> + Send + '_ {
+        let body = codec::encode(msg);
+        async move { self.sender.send_async(body?).await }
+    }
+
+    /// Ends this end's sending half; the server's messages can still be read.
+    pub fn close_send(&mut self) {
+        self.sender.close();
+    }
+}
+
+impl<Out, In: DeserializeOwned> Stream for Session<Out, In> {
+    type Item = Result<In>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<In>>> {
+        Pin::new(&mut self.get_mut().input).poll_next(cx).map(|item| item.map(decode))
+    }
+}
+
+/// The server's end of a session: `send(&msg).await` to the client, the client's messages as a
+/// [`Stream`] (ending when the client closes its half or drops its session).
+#[derive(Debug)]
+pub struct ServerSession<In, Out> {
+    sink: StreamSink<Out>,
+    input: ItemReceiver,
+    _in: PhantomData<fn() -> In>,
+}
+
+impl<In, Out: Serialize> ServerSession<In, Out> {
+    /// Sends one message to the client, waiting (without blocking a thread) for its credit.
+    pub fn send(&self, msg: &Out) -> impl Future<Output = Result<()>> + Send + '_ {
+        self.sink.send(msg)
+    }
+
+    /// The call being served: caller, deadline, cancellation.
+    pub fn context(&self) -> &CallContext {
+        self.sink.context()
+    }
+}
+
+impl<In: DeserializeOwned, Out> Stream for ServerSession<In, Out> {
+    type Item = Result<In>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<In>>> {
+        Pin::new(&mut self.get_mut().input).poll_next(cx).map(|item| item.map(decode))
     }
 }

@@ -14,7 +14,7 @@ use super::handler::{self, Handler};
 use super::registry::Registry;
 use crate::engine::{
     CallContext, Census, Engine, EventReceiver, Handle, ItemReceiver, ItemSink, Overflow, PeerSummary, PendingCall,
-    Publish, Waiter,
+    Publish, SessionSender, Waiter,
 };
 use crate::error::Result;
 
@@ -123,6 +123,39 @@ impl HubCore {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
     {
         self.register(method, handler::async_stream(f, self.stall_timeout()))
+    }
+
+    /// Serves a session `method` with a blocking handler: it gets the first message, its sink
+    /// (messages to the client) and the reader of the client's messages.
+    pub fn serve_blocking_session<Req, E, F>(&self, method: &str, f: F) -> Result<()>
+    where
+        Req: DeserializeOwned + 'static,
+        E: Display + 'static,
+        F: Fn(Req, ItemSink, ItemReceiver) -> std::result::Result<(), E> + Send + Sync + 'static,
+    {
+        self.register(method, handler::blocking_session(f, self.stall_timeout()))
+    }
+
+    /// Serves a session `method` with an async handler.
+    pub fn serve_async_session<Req, E, F, Fut>(&self, method: &str, f: F) -> Result<()>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        E: Display + 'static,
+        F: Fn(Req, ItemSink, ItemReceiver) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+    {
+        self.register(method, handler::async_session(f, self.stall_timeout()))
+    }
+
+    /// Opens a session on `method` with the encoded first message: the sending half, and the
+    /// reader of the server's messages (each may take at most `timeout` while the reader waits).
+    pub fn open_session<Req: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        first: &Req,
+        timeout: Duration,
+    ) -> Result<(SessionSender, ItemReceiver)> {
+        self.handle().open_session(method, codec::encode(first)?, timeout, self.stall_timeout())
     }
 
     /// Stops serving `method`; withdraws its service from the bus with its last method.

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 
 use super::registry::{Slot, wanted};
 use super::runtime::BoxFuture;
-use crate::engine::{CallContext, Handle, IncomingCall, ItemSink};
+use crate::engine::{CallContext, Handle, IncomingCall, ItemReceiver, ItemSink};
 
 /// Runs one call to completion on a worker thread and answers it through the handle. The
 /// call's [`Slot`] is given back just before the answer goes out, so a caller that has its
@@ -173,4 +173,58 @@ async fn guarded<T>(
         None
     };
     finished.or(cancelled).await
+}
+
+/// A blocking session handler: it gets the call's [`ItemSink`] (its messages to the client)
+/// and the reader of the client's messages.
+pub(crate) fn blocking_session<Req, E, F>(f: F, stall: Duration) -> Handler
+where
+    Req: DeserializeOwned + 'static,
+    E: std::fmt::Display + 'static,
+    F: Fn(Req, ItemSink, ItemReceiver) -> Result<(), E> + Send + Sync + 'static,
+{
+    Handler::Blocking(Arc::new(move |mut call: IncomingCall, handle: &Handle, slot: Slot| {
+        let input = call.take_input(handle);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let req = codec::decode::<Req>(&call.body).map_err(bad_request)?;
+            let input =
+                input.ok_or_else(|| RemoteError::new(ErrorCode::PROTOCOL, "a session was called as a plain call"))?;
+            let sink = handle.item_sink(call.id, stall, call.context.clone());
+            f(req, sink, input).map_err(|e| RemoteError::handler(e.to_string()))
+        }))
+        .unwrap_or_else(|_| Err(RemoteError::handler(PANICKED)));
+        drop(slot);
+        handle.finish(call.id, result);
+    }))
+}
+
+/// An async session handler.
+pub(crate) fn async_session<Req, E, F, Fut>(f: F, stall: Duration) -> Handler
+where
+    Req: DeserializeOwned + Send + 'static,
+    E: std::fmt::Display + 'static,
+    F: Fn(Req, ItemSink, ItemReceiver) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Handler::Async(Arc::new(move |mut call: IncomingCall, handle: Handle, slot: Slot| {
+        let f = f.clone();
+        let input = call.take_input(&handle);
+        Box::pin(async move {
+            let id = call.id;
+            let sink = handle.item_sink(id, stall, call.context.clone());
+            let run = |req| async move {
+                let Some(input) = input else {
+                    return Err(RemoteError::new(ErrorCode::PROTOCOL, "a session was called as a plain call"));
+                };
+                f(req, sink, input).await.map_err(|e| RemoteError::handler(e.to_string()))
+            };
+            let result = serve_async(&call, run).await;
+            drop(slot);
+            match result {
+                Some(r) => handle.finish(id, r),
+                None => handle.abandon(id),
+            }
+        })
+    }))
 }
