@@ -291,3 +291,25 @@ fn demo_runs_every_role_and_exits_cleanly() {
         has("add a process on the smol hub: cargo run --example demo --features smol");
     }
 }
+
+#[test]
+fn chat_server_and_a_scripted_client() {
+    let bus = unique_bus("chat");
+    let mut server = Running::start("chat", &["server"], &bus);
+    server.wait_for("saying the room is open", |l| l.starts_with("server: the room is open"));
+    let ann = Running::start("chat", &["client", "ann", "hello", "anyone?"], &bus);
+    assert_eq!(
+        ann.finish(),
+        lines(&["ann heard ann: (joined)", "ann heard ann: hello", "ann heard ann: anyone?", "ann left",])
+    );
+    let out = server.finish();
+    assert_eq!(
+        out,
+        lines(&[
+            "server: the room is open; press Enter to close it",
+            "server: ann joined",
+            "server: ann left",
+            "server: closed"
+        ])
+    );
+}
