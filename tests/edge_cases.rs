@@ -174,3 +174,22 @@ fn service_methods_can_take_their_calls_context() {
         std::thread::yield_now();
     }
 }
+
+#[test]
+fn a_publisher_can_wait_for_its_first_subscriber() {
+    let bus = MemBus::new();
+    let (publisher, subscriber) = pair(&bus);
+    assert!(matches!(publisher.wait_for_subscriber("news/today", Duration::from_millis(50)), Err(Error::Timeout)));
+    let waiting = std::thread::spawn(move || {
+        publisher.wait_for_subscriber("news/today", WAIT).unwrap();
+        publisher.publish("news/today", "extra!".to_string()).unwrap();
+        publisher
+    });
+    let news = subscriber.subscribe::<String>("news/#").unwrap();
+    // Published only once the subscription was known: nothing is lost to its journey.
+    assert_eq!(news.recv_timeout(WAIT).unwrap().payload, "extra!");
+    let publisher = waiting.join().unwrap();
+    // A local subscription counts too.
+    let _mine = publisher.subscribe::<u8>("local/+").unwrap();
+    publisher.wait_for_subscriber("local/x", Duration::from_millis(50)).unwrap();
+}

@@ -295,6 +295,13 @@ impl ProcessHub {
         self.core.watch_service(service, timeout)?.wait()
     }
 
+    /// Waits until some peer (this hub included) subscribes to a pattern matching `topic`, so
+    /// that events published right after start-up are not lost to a subscription still on its
+    /// way; returns at once if one does already.
+    pub fn wait_for_subscriber(&self, topic: &str, timeout: Duration) -> Result<()> {
+        self.core.watch_subscriber(topic, timeout)?.wait()
+    }
+
     /// Says goodbye and leaves the bus, waiting (about a second at most) until the goodbye is
     /// sent. Pending calls fail with [`Error::Closed`](crate::Error::Closed); later calls on
     /// any clone of this hub fail the same way.

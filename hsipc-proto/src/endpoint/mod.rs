@@ -304,6 +304,11 @@ impl Endpoint {
         self.directory.get(id)
     }
 
+    /// Whether some peer (this one included) subscribes to a pattern matching `topic`.
+    pub fn has_subscriber(&self, topic: &Topic) -> bool {
+        !self.directory.subscribers(topic).is_empty()
+    }
+
     /// Whether some peer (this one included) serves `service`.
     pub fn has_provider(&self, service: &str) -> bool {
         self.directory.iter().any(|p| self.directory.serves(p.id, service))

@@ -10,7 +10,7 @@ use super::CallContext;
 use super::item_sink::{ItemSink, SessionSender};
 use super::pending::{PendingCall, Waiter};
 use super::shared::{SendBy, Shared};
-use super::state::{Census, State};
+use super::state::{Awaited, Census, State};
 use super::stream_reader::ItemReceiver;
 use super::subscription::{EventReceiver, Overflow, SubscriptionQueue};
 use crate::error::{Error, Result};
@@ -236,6 +236,7 @@ impl Handle {
         let id = self.with(SendBy::TryInline, |state, _| {
             let id = state.endpoint.subscribe(filter)?;
             state.subscriptions.insert(id, Arc::new(queue));
+            state.notify_watchers();
             Ok(id)
         })?;
         Ok(rx.attach(self.clone(), id))
@@ -269,7 +270,19 @@ impl Handle {
         let (done, rx) = flume::bounded(1);
         let deadline = super::deadline_in(timeout);
         self.with(SendBy::TryInline, |state, _| {
-            state.add_watcher(service.to_string(), done, deadline);
+            state.add_watcher(Awaited::Service(service.to_string()), done, deadline);
+            Ok(())
+        })?;
+        Ok(Waiter::new(rx, deadline))
+    }
+
+    /// Completes as soon as some peer (this one included) subscribes to a pattern matching
+    /// `topic` (at once if one does), or fails with [`Error::Timeout`] after `timeout`.
+    pub fn watch_subscriber(&self, topic: &Topic, timeout: Duration) -> Result<Waiter<()>> {
+        let (done, rx) = flume::bounded(1);
+        let deadline = super::deadline_in(timeout);
+        self.with(SendBy::TryInline, |state, _| {
+            state.add_watcher(Awaited::Subscriber(topic.clone()), done, deadline);
             Ok(())
         })?;
         Ok(Waiter::new(rx, deadline))

@@ -32,9 +32,17 @@ struct BlockedItem {
     deadline: Instant,
 }
 
-/// A `wait_for_service` caller.
+/// What a watcher waits for.
+pub(super) enum Awaited {
+    /// Some peer serving this service.
+    Service(String),
+    /// Some peer subscribed to a pattern matching this topic.
+    Subscriber(proto::Topic),
+}
+
+/// A `wait_for_service` (or `wait_for_subscriber`) caller.
 struct Watcher {
-    service: String,
+    awaited: Awaited,
     done: flume::Sender<Result<()>>,
     deadline: Instant,
 }
@@ -524,14 +532,21 @@ impl State {
         }
     }
 
-    pub(super) fn add_watcher(&mut self, service: String, done: flume::Sender<Result<()>>, deadline: Instant) {
-        if self.endpoint.has_provider(&service) {
+    fn is_present(&self, awaited: &Awaited) -> bool {
+        match awaited {
+            Awaited::Service(service) => self.endpoint.has_provider(service),
+            Awaited::Subscriber(topic) => self.endpoint.has_subscriber(topic),
+        }
+    }
+
+    pub(super) fn add_watcher(&mut self, awaited: Awaited, done: flume::Sender<Result<()>>, deadline: Instant) {
+        if self.is_present(&awaited) {
             self.deferred.push(Deferred::Done(done, Ok(())));
             return;
         }
         self.watchers.retain(|w| !w.done.is_disconnected());
         if self.watchers.len() < MAX_WATCHERS {
-            self.watchers.push(Watcher { service, done, deadline });
+            self.watchers.push(Watcher { awaited, done, deadline });
         } else {
             let why = format!("more than {MAX_WATCHERS} wait_for_service calls are waiting");
             self.deferred.push(Deferred::Done(done, Err(Error::LocalLimit(why))));
@@ -542,7 +557,7 @@ impl State {
         let (up, waiting): (Vec<Watcher>, Vec<Watcher>) = std::mem::take(&mut self.watchers)
             .into_iter()
             .filter(|w| !w.done.is_disconnected())
-            .partition(|w| self.endpoint.has_provider(&w.service));
+            .partition(|w| self.is_present(&w.awaited));
         self.watchers = waiting;
         for w in up {
             self.deferred.push(Deferred::Done(w.done, Ok(())));

@@ -241,6 +241,13 @@ impl<K> AsyncHub<K> {
         self.core.watch_service(service, timeout)?.await
     }
 
+    /// Waits until some peer (this hub included) subscribes to a pattern matching `topic`, so
+    /// that events published right after start-up are not lost to a subscription still on its
+    /// way; completes at once if one does already.
+    pub async fn wait_for_subscriber(&self, topic: &str, timeout: Duration) -> Result<()> {
+        self.core.watch_subscriber(topic, timeout)?.await
+    }
+
     /// Says goodbye and leaves the bus. Pending calls fail with [`Error::Closed`]; later calls
     /// on any clone of this hub fail the same way.
     pub async fn close(&self) {

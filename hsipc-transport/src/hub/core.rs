@@ -231,6 +231,11 @@ impl HubCore {
         self.handle().watch_service(service, timeout)
     }
 
+    /// Completes once some peer subscribes to a pattern matching `topic`.
+    pub fn watch_subscriber(&self, topic: &str, timeout: Duration) -> Result<Waiter<()>> {
+        self.handle().watch_subscriber(&Topic::new(topic)?, timeout)
+    }
+
     /// Who is on the bus (this hub included) and what each serves.
     pub fn peers(&self) -> Result<Vec<PeerSummary>> {
         self.handle().peers()
