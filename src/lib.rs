@@ -43,8 +43,8 @@ pub use hsipc_macros::{service, service_impl, service_trait};
 pub use hsipc_transport as transport;
 pub use hsipc_transport::hub::{ClientError, Event, HasCore, MethodCall, MethodIter, MethodStream, Service};
 pub use hsipc_transport::proto;
-pub use hsipc_transport::proto::{PeerId, RemoteError, Stats, Topic, TopicError, TopicFilter};
-pub use hsipc_transport::{CallContext, Census, Error, Overflow, PeerSummary, Result};
+pub use hsipc_transport::proto::{PeerId, RemoteError, Topic, TopicError, TopicFilter};
+pub use hsipc_transport::{CallContext, Census, Error, Overflow, PeerSummary, Result, Stats};
 
 /// The blocking hub: calls block with a deadline, streams and subscriptions are iterators,
 /// handlers run on worker threads.

@@ -193,3 +193,28 @@ fn a_publisher_can_wait_for_its_first_subscriber() {
     let _mine = publisher.subscribe::<u8>("local/+").unwrap();
     publisher.wait_for_subscriber("local/x", Duration::from_millis(50)).unwrap();
 }
+
+#[test]
+fn every_event_a_queue_drops_is_counted_in_stats() {
+    let bus = MemBus::new();
+    let publisher = hsipc::SyncProcessHub::builder("pub").transport(bus.connector()).build().unwrap();
+    let subscriber = hsipc::SyncProcessHub::builder("sub")
+        .subscription_capacity(4)
+        .subscription_overflow(hsipc::Overflow::DropNewest)
+        .transport(bus.connector())
+        .build()
+        .unwrap();
+    let events = subscriber.subscribe::<u32>("n/#").unwrap();
+    publisher.wait_for_subscriber("n/x", WAIT).unwrap();
+    for i in 0..10u32 {
+        publisher.publish("n/x", i).unwrap();
+    }
+    // The queue held the first four and dropped six; a marker published after them, once
+    // there is room, arrives with the count of what was lost before it.
+    let first: Vec<u32> = (0..4).map(|_| events.recv_timeout(WAIT).unwrap().payload).collect();
+    assert_eq!(first, [0, 1, 2, 3]);
+    publisher.publish("n/x", 99u32).unwrap();
+    let marker = events.recv_timeout(WAIT).unwrap();
+    assert_eq!((marker.payload, marker.missed), (99, 6));
+    assert_eq!(subscriber.stats().dropped_events, 6);
+}

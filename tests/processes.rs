@@ -152,7 +152,7 @@ fn server() {
     .unwrap();
     hub.serve("calc.whoami", move |()| Ok::<_, String>(name.clone())).unwrap();
     let me = hub.clone();
-    hub.serve("calc.bad_frames", move |()| Ok::<_, String>(me.stats().bad_frames)).unwrap();
+    hub.serve("calc.bad_frames", move |()| Ok::<_, String>(me.stats().protocol.bad_frames)).unwrap();
     hub.serve_stream("calc.count", |(n, size): (u64, usize), sink: &StreamSink<(u64, Bytes)>| {
         let pad = Bytes::from(vec![7u8; size]);
         for i in 0..n {

@@ -281,7 +281,7 @@ impl ProcessHub {
 
     /// Counters of what this hub's protocol saw and dropped: frames in and out, malformed
     /// frames from peers, late or unknown responses, duplicates, events nobody matched.
-    pub fn stats(&self) -> hsipc_transport::proto::Stats {
+    pub fn stats(&self) -> hsipc_transport::Stats {
         self.core.stats()
     }
 

@@ -10,7 +10,7 @@ use super::CallContext;
 use super::item_sink::{ItemSink, SessionSender};
 use super::pending::{PendingCall, Waiter};
 use super::shared::{SendBy, Shared};
-use super::state::{Awaited, Census, State};
+use super::state::{Awaited, Census, State, Stats};
 use super::stream_reader::ItemReceiver;
 use super::subscription::{EventReceiver, Overflow, SubscriptionQueue};
 use crate::error::{Error, Result};
@@ -232,7 +232,8 @@ impl Handle {
     /// full, `overflow` decides which event is dropped (either way the loss is reported as
     /// `missed` with the next event delivered). Dropping the receiver unsubscribes.
     pub fn subscribe(&self, filter: TopicFilter, capacity: usize, overflow: Overflow) -> Result<EventReceiver> {
-        let (queue, rx) = SubscriptionQueue::new(capacity, overflow);
+        let dropped = self.shared.state().dropped_events.clone();
+        let (queue, rx) = SubscriptionQueue::new(capacity, overflow, dropped);
         let id = self.with(SendBy::TryInline, |state, _| {
             let id = state.endpoint.subscribe(filter)?;
             state.subscriptions.insert(id, Arc::new(queue));
@@ -308,8 +309,8 @@ impl Handle {
     }
 
     /// Counters of what the protocol saw and dropped (bad frames, late responses, ...).
-    pub fn stats(&self) -> proto::Stats {
-        self.shared.state().endpoint.stats()
+    pub fn stats(&self) -> Stats {
+        self.shared.state().stats()
     }
 
     /// What is open in the engine and its protocol core, for leak checks.

@@ -47,6 +47,21 @@ struct Watcher {
     deadline: Instant,
 }
 
+/// What a hub counted: its protocol's counters, and every drop a queue's policy made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Frames in and out, malformed frames from peers, late or unknown responses, duplicates,
+    /// events nobody matched.
+    pub protocol: proto::Stats,
+    /// Frames dropped because the send queue was full (the transport stalled long enough to
+    /// fill it; publishers are held back before that, so these are other frames).
+    pub dropped_sends: u64,
+    /// Events this hub's subscription queues dropped under their overflow policy (each also
+    /// reported to its subscriber as `missed`).
+    pub dropped_events: u64,
+}
+
 /// Sizes of the engine's tables, for leak checks: all zero on an idle hub.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -111,6 +126,8 @@ pub(crate) struct State {
     /// Publishers waiting for the send backlog to drain, with their deadlines.
     room_waiters: Vec<(flume::Sender<Result<()>>, Instant)>,
     dropped_outbound: u64,
+    /// Events this hub's subscription queues dropped (shared with the queues).
+    pub(super) dropped_events: Arc<std::sync::atomic::AtomicU64>,
     looped_back: Vec<Bytes>,
     deferred: Vec<Deferred>,
     /// When the clock thread will wake by itself (None while it is awake).
@@ -138,6 +155,7 @@ impl State {
             sending_bytes: 0,
             room_waiters: Vec::new(),
             dropped_outbound: 0,
+            dropped_events: Arc::default(),
             looped_back: Vec::new(),
             deferred: Vec::new(),
             sleeping_until: None,
@@ -300,6 +318,15 @@ impl State {
         }
         // Dropping the senders ends every reader with `Closed`.
         self.subscriptions.clear();
+    }
+
+    /// What this hub counted: the protocol's counters and the engine's drops.
+    pub(super) fn stats(&self) -> Stats {
+        Stats {
+            protocol: self.endpoint.stats(),
+            dropped_sends: self.dropped_outbound,
+            dropped_events: self.dropped_events.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// Everything open, for leak checks.

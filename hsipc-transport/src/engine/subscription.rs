@@ -49,17 +49,19 @@ pub(crate) struct SubscriptionQueue {
     evicted: Arc<AtomicU64>,
     /// Events dropped at the tail, added to the next event queued.
     refused: AtomicU64,
+    /// The hub's count of events its subscription queues dropped.
+    dropped: Arc<AtomicU64>,
 }
 
 /// The subscriber dropped its end.
 pub(crate) struct Gone;
 
 impl SubscriptionQueue {
-    pub(crate) fn new(capacity: usize, overflow: Overflow) -> (Self, EventReceiver) {
+    pub(crate) fn new(capacity: usize, overflow: Overflow, dropped: Arc<AtomicU64>) -> (Self, EventReceiver) {
         let (tx, rx) = flume::bounded(capacity.max(1));
         let oldest = (overflow == Overflow::DropOldest).then(|| rx.clone());
         let evicted = Arc::new(AtomicU64::new(0));
-        let queue = SubscriptionQueue { tx, oldest, evicted: evicted.clone(), refused: AtomicU64::new(0) };
+        let queue = SubscriptionQueue { tx, oldest, evicted: evicted.clone(), refused: AtomicU64::new(0), dropped };
         (queue, EventReceiver { rx, evicted, stream: None, subscription: None })
     }
 
@@ -78,6 +80,7 @@ impl SubscriptionQueue {
                     let Some(rx) = &self.oldest else {
                         // Drop-newest: this event and what it had missed count for the next.
                         self.refused.store(d.missed + 1, Ordering::Relaxed);
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
                         return Ok(());
                     };
                     // Drop-oldest: the loss is reported with the event that becomes the head.
@@ -85,6 +88,7 @@ impl SubscriptionQueue {
                     // to drop, or drops the next oldest.)
                     if let Ok(old) = rx.try_recv() {
                         self.evicted.fetch_add(old.missed + 1, Ordering::Relaxed);
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -181,7 +185,7 @@ mod tests {
 
     #[test]
     fn drop_newest_reports_the_gap_on_the_next_event_queued() {
-        let (q, rx) = SubscriptionQueue::new(2, Overflow::DropNewest);
+        let (q, rx) = SubscriptionQueue::new(2, Overflow::DropNewest, Arc::default());
         for (n, missed) in [(0, 0), (1, 0), (2, 0), (3, 5), (4, 0)] {
             assert!(q.push(ev(n, missed)).is_ok());
         }
@@ -193,7 +197,7 @@ mod tests {
 
     #[test]
     fn drop_oldest_reports_the_gap_on_the_new_head() {
-        let (q, rx) = SubscriptionQueue::new(2, Overflow::DropOldest);
+        let (q, rx) = SubscriptionQueue::new(2, Overflow::DropOldest, Arc::default());
         for (n, missed) in [(0, 0), (1, 3), (2, 0), (3, 0)] {
             assert!(q.push(ev(n, missed)).is_ok());
         }
@@ -204,7 +208,7 @@ mod tests {
 
     #[test]
     fn a_dropped_receiver_is_reported() {
-        let (q, rx) = SubscriptionQueue::new(2, Overflow::DropNewest);
+        let (q, rx) = SubscriptionQueue::new(2, Overflow::DropNewest, Arc::default());
         drop(rx);
         assert!(q.push(ev(0, 0)).is_err());
     }

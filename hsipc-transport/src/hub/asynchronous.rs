@@ -227,7 +227,7 @@ impl<K> AsyncHub<K> {
     }
 
     /// Counters of what this hub's protocol saw and dropped.
-    pub fn stats(&self) -> proto::Stats {
+    pub fn stats(&self) -> crate::Stats {
         self.core.stats()
     }
 

@@ -242,7 +242,7 @@ impl HubCore {
     }
 
     /// Counters of what this hub's protocol saw and dropped.
-    pub fn stats(&self) -> proto::Stats {
+    pub fn stats(&self) -> crate::Stats {
         self.handle().stats()
     }
 
