@@ -88,11 +88,12 @@ pub use hsipc_transport::hub::{CallFuture, ResponseStream, ServerSession, Sessio
 /// What `#[service]`'s generated code uses; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use hsipc_transport::ItemSink;
     pub use hsipc_transport::hub::{
         ClientErrorOf, ClientResult, HasCore, HubCore, MethodResult, Service, ServiceError, assert_service_error,
         assert_wire, end_stream, end_stream_blocking, method_sink,
     };
+    pub use hsipc_transport::hub::{open_session, server_session};
+    pub use hsipc_transport::{ItemReceiver, ItemSink};
 }
 
 /// README.md's examples, compiled as doc tests so that they cannot rot.

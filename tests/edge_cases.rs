@@ -70,11 +70,13 @@ fn a_second_send_while_one_waits_for_credit_is_refused_not_lost() {
             .serve_stream("t.two", move |(): (), sink: StreamSink<u32>| {
                 let tx = tx.clone();
                 async move {
-                    sink.send(&0).await?; // the window of one is now used
-                    let first = sink.send(&1); // waits for credit
-                    let second = sink.send(&2);
-                    let (first, second) = futures_lite::future::zip(first, second).await;
-                    let _ = tx.send_async((first.is_ok(), second.map_err(|e| e.to_string()))).await;
+                    sink.send(&0).await?; // the window of one is now used (the client reads nothing yet)
+                    let mut first = Box::pin(sink.send(&1));
+                    // Polled once: it finds no credit and waits for it.
+                    assert!(futures_lite::future::poll_once(&mut first).await.is_none());
+                    let second = sink.send(&2).await;
+                    let _ = tx.send_async(second.map_err(|e| e.to_string())).await;
+                    first.await?; // goes once the client reads
                     Ok::<_, Error>(())
                 }
             })
@@ -82,13 +84,12 @@ fn a_second_send_while_one_waits_for_credit_is_refused_not_lost() {
             .unwrap();
         client.wait_for_service("t", WAIT).await.unwrap();
         let stream = client.call_stream::<_, u32>("t.two", ()).await.unwrap();
+        // Nothing is read (so no credit is granted) until the second send has been answered.
+        let refusal = rx.recv_async().await.unwrap().unwrap_err();
+        assert!(refusal.contains("still waiting for credit"), "{refusal}");
         let items: Vec<u32> =
             futures_lite::StreamExt::collect::<Vec<_>>(futures_lite::StreamExt::map(stream, |r| r.unwrap())).await;
-        let (first_ok, second) = rx.recv_async().await.unwrap();
-        assert!(first_ok);
-        let refusal = second.unwrap_err();
-        assert!(refusal.contains("still waiting for credit"), "{refusal}");
-        assert_eq!(items, [0, 1]);
+        assert_eq!(items, [0, 1], "the waiting item was not lost");
     });
 }
 
@@ -209,8 +210,14 @@ fn every_event_a_queue_drops_is_counted_in_stats() {
     for i in 0..10u32 {
         publisher.publish("n/x", i).unwrap();
     }
-    // The queue held the first four and dropped six; a marker published after them, once
-    // there is room, arrives with the count of what was lost before it.
+    // The queue holds the first four and drops six, counted as they happen: wait for that
+    // count before reading (reading earlier would make room).
+    let deadline = std::time::Instant::now() + WAIT;
+    while subscriber.stats().dropped_events < 6 {
+        assert!(std::time::Instant::now() < deadline, "drops not counted: {:?}", subscriber.stats());
+        std::thread::yield_now();
+    }
+    // A marker published once there is room arrives with the count of what was lost before it.
     let first: Vec<u32> = (0..4).map(|_| events.recv_timeout(WAIT).unwrap().payload).collect();
     assert_eq!(first, [0, 1, 2, 3]);
     publisher.publish("n/x", 99u32).unwrap();

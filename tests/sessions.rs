@@ -209,3 +209,54 @@ fn a_dead_server_fails_the_clients_session() {
     server.kill();
     assert_eq!(client.expect("END", WAIT), "peer_lost");
 }
+
+// ---------------------------------------------------------------------------------------------
+// In a #[service] trait
+
+/// A session declared in a service trait.
+#[hsipc::service]
+pub trait Room {
+    /// Joins the room as `name`: each line sent comes back signed, until the client closes.
+    #[hsipc(session)]
+    async fn join(&self, name: String, session: ServerSession<String, String>) -> hsipc::Result<()>;
+}
+
+struct Echoing;
+
+impl Room for Echoing {
+    async fn join(&self, name: String, mut session: ServerSession<String, String>) -> hsipc::Result<()> {
+        while let Some(line) = session.next().await {
+            session.send(&format!("{name}: {}", line?)).await?;
+        }
+        session.send(&format!("{name} left")).await
+    }
+}
+
+#[test]
+fn service_traits_declare_sessions_for_async_and_blocking_clients() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let bus = MemBus::new();
+        let server = hsipc::ProcessHub::builder("server").transport(bus.connector()).build().unwrap();
+        let client = hsipc::ProcessHub::builder("client").transport(bus.connector()).build().unwrap();
+        server.register_service(RoomService::new(Echoing)).await.unwrap();
+        client.wait_for_service("Room", WAIT).await.unwrap();
+        let room = RoomClient::new(client.clone());
+        let mut ann = room.join("ann".into()).await.unwrap();
+        ann.send(&"hi".to_string()).await.unwrap();
+        assert_eq!(ann.next().await.unwrap().unwrap(), "ann: hi");
+        ann.close_send();
+        assert_eq!(ann.next().await.unwrap().unwrap(), "ann left");
+        assert!(ann.next().await.is_none());
+        // The blocking client, from a thread.
+        let blocking_hub = client.clone();
+        tokio::task::spawn_blocking(move || {
+            let room = RoomBlockingClient::new(blocking_hub);
+            let mut bob = room.join("bob".into()).unwrap();
+            bob.send_blocking(&"yo".to_string()).unwrap();
+            assert_eq!(bob.recv_blocking().unwrap().unwrap(), "bob: yo");
+        })
+        .await
+        .unwrap();
+    });
+}

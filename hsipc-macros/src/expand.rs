@@ -139,43 +139,57 @@ fn registration(m: &MethodDef) -> TokenStream {
     let async_args = call_args(quote!(&__hsipc_ctx));
     let blocking_args = call_args(quote!(__hsipc_ctx));
     let method = quote!(&::std::format!("{}.{}", name, #wire));
-    let body = match (&m.stream_item, m.is_async) {
-        (None, true) => quote! {
-            hub.serve_async(#method, move |#pattern: #req_ty, __hsipc_ctx: ::hsipc::CallContext| {
-                let __hsipc_imp = __hsipc_imp.clone();
-                async move {
-                    let _ = &__hsipc_ctx;
-                    <#err as ::hsipc::__private::ServiceError>::to_wire(__hsipc_imp.#ident(#(#async_args),*).await)
-                }
-            })?;
-        },
-        (None, false) => quote! {
-            hub.serve_blocking(#method, move |#pattern: #req_ty, __hsipc_ctx: &::hsipc::CallContext| {
-                let _ = __hsipc_ctx;
-                <#err as ::hsipc::__private::ServiceError>::to_wire(__hsipc_imp.#ident(#(#blocking_args),*))
-            })?;
-        },
-        (Some(item), true) => quote! {
-            hub.serve_async_stream(#method, move |#pattern: #req_ty, __hsipc_sink: ::hsipc::__private::ItemSink| {
+    let body = if let Some((to_server, to_client)) = &m.session {
+        quote! {
+            hub.serve_async_session(#method, move |#pattern: #req_ty, __hsipc_sink: ::hsipc::__private::ItemSink, __hsipc_input: ::hsipc::__private::ItemReceiver| {
                 let __hsipc_imp = __hsipc_imp.clone();
                 async move {
                     let __hsipc_ctx = ::core::clone::Clone::clone(__hsipc_sink.context());
                     let _ = &__hsipc_ctx;
-                    let __hsipc_items = ::hsipc::__private::method_sink::<#item, #err>(::core::clone::Clone::clone(&__hsipc_sink));
-                    let __hsipc_result = __hsipc_imp.#ident(#(#async_args,)* __hsipc_items).await;
-                    ::hsipc::__private::end_stream::<#err>(__hsipc_sink, __hsipc_result).await
+                    let __hsipc_session = ::hsipc::__private::server_session::<#to_server, #to_client>(__hsipc_sink, __hsipc_input);
+                    __hsipc_imp.#ident(#(#async_args,)* __hsipc_session).await
                 }
             })?;
-        },
-        (Some(item), false) => quote! {
-            hub.serve_blocking_stream(#method, move |#pattern: #req_ty, __hsipc_sink: ::hsipc::__private::ItemSink| {
-                let __hsipc_ctx = __hsipc_sink.context();
-                let _ = __hsipc_ctx;
-                let __hsipc_items = ::hsipc::__private::method_sink::<#item, #err>(::core::clone::Clone::clone(&__hsipc_sink));
-                let __hsipc_result = __hsipc_imp.#ident(#(#blocking_args,)* __hsipc_items);
-                ::hsipc::__private::end_stream_blocking::<#err>(__hsipc_sink, __hsipc_result)
-            })?;
-        },
+        }
+    } else {
+        match (&m.stream_item, m.is_async) {
+            (None, true) => quote! {
+                hub.serve_async(#method, move |#pattern: #req_ty, __hsipc_ctx: ::hsipc::CallContext| {
+                    let __hsipc_imp = __hsipc_imp.clone();
+                    async move {
+                        let _ = &__hsipc_ctx;
+                        <#err as ::hsipc::__private::ServiceError>::to_wire(__hsipc_imp.#ident(#(#async_args),*).await)
+                    }
+                })?;
+            },
+            (None, false) => quote! {
+                hub.serve_blocking(#method, move |#pattern: #req_ty, __hsipc_ctx: &::hsipc::CallContext| {
+                    let _ = __hsipc_ctx;
+                    <#err as ::hsipc::__private::ServiceError>::to_wire(__hsipc_imp.#ident(#(#blocking_args),*))
+                })?;
+            },
+            (Some(item), true) => quote! {
+                hub.serve_async_stream(#method, move |#pattern: #req_ty, __hsipc_sink: ::hsipc::__private::ItemSink| {
+                    let __hsipc_imp = __hsipc_imp.clone();
+                    async move {
+                        let __hsipc_ctx = ::core::clone::Clone::clone(__hsipc_sink.context());
+                        let _ = &__hsipc_ctx;
+                        let __hsipc_items = ::hsipc::__private::method_sink::<#item, #err>(::core::clone::Clone::clone(&__hsipc_sink));
+                        let __hsipc_result = __hsipc_imp.#ident(#(#async_args,)* __hsipc_items).await;
+                        ::hsipc::__private::end_stream::<#err>(__hsipc_sink, __hsipc_result).await
+                    }
+                })?;
+            },
+            (Some(item), false) => quote! {
+                hub.serve_blocking_stream(#method, move |#pattern: #req_ty, __hsipc_sink: ::hsipc::__private::ItemSink| {
+                    let __hsipc_ctx = __hsipc_sink.context();
+                    let _ = __hsipc_ctx;
+                    let __hsipc_items = ::hsipc::__private::method_sink::<#item, #err>(::core::clone::Clone::clone(&__hsipc_sink));
+                    let __hsipc_result = __hsipc_imp.#ident(#(#blocking_args,)* __hsipc_items);
+                    ::hsipc::__private::end_stream_blocking::<#err>(__hsipc_sink, __hsipc_result)
+                })?;
+            },
+        }
     };
     quote! {
         {
@@ -261,6 +275,25 @@ fn client_method(m: &MethodDef, blocking: bool) -> TokenStream {
     let params = m.args.iter().map(|(n, t)| quote!(#n: #t));
     let (value, _) = request(m);
     let start = quote!((::hsipc::__private::HasCore::core(&self.hub), &self.service, #wire, &#value, self.timeout));
+    if let Some((to_server, to_client)) = &m.session {
+        let session = quote!(::hsipc::Session<#to_server, #to_client>);
+        let open = quote!(::hsipc::__private::open_session::<_, #to_server, #to_client> #start);
+        return if blocking {
+            quote! {
+                #docs
+                pub fn #ident(&self, #(#params),*) -> ::hsipc::Result<#session> {
+                    #open
+                }
+            }
+        } else {
+            quote! {
+                #docs
+                pub fn #ident(&self, #(#params),*) -> impl ::core::future::Future<Output = ::hsipc::Result<#session>> + ::core::marker::Send {
+                    ::core::future::ready(#open)
+                }
+            }
+        };
+    }
     match (&m.stream_item, blocking) {
         (None, false) => quote! {
             #docs
@@ -304,6 +337,10 @@ fn type_checks(def: &ServiceDef) -> TokenStream {
         if let Some(item) = &m.stream_item {
             checks.push(quote_spanned!(item.span()=> ::hsipc::__private::assert_wire::<#item>();));
         }
+        if let Some((a, b)) = &m.session {
+            checks.push(quote_spanned!(a.span()=> ::hsipc::__private::assert_wire::<#a>();));
+            checks.push(quote_spanned!(b.span()=> ::hsipc::__private::assert_wire::<#b>();));
+        }
         let ret = &m.ret;
         let (ok, err) = result_args(ret);
         if let Some(ok) = ok {
@@ -345,7 +382,8 @@ fn travel_bounds(def: &ServiceDef, param: &Ident) -> TokenStream {
         |ty: &dyn ToTokens| quote!(<::core::result::Result<#ty, #param> as ::hsipc::__private::MethodResult>::Ok);
     let mut bounds = Vec::new();
     for m in &def.methods {
-        for ty in m.args.iter().map(|(_, t)| t).chain(&m.stream_item) {
+        let session = m.session.iter().flat_map(|(a, b)| [a, b]);
+        for ty in m.args.iter().map(|(_, t)| t).chain(&m.stream_item).chain(session) {
             let ty = same(ty);
             bounds.push(quote!(#ty: ::hsipc::transport::hub::Wire));
         }

@@ -35,6 +35,8 @@ pub(crate) struct MethodDef {
     pub(crate) ret: Type,
     /// For a streaming method: the item type.
     pub(crate) stream_item: Option<Type>,
+    /// For a session method: the message types (client to server, server to client).
+    pub(crate) session: Option<(Type, Type)>,
     pub(crate) docs: Vec<Attribute>,
 }
 
@@ -109,7 +111,7 @@ impl ServiceDef {
 
 impl MethodDef {
     fn parse(f: &mut TraitItemFn) -> syn::Result<MethodDef> {
-        let (wire_name, stream) = method_attrs(&mut f.attrs)?;
+        let (wire_name, stream, session) = method_attrs(&mut f.attrs)?;
         let sig = &f.sig;
         let ident = sig.ident.clone();
         let wire_name = wire_name.unwrap_or_else(|| ident.to_string());
@@ -189,15 +191,50 @@ impl MethodDef {
                 Some(item)
             }
         };
+        let session = match session {
+            None => None,
+            Some(span) => {
+                if stream_item.is_some() {
+                    return Err(syn::Error::new(span, "a method is a stream or a session, not both"));
+                }
+                if sig.asyncness.is_none() {
+                    return Err(syn::Error::new(
+                        span,
+                        "a session method is an `async fn` (it runs as a task on every hub)",
+                    ));
+                }
+                let Some((_, end)) = args.pop() else {
+                    return Err(syn::Error::new(
+                        span,
+                        "a session method takes its end of the session as its last argument: `session: hsipc::ServerSession<In, Out>`",
+                    ));
+                };
+                let (client_to_server, server_to_client) = session_types(&end)?;
+                check_owned(&client_to_server)?;
+                check_owned(&server_to_client)?;
+                Some((client_to_server, server_to_client))
+            }
+        };
         let docs = f.attrs.iter().filter(|a| a.path().is_ident("doc")).cloned().collect();
-        Ok(MethodDef { ident, wire_name, is_async: sig.asyncness.is_some(), args, ctx_at, ret, stream_item, docs })
+        Ok(MethodDef {
+            ident,
+            wire_name,
+            is_async: sig.asyncness.is_some(),
+            args,
+            ctx_at,
+            ret,
+            stream_item,
+            session,
+            docs,
+        })
     }
 }
 
 /// Reads and removes `#[hsipc(...)]` on a method: its wire name and whether it streams.
-fn method_attrs(attrs: &mut Vec<Attribute>) -> syn::Result<(Option<String>, Option<Span>)> {
+fn method_attrs(attrs: &mut Vec<Attribute>) -> syn::Result<(Option<String>, Option<Span>, Option<Span>)> {
     let mut name = None;
     let mut stream = None;
+    let mut session = None;
     let mut error: Option<syn::Error> = None;
     attrs.retain(|a| {
         if !a.path().is_ident("hsipc") {
@@ -211,8 +248,11 @@ fn method_attrs(attrs: &mut Vec<Attribute>) -> syn::Result<(Option<String>, Opti
             } else if meta.path.is_ident("stream") {
                 stream = Some(meta.path.span());
                 Ok(())
+            } else if meta.path.is_ident("session") {
+                session = Some(meta.path.span());
+                Ok(())
             } else {
-                Err(meta.error("unknown argument: a method takes `#[hsipc(name = \"...\")]` and `#[hsipc(stream)]`"))
+                Err(meta.error("unknown argument: a method takes `#[hsipc(name = \"...\")]`, `#[hsipc(stream)]` and `#[hsipc(session)]`"))
             }
         });
         if let Err(e) = r {
@@ -223,7 +263,7 @@ fn method_attrs(attrs: &mut Vec<Attribute>) -> syn::Result<(Option<String>, Opti
     if let Some(e) = error {
         return Err(e);
     }
-    Ok((name, stream))
+    Ok((name, stream, session))
 }
 
 fn check_receiver(sig: &syn::Signature) -> syn::Result<()> {
@@ -331,6 +371,30 @@ fn is_context(ty: &Type) -> bool {
 
 fn is_result(ty: &Type) -> bool {
     matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == "Result"))
+}
+
+/// The message types of a session argument `ServerSession<In, Out>`.
+fn session_types(ty: &Type) -> syn::Result<(Type, Type)> {
+    let err = || {
+        syn::Error::new(
+            ty.span(),
+            "the last argument of a session method is its end of the session: `hsipc::ServerSession<In, Out>`",
+        )
+    };
+    let Type::Path(p) = ty else { return Err(err()) };
+    let last = p.path.segments.last().ok_or_else(err)?;
+    if last.ident != "ServerSession" {
+        return Err(err());
+    }
+    let PathArguments::AngleBracketed(generics) = &last.arguments else { return Err(err()) };
+    let mut types = generics.args.iter().filter_map(|a| match a {
+        GenericArgument::Type(t) => Some(t.clone()),
+        _ => None,
+    });
+    match (types.next(), types.next(), types.next()) {
+        (Some(a), Some(b), None) => Ok((a, b)),
+        _ => Err(err()),
+    }
 }
 
 /// The `Item` of a sink argument `StreamSink<Item>`.

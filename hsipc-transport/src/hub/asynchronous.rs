@@ -354,8 +354,11 @@ impl<Item> std::fmt::Debug for StreamSink<Item> {
     }
 }
 
-impl<Item: Serialize> StreamSink<Item> {
-    fn new(sink: ItemSink) -> Self {
+impl<Item> StreamSink<Item> {
+    fn new(sink: ItemSink) -> Self
+    where
+        Item: Serialize,
+    {
         StreamSink { sink, encode: |item| Ok(codec::encode(item)?) }
     }
 }
@@ -394,6 +397,19 @@ pub struct Session<Out, In> {
     sender: crate::engine::SessionSender,
     input: ItemReceiver,
     _types: PhantomData<fn(&Out) -> In>,
+}
+
+impl<Out: Serialize, In: DeserializeOwned> Session<Out, In> {
+    /// Sends one message from a thread, blocking while the server has granted no credit.
+    pub fn send_blocking(&self, msg: &Out) -> Result<()> {
+        self.sender.send(codec::encode(msg)?)
+    }
+
+    /// The server's next message, blocking the calling thread: `None` once the server has ended
+    /// the session.
+    pub fn recv_blocking(&mut self) -> Option<Result<In>> {
+        self.input.recv().transpose().map(decode)
+    }
 }
 
 impl<Out: Serialize, In> Session<Out, In> {
@@ -445,4 +461,22 @@ impl<In: DeserializeOwned, Out> Stream for ServerSession<In, Out> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<In>>> {
         Pin::new(&mut self.get_mut().input).poll_next(cx).map(|item| item.map(decode))
     }
+}
+
+/// The server's end of a session, from its parts (for `#[service]` session methods).
+pub fn server_session<In, Out: Serialize>(sink: ItemSink, input: ItemReceiver) -> ServerSession<In, Out> {
+    ServerSession { sink: StreamSink::new(sink), input, _in: PhantomData }
+}
+
+/// Opens a session on `service.method` (for `#[service]` clients).
+pub fn open_session<Args: Serialize, Out, In>(
+    hub: &HubCore,
+    service: &str,
+    method: &str,
+    first: &Args,
+    timeout: Option<Duration>,
+) -> Result<Session<Out, In>> {
+    let timeout = timeout.unwrap_or_else(|| hub.default_timeout());
+    let (sender, input) = hub.open_session(&format!("{service}.{method}"), first, timeout)?;
+    Ok(Session { sender, input, _types: PhantomData })
 }

@@ -23,7 +23,10 @@ mod runtime;
 mod service;
 mod typed;
 
-pub use self::asynchronous::{AsyncHub, CallFuture, ResponseStream, ServerSession, Session, StreamSink, Subscription};
+pub use self::asynchronous::{
+    AsyncHub, CallFuture, ResponseStream, ServerSession, Session, StreamSink, Subscription, open_session,
+    server_session,
+};
 pub use self::builder::{DEFAULT_BUS, HubBuilder, Settings};
 pub use self::core::HubCore;
 pub use self::runtime::{BoxFuture, Runtime, RuntimeKind};
