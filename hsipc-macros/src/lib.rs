@@ -106,6 +106,11 @@
 //! (plain `fn`); each send waits for the reader's credit. Its `Err(e)` ends the client's
 //! stream with that error.
 //!
+//! A session method (`#[hsipc(session)]`, an `async fn`) takes `session: hsipc::ServerSession<In,
+//! Out>` last: a full-duplex channel with the client, whose method opens an
+//! `hsipc::Session<In, Out>` (a `Stream` of `Out` with `send(&In).await`; the blocking client
+//! uses its `send_blocking` / `recv_blocking`).
+//!
 //! # Where methods run
 //!
 //! | method | blocking hub | tokio hub | smol hub |
