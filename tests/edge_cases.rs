@@ -225,3 +225,27 @@ fn every_event_a_queue_drops_is_counted_in_stats() {
     assert_eq!((marker.payload, marker.missed), (99, 6));
     assert_eq!(subscriber.stats().dropped_events, 6);
 }
+
+#[test]
+fn each_subscription_chooses_what_a_full_queue_drops() {
+    let bus = MemBus::new();
+    let publisher = hsipc::SyncProcessHub::builder("pub").transport(bus.connector()).build().unwrap();
+    let subscriber = hsipc::SyncProcessHub::builder("sub").transport(bus.connector()).build().unwrap();
+    let latest = subscriber.subscribe_with::<u32>("s/#", 3, hsipc::Overflow::DropOldest).unwrap();
+    let earliest = subscriber.subscribe_with::<u32>("s/#", 3, hsipc::Overflow::DropNewest).unwrap();
+    publisher.wait_for_subscriber("s/x", WAIT).unwrap();
+    for i in 0..10u32 {
+        publisher.publish("s/x", i).unwrap();
+    }
+    // Both queues are full and have dropped seven each once the counter says fourteen.
+    let deadline = std::time::Instant::now() + WAIT;
+    while subscriber.stats().dropped_events < 14 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", subscriber.stats());
+        std::thread::yield_now();
+    }
+    let take = |s: &hsipc::blocking::Subscription<u32>| -> Vec<(u32, u64)> {
+        (0..3).map(|_| s.recv_timeout(WAIT).unwrap()).map(|e| (e.payload, e.missed)).collect()
+    };
+    assert_eq!(take(&latest), [(7, 7), (8, 0), (9, 0)], "keep last 3: the loss is reported on the new head");
+    assert_eq!(take(&earliest), [(0, 0), (1, 0), (2, 0)], "keep first 3");
+}

@@ -221,6 +221,20 @@ impl<K> AsyncHub<K> {
         Ok(Subscription::new(self.core.subscribe(pattern)?))
     }
 
+    /// Subscribes to `pattern` with a delivery of its own: at most `capacity` events queued, and
+    /// when the queue is full `overflow` drops the oldest (`DropOldest`: a sensor-style reader
+    /// that wants the latest `capacity` values, "keep last n") or the newest (`DropNewest`: the
+    /// earliest events, then a gap). Every drop is counted in the next event's `missed` and in
+    /// [`stats`](Self::stats).
+    pub async fn subscribe_with<T: DeserializeOwned>(
+        &self,
+        pattern: &str,
+        capacity: usize,
+        overflow: crate::Overflow,
+    ) -> Result<Subscription<T>> {
+        Ok(Subscription::new(self.core.subscribe_with(pattern, capacity, overflow)?))
+    }
+
     /// Who is on the bus (this hub included) and what each serves.
     pub fn peers(&self) -> Result<Vec<PeerSummary>> {
         self.core.peers()

@@ -221,9 +221,13 @@ impl HubCore {
 
     /// Subscribes to `pattern` with the hub's queue settings.
     pub fn subscribe(&self, pattern: &str) -> Result<EventReceiver> {
-        let filter = TopicFilter::new(pattern)?;
-        let inner = &self.inner;
-        self.handle().subscribe(filter, inner.subscription_capacity, inner.subscription_overflow)
+        self.subscribe_with(pattern, self.inner.subscription_capacity, self.inner.subscription_overflow)
+    }
+
+    /// Subscribes to `pattern` with a queue of its own: `capacity` events, and what to drop
+    /// when it is full.
+    pub fn subscribe_with(&self, pattern: &str, capacity: usize, overflow: Overflow) -> Result<EventReceiver> {
+        self.handle().subscribe(TopicFilter::new(pattern)?, capacity, overflow)
     }
 
     /// Completes once some peer serves `service`.
