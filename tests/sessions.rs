@@ -260,3 +260,36 @@ fn service_traits_declare_sessions_for_async_and_blocking_clients() {
         .unwrap();
     });
 }
+
+#[test]
+fn a_quiet_session_outlives_the_call_timeout_and_a_wrong_kind_of_method_fails_fast() {
+    let bus = MemBus::new();
+    let server = hsipc::SyncProcessHub::builder("server").transport(bus.connector()).build().unwrap();
+    let client = hsipc::SyncProcessHub::builder("client")
+        .default_timeout(Duration::from_millis(200))
+        .transport(bus.connector())
+        .build()
+        .unwrap();
+    let (go, wait) = flume::bounded::<()>(1);
+    server
+        .serve_session("t.quiet", move |(): (), s: &mut hsipc::blocking::ServerSession<u8, u8>| {
+            // Quiet for longer than the client's call timeout, then talks.
+            wait.recv_timeout(WAIT).ok();
+            s.send(&42)
+        })
+        .unwrap();
+    server.serve("t.unary", |(): ()| Ok::<_, String>(1u8)).unwrap();
+    client.wait_for_service("t", WAIT).unwrap();
+    let mut quiet = client.open_session::<_, u8, u8>("t.quiet", ()).unwrap();
+    // A read may time out (recv_timeout), but the session itself has no idle timer once the
+    // server has taken it: three call timeouts later, it still delivers.
+    assert!(matches!(quiet.recv_timeout(Duration::from_millis(600)), Err(Error::Timeout)));
+    go.send(()).unwrap();
+    assert_eq!(quiet.recv_timeout(WAIT).unwrap(), Some(42));
+    // A session opened on a unary method is refused at once, with a reason.
+    let mut wrong = client.open_session::<_, u8, u8>("t.unary", ()).unwrap();
+    match wrong.recv_timeout(WAIT) {
+        Err(Error::Remote(r)) => assert!(r.message.contains("unary"), "{r:?}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}

@@ -151,7 +151,8 @@ impl ProcessHub {
     /// Serves a session `method`: a full-duplex, ordered channel with each client that opens
     /// one. `handler` gets the client's first message and its [`ServerSession`] (send, receive,
     /// iterate), runs on a worker thread for as long as the session lasts, and ends the session
-    /// by returning.
+    /// by returning. Each open session holds one of the hub's `workers` (8 by default): raise
+    /// it for many concurrent sessions, or serve them from an async hub.
     pub fn serve_session<Req, In, Out, E, F>(&self, method: &str, handler: F) -> Result<()>
     where
         Req: DeserializeOwned + 'static,

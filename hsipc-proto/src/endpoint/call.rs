@@ -271,8 +271,9 @@ impl Endpoint {
                 let o = self.outgoing.get_mut(&id).ok_or(CommandError::UnknownCall)?;
                 let half = o.recv.as_mut().ok_or(CommandError::WrongMode("unary calls have no stream"))?;
                 let grant = half.consume(n);
-                // The sender has credit again, so waiting on it is bounded again.
-                if grant > 0 && o.deadline.is_none() {
+                // The sender has credit again, so waiting on it is bounded again (a session has
+                // no idle timer once accepted).
+                if grant > 0 && o.deadline.is_none() && o.mode != CallMode::Session {
                     let d = now + o.timeout;
                     o.deadline = Some(d);
                     self.timers.set(d, Timer::Call(id));
@@ -394,8 +395,9 @@ impl Endpoint {
                 return Err(self.fail_outgoing_violation(id, from, "stream item beyond the granted credit"));
             }
         }
-        // The idle timer runs only while the sender has credit left to use.
-        let sender_has_credit = half.outstanding_credit() > 0;
+        // The idle timer runs only while the sender has credit left to use (never for a
+        // session).
+        let sender_has_credit = half.outstanding_credit() > 0 && o.mode != CallMode::Session;
         let old = o.deadline.take();
         if sender_has_credit {
             o.deadline = Some(now + o.timeout);
@@ -508,6 +510,14 @@ impl Endpoint {
             Some(false) => {}
             None => {
                 return Err(FrameError::Violation { peer: from, what: "credit overflow" });
+            }
+        }
+        // A session's first credit says the server took it: from then on it lasts as long as
+        // both ends live (the peer's death ends it), however quiet; no idle timer runs.
+        if let CallRef::Outgoing(id) = call {
+            if let Some(o) = self.outgoing.get_mut(&id).filter(|o| o.mode == CallMode::Session) {
+                let d = o.deadline.take();
+                self.disarm(id, d);
             }
         }
         Ok(())

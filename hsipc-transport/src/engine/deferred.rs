@@ -83,6 +83,7 @@ fn dispatch(shared: &Shared, call: IncomingCall) -> Option<Followup> {
         Ok(()) => return None,
         Err(Reject::NoSuchMethod) => RemoteError::new(ErrorCode::NO_SUCH_METHOD, format!("no handler for `{method}`")),
         Err(Reject::Busy(why)) => RemoteError::new(ErrorCode::BUSY, why),
+        Err(Reject::WrongShape(why)) => RemoteError::new(ErrorCode::BAD_REQUEST, why),
     };
     Some(Followup::Refuse(id, refusal))
 }

@@ -48,6 +48,8 @@ pub enum Reject {
     NoSuchMethod,
     /// Too many calls are already being served.
     Busy(String),
+    /// The method exists but is of another kind (unary, streaming, session) than the call.
+    WrongShape(String),
 }
 
 /// Who runs served calls. The engine calls it with none of its locks held, on whichever thread
@@ -119,8 +121,9 @@ impl CallContext {
     }
 
     /// The user id the calling process runs as, read from `/proc` when asked (`None` if the
-    /// process is gone or not visible). On direct lanes hsipc accepts only peers of this
-    /// process's own user.
+    /// process is gone or not visible). Advisory: the pid is the one the caller announced about
+    /// itself. What hsipc enforces is that direct lanes are accepted only from processes of
+    /// this process's own (effective) user.
     pub fn caller_uid(&self) -> Option<u32> {
         let pid = self.inner.caller_pid;
         if pid == 0 {

@@ -374,17 +374,23 @@ impl State {
                 self.end_outgoing(id);
                 let _ = self.endpoint.cancel(id);
             }
-            // A session's handler dropped its reading end: the client's further messages are
-            // not wanted (its sends will wait for credit that never comes, then time out).
+            // A session's handler stopped reading the client's messages (it dropped its end, or
+            // the client overran its credit): the session ends, with an error for the client,
+            // and the handler is told its call is over.
             Followup::CancelStream(CallRef::Incoming(id)) => {
-                self.session_inputs.remove(&id);
+                if let Some(ctx) = self.served.get(&id).cloned() {
+                    self.deferred.push(Deferred::Cancel(ctx));
+                }
+                self.end_served(id);
+                let msg = "the session's handler stopped reading";
+                let _ = self.endpoint.finish(id, Err(RemoteError::new(ErrorCode::PROTOCOL, msg)));
             }
             Followup::Unsubscribe(id) => {
                 self.subscriptions.remove(&id);
                 let _ = self.endpoint.unsubscribe(id);
             }
             Followup::Refuse(id, err) => {
-                self.served.remove(&id);
+                self.end_served(id);
                 let _ = self.endpoint.respond(id, Err(err));
             }
         }
@@ -429,6 +435,11 @@ impl State {
                 }
             },
             Event::StreamEnded { id, outcome } => {
+                // A session's own message still waiting for credit will never go.
+                if let Some(b) = self.blocked_items.remove(&CallRef::Outgoing(id)) {
+                    let why = outcome.clone().err().map_or(Error::Cancelled, Error::from);
+                    self.deferred.push(Deferred::Done(b.done, Err(why)));
+                }
                 if let Some(items) = self.streams.remove(&id) {
                     let end = StreamMsg::End(outcome.map_err(Error::from));
                     self.deferred.push(Deferred::Stream(id.into(), items, end));
@@ -474,9 +485,10 @@ impl State {
                     self.deferred.push(Deferred::Done(b.done, Err(Error::Cancelled)));
                 }
                 if let Some(input) = self.session_inputs.remove(&id) {
-                    // The client closing its session is an end; its death or deadline is not.
                     let end = match reason {
-                        proto::CancelReason::CallerCancelled => Ok(()),
+                        // A client that closes its session closes its half first (read as the
+                        // end); a cancel on its own means the client failed or gave up.
+                        proto::CancelReason::CallerCancelled => Err(Error::Cancelled),
                         proto::CancelReason::DeadlineExpired => Err(Error::Timeout),
                         proto::CancelReason::PeerLost => Err(Error::PeerLost),
                         proto::CancelReason::Closed => Err(Error::Closed),
@@ -575,7 +587,7 @@ impl State {
         if self.watchers.len() < MAX_WATCHERS {
             self.watchers.push(Watcher { awaited, done, deadline });
         } else {
-            let why = format!("more than {MAX_WATCHERS} wait_for_service calls are waiting");
+            let why = format!("more than {MAX_WATCHERS} wait_for_service or wait_for_subscriber calls are waiting");
             self.deferred.push(Deferred::Done(done, Err(Error::LocalLimit(why))));
         }
     }

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proto::{PeerId, Topic, TopicFilter, codec};
+use proto::{CallMode, PeerId, Topic, TopicFilter, codec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -75,8 +75,8 @@ impl HubCore {
     }
 
     /// Registers `handler` for `method` (`service.method`) and announces the service.
-    fn register(&self, method: &str, handler: Handler) -> Result<()> {
-        let service = self.inner.registry.insert(method, handler)?;
+    fn register(&self, method: &str, handler: Handler, mode: CallMode) -> Result<()> {
+        let service = self.inner.registry.insert(method, handler, mode)?;
         self.handle().serve(service)
     }
 
@@ -88,7 +88,7 @@ impl HubCore {
         E: Display + 'static,
         F: Fn(Req, &CallContext) -> std::result::Result<Resp, E> + Send + Sync + 'static,
     {
-        self.register(method, handler::blocking_unary(f))
+        self.register(method, handler::blocking_unary(f), CallMode::Unary)
     }
 
     /// Serves a streaming `method` with a blocking handler, run on a worker thread.
@@ -98,7 +98,7 @@ impl HubCore {
         E: Display + 'static,
         F: Fn(Req, ItemSink) -> std::result::Result<(), E> + Send + Sync + 'static,
     {
-        self.register(method, handler::blocking_stream(f, self.stall_timeout()))
+        self.register(method, handler::blocking_stream(f, self.stall_timeout()), CallMode::ServerStream)
     }
 
     /// Serves `method` with an async handler, spawned as a task (on the blocking hub, driven
@@ -111,7 +111,7 @@ impl HubCore {
         F: Fn(Req, CallContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<Resp, E>> + Send + 'static,
     {
-        self.register(method, handler::async_unary(f))
+        self.register(method, handler::async_unary(f), CallMode::Unary)
     }
 
     /// Serves a streaming `method` with an async handler.
@@ -122,7 +122,7 @@ impl HubCore {
         F: Fn(Req, ItemSink) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
     {
-        self.register(method, handler::async_stream(f, self.stall_timeout()))
+        self.register(method, handler::async_stream(f, self.stall_timeout()), CallMode::ServerStream)
     }
 
     /// Serves a session `method` with a blocking handler: it gets the first message, its sink
@@ -133,7 +133,7 @@ impl HubCore {
         E: Display + 'static,
         F: Fn(Req, ItemSink, ItemReceiver) -> std::result::Result<(), E> + Send + Sync + 'static,
     {
-        self.register(method, handler::blocking_session(f, self.stall_timeout()))
+        self.register(method, handler::blocking_session(f, self.stall_timeout()), CallMode::Session)
     }
 
     /// Serves a session `method` with an async handler.
@@ -144,7 +144,7 @@ impl HubCore {
         F: Fn(Req, ItemSink, ItemReceiver) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
     {
-        self.register(method, handler::async_session(f, self.stall_timeout()))
+        self.register(method, handler::async_session(f, self.stall_timeout()), CallMode::Session)
     }
 
     /// Opens a session on `method` with the encoded first message: the sending half, and the

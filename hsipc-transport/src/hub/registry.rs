@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 
 /// Handlers by method name, the runtime they run on, and the bound on calls in progress.
 pub(crate) struct Registry {
-    handlers: RwLock<HashMap<String, Handler>>,
+    handlers: RwLock<HashMap<String, (Handler, CallMode)>>,
     runtime: Arc<dyn Runtime>,
     pending: Arc<AtomicUsize>,
     max_pending: usize,
@@ -40,9 +40,9 @@ impl Registry {
     }
 
     /// Adds (or replaces) the handler of `method`; returns its service.
-    pub(crate) fn insert<'m>(&self, method: &'m str, h: Handler) -> Result<&'m str> {
+    pub(crate) fn insert<'m>(&self, method: &'m str, h: Handler, mode: CallMode) -> Result<&'m str> {
         let service = service_of(method)?;
-        self.handlers.write().unwrap_or_else(|e| e.into_inner()).insert(method.to_string(), h);
+        self.handlers.write().unwrap_or_else(|e| e.into_inner()).insert(method.to_string(), (h, mode));
         Ok(service)
     }
 
@@ -65,7 +65,7 @@ impl Registry {
         drop(handlers);
     }
 
-    fn get(&self, method: &str) -> Option<Handler> {
+    fn get(&self, method: &str) -> Option<(Handler, CallMode)> {
         self.handlers.read().unwrap_or_else(|e| e.into_inner()).get(method).cloned()
     }
 }
@@ -83,7 +83,20 @@ impl Dispatcher for Registry {
     /// `NoSuchMethod`; past `max_pending_calls` a call is refused as busy; a call whose
     /// caller has given up by the time a worker takes it is skipped.
     fn dispatch(&self, call: IncomingCall, handle: &Handle) -> std::result::Result<(), Reject> {
-        let handler = self.get(&call.method).ok_or(Reject::NoSuchMethod)?;
+        let (handler, mode) = self.get(&call.method).ok_or(Reject::NoSuchMethod)?;
+        if mode != call.mode {
+            let shape = |m: CallMode| match m {
+                CallMode::Unary => "a unary method",
+                CallMode::ServerStream => "a streaming method",
+                CallMode::Session => "a session",
+            };
+            return Err(Reject::WrongShape(format!(
+                "`{}` is {} but was called as {}; check the client's method kind",
+                call.method,
+                shape(mode),
+                shape(call.mode)
+            )));
+        }
         let slot = Slot::take(&self.pending, self.max_pending)
             .ok_or_else(|| Reject::Busy(format!("{} calls are already being served; retry later", self.max_pending)))?;
         let handle = handle.clone();
