@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use proto::{IncomingId, RequestId};
+use proto::{CallRef, IncomingId, RequestId};
 
 use super::{CallContext, Handle, Waiter};
 use crate::error::Result;
@@ -18,16 +18,43 @@ use crate::error::Result;
 /// [`Error::Cancelled`](crate::Error::Cancelled).
 #[derive(Clone, Debug)]
 pub struct ItemSink {
-    handle: Handle,
-    id: IncomingId,
-    stall: Duration,
+    out: Outbox,
     context: CallContext,
+}
+
+/// Items of one call, one way, paced by the reader's credit: what a served stream's sink and a
+/// session's sending half have in common.
+#[derive(Clone, Debug)]
+struct Outbox {
+    handle: Handle,
+    call: CallRef,
+    stall: Duration,
+}
+
+impl Outbox {
+    fn send(&self, body: Bytes) -> Result<()> {
+        match self.start(body)? {
+            None => Ok(()),
+            Some(waiter) => waiter.wait(),
+        }
+    }
+
+    async fn send_async(&self, body: Bytes) -> Result<()> {
+        match self.start(body)? {
+            None => Ok(()),
+            Some(waiter) => waiter.await,
+        }
+    }
+
+    fn start(&self, body: Bytes) -> Result<Option<Waiter<()>>> {
+        self.handle.send_item(self.call, body, super::deadline_in(self.stall))
+    }
 }
 
 impl ItemSink {
     /// The sink of served call `id`.
     pub fn new(handle: Handle, id: IncomingId, stall: Duration, context: CallContext) -> Self {
-        ItemSink { handle, id, stall, context }
+        ItemSink { out: Outbox { handle, call: id.into(), stall }, context }
     }
 
     /// The call being served.
@@ -37,24 +64,13 @@ impl ItemSink {
 
     /// Sends one item, blocking while the reader has granted no credit.
     pub fn send(&self, body: Bytes) -> Result<()> {
-        match self.start(body)? {
-            None => Ok(()),
-            Some(waiter) => waiter.wait(),
-        }
+        self.out.send(body)
     }
 
     /// Sends one item, waiting (without blocking a thread) while the reader has granted no
     /// credit.
     pub async fn send_async(&self, body: Bytes) -> Result<()> {
-        match self.start(body)? {
-            None => Ok(()),
-            Some(waiter) => waiter.await,
-        }
-    }
-
-    fn start(&self, body: Bytes) -> Result<Option<Waiter<()>>> {
-        let deadline = super::deadline_in(self.stall);
-        self.handle.send_item(self.id.into(), body, deadline)
+        self.out.send_async(body).await
     }
 }
 
@@ -62,47 +78,39 @@ impl ItemSink {
 /// [`close`](Self::close) (or dropping it) ends the half; the server then reads the end.
 #[derive(Debug)]
 pub struct SessionSender {
-    handle: Handle,
+    out: Outbox,
     id: RequestId,
-    stall: Duration,
     closed: bool,
 }
 
 impl SessionSender {
     pub(super) fn new(handle: Handle, id: RequestId, stall: Duration) -> Self {
-        SessionSender { handle, id, stall, closed: false }
+        SessionSender { out: Outbox { handle, call: id.into(), stall }, id, closed: false }
     }
 
     /// Sends one message, blocking while the server has granted no credit (at most the
     /// hub's stall timeout).
     pub fn send(&self, body: Bytes) -> Result<()> {
-        match self.start(body)? {
-            None => Ok(()),
-            Some(waiter) => waiter.wait(),
-        }
+        self.check_open()?;
+        self.out.send(body)
     }
 
     /// Sends one message, waiting (without blocking a thread) while the server has granted no
     /// credit.
     pub async fn send_async(&self, body: Bytes) -> Result<()> {
-        match self.start(body)? {
-            None => Ok(()),
-            Some(waiter) => waiter.await,
-        }
+        self.check_open()?;
+        self.out.send_async(body).await
     }
 
     /// Ends this half: the server reads the end after the messages sent before.
     pub fn close(&mut self) {
         if !std::mem::replace(&mut self.closed, true) {
-            self.handle.finish_sending(self.id);
+            self.out.handle.finish_sending(self.id);
         }
     }
 
-    fn start(&self, body: Bytes) -> Result<Option<Waiter<()>>> {
-        if self.closed {
-            return Err(crate::Error::Closed);
-        }
-        self.handle.send_item(self.id.into(), body, super::deadline_in(self.stall))
+    fn check_open(&self) -> Result<()> {
+        if self.closed { Err(crate::Error::Closed) } else { Ok(()) }
     }
 }
 
