@@ -78,7 +78,7 @@ pub struct CallContext {
 struct ContextInner {
     method: Box<str>,
     caller: PeerId,
-    caller_name: Box<str>,
+    caller_name: Arc<str>,
     caller_pid: u32,
     deadline: Instant,
     cancelled: AtomicBool,
@@ -86,12 +86,12 @@ struct ContextInner {
 }
 
 impl CallContext {
-    pub(super) fn new(method: &str, caller: PeerId, caller_name: &str, caller_pid: u32, deadline: Instant) -> Self {
+    pub(super) fn new(method: &str, caller: PeerId, caller_name: Arc<str>, caller_pid: u32, deadline: Instant) -> Self {
         CallContext {
             inner: Arc::new(ContextInner {
                 method: method.into(),
                 caller,
-                caller_name: caller_name.into(),
+                caller_name,
                 caller_pid,
                 deadline,
                 cancelled: AtomicBool::new(false),

@@ -1,6 +1,5 @@
 //! What the engine's threads and handles share: the state lock, the send lock, the wake-ups.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
@@ -10,7 +9,7 @@ use proto::{Dest, Input, PeerId};
 
 use super::deferred::Deferred;
 use super::dispatch::Dispatcher;
-use super::state::State;
+use super::state::{Batch, State};
 use crate::transport::Transport;
 
 pub(crate) struct Shared {
@@ -155,8 +154,8 @@ impl Shared {
         followups.extend(dispatches.into_iter().filter_map(|call| Deferred::Dispatch(call).complete(self)));
         if queued {
             match send_by {
-                SendBy::Inline => self.flush(),
-                SendBy::TryInline => self.try_flush(),
+                SendBy::Inline => self.send_inline(true),
+                SendBy::TryInline => self.send_inline(false),
                 SendBy::Writer => self.wake_writer(),
             }
         }
@@ -193,36 +192,13 @@ impl Shared {
         let _ = self.wake_clock.try_send(());
     }
 
-    /// Sends what is queued now from this thread, unless another thread is sending (then the
-    /// writer is woken to make sure it is sent). Sends one batch at most: a handler's thread is
-    /// never kept sending other threads' frames; whatever is queued meanwhile goes to the writer.
-    pub(super) fn flush(&self) {
-        let mut transport = match self.transport.try_lock() {
-            Ok(t) => t,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                // The holder may already have taken its last batch: never rely on it.
-                self.wake_writer();
-                return;
-            }
-        };
-        let batch = self.state().take_outbound();
-        let (n, bytes) = (batch.len(), batch.iter().map(|(_, f)| f.len()).sum());
-        if let Some(t) = transport.as_deref_mut() {
-            send_batch(t, batch);
-        }
-        self.finish_batch(n, bytes, VecDeque::new());
-        drop(transport);
-        if self.state().has_outbound() {
-            self.wake_writer();
-        }
-    }
-
-    /// Sends what is queued from this thread without ever blocking: frames go as long as the
-    /// transport takes them at once; the first that would wait, and everything after it, goes
-    /// back to the front of the queue for the writer (the send lock is held meanwhile, so the
-    /// order holds).
-    pub(super) fn try_flush(&self) {
+    /// Sends what is queued from this thread, unless another thread is sending (then the
+    /// writer is woken: the sender may already have taken its last batch). Sends one batch at
+    /// most, so a handler's thread is never kept sending other threads' frames; what is queued
+    /// meanwhile goes to the writer. With `may_block` false, a frame the transport cannot take
+    /// at once (a full lane, a frame for the bus) stops the batch: it and everything after it go
+    /// back in front of the queue for the writer, in order (the send lock is held meanwhile).
+    pub(super) fn send_inline(&self, may_block: bool) {
         let mut transport = match self.transport.try_lock() {
             Ok(t) => t,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
@@ -232,32 +208,29 @@ impl Shared {
             }
         };
         let mut batch = self.state().take_outbound();
-        let (mut sent, mut sent_bytes) = (0, 0);
-        if let Some(t) = transport.as_deref_mut() {
-            while let Some((dest, frame)) = batch.pop_front() {
-                let result_of_try = match dest {
-                    Dest::Peer(p) => t.try_send(p, &frame),
-                    Dest::All => Ok(false),
-                };
-                match result_of_try {
-                    Ok(false) => {
-                        batch.push_front((dest, frame));
-                        break;
+        match transport.as_deref_mut() {
+            Some(t) => {
+                while let Some((dest, frame)) = batch.frames.pop_front() {
+                    let went = match (dest, may_block) {
+                        (_, true) => send_one(t, dest, &frame).map(|()| true),
+                        (Dest::Peer(p), false) => t.try_send(p, &frame),
+                        (Dest::All, false) => Ok(false),
+                    };
+                    match went {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            batch.frames.push_front((dest, frame));
+                            break;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "transport failed to send a frame"),
                     }
-                    Ok(true) => {}
-                    Err(e) => tracing::debug!(error = %e, "transport failed to send a frame"),
                 }
-                sent += 1;
-                sent_bytes += frame.len();
             }
-        } else {
-            sent = batch.len();
-            sent_bytes = batch.iter().map(|(_, f)| f.len()).sum();
-            batch.clear();
+            None => batch.frames.clear(),
         }
-        self.finish_batch(sent, sent_bytes, batch);
+        let more = self.finish_batch(batch);
         drop(transport);
-        if self.state().has_outbound() {
+        if more {
             self.wake_writer();
         }
     }
@@ -279,29 +252,33 @@ impl Shared {
     /// Sends the queue out with the send lock held.
     fn send_all(&self, mut transport: Option<&mut (dyn Transport + 'static)>) {
         loop {
-            let batch = self.state().take_outbound();
-            if batch.is_empty() {
+            let mut batch = self.state().take_outbound();
+            if batch.frames.is_empty() {
                 return;
             }
-            let (n, bytes) = (batch.len(), batch.iter().map(|(_, f)| f.len()).sum());
-            if let Some(t) = transport.as_deref_mut() {
-                send_batch(t, batch);
+            for (dest, frame) in batch.frames.drain(..) {
+                if let Some(t) = transport.as_deref_mut() {
+                    if let Err(e) = send_one(t, dest, &frame) {
+                        tracing::debug!(error = %e, "transport failed to send a frame");
+                    }
+                }
             }
-            self.finish_batch(n, bytes, VecDeque::new());
+            self.finish_batch(batch);
         }
     }
 
-    /// Records a finished batch (waking publishers waiting for room) and requeues what was not
-    /// sent.
-    fn finish_batch(&self, sent: usize, sent_bytes: usize, unsent: VecDeque<(Dest, Bytes)>) {
+    /// Hands a batch back (requeueing what was not sent, waking publishers waiting for room);
+    /// whether frames are queued.
+    fn finish_batch(&self, batch: Batch) -> bool {
         let mut state = self.state();
-        state.batch_done(sent, sent_bytes, unsent);
+        let more = state.batch_done(batch);
         let deferred = state.take_deferred();
         drop(state);
         for d in deferred {
             // Only `Done` wake-ups come from here; nothing to follow up.
             let _ = d.complete(self);
         }
+        more
     }
 
     pub(super) fn is_shut_down(&self) -> bool {
@@ -309,14 +286,10 @@ impl Shared {
     }
 }
 
-fn send_batch(t: &mut dyn Transport, batch: VecDeque<(Dest, Bytes)>) {
-    for (dest, frame) in batch {
-        let r = match dest {
-            Dest::Peer(p) => t.send(p, &frame),
-            Dest::All => t.broadcast(&frame),
-        };
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "transport failed to send a frame");
-        }
+/// Sends one frame, waiting if the transport must.
+fn send_one(t: &mut dyn Transport, dest: Dest, frame: &Bytes) -> Result<(), crate::TransportError> {
+    match dest {
+        Dest::Peer(p) => t.send(p, frame),
+        Dest::All => t.broadcast(frame),
     }
 }

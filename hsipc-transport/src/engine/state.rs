@@ -40,6 +40,14 @@ pub(super) enum Awaited {
     Subscriber(proto::Topic),
 }
 
+/// Frames a sender took from the queue: the ones still in `frames` are not sent yet.
+pub(super) struct Batch {
+    pub(super) frames: VecDeque<(Dest, Bytes)>,
+    /// How many frames, and bytes, were taken (for the backlog count).
+    taken: usize,
+    bytes: usize,
+}
+
 /// A `wait_for_service` (or `wait_for_subscriber`) caller.
 struct Watcher {
     awaited: Awaited,
@@ -108,6 +116,8 @@ pub(crate) struct State {
     config: EngineConfig,
     pub(super) calls: HashMap<RequestId, flume::Sender<Result<Bytes>>>,
     pub(super) streams: HashMap<RequestId, flume::Sender<StreamMsg>>,
+    /// Each known peer's name and pid, shared by the contexts of its calls (no copy per call).
+    callers: HashMap<PeerId, (Arc<str>, u32)>,
     /// Calls being served, with the context their handler sees.
     pub(super) served: HashMap<IncomingId, CallContext>,
     /// Items waiting for their reader's credit: of streams and sessions this hub serves, and of
@@ -144,6 +154,7 @@ impl State {
             config,
             calls: HashMap::new(),
             streams: HashMap::new(),
+            callers: HashMap::new(),
             served: HashMap::new(),
             blocked_items: HashMap::new(),
             session_inputs: HashMap::new(),
@@ -248,22 +259,25 @@ impl State {
         !self.outbound.is_empty()
     }
 
-    pub(super) fn take_outbound(&mut self) -> VecDeque<(Dest, Bytes)> {
-        self.sending_bytes += std::mem::take(&mut self.outbound_bytes);
-        self.sending += self.outbound.len();
-        std::mem::take(&mut self.outbound)
+    /// Takes everything queued for sending; hand it back with [`batch_done`](Self::batch_done).
+    pub(super) fn take_outbound(&mut self) -> Batch {
+        let bytes = std::mem::take(&mut self.outbound_bytes);
+        let frames = std::mem::take(&mut self.outbound);
+        self.sending += frames.len();
+        self.sending_bytes += bytes;
+        Batch { taken: frames.len(), bytes, frames }
     }
 
-    /// A sender is done with a batch it took: `sent` frames went to the transport, `unsent` go
-    /// back in front of the queue, in their order.
-    pub(super) fn batch_done(&mut self, sent: usize, sent_bytes: usize, mut unsent: VecDeque<(Dest, Bytes)>) {
-        let unsent_bytes: usize = unsent.iter().map(|(_, f)| f.len()).sum();
-        self.sending = self.sending.saturating_sub(sent + unsent.len());
-        self.sending_bytes = self.sending_bytes.saturating_sub(sent_bytes + unsent_bytes);
-        if !unsent.is_empty() {
-            self.outbound_bytes += unsent_bytes;
-            unsent.append(&mut self.outbound);
-            self.outbound = unsent;
+    /// A sender is done with a batch it took; the frames still in it were not sent and go back
+    /// in front of the queue, in their order. Wakes publishers waiting for room once the backlog
+    /// has drained, and says whether frames are queued.
+    pub(super) fn batch_done(&mut self, mut batch: Batch) -> bool {
+        self.sending = self.sending.saturating_sub(batch.taken);
+        self.sending_bytes = self.sending_bytes.saturating_sub(batch.bytes);
+        if !batch.frames.is_empty() {
+            self.outbound_bytes += batch.frames.iter().map(|(_, f)| f.len()).sum::<usize>();
+            batch.frames.append(&mut self.outbound);
+            self.outbound = batch.frames;
         }
         let bytes = self.outbound_bytes + self.sending_bytes;
         if self.outbound.len() + self.sending <= self.low_water() && bytes <= self.config.outbound_max_bytes / 8 {
@@ -271,6 +285,7 @@ impl State {
                 self.deferred.push(Deferred::Done(done, Ok(())));
             }
         }
+        !self.outbound.is_empty()
     }
 
     /// Whether the send backlog is so long that a publisher must wait for it to drain (rather
@@ -456,7 +471,12 @@ impl State {
                 }
             }
             Event::RequestReceived { id, from, method, body, deadline, mode } => {
-                let (name, pid) = self.endpoint.peer(from).map_or(("", 0), |p| (p.info.name.as_str(), p.info.pid));
+                // This hub itself (loopback) is not a joined peer: look it up (rare).
+                let (name, pid) = self.callers.get(&from).cloned().unwrap_or_else(|| {
+                    self.endpoint
+                        .peer(from)
+                        .map_or((Arc::from(""), 0), |p| (Arc::from(p.info.name.as_str()), p.info.pid))
+                });
                 let context = CallContext::new(&method, from, name, pid, deadline);
                 self.served.insert(id, context.clone());
                 let input = (mode == CallMode::Session).then(|| {
@@ -507,13 +527,17 @@ impl State {
                     self.deferred.push(Deferred::Publish(sub, queue.clone(), d));
                 }
             }
-            Event::PeerJoined { peer, pid, .. } => {
+            Event::PeerJoined { peer, name, pid } => {
                 self.liveness.watch(peer, pid);
+                self.callers.insert(peer, (name.into(), pid));
                 self.notify_watchers();
             }
             Event::PeerChanged { .. } => self.notify_watchers(),
             Event::DiscoveryComplete => {}
-            Event::PeerLeft { peer, .. } => self.liveness.unwatch(peer),
+            Event::PeerLeft { peer, .. } => {
+                self.liveness.unwatch(peer);
+                self.callers.remove(&peer);
+            }
         }
     }
 
