@@ -42,7 +42,7 @@ fn filters() -> Vec<TopicFilter> {
 fn endpoint(filters: &[TopicFilter]) -> Endpoint {
     let mut ep = Endpoint::new(Config::default(), PeerId(1), "topic-bench", std::process::id(), Instant::now());
     for filter in filters {
-        ep.subscribe(filter.clone()).expect("subscribing succeeds");
+        ep.subscribe(filter.clone(), false).expect("subscribing succeeds");
         // Each new pattern queues an announce; drop them so they do not pile up.
         while ep.poll_output().is_some() {}
     }
@@ -52,7 +52,7 @@ fn endpoint(filters: &[TopicFilter]) -> Endpoint {
 /// Publishes `body` to `topic` and drains the outputs; returns how many local subscriptions the
 /// event was delivered to.
 fn publish(ep: &mut Endpoint, topic: &Topic, body: &Bytes) -> usize {
-    ep.publish(topic, body.clone()).expect("publishing succeeds");
+    ep.publish(topic, body.clone(), proto::NoCredit::Refuse).expect("publishing succeeds");
     let mut delivered = 0;
     while let Some(out) = ep.poll_output() {
         if let Output::Event(Event::Published { subscriptions, .. }) = out {

@@ -44,7 +44,7 @@ pub use hsipc_transport as transport;
 pub use hsipc_transport::hub::{ClientError, Event, HasCore, MethodCall, MethodIter, MethodStream, Service};
 pub use hsipc_transport::proto;
 pub use hsipc_transport::proto::{PeerId, RemoteError, Topic, TopicError, TopicFilter};
-pub use hsipc_transport::{CallContext, Census, Error, Overflow, PeerSummary, Result, Stats};
+pub use hsipc_transport::{CallContext, Census, Error, PeerSummary, Qos, Result, Stats};
 
 /// The blocking hub: calls block with a deadline, streams and subscriptions are iterators,
 /// handlers run on worker threads.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use hsipc::{Event, Overflow, PeerSummary, Result, Stats, Topic, TopicFilter};
+use hsipc::{Event, PeerSummary, Qos, Result, Stats, Topic, TopicFilter};
 
 fn handle<T: Clone + Send + Sync + 'static>() {}
 fn send<T: Send>(_: &T) {}
@@ -72,7 +72,7 @@ fn what_users_name_is_reachable_from_the_facade() {
     let _: Option<Event<u8>> = None;
     let _: Option<PeerSummary> = None;
     let _: Option<Stats> = None;
-    let _ = Overflow::DropOldest;
+    let _ = Qos::KeepLast(1);
     assert!(Topic::new("a/b").is_ok());
     assert!(TopicFilter::new("a/+").is_ok());
 }

@@ -24,7 +24,7 @@ use futures_lite::StreamExt;
 use hsipc::proto::ErrorCode;
 use hsipc::transport::MemBus;
 use hsipc::transport::hub::{AsyncHub, HubBuilder, RuntimeKind};
-use hsipc::{CallContext, Census, Error, Event, Overflow, PeerId, PeerSummary, Result};
+use hsipc::{CallContext, Census, Error, Event, PeerId, PeerSummary, Qos, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -69,8 +69,9 @@ impl Bus {
 #[derive(Clone, Default)]
 struct Cfg {
     window: Option<u32>,
-    capacity: Option<usize>,
-    overflow: Option<Overflow>,
+    qos: Option<Qos>,
+    event_window: Option<u32>,
+    publish_timeout: Option<Duration>,
     max_pending: Option<usize>,
     max_message_len: Option<usize>,
 }
@@ -86,11 +87,14 @@ impl Cfg {
         if let Some(n) = self.window {
             b = b.stream_window(n);
         }
-        if let Some(n) = self.capacity {
-            b = b.subscription_capacity(n);
+        if let Some(q) = self.qos {
+            b = b.subscription_qos(q);
         }
-        if let Some(o) = self.overflow {
-            b = b.subscription_overflow(o);
+        if let Some(n) = self.event_window {
+            b = b.event_window(n);
+        }
+        if let Some(t) = self.publish_timeout {
+            b = b.publish_timeout(t);
         }
         if let Some(n) = self.max_pending {
             b = b.max_pending_calls(n);
@@ -1014,10 +1018,10 @@ async fn wildcards<K: Kit>(net: Net) {
 
 /// 20 events into a queue of 4, nothing read; then the queue is read. Every event is either
 /// received or counted in some `missed`.
-async fn overflow<K: Kit>(net: Net, overflow: Overflow) {
+async fn overflow<K: Kit>(net: Net, qos: Qos) {
     let bus = Bus::new(net);
     let publisher = K::build("publisher", &bus, &Cfg::default());
-    let cfg = Cfg { capacity: Some(4), overflow: Some(overflow), ..Cfg::default() };
+    let cfg = Cfg { qos: Some(qos), ..Cfg::default() };
     let subscriber = K::build("subscriber", &bus, &cfg);
     let mut data = K::subscribe::<u32>(&subscriber, "data/+").await.unwrap();
     let mut sync = K::subscribe::<u32>(&subscriber, "sync").await.unwrap();
@@ -1037,9 +1041,9 @@ async fn overflow<K: Kit>(net: Net, overflow: Overflow) {
     K::publish(&publisher, "data/end", 99u32).await.unwrap();
     let ev = K::next_event(&mut data).await.unwrap();
     got.push((ev.payload, ev.missed));
-    let expected = match overflow {
-        Overflow::DropNewest => [(0, 0), (1, 0), (2, 0), (3, 0), (99, 16)],
-        Overflow::DropOldest => [(16, 16), (17, 0), (18, 0), (19, 0), (99, 0)],
+    let expected = match qos {
+        Qos::DropNewest(_) => [(0, 0), (1, 0), (2, 0), (3, 0), (99, 16)],
+        _ => [(16, 16), (17, 0), (18, 0), (19, 0), (99, 0)],
     };
     assert_eq!(got, expected);
     assert_eq!(got.len() as u64 + got.iter().map(|(_, missed)| missed).sum::<u64>(), 20 + 1);
@@ -1047,12 +1051,83 @@ async fn overflow<K: Kit>(net: Net, overflow: Overflow) {
     settle::<K>(&[&publisher, &subscriber]).await;
 }
 
+/// Publishes `count` events on `topic` from a thread of its own (a publisher held back by a
+/// subscriber must not hold the test's reader back too).
+fn publish_from_a_thread<K: Kit>(hub: &K::Hub, topic: &'static str, count: u32) -> std::thread::JoinHandle<()> {
+    let hub = hub.clone();
+    std::thread::spawn(move || {
+        K::run(async move {
+            for i in 0..count {
+                K::publish(&hub, topic, i).await.unwrap();
+            }
+        })
+    })
+}
+
+/// A reliable subscriber with a window of 8 reads 300 events published without pause: all
+/// arrive, in order, none missed (the publisher was held back by the subscriber's credit).
+async fn reliable_subscription_loses_nothing<K: Kit>(net: Net) {
+    let bus = Bus::new(net);
+    let publisher = K::build("publisher", &bus, &Cfg::default());
+    let subscriber = K::build("subscriber", &bus, &Cfg { event_window: Some(8), ..Cfg::default() });
+    let mut events = K::subscribe::<u32>(&subscriber, "r/#").await.unwrap();
+    until_subscribed::<K>(&publisher, &["r/#"]).await;
+    let thread = publish_from_a_thread::<K>(&publisher, "r/x", 300);
+    for i in 0..300 {
+        let ev = K::next_event(&mut events).await.unwrap();
+        assert_eq!((ev.payload, ev.missed), (i, 0));
+    }
+    thread.join().unwrap();
+    drop(events);
+    settle::<K>(&[&publisher, &subscriber]).await;
+}
+
+/// A reliable subscriber that reads nothing is cut off at the publisher's timeout: another
+/// subscriber gets every event meanwhile, and the stuck one, once it reads, finds its window,
+/// then the cut-off, then the rest of its loss, all told as `EventsLost`.
+async fn stuck_reliable_subscriber_is_cut_off<K: Kit>(net: Net) {
+    let bus = Bus::new(net);
+    let cfg = Cfg { publish_timeout: Some(Duration::from_millis(200)), ..Cfg::default() };
+    let publisher = K::build("publisher", &bus, &cfg);
+    let small = Cfg { event_window: Some(4), ..Cfg::default() };
+    let stuck_hub = K::build("stuck", &bus, &small);
+    let reader_hub = K::build("reader", &bus, &small);
+    let mut stuck = K::subscribe::<u32>(&stuck_hub, "c/#").await.unwrap();
+    let mut reader = K::subscribe::<u32>(&reader_hub, "c/+").await.unwrap();
+    until_subscribed::<K>(&publisher, &["c/#", "c/+"]).await;
+    let thread = publish_from_a_thread::<K>(&publisher, "c/x", 40);
+    for i in 0..40 {
+        let ev = K::next_event(&mut reader).await.unwrap();
+        assert_eq!((ev.payload, ev.missed), (i, 0));
+    }
+    thread.join().unwrap();
+    let mut seen = Vec::new();
+    let mut accounted = 0;
+    while accounted < 40 {
+        match K::next_event(&mut stuck).await {
+            Ok(ev) => {
+                seen.push(format!("{}", ev.payload));
+                accounted += 1 + ev.missed;
+            }
+            Err(Error::EventsLost { publisher, missed }) => {
+                assert_eq!(publisher, "publisher");
+                seen.push(format!("lost {missed}"));
+                accounted += missed;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(seen, ["0", "1", "2", "3", "lost 1", "lost 35"]);
+    drop((stuck, reader));
+    settle::<K>(&[&publisher, &stuck_hub, &reader_hub]).await;
+}
+
 async fn overflow_drop_newest<K: Kit>(net: Net) {
-    overflow::<K>(net, Overflow::DropNewest).await;
+    overflow::<K>(net, Qos::DropNewest(4)).await;
 }
 
 async fn overflow_drop_oldest<K: Kit>(net: Net) {
-    overflow::<K>(net, Overflow::DropOldest).await;
+    overflow::<K>(net, Qos::KeepLast(4)).await;
 }
 
 // 7. Peer death and close
@@ -1214,6 +1289,8 @@ macro_rules! suite {
             wildcards,
             overflow_drop_newest,
             overflow_drop_oldest,
+            reliable_subscription_loses_nothing,
+            stuck_reliable_subscriber_is_cut_off,
             dropped_server_fails_calls_with_peer_lost,
             closed_server_fails_calls_with_peer_lost,
             close_fails_own_pending_calls,

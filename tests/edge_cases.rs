@@ -200,8 +200,7 @@ fn every_event_a_queue_drops_is_counted_in_stats() {
     let bus = MemBus::new();
     let publisher = hsipc::SyncProcessHub::builder("pub").transport(bus.connector()).build().unwrap();
     let subscriber = hsipc::SyncProcessHub::builder("sub")
-        .subscription_capacity(4)
-        .subscription_overflow(hsipc::Overflow::DropNewest)
+        .subscription_qos(hsipc::Qos::DropNewest(4))
         .transport(bus.connector())
         .build()
         .unwrap();
@@ -231,8 +230,8 @@ fn each_subscription_chooses_what_a_full_queue_drops() {
     let bus = MemBus::new();
     let publisher = hsipc::SyncProcessHub::builder("pub").transport(bus.connector()).build().unwrap();
     let subscriber = hsipc::SyncProcessHub::builder("sub").transport(bus.connector()).build().unwrap();
-    let latest = subscriber.subscribe_with::<u32>("s/#", 3, hsipc::Overflow::DropOldest).unwrap();
-    let earliest = subscriber.subscribe_with::<u32>("s/#", 3, hsipc::Overflow::DropNewest).unwrap();
+    let latest = subscriber.subscribe_with::<u32>("s/#", hsipc::Qos::KeepLast(3)).unwrap();
+    let earliest = subscriber.subscribe_with::<u32>("s/#", hsipc::Qos::DropNewest(3)).unwrap();
     publisher.wait_for_subscriber("s/x", WAIT).unwrap();
     for i in 0..10u32 {
         publisher.publish("s/x", i).unwrap();

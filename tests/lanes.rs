@@ -115,7 +115,7 @@ fn a_publisher_that_never_pauses_loses_nothing_on_its_side() {
 }
 
 fn burst_subscriber() {
-    let hub = ProcessHub::builder(&env("HSIPC_NAME")).subscription_capacity(32_768).build().unwrap();
+    let hub = ProcessHub::builder(&env("HSIPC_NAME")).build().unwrap();
     let events = hub.subscribe::<u32>("burst/#").unwrap();
     report("READY");
     let (mut count, mut missed, mut in_order) = (0u32, 0u64, true);

@@ -333,7 +333,7 @@ fn stuck() {
     let identifier = format!("hsipc.{}", env("HSIPC_BUS"));
     let options = ipmb::Options::new(identifier, ipmb::label!("stuck", format!("p{fake}")), "");
     let (tx, _never_read) = ipmb::join::<ipmb::BytesMessage, ipmb::BytesMessage>(options, None).unwrap();
-    let info = PeerInfo { name: "stuck".into(), pid: 0, services: vec![], patterns: vec!["#".into()], peers: 1 };
+    let info = PeerInfo { name: "stuck".into(), patterns: vec!["#".into()], peers: 1, ..PeerInfo::default() };
     let frame = Frame::new(FrameKind::Announce, 0, 0, 1).with_payload(codec::encode(&info).unwrap());
     let mut data = fake.0.to_le_bytes().to_vec();
     data.push(0);

@@ -275,17 +275,12 @@ impl ProcessHub {
         Ok(Subscription::new(self.core.subscribe(pattern)?))
     }
 
-    /// Subscribes to `pattern` with a delivery of its own: at most `capacity` events queued, and
-    /// when the queue is full `overflow` drops the oldest (`DropOldest`: keep the last
-    /// `capacity`) or the newest (`DropNewest`). Every drop is counted in the next event's
-    /// `missed` and in [`stats`](Self::stats).
-    pub fn subscribe_with<T: DeserializeOwned>(
-        &self,
-        pattern: &str,
-        capacity: usize,
-        overflow: hsipc_transport::Overflow,
-    ) -> Result<Subscription<T>> {
-        Ok(Subscription::new(self.core.subscribe_with(pattern, capacity, overflow)?))
+    /// Subscribes to `pattern` with a delivery of its own: [`Qos::Reliable`](crate::Qos)
+    /// (every event; publishers wait for this subscriber), `Qos::KeepLast(n)` (the latest `n`)
+    /// or `Qos::DropNewest(n)` (the earliest `n`, then a gap). Every drop is counted in the next
+    /// event's `missed` and in [`stats`](Self::stats).
+    pub fn subscribe_with<T: DeserializeOwned>(&self, pattern: &str, qos: crate::Qos) -> Result<Subscription<T>> {
+        Ok(Subscription::new(self.core.subscribe_with(pattern, qos)?))
     }
 
     /// Who is on the bus (this hub included) and what each serves.

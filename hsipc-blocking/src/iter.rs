@@ -59,7 +59,7 @@ impl<T: DeserializeOwned> Subscription<T> {
 
     /// The next event if one is queued.
     pub fn try_recv(&self) -> Option<Result<Event<T>>> {
-        self.events.try_recv().map(Event::decode)
+        self.events.try_recv().map(|d| d.and_then(Event::decode))
     }
 }
 
@@ -67,7 +67,7 @@ impl<T: DeserializeOwned> Iterator for Subscription<T> {
     type Item = Result<Event<T>>;
 
     fn next(&mut self) -> Option<Result<Event<T>>> {
-        self.events.recv().map(Event::decode)
+        self.events.recv().map(|d| d.and_then(Event::decode))
     }
 }
 

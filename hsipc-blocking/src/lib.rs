@@ -32,6 +32,6 @@ mod pool;
 
 pub use hsipc_transport::hub::Event;
 pub use hsipc_transport::proto::{PeerId, RemoteError};
-pub use hsipc_transport::{CallContext, Census, Error, Overflow, PeerSummary, Result};
+pub use hsipc_transport::{CallContext, Census, Error, PeerSummary, Qos, Result};
 pub use hub::{HubBuilder, ProcessHub, SyncProcessHub, Threads};
 pub use iter::{ResponseStream, ServerSession, Session, StreamSink, Subscription};

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use hsipc_blocking::{Error, Overflow, ProcessHub, Subscription};
+use hsipc_blocking::{Error, ProcessHub, Qos, Subscription};
 use hsipc_transport::MemBus;
 
 /// The call timeout of every hub `hub` makes.
@@ -175,14 +175,9 @@ fn dropping_a_subscription_unsubscribes_everywhere() {
 
 /// A publisher and a subscriber whose subscription to `t` holds four events, after ten were
 /// published into it; the handles must stay alive for the subscription to.
-fn overflowed(bus: &MemBus, overflow: Overflow) -> (ProcessHub, ProcessHub, Subscription<u32>) {
+fn overflowed(bus: &MemBus, qos: Qos) -> (ProcessHub, ProcessHub, Subscription<u32>) {
     let publisher = hub(bus, "pub");
-    let subscriber = ProcessHub::builder("sub")
-        .transport(bus.connector())
-        .subscription_capacity(4)
-        .subscription_overflow(overflow)
-        .build()
-        .unwrap();
+    let subscriber = ProcessHub::builder("sub").transport(bus.connector()).subscription_qos(qos).build().unwrap();
     let sub = subscriber.subscribe::<u32>("t").unwrap();
     subscriber.serve("sub.sync", |()| Ok::<_, String>(())).unwrap();
     // The announce of the service comes after (and also carries) the subscription's pattern.
@@ -203,7 +198,7 @@ fn take4(sub: &Subscription<u32>) -> Vec<(u32, u64)> {
 #[test]
 fn a_full_drop_newest_subscription_reports_the_dropped_as_missed() {
     let bus = MemBus::new();
-    let (publisher, _subscriber, sub) = overflowed(&bus, Overflow::DropNewest);
+    let (publisher, _subscriber, sub) = overflowed(&bus, Qos::DropNewest(4));
     // The first four fit; the other six were dropped.
     assert_eq!(take4(&sub), [(0, 0), (1, 0), (2, 0), (3, 0)]);
     // All ten had arrived before `overflowed` returned (its call was answered after them), so
@@ -217,7 +212,7 @@ fn a_full_drop_newest_subscription_reports_the_dropped_as_missed() {
 #[test]
 fn a_full_drop_oldest_subscription_keeps_the_latest_events() {
     let bus = MemBus::new();
-    let (_publisher, _subscriber, sub) = overflowed(&bus, Overflow::DropOldest);
+    let (_publisher, _subscriber, sub) = overflowed(&bus, Qos::KeepLast(4));
     // The newest four are kept; the first of them says six were lost before it.
     assert_eq!(take4(&sub), [(6, 6), (7, 0), (8, 0), (9, 0)]);
 }

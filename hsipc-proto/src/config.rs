@@ -10,6 +10,10 @@ pub struct Config {
     pub max_frame_len: usize,
     /// Credit window a stream receiver grants: how many items may be in flight. Default 64.
     pub stream_window: u32,
+    /// Credit window this endpoint grants each publisher for events to its reliable
+    /// subscriptions: how many such events from one publisher may be delivered and not yet taken
+    /// by the application. Announced to every peer. Default 256.
+    pub event_window: u32,
     /// Most calls this endpoint may have in flight. Default 10 000.
     pub max_outgoing_calls: usize,
     /// Most calls this endpoint serves at once; more are refused with a "busy" error.
@@ -30,13 +34,14 @@ pub struct Config {
 impl Config {
     /// The same settings, with values that would break the protocol raised to the smallest
     /// that work: a heartbeat of at least 1 ms (a zero interval would fire forever), a peer
-    /// timeout of at least two heartbeats, a stream window of at least 1, room for at least one
+    /// timeout of at least two heartbeats, a stream and event window of at least 1, room for at least one
     /// call each way and one queued output, and frames of at least 256 bytes of payload.
     /// [`Endpoint::new`](crate::Endpoint::new) applies it.
     pub fn sanitized(mut self) -> Config {
         self.heartbeat_interval = self.heartbeat_interval.max(Duration::from_millis(1));
         self.peer_timeout = self.peer_timeout.max(self.heartbeat_interval * 2);
         self.stream_window = self.stream_window.max(1);
+        self.event_window = self.event_window.max(1);
         self.max_outgoing_calls = self.max_outgoing_calls.max(1);
         self.max_incoming_calls = self.max_incoming_calls.max(1);
         self.max_queued_outputs = self.max_queued_outputs.max(1);
@@ -50,6 +55,7 @@ impl Default for Config {
         Config {
             max_frame_len: 32 << 20,
             stream_window: 64,
+            event_window: 256,
             max_outgoing_calls: 10_000,
             max_incoming_calls: 10_000,
             max_queued_outputs: 65_536,

@@ -22,6 +22,12 @@ pub struct PeerInfo {
     pub services: Vec<String>,
     /// Topic patterns it subscribes to.
     pub patterns: Vec<String>,
+    /// Those of its patterns with a reliable subscription: events on them take its credit.
+    #[serde(default)]
+    pub reliable: Vec<String>,
+    /// The credit it grants each publisher for events to its reliable subscriptions.
+    #[serde(default)]
+    pub event_window: u32,
     /// How many peers the sender knows, itself included: a newcomer has finished discovery
     /// once it knows as many.
     #[serde(default)]
@@ -38,6 +44,7 @@ pub struct Peer {
     pub(crate) generation: u64,
     pub(crate) last_seen: Instant,
     pub(crate) filters: Vec<TopicFilter>,
+    pub(crate) reliable_filters: Vec<TopicFilter>,
 }
 
 /// How a peer's announce changed the directory.
@@ -53,6 +60,8 @@ pub(crate) struct Directory {
     peers: BTreeMap<PeerId, Peer>,
     providers: HashMap<String, BTreeSet<PeerId>>,
     topics: TopicIndex<PeerId>,
+    /// The patterns of reliable subscriptions only.
+    reliable_topics: TopicIndex<PeerId>,
     round_robin: u64,
 }
 
@@ -65,17 +74,8 @@ impl Directory {
                 return Learned::Same;
             }
         }
-        let filters: Vec<TopicFilter> = info
-            .patterns
-            .iter()
-            .filter_map(|p| match TopicFilter::new(p) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    tracing::debug!(peer = %id, pattern = %p, error = %e, "ignoring invalid pattern in announce");
-                    None
-                }
-            })
-            .collect();
+        let filters = parse_filters(id, &info.patterns);
+        let reliable_filters = parse_filters(id, &info.reliable);
         let existed = self.unindex(id);
         for s in &info.services {
             self.providers.entry(s.clone()).or_default().insert(id);
@@ -83,7 +83,10 @@ impl Directory {
         for f in &filters {
             self.topics.insert(f, id);
         }
-        self.peers.insert(id, Peer { id, info, generation, last_seen: now, filters });
+        for f in &reliable_filters {
+            self.reliable_topics.insert(f, id);
+        }
+        self.peers.insert(id, Peer { id, info, generation, last_seen: now, filters, reliable_filters });
         if existed { Learned::Changed } else { Learned::New }
     }
 
@@ -131,6 +134,11 @@ impl Directory {
         self.topics.matches(topic)
     }
 
+    /// The peers with a reliable subscription matching `topic`.
+    pub(crate) fn reliable_subscribers(&self, topic: &crate::topic::Topic) -> Vec<PeerId> {
+        self.reliable_topics.matches(topic)
+    }
+
     pub(crate) fn get(&self, id: PeerId) -> Option<&Peer> {
         self.peers.get(&id)
     }
@@ -159,6 +167,23 @@ impl Directory {
         for f in &old.filters {
             self.topics.remove(f, &id);
         }
+        for f in &old.reliable_filters {
+            self.reliable_topics.remove(f, &id);
+        }
         true
     }
+}
+
+/// The valid patterns of an announce; invalid ones are skipped.
+fn parse_filters(id: PeerId, patterns: &[String]) -> Vec<TopicFilter> {
+    patterns
+        .iter()
+        .filter_map(|p| match TopicFilter::new(p) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::debug!(peer = %id, pattern = %p, error = %e, "ignoring invalid pattern in announce");
+                None
+            }
+        })
+        .collect()
 }

@@ -152,6 +152,14 @@ pub enum CommandError {
         /// Configured maximum.
         max: usize,
     },
+    /// Reliable subscribers of the topic have no event credit left; nothing was published.
+    #[error(
+        "{subscribers} reliable subscriber(s) of the topic have taken no events for a while; wait for Event::EventCredit and publish again, or cut them off with NoCredit::CutOff"
+    )]
+    NoEventCredit {
+        /// How many.
+        subscribers: usize,
+    },
     /// The endpoint is closed.
     #[error("the endpoint is closed")]
     Closed,

@@ -162,6 +162,28 @@ pub enum Event {
         subscriptions: Vec<SubscriptionId>,
         /// How many events from this publisher to this endpoint were lost before this one.
         missed: u64,
+        /// It took one of this endpoint's event credits (a reliable subscription matches it):
+        /// report it with [`events_taken`](crate::Endpoint::events_taken) once taken.
+        credited: bool,
+    },
+    /// A publisher cut this endpoint off (its reliable subscriptions had taken no events for
+    /// the publisher's timeout) and dropped events meant for it; or events from it were lost in
+    /// transit. Tell the subscriptions now; later events arrive as usual.
+    EventsLost {
+        /// The publisher.
+        from: PeerId,
+        /// The topic of the last event lost.
+        topic: Topic,
+        /// How many events were lost.
+        missed: u64,
+        /// The local subscriptions matching that topic.
+        subscriptions: Vec<SubscriptionId>,
+    },
+    /// A reliable subscriber gave this publisher credit back: a publish refused with
+    /// [`NoEventCredit`](crate::CommandError::NoEventCredit) may be tried again.
+    EventCredit {
+        /// The subscriber.
+        peer: PeerId,
     },
     /// A new peer joined the bus (or was heard from for the first time).
     PeerJoined {

@@ -62,6 +62,11 @@ pub enum FrameKind {
     Ping = 11,
     /// Answer to [`FrameKind::Ping`].
     Pong = 12,
+    /// Subscriber to publisher: permission to send `seq` more credited events.
+    EventCredit = 13,
+    /// Publisher to subscriber: events up to sequence `seq` were published to you, and those
+    /// not received were dropped because you had no credit (`name` = the topic of the last).
+    EventsLost = 14,
 }
 
 impl FrameKind {
@@ -79,6 +84,8 @@ impl FrameKind {
             10 => Self::Goodbye,
             11 => Self::Ping,
             12 => Self::Pong,
+            13 => Self::EventCredit,
+            14 => Self::EventsLost,
             _ => return None,
         })
     }
@@ -100,6 +107,9 @@ impl Flags {
     pub const ERROR: u8 = 0x08;
     /// Announce: the sender is new and asks every peer to answer with its own announce.
     pub const PROBE: u8 = 0x10;
+    /// Publish: the event took one of the subscriber's event credits (it has a reliable
+    /// subscription to the topic), to be returned once the application has taken it.
+    pub const CREDITED: u8 = 0x20;
 
     /// Whether every bit of `bit` is set.
     pub fn has(self, bit: u8) -> bool {

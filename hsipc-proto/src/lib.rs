@@ -102,7 +102,7 @@ pub use config::Config;
 /// is taken as this, so that no deadline overflows the clock.
 pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
 pub use directory::{Peer, PeerInfo};
-pub use endpoint::{Endpoint, Stats, TableSizes, service_of};
+pub use endpoint::{Endpoint, NoCredit, Published, Stats, TableSizes, service_of};
 pub use error::{CallError, CommandError, ErrorCode, FrameError, RemoteError};
 pub use event::{CallMode, CancelReason, Dest, Event, Input, LeaveReason, Output, Transmit};
 pub use id::{CallRef, IncomingId, PeerId, RequestId, SubscriptionId};

@@ -31,7 +31,7 @@ pub use hsipc_transport::hub::{
     CallFuture, Event, ResponseStream, ServerSession, Session, Stream, StreamSink, Subscription,
 };
 pub use hsipc_transport::proto::{PeerId, RemoteError};
-pub use hsipc_transport::{CallContext, Census, Error, Overflow, PeerSummary, Result};
+pub use hsipc_transport::{CallContext, Census, Error, PeerSummary, Qos, Result};
 
 /// A hub for smol code. See [`AsyncHub`](hsipc_transport::hub::AsyncHub) for its methods.
 pub type ProcessHub = hsipc_transport::hub::AsyncHub<Smol>;

@@ -71,6 +71,18 @@ pub enum Error {
     /// fault (or load), not this hub's. Retry later, or give the server more workers.
     #[error("the server is busy: {0}")]
     ServerBusy(String),
+    /// A publisher cut this reliable subscription off: it had taken no events for the
+    /// publisher's whole publish timeout, so events meant for it were dropped. Later events
+    /// arrive as usual.
+    #[error(
+        "{missed} event(s) from `{publisher}` were lost: this subscriber took no events for the publisher's publish timeout and was cut off; take events faster (or in a task of their own), raise the publisher's publish_timeout, or subscribe with Qos::KeepLast if only the latest events matter"
+    )]
+    EventsLost {
+        /// The publishing hub's name.
+        publisher: String,
+        /// How many events were lost.
+        missed: u64,
+    },
     /// This hub is at one of its own limits (calls in flight, queued frames, waiters).
     #[error("this hub is at a limit: {0}; wait for some work to finish, or raise the limit")]
     LocalLimit(String),

@@ -21,7 +21,7 @@ mod transport;
 
 pub use engine::{
     CallContext, Census, Delivery, Dispatcher, Engine, EngineConfig, EventReceiver, Handle, IncomingCall, ItemReceiver,
-    ItemSink, Overflow, PeerSummary, PendingCall, Publish, Reject, SessionSender, Stats, Waiter,
+    ItemSink, PeerSummary, PendingCall, Publish, Qos, Reject, SessionSender, Stats, Waiter,
 };
 pub use error::{Error, Result};
 pub use ingress::Ingress;

@@ -5,8 +5,12 @@
 //! (services, subscriptions, events) and `peers` (the directory and discovery).
 
 mod call;
+mod event_credit;
 mod peers;
 mod pubsub;
+
+use self::event_credit::{Granted, Owed};
+pub use self::event_credit::{NoCredit, Published};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -42,6 +46,10 @@ pub struct Stats {
     pub unmatched_events: u64,
     /// Frames dropped because the output queue was full.
     pub overloaded: u64,
+    /// Reliable subscribers cut off because they had no credit at a publish timeout.
+    pub subscribers_cut_off: u64,
+    /// Events not sent to a cut-off reliable subscriber for want of credit (it is told).
+    pub events_cut_off: u64,
 }
 
 /// A call this endpoint made.
@@ -102,8 +110,14 @@ pub struct Endpoint {
     incoming_keys: HashMap<(PeerId, u64), IncomingId>,
     services: BTreeSet<String>,
     subscriptions: TopicIndex<SubscriptionId>,
-    subscription_filters: HashMap<SubscriptionId, TopicFilter>,
+    subscription_filters: HashMap<SubscriptionId, (TopicFilter, bool)>,
     patterns: BTreeMap<String, usize>,
+    /// The patterns of reliable subscriptions, counted.
+    reliable_patterns: BTreeMap<String, usize>,
+    /// As a publisher: each reliable subscriber's credit.
+    granted: HashMap<PeerId, Granted>,
+    /// As a subscriber: what each publisher's credited events used of this endpoint's window.
+    owed: HashMap<PeerId, Owed>,
     publish_seq_out: HashMap<PeerId, u64>,
     publish_seq_in: HashMap<PeerId, u64>,
     timers: Timers,
@@ -120,7 +134,15 @@ impl Endpoint {
         let config = config.sanitized();
         let mut ep = Endpoint {
             local,
-            info: PeerInfo { name: name.to_string(), pid, services: Vec::new(), patterns: Vec::new(), peers: 1 },
+            info: PeerInfo {
+                name: name.to_string(),
+                pid,
+                services: Vec::new(),
+                patterns: Vec::new(),
+                reliable: Vec::new(),
+                event_window: config.event_window,
+                peers: 1,
+            },
             generation: 1,
             closed: false,
             discovering: Some((1, now + config.discovery_window)),
@@ -136,6 +158,9 @@ impl Endpoint {
             subscriptions: TopicIndex::new(),
             subscription_filters: HashMap::new(),
             patterns: BTreeMap::new(),
+            reliable_patterns: BTreeMap::new(),
+            granted: HashMap::new(),
+            owed: HashMap::new(),
             publish_seq_out: HashMap::new(),
             publish_seq_in: HashMap::new(),
             timers: Timers::default(),
@@ -380,6 +405,8 @@ impl Endpoint {
                 Ok(())
             }
             FrameKind::Publish => self.on_publish(from, f),
+            FrameKind::EventCredit => self.on_event_credit(from, f),
+            FrameKind::EventsLost => self.on_events_lost(from, f),
             FrameKind::Announce => self.on_announce(now, from, f),
             FrameKind::Goodbye => {
                 if from != self.local {

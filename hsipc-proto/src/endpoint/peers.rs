@@ -58,6 +58,7 @@ impl Endpoint {
         }
         self.publish_seq_out.remove(&peer);
         self.publish_seq_in.remove(&peer);
+        self.forget_credit(peer);
         if known {
             self.push_event(Event::PeerLeft { peer, reason });
         }
@@ -66,6 +67,7 @@ impl Endpoint {
     pub(super) fn refresh_info(&mut self) {
         self.info.services = self.services.iter().cloned().collect();
         self.info.patterns = self.patterns.keys().cloned().collect();
+        self.info.reliable = self.reliable_patterns.keys().cloned().collect();
     }
 
     /// Bumps the generation and announces the new state to everyone.

@@ -29,14 +29,19 @@ impl Endpoint {
     }
 
     /// Subscribes to a topic pattern. Matching events arrive as [`Event::Published`].
-    pub fn subscribe(&mut self, filter: TopicFilter) -> Result<SubscriptionId, CommandError> {
+    ///
+    /// A `reliable` subscription holds its publishers back by this endpoint's event credit
+    /// (see [`events_taken`](Self::events_taken)) instead of letting events be lost to it.
+    pub fn subscribe(&mut self, filter: TopicFilter, reliable: bool) -> Result<SubscriptionId, CommandError> {
         self.check_open()?;
         let id = SubscriptionId(self.subscription_ids.next());
-        let count = self.patterns.entry(filter.as_str().to_string()).or_insert(0);
-        *count += 1;
-        let is_new = *count == 1;
+        let key = filter.as_str().to_string();
+        let mut is_new = count_up(&mut self.patterns, &key);
+        if reliable {
+            is_new |= count_up(&mut self.reliable_patterns, &key);
+        }
         self.subscriptions.insert(&filter, id);
-        self.subscription_filters.insert(id, filter);
+        self.subscription_filters.insert(id, (filter, reliable));
         if is_new {
             if let Err(e) = self.reannounce() {
                 self.remove_subscription(id);
@@ -57,47 +62,78 @@ impl Endpoint {
     }
 
     /// Publishes an event to every peer with a matching pattern, and to local subscriptions.
-    /// Returns how many peers (local one included) it was queued for.
-    pub fn publish(&mut self, topic: &Topic, body: Bytes) -> Result<usize, CommandError> {
+    ///
+    /// A peer with a reliable subscription to the topic must have event credit: if one has
+    /// none, `no_credit` decides (see [`NoCredit`]).
+    pub fn publish(&mut self, topic: &Topic, body: Bytes, no_credit: NoCredit) -> Result<Published, CommandError> {
         self.check_open()?;
         let peers = self.directory.subscribers(topic);
+        // One frame (an event or a notice) or local event per peer, at most.
         self.check_room(peers.len())?;
         let name = topic.as_str().as_bytes();
         let len = crate::frame::HEADER_LEN + name.len() + body.len();
         if len > self.config.max_frame_len {
             return Err(CommandError::PayloadTooLarge { len, max: self.config.max_frame_len });
         }
-        let mut count = 0;
+        let reliable = self.directory.reliable_subscribers(topic);
+        if no_credit == NoCredit::Refuse {
+            let starved = reliable.iter().filter(|p| !self.may_publish_to(**p)).count();
+            if starved > 0 {
+                return Err(CommandError::NoEventCredit { subscribers: starved });
+            }
+        }
+        let mut done = Published::default();
         for peer in peers {
+            let credited = reliable.contains(&peer);
+            if credited {
+                let (sent, newly_cut_off) = self.take_event_credit(peer, topic);
+                if !sent {
+                    self.skip_event(peer);
+                    if newly_cut_off {
+                        self.report_lost(peer);
+                        done.cut_off.push(peer);
+                    }
+                    continue;
+                }
+            }
+            let missed = self.take_unreported(peer);
             if peer == self.local {
                 let subscriptions = self.subscriptions.matches(topic);
-                if !subscriptions.is_empty() {
-                    count += 1;
-                    self.push_event(Event::Published {
-                        from: self.local,
-                        topic: topic.clone(),
-                        body: body.clone(),
-                        subscriptions,
-                        missed: 0,
-                    });
+                if subscriptions.is_empty() {
+                    if credited {
+                        self.events_taken(peer, 1);
+                    }
+                    continue;
                 }
+                let from = self.local;
+                let topic = topic.clone();
+                self.push_event(Event::Published { from, topic, body: body.clone(), subscriptions, missed, credited });
+                done.peers += 1;
                 continue;
             }
             let seq = self.publish_seq_out.entry(peer).or_insert(0);
             *seq += 1;
             let seq = *seq;
-            let frame = self.encode(FrameKind::Publish, 0, 0, 0, seq, name, &body)?;
+            let flags = if credited { Flags::CREDITED } else { 0 };
+            let frame = self.encode(FrameKind::Publish, flags, 0, 0, seq, name, &body)?;
             self.transmit(Dest::Peer(peer), frame);
-            count += 1;
+            done.peers += 1;
         }
-        Ok(count)
+        Ok(done)
     }
 
     pub(super) fn on_publish(&mut self, from: PeerId, f: Frame) -> Result<(), FrameError> {
         let topic = Topic::new(f.name()).map_err(FrameError::BadTopic)?;
+        let credited = f.flags.has(Flags::CREDITED);
+        if credited {
+            self.credit_used(from)?;
+        }
         let last = self.publish_seq_in.entry(from).or_insert(0);
         if f.seq <= *last {
             self.stats.duplicates += 1;
+            if credited {
+                self.events_taken(from, 1);
+            }
             return Ok(());
         }
         let missed = f.seq - *last - 1;
@@ -105,28 +141,47 @@ impl Endpoint {
         let subscriptions = self.subscriptions.matches(&topic);
         if subscriptions.is_empty() {
             self.stats.unmatched_events += 1;
+            if credited {
+                self.events_taken(from, 1);
+            }
             return Ok(());
         }
-        self.push_event(Event::Published { from, topic, body: f.payload, subscriptions, missed });
+        self.push_event(Event::Published { from, topic, body: f.payload, subscriptions, missed, credited });
         Ok(())
     }
 
     pub(super) fn remove_subscription(&mut self, id: SubscriptionId) -> bool {
-        let Some(filter) = self.subscription_filters.remove(&id) else {
+        let Some((filter, reliable)) = self.subscription_filters.remove(&id) else {
             return false;
         };
         self.subscriptions.remove(&filter, &id);
         let key = filter.as_str();
-        match self.patterns.get_mut(key) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                self.patterns.remove(key);
-                true
-            }
-            None => false,
+        let mut changed = count_down(&mut self.patterns, key);
+        if reliable {
+            changed |= count_down(&mut self.reliable_patterns, key);
         }
+        changed
+    }
+}
+
+/// Counts one more user of `key`; whether it is the first.
+fn count_up(counts: &mut BTreeMap<String, usize>, key: &str) -> bool {
+    let n = counts.entry(key.to_string()).or_insert(0);
+    *n += 1;
+    *n == 1
+}
+
+/// Counts one user of `key` less; whether it was the last.
+fn count_down(counts: &mut BTreeMap<String, usize>, key: &str) -> bool {
+    match counts.get_mut(key) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            counts.remove(key);
+            true
+        }
+        None => false,
     }
 }

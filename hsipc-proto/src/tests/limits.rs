@@ -22,7 +22,7 @@ fn limits_give_clear_errors_not_growth() {
     assert!(matches!(response(&ev, ids[2]), Some(Err(CallError::Remote(RemoteError { code: ErrorCode::BUSY, .. })))));
     let big = Bytes::from(vec![0u8; 2000]);
     assert!(matches!(
-        bus.ep(0).publish(&Topic::new("a").unwrap(), big.clone()),
+        bus.ep(0).publish(&Topic::new("a").unwrap(), big.clone(), NoCredit::Refuse),
         Err(CommandError::PayloadTooLarge { max: 1024, .. })
     ));
     bus.run_for(2 * SECOND);
@@ -37,12 +37,12 @@ fn limits_give_clear_errors_not_growth() {
 fn a_full_output_queue_refuses_commands_and_drops_peer_frames() {
     let config = Config { max_queued_outputs: 4, ..Config::default() };
     let mut bus = Bus::with_config(2, config);
-    bus.ep(1).subscribe(TopicFilter::new("#").unwrap()).unwrap();
+    bus.ep(1).subscribe(TopicFilter::new("#").unwrap(), false).unwrap();
     bus.settle();
     let topic = Topic::new("x").unwrap();
     let mut ok = 0;
     let err = loop {
-        match bus.ep(0).publish(&topic, b("e")) {
+        match bus.ep(0).publish(&topic, b("e"), NoCredit::Refuse) {
             Ok(_) => ok += 1,
             Err(e) => break e,
         }

@@ -2,6 +2,7 @@
 //! Each reads as a script and ends with a leak check.
 
 mod calls;
+mod event_credit;
 mod limits;
 mod peers;
 mod pubsub;
@@ -17,7 +18,7 @@ use self::util::{Bus, Fault, is, peer};
 use crate::frame::{Frame, FrameKind};
 use crate::{
     CallError, CallMode, CallRef, CancelReason, CommandError, Config, ErrorCode, Event, IncomingId, LeaveReason,
-    RemoteError, RequestId, Topic, TopicFilter,
+    NoCredit, RemoteError, RequestId, Topic, TopicFilter,
 };
 
 const SECOND: Duration = Duration::from_secs(1);

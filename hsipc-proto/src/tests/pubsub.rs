@@ -15,15 +15,15 @@ fn published(events: &[Event]) -> Vec<(String, Bytes, u64)> {
 #[test]
 fn events_reach_exactly_the_matching_subscribers() {
     let mut bus = Bus::new(4);
-    bus.ep(1).subscribe(TopicFilter::new("sensor/+").unwrap()).unwrap();
-    bus.ep(2).subscribe(TopicFilter::new("sensor/#").unwrap()).unwrap();
-    bus.ep(3).subscribe(TopicFilter::new("other/#").unwrap()).unwrap();
+    bus.ep(1).subscribe(TopicFilter::new("sensor/+").unwrap(), false).unwrap();
+    bus.ep(2).subscribe(TopicFilter::new("sensor/#").unwrap(), false).unwrap();
+    bus.ep(3).subscribe(TopicFilter::new("other/#").unwrap(), false).unwrap();
     bus.settle();
     for i in 0..4 {
         bus.events(i);
     }
     for t in ["sensor/temp", "sensor/room1/temp", "sensor", "other/x", "nothing"] {
-        bus.ep(0).publish(&Topic::new(t).unwrap(), b(t)).unwrap();
+        bus.ep(0).publish(&Topic::new(t).unwrap(), b(t), NoCredit::Refuse).unwrap();
     }
     bus.settle();
     let names = |v: Vec<(String, Bytes, u64)>| v.into_iter().map(|(t, _, _)| t).collect::<Vec<_>>();
@@ -40,7 +40,7 @@ fn events_reach_exactly_the_matching_subscribers() {
 #[test]
 fn a_subscriber_learns_how_many_events_it_missed() {
     let mut bus = Bus::new(2);
-    bus.ep(1).subscribe(TopicFilter::new("t/#").unwrap()).unwrap();
+    bus.ep(1).subscribe(TopicFilter::new("t/#").unwrap(), false).unwrap();
     bus.settle();
     bus.set_plan(|f| {
         if (f.from, f.to) == (0, 1) && is(f.frame, FrameKind::Publish) && (f.frame.seq == 2 || f.frame.seq == 3) {
@@ -50,7 +50,7 @@ fn a_subscriber_learns_how_many_events_it_missed() {
         }
     });
     for i in 0..5 {
-        bus.ep(0).publish(&Topic::new("t/x").unwrap(), b(&i.to_string())).unwrap();
+        bus.ep(0).publish(&Topic::new("t/x").unwrap(), b(&i.to_string()), NoCredit::Refuse).unwrap();
     }
     bus.settle();
     let got = published(&bus.events(1));
@@ -64,14 +64,14 @@ fn a_subscriber_learns_how_many_events_it_missed() {
 #[test]
 fn local_subscribers_see_local_publishes_and_unsubscribe_stops_delivery() {
     let mut bus = Bus::new(2);
-    let s = bus.ep(0).subscribe(TopicFilter::new("a/+").unwrap()).unwrap();
+    let s = bus.ep(0).subscribe(TopicFilter::new("a/+").unwrap(), false).unwrap();
     bus.settle();
-    assert_eq!(bus.ep(0).publish(&Topic::new("a/b").unwrap(), b("x")).unwrap(), 1);
+    assert_eq!(bus.ep(0).publish(&Topic::new("a/b").unwrap(), b("x"), NoCredit::Refuse).unwrap().peers, 1);
     bus.settle();
     assert_eq!(published(&bus.events(0)).len(), 1);
     bus.ep(0).unsubscribe(s).unwrap();
     bus.settle();
-    assert_eq!(bus.ep(1).publish(&Topic::new("a/b").unwrap(), b("x")).unwrap(), 0);
+    assert_eq!(bus.ep(1).publish(&Topic::new("a/b").unwrap(), b("x"), NoCredit::Refuse).unwrap().peers, 0);
     assert_eq!(bus.ep(0).table_sizes().subscriptions, 0);
     bus.assert_no_leaks();
 }

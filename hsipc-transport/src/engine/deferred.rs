@@ -26,6 +26,8 @@ pub(super) enum Deferred {
     Stream(CallRef, flume::Sender<StreamMsg>, StreamMsg),
     /// Queue an event for a subscription.
     Publish(SubscriptionId, Arc<SubscriptionQueue>, Delivery),
+    /// Tell a subscription that a publisher dropped events meant for it.
+    Lost(SubscriptionId, Arc<SubscriptionQueue>, Arc<str>, u64),
     /// End a wait (a sink's item accepted, a watched service up, or their deadline passed).
     Done(flume::Sender<Result<()>>, Result<()>),
     /// Tell a served call's handler that its call is gone.
@@ -59,6 +61,11 @@ impl Deferred {
             }
             Deferred::Publish(id, queue, delivery) => {
                 if queue.push(delivery).is_err() {
+                    return Some(Followup::Unsubscribe(id));
+                }
+            }
+            Deferred::Lost(id, queue, publisher, missed) => {
+                if queue.push_lost(publisher, missed).is_err() {
                     return Some(Followup::Unsubscribe(id));
                 }
             }

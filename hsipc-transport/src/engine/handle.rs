@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use proto::{CallMode, CallRef, IncomingId, PeerId, RemoteError, RequestId, SubscriptionId, Topic, TopicFilter};
+use proto::{
+    CallMode, CallRef, IncomingId, NoCredit, PeerId, RemoteError, RequestId, SubscriptionId, Topic, TopicFilter,
+};
 
 use super::CallContext;
 use super::item_sink::{ItemSink, SessionSender};
@@ -12,7 +14,7 @@ use super::pending::{PendingCall, Waiter};
 use super::shared::{SendBy, Shared};
 use super::state::{Awaited, Census, State, Stats};
 use super::stream_reader::ItemReceiver;
-use super::subscription::{EventReceiver, Overflow, SubscriptionQueue};
+use super::subscription::{EventReceiver, Qos, SubscriptionQueue};
 use crate::error::{Error, Result};
 
 /// How much longer than a stream's idle timeout one blocking read waits before it gives up on
@@ -212,30 +214,44 @@ impl Handle {
         });
     }
 
-    /// Publishes an event: `Queued(n)` once it is queued for `n` peers (this one included), or,
-    /// while the send backlog is long (subscribers or the bus not keeping up), `Wait(waiter)`
-    /// without publishing: wait for the waiter (it fails at `deadline`), then publish again. So a
-    /// publisher is held back instead of having its events dropped.
+    /// Publishes an event: `Queued(n)` once it is queued for `n` peers (this one included), or
+    /// `Wait(waiter)` without publishing, while the send backlog is long (subscribers or the
+    /// bus not keeping up) or a reliable subscriber has no credit left: wait for the waiter,
+    /// then publish again. So a publisher is held back instead of having its events dropped.
+    ///
+    /// From `deadline` on, a reliable subscriber still without credit is cut off: the event goes
+    /// to the others, and that subscriber is told what it lost.
     pub fn publish(&self, topic: &Topic, body: Bytes, deadline: Instant) -> Result<Publish> {
         self.check_len(topic.as_str().len() + body.len())?;
-        self.with(SendBy::TryInline, |state, _| {
+        self.with(SendBy::TryInline, |state, now| {
             if state.backlogged() {
                 let (done, rx) = flume::bounded(1);
                 state.wait_for_room(done, deadline);
                 return Ok(Publish::Wait(Waiter::new(rx, deadline)));
             }
-            Ok(Publish::Queued(state.endpoint.publish(topic, body)?))
+            let no_credit = if now >= deadline { NoCredit::CutOff } else { NoCredit::Refuse };
+            match state.endpoint.publish(topic, body, no_credit) {
+                Ok(published) => {
+                    state.report_cut_off(topic, &published.cut_off);
+                    Ok(Publish::Queued(published.peers))
+                }
+                Err(proto::CommandError::NoEventCredit { .. }) => {
+                    let (done, rx) = flume::bounded(1);
+                    state.wait_for_credit(done, deadline);
+                    Ok(Publish::Wait(Waiter::new(rx, deadline)))
+                }
+                Err(e) => Err(e.into()),
+            }
         })
     }
 
-    /// Subscribes; events arrive on the receiver, which holds at most `capacity`; when it is
-    /// full, `overflow` decides which event is dropped (either way the loss is reported as
-    /// `missed` with the next event delivered). Dropping the receiver unsubscribes.
-    pub fn subscribe(&self, filter: TopicFilter, capacity: usize, overflow: Overflow) -> Result<EventReceiver> {
+    /// Subscribes; events arrive on the receiver as `qos` says. Dropping the receiver
+    /// unsubscribes.
+    pub fn subscribe(&self, filter: TopicFilter, qos: Qos) -> Result<EventReceiver> {
         let dropped = self.shared.state().dropped_events.clone();
-        let (queue, rx) = SubscriptionQueue::new(capacity, overflow, dropped);
+        let (queue, rx) = SubscriptionQueue::new(qos, dropped);
         let id = self.with(SendBy::TryInline, |state, _| {
-            let id = state.endpoint.subscribe(filter)?;
+            let id = state.endpoint.subscribe(filter, qos == Qos::Reliable)?;
             state.subscriptions.insert(id, Arc::new(queue));
             state.notify_watchers();
             Ok(id)

@@ -42,6 +42,7 @@
 
 mod deferred;
 mod dispatch;
+mod event_credit;
 mod handle;
 mod item_sink;
 mod pending;
@@ -66,7 +67,7 @@ use self::shared::Wakes;
 use self::state::State;
 pub use self::state::{Census, Stats};
 pub use self::stream_reader::ItemReceiver;
-pub use self::subscription::{Delivery, EventReceiver, Overflow};
+pub use self::subscription::{Delivery, EventReceiver, Qos};
 use crate::error::Result;
 use crate::ingress::Ingress;
 use crate::transport::{Connect, TransportError};
@@ -129,7 +130,7 @@ impl Engine {
         let endpoint = Endpoint::new(config.proto.clone(), local, name, std::process::id(), now);
         let (wake_writer, writer_rx) = flume::bounded(1);
         let (wake_clock, clock_rx) = flume::bounded(1);
-        let state = State::new(endpoint, config.clone(), now);
+        let state = State::new(endpoint, config.clone(), now, wake_clock.clone());
         let wakes = Wakes { writer: wake_writer, clock: wake_clock };
         let shared = Arc::new_cyclic(|me| Shared::new(me.clone(), state, dispatcher, wakes, name));
         let transport = connect.connect(local, name, Ingress::new(Arc::downgrade(&shared)))?;

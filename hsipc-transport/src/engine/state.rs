@@ -16,13 +16,14 @@ use proto::{
 use super::EngineConfig;
 use super::deferred::{Deferred, Followup};
 use super::dispatch::{CallContext, IncomingCall};
+use super::event_credit::EventCredit;
 use super::stream_reader::StreamMsg;
 use super::subscription::{Delivery, SubscriptionQueue};
 use crate::error::{Error, Result};
 use crate::liveness::Liveness;
 
 /// Most `wait_for_service` callers waiting at once.
-const MAX_WATCHERS: usize = 4096;
+pub(super) const MAX_WATCHERS: usize = 4096;
 
 /// A served stream's item waiting for the reader's credit.
 struct BlockedItem {
@@ -65,8 +66,10 @@ pub struct Stats {
     /// Frames dropped because the send queue was full (the transport stalled long enough to
     /// fill it; publishers are held back before that, so these are other frames).
     pub dropped_sends: u64,
-    /// Events this hub's subscription queues dropped under their overflow policy (each also
-    /// reported to its subscriber as `missed`).
+    /// Events this hub's lossy subscription queues ([`Qos::KeepLast`](crate::Qos::KeepLast),
+    /// [`Qos::DropNewest`](crate::Qos::DropNewest)) dropped (each also reported to its subscriber
+    /// as `missed`). Events a publisher dropped for a cut-off reliable subscriber are counted by
+    /// that publisher, in `protocol.events_cut_off`.
     pub dropped_events: u64,
 }
 
@@ -135,6 +138,9 @@ pub(crate) struct State {
     sending_bytes: usize,
     /// Publishers waiting for the send backlog to drain, with their deadlines.
     room_waiters: Vec<(flume::Sender<Result<()>>, Instant)>,
+    /// Event credit: returned as this hub's application takes events, waited for by its
+    /// publishers.
+    pub(super) credit: EventCredit,
     dropped_outbound: u64,
     /// Events this hub's subscription queues dropped (shared with the queues).
     pub(super) dropped_events: Arc<std::sync::atomic::AtomicU64>,
@@ -146,8 +152,9 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(super) fn new(endpoint: Endpoint, config: EngineConfig, now: Instant) -> Self {
+    pub(super) fn new(endpoint: Endpoint, config: EngineConfig, now: Instant, wake_clock: flume::Sender<()>) -> Self {
         State {
+            credit: EventCredit::new(config.proto.event_window, wake_clock),
             liveness: Liveness::new(std::process::id()),
             next_liveness: now + config.liveness_interval,
             endpoint,
@@ -218,6 +225,11 @@ impl State {
         for w in expired {
             self.deferred.push(Deferred::Done(w.done, Err(Error::Timeout)));
         }
+        let taken: Vec<(PeerId, u32)> = self.credit.taken().collect();
+        for (from, n) in taken {
+            self.endpoint.events_taken(from, n);
+        }
+        self.credit.expire(now, &mut self.deferred);
         let (late, waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.room_waiters).into_iter().partition(|(_, d)| *d <= now);
         self.room_waiters = waiting;
@@ -236,7 +248,8 @@ impl State {
             .values()
             .map(|b| b.deadline)
             .chain(self.watchers.iter().map(|w| w.deadline))
-            .chain(self.room_waiters.iter().map(|(_, d)| *d));
+            .chain(self.room_waiters.iter().map(|(_, d)| *d))
+            .chain(self.credit.deadlines());
         for d in self.endpoint.poll_timeout().into_iter().chain(engine) {
             t = t.min(d);
         }
@@ -306,6 +319,25 @@ impl State {
         }
     }
 
+    /// Has `done` complete when a reliable subscriber gives credit back, or at `deadline` (the
+    /// publisher then publishes again and cuts off whoever still has none).
+    pub(super) fn wait_for_credit(&mut self, done: flume::Sender<Result<()>>, deadline: Instant) {
+        self.credit.wait(done, deadline, &mut self.deferred);
+    }
+
+    /// Says which subscribers a publish cut off.
+    pub(super) fn report_cut_off(&self, topic: &proto::Topic, peers: &[PeerId]) {
+        for peer in peers {
+            let subscriber = self.peer_name(*peer);
+            tracing::warn!(
+                %subscriber,
+                %topic,
+                "a reliable subscriber took no events for the publish timeout: cut off (it is told, and the \
+                 events it misses are counted) until it catches up"
+            );
+        }
+    }
+
     fn low_water(&self) -> usize {
         self.config.outbound_capacity / 8
     }
@@ -327,6 +359,7 @@ impl State {
         for (done, _) in self.room_waiters.drain(..) {
             self.deferred.push(Deferred::Done(done, Err(Error::Closed)));
         }
+        self.credit.close(&mut self.deferred);
         self.session_inputs.clear();
         for (_, ctx) in self.served.drain() {
             self.deferred.push(Deferred::Cancel(ctx));
@@ -471,12 +504,7 @@ impl State {
                 }
             }
             Event::RequestReceived { id, from, method, body, deadline, mode } => {
-                // This hub itself (loopback) is not a joined peer: look it up (rare).
-                let (name, pid) = self.callers.get(&from).cloned().unwrap_or_else(|| {
-                    self.endpoint
-                        .peer(from)
-                        .map_or((Arc::from(""), 0), |p| (Arc::from(p.info.name.as_str()), p.info.pid))
-                });
+                let (name, pid) = self.peer_identity(from);
                 let context = CallContext::new(&method, from, name, pid, deadline);
                 self.served.insert(id, context.clone());
                 let input = (mode == CallMode::Session).then(|| {
@@ -520,25 +548,60 @@ impl State {
                     self.deferred.push(Deferred::Cancel(ctx));
                 }
             }
-            Event::Published { from, topic, body, subscriptions, missed } => {
+            Event::Published { from, topic, body, subscriptions, missed, credited } => {
+                // An event paid for with this hub's credit gives it back once every reliable
+                // subscription it goes to has taken it; if none does, at once.
+                let reliable = credited
+                    && subscriptions.iter().any(|s| self.subscriptions.get(s).is_some_and(|q| q.is_reliable()));
+                let ticket = reliable.then(|| self.credit.ticket(from));
+                if credited && !reliable {
+                    self.endpoint.events_taken(from, 1);
+                }
                 for sub in subscriptions {
                     let Some(queue) = self.subscriptions.get(&sub) else { continue };
-                    let d = Delivery { from, topic: topic.clone(), body: body.clone(), missed };
+                    let ticket = if queue.is_reliable() { ticket.clone() } else { None };
+                    let d = Delivery { from, topic: topic.clone(), body: body.clone(), missed, ticket };
                     self.deferred.push(Deferred::Publish(sub, queue.clone(), d));
                 }
             }
+            Event::EventsLost { from, topic, missed, subscriptions } => {
+                let publisher = self.peer_name(from);
+                tracing::warn!(%publisher, %topic, missed, "a publisher cut this hub's subscription off: events were lost");
+                for sub in subscriptions {
+                    let Some(queue) = self.subscriptions.get(&sub) else { continue };
+                    self.deferred.push(Deferred::Lost(sub, queue.clone(), publisher.clone(), missed));
+                }
+            }
+            Event::EventCredit { .. } => self.credit.wake(&mut self.deferred),
             Event::PeerJoined { peer, name, pid } => {
                 self.liveness.watch(peer, pid);
                 self.callers.insert(peer, (name.into(), pid));
                 self.notify_watchers();
             }
-            Event::PeerChanged { .. } => self.notify_watchers(),
+            Event::PeerChanged { .. } => {
+                self.notify_watchers();
+                self.credit.wake(&mut self.deferred);
+            }
             Event::DiscoveryComplete => {}
             Event::PeerLeft { peer, .. } => {
                 self.liveness.unwatch(peer);
                 self.callers.remove(&peer);
+                self.credit.forget(peer);
+                self.credit.wake(&mut self.deferred);
             }
         }
+    }
+
+    /// A peer's name and pid. (This hub itself, for loopback calls, is not a joined peer: it
+    /// is looked up, which is rare.)
+    fn peer_identity(&self, peer: PeerId) -> (Arc<str>, u32) {
+        self.callers.get(&peer).cloned().unwrap_or_else(|| {
+            self.endpoint.peer(peer).map_or((Arc::from(""), 0), |p| (Arc::from(p.info.name.as_str()), p.info.pid))
+        })
+    }
+
+    fn peer_name(&self, peer: PeerId) -> Arc<str> {
+        self.peer_identity(peer).0
     }
 
     /// Sends a served stream's item now, or parks it until the reader grants credit (at most

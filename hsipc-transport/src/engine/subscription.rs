@@ -11,6 +11,7 @@ use futures_core::Stream;
 use proto::{PeerId, SubscriptionId, Topic};
 
 use super::Handle;
+use super::event_credit::Ticket;
 use crate::error::{Error, Result};
 
 /// One event delivered to a subscription.
@@ -25,26 +26,42 @@ pub struct Delivery {
     /// Events lost before this one (dropped in transit, or because this subscription's queue
     /// was full).
     pub missed: u64,
+    /// For an event that took the publisher's credit: gives it back once every subscription
+    /// it went to has taken it.
+    pub(crate) ticket: Option<Arc<Ticket>>,
 }
 
-/// What a full subscription queue does with one more event. Either way the subscriber is told
-/// how many events it lost, in [`Delivery::missed`] of the next event it receives.
+/// How a subscription receives events when its reader falls behind the publishers.
+///
+/// `Reliable` (the default) never loses an event: publishers are held back. The others are for
+/// sensor-style streams where the latest value matters more than every value: the publisher
+/// never waits for such a subscriber, and what it drops is counted in `missed`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Overflow {
-    /// Drop the oldest queued event to make room: a slow subscriber always sees the latest
-    /// events (like ROS's `KEEP_LAST`). The default.
+#[non_exhaustive]
+pub enum Qos {
+    /// Every event, in order. Each publisher may have at most the subscribing hub's event
+    /// window (`HubBuilder::event_window`, default 256) of its events queued here; beyond that
+    /// its `publish` waits. A subscriber that takes nothing for the publisher's whole publish
+    /// timeout is cut off: the other subscribers get the event, this one reads an
+    /// [`Error::EventsLost`] at once, and the publisher does not wait for it again until it
+    /// has caught up (events meant for it meanwhile are dropped and counted).
     #[default]
-    DropOldest,
-    /// Drop the new event: a slow subscriber sees the earliest events, then a gap.
-    DropNewest,
+    Reliable,
+    /// Keep the latest `n` events: when the queue is full the oldest queued event is dropped
+    /// (ROS's `KEEP_LAST`), and the next event taken says how many were `missed`.
+    KeepLast(usize),
+    /// Keep the first `n` events: when the queue is full the new event is dropped, and the next
+    /// event queued says how many were `missed`.
+    DropNewest(usize),
 }
 
 /// The engine's end of one subscription's queue. Pushed to by one thread at a time (the
 /// engine's deliveries are serialized), with no engine lock held.
 pub(crate) struct SubscriptionQueue {
-    tx: flume::Sender<Delivery>,
-    /// For [`Overflow::DropOldest`]: the engine's own receiver, to take the oldest event out.
-    oldest: Option<flume::Receiver<Delivery>>,
+    tx: flume::Sender<Queued>,
+    qos: Qos,
+    /// For [`Qos::KeepLast`]: the engine's own receiver, to take the oldest event out.
+    oldest: Option<flume::Receiver<Queued>>,
     /// Events dropped at the head, for the reader to add to the next event it takes.
     evicted: Arc<AtomicU64>,
     /// Events dropped at the tail, added to the next event queued.
@@ -53,42 +70,83 @@ pub(crate) struct SubscriptionQueue {
     dropped: Arc<AtomicU64>,
 }
 
+/// What a subscription's queue holds.
+pub(crate) enum Queued {
+    Event(Delivery),
+    /// A publisher cut this hub off and dropped events meant for it.
+    Lost {
+        publisher: Arc<str>,
+        missed: u64,
+    },
+}
+
 /// The subscriber dropped its end.
 pub(crate) struct Gone;
 
 impl SubscriptionQueue {
-    pub(crate) fn new(capacity: usize, overflow: Overflow, dropped: Arc<AtomicU64>) -> (Self, EventReceiver) {
-        let (tx, rx) = flume::bounded(capacity.max(1));
-        let oldest = (overflow == Overflow::DropOldest).then(|| rx.clone());
+    pub(crate) fn new(qos: Qos, dropped: Arc<AtomicU64>) -> (Self, EventReceiver) {
+        // A reliable queue is bounded by the credit this hub grants each publisher.
+        let (tx, rx) = match qos {
+            Qos::Reliable => flume::unbounded(),
+            Qos::KeepLast(n) | Qos::DropNewest(n) => flume::bounded(n.max(1)),
+        };
+        let oldest = matches!(qos, Qos::KeepLast(_)).then(|| rx.clone());
         let evicted = Arc::new(AtomicU64::new(0));
-        let queue = SubscriptionQueue { tx, oldest, evicted: evicted.clone(), refused: AtomicU64::new(0), dropped };
+        let queue =
+            SubscriptionQueue { tx, qos, oldest, evicted: evicted.clone(), refused: AtomicU64::new(0), dropped };
         (queue, EventReceiver { rx, evicted, stream: None, subscription: None })
+    }
+
+    /// Whether events queued here hold their publisher back.
+    pub(crate) fn is_reliable(&self) -> bool {
+        self.qos == Qos::Reliable
+    }
+
+    /// Tells the reader that a publisher dropped events meant for it. A lossy queue that is
+    /// full counts them in the next event instead.
+    pub(crate) fn push_lost(&self, publisher: Arc<str>, missed: u64) -> Result<(), Gone> {
+        match self.tx.try_send(Queued::Lost { publisher, missed }) {
+            Ok(()) => Ok(()),
+            Err(flume::TrySendError::Disconnected(_)) => Err(Gone),
+            Err(flume::TrySendError::Full(_)) => {
+                self.refused.fetch_add(missed, Ordering::Relaxed);
+                Ok(())
+            }
+        }
     }
 
     /// Queues an event, never waiting.
     pub(crate) fn push(&self, mut d: Delivery) -> Result<(), Gone> {
-        d.missed += self.refused.load(Ordering::Relaxed);
+        d.missed += self.refused.swap(0, Ordering::Relaxed);
+        let mut item = Queued::Event(d);
         loop {
-            match self.tx.try_send(d) {
-                Ok(()) => {
-                    self.refused.store(0, Ordering::Relaxed);
-                    return Ok(());
-                }
+            match self.tx.try_send(item) {
+                Ok(()) => return Ok(()),
                 Err(flume::TrySendError::Disconnected(_)) => return Err(Gone),
                 Err(flume::TrySendError::Full(back)) => {
-                    d = back;
+                    item = back;
                     let Some(rx) = &self.oldest else {
                         // Drop-newest: this event and what it had missed count for the next.
-                        self.refused.store(d.missed + 1, Ordering::Relaxed);
+                        let missed = match &item {
+                            Queued::Event(d) => d.missed + 1,
+                            Queued::Lost { missed, .. } => *missed,
+                        };
+                        self.refused.fetch_add(missed, Ordering::Relaxed);
                         self.dropped.fetch_add(1, Ordering::Relaxed);
                         return Ok(());
                     };
                     // Drop-oldest: the loss is reported with the event that becomes the head.
                     // (If the reader took one meanwhile, there is room now and this finds none
                     // to drop, or drops the next oldest.)
-                    if let Ok(old) = rx.try_recv() {
-                        self.evicted.fetch_add(old.missed + 1, Ordering::Relaxed);
-                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                    match rx.try_recv() {
+                        Ok(Queued::Event(old)) => {
+                            self.evicted.fetch_add(old.missed + 1, Ordering::Relaxed);
+                            self.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Queued::Lost { missed, .. }) => {
+                            self.evicted.fetch_add(missed, Ordering::Relaxed);
+                        }
+                        Err(_) => {}
                     }
                 }
             }
@@ -98,17 +156,27 @@ impl SubscriptionQueue {
 
 /// The subscriber's end of a subscription's queue: [`Delivery`]s with every loss counted.
 ///
-/// Under [`Overflow::DropOldest`], events evicted from the head are counted in the `missed` of
+/// Under [`Qos::KeepLast`], events evicted from the head are counted in the `missed` of
 /// the next event taken. The total is exact; if the reader takes an event at the very moment
-/// another is evicted, the count may land one event early.
+/// another is evicted, the count may land one event early. A publisher's cut-off of a reliable
+/// subscription is read as [`Error::EventsLost`].
 ///
 /// Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct EventReceiver {
-    rx: flume::Receiver<Delivery>,
+    rx: flume::Receiver<Queued>,
     evicted: Arc<AtomicU64>,
-    stream: Option<flume::r#async::RecvStream<'static, Delivery>>,
+    stream: Option<flume::r#async::RecvStream<'static, Queued>>,
     subscription: Option<(Handle, SubscriptionId)>,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Queued::Event(d) => d.fmt(f),
+            Queued::Lost { publisher, missed } => write!(f, "Lost({missed} from {publisher})"),
+        }
+    }
 }
 
 impl EventReceiver {
@@ -118,43 +186,49 @@ impl EventReceiver {
         self
     }
 
-    /// Completes a delivery taken from the channel: adds the events evicted before it to its
-    /// `missed`.
-    fn take(&self, mut d: Delivery) -> Delivery {
-        d.missed += self.evicted.swap(0, Ordering::Relaxed);
-        d
+    /// Completes what was taken from the channel: adds the events evicted before it to its
+    /// `missed`, and gives the publisher its credit back.
+    fn take(&self, q: Queued) -> Result<Delivery> {
+        match q {
+            Queued::Event(mut d) => {
+                d.missed += self.evicted.swap(0, Ordering::Relaxed);
+                d.ticket = None;
+                Ok(d)
+            }
+            Queued::Lost { publisher, missed } => Err(Error::EventsLost { publisher: publisher.to_string(), missed }),
+        }
     }
 
     /// The next event, waiting until `deadline`: [`Error::Timeout`] if none came,
     /// [`Error::Closed`] once the hub is closed.
     pub fn recv_deadline(&self, deadline: Instant) -> Result<Delivery> {
         match self.rx.recv_deadline(deadline) {
-            Ok(d) => Ok(self.take(d)),
+            Ok(q) => self.take(q),
             Err(flume::RecvTimeoutError::Timeout) => Err(Error::Timeout),
             Err(flume::RecvTimeoutError::Disconnected) => Err(Error::Closed),
         }
     }
 
     /// The next event, waiting as long as it takes; `None` once the hub is closed.
-    pub fn recv(&self) -> Option<Delivery> {
-        self.rx.recv().ok().map(|d| self.take(d))
+    pub fn recv(&self) -> Option<Result<Delivery>> {
+        self.rx.recv().ok().map(|q| self.take(q))
     }
 
     /// The next event if one is queued.
-    pub fn try_recv(&self) -> Option<Delivery> {
-        self.rx.try_recv().ok().map(|d| self.take(d))
+    pub fn try_recv(&self) -> Option<Result<Delivery>> {
+        self.rx.try_recv().ok().map(|q| self.take(q))
     }
 }
 
 /// From async code: the events, ending when the hub closes.
 impl Stream for EventReceiver {
-    type Item = Delivery;
+    type Item = Result<Delivery>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery>>> {
         let this = self.get_mut();
         let rx = &this.rx;
         let stream = this.stream.get_or_insert_with(|| rx.clone().into_stream());
-        Pin::new(stream).poll_next(cx).map(|d| d.map(|d| this.take(d)))
+        Pin::new(stream).poll_next(cx).map(|q| q.map(|q| this.take(q)))
     }
 }
 
@@ -176,16 +250,16 @@ mod tests {
     use super::*;
 
     fn ev(n: u8, missed: u64) -> Delivery {
-        Delivery { from: PeerId(1), topic: Topic::new("t").unwrap(), body: Bytes::from(vec![n]), missed }
+        Delivery { from: PeerId(1), topic: Topic::new("t").unwrap(), body: Bytes::from(vec![n]), missed, ticket: None }
     }
 
     fn drain(rx: &EventReceiver) -> Vec<(u8, u64)> {
-        std::iter::from_fn(|| rx.try_recv()).map(|d| (d.body[0], d.missed)).collect()
+        std::iter::from_fn(|| rx.try_recv()).map(|d| d.unwrap()).map(|d| (d.body[0], d.missed)).collect()
     }
 
     #[test]
     fn drop_newest_reports_the_gap_on_the_next_event_queued() {
-        let (q, rx) = SubscriptionQueue::new(2, Overflow::DropNewest, Arc::default());
+        let (q, rx) = SubscriptionQueue::new(Qos::DropNewest(2), Arc::default());
         for (n, missed) in [(0, 0), (1, 0), (2, 0), (3, 5), (4, 0)] {
             assert!(q.push(ev(n, missed)).is_ok());
         }
@@ -197,7 +271,7 @@ mod tests {
 
     #[test]
     fn drop_oldest_reports_the_gap_on_the_new_head() {
-        let (q, rx) = SubscriptionQueue::new(2, Overflow::DropOldest, Arc::default());
+        let (q, rx) = SubscriptionQueue::new(Qos::KeepLast(2), Arc::default());
         for (n, missed) in [(0, 0), (1, 3), (2, 0), (3, 0)] {
             assert!(q.push(ev(n, missed)).is_ok());
         }
@@ -208,7 +282,7 @@ mod tests {
 
     #[test]
     fn a_dropped_receiver_is_reported() {
-        let (q, rx) = SubscriptionQueue::new(2, Overflow::DropNewest, Arc::default());
+        let (q, rx) = SubscriptionQueue::new(Qos::DropNewest(2), Arc::default());
         drop(rx);
         assert!(q.push(ev(0, 0)).is_err());
     }

@@ -221,18 +221,12 @@ impl<K> AsyncHub<K> {
         Ok(Subscription::new(self.core.subscribe(pattern)?))
     }
 
-    /// Subscribes to `pattern` with a delivery of its own: at most `capacity` events queued, and
-    /// when the queue is full `overflow` drops the oldest (`DropOldest`: a sensor-style reader
-    /// that wants the latest `capacity` values, "keep last n") or the newest (`DropNewest`: the
-    /// earliest events, then a gap). Every drop is counted in the next event's `missed` and in
-    /// [`stats`](Self::stats).
-    pub async fn subscribe_with<T: DeserializeOwned>(
-        &self,
-        pattern: &str,
-        capacity: usize,
-        overflow: crate::Overflow,
-    ) -> Result<Subscription<T>> {
-        Ok(Subscription::new(self.core.subscribe_with(pattern, capacity, overflow)?))
+    /// Subscribes to `pattern` with a delivery of its own: [`Qos::Reliable`](crate::Qos)
+    /// (every event; publishers wait for this subscriber), `Qos::KeepLast(n)` (a sensor-style
+    /// reader that wants the latest `n` values) or `Qos::DropNewest(n)` (the earliest `n`, then a
+    /// gap). Every drop is counted in the next event's `missed` and in [`stats`](Self::stats).
+    pub async fn subscribe_with<T: DeserializeOwned>(&self, pattern: &str, qos: crate::Qos) -> Result<Subscription<T>> {
+        Ok(Subscription::new(self.core.subscribe_with(pattern, qos)?))
     }
 
     /// Who is on the bus (this hub included) and what each serves.
@@ -350,7 +344,7 @@ impl<T: DeserializeOwned> Stream for Subscription<T> {
     type Item = Result<Event<T>>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Event<T>>>> {
-        Pin::new(&mut self.get_mut().events).poll_next(cx).map(|d| d.map(Event::decode))
+        Pin::new(&mut self.get_mut().events).poll_next(cx).map(|d| d.map(|d| d.and_then(Event::decode)))
     }
 }
 

@@ -11,7 +11,7 @@ use proto::PeerId;
 use super::core::HubCore;
 use super::registry::Registry;
 use super::runtime::{Runtime, RuntimeKind};
-use crate::engine::Overflow;
+use crate::engine::Qos;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::Result;
 use crate::ipmb::{IpmbBus, IpmbConfig};
@@ -37,10 +37,10 @@ pub struct Settings {
     pub workers: usize,
     /// Served calls accepted and not yet answered before more are refused as busy.
     pub max_pending_calls: usize,
-    /// Events queued per subscription.
-    pub subscription_capacity: usize,
-    /// What a full subscription queue drops.
-    pub subscription_overflow: Overflow,
+    /// How `subscribe` delivers events.
+    pub subscription_qos: Qos,
+    /// How long a publish waits for room or for a reliable subscriber's credit.
+    pub publish_timeout: Duration,
     /// How long a serving stream's send waits for the reader's credit.
     pub stream_stall_timeout: Duration,
     /// Whether traffic to a peer moves onto a direct lane (ipmb transport only).
@@ -84,8 +84,8 @@ impl<K: RuntimeKind> HubBuilder<K> {
                 default_timeout: Duration::from_secs(30),
                 workers: 8,
                 max_pending_calls: 1024,
-                subscription_capacity: 1024,
-                subscription_overflow: Overflow::default(),
+                subscription_qos: Qos::Reliable,
+                publish_timeout: Duration::from_secs(10),
                 stream_stall_timeout: Duration::from_secs(60),
                 direct_lanes: true,
                 transport: None,
@@ -137,17 +137,28 @@ impl<K: RuntimeKind> HubBuilder<K> {
         self
     }
 
-    /// Events queued per subscription before its overflow policy drops one. Default 1024.
-    pub fn subscription_capacity(mut self, n: usize) -> Self {
-        self.settings.subscription_capacity = n.max(1);
+    /// How [`subscribe`](crate::hub::AsyncHub::subscribe) delivers events (`subscribe_with`
+    /// chooses per subscription). Default [`Qos::Reliable`]: nothing is lost, publishers are
+    /// held back by a slow subscriber.
+    pub fn subscription_qos(mut self, qos: Qos) -> Self {
+        self.settings.subscription_qos = qos;
         self
     }
 
-    /// What a full subscription queue drops: the oldest event (the default: a slow subscriber
-    /// keeps seeing the latest) or the newest. Either way the subscriber learns how many it
-    /// missed.
-    pub fn subscription_overflow(mut self, overflow: Overflow) -> Self {
-        self.settings.subscription_overflow = overflow;
+    /// Events from one publisher this hub's reliable subscriptions may have queued and not yet
+    /// taken (the event credit window it grants each publisher). Default 256. A larger window
+    /// absorbs longer bursts without holding publishers back, at the cost of memory.
+    pub fn event_window(mut self, n: u32) -> Self {
+        self.settings.engine.proto.event_window = n.max(1);
+        self
+    }
+
+    /// How long a publish waits for room in the send queue or for a reliable subscriber's
+    /// credit. Default 10 s. Then a subscriber still without credit is cut off (it is told, and
+    /// the publisher does not wait for it again until it catches up); a send queue still full
+    /// fails the publish with [`Error::LocalLimit`](crate::Error::LocalLimit).
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.publish_timeout = timeout;
         self
     }
 

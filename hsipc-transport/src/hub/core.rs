@@ -13,8 +13,8 @@ use super::builder::Settings;
 use super::handler::{self, Handler};
 use super::registry::Registry;
 use crate::engine::{
-    CallContext, Census, Engine, EventReceiver, Handle, ItemReceiver, ItemSink, Overflow, PeerSummary, PendingCall,
-    Publish, SessionSender, Waiter,
+    CallContext, Census, Engine, EventReceiver, Handle, ItemReceiver, ItemSink, PeerSummary, PendingCall, Publish, Qos,
+    SessionSender, Waiter,
 };
 use crate::error::Result;
 
@@ -33,8 +33,8 @@ struct Inner {
     engine: Engine,
     registry: Arc<Registry>,
     default_timeout: Duration,
-    subscription_capacity: usize,
-    subscription_overflow: Overflow,
+    subscription_qos: Qos,
+    publish_timeout: Duration,
 }
 
 impl HubCore {
@@ -44,8 +44,8 @@ impl HubCore {
                 engine,
                 registry,
                 default_timeout: settings.default_timeout,
-                subscription_capacity: settings.subscription_capacity,
-                subscription_overflow: settings.subscription_overflow,
+                subscription_qos: settings.subscription_qos,
+                publish_timeout: settings.publish_timeout,
             }),
         }
     }
@@ -215,19 +215,19 @@ impl HubCore {
     }
 
     fn prepare_publish<T: Serialize + ?Sized>(&self, topic: &str, event: &T) -> Result<(Topic, bytes::Bytes, Instant)> {
-        let deadline = Instant::now() + self.default_timeout().min(proto::MAX_TIMEOUT);
+        let deadline = crate::engine::deadline_in(self.inner.publish_timeout);
         Ok((Topic::new(topic)?, codec::encode(event)?, deadline))
     }
 
-    /// Subscribes to `pattern` with the hub's queue settings.
+    /// Subscribes to `pattern` with the hub's delivery (reliable unless the builder said
+    /// otherwise).
     pub fn subscribe(&self, pattern: &str) -> Result<EventReceiver> {
-        self.subscribe_with(pattern, self.inner.subscription_capacity, self.inner.subscription_overflow)
+        self.subscribe_with(pattern, self.inner.subscription_qos)
     }
 
-    /// Subscribes to `pattern` with a queue of its own: `capacity` events, and what to drop
-    /// when it is full.
-    pub fn subscribe_with(&self, pattern: &str, capacity: usize, overflow: Overflow) -> Result<EventReceiver> {
-        self.handle().subscribe(TopicFilter::new(pattern)?, capacity, overflow)
+    /// Subscribes to `pattern` with a delivery of its own.
+    pub fn subscribe_with(&self, pattern: &str, qos: Qos) -> Result<EventReceiver> {
+        self.handle().subscribe(TopicFilter::new(pattern)?, qos)
     }
 
     /// Completes once some peer serves `service`.

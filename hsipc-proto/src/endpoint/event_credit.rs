@@ -1,0 +1,213 @@
+//! Event credit: how each reliable subscriber holds its publishers back, how it gives credit
+//! back as its application takes events, and what a publisher does with a subscriber that has
+//! none left.
+//!
+//! A subscriber with a reliable subscription grants every publisher a window of
+//! [`Config::event_window`] events (announced in its [`PeerInfo`]). A publish to a topic it
+//! subscribes to reliably takes one credit from that window (the frame says so with
+//! [`Flags::CREDITED`]); the subscriber returns credit ([`FrameKind::EventCredit`]) once the
+//! application has taken the events ([`Endpoint::events_taken`]). A publisher without credit
+//! for one of the subscribers either waits ([`NoCredit::Refuse`], then publishes again on
+//! [`Event::EventCredit`]) or, at its publish timeout, cuts that subscriber off
+//! ([`NoCredit::CutOff`]): the others get the event, the subscriber is told at once
+//! ([`FrameKind::EventsLost`], read as [`Event::EventsLost`]), and until it has taken half its
+//! window the publisher drops (and counts) the events it has no credit for instead of waiting
+//! for it again. So one stuck subscriber holds its publishers back once, for one timeout.
+
+use super::*;
+
+/// How [`Endpoint::publish`] treats a reliable subscriber that has no credit left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoCredit {
+    /// Publish nothing and fail with [`CommandError::NoEventCredit`]: wait for
+    /// [`Event::EventCredit`], then publish again.
+    Refuse,
+    /// Publish to everyone with credit and cut the others off: they are sent an
+    /// [`FrameKind::EventsLost`] notice now, and are not waited for again until they have
+    /// caught up (taken half their window).
+    CutOff,
+}
+
+/// What a publish did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// The peers it went to, the local one included.
+    pub peers: usize,
+    /// The reliable subscribers this publish cut off.
+    pub cut_off: Vec<PeerId>,
+}
+
+/// A publisher's account with one reliable subscriber.
+#[derive(Debug)]
+pub(super) struct Granted {
+    /// Events it may still be sent.
+    available: u32,
+    /// Its window.
+    window: u32,
+    /// It had no credit at a publish timeout: events it has no credit for are dropped, not
+    /// waited for, until it has taken half its window.
+    cut_off: bool,
+    /// Events dropped since the last frame sent to it.
+    unreported: u64,
+    /// The topic of the last event dropped.
+    last_dropped: Option<Topic>,
+}
+
+/// A subscriber's account with one publisher.
+#[derive(Debug, Default)]
+pub(super) struct Owed {
+    /// Credited events received and not yet taken.
+    outstanding: u32,
+    /// Taken and not yet returned.
+    to_return: u32,
+}
+
+impl Endpoint {
+    // Commands
+
+    /// The application took `n` credited events from `from` (an [`Event::Published`] with
+    /// `credited`): once enough are taken, their credit goes back to the publisher. Each
+    /// credited event must be reported exactly once, after every subscription it was delivered
+    /// to has taken it (or dropped it).
+    pub fn events_taken(&mut self, from: PeerId, n: u32) {
+        if from == self.local {
+            self.regranted(from, n);
+            return;
+        }
+        let batch = (self.config.event_window / 4).max(1);
+        let Some(owed) = self.owed.get_mut(&from) else { return };
+        let n = n.min(owed.outstanding);
+        owed.outstanding -= n;
+        owed.to_return += n;
+        if owed.to_return >= batch {
+            let grant = std::mem::take(&mut owed.to_return);
+            if let Ok(frame) = self.encode(FrameKind::EventCredit, 0, 0, 0, u64::from(grant), &[], &[]) {
+                self.transmit(Dest::Peer(from), frame);
+            }
+        }
+    }
+
+    // Private: the publisher's side
+
+    /// Whether a publish may go to reliable subscriber `peer` now (it has credit, or is cut off
+    /// and not waited for).
+    pub(super) fn may_publish_to(&self, peer: PeerId) -> bool {
+        self.granted.get(&peer).is_none_or(|g| g.available > 0 || g.cut_off)
+    }
+
+    /// Takes a credit of reliable subscriber `peer` for an event on `topic`. `false` if it has
+    /// none: the event is dropped for it (counted), and it is cut off if it was not already.
+    /// Returns whether it was cut off just now as the second value.
+    pub(super) fn take_event_credit(&mut self, peer: PeerId, topic: &Topic) -> (bool, bool) {
+        let window = self.event_window_of(peer);
+        let g = self.granted.entry(peer).or_insert_with(|| Granted {
+            available: window,
+            window,
+            cut_off: false,
+            unreported: 0,
+            last_dropped: None,
+        });
+        if g.available > 0 {
+            g.available -= 1;
+            return (true, false);
+        }
+        g.unreported += 1;
+        g.last_dropped = Some(topic.clone());
+        self.stats.events_cut_off += 1;
+        let newly = !std::mem::replace(&mut g.cut_off, true);
+        if newly {
+            self.stats.subscribers_cut_off += 1;
+        }
+        (false, newly)
+    }
+
+    /// Events to `peer` were dropped: its per-peer sequence moves on, so the next frame it
+    /// gets shows the gap.
+    pub(super) fn skip_event(&mut self, peer: PeerId) {
+        if peer != self.local {
+            *self.publish_seq_out.entry(peer).or_insert(0) += 1;
+        }
+    }
+
+    /// An event is going to `peer`: what it had lost since the last frame is reported by this
+    /// one (remote: the sequence gap; local: the count returned here).
+    pub(super) fn take_unreported(&mut self, peer: PeerId) -> u64 {
+        self.granted.get_mut(&peer).map_or(0, |g| std::mem::take(&mut g.unreported))
+    }
+
+    /// Tells `peer` now that events to it were dropped.
+    pub(super) fn report_lost(&mut self, peer: PeerId) {
+        let Some(g) = self.granted.get_mut(&peer) else { return };
+        let (missed, Some(topic)) = (std::mem::take(&mut g.unreported), g.last_dropped.clone()) else { return };
+        if missed == 0 {
+            return;
+        }
+        if peer == self.local {
+            let subscriptions = self.subscriptions.matches(&topic);
+            self.push_event(Event::EventsLost { from: self.local, topic, missed, subscriptions });
+            return;
+        }
+        let seq = self.publish_seq_out.get(&peer).copied().unwrap_or(0);
+        match self.encode(FrameKind::EventsLost, 0, 0, 0, seq, topic.as_str().as_bytes(), &[]) {
+            Ok(frame) => self.transmit(Dest::Peer(peer), frame),
+            Err(e) => tracing::warn!(error = %e, "events-lost notice does not fit in a frame"),
+        }
+    }
+
+    pub(super) fn on_event_credit(&mut self, from: PeerId, f: Frame) -> Result<(), FrameError> {
+        let n =
+            u32::try_from(f.seq).map_err(|_| FrameError::Violation { peer: from, what: "event credit overflow" })?;
+        self.regranted(from, n);
+        Ok(())
+    }
+
+    /// Subscriber `peer` gave `n` credits back.
+    fn regranted(&mut self, peer: PeerId, n: u32) {
+        let Some(g) = self.granted.get_mut(&peer) else { return };
+        g.available = g.available.saturating_add(n).min(g.window);
+        if g.cut_off && g.available >= g.window.div_ceil(2) {
+            g.cut_off = false;
+            self.report_lost(peer);
+        }
+        self.push_event(Event::EventCredit { peer });
+    }
+
+    fn event_window_of(&self, peer: PeerId) -> u32 {
+        if peer == self.local {
+            return self.config.event_window;
+        }
+        self.directory.get(peer).map_or(1, |p| p.info.event_window.max(1))
+    }
+
+    // Private: the subscriber's side
+
+    /// A credited event arrived from `from`: it must be within the window this endpoint
+    /// granted.
+    pub(super) fn credit_used(&mut self, from: PeerId) -> Result<(), FrameError> {
+        let owed = self.owed.entry(from).or_default();
+        if owed.outstanding.saturating_add(owed.to_return) >= self.config.event_window {
+            return Err(FrameError::Violation { peer: from, what: "event beyond the granted credit" });
+        }
+        owed.outstanding += 1;
+        Ok(())
+    }
+
+    pub(super) fn on_events_lost(&mut self, from: PeerId, f: Frame) -> Result<(), FrameError> {
+        let topic = Topic::new(f.name()).map_err(FrameError::BadTopic)?;
+        let last = self.publish_seq_in.entry(from).or_insert(0);
+        if f.seq <= *last {
+            return Ok(());
+        }
+        let missed = f.seq - *last;
+        *last = f.seq;
+        let subscriptions = self.subscriptions.matches(&topic);
+        self.push_event(Event::EventsLost { from, topic, missed, subscriptions });
+        Ok(())
+    }
+
+    /// Forgets the credit accounts with a departed peer.
+    pub(super) fn forget_credit(&mut self, peer: PeerId) {
+        self.granted.remove(&peer);
+        self.owed.remove(&peer);
+    }
+}

@@ -1,0 +1,285 @@
+//! Reliable subscriptions: event credit holds a publisher back, a cut-off subscriber is told,
+//! nothing is lost silently.
+
+use std::collections::VecDeque;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::{Input, PeerId};
+
+const WINDOW: u32 = 4;
+
+fn small_window() -> Config {
+    Config { event_window: WINDOW, ..Config::default() }
+}
+
+/// What one subscriber has received and not yet taken, and what it has taken.
+#[derive(Default)]
+struct Reader {
+    queued: VecDeque<(PeerId, u64, bool)>,
+    taken: Vec<u64>,
+    lost: u64,
+}
+
+impl Reader {
+    /// Collects node `i`'s events.
+    fn collect(&mut self, bus: &mut Bus, i: usize) {
+        for e in bus.events(i) {
+            match e {
+                Event::Published { from, body, missed, credited, .. } => {
+                    self.lost += missed;
+                    let n = std::str::from_utf8(&body).unwrap().parse().unwrap();
+                    self.queued.push_back((from, n, credited));
+                }
+                Event::EventsLost { missed, .. } => self.lost += missed,
+                _ => {}
+            }
+        }
+    }
+
+    /// Takes up to `n` events, returning their credit.
+    fn take(&mut self, bus: &mut Bus, i: usize, n: usize) {
+        for _ in 0..n {
+            let Some((from, body, credited)) = self.queued.pop_front() else { break };
+            self.taken.push(body);
+            if credited {
+                bus.ep(i).events_taken(from, 1);
+            }
+        }
+    }
+}
+
+fn publish(bus: &mut Bus, n: u64, mode: NoCredit) -> Result<crate::Published, CommandError> {
+    bus.ep(0).publish(&Topic::new("t/x").unwrap(), b(&n.to_string()), mode)
+}
+
+#[test]
+fn a_reliable_subscriber_holds_its_publisher_back_and_loses_nothing() {
+    let mut bus = Bus::with_config(2, small_window());
+    bus.ep(1).subscribe(TopicFilter::new("t/#").unwrap(), true).unwrap();
+    bus.settle();
+    let mut reader = Reader::default();
+    let mut next = 0;
+    for _ in 0..WINDOW {
+        publish(&mut bus, next, NoCredit::Refuse).unwrap();
+        next += 1;
+    }
+    bus.settle();
+    assert_eq!(publish(&mut bus, next, NoCredit::Refuse), Err(CommandError::NoEventCredit { subscribers: 1 }));
+    reader.collect(&mut bus, 1);
+    reader.take(&mut bus, 1, 1);
+    bus.settle();
+    // The credit came back, and the publisher was told.
+    assert!(bus.events(0).iter().any(|e| matches!(e, Event::EventCredit { peer } if *peer == super::peer(1))));
+    while next < 100 {
+        match publish(&mut bus, next, NoCredit::Refuse) {
+            Ok(p) => {
+                assert_eq!((p.peers, p.cut_off.len()), (1, 0));
+                next += 1;
+            }
+            Err(CommandError::NoEventCredit { .. }) => {
+                bus.settle();
+                reader.collect(&mut bus, 1);
+                reader.take(&mut bus, 1, 3);
+                bus.settle();
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    bus.settle();
+    reader.collect(&mut bus, 1);
+    reader.take(&mut bus, 1, usize::MAX);
+    assert_eq!(reader.taken, (0..100).collect::<Vec<_>>());
+    assert_eq!(reader.lost, 0);
+    assert!(bus.rejected.is_empty());
+    bus.assert_no_leaks();
+}
+
+#[test]
+fn a_stuck_subscriber_is_cut_off_told_at_once_and_does_not_hold_the_others() {
+    let mut bus = Bus::with_config(3, small_window());
+    bus.ep(1).subscribe(TopicFilter::new("t/#").unwrap(), true).unwrap();
+    bus.ep(2).subscribe(TopicFilter::new("t/x").unwrap(), true).unwrap();
+    bus.settle();
+    let (mut stuck, mut reading) = (Reader::default(), Reader::default());
+    for n in 0..u64::from(WINDOW) {
+        publish(&mut bus, n, NoCredit::Refuse).unwrap();
+    }
+    bus.settle();
+    reading.collect(&mut bus, 2);
+    reading.take(&mut bus, 2, usize::MAX);
+    bus.settle();
+    // Node 1 reads nothing: the publisher is refused until it cuts node 1 off (at its timeout).
+    assert_eq!(publish(&mut bus, 4, NoCredit::Refuse), Err(CommandError::NoEventCredit { subscribers: 1 }));
+    let p = publish(&mut bus, 4, NoCredit::CutOff).unwrap();
+    assert_eq!((p.peers, p.cut_off), (1, vec![super::peer(1)]));
+    bus.settle();
+    stuck.collect(&mut bus, 1);
+    assert_eq!(stuck.lost, 1, "the cut-off subscriber is told when it happens");
+    // From now on node 1 is not waited for; its events without credit are dropped and counted.
+    for n in 5..20 {
+        publish(&mut bus, n, NoCredit::Refuse).unwrap();
+        bus.settle();
+        reading.collect(&mut bus, 2);
+        reading.take(&mut bus, 2, usize::MAX);
+    }
+    bus.settle();
+    assert_eq!(reading.taken, (0..20).collect::<Vec<_>>());
+    assert_eq!(bus.ep(0).stats().subscribers_cut_off, 1);
+    assert_eq!(bus.ep(0).stats().events_cut_off, 16);
+    // Node 1 catches up: the rest of its loss is reported, and it is reliable again.
+    stuck.collect(&mut bus, 1);
+    stuck.take(&mut bus, 1, usize::MAX);
+    bus.settle();
+    stuck.collect(&mut bus, 1);
+    assert_eq!(stuck.taken, (0..4).collect::<Vec<_>>());
+    assert_eq!(stuck.lost, 16);
+    for n in 20..20 + u64::from(WINDOW) {
+        publish(&mut bus, n, NoCredit::Refuse).unwrap();
+    }
+    bus.settle();
+    reading.collect(&mut bus, 2);
+    reading.take(&mut bus, 2, usize::MAX);
+    bus.settle();
+    assert_eq!(publish(&mut bus, 99, NoCredit::Refuse), Err(CommandError::NoEventCredit { subscribers: 1 }));
+    stuck.collect(&mut bus, 1);
+    stuck.take(&mut bus, 1, usize::MAX);
+    assert_eq!(stuck.taken[4..], (20..24).collect::<Vec<_>>());
+    assert!(bus.rejected.is_empty());
+    bus.assert_no_leaks();
+}
+
+#[test]
+fn local_reliable_subscriptions_take_credit_too() {
+    let mut bus = Bus::with_config(1, small_window());
+    bus.ep(0).subscribe(TopicFilter::new("t/x").unwrap(), true).unwrap();
+    bus.settle();
+    for n in 0..u64::from(WINDOW) {
+        publish(&mut bus, n, NoCredit::Refuse).unwrap();
+    }
+    assert_eq!(publish(&mut bus, 4, NoCredit::Refuse), Err(CommandError::NoEventCredit { subscribers: 1 }));
+    let mut reader = Reader::default();
+    reader.collect(&mut bus, 0);
+    reader.take(&mut bus, 0, 2);
+    publish(&mut bus, 4, NoCredit::Refuse).unwrap();
+    bus.run_for(SECOND);
+    bus.assert_no_leaks();
+}
+
+#[test]
+fn a_departed_subscriber_frees_its_publisher_at_once() {
+    let mut bus = Bus::with_config(2, small_window());
+    bus.ep(1).subscribe(TopicFilter::new("t/#").unwrap(), true).unwrap();
+    bus.settle();
+    for n in 0..u64::from(WINDOW) {
+        publish(&mut bus, n, NoCredit::Refuse).unwrap();
+    }
+    assert!(publish(&mut bus, 4, NoCredit::Refuse).is_err());
+    let now = bus.now;
+    bus.ep(0).handle_input(now, Input::PeerLost(super::peer(1))).unwrap();
+    assert_eq!(publish(&mut bus, 4, NoCredit::Refuse).unwrap().peers, 0);
+}
+
+#[test]
+fn a_publisher_beyond_its_credit_is_refused() {
+    let mut bus = Bus::with_config(2, small_window());
+    bus.ep(1).subscribe(TopicFilter::new("t/#").unwrap(), true).unwrap();
+    bus.settle();
+    bus.events(1);
+    for seq in 1..=u64::from(WINDOW) + 1 {
+        let frame = Frame::new(FrameKind::Publish, crate::frame::Flags::CREDITED, 0, seq).with_name("t/x");
+        bus.inject(0, 1, frame.encode(1 << 20).unwrap());
+    }
+    bus.settle();
+    let got = bus.events(1).iter().filter(|e| matches!(e, Event::Published { .. })).count();
+    assert_eq!(got, WINDOW as usize);
+    assert_eq!(bus.rejected.len(), 1);
+    assert!(matches!(bus.rejected[0], crate::FrameError::Violation { .. }));
+}
+
+#[test]
+fn an_event_nobody_takes_any_more_returns_its_credit() {
+    let mut bus = Bus::with_config(2, small_window());
+    let s = bus.ep(1).subscribe(TopicFilter::new("t/#").unwrap(), true).unwrap();
+    bus.settle();
+    // Unsubscribed while the events are on their way: they match nothing and their credit
+    // goes straight back.
+    for n in 0..u64::from(WINDOW) {
+        publish(&mut bus, n, NoCredit::Refuse).unwrap();
+    }
+    bus.ep(1).unsubscribe(s).unwrap();
+    bus.settle();
+    bus.ep(1).subscribe(TopicFilter::new("t/#").unwrap(), true).unwrap();
+    bus.settle();
+    publish(&mut bus, 9, NoCredit::Refuse).unwrap();
+    bus.assert_no_leaks();
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Publish,
+    PublishOrCutOff,
+    Take(usize, usize),
+    Settle,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => Just(Op::Publish),
+        1 => Just(Op::PublishOrCutOff),
+        3 => (1..3usize, 0..6usize).prop_map(|(who, n)| Op::Take(who, n)),
+        2 => Just(Op::Settle),
+    ]
+}
+
+proptest! {
+    /// Whatever the interleaving: each reliable subscriber receives the events in order, never
+    /// beyond its window, and every event published is either received or reported lost; with
+    /// no cut-off, nothing is lost at all.
+    #[test]
+    fn every_event_is_received_or_reported(ops in proptest::collection::vec(op(), 1..200)) {
+        let mut bus = Bus::with_config(3, small_window());
+        bus.ep(1).subscribe(TopicFilter::new("t/#").unwrap(), true).unwrap();
+        bus.ep(2).subscribe(TopicFilter::new("t/+").unwrap(), true).unwrap();
+        bus.settle();
+        let mut readers = [Reader::default(), Reader::default(), Reader::default()];
+        let (mut published, mut cut_offs) = (0u64, 0);
+        for op in ops {
+            match op {
+                Op::Publish | Op::PublishOrCutOff => {
+                    let mode = if matches!(op, Op::Publish) { NoCredit::Refuse } else { NoCredit::CutOff };
+                    match publish(&mut bus, published, mode) {
+                        Ok(p) => {
+                            published += 1;
+                            cut_offs += p.cut_off.len();
+                        }
+                        Err(CommandError::NoEventCredit { .. }) => prop_assert_eq!(mode, NoCredit::Refuse),
+                        Err(e) => prop_assert!(false, "{}", e),
+                    }
+                }
+                Op::Take(who, n) => {
+                    readers[who].collect(&mut bus, who);
+                    readers[who].take(&mut bus, who, n);
+                }
+                Op::Settle => bus.settle(),
+            }
+        }
+        bus.settle();
+        for _ in 0..3 {
+            for (who, reader) in readers.iter_mut().enumerate().skip(1) {
+                reader.collect(&mut bus, who);
+                reader.take(&mut bus, who, usize::MAX);
+            }
+            bus.settle();
+        }
+        prop_assert!(bus.rejected.is_empty(), "{:?}", bus.rejected);
+        for reader in &readers[1..] {
+            prop_assert!(reader.taken.windows(2).all(|w| w[0] < w[1]), "out of order: {:?}", reader.taken);
+            prop_assert_eq!(reader.taken.len() as u64 + reader.lost, published);
+            if cut_offs == 0 {
+                prop_assert_eq!(reader.lost, 0);
+            }
+        }
+    }
+}
