@@ -2,20 +2,20 @@
 //!
 //! ipmb reports nobody's death, and heartbeats take a peer timeout to notice one. On one
 //! machine we can do better: every peer announces its process id, and a pidfd becomes readable
-//! the moment that process exits. The engine polls its pidfds (without blocking) every
-//! [`liveness_interval`](crate::EngineConfig::liveness_interval), so a crashed or killed peer's
-//! calls fail within about that interval. Heartbeat expiry stays as the fallback (a hung but
+//! the moment that process exits. The engine's clock thread sleeps in `poll` on its pidfds
+//! (beside its own wake-up), so a crashed or killed peer's calls fail at once. Heartbeat expiry stays as the fallback (a hung but
 //! living process, or a peer in another pid namespace whose pid cannot be opened).
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
 use proto::PeerId;
 
 #[derive(Debug)]
 pub(crate) struct Liveness {
     own_pid: u32,
-    fds: HashMap<PeerId, OwnedFd>,
+    fds: HashMap<PeerId, Arc<OwnedFd>>,
 }
 
 impl Liveness {
@@ -36,7 +36,12 @@ impl Liveness {
         }
         // SAFETY: the syscall returned a fresh fd that nothing else owns (pidfds are CLOEXEC).
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        self.fds.insert(peer, fd);
+        self.fds.insert(peer, Arc::new(fd));
+    }
+
+    /// The pidfds watched, for a thread to sleep on (readable once the process exits).
+    pub(crate) fn fds(&self) -> Vec<Arc<OwnedFd>> {
+        self.fds.values().cloned().collect()
     }
 
     pub(crate) fn unwatch(&mut self, peer: PeerId) {

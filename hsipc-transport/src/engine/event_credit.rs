@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use proto::PeerId;
 
+use super::alarm::Alarm;
 use super::deferred::Deferred;
 use crate::error::{Error, Result};
 
@@ -32,13 +33,13 @@ pub(crate) struct CreditAccount {
     taken: AtomicU32,
     /// Wake the clock when this many are taken.
     batch: u32,
-    wake_clock: flume::Sender<()>,
+    wake_clock: Alarm,
 }
 
 impl CreditAccount {
     fn taken_one(&self) {
         if self.taken.fetch_add(1, Ordering::Relaxed) + 1 == self.batch {
-            let _ = self.wake_clock.try_send(());
+            self.wake_clock.ring();
         }
     }
 }
@@ -51,11 +52,11 @@ pub(super) struct EventCredit {
     /// deadline they publish again, cutting the subscribers still without credit off.
     waiters: Vec<(flume::Sender<Result<()>>, Instant)>,
     batch: u32,
-    wake_clock: flume::Sender<()>,
+    wake_clock: Alarm,
 }
 
 impl EventCredit {
-    pub(super) fn new(window: u32, wake_clock: flume::Sender<()>) -> Self {
+    pub(super) fn new(window: u32, wake_clock: Alarm) -> Self {
         EventCredit { accounts: HashMap::new(), waiters: Vec::new(), batch: (window / 8).max(1), wake_clock }
     }
 

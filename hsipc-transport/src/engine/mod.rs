@@ -20,9 +20,11 @@
 //! - **The writer thread** sends queued frames. It is the only thread that may block in the
 //!   bus, and it holds no state lock while it does.
 //! - **The clock thread** runs the protocol's timers, the engine's own deadlines (a stream
-//!   sink waiting for credit, `wait_for_service`) and the liveness check. It never does I/O,
-//!   so deadlines hold even when the bus is stalled: a caller is always answered by its
-//!   deadline, and adapters need no timer of their own.
+//!   sink waiting for credit, `wait_for_service`, a publish waiting for credit), the liveness
+//!   check and the return of event credit. It never does I/O on the bus, so deadlines hold even
+//!   when the bus is stalled: a caller is always answered by its deadline, and adapters need no
+//!   timer of their own. It sleeps in `poll` on an eventfd and the peers' pidfds (see `alarm`):
+//!   a peer's death wakes it at once, and an idle hub's clock wakes only for its heartbeat.
 //!
 //! Sends happen under a second lock, taken only with `try_lock` by everyone but the writer,
 //! and whoever holds it sends everything queued, in order: frames leave in the order the
@@ -40,6 +42,7 @@
 //! the goodbye and releases the bus, and both threads end. [`Engine::stopped`] says when that
 //! happened (at the latest about a second later, if the bus is stalled).
 
+mod alarm;
 mod deferred;
 mod dispatch;
 mod event_credit;
@@ -57,6 +60,7 @@ use std::time::{Duration, Instant};
 
 use proto::{Config, Endpoint, PeerId};
 
+use self::alarm::Alarm;
 pub use self::dispatch::{CallContext, Dispatcher, IncomingCall, Reject};
 pub use self::handle::{Handle, PeerSummary, Publish};
 pub use self::item_sink::{ItemSink, SessionSender};
@@ -87,8 +91,6 @@ pub struct EngineConfig {
     pub outbound_capacity: usize,
     /// Bytes queued for sending before more frames are dropped. Default 64 MiB.
     pub outbound_max_bytes: usize,
-    /// How often the engine checks whether known peer processes are still alive. Default 100 ms.
-    pub liveness_interval: Duration,
     /// Whether handlers send their answers from their own thread when the send path is free
     /// (true for thread-pool handlers), or always through the writer (async runtimes, whose
     /// threads must never block in a stalled bus). Default true.
@@ -101,7 +103,6 @@ impl Default for EngineConfig {
             proto: Config::default(),
             outbound_capacity: 4096,
             outbound_max_bytes: 64 << 20,
-            liveness_interval: Duration::from_millis(100),
             handlers_send_inline: true,
         }
     }
@@ -129,9 +130,10 @@ impl Engine {
         let now = Instant::now();
         let endpoint = Endpoint::new(config.proto.clone(), local, name, std::process::id(), now);
         let (wake_writer, writer_rx) = flume::bounded(1);
-        let (wake_clock, clock_rx) = flume::bounded(1);
-        let state = State::new(endpoint, config.clone(), now, wake_clock.clone());
-        let wakes = Wakes { writer: wake_writer, clock: wake_clock };
+        let alarm =
+            Alarm::new().map_err(|source| TransportError::Io { what: "creating the clock's eventfd", source })?;
+        let state = State::new(endpoint, config.clone(), alarm.clone());
+        let wakes = Wakes { writer: wake_writer, clock: alarm.clone() };
         let shared = Arc::new_cyclic(|me| Shared::new(me.clone(), state, dispatcher, wakes, name));
         let transport = connect.connect(local, name, Ingress::new(Arc::downgrade(&shared)))?;
         if transport.joined_empty_bus() {
@@ -145,7 +147,7 @@ impl Engine {
         spawn(format!("hsipc-writer-{name}"), move || run_writer(&writer, &writer_rx, &sent_tx))?;
         let clock = shared.clone();
         spawn(format!("hsipc-clock-{name}"), move || {
-            run_clock(&clock, &clock_rx);
+            run_clock(&clock, &alarm);
             // The writer sends the goodbye; a stalled bus must not keep `stopped` waiting.
             let _ = sent_rx.recv_timeout(GOODBYE_WAIT);
             let _ = stopped_tx.send(Ok(()));
@@ -196,10 +198,13 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<()> {
 }
 
 /// The clock thread: sleep until the next deadline or a wake-up, run what is due.
-fn run_clock(shared: &Arc<Shared>, wake: &flume::Receiver<()>) {
+fn run_clock(shared: &Arc<Shared>, alarm: &Alarm) {
     loop {
-        let deadline = shared.state().sleep_until();
-        let _ = wake.recv_deadline(deadline);
+        let (deadline, watched) = {
+            let mut state = shared.state();
+            (state.sleep_until(), state.watched_processes())
+        };
+        alarm.sleep(&watched, deadline);
         if shared.shutdown.load(Ordering::SeqCst) {
             break;
         }

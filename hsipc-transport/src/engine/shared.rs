@@ -24,7 +24,7 @@ pub(crate) struct Shared {
     /// Who runs served calls; taken away at close, so that handler workers end.
     dispatcher: Mutex<Option<Arc<dyn Dispatcher>>>,
     wake_writer: flume::Sender<()>,
-    wake_clock: flume::Sender<()>,
+    wake_clock: super::alarm::Alarm,
     /// Set by [`Engine::shutdown`](super::Engine::shutdown).
     pub(super) shutdown: AtomicBool,
     /// Set by the clock once the state is closed and the goodbye queued.
@@ -59,7 +59,7 @@ pub(crate) enum SendBy {
 /// The channels that wake the writer and the clock thread.
 pub(super) struct Wakes {
     pub(super) writer: flume::Sender<()>,
-    pub(super) clock: flume::Sender<()>,
+    pub(super) clock: super::alarm::Alarm,
 }
 
 impl Shared {
@@ -189,7 +189,7 @@ impl Shared {
     }
 
     pub(super) fn wake_clock(&self) {
-        let _ = self.wake_clock.try_send(());
+        self.wake_clock.ring();
     }
 
     /// Sends what is queued from this thread, unless another thread is sending (then the

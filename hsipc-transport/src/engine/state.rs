@@ -115,7 +115,6 @@ impl Census {
 pub(crate) struct State {
     pub(super) endpoint: Endpoint,
     liveness: Liveness,
-    next_liveness: Instant,
     config: EngineConfig,
     pub(super) calls: HashMap<RequestId, flume::Sender<Result<Bytes>>>,
     pub(super) streams: HashMap<RequestId, flume::Sender<StreamMsg>>,
@@ -152,11 +151,10 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(super) fn new(endpoint: Endpoint, config: EngineConfig, now: Instant, wake_clock: flume::Sender<()>) -> Self {
+    pub(super) fn new(endpoint: Endpoint, config: EngineConfig, alarm: super::alarm::Alarm) -> Self {
         State {
-            credit: EventCredit::new(config.proto.event_window, wake_clock),
+            credit: EventCredit::new(config.proto.event_window, alarm),
             liveness: Liveness::new(std::process::id()),
-            next_liveness: now + config.liveness_interval,
             endpoint,
             config,
             calls: HashMap::new(),
@@ -205,12 +203,10 @@ impl State {
         if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
             self.endpoint.handle_timeout(now);
         }
-        if now >= self.next_liveness {
-            for peer in self.liveness.dead() {
-                tracing::debug!(%peer, "peer process exited");
-                let _ = self.endpoint.handle_input(now, Input::PeerLost(peer));
-            }
-            self.next_liveness = now + self.config.liveness_interval;
+        // The clock also wakes when a peer's process exits (its pidfd is among what it polls).
+        for peer in self.liveness.dead() {
+            tracing::debug!(%peer, "peer process exited");
+            let _ = self.endpoint.handle_input(now, Input::PeerLost(peer));
         }
         let stalled: Vec<CallRef> =
             self.blocked_items.iter().filter(|(_, b)| b.deadline <= now).map(|(id, _)| *id).collect();
@@ -242,7 +238,8 @@ impl State {
 
     /// The next instant anything here is due.
     fn next_deadline(&self) -> Instant {
-        let mut t = self.next_liveness;
+        // Never asleep for longer than a minute, whatever is (not) due.
+        let mut t = Instant::now() + std::time::Duration::from_secs(60);
         let engine = self
             .blocked_items
             .values()
@@ -254,6 +251,11 @@ impl State {
             t = t.min(d);
         }
         t
+    }
+
+    /// The pidfds of the peers' processes, for the clock to sleep on.
+    pub(super) fn watched_processes(&self) -> Vec<Arc<std::os::fd::OwnedFd>> {
+        self.liveness.fds()
     }
 
     /// When the clock should wake next; records it.

@@ -4,7 +4,7 @@
 //! without `CLOEXEC`. A child process would inherit them; if this process is the bus controller
 //! and dies, the child's copies keep the bus name alive and the bus wedges until the child
 //! exits (`shared/ipmb-on-linux.md`, experiment 2.l). We cannot change ipmb, so we mark its fds
-//! close-on-exec: those opened by the join, and then, every 100 ms, every socket or
+//! close-on-exec: those opened by the join, and then, every second (and at once when a new peer is heard from), every socket or
 //! anonymous-inode fd that is not close-on-exec and did not exist before this hub joined. Fds
 //! 0-2 and the application's own earlier fds (say, sockets passed in by a service manager)
 //! are never touched.
@@ -44,7 +44,7 @@ impl Sweeper {
 
 /// Marks every socket and anonymous-inode fd of the process above 2 close-on-exec.
 ///
-/// A hub does this for ipmb's fds by itself, every 100 ms; a process on a bus that spawns
+/// A hub does this for ipmb's fds by itself, every second and whenever a new peer shows up; a process on a bus that spawns
 /// child processes can call it right before spawning to close that window. It also marks the
 /// application's own sockets that lack the flag: a program that wants a child to inherit a
 /// socket should set that up in the child (`dup2` in `pre_exec`), which clears the flag there.

@@ -22,7 +22,7 @@
 //!   protocol has heartbeats and deadlines, and the engine watches peer processes (pidfds).
 //! - **ipmb's sockets are not close-on-exec**, so a child process would inherit them and, if
 //!   this process is the bus controller, keep the bus wedged after it dies. The fds the join
-//!   opened are marked close-on-exec, and then, every 100 ms, any new socket or
+//!   opened are marked close-on-exec, and then, every second (and at once when a new peer is heard from), any new socket or
 //!   anonymous-inode fd (ipmb's controller accepts connections at any time); fds 0-2 and the
 //!   application's earlier fds are left alone.
 //! - **ipmb panics on some errors** (`unreachable!`, poisoned locks). Calls into it are wrapped

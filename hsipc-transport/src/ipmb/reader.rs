@@ -13,11 +13,16 @@ use super::{Msg, cloexec, envelope, lane};
 use crate::ingress::Ingress;
 use crate::transport::TransportError;
 
-/// How often the reader re-marks the process's bus fds close-on-exec.
-const CLOEXEC_SWEEP: Duration = Duration::from_millis(100);
+/// How often the reader re-marks the process's bus fds close-on-exec when nothing suggests a
+/// new one (a message from a peer it has not heard from, whose connection ipmb may just have
+/// accepted, sweeps at once). Reading `/proc/self/fd` is most of an idle hub's CPU time.
+const CLOEXEC_SWEEP: Duration = Duration::from_secs(1);
 
 /// The lanes this hub reads, kept so that closing can wake their readers.
 pub(super) type IncomingLanes = Arc<std::sync::Mutex<Vec<Arc<std::os::fd::OwnedFd>>>>;
+
+/// Most senders remembered for the sweep (beyond, new senders wait for the periodic sweep).
+const MAX_HEARD: usize = 4096;
 
 /// Most lanes a hub reads from (each has a thread); offers beyond are refused.
 const MAX_INCOMING_LANES: usize = 256;
@@ -46,6 +51,8 @@ pub(super) fn spawn(
             let laned: Arc<std::sync::Mutex<std::collections::HashSet<PeerId>>> = Arc::default();
             let own_uid = lane::own_uid();
             let mut next_sweep = Instant::now();
+            // Senders heard from: a new one may come with a new ipmb connection to mark.
+            let mut heard: std::collections::HashSet<PeerId> = std::collections::HashSet::new();
             while !stop.load(Ordering::Relaxed) {
                 if Instant::now() >= next_sweep {
                     sweeper.sweep();
@@ -66,7 +73,13 @@ pub(super) fn spawn(
                         return;
                     }
                 };
-                match envelope::unwrap(msg, max_len) {
+                let unwrapped = envelope::unwrap(msg, max_len);
+                if let Ok(Received::Frame(from, _) | Received::Lane(from, _)) = &unwrapped {
+                    if heard.len() < MAX_HEARD && heard.insert(*from) {
+                        next_sweep = Instant::now();
+                    }
+                }
+                match unwrapped {
                     Ok(Received::Frame(from, _))
                         if from == local || laned.lock().unwrap_or_else(|e| e.into_inner()).contains(&from) => {}
                     Ok(Received::Frame(from, bytes)) => {
