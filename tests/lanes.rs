@@ -9,6 +9,8 @@ use common::{Peer, command, env, kind, report, unique_bus};
 use hsipc::blocking::ProcessHub;
 
 const LONG: Duration = Duration::from_secs(60);
+/// The user a child switches to, to be another user's process.
+const NOBODY: libc::uid_t = 65534;
 
 #[test]
 fn child_entry() {
@@ -19,6 +21,14 @@ fn child_entry() {
         "burst_publisher" => return burst_publisher(),
         _ => {}
     }
+    let role = match role.as_str() {
+        "other_user_server" => {
+            // SAFETY: setuid changes this process's user; nothing else runs yet.
+            assert_eq!(unsafe { libc::setuid(NOBODY) }, 0, "setuid: {}", std::io::Error::last_os_error());
+            "server".to_string()
+        }
+        _ => role,
+    };
     let hub = ProcessHub::builder(&env("HSIPC_NAME")).build().unwrap();
     match role.as_str() {
         "bystander" => {}
@@ -97,6 +107,28 @@ fn calls_move_to_a_lane_keep_their_order_and_outlive_the_bus_controller() {
     client.send("again");
     let again = client.expect("AGAIN", LONG);
     assert!(again.split(',').all(|r| r == "ok"), "calls after the controller died: {again}");
+    server.send("quit");
+    client.send("quit");
+}
+
+/// A process of another user is served through the bus: no lane is made to it, and none from
+/// it is accepted (each side checks the other's user). Needs root, to start that process.
+#[test]
+fn a_process_of_another_user_gets_no_lane_and_is_reached_through_the_bus() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can start a child process as another user");
+        return;
+    }
+    let bus = unique_bus("other-user");
+    let mut server = Peer::ready("other_user_server", &bus, "server", &[]);
+    let mut client = Peer::ready("client", &bus, "client", &[]);
+    // Every call answered, in order and intact (large ones too), through the bus.
+    client.expect("CALLED", LONG);
+    server.send("lanes");
+    assert_eq!(server.expect("LANES", LONG), "0", "the other user's process reads a lane");
+    client.send("lanes");
+    assert_eq!(client.expect("LANES", LONG), "0", "this user's process reads a lane from another user");
     server.send("quit");
     client.send("quit");
 }

@@ -36,6 +36,11 @@ impl Ingress {
         }
     }
 
+    /// The process id a peer announced, if it is known.
+    pub(crate) fn peer_pid(&self, peer: PeerId) -> Option<u32> {
+        self.shared.upgrade()?.peer_pid(peer)
+    }
+
     /// Reports that a peer is gone. Returns false once the engine is gone.
     pub fn peer_lost(&self, peer: PeerId) -> bool {
         match self.shared.upgrade() {

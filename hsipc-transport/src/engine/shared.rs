@@ -114,6 +114,11 @@ impl Shared {
         self.commit(state, now, SendBy::Writer);
     }
 
+    /// The process id `peer` announced, if known.
+    pub(crate) fn peer_pid(&self, peer: PeerId) -> Option<u32> {
+        self.state().endpoint.peer(peer).map(|p| p.info.pid).filter(|pid| *pid != 0)
+    }
+
     /// The transport learned that a peer is gone.
     pub(crate) fn peer_lost(&self, peer: PeerId) {
         let now = Instant::now();

@@ -168,6 +168,14 @@ pub(super) fn maker_uid(fd: &OwnedFd) -> io::Result<u32> {
     Ok(cred.uid)
 }
 
+/// The effective user id of process `pid` (from `/proc/<pid>/status`), if it can be read.
+pub(super) fn process_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    // Real, effective, saved, filesystem.
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
 /// This process's effective user id (what `SO_PEERCRED` reports for the pairs it makes).
 pub(super) fn own_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.

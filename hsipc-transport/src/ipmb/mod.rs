@@ -83,6 +83,10 @@ pub struct IpmbConfig {
     /// How long a write into a full lane may wait before the lane's reader is taken to be stuck
     /// and the lane is given up. Default 5 s.
     pub lane_stall_timeout: Duration,
+    /// Whether lanes are made with, and accepted from, processes that run as another user.
+    /// Default false: a peer of another user is reached through the bus, and a lane it offers
+    /// is refused (`SO_PEERCRED`), so no other user's process gets a socket into this one.
+    pub lanes_across_users: bool,
 }
 
 impl IpmbConfig {
@@ -96,6 +100,7 @@ impl IpmbConfig {
             direct_lanes: true,
             max_lanes: 64,
             lane_stall_timeout: Duration::from_secs(5),
+            lanes_across_users: false,
         }
     }
 }
@@ -204,6 +209,7 @@ impl Connect for IpmbBus {
             stop: stop.clone(),
             sweeper,
             lanes: incoming.clone(),
+            across_users: cfg.lanes_across_users,
         };
         let reader = reader::spawn(receiver, setup)?;
         Ok(Box::new(IpmbTransport {
@@ -220,6 +226,8 @@ impl Connect for IpmbBus {
                 enabled: cfg.direct_lanes,
                 max: cfg.max_lanes,
                 stall: cfg.lane_stall_timeout,
+                across_users: cfg.lanes_across_users,
+                other_users: HashSet::new(),
                 outgoing: HashMap::new(),
                 dead: HashSet::new(),
                 incoming,
@@ -245,11 +253,17 @@ pub struct IpmbTransport {
     ingress: Ingress,
 }
 
+/// Most peers remembered as another user's (beyond, they are looked up again each time).
+const MAX_OTHER_USERS: usize = 4096;
+
 /// This hub's direct lanes (see [`lane`]).
 struct Lanes {
     enabled: bool,
     max: usize,
     stall: Duration,
+    across_users: bool,
+    /// Peers that run as another user: reached through the bus.
+    other_users: HashSet<PeerId>,
     /// The writing end of the lane to each peer.
     outgoing: HashMap<PeerId, OwnedFd>,
     /// Peers whose lane broke: they are gone (a new lane would reorder their frames).
@@ -274,6 +288,29 @@ impl IpmbTransport {
         tracing::debug!(peer = %to, "opened a direct lane");
         self.lanes.outgoing.insert(to, mine);
         Ok(())
+    }
+
+    /// Whether a lane to `to` may be made: it runs as this process's user (unless lanes across
+    /// users are allowed). Unknown yet (no announce heard): not now, ask again next time.
+    fn may_lane_to(&mut self, to: PeerId) -> bool {
+        if self.lanes.across_users {
+            return true;
+        }
+        if self.lanes.other_users.contains(&to) {
+            return false;
+        }
+        let Some(pid) = self.ingress.peer_pid(to) else { return false };
+        match lane::process_uid(pid) {
+            Some(uid) if uid == lane::own_uid() => true,
+            Some(uid) => {
+                tracing::info!(peer = %to, uid, "peer runs as another user: its frames go through the bus, not a lane");
+                if self.lanes.other_users.len() < MAX_OTHER_USERS {
+                    self.lanes.other_users.insert(to);
+                }
+                false
+            }
+            None => false,
+        }
     }
 
     /// Writes a frame into the lane to `to`; a broken lane means the peer is gone.
@@ -343,7 +380,7 @@ impl Transport for IpmbTransport {
         if self.lanes.dead.contains(&to) {
             return Err(TransportError::Closed);
         }
-        if self.lanes.enabled && self.lanes.outgoing.len() < self.lanes.max {
+        if self.lanes.enabled && self.lanes.outgoing.len() < self.lanes.max && self.may_lane_to(to) {
             match self.open_lane(to) {
                 Ok(()) => return self.lane_send(to, frame),
                 Err(e) => tracing::debug!(peer = %to, error = %e, "no lane; sending through the bus"),

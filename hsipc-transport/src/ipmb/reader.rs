@@ -36,13 +36,15 @@ pub(super) struct ReaderSetup {
     pub(super) stop: Arc<AtomicBool>,
     pub(super) sweeper: cloexec::Sweeper,
     pub(super) lanes: IncomingLanes,
+    /// Accept lanes made by another user's process.
+    pub(super) across_users: bool,
 }
 
 pub(super) fn spawn(
     mut receiver: ipmb::EndpointReceiver<Msg>,
     setup: ReaderSetup,
 ) -> Result<JoinHandle<()>, TransportError> {
-    let ReaderSetup { local, ingress, max_len, timeout, stop, sweeper, lanes } = setup;
+    let ReaderSetup { local, ingress, max_len, timeout, stop, sweeper, lanes, across_users } = setup;
     std::thread::Builder::new()
         .name("hsipc-ipmb-reader".into())
         .spawn(move || {
@@ -89,7 +91,7 @@ pub(super) fn spawn(
                     }
                     Ok(Received::Lane(from, fd)) => {
                         // Every earlier frame from `from` has been delivered: read its lane now.
-                        match accept_lane(from, fd, own_uid, &lanes, &stop) {
+                        match accept_lane(from, fd, (!across_users).then_some(own_uid), &lanes, &stop) {
                             Some(fd) => {
                                 let ended = laned.clone();
                                 let on_end = move |peer| {
@@ -111,7 +113,7 @@ pub(super) fn spawn(
                                     lane::shut(&fd); // the sender sees the end instead of a silent lane
                                 }
                             }
-                            None => tracing::warn!(%from, "refused a lane; that peer's frames to this hub are lost"),
+                            None => tracing::warn!(%from, "refused a lane; what that peer writes into it is lost"),
                         }
                     }
                     Err(envelope::Unwrap::Foreign) => {}
@@ -124,11 +126,11 @@ pub(super) fn spawn(
         .map_err(|source| TransportError::Io { what: "spawning the ipmb reader thread", source })
 }
 
-/// Checks a lane offer: made by a process of this user, within the limit of lanes.
+/// Checks a lane offer: made by a process of user `uid` (if given), within the limit of lanes.
 fn accept_lane(
     from: PeerId,
     fd: std::os::fd::OwnedFd,
-    own_uid: u32,
+    uid: Option<u32>,
     lanes: &IncomingLanes,
     stop: &AtomicBool,
 ) -> Option<Arc<std::os::fd::OwnedFd>> {
@@ -140,9 +142,9 @@ fn accept_lane(
         return None;
     }
     match lane::maker_uid(&fd) {
-        Ok(uid) if uid == own_uid => {}
-        Ok(uid) => {
-            tracing::warn!(%from, uid, "lane offered by another user's process");
+        Ok(maker) if uid.is_none_or(|uid| uid == maker) => {}
+        Ok(maker) => {
+            tracing::warn!(%from, uid = maker, "refused a lane offered by another user's process");
             return None;
         }
         Err(e) => {
@@ -162,4 +164,86 @@ fn accept_lane(
     let fd = Arc::new(fd);
     lanes.push(fd.clone());
     Some(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use super::*;
+
+    /// A lane end made by a process of user `uid`: a forked child switches to that user, makes
+    /// the pair and passes one end back over a socket pair (`SCM_RIGHTS`).
+    fn lane_made_by(uid: libc::uid_t) -> OwnedFd {
+        let (here, there) = lane::pair().unwrap();
+        // SAFETY: the child only makes async-signal-safe calls (setuid, socketpair, sendmsg,
+        // _exit) before it exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: plain syscalls on fds this child holds; `_exit` never returns.
+            unsafe {
+                if libc::setuid(uid) != 0 {
+                    libc::_exit(1);
+                }
+                let mut fds = [0; 2];
+                if libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr()) != 0 {
+                    libc::_exit(2);
+                }
+                let mut byte = 0u8;
+                let mut iov = libc::iovec { iov_base: &mut byte as *mut u8 as *mut libc::c_void, iov_len: 1 };
+                let mut space = [0u8; 64];
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                msg.msg_control = space.as_mut_ptr() as *mut libc::c_void;
+                msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::SOL_SOCKET;
+                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut i32, fds[1]);
+                let sent = libc::sendmsg(there.as_raw_fd(), &msg, 0);
+                libc::_exit(if sent == 1 { 0 } else { 3 });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child failed: {status}");
+        let mut byte = 0u8;
+        let mut iov = libc::iovec { iov_base: &mut byte as *mut u8 as *mut libc::c_void, iov_len: 1 };
+        let mut space = [0u8; 64];
+        // SAFETY: an all-zero msghdr is valid; it is pointed at live buffers, and recvmsg fills
+        // them; the fd it carries is new and owned by nothing else.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = space.as_mut_ptr() as *mut libc::c_void;
+            msg.msg_controllen = space.len();
+            assert_eq!(libc::recvmsg(here.as_raw_fd(), &mut msg, 0), 1);
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            assert!(!cmsg.is_null());
+            OwnedFd::from_raw_fd(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const i32))
+        }
+    }
+
+    #[test]
+    fn a_lane_made_by_another_user_is_refused_unless_allowed() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: only root can make a socket pair as another user");
+            return;
+        }
+        let lanes = IncomingLanes::default();
+        let stop = AtomicBool::new(false);
+        let theirs = lane_made_by(65534);
+        assert_eq!(lane::maker_uid(&theirs).unwrap(), 65534);
+        assert!(accept_lane(PeerId(1), theirs, Some(lane::own_uid()), &lanes, &stop).is_none());
+        // Allowed across users: accepted.
+        assert!(accept_lane(PeerId(1), lane_made_by(65534), None, &lanes, &stop).is_some());
+        // This user's: accepted.
+        assert!(accept_lane(PeerId(2), lane_made_by(0), Some(lane::own_uid()), &lanes, &stop).is_some());
+    }
 }
