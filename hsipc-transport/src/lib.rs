@@ -28,4 +28,4 @@ pub use ingress::Ingress;
 pub use ipmb::{IpmbBus, IpmbConfig};
 pub use mem::{MemBus, MemTransport};
 pub use proto;
-pub use transport::{BusError, Connect, Transport, TransportError};
+pub use transport::{BusError, Connect, Transport, TransportError, Waiting};

@@ -83,7 +83,10 @@ pub type BusError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// peer to another in the order they were sent (or drop them): the protocol detects losses
 /// but treats a reorder as a loss.
 pub trait Transport: Send + fmt::Debug + 'static {
-    /// Sends one frame to one peer. `Ok` means "handed over", not "delivered".
+    /// Sends one frame to one peer. `Ok` means "handed over", not "delivered": a transport
+    /// may keep a frame it cannot write at once (say, to a peer whose link is full) and write
+    /// it on [`flush`](Self::flush), so that one slow peer does not hold up frames to others;
+    /// it must then say so through [`waiting`](Self::waiting).
     fn send(&mut self, to: PeerId, frame: &Bytes) -> Result<(), TransportError>;
     /// Sends one frame to one peer only if that needs no waiting: `Ok(true)` if it went,
     /// `Ok(false)` if it would have had to wait (then nothing was sent, and the engine's writer
@@ -91,6 +94,14 @@ pub trait Transport: Send + fmt::Debug + 'static {
     fn try_send(&mut self, to: PeerId, frame: &Bytes) -> Result<bool, TransportError> {
         let _ = (to, frame);
         Ok(false)
+    }
+    /// Writes frames [`send`](Self::send) kept, as far as that goes without waiting.
+    fn flush(&mut self) {}
+    /// Whether frames wait to be flushed: the fds that become writable when they can go on, and
+    /// the latest instant to [`flush`](Self::flush) anyway (when a stuck peer is to be given
+    /// up). The engine's writer sleeps on them. `None` when nothing waits.
+    fn waiting(&self) -> Option<Waiting> {
+        None
     }
     /// Sends one frame to every other peer.
     fn broadcast(&mut self, frame: &Bytes) -> Result<(), TransportError>;
@@ -103,6 +114,15 @@ pub trait Transport: Send + fmt::Debug + 'static {
     }
     /// Stops receiving and releases the bus. Idempotent.
     fn close(&mut self);
+}
+
+/// What a transport's kept frames wait for (see [`Transport::waiting`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    /// Fds to poll for writability.
+    pub fds: Vec<std::os::fd::RawFd>,
+    /// Flush at this instant at the latest.
+    pub until: std::time::Instant,
 }
 
 /// Opens a [`Transport`] for one hub.

@@ -1,13 +1,14 @@
-//! How the clock thread sleeps: in `poll` on an eventfd (its wake-up) and on the peers'
-//! pidfds, until the next deadline. So a peer's death wakes it at once, and an idle hub's clock
-//! wakes only for its timers (the heartbeat), never to look around.
+//! How the engine's threads sleep: in `poll` on an eventfd (their wake-up) and on what else
+//! they wait for, until a deadline. The clock thread also waits for the peers' pidfds, so a
+//! peer's death wakes it at once and an idle hub's clock wakes only for its timers (the
+//! heartbeat); the writer also waits for full lanes to have room again.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Wakes the clock thread; cheap to clone, never blocks.
+/// Wakes a sleeping engine thread; cheap to clone, never blocks.
 #[derive(Clone, Debug)]
 pub(crate) struct Alarm(Arc<OwnedFd>);
 
@@ -22,25 +23,27 @@ impl Alarm {
         Ok(Alarm(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) })))
     }
 
-    /// Wakes the clock (if it is asleep; else its next sleep returns at once).
+    /// Wakes the thread (if it is asleep; else its next sleep returns at once).
     pub(crate) fn ring(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64; a full counter (EAGAIN) is already a wake-up.
         unsafe { libc::write(self.0.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
     }
 
-    /// Sleeps until rung, until one of `watched` is readable (a peer process exited), or until
-    /// `deadline`.
-    pub(crate) fn sleep(&self, watched: &[Arc<OwnedFd>], deadline: Instant) {
+    /// Sleeps until rung, until one of `readable` is readable (a peer process exited), one of
+    /// `writable` is writable (a full lane has room), or until `deadline`.
+    pub(crate) fn sleep(&self, readable: &[Arc<OwnedFd>], writable: &[RawFd], deadline: Instant) {
         let mut polls: Vec<libc::pollfd> = std::iter::once(&self.0)
-            .chain(watched)
+            .chain(readable)
             .map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+            .chain(writable.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLOUT, revents: 0 }))
             .collect();
         let left = deadline.saturating_duration_since(Instant::now());
         // Rounded up, so the clock never wakes just before its deadline and sleeps again.
         let ms = left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
-        // SAFETY: `polls` is a valid array of pollfds for the duration of the call, and every fd
-        // in it is kept open by `self` and `watched`.
+        // SAFETY: `polls` is a valid array of pollfds for the duration of the call. The fds in
+        // `readable` are kept open by the caller; one in `writable` may close meanwhile (the
+        // poll then reports it, or the deadline ends the sleep).
         let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
         if n > 0 && polls[0].revents & libc::POLLIN != 0 {
             let mut count: u64 = 0;
@@ -62,10 +65,10 @@ mod tests {
         alarm.ring();
         let far = Instant::now() + Duration::from_secs(3600);
         // Returns at once (else the test hangs until its harness kills it).
-        alarm.sleep(&[], far);
+        alarm.sleep(&[], &[], far);
         // And the ring was consumed: a short sleep now runs to its deadline.
         let soon = Instant::now() + Duration::from_millis(5);
-        alarm.sleep(&[], soon);
+        alarm.sleep(&[], &[], soon);
         assert!(Instant::now() >= soon);
     }
 }

@@ -79,6 +79,10 @@ use crate::transport::{Connect, TransportError};
 /// How long the clock waits for the writer to send the goodbye before it declares the engine
 /// stopped anyway (the bus may be stalled).
 const GOODBYE_WAIT: Duration = Duration::from_secs(1);
+/// The longest the writer sleeps while frames wait in the transport.
+const WAITING_RECHECK: Duration = Duration::from_millis(50);
+/// The longest the writer sleeps otherwise.
+const IDLE_RECHECK: Duration = Duration::from_secs(60);
 
 /// Settings of one engine (one hub).
 #[derive(Clone, Debug)]
@@ -129,11 +133,12 @@ impl Engine {
     ) -> Result<Engine> {
         let now = Instant::now();
         let endpoint = Endpoint::new(config.proto.clone(), local, name, std::process::id(), now);
-        let (wake_writer, writer_rx) = flume::bounded(1);
+        let writer_alarm =
+            Alarm::new().map_err(|source| TransportError::Io { what: "creating the writer's eventfd", source })?;
         let alarm =
             Alarm::new().map_err(|source| TransportError::Io { what: "creating the clock's eventfd", source })?;
         let state = State::new(endpoint, config.clone(), alarm.clone());
-        let wakes = Wakes { writer: wake_writer, clock: alarm.clone() };
+        let wakes = Wakes { writer: writer_alarm.clone(), clock: alarm.clone() };
         let shared = Arc::new_cyclic(|me| Shared::new(me.clone(), state, dispatcher, wakes, name));
         let transport = connect.connect(local, name, Ingress::new(Arc::downgrade(&shared)))?;
         if transport.joined_empty_bus() {
@@ -144,7 +149,7 @@ impl Engine {
         let (stopped_tx, stopped) = flume::bounded(1);
         let (sent_tx, sent_rx) = flume::bounded(1);
         let writer = shared.clone();
-        spawn(format!("hsipc-writer-{name}"), move || run_writer(&writer, &writer_rx, &sent_tx))?;
+        spawn(format!("hsipc-writer-{name}"), move || run_writer(&writer, &writer_alarm, &sent_tx))?;
         let clock = shared.clone();
         spawn(format!("hsipc-clock-{name}"), move || {
             run_clock(&clock, &alarm);
@@ -204,7 +209,7 @@ fn run_clock(shared: &Arc<Shared>, alarm: &Alarm) {
             let mut state = shared.state();
             (state.sleep_until(), state.watched_processes())
         };
-        alarm.sleep(&watched, deadline);
+        alarm.sleep(&watched, &[], deadline);
         if shared.shutdown.load(Ordering::SeqCst) {
             break;
         }
@@ -224,8 +229,15 @@ fn run_clock(shared: &Arc<Shared>, alarm: &Alarm) {
 }
 
 /// The writer thread: send whatever is queued whenever woken; after the close, release the bus.
-fn run_writer(shared: &Shared, wake: &flume::Receiver<()>, sent: &flume::Sender<()>) {
-    while wake.recv().is_ok() {
+fn run_writer(shared: &Shared, alarm: &Alarm, sent: &flume::Sender<()>) {
+    loop {
+        // Asleep until woken, or until a full lane has room (or its stall deadline, or a while:
+        // an fd closed meanwhile must not keep the writer from noticing).
+        let now = Instant::now();
+        match shared.transport_waiting() {
+            Some(w) => alarm.sleep(&[], &w.fds, w.until.min(now + WAITING_RECHECK)),
+            None => alarm.sleep(&[], &[], now + IDLE_RECHECK),
+        }
         // Read before sending: everything queued before the close (the goodbye) goes out.
         let closing = shared.closed.load(Ordering::SeqCst);
         shared.send_queued_blocking();

@@ -23,7 +23,7 @@ pub(crate) struct Shared {
     transport: Mutex<Option<Box<dyn Transport>>>,
     /// Who runs served calls; taken away at close, so that handler workers end.
     dispatcher: Mutex<Option<Arc<dyn Dispatcher>>>,
-    wake_writer: flume::Sender<()>,
+    wake_writer: super::alarm::Alarm,
     wake_clock: super::alarm::Alarm,
     /// Set by [`Engine::shutdown`](super::Engine::shutdown).
     pub(super) shutdown: AtomicBool,
@@ -58,7 +58,7 @@ pub(crate) enum SendBy {
 
 /// The channels that wake the writer and the clock thread.
 pub(super) struct Wakes {
-    pub(super) writer: flume::Sender<()>,
+    pub(super) writer: super::alarm::Alarm,
     pub(super) clock: super::alarm::Alarm,
 }
 
@@ -190,7 +190,7 @@ impl Shared {
     }
 
     pub(super) fn wake_writer(&self) {
-        let _ = self.wake_writer.try_send(());
+        self.wake_writer.ring();
     }
 
     pub(super) fn wake_clock(&self) {
@@ -233,17 +233,28 @@ impl Shared {
             }
             None => batch.frames.clear(),
         }
+        // Frames kept by the transport (a full lane) are the writer's to finish.
+        let kept = transport.as_ref().is_some_and(|t| t.waiting().is_some());
         let more = self.finish_batch(batch);
         drop(transport);
-        if more {
+        if more || kept {
             self.wake_writer();
         }
     }
 
-    /// The writer's send: waits for the send lock (held only briefly by handlers).
+    /// The writer's send: waits for the send lock (held only briefly by handlers), writes what
+    /// the transport kept (full lanes with room again), then what is queued.
     pub(super) fn send_queued_blocking(&self) {
         let mut transport = self.transport.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = transport.as_deref_mut() {
+            t.flush();
+        }
         self.send_all(transport.as_deref_mut());
+    }
+
+    /// What the transport's kept frames wait for, for the writer to sleep on.
+    pub(super) fn transport_waiting(&self) -> Option<crate::transport::Waiting> {
+        self.transport.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|t| t.waiting())
     }
 
     pub(super) fn close_transport(&self) {

@@ -21,7 +21,6 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use proto::PeerId;
@@ -47,18 +46,24 @@ pub(super) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Writes one frame into a lane, in chunks; waits while the lane is full, at most `stall` for
-/// the whole frame (then `TimedOut`: the reader is stuck).
-pub(super) fn send(fd: &OwnedFd, frame: &[u8], stall: Duration) -> io::Result<()> {
-    let deadline = Instant::now() + stall.max(Duration::from_millis(1));
-    let mut chunks = frame.chunks(CHUNK).peekable();
-    if frame.is_empty() {
-        return send_chunk(fd, LAST, &[], deadline);
+/// Writes the chunks of `frame` from chunk `from` on, as long as the lane has room; returns how
+/// many chunks the frame has written in all (all of them: the frame is through).
+pub(super) fn write_chunks(fd: &OwnedFd, frame: &[u8], from: usize) -> io::Result<usize> {
+    let total = chunk_count(frame);
+    for i in from..total {
+        let chunk = &frame[(i * CHUNK).min(frame.len())..((i + 1) * CHUNK).min(frame.len())];
+        match send_once(fd, if i + 1 < total { MORE } else { LAST }, chunk) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(i),
+            Err(e) => return Err(e),
+        }
     }
-    while let Some(chunk) = chunks.next() {
-        send_chunk(fd, if chunks.peek().is_some() { MORE } else { LAST }, chunk, deadline)?;
-    }
-    Ok(())
+    Ok(total)
+}
+
+/// How many lane messages `frame` takes (an empty frame takes one).
+pub(super) fn chunk_count(frame: &[u8]) -> usize {
+    frame.len().div_ceil(CHUNK).max(1)
 }
 
 /// Writes a frame that fits in one lane message if the lane has room now: `Ok(false)` (nothing
@@ -71,25 +76,6 @@ pub(super) fn try_send(fd: &OwnedFd, frame: &[u8]) -> io::Result<bool> {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
         Err(e) => Err(e),
-    }
-}
-
-/// Sends one chunk, waiting for room until `deadline`.
-fn send_chunk(fd: &OwnedFd, flag: u8, data: &[u8], deadline: Instant) -> io::Result<()> {
-    loop {
-        match send_once(fd, flag, data) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "the lane's reader is stuck"));
-                }
-                let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
-                let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-                // SAFETY: one valid pollfd for the duration of the call.
-                unsafe { libc::poll(&mut pfd, 1, ms) };
-            }
-            other => return other,
-        }
     }
 }
 

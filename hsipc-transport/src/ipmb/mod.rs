@@ -37,21 +37,22 @@ pub use cloexec::mark_bus_fds_close_on_exec;
 mod envelope;
 mod lane;
 mod name_lock;
+mod out_lanes;
 mod reader;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proto::PeerId;
 
 use crate::ingress::Ingress;
-use crate::transport::{Connect, Transport, TransportError};
+use crate::transport::{Connect, Transport, TransportError, Waiting};
 
 pub use envelope::INLINE_MAX;
 
@@ -80,8 +81,9 @@ pub struct IpmbConfig {
     pub direct_lanes: bool,
     /// Most lanes this hub opens; peers beyond it are reached through the bus. Default 64.
     pub max_lanes: usize,
-    /// How long a write into a full lane may wait before the lane's reader is taken to be stuck
-    /// and the lane is given up. Default 5 s.
+    /// How long frames may wait for a full lane without any of them going through before the
+    /// lane's reader is taken to be stuck and its peer is cut off. Default 5 s. (Frames to other
+    /// peers never wait for it: each lane has its own queue.)
     pub lane_stall_timeout: Duration,
     /// Whether lanes are made with, and accepted from, processes that run as another user.
     /// Default false: a peer of another user is reached through the bus, and a lane it offers
@@ -225,10 +227,9 @@ impl Connect for IpmbBus {
             lanes: Lanes {
                 enabled: cfg.direct_lanes,
                 max: cfg.max_lanes,
-                stall: cfg.lane_stall_timeout,
                 across_users: cfg.lanes_across_users,
                 other_users: HashSet::new(),
-                outgoing: HashMap::new(),
+                outgoing: out_lanes::OutLanes::new(cfg.lane_stall_timeout),
                 dead: HashSet::new(),
                 incoming,
             },
@@ -253,6 +254,9 @@ pub struct IpmbTransport {
     ingress: Ingress,
 }
 
+/// How long closing waits for full lanes to take the frames waiting for them (the goodbye).
+const CLOSE_DRAIN: Duration = Duration::from_millis(500);
+
 /// Most peers remembered as another user's (beyond, they are looked up again each time).
 const MAX_OTHER_USERS: usize = 4096;
 
@@ -260,12 +264,11 @@ const MAX_OTHER_USERS: usize = 4096;
 struct Lanes {
     enabled: bool,
     max: usize,
-    stall: Duration,
     across_users: bool,
     /// Peers that run as another user: reached through the bus.
     other_users: HashSet<PeerId>,
-    /// The writing end of the lane to each peer.
-    outgoing: HashMap<PeerId, OwnedFd>,
+    /// The lane to each peer, with the frames waiting for room in it.
+    outgoing: out_lanes::OutLanes,
     /// Peers whose lane broke: they are gone (a new lane would reorder their frames).
     dead: HashSet<PeerId>,
     /// The lanes this hub reads, to wake their readers at close.
@@ -313,10 +316,10 @@ impl IpmbTransport {
         }
     }
 
-    /// Writes a frame into the lane to `to`; a broken lane means the peer is gone.
-    fn lane_send(&mut self, to: PeerId, frame: &[u8]) -> Result<(), TransportError> {
-        let Some(fd) = self.lanes.outgoing.get(&to) else { return Err(TransportError::Closed) };
-        lane::send(fd, frame, self.lanes.stall).map_err(|source| self.lane_broken(to, source))
+    /// Writes a frame into the lane to `to`, or queues it there; a broken lane means the peer
+    /// is gone.
+    fn lane_send(&mut self, to: PeerId, frame: &Bytes) -> Result<(), TransportError> {
+        self.lanes.outgoing.write(to, frame).map_err(|source| self.lane_broken(to, source))
     }
 
     /// A lane broke (its reader ended) or stayed full past the stall timeout (its reader is
@@ -324,7 +327,7 @@ impl IpmbTransport {
     /// it fail now instead of at their deadlines.
     fn lane_broken(&mut self, to: PeerId, source: std::io::Error) -> TransportError {
         tracing::debug!(peer = %to, error = %source, "lane broken: the peer is gone or stuck");
-        self.lanes.outgoing.remove(&to);
+        self.lanes.outgoing.remove(to);
         self.lanes.dead.insert(to);
         self.ingress.peer_lost(to);
         TransportError::Io { what: "writing into a direct lane", source }
@@ -374,7 +377,7 @@ impl IpmbTransport {
 impl Transport for IpmbTransport {
     fn send(&mut self, to: PeerId, frame: &Bytes) -> Result<(), TransportError> {
         self.check_open(frame)?;
-        if self.lanes.outgoing.contains_key(&to) {
+        if self.lanes.outgoing.contains(to) {
             return self.lane_send(to, frame);
         }
         if self.lanes.dead.contains(&to) {
@@ -393,18 +396,27 @@ impl Transport for IpmbTransport {
         self.check_open(frame)?;
         // Only a lane can take a frame without waiting; the bus (and opening a lane) is the
         // writer's job.
-        let Some(fd) = self.lanes.outgoing.get(&to) else { return Ok(false) };
-        match lane::try_send(fd, frame) {
+        match self.lanes.outgoing.try_write(to, frame) {
             Ok(sent) => Ok(sent),
             Err(source) => Err(self.lane_broken(to, source)),
         }
+    }
+
+    fn flush(&mut self) {
+        for (peer, source) in self.lanes.outgoing.flush() {
+            self.lane_broken(peer, source);
+        }
+    }
+
+    fn waiting(&self) -> Option<Waiting> {
+        self.lanes.outgoing.waiting().map(|(fds, until)| Waiting { fds, until })
     }
 
     fn broadcast(&mut self, frame: &Bytes) -> Result<(), TransportError> {
         let r = self.send_to(ipmb::Selector::multicast(ALL_LABEL), frame);
         // Peers this hub has a lane to ignore its bus messages: they get their copy in order
         // through the lane.
-        let laned: Vec<PeerId> = self.lanes.outgoing.keys().copied().collect();
+        let laned = self.lanes.outgoing.peers();
         for peer in laned {
             let _ = self.lane_send(peer, frame);
         }
@@ -423,7 +435,9 @@ impl Transport for IpmbTransport {
         if self.stop.swap(true, Ordering::Relaxed) {
             return;
         }
-        // Peers reading our lanes see their end (after everything sent, the goodbye included).
+        // Peers reading our lanes see their end (after everything sent, the goodbye included,
+        // unless their lane stays full).
+        self.lanes.outgoing.drain(Instant::now() + CLOSE_DRAIN);
         self.lanes.outgoing.clear();
         for fd in self.lanes.incoming.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             lane::shut(&fd);

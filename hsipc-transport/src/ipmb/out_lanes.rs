@@ -1,0 +1,222 @@
+//! The lanes a hub writes, one per peer, and the frames waiting for room in each.
+//!
+//! Writing never blocks: a frame a lane cannot take now waits in that lane's own queue (behind
+//! any frame already waiting, so the peer's order holds), and the engine's writer thread writes
+//! it once the lane has room (it sleeps in `poll` on the full lanes, see
+//! [`Transport::waiting`](crate::Transport::waiting)). So a peer that stops reading holds back
+//! its own frames only, never another peer's. A lane whose waiting frames make no progress for
+//! the stall timeout, or on which too much waits, is given up: its peer is cut off.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proto::PeerId;
+
+use super::lane;
+
+/// Most bytes that may wait for one lane before its peer is cut off.
+const MAX_WAITING_BYTES: usize = 64 << 20;
+/// Most frames that may wait for one lane before its peer is cut off.
+const MAX_WAITING_FRAMES: usize = 8192;
+
+/// One peer's lane and what waits for it.
+struct OutLane {
+    fd: OwnedFd,
+    /// Frames accepted and not yet fully written, oldest first.
+    waiting: VecDeque<Bytes>,
+    /// Chunks of the first waiting frame already written.
+    written: usize,
+    waiting_bytes: usize,
+    /// When the waiting frames last made progress (or began to wait).
+    progress: Instant,
+}
+
+/// The lanes this hub writes.
+pub(super) struct OutLanes {
+    lanes: HashMap<PeerId, OutLane>,
+    stall: Duration,
+}
+
+impl OutLanes {
+    pub(super) fn new(stall: Duration) -> Self {
+        OutLanes { lanes: HashMap::new(), stall: stall.max(Duration::from_millis(1)) }
+    }
+
+    pub(super) fn insert(&mut self, peer: PeerId, fd: OwnedFd) {
+        let lane = OutLane { fd, waiting: VecDeque::new(), written: 0, waiting_bytes: 0, progress: Instant::now() };
+        self.lanes.insert(peer, lane);
+    }
+
+    pub(super) fn contains(&self, peer: PeerId) -> bool {
+        self.lanes.contains_key(&peer)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.lanes.len()
+    }
+
+    pub(super) fn peers(&self) -> Vec<PeerId> {
+        self.lanes.keys().copied().collect()
+    }
+
+    /// Forgets a lane (its peer sees the end once every copy of the fd is closed).
+    pub(super) fn remove(&mut self, peer: PeerId) {
+        self.lanes.remove(&peer);
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.lanes.clear();
+    }
+
+    /// Writes `frame` into `peer`'s lane, or queues it behind what waits there; `Err` if the
+    /// lane broke or too much waits for it (the peer is then to be cut off).
+    pub(super) fn write(&mut self, peer: PeerId, frame: &Bytes) -> io::Result<()> {
+        let Some(lane) = self.lanes.get_mut(&peer) else {
+            return Err(io::Error::new(io::ErrorKind::NotConnected, "no lane to that peer"));
+        };
+        if lane.waiting.is_empty() {
+            let written = lane::write_chunks(&lane.fd, frame, 0)?;
+            if written == lane::chunk_count(frame) {
+                return Ok(());
+            }
+            lane.written = written;
+            lane.progress = Instant::now();
+        }
+        if lane.waiting_bytes + frame.len() > MAX_WAITING_BYTES || lane.waiting.len() >= MAX_WAITING_FRAMES {
+            return Err(io::Error::new(io::ErrorKind::OutOfMemory, "too much waits for the lane's reader"));
+        }
+        lane.waiting_bytes += frame.len();
+        lane.waiting.push_back(frame.clone());
+        Ok(())
+    }
+
+    /// Writes `frame` from the caller's thread if that cannot wait: nothing waits for the lane
+    /// and the frame goes whole into one lane message now. `Ok(false)`: nothing was written.
+    pub(super) fn try_write(&mut self, peer: PeerId, frame: &Bytes) -> io::Result<bool> {
+        match self.lanes.get(&peer) {
+            Some(lane) if lane.waiting.is_empty() => lane::try_send(&lane.fd, frame),
+            _ => Ok(false),
+        }
+    }
+
+    /// Writes what waits, as far as the lanes take it now. Returns the peers whose lane broke,
+    /// or made no progress for the stall timeout (their reader is stuck).
+    pub(super) fn flush(&mut self) -> Vec<(PeerId, io::Error)> {
+        let now = Instant::now();
+        let mut failed = Vec::new();
+        for (peer, lane) in &mut self.lanes {
+            if let Err(e) = lane.flush(now) {
+                failed.push((*peer, e));
+            } else if !lane.waiting.is_empty() && now >= lane.progress + self.stall {
+                failed.push((*peer, io::Error::new(io::ErrorKind::TimedOut, "the lane's reader is stuck")));
+            }
+        }
+        failed
+    }
+
+    /// The lanes with frames waiting (to poll for room), and when the first of them stalls.
+    pub(super) fn waiting(&self) -> Option<(Vec<RawFd>, Instant)> {
+        let full: Vec<&OutLane> = self.lanes.values().filter(|l| !l.waiting.is_empty()).collect();
+        let until = full.iter().map(|l| l.progress + self.stall).min()?;
+        Some((full.iter().map(|l| l.fd.as_raw_fd()).collect(), until))
+    }
+
+    /// At close: writes what waits, waiting for room until `deadline` at most.
+    pub(super) fn drain(&mut self, deadline: Instant) {
+        loop {
+            let _ = self.flush();
+            let Some((fds, _)) = self.waiting() else { return };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let mut polls: Vec<libc::pollfd> =
+                fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLOUT, revents: 0 }).collect();
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+            // SAFETY: a valid array of pollfds; the fds stay open (owned by `self`).
+            unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
+        }
+    }
+}
+
+impl OutLane {
+    /// Writes waiting frames until the lane is full or nothing waits.
+    fn flush(&mut self, now: Instant) -> io::Result<()> {
+        while let Some(front) = self.waiting.front() {
+            let written = lane::write_chunks(&self.fd, front, self.written)?;
+            if written > self.written {
+                self.progress = now;
+            }
+            if written < lane::chunk_count(front) {
+                self.written = written;
+                return Ok(());
+            }
+            self.waiting_bytes -= front.len();
+            self.waiting.pop_front();
+            self.written = 0;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lane whose reader does not read: frames wait without blocking the writer, in order,
+    /// and go through once the reader reads.
+    #[test]
+    fn a_full_lane_queues_without_blocking_and_keeps_order() {
+        let (mine, theirs) = lane::pair().unwrap();
+        let mut lanes = OutLanes::new(Duration::from_secs(3600));
+        let peer = PeerId(7);
+        lanes.insert(peer, mine);
+        let frames: Vec<Bytes> = (0..64u8).map(|i| Bytes::from(vec![i; 100_000])).collect();
+        for f in &frames {
+            lanes.write(peer, f).unwrap();
+        }
+        assert!(lanes.waiting().is_some(), "a lane holds far less than 6 MB: some must wait");
+        assert!(!lanes.try_write(peer, &Bytes::from_static(b"x")).unwrap(), "nothing jumps the queue");
+        // Read everything while flushing: the frames arrive whole and in order.
+        let mut got = Vec::new();
+        let mut frame = Vec::new();
+        let mut buf = vec![0u8; 70 * 1024];
+        while got.len() < frames.len() {
+            assert!(lanes.flush().is_empty());
+            loop {
+                // SAFETY: `buf` is valid for writes of its length.
+                let n = unsafe {
+                    libc::recv(theirs.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT)
+                };
+                if n <= 0 {
+                    break;
+                }
+                frame.extend_from_slice(&buf[1..n as usize]);
+                if buf[0] == 0 {
+                    got.push(std::mem::take(&mut frame));
+                }
+            }
+        }
+        assert!(got.iter().zip(&frames).all(|(a, b)| a[..] == b[..]));
+        assert!(lanes.waiting().is_none());
+    }
+
+    #[test]
+    fn a_lane_that_makes_no_progress_is_given_up_at_its_stall_timeout() {
+        let (mine, _theirs) = lane::pair().unwrap();
+        let mut lanes = OutLanes::new(Duration::from_millis(1));
+        lanes.insert(PeerId(7), mine);
+        let big = Bytes::from(vec![0u8; 1 << 20]);
+        lanes.write(PeerId(7), &big).unwrap();
+        let (_, until) = lanes.waiting().unwrap();
+        while Instant::now() < until {
+            std::thread::yield_now();
+        }
+        let failed = lanes.flush();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].1.kind(), io::ErrorKind::TimedOut);
+    }
+}
