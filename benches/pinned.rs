@@ -23,6 +23,8 @@
 //!   of the same kind that serves `bench.echo` (`Bytes` in, the same `Bytes` out) and
 //!   subscribes to `bench/#`, and this process's hub. Async calls are awaited on a
 //!   current-thread runtime in this thread.
+//! - **hsipc blocking+inline / tokio+inline**: the same, with `bench.echo` served by
+//!   `serve_inline` (run on the thread that read the request: one thread wake-up less).
 //!
 //! Metrics (percentiles from raw sample vectors, nearest rank):
 //! - **round trip** p50 / p99 at 64 B, 4 KiB, 64 KiB and 1 MiB: send a payload, wait for it
@@ -97,6 +99,9 @@ const SIZES: [usize; 4] = [64, 4 << 10, 64 << 10, MIB];
 const SMALL: usize = 64;
 /// The hsipc hub kinds measured.
 const KINDS: [&str; 3] = ["blocking", "tokio", "smol"];
+/// The same hubs with the echo served inline (`serve_inline`: on the thread that read the
+/// request, no hop to a worker or task).
+const INLINE_KINDS: [&str; 2] = ["blocking+inline", "tokio+inline"];
 
 // Byte 0 of every payload says what it is; bytes 1..9 of a marker carry its batch.
 /// One-way data: counted.
@@ -120,7 +125,7 @@ fn main() {
         Ok(a) => a,
         Err(e) => {
             eprintln!(
-                "pinned: {e}\nusage: pinned [--quick] [--cpus 1|2|both] [--only socket,ipmb,blocking,tokio,smol]"
+                "pinned: {e}\nusage: pinned [--quick] [--cpus 1|2|both] [--only socket,ipmb,blocking,tokio,smol,blocking+inline,tokio+inline]"
             );
             std::process::exit(2);
         }
@@ -347,12 +352,14 @@ enum Transport {
 }
 
 impl Transport {
-    const ALL: [Transport; 5] = [
+    const ALL: [Transport; 7] = [
         Transport::Socket,
         Transport::RawIpmb,
         Transport::Hub(KINDS[0]),
         Transport::Hub(KINDS[1]),
         Transport::Hub(KINDS[2]),
+        Transport::Hub(INLINE_KINDS[0]),
+        Transport::Hub(INLINE_KINDS[1]),
     ];
 
     fn key(self) -> &'static str {
@@ -446,7 +453,7 @@ fn run_transport(t: Transport, mode: &Mode, p: &Params) -> Row {
         row.stream_large = Cell::Na;
     }
     let result = catch_unwind(AssertUnwindSafe(|| {
-        let what = format!("{}-c{}", t.key(), mode.cpus);
+        let what = format!("{}-c{}", t.key().replace('+', "-"), mode.cpus);
         let mut link: Box<dyn Link> = match t {
             Transport::Socket => Box::new(SocketLink::start(mode.peer_cpu)),
             Transport::RawIpmb => Box::new(IpmbLink::start(&what, mode.peer_cpu)),
@@ -788,6 +795,11 @@ impl Link for IpmbLink {
 // ---------------------------------------------------------------------------------------------
 // hsipc hubs
 
+/// The hub kind without its `+inline` (the client's side is the same either way).
+fn base_kind(kind: &str) -> &str {
+    kind.split('+').next().unwrap_or(kind)
+}
+
 /// Bystander hub (controller) + peer process with a hub of kind `kind`, and this process's hub
 /// `"bench"` of the same kind. The hub drops first.
 struct HubLink {
@@ -802,7 +814,7 @@ impl HubLink {
         let bystander = Proc::spawn("hub_bystander", &bus, "blocking", cpu, None);
         let peer = Proc::spawn("hub_peer", &bus, kind, cpu, None);
         mark_all_cloexec();
-        let hub = Client::join(kind, &bus, Some(WAIT));
+        let hub = Client::join(base_kind(kind), &bus, Some(WAIT));
         hub.wait_for_service("bench", WAIT).expect("the echo server is not seen on the bus");
         HubLink { hub, peer, _bystander: bystander }
     }
@@ -1021,7 +1033,7 @@ fn render(mode: &Mode, p: &Params, rows: &[Row]) -> String {
         cols.push(cell(row, &row.stream_large, |f| flow_cell(f, |f| format!("{:.2}", f.gib_per_sec()))));
         cols.push(cell(row, &row.pipelined, |&(calls, d)| {
             let s = fmt_rate(calls as f64 / d.as_secs_f64().max(1e-9));
-            if matches!(row.transport, Transport::Hub("blocking")) { format!("{s} (64 threads)") } else { s }
+            if row.transport.key().starts_with("blocking") { format!("{s} (64 threads)") } else { s }
         }));
         cols.push(cell(row, &row.events, |f| flow_cell(f, |f| fmt_rate(f.per_sec()))));
         out += &format!("| {} |\n", cols.join(" | "));
@@ -1232,10 +1244,17 @@ mod child {
     /// async hubs a measurable share); `watch_parent` bounds it.
     fn hub_peer() {
         let mut counter = Counter::default();
-        match kind().as_str() {
+        let kind = kind();
+        let inline = kind.ends_with("+inline");
+        match super::base_kind(&kind) {
             "blocking" => {
                 let hub = hub("server");
-                hub.serve("bench.echo", |b: Bytes| Ok::<Bytes, String>(b)).expect("serve bench.echo");
+                let echo = |b: Bytes| Ok::<Bytes, String>(b);
+                if inline {
+                    hub.serve_inline("bench.echo", echo).expect("serve bench.echo");
+                } else {
+                    hub.serve("bench.echo", echo).expect("serve bench.echo");
+                }
                 let events = hub.subscribe::<Bytes>("bench/#").expect("subscribe");
                 report("READY");
                 for e in events {
@@ -1244,7 +1263,11 @@ mod child {
             }
             "tokio" => tokio::runtime::Runtime::new().expect("tokio runtime").block_on(async {
                 let hub = hsipc::tokio::ProcessHub::builder("server").bus(bus()).build().expect("server hub joins");
-                hub.serve("bench.echo", |b: Bytes| async move { Ok::<Bytes, String>(b) }).await.expect("serve");
+                if inline {
+                    hub.serve_inline("bench.echo", |b: Bytes| Ok::<Bytes, String>(b)).await.expect("serve");
+                } else {
+                    hub.serve("bench.echo", |b: Bytes| async move { Ok::<Bytes, String>(b) }).await.expect("serve");
+                }
                 let mut events = hub.subscribe::<Bytes>("bench/#").await.expect("subscribe");
                 report("READY");
                 while let Some(e) = events.next().await {

@@ -258,6 +258,12 @@ trait Kit: Sized + 'static {
         Req: DeserializeOwned + Send + 'static,
         Resp: Serialize + Send + 'static,
         F: Fn(Req) -> std::result::Result<Resp, String> + Send + Sync + 'static;
+    /// Serves `method` with a plain function run inline, on the thread that read the request.
+    async fn serve_inline<Req, Resp, F>(hub: &Self::Hub, method: &str, f: F) -> Result<()>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(Req) -> std::result::Result<Resp, String> + Send + Sync + 'static;
     /// Serves `method` with a handler that is held until released (see [`Hold`]).
     async fn serve_hold(hub: &Self::Hub, method: &str, hold: Hold) -> Result<()>;
     /// Serves a streaming `method` following `plan`.
@@ -336,6 +342,15 @@ impl Kit for Blocking {
         F: Fn(Req) -> std::result::Result<Resp, String> + Send + Sync + 'static,
     {
         hub.serve(method, f)
+    }
+
+    async fn serve_inline<Req, Resp, F>(hub: &Self::Hub, method: &str, f: F) -> Result<()>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(Req) -> std::result::Result<Resp, String> + Send + Sync + 'static,
+    {
+        hub.serve_inline(method, f)
     }
 
     async fn serve_hold(hub: &Self::Hub, method: &str, hold: Hold) -> Result<()> {
@@ -527,6 +542,15 @@ impl<E: Exec> Kit for Async<E> {
             async move { f(req) }
         })
         .await
+    }
+
+    async fn serve_inline<Req, Resp, F>(hub: &Self::Hub, method: &str, f: F) -> Result<()>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(Req) -> std::result::Result<Resp, String> + Send + Sync + 'static,
+    {
+        hub.serve_inline(method, f).await
     }
 
     async fn serve_hold(hub: &Self::Hub, method: &str, hold: Hold) -> Result<()> {
@@ -1051,6 +1075,30 @@ async fn overflow<K: Kit>(net: Net, qos: Qos) {
     settle::<K>(&[&publisher, &subscriber]).await;
 }
 
+/// A handler run inline answers like any other: many calls in order, an error, a panic (the
+/// hub lives on), and a call from its own hub.
+async fn inline_handler<K: Kit>(net: Net) {
+    let bus = Bus::new(net);
+    let server = K::build("server", &bus, &Cfg::default());
+    let client = K::build("client", &bus, &Cfg::default());
+    K::serve_inline(&server, "fast.add", |(a, b): (i64, i64)| Ok(a + b)).await.unwrap();
+    K::serve_inline(&server, "fast.fail", |(): ()| -> std::result::Result<(), String> { Err("no".into()) })
+        .await
+        .unwrap();
+    K::serve_inline(&server, "fast.panic", |(): ()| -> std::result::Result<(), String> { panic!("on purpose") })
+        .await
+        .unwrap();
+    K::wait_for_service(&client, "fast", LONG).await.unwrap();
+    for i in 0..200i64 {
+        assert_eq!(K::call::<_, i64>(&client, "fast.add", (i, 1)).await.unwrap(), i + 1);
+    }
+    assert_eq!(remote(K::call::<_, ()>(&client, "fast.fail", ()).await).message, "no");
+    assert!(remote(K::call::<_, ()>(&client, "fast.panic", ()).await).message.contains("panicked"));
+    assert_eq!(K::call::<_, i64>(&client, "fast.add", (2, 2)).await.unwrap(), 4);
+    assert_eq!(K::call::<_, i64>(&server, "fast.add", (3, 3)).await.unwrap(), 6);
+    settle::<K>(&[&server, &client]).await;
+}
+
 /// Publishes `count` events on `topic` from a thread of its own (a publisher held back by a
 /// subscriber must not hold the test's reader back too).
 fn publish_from_a_thread<K: Kit>(hub: &K::Hub, topic: &'static str, count: u32) -> std::thread::JoinHandle<()> {
@@ -1290,6 +1338,7 @@ macro_rules! suite {
             overflow_drop_newest,
             overflow_drop_oldest,
             reliable_subscription_loses_nothing,
+            inline_handler,
             stuck_reliable_subscriber_is_cut_off,
             dropped_server_fails_calls_with_peer_lost,
             closed_server_fails_calls_with_peer_lost,

@@ -102,6 +102,27 @@ impl ProcessHub {
         self.core.serve_blocking(method, move |req, _: &CallContext| handler(req))
     }
 
+    /// A handler declared cheap: it runs right on the thread that read the request (no hop to
+    /// a worker, one thread wake-up less per call) and its answer is written from there. For
+    /// handlers that return at once: no I/O, no waiting, no lock held for long, no call to
+    /// another hub. While it runs, nothing else from the calling hub is read, so a slow one
+    /// delays every frame that hub sends here (and a blocking one can stall them for good).
+    ///
+    /// ```no_run
+    /// # let hub = hsipc_blocking::ProcessHub::new("doc").unwrap();
+    /// hub.serve_inline("calc.add", |(a, b): (i64, i64)| Ok::<_, String>(a + b))?;
+    /// # Ok::<(), hsipc_blocking::Error>(())
+    /// ```
+    pub fn serve_inline<Req, Resp, E, F>(&self, method: &str, handler: F) -> Result<()>
+    where
+        Req: DeserializeOwned + 'static,
+        Resp: Serialize + 'static,
+        E: std::fmt::Display + 'static,
+        F: Fn(Req) -> std::result::Result<Resp, E> + Send + Sync + 'static,
+    {
+        self.core.serve_inline(method, handler)
+    }
+
     /// Like [`serve`](Self::serve), with the call's [`CallContext`]: who called, the deadline,
     /// and whether the call is still wanted (look at it between steps of long work).
     ///

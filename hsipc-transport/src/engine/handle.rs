@@ -29,6 +29,8 @@ const STREAM_BACKSTOP: Duration = Duration::from_millis(500);
 #[derive(Clone, Debug)]
 pub struct Handle {
     shared: Arc<Shared>,
+    /// Answers go out without ever blocking this thread (a handler run inline on a reader).
+    never_block: bool,
 }
 
 /// The outcome of [`Handle::publish`].
@@ -60,7 +62,7 @@ pub struct PeerSummary {
 
 impl Handle {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
-        Handle { shared }
+        Handle { shared, never_block: false }
     }
 
     pub(super) fn shared(&self) -> &Shared {
@@ -165,9 +167,20 @@ impl Handle {
         });
     }
 
+    /// The same handle, for a handler that runs on a thread that must never block (the thread
+    /// that read its request): its answers go out at once if they can, else through the writer.
+    pub(crate) fn never_blocking(&self) -> Handle {
+        Handle { shared: self.shared.clone(), never_block: true }
+    }
+
+    /// How a handler's answers are sent.
+    fn answer_send(&self) -> SendBy {
+        if self.never_block { SendBy::TryInline } else { self.shared.handler_send }
+    }
+
     /// Answers a unary call this hub serves.
     pub fn respond(&self, id: IncomingId, result: std::result::Result<Bytes, RemoteError>) {
-        let r = self.with(self.shared.handler_send, |state, _| {
+        let r = self.with(self.answer_send(), |state, _| {
             state.end_served(id);
             Ok(state.endpoint.respond(id, result)?)
         });
@@ -185,7 +198,7 @@ impl Handle {
     /// that completes when the reader's credit lets it go (or fails at `deadline`).
     pub(super) fn send_item(&self, id: CallRef, body: Bytes, deadline: Instant) -> Result<Option<Waiter<()>>> {
         self.check_len(body.len())?;
-        let send_by = if matches!(id, CallRef::Outgoing(_)) { SendBy::TryInline } else { self.shared.handler_send };
+        let send_by = if matches!(id, CallRef::Outgoing(_)) { SendBy::TryInline } else { self.answer_send() };
         self.with(send_by, |state, _| {
             if state.has_blocked_item(id) {
                 // One item waits for credit already: a second would overtake or replace it.
@@ -199,7 +212,7 @@ impl Handle {
 
     /// Ends a stream this hub serves.
     pub fn finish(&self, id: IncomingId, result: std::result::Result<(), RemoteError>) {
-        let _ = self.with(self.shared.handler_send, |state, _| {
+        let _ = self.with(self.answer_send(), |state, _| {
             state.end_served(id);
             Ok(state.endpoint.finish(id, result)?)
         });

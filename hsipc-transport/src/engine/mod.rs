@@ -9,11 +9,12 @@
 //!
 //! - **The transport's reader** hands each received frame to the engine ([`Ingress::deliver`]):
 //!   the protocol runs under the lock, and once the lock is released a response wakes its
-//!   caller and a request goes to the [`Dispatcher`]. The reader never sends.
+//!   caller and a request goes to the [`Dispatcher`]. The reader never blocks in a send (a
+//!   handler served inline runs on it, and answers the way callers send).
 //! - **Application threads and tasks** run commands directly; a call that cannot start fails
 //!   at once. They send their own frames when that needs no waiting (a frame into a direct
-//!   lane with room, see the ipmb transport); anything that would wait (a full lane, the bus)
-//!   goes to the writer, in order. So a caller never blocks in the transport and saves a thread
+//!   lane, see the ipmb transport, whose own queue takes what the lane cannot take now); what
+//!   would wait (the bus) goes to the writer, in order. So a caller never blocks in the transport and saves a thread
 //!   hop whenever it can. Handlers of the blocking hub send their answers themselves (blocking,
 //!   if they must); handlers on an async runtime send the same way callers do, never blocking an
 //!   executor thread.

@@ -79,6 +79,28 @@ impl<K> AsyncHub<K> {
         self.core.id()
     }
 
+    /// A handler declared cheap: it runs right on the thread that read the request (no hop to
+    /// a worker, one thread wake-up less per call) and its answer is written from there. For
+    /// handlers that return at once: no I/O, no waiting, no lock held for long, no call to
+    /// another hub. While it runs, nothing else from the calling hub is read, so a slow one
+    /// delays every frame that hub sends here (and a blocking one can stall them for good).
+    /// A plain function, not a future: it runs outside the runtime.
+    ///
+    /// ```no_run
+    /// # async fn f<K: hsipc_transport::hub::RuntimeKind>(hub: hsipc_transport::hub::AsyncHub<K>) -> hsipc_transport::Result<()> {
+    /// hub.serve_inline("calc.add", |(a, b): (i64, i64)| Ok::<_, String>(a + b)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn serve_inline<Req, Resp, E, F>(&self, method: &str, handler: F) -> Result<()>
+    where
+        Req: DeserializeOwned + 'static,
+        Resp: Serialize + 'static,
+        E: std::fmt::Display + 'static,
+        F: Fn(Req) -> std::result::Result<Resp, E> + Send + Sync + 'static,
+    {
+        self.core.serve_inline(method, handler)
+    }
+
     /// Serves `method` (`"service.method"`): each call runs `handler`'s future as a task. An
     /// `Err` reaches the caller as [`Error::Remote`] with its message. The future is dropped
     /// when the caller cancels, dies or its deadline passes.

@@ -91,6 +91,18 @@ impl HubCore {
         self.register(method, handler::blocking_unary(f), CallMode::Unary)
     }
 
+    /// Serves `method` with a plain function run inline, on the thread that read the request
+    /// (see the adapters' `serve_inline`).
+    pub fn serve_inline<Req, Resp, E, F>(&self, method: &str, f: F) -> Result<()>
+    where
+        Req: DeserializeOwned + 'static,
+        Resp: Serialize + 'static,
+        E: Display + 'static,
+        F: Fn(Req) -> std::result::Result<Resp, E> + Send + Sync + 'static,
+    {
+        self.register(method, handler::inline_unary(move |req, _: &CallContext| f(req)), CallMode::Unary)
+    }
+
     /// Serves a streaming `method` with a blocking handler, run on a worker thread.
     pub fn serve_blocking_stream<Req, E, F>(&self, method: &str, f: F) -> Result<()>
     where

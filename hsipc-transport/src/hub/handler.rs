@@ -32,6 +32,8 @@ type AsyncFn = dyn Fn(IncomingCall, Handle, Slot) -> BoxFuture + Send + Sync;
 pub(crate) enum Handler {
     /// Run on a worker thread.
     Blocking(Arc<BlockingFn>),
+    /// Run on the thread that read the request, at once (a unary handler declared cheap).
+    Inline(Arc<BlockingFn>),
     /// Spawned as a task on the runtime.
     Async(Arc<AsyncFn>),
 }
@@ -57,7 +59,29 @@ where
     E: std::fmt::Display + 'static,
     F: Fn(Req, &CallContext) -> Result<Resp, E> + Send + Sync + 'static,
 {
-    Handler::Blocking(Arc::new(move |call: IncomingCall, handle: &Handle, slot: Slot| {
+    Handler::Blocking(unary_fn(f))
+}
+
+/// A unary handler run inline, on the thread that read the request.
+pub(crate) fn inline_unary<Req, Resp, E, F>(f: F) -> Handler
+where
+    Req: DeserializeOwned + 'static,
+    Resp: Serialize + 'static,
+    E: std::fmt::Display + 'static,
+    F: Fn(Req, &CallContext) -> Result<Resp, E> + Send + Sync + 'static,
+{
+    Handler::Inline(unary_fn(f))
+}
+
+/// Decodes, runs and answers one unary call with a plain function.
+fn unary_fn<Req, Resp, E, F>(f: F) -> Arc<BlockingFn>
+where
+    Req: DeserializeOwned + 'static,
+    Resp: Serialize + 'static,
+    E: std::fmt::Display + 'static,
+    F: Fn(Req, &CallContext) -> Result<Resp, E> + Send + Sync + 'static,
+{
+    Arc::new(move |call: IncomingCall, handle: &Handle, slot: Slot| {
         // Decoding and encoding run user code too (`Deserialize`, `Serialize` impls): a panic
         // anywhere answers the caller and leaves the worker alive.
         let result = catch_unwind(AssertUnwindSafe(|| {
@@ -67,7 +91,7 @@ where
         .unwrap_or_else(|_| Err(RemoteError::handler(PANICKED)));
         drop(slot);
         handle.respond(call.id, result);
-    }))
+    })
 }
 
 /// A blocking streaming handler: it gets the call's [`ItemSink`].

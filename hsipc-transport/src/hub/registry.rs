@@ -109,6 +109,15 @@ impl Dispatcher for Registry {
                 }
                 f(call, &handle, slot);
             })),
+            // Right here, on the thread that read the request; its answer never blocks it.
+            Handler::Inline(f) => {
+                if wanted(&call) {
+                    f(call, &handle.never_blocking(), slot);
+                } else {
+                    drop(slot);
+                    handle.abandon(call.id);
+                }
+            }
             // The handler gives the slot back before it answers (or when its task is dropped).
             Handler::Async(f) => self.runtime.spawn(f(call, handle, slot)),
         }

@@ -66,19 +66,6 @@ pub(super) fn chunk_count(frame: &[u8]) -> usize {
     frame.len().div_ceil(CHUNK).max(1)
 }
 
-/// Writes a frame that fits in one lane message if the lane has room now: `Ok(false)` (nothing
-/// written) if it is full or the frame needs several messages.
-pub(super) fn try_send(fd: &OwnedFd, frame: &[u8]) -> io::Result<bool> {
-    if frame.len() > CHUNK {
-        return Ok(false);
-    }
-    match send_once(fd, LAST, frame) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 /// One non-blocking attempt to send a chunk.
 fn send_once(fd: &OwnedFd, flag: u8, data: &[u8]) -> io::Result<()> {
     let mut iov = [
