@@ -37,6 +37,9 @@ pub trait Calculator {
     /// Served as `calc.mul`.
     #[hsipc(name = "mul")]
     async fn multiply(&self, a: i64, b: i64) -> hsipc::Result<i64>;
+    /// Served inline, on the thread that reads the request.
+    #[hsipc(inline)]
+    fn negate(&self, v: i64) -> Result<i64, CalcError>;
     /// Waits until its call is cancelled (by the caller's timeout or drop); counts the drops.
     async fn hang(&self) -> hsipc::Result<()>;
     /// `n` items, then ends; over `limit` it fails after `limit` items, with a typed error.
@@ -89,6 +92,10 @@ impl Calculator for Basic {
         Ok(a * b)
     }
 
+    fn negate(&self, v: i64) -> Result<i64, CalcError> {
+        if v == i64::MIN { Err(CalcError::DivisionByZero) } else { Ok(-v) }
+    }
+
     async fn hang(&self) -> hsipc::Result<()> {
         self.hang_started.fetch_add(1, Ordering::SeqCst);
         let _guard = CountOnDrop(self.hang_dropped.clone());
@@ -135,6 +142,9 @@ impl Calculator for Doubling {
     }
     async fn multiply(&self, a: i64, b: i64) -> hsipc::Result<i64> {
         Ok(2 * a * b)
+    }
+    fn negate(&self, v: i64) -> Result<i64, CalcError> {
+        Ok(-2 * v)
     }
     async fn hang(&self) -> hsipc::Result<()> {
         Ok(())
@@ -196,6 +206,8 @@ async fn exercise_async<H: hsipc::__private::HasCore>(hub: H, probes: &Probes) {
     assert_eq!(client.name().await.unwrap(), "basic");
     assert_eq!(client.clamp(15, 0, 10).await.unwrap(), 10);
     assert_eq!(client.multiply(6, 7).await.unwrap(), 42);
+    assert_eq!(client.negate(5).await.unwrap(), -5);
+    assert!(matches!(client.negate(i64::MIN).await, Err(ClientError::Service(CalcError::DivisionByZero))));
     // Two implementations of one trait, side by side.
     assert_eq!(other.add(2, 3).await.unwrap(), 10);
     assert_eq!(other.name().await.unwrap(), "doubling");
@@ -249,6 +261,7 @@ fn exercise_blocking<H: hsipc::__private::HasCore>(hub: H) {
     assert_eq!(client.name().unwrap(), "basic");
     assert_eq!(client.clamp(-5, 0, 10).unwrap(), 0);
     assert_eq!(client.multiply(6, 7).unwrap(), 42);
+    assert_eq!(client.negate(5).unwrap(), -5);
     assert_eq!(other.add(2, 3).unwrap(), 10);
     assert!(matches!(other.div(1, 1), Err(ClientError::Service(CalcError::TooLarge { limit: 0 }))));
     assert!(matches!(client.timeout(Duration::from_millis(50)).hang(), Err(Error::Timeout)));

@@ -120,7 +120,7 @@ impl ProcessHub {
         E: std::fmt::Display + 'static,
         F: Fn(Req) -> std::result::Result<Resp, E> + Send + Sync + 'static,
     {
-        self.core.serve_inline(method, handler)
+        self.core.serve_inline(method, move |req, _: &CallContext| handler(req))
     }
 
     /// Like [`serve`](Self::serve), with the call's [`CallContext`]: who called, the deadline,

@@ -162,6 +162,12 @@ fn registration(m: &MethodDef) -> TokenStream {
                     }
                 })?;
             },
+            (None, false) if m.inline => quote! {
+                hub.serve_inline(#method, move |#pattern: #req_ty, __hsipc_ctx: &::hsipc::CallContext| {
+                    let _ = __hsipc_ctx;
+                    <#err as ::hsipc::__private::ServiceError>::to_wire(__hsipc_imp.#ident(#(#blocking_args),*))
+                })?;
+            },
             (None, false) => quote! {
                 hub.serve_blocking(#method, move |#pattern: #req_ty, __hsipc_ctx: &::hsipc::CallContext| {
                     let _ = __hsipc_ctx;

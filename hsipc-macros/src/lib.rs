@@ -117,6 +117,11 @@
 //! |---|---|---|---|
 //! | `async fn` | on a worker thread, driven to completion there | a tokio task | a task on smol's executor |
 //! | `fn` | on a worker thread | tokio's blocking pool (`spawn_blocking`) | smol's blocking pool |
+//! | `#[hsipc(inline)] fn` | on the thread that read the request | the same | the same |
+//!
+//! `#[hsipc(inline)]` is for plain unary methods that return at once (no I/O, no waiting, no
+//! call to another hub): it saves a thread wake-up per call, and while it runs nothing else from
+//! the calling hub is read.
 //!
 //! # Misuse is a compile error
 //!

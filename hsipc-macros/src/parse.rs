@@ -37,6 +37,8 @@ pub(crate) struct MethodDef {
     pub(crate) stream_item: Option<Type>,
     /// For a session method: the message types (client to server, server to client).
     pub(crate) session: Option<(Type, Type)>,
+    /// `#[hsipc(inline)]`: served on the thread that reads the request.
+    pub(crate) inline: bool,
     pub(crate) docs: Vec<Attribute>,
 }
 
@@ -111,7 +113,7 @@ impl ServiceDef {
 
 impl MethodDef {
     fn parse(f: &mut TraitItemFn) -> syn::Result<MethodDef> {
-        let (wire_name, stream, session) = method_attrs(&mut f.attrs)?;
+        let MethodAttrs { name: wire_name, stream, session, inline } = method_attrs(&mut f.attrs)?;
         let sig = &f.sig;
         let ident = sig.ident.clone();
         let wire_name = wire_name.unwrap_or_else(|| ident.to_string());
@@ -215,6 +217,14 @@ impl MethodDef {
                 Some((client_to_server, server_to_client))
             }
         };
+        if let Some(span) = inline {
+            if sig.asyncness.is_some() || stream_item.is_some() || session.is_some() {
+                return Err(syn::Error::new(
+                    span,
+                    "`#[hsipc(inline)]` is for plain unary methods (no `async`, no stream, no session): they run on the thread that reads the request, and must return at once",
+                ));
+            }
+        }
         let docs = f.attrs.iter().filter(|a| a.path().is_ident("doc")).cloned().collect();
         Ok(MethodDef {
             ident,
@@ -225,16 +235,27 @@ impl MethodDef {
             ret,
             stream_item,
             session,
+            inline: inline.is_some(),
             docs,
         })
     }
 }
 
-/// Reads and removes `#[hsipc(...)]` on a method: its wire name and whether it streams.
-fn method_attrs(attrs: &mut Vec<Attribute>) -> syn::Result<(Option<String>, Option<Span>, Option<Span>)> {
+/// What `#[hsipc(...)]` says about a method (each flag with where it was written).
+struct MethodAttrs {
+    name: Option<String>,
+    stream: Option<Span>,
+    session: Option<Span>,
+    inline: Option<Span>,
+}
+
+/// Reads and removes `#[hsipc(...)]` on a method: its wire name, and whether it streams, is a
+/// session or is served inline.
+fn method_attrs(attrs: &mut Vec<Attribute>) -> syn::Result<MethodAttrs> {
     let mut name = None;
     let mut stream = None;
     let mut session = None;
+    let mut inline = None;
     let mut error: Option<syn::Error> = None;
     attrs.retain(|a| {
         if !a.path().is_ident("hsipc") {
@@ -251,8 +272,11 @@ fn method_attrs(attrs: &mut Vec<Attribute>) -> syn::Result<(Option<String>, Opti
             } else if meta.path.is_ident("session") {
                 session = Some(meta.path.span());
                 Ok(())
+            } else if meta.path.is_ident("inline") {
+                inline = Some(meta.path.span());
+                Ok(())
             } else {
-                Err(meta.error("unknown argument: a method takes `#[hsipc(name = \"...\")]`, `#[hsipc(stream)]` and `#[hsipc(session)]`"))
+                Err(meta.error("unknown argument: a method takes `#[hsipc(name = \"...\")]`, `#[hsipc(stream)]`, `#[hsipc(session)]` and `#[hsipc(inline)]`"))
             }
         });
         if let Err(e) = r {
@@ -263,7 +287,7 @@ fn method_attrs(attrs: &mut Vec<Attribute>) -> syn::Result<(Option<String>, Opti
     if let Some(e) = error {
         return Err(e);
     }
-    Ok((name, stream, session))
+    Ok(MethodAttrs { name, stream, session, inline })
 }
 
 fn check_receiver(sig: &syn::Signature) -> syn::Result<()> {

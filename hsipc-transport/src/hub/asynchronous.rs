@@ -98,7 +98,7 @@ impl<K> AsyncHub<K> {
         E: std::fmt::Display + 'static,
         F: Fn(Req) -> std::result::Result<Resp, E> + Send + Sync + 'static,
     {
-        self.core.serve_inline(method, handler)
+        self.core.serve_inline(method, move |req, _: &crate::CallContext| handler(req))
     }
 
     /// Serves `method` (`"service.method"`): each call runs `handler`'s future as a task. An

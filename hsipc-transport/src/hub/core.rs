@@ -98,9 +98,9 @@ impl HubCore {
         Req: DeserializeOwned + 'static,
         Resp: Serialize + 'static,
         E: Display + 'static,
-        F: Fn(Req) -> std::result::Result<Resp, E> + Send + Sync + 'static,
+        F: Fn(Req, &CallContext) -> std::result::Result<Resp, E> + Send + Sync + 'static,
     {
-        self.register(method, handler::inline_unary(move |req, _: &CallContext| f(req)), CallMode::Unary)
+        self.register(method, handler::inline_unary(f), CallMode::Unary)
     }
 
     /// Serves a streaming `method` with a blocking handler, run on a worker thread.
