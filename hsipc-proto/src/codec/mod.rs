@@ -46,7 +46,8 @@ pub enum CodecError {
 /// assert_eq!(back, (1, "two".to_string()));
 /// ```
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, CodecError> {
-    let mut w = BytesMut::with_capacity(64).writer();
+    // Room for a small message and its CBOR header at once (a 64 B payload must not regrow).
+    let mut w = BytesMut::with_capacity(256).writer();
     ciborium::into_writer(&Wrapped(value), &mut w)
         .map_err(|e| CodecError::Encode { type_name: std::any::type_name::<T>(), reason: e.to_string() })?;
     Ok(w.into_inner().freeze())

@@ -43,6 +43,20 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// Each thread's empty vectors from its last commit, reused by the next one so that a commit
+/// does not allocate. (A commit nested in another, by a handler answering inline, finds them
+/// taken and makes its own.)
+struct Spare {
+    deferred: std::cell::Cell<Vec<Deferred>>,
+    dispatches: std::cell::Cell<Vec<super::dispatch::IncomingCall>>,
+}
+
+thread_local! {
+    static SPARE: Spare = const {
+        Spare { deferred: std::cell::Cell::new(Vec::new()), dispatches: std::cell::Cell::new(Vec::new()) }
+    };
+}
+
 /// Who sends the frames a change to the state produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SendBy {
@@ -135,15 +149,15 @@ impl Shared {
     /// `send_inline` and nobody else is sending, else by the writer).
     pub(crate) fn commit(&self, mut state: MutexGuard<'_, State>, now: Instant, send_by: SendBy) {
         state.drain(now);
-        let deferred = state.take_deferred();
+        let mut deferred = state.take_deferred(SPARE.with(|s| s.deferred.take()));
         let queued = state.has_outbound();
         let earlier_timer = state.needs_earlier_wake();
         let mut followups = Vec::new();
-        let mut dispatches = Vec::new();
+        let mut dispatches = SPARE.with(|s| s.dispatches.take());
         if !deferred.is_empty() {
             let order = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
             drop(state);
-            for d in deferred {
+            for d in deferred.drain(..) {
                 match d {
                     // Requests are handed over after the delivery lock too: a dispatcher or a
                     // runtime may then command the engine (refuse, answer inline) without
@@ -156,7 +170,11 @@ impl Shared {
         } else {
             drop(state);
         }
-        followups.extend(dispatches.into_iter().filter_map(|call| Deferred::Dispatch(call).complete(self)));
+        followups.extend(dispatches.drain(..).filter_map(|call| Deferred::Dispatch(call).complete(self)));
+        SPARE.with(|s| {
+            s.deferred.set(deferred);
+            s.dispatches.set(dispatches);
+        });
         if queued {
             match send_by {
                 SendBy::Inline => self.send_inline(true),
@@ -288,12 +306,13 @@ impl Shared {
     fn finish_batch(&self, batch: Batch) -> bool {
         let mut state = self.state();
         let more = state.batch_done(batch);
-        let deferred = state.take_deferred();
+        let mut deferred = state.take_deferred(SPARE.with(|s| s.deferred.take()));
         drop(state);
-        for d in deferred {
+        for d in deferred.drain(..) {
             // Only `Done` wake-ups come from here; nothing to follow up.
             let _ = d.complete(self);
         }
+        SPARE.with(|s| s.deferred.set(deferred));
         more
     }
 

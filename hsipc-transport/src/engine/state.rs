@@ -130,6 +130,8 @@ pub(crate) struct State {
     pub(super) subscriptions: HashMap<SubscriptionId, Arc<SubscriptionQueue>>,
     watchers: Vec<Watcher>,
     outbound: VecDeque<(Dest, Bytes)>,
+    /// An empty queue a sender handed back, to be the next `outbound` (no allocation per batch).
+    spare_outbound: VecDeque<(Dest, Bytes)>,
     outbound_bytes: usize,
     /// Frames taken from the queue by a sender and not yet handed to the transport.
     sending: usize,
@@ -166,6 +168,7 @@ impl State {
             subscriptions: HashMap::new(),
             watchers: Vec::new(),
             outbound: VecDeque::new(),
+            spare_outbound: VecDeque::new(),
             outbound_bytes: 0,
             sending: 0,
             sending_bytes: 0,
@@ -277,7 +280,7 @@ impl State {
     /// Takes everything queued for sending; hand it back with [`batch_done`](Self::batch_done).
     pub(super) fn take_outbound(&mut self) -> Batch {
         let bytes = std::mem::take(&mut self.outbound_bytes);
-        let frames = std::mem::take(&mut self.outbound);
+        let frames = std::mem::replace(&mut self.outbound, std::mem::take(&mut self.spare_outbound));
         self.sending += frames.len();
         self.sending_bytes += bytes;
         Batch { taken: frames.len(), bytes, frames }
@@ -293,6 +296,8 @@ impl State {
             self.outbound_bytes += batch.frames.iter().map(|(_, f)| f.len()).sum::<usize>();
             batch.frames.append(&mut self.outbound);
             self.outbound = batch.frames;
+        } else if batch.frames.capacity() > self.spare_outbound.capacity() {
+            self.spare_outbound = batch.frames;
         }
         let bytes = self.outbound_bytes + self.sending_bytes;
         if self.outbound.len() + self.sending <= self.low_water() && bytes <= self.config.outbound_max_bytes / 8 {
@@ -344,8 +349,10 @@ impl State {
         self.config.outbound_capacity / 8
     }
 
-    pub(super) fn take_deferred(&mut self) -> Vec<Deferred> {
-        std::mem::take(&mut self.deferred)
+    /// Takes what is to be done once the lock is released, leaving `spare` (an empty vector
+    /// kept from an earlier commit, so that commits do not allocate) in its place.
+    pub(super) fn take_deferred(&mut self, spare: Vec<Deferred>) -> Vec<Deferred> {
+        std::mem::replace(&mut self.deferred, spare)
     }
 
     /// Closes the endpoint (goodbye, every open call fails) and ends every wait.

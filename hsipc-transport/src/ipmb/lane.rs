@@ -22,7 +22,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use proto::PeerId;
 
 use crate::ingress::Ingress;
@@ -33,6 +33,11 @@ const CHUNK: usize = 60 * 1024;
 const MORE: u8 = 1;
 /// The first byte of a lane message: the last (or only) chunk of a frame.
 const LAST: u8 = 0;
+/// The size of a lane reader's arena for small frames. A frame handed on keeps its arena
+/// alive, so it is small: a reader that holds many events pins little memory.
+const ARENA: usize = 16 * 1024;
+/// Frames up to this size go through the arena; larger ones get a buffer of their own.
+const ARENA_FRAME_MAX: usize = 2 * 1024;
 
 /// Makes a lane: (the end this hub writes, the end it hands to the peer).
 pub(super) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -174,6 +179,9 @@ pub(super) fn spawn_reader(
     std::thread::Builder::new().name(format!("hsipc-lane-{from}")).spawn(move || {
         let mut buf = vec![0u8; CHUNK + 1];
         let mut frame = BytesMut::new();
+        // Small frames are copied into a shared arena and handed on as slices of it: no
+        // allocation per frame, and the protocol's slices of a frame need none either.
+        let mut arena = BytesMut::new();
         loop {
             // SAFETY: `buf` is valid for writes of its length.
             let n = unsafe {
@@ -190,13 +198,21 @@ pub(super) fn spawn_reader(
                 tracing::debug!(%from, "oversized lane message; dropping the lane");
                 break;
             }
-            frame.extend_from_slice(&buf[1..n]);
-            if frame.len() > max_len {
-                tracing::debug!(%from, "lane frame over the maximum message length; dropping the lane");
-                break;
-            }
-            if buf[0] == LAST {
-                let bytes: Bytes = std::mem::take(&mut frame).freeze();
+            let bytes = if buf[0] == LAST && frame.is_empty() && n - 1 <= ARENA_FRAME_MAX {
+                if arena.capacity() - arena.len() < n - 1 {
+                    arena = BytesMut::with_capacity(ARENA);
+                }
+                arena.extend_from_slice(&buf[1..n]);
+                Some(arena.split().freeze())
+            } else {
+                frame.extend_from_slice(&buf[1..n]);
+                if frame.len() > max_len {
+                    tracing::debug!(%from, "lane frame over the maximum message length; dropping the lane");
+                    break;
+                }
+                (buf[0] == LAST).then(|| std::mem::take(&mut frame).freeze())
+            };
+            if let Some(bytes) = bytes {
                 if !ingress.deliver(from, bytes) {
                     shut(&fd); // the engine is gone
                     return;
