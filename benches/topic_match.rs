@@ -52,7 +52,7 @@ fn endpoint(filters: &[TopicFilter]) -> Endpoint {
 /// Publishes `body` to `topic` and drains the outputs; returns how many local subscriptions the
 /// event was delivered to.
 fn publish(ep: &mut Endpoint, topic: &Topic, body: &Bytes) -> usize {
-    ep.publish(topic, body.clone(), proto::NoCredit::Refuse).expect("publishing succeeds");
+    ep.publish(Instant::now(), topic, body.clone(), proto::NoCredit::Refuse).expect("publishing succeeds");
     let mut delivered = 0;
     while let Some(out) = ep.poll_output() {
         if let Output::Event(Event::Published { subscriptions, .. }) = out {

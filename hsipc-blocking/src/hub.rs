@@ -262,10 +262,14 @@ impl ProcessHub {
     }
 
     /// Publishes `event` (a value or a reference) on `topic` to every subscriber whose pattern
-    /// matches, in other processes and in this one. Returns once the event is queued; while
-    /// subscribers or the bus do not keep up, it blocks (at most the default timeout, then
-    /// `Error::LocalLimit`) instead of losing events. Events published before a subscriber's
-    /// pattern has reached this hub are not delivered to it.
+    /// matches, in other processes and in this one. Returns once the event is queued; while a
+    /// reliable subscriber has no credit left, or the bus does not keep up, it blocks instead of
+    /// losing events: at most the hub's `publish_timeout` (10 s), after which a subscriber that
+    /// gave no credit back for that long is cut off (and told), and a send queue still full
+    /// fails the publish with `Error::LocalLimit`. Events published before a subscriber's
+    /// pattern has reached this hub are not delivered to it. Publishing from the thread that
+    /// reads this hub's own reliable subscription blocks once its window is full: read it on
+    /// another thread.
     ///
     /// ```no_run
     /// # let hub = hsipc_blocking::ProcessHub::new("doc").unwrap();
@@ -298,8 +302,10 @@ impl ProcessHub {
 
     /// Subscribes to `pattern` with a delivery of its own: [`Qos::Reliable`](crate::Qos)
     /// (every event; publishers wait for this subscriber), `Qos::KeepLast(n)` (the latest `n`)
-    /// or `Qos::DropNewest(n)` (the earliest `n`, then a gap). Every drop is counted in the next
-    /// event's `missed` and in [`stats`](Self::stats).
+    /// or `Qos::DropNewest(n)` (the earliest `n`, then a gap). What a lossy queue drops is
+    /// counted in the next event's `missed` and in [`stats`](Self::stats); what a publisher
+    /// drops for a cut-off reliable one is read as `Error::EventsLost` and counted in the
+    /// publisher's stats.
     pub fn subscribe_with<T: DeserializeOwned>(&self, pattern: &str, qos: crate::Qos) -> Result<Subscription<T>> {
         Ok(Subscription::new(self.core.subscribe_with(pattern, qos)?))
     }

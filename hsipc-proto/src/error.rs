@@ -159,6 +159,10 @@ pub enum CommandError {
     NoEventCredit {
         /// How many.
         subscribers: usize,
+        /// With [`NoCredit::CutOff`](crate::NoCredit::CutOff): when the first of them that is
+        /// still reading will have been silent long enough to be cut off (try again then, or
+        /// when credit comes back).
+        recheck_at: Option<std::time::Instant>,
     },
     /// The endpoint is closed.
     #[error("the endpoint is closed")]

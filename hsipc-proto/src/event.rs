@@ -166,9 +166,10 @@ pub enum Event {
         /// report it with [`events_taken`](crate::Endpoint::events_taken) once taken.
         credited: bool,
     },
-    /// A publisher cut this endpoint off (its reliable subscriptions had taken no events for
-    /// the publisher's timeout) and dropped events meant for it; or events from it were lost in
-    /// transit. Tell the subscriptions now; later events arrive as usual.
+    /// A publisher cut this endpoint off (its reliable subscriptions had given no credit back
+    /// for the publisher's timeout) and dropped events meant for it. Credit is the endpoint's,
+    /// not one subscription's, so every subscription is named: tell them all now; later events
+    /// arrive as usual.
     EventsLost {
         /// The publisher.
         from: PeerId,
@@ -176,7 +177,7 @@ pub enum Event {
         topic: Topic,
         /// How many events were lost.
         missed: u64,
-        /// The local subscriptions matching that topic.
+        /// Every local subscription.
         subscriptions: Vec<SubscriptionId>,
     },
     /// A reliable subscriber gave this publisher credit back: a publish refused with

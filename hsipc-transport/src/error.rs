@@ -71,9 +71,10 @@ pub enum Error {
     /// fault (or load), not this hub's. Retry later, or give the server more workers.
     #[error("the server is busy: {0}")]
     ServerBusy(String),
-    /// A publisher cut this reliable subscription off: it had taken no events for the
-    /// publisher's whole publish timeout, so events meant for it were dropped. Later events
-    /// arrive as usual.
+    /// A publisher cut this hub's reliable subscriptions off: they had given no credit back for
+    /// the publisher's whole publish timeout (an unread subscription starves its hub's others),
+    /// so events meant for this hub were dropped. Every subscription of the hub reads it; later
+    /// events arrive as usual.
     #[error(
         "{missed} event(s) from `{publisher}` were lost: this subscriber took no events for the publisher's publish timeout and was cut off; take events faster (or in a task of their own), raise the publisher's publish_timeout, or subscribe with Qos::KeepLast if only the latest events matter"
     )]

@@ -8,11 +8,12 @@
 //! [`Flags::CREDITED`]); the subscriber returns credit ([`FrameKind::EventCredit`]) once the
 //! application has taken the events ([`Endpoint::events_taken`]). A publisher without credit
 //! for one of the subscribers either waits ([`NoCredit::Refuse`], then publishes again on
-//! [`Event::EventCredit`]) or, at its publish timeout, cuts that subscriber off
-//! ([`NoCredit::CutOff`]): the others get the event, the subscriber is told at once
-//! ([`FrameKind::EventsLost`], read as [`Event::EventsLost`]), and until it has taken half its
-//! window the publisher drops (and counts) the events it has no credit for instead of waiting
-//! for it again. So one stuck subscriber holds its publishers back once, for one timeout.
+//! [`Event::EventCredit`]) or, at its publish timeout, cuts off the subscribers that have given
+//! no credit back for that long ([`NoCredit::CutOff`]): the others get the event, the subscriber
+//! is told at once ([`FrameKind::EventsLost`], read as [`Event::EventsLost`]), and until it has
+//! taken half its window the publisher drops (and counts) the events it has no credit for
+//! instead of waiting for it again. So one stuck subscriber holds its publishers back once, for
+//! one timeout; one that reads, however slowly, is waited for.
 
 use super::*;
 
@@ -22,10 +23,15 @@ pub enum NoCredit {
     /// Publish nothing and fail with [`CommandError::NoEventCredit`]: wait for
     /// [`Event::EventCredit`], then publish again.
     Refuse,
-    /// Publish to everyone with credit and cut the others off: they are sent an
-    /// [`FrameKind::EventsLost`] notice now, and are not waited for again until they have
-    /// caught up (taken half their window).
-    CutOff,
+    /// Cut off the subscribers without credit that have given none back since `silent_since`
+    /// (they are sent an [`FrameKind::EventsLost`] notice now, and are not waited for again
+    /// until they have caught up: taken half their window), and publish to the others. If a
+    /// subscriber without credit has given some back since, it is still reading: nothing is
+    /// published, and the error says when to look again.
+    CutOff {
+        /// Subscribers silent since this instant are cut off.
+        silent_since: Instant,
+    },
 }
 
 /// What a publish did.
@@ -44,6 +50,8 @@ pub(super) struct Granted {
     available: u32,
     /// Its window.
     window: u32,
+    /// When it last gave credit back (or was first published to).
+    last_credit: Instant,
     /// It had no credit at a publish timeout: events it has no credit for are dropped, not
     /// waited for, until it has taken half its window.
     cut_off: bool,
@@ -69,9 +77,9 @@ impl Endpoint {
     /// `credited`): once enough are taken, their credit goes back to the publisher. Each
     /// credited event must be reported exactly once, after every subscription it was delivered
     /// to has taken it (or dropped it).
-    pub fn events_taken(&mut self, from: PeerId, n: u32) {
+    pub fn events_taken(&mut self, now: Instant, from: PeerId, n: u32) {
         if from == self.local {
-            self.regranted(from, n);
+            self.regranted(now, from, n);
             return;
         }
         let batch = (self.config.event_window / 4).max(1);
@@ -80,29 +88,46 @@ impl Endpoint {
         owed.outstanding -= n;
         owed.to_return += n;
         if owed.to_return >= batch {
-            let grant = std::mem::take(&mut owed.to_return);
-            if let Ok(frame) = self.encode(FrameKind::EventCredit, 0, 0, 0, u64::from(grant), &[], &[]) {
-                self.transmit(Dest::Peer(from), frame);
-            }
+            self.return_credit(from);
+        }
+    }
+
+    /// Gives back every credit taken and not yet returned, however little (credit otherwise
+    /// goes back a quarter window at a time). Call it now and then (the engine does on every
+    /// clock tick), so that a subscriber that reads slowly still gives its publishers credit
+    /// and is not taken for a stuck one.
+    pub fn flush_event_credit(&mut self) {
+        let owing: Vec<PeerId> = self.owed.iter().filter(|(_, o)| o.to_return > 0).map(|(p, _)| *p).collect();
+        for from in owing {
+            self.return_credit(from);
+        }
+    }
+
+    fn return_credit(&mut self, from: PeerId) {
+        let Some(owed) = self.owed.get_mut(&from) else { return };
+        let grant = std::mem::take(&mut owed.to_return);
+        if let Ok(frame) = self.encode(FrameKind::EventCredit, 0, 0, 0, u64::from(grant), &[], &[]) {
+            self.transmit(Dest::Peer(from), frame);
         }
     }
 
     // Private: the publisher's side
 
     /// Whether a publish may go to reliable subscriber `peer` now (it has credit, or is cut off
-    /// and not waited for).
-    pub(super) fn may_publish_to(&self, peer: PeerId) -> bool {
-        self.granted.get(&peer).is_none_or(|g| g.available > 0 || g.cut_off)
+    /// and not waited for); if not, when it last gave credit back.
+    pub(super) fn waits_for(&self, peer: PeerId) -> Option<Instant> {
+        self.granted.get(&peer).filter(|g| g.available == 0 && !g.cut_off).map(|g| g.last_credit)
     }
 
     /// Takes a credit of reliable subscriber `peer` for an event on `topic`. `false` if it has
     /// none: the event is dropped for it (counted), and it is cut off if it was not already.
     /// Returns whether it was cut off just now as the second value.
-    pub(super) fn take_event_credit(&mut self, peer: PeerId, topic: &Topic) -> (bool, bool) {
+    pub(super) fn take_event_credit(&mut self, now: Instant, peer: PeerId, topic: &Topic) -> (bool, bool) {
         let window = self.event_window_of(peer);
         let g = self.granted.entry(peer).or_insert_with(|| Granted {
             available: window,
             window,
+            last_credit: now,
             cut_off: false,
             unreported: 0,
             last_dropped: None,
@@ -143,7 +168,7 @@ impl Endpoint {
             return;
         }
         if peer == self.local {
-            let subscriptions = self.subscriptions.matches(&topic);
+            let subscriptions = self.subscription_filters.keys().copied().collect();
             self.push_event(Event::EventsLost { from: self.local, topic, missed, subscriptions });
             return;
         }
@@ -154,17 +179,18 @@ impl Endpoint {
         }
     }
 
-    pub(super) fn on_event_credit(&mut self, from: PeerId, f: Frame) -> Result<(), FrameError> {
+    pub(super) fn on_event_credit(&mut self, now: Instant, from: PeerId, f: Frame) -> Result<(), FrameError> {
         let n =
             u32::try_from(f.seq).map_err(|_| FrameError::Violation { peer: from, what: "event credit overflow" })?;
-        self.regranted(from, n);
+        self.regranted(now, from, n);
         Ok(())
     }
 
     /// Subscriber `peer` gave `n` credits back.
-    fn regranted(&mut self, peer: PeerId, n: u32) {
+    fn regranted(&mut self, now: Instant, peer: PeerId, n: u32) {
         let Some(g) = self.granted.get_mut(&peer) else { return };
         g.available = g.available.saturating_add(n).min(g.window);
+        g.last_credit = now;
         if g.cut_off && g.available >= g.window.div_ceil(2) {
             g.cut_off = false;
             self.report_lost(peer);
@@ -181,15 +207,17 @@ impl Endpoint {
 
     // Private: the subscriber's side
 
-    /// A credited event arrived from `from`: it must be within the window this endpoint
-    /// granted.
-    pub(super) fn credit_used(&mut self, from: PeerId) -> Result<(), FrameError> {
+    /// A credited event arrived from `from`. One beyond the window this endpoint granted (the
+    /// publisher forgot this endpoint and started afresh, say) is still delivered (nothing is
+    /// lost for a publisher's mistake, and the subscription's queue bounds the memory) and
+    /// counted; the account stays within the window, so the two sides agree again.
+    pub(super) fn credit_used(&mut self, from: PeerId) {
         let owed = self.owed.entry(from).or_default();
         if owed.outstanding.saturating_add(owed.to_return) >= self.config.event_window {
-            return Err(FrameError::Violation { peer: from, what: "event beyond the granted credit" });
+            self.stats.credit_overruns += 1;
+            return;
         }
         owed.outstanding += 1;
-        Ok(())
     }
 
     pub(super) fn on_events_lost(&mut self, from: PeerId, f: Frame) -> Result<(), FrameError> {
@@ -200,7 +228,9 @@ impl Endpoint {
         }
         let missed = f.seq - *last;
         *last = f.seq;
-        let subscriptions = self.subscriptions.matches(&topic);
+        // Credit is this endpoint's, not one subscription's: every subscription may have lost
+        // events, whichever topic they were on.
+        let subscriptions = self.subscription_filters.keys().copied().collect();
         self.push_event(Event::EventsLost { from, topic, missed, subscriptions });
         Ok(())
     }

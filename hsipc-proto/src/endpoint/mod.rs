@@ -50,6 +50,9 @@ pub struct Stats {
     pub subscribers_cut_off: u64,
     /// Events not sent to a cut-off reliable subscriber for want of credit (it is told).
     pub events_cut_off: u64,
+    /// Credited events received beyond the window granted to their publisher (delivered
+    /// anyway; the two sides' accounts had drifted apart).
+    pub credit_overruns: u64,
 }
 
 /// A call this endpoint made.
@@ -404,8 +407,8 @@ impl Endpoint {
                 }
                 Ok(())
             }
-            FrameKind::Publish => self.on_publish(from, f),
-            FrameKind::EventCredit => self.on_event_credit(from, f),
+            FrameKind::Publish => self.on_publish(now, from, f),
+            FrameKind::EventCredit => self.on_event_credit(now, from, f),
             FrameKind::EventsLost => self.on_events_lost(from, f),
             FrameKind::Announce => self.on_announce(now, from, f),
             FrameKind::Goodbye => {

@@ -65,7 +65,13 @@ impl Endpoint {
     ///
     /// A peer with a reliable subscription to the topic must have event credit: if one has
     /// none, `no_credit` decides (see [`NoCredit`]).
-    pub fn publish(&mut self, topic: &Topic, body: Bytes, no_credit: NoCredit) -> Result<Published, CommandError> {
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        topic: &Topic,
+        body: Bytes,
+        no_credit: NoCredit,
+    ) -> Result<Published, CommandError> {
         self.check_open()?;
         let peers = self.directory.subscribers(topic);
         // One frame (an event or a notice) or local event per peer, at most.
@@ -76,17 +82,27 @@ impl Endpoint {
             return Err(CommandError::PayloadTooLarge { len, max: self.config.max_frame_len });
         }
         let reliable = self.directory.reliable_subscribers(topic);
-        if no_credit == NoCredit::Refuse {
-            let starved = reliable.iter().filter(|p| !self.may_publish_to(**p)).count();
-            if starved > 0 {
-                return Err(CommandError::NoEventCredit { subscribers: starved });
-            }
+        // Those without credit, by when they last gave some back; of them, those still reading.
+        let waiting: Vec<Instant> = reliable.iter().filter_map(|p| self.waits_for(*p)).collect();
+        let still_reading: Vec<Instant> = match no_credit {
+            NoCredit::Refuse => waiting.clone(),
+            NoCredit::CutOff { silent_since } => waiting.iter().copied().filter(|t| *t > silent_since).collect(),
+        };
+        if !still_reading.is_empty() {
+            let recheck_at = match no_credit {
+                NoCredit::Refuse => None,
+                // When the first of them will have been silent for as long.
+                NoCredit::CutOff { silent_since } => {
+                    still_reading.iter().min().map(|t| now + t.saturating_duration_since(silent_since))
+                }
+            };
+            return Err(CommandError::NoEventCredit { subscribers: waiting.len(), recheck_at });
         }
         let mut done = Published::default();
         for peer in peers {
             let credited = reliable.contains(&peer);
             if credited {
-                let (sent, newly_cut_off) = self.take_event_credit(peer, topic);
+                let (sent, newly_cut_off) = self.take_event_credit(now, peer, topic);
                 if !sent {
                     self.skip_event(peer);
                     if newly_cut_off {
@@ -101,7 +117,7 @@ impl Endpoint {
                 let subscriptions = self.subscriptions.matches(topic);
                 if subscriptions.is_empty() {
                     if credited {
-                        self.events_taken(peer, 1);
+                        self.events_taken(now, peer, 1);
                     }
                     continue;
                 }
@@ -122,27 +138,25 @@ impl Endpoint {
         Ok(done)
     }
 
-    pub(super) fn on_publish(&mut self, from: PeerId, f: Frame) -> Result<(), FrameError> {
+    pub(super) fn on_publish(&mut self, now: Instant, from: PeerId, f: Frame) -> Result<(), FrameError> {
         let topic = Topic::new(f.name()).map_err(FrameError::BadTopic)?;
         let credited = f.flags.has(Flags::CREDITED);
-        if credited {
-            self.credit_used(from)?;
-        }
-        let last = self.publish_seq_in.entry(from).or_insert(0);
-        if f.seq <= *last {
+        let last = self.publish_seq_in.get(&from).copied().unwrap_or(0);
+        if f.seq <= last {
+            // A copy: the publisher spent no credit on it.
             self.stats.duplicates += 1;
-            if credited {
-                self.events_taken(from, 1);
-            }
             return Ok(());
         }
-        let missed = f.seq - *last - 1;
-        *last = f.seq;
+        let missed = f.seq - last - 1;
+        self.publish_seq_in.insert(from, f.seq);
+        if credited {
+            self.credit_used(from);
+        }
         let subscriptions = self.subscriptions.matches(&topic);
         if subscriptions.is_empty() {
             self.stats.unmatched_events += 1;
             if credited {
-                self.events_taken(from, 1);
+                self.events_taken(now, from, 1);
             }
             return Ok(());
         }

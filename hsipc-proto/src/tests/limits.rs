@@ -22,7 +22,7 @@ fn limits_give_clear_errors_not_growth() {
     assert!(matches!(response(&ev, ids[2]), Some(Err(CallError::Remote(RemoteError { code: ErrorCode::BUSY, .. })))));
     let big = Bytes::from(vec![0u8; 2000]);
     assert!(matches!(
-        bus.ep(0).publish(&Topic::new("a").unwrap(), big.clone(), NoCredit::Refuse),
+        bus.with(0, |ep, now| ep.publish(now, &Topic::new("a").unwrap(), big.clone(), NoCredit::Refuse)),
         Err(CommandError::PayloadTooLarge { max: 1024, .. })
     ));
     bus.run_for(2 * SECOND);
@@ -42,7 +42,7 @@ fn a_full_output_queue_refuses_commands_and_drops_peer_frames() {
     let topic = Topic::new("x").unwrap();
     let mut ok = 0;
     let err = loop {
-        match bus.ep(0).publish(&topic, b("e"), NoCredit::Refuse) {
+        match bus.with(0, |ep, now| ep.publish(now, &topic, b("e"), NoCredit::Refuse)) {
             Ok(_) => ok += 1,
             Err(e) => break e,
         }

@@ -23,7 +23,7 @@ fn events_reach_exactly_the_matching_subscribers() {
         bus.events(i);
     }
     for t in ["sensor/temp", "sensor/room1/temp", "sensor", "other/x", "nothing"] {
-        bus.ep(0).publish(&Topic::new(t).unwrap(), b(t), NoCredit::Refuse).unwrap();
+        bus.with(0, |ep, now| ep.publish(now, &Topic::new(t).unwrap(), b(t), NoCredit::Refuse)).unwrap();
     }
     bus.settle();
     let names = |v: Vec<(String, Bytes, u64)>| v.into_iter().map(|(t, _, _)| t).collect::<Vec<_>>();
@@ -50,7 +50,8 @@ fn a_subscriber_learns_how_many_events_it_missed() {
         }
     });
     for i in 0..5 {
-        bus.ep(0).publish(&Topic::new("t/x").unwrap(), b(&i.to_string()), NoCredit::Refuse).unwrap();
+        bus.with(0, |ep, now| ep.publish(now, &Topic::new("t/x").unwrap(), b(&i.to_string()), NoCredit::Refuse))
+            .unwrap();
     }
     bus.settle();
     let got = published(&bus.events(1));
@@ -66,12 +67,18 @@ fn local_subscribers_see_local_publishes_and_unsubscribe_stops_delivery() {
     let mut bus = Bus::new(2);
     let s = bus.ep(0).subscribe(TopicFilter::new("a/+").unwrap(), false).unwrap();
     bus.settle();
-    assert_eq!(bus.ep(0).publish(&Topic::new("a/b").unwrap(), b("x"), NoCredit::Refuse).unwrap().peers, 1);
+    assert_eq!(
+        bus.with(0, |ep, now| ep.publish(now, &Topic::new("a/b").unwrap(), b("x"), NoCredit::Refuse)).unwrap().peers,
+        1
+    );
     bus.settle();
     assert_eq!(published(&bus.events(0)).len(), 1);
     bus.ep(0).unsubscribe(s).unwrap();
     bus.settle();
-    assert_eq!(bus.ep(1).publish(&Topic::new("a/b").unwrap(), b("x"), NoCredit::Refuse).unwrap().peers, 0);
+    assert_eq!(
+        bus.with(1, |ep, now| ep.publish(now, &Topic::new("a/b").unwrap(), b("x"), NoCredit::Refuse)).unwrap().peers,
+        0
+    );
     assert_eq!(bus.ep(0).table_sizes().subscriptions, 0);
     bus.assert_no_leaks();
 }

@@ -107,6 +107,11 @@ impl EventCredit {
         );
     }
 
+    /// Publishers waiting (and still there to be woken).
+    pub(super) fn waiting(&self) -> usize {
+        self.waiters.iter().filter(|(w, _)| !w.is_disconnected()).count()
+    }
+
     pub(super) fn deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
         self.waiters.iter().map(|(_, d)| *d)
     }

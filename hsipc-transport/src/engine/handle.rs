@@ -232,9 +232,11 @@ impl Handle {
     /// bus not keeping up) or a reliable subscriber has no credit left: wait for the waiter,
     /// then publish again. So a publisher is held back instead of having its events dropped.
     ///
-    /// From `deadline` on, a reliable subscriber still without credit is cut off: the event goes
-    /// to the others, and that subscriber is told what it lost.
-    pub fn publish(&self, topic: &Topic, body: Bytes, deadline: Instant) -> Result<Publish> {
+    /// The publish began at `started`; from `deadline` on, a reliable subscriber without credit
+    /// that has given none back for as long (`deadline - started`) is cut off: the event goes to
+    /// the others, and that subscriber is told what it lost. One without credit that gave some
+    /// back meanwhile is still reading, and is waited for.
+    pub fn publish(&self, topic: &Topic, body: Bytes, started: Instant, deadline: Instant) -> Result<Publish> {
         self.check_len(topic.as_str().len() + body.len())?;
         self.with(SendBy::TryInline, |state, now| {
             if state.backlogged() {
@@ -242,16 +244,21 @@ impl Handle {
                 state.wait_for_room(done, deadline);
                 return Ok(Publish::Wait(Waiter::new(rx, deadline)));
             }
-            let no_credit = if now >= deadline { NoCredit::CutOff } else { NoCredit::Refuse };
-            match state.endpoint.publish(topic, body, no_credit) {
+            let no_credit = if now >= deadline {
+                NoCredit::CutOff { silent_since: now - deadline.saturating_duration_since(started) }
+            } else {
+                NoCredit::Refuse
+            };
+            match state.endpoint.publish(now, topic, body, no_credit) {
                 Ok(published) => {
                     state.report_cut_off(topic, &published.cut_off);
                     Ok(Publish::Queued(published.peers))
                 }
-                Err(proto::CommandError::NoEventCredit { .. }) => {
+                Err(proto::CommandError::NoEventCredit { recheck_at, .. }) => {
                     let (done, rx) = flume::bounded(1);
-                    state.wait_for_credit(done, deadline);
-                    Ok(Publish::Wait(Waiter::new(rx, deadline)))
+                    let until = recheck_at.unwrap_or(deadline);
+                    state.wait_for_credit(done, until);
+                    Ok(Publish::Wait(Waiter::new(rx, until)))
                 }
                 Err(e) => Err(e.into()),
             }
@@ -261,8 +268,12 @@ impl Handle {
     /// Subscribes; events arrive on the receiver as `qos` says. Dropping the receiver
     /// unsubscribes.
     pub fn subscribe(&self, filter: TopicFilter, qos: Qos) -> Result<EventReceiver> {
-        let dropped = self.shared.state().dropped_events.clone();
-        let (queue, rx) = SubscriptionQueue::new(qos, dropped);
+        let (dropped, window) = {
+            let state = self.shared.state();
+            (state.dropped_events.clone(), state.config().proto.event_window as usize)
+        };
+        // Room for 64 publishers' full windows at once.
+        let (queue, rx) = SubscriptionQueue::new(qos, window.saturating_mul(64), dropped);
         let id = self.with(SendBy::TryInline, |state, _| {
             let id = state.endpoint.subscribe(filter, qos == Qos::Reliable)?;
             state.subscriptions.insert(id, Arc::new(queue));

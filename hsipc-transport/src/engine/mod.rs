@@ -81,7 +81,7 @@ use crate::transport::{Connect, TransportError};
 /// stopped anyway (the bus may be stalled).
 const GOODBYE_WAIT: Duration = Duration::from_secs(1);
 /// The longest the writer sleeps while frames wait in the transport.
-const WAITING_RECHECK: Duration = Duration::from_millis(50);
+const WAITING_RECHECK: Duration = Duration::from_millis(500);
 /// The longest the writer sleeps otherwise.
 const IDLE_RECHECK: Duration = Duration::from_secs(60);
 

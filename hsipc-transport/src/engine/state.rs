@@ -89,7 +89,8 @@ pub struct Census {
     pub sessions: usize,
     /// Subscriptions.
     pub subscriptions: usize,
-    /// `wait_for_service` callers.
+    /// `wait_for_service` and `wait_for_subscriber` callers, and publishers waiting for room
+    /// or for a subscriber's credit.
     pub watchers: usize,
     /// The protocol core's own tables.
     pub proto: TableSizes,
@@ -149,6 +150,8 @@ pub(crate) struct State {
     deferred: Vec<Deferred>,
     /// When the clock thread will wake by itself (None while it is awake).
     sleeping_until: Option<Instant>,
+    /// The peers' processes the clock sleeps on changed since it fell asleep.
+    watched_changed: bool,
     closed: bool,
 }
 
@@ -178,6 +181,7 @@ impl State {
             looped_back: Vec::new(),
             deferred: Vec::new(),
             sleeping_until: None,
+            watched_changed: false,
             closed: false,
         }
     }
@@ -226,8 +230,10 @@ impl State {
         }
         let taken: Vec<(PeerId, u32)> = self.credit.taken().collect();
         for (from, n) in taken {
-            self.endpoint.events_taken(from, n);
+            self.endpoint.events_taken(now, from, n);
         }
+        // However few were taken, the publishers hear of it by the next tick.
+        self.endpoint.flush_event_credit();
         self.credit.expire(now, &mut self.deferred);
         let (late, waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.room_waiters).into_iter().partition(|(_, d)| *d <= now);
@@ -268,9 +274,10 @@ impl State {
         t
     }
 
-    /// Whether something is now due before the clock plans to wake.
-    pub(super) fn needs_earlier_wake(&self) -> bool {
-        self.sleeping_until.is_some_and(|s| self.next_deadline() < s)
+    /// Whether something is now due before the clock plans to wake, or the clock must sleep on
+    /// other processes than it does (a peer joined or left).
+    pub(super) fn needs_earlier_wake(&mut self) -> bool {
+        std::mem::take(&mut self.watched_changed) || self.sleeping_until.is_some_and(|s| self.next_deadline() < s)
     }
 
     pub(super) fn has_outbound(&self) -> bool {
@@ -395,7 +402,9 @@ impl State {
             blocked_items: self.blocked_items.len(),
             sessions: self.session_inputs.len(),
             subscriptions: self.subscriptions.len(),
-            watchers: self.watchers.len(),
+            watchers: self.watchers.len()
+                + self.room_waiters.iter().filter(|(w, _)| !w.is_disconnected()).count()
+                + self.credit.waiting(),
             proto: self.endpoint.table_sizes(),
         }
     }
@@ -564,7 +573,7 @@ impl State {
                     && subscriptions.iter().any(|s| self.subscriptions.get(s).is_some_and(|q| q.is_reliable()));
                 let ticket = reliable.then(|| self.credit.ticket(from));
                 if credited && !reliable {
-                    self.endpoint.events_taken(from, 1);
+                    self.endpoint.events_taken(Instant::now(), from, 1);
                 }
                 for sub in subscriptions {
                     let Some(queue) = self.subscriptions.get(&sub) else { continue };
@@ -584,6 +593,7 @@ impl State {
             Event::EventCredit { .. } => self.credit.wake(&mut self.deferred),
             Event::PeerJoined { peer, name, pid } => {
                 self.liveness.watch(peer, pid);
+                self.watched_changed = true;
                 self.callers.insert(peer, (name.into(), pid));
                 self.notify_watchers();
             }
@@ -594,6 +604,7 @@ impl State {
             Event::DiscoveryComplete => {}
             Event::PeerLeft { peer, .. } => {
                 self.liveness.unwatch(peer);
+                self.watched_changed = true;
                 self.callers.remove(&peer);
                 self.credit.forget(peer);
                 self.credit.wake(&mut self.deferred);

@@ -40,11 +40,18 @@ pub struct Delivery {
 #[non_exhaustive]
 pub enum Qos {
     /// Every event, in order. Each publisher may have at most the subscribing hub's event
-    /// window (`HubBuilder::event_window`, default 256) of its events queued here; beyond that
-    /// its `publish` waits. A subscriber that takes nothing for the publisher's whole publish
-    /// timeout is cut off: the other subscribers get the event, this one reads an
-    /// [`Error::EventsLost`] at once, and the publisher does not wait for it again until it
-    /// has caught up (events meant for it meanwhile are dropped and counted).
+    /// window (`HubBuilder::event_window`, default 256) of its events queued and not yet taken
+    /// in the hub (the credit is the hub's, shared by its subscriptions); beyond that its
+    /// `publish` waits. A hub that gives no credit back for the publisher's whole publish
+    /// timeout is cut off: the other subscribers get the event, every subscription of this hub
+    /// reads an [`Error::EventsLost`] after what is already queued for it, and the publisher
+    /// does not wait for it again until it has caught up (events meant for it meanwhile are
+    /// dropped and counted). The queue holds at most 64 windows (64 publishers bursting at
+    /// once); beyond, or for events that took no credit (sent before the publisher learned of
+    /// this subscription), it drops the newest and counts them in `missed`.
+    ///
+    /// Read it on a thread (or task) of its own: a thread that publishes to its own hub's
+    /// reliable subscription and reads it only afterwards waits once the window is full.
     #[default]
     Reliable,
     /// Keep the latest `n` events: when the queue is full the oldest queued event is dropped
@@ -84,10 +91,13 @@ pub(crate) enum Queued {
 pub(crate) struct Gone;
 
 impl SubscriptionQueue {
-    pub(crate) fn new(qos: Qos, dropped: Arc<AtomicU64>) -> (Self, EventReceiver) {
-        // A reliable queue is bounded by the credit this hub grants each publisher.
+    /// A queue as `qos` says; a reliable one holds `reliable_capacity` events at most (credit
+    /// keeps each publisher within its window, so this bounds only the unexpected: more
+    /// publishers bursting at once than it has room for, or events that took no credit).
+    pub(crate) fn new(qos: Qos, reliable_capacity: usize, dropped: Arc<AtomicU64>) -> (Self, EventReceiver) {
         let (tx, rx) = match qos {
-            Qos::Reliable => flume::unbounded(),
+            // Full, it drops the newest and counts them, as `DropNewest` does.
+            Qos::Reliable => flume::bounded(reliable_capacity.max(1)),
             Qos::KeepLast(n) | Qos::DropNewest(n) => flume::bounded(n.max(1)),
         };
         let oldest = matches!(qos, Qos::KeepLast(_)).then(|| rx.clone());
@@ -259,7 +269,7 @@ mod tests {
 
     #[test]
     fn drop_newest_reports_the_gap_on_the_next_event_queued() {
-        let (q, rx) = SubscriptionQueue::new(Qos::DropNewest(2), Arc::default());
+        let (q, rx) = SubscriptionQueue::new(Qos::DropNewest(2), 1, Arc::default());
         for (n, missed) in [(0, 0), (1, 0), (2, 0), (3, 5), (4, 0)] {
             assert!(q.push(ev(n, missed)).is_ok());
         }
@@ -271,7 +281,7 @@ mod tests {
 
     #[test]
     fn drop_oldest_reports_the_gap_on_the_new_head() {
-        let (q, rx) = SubscriptionQueue::new(Qos::KeepLast(2), Arc::default());
+        let (q, rx) = SubscriptionQueue::new(Qos::KeepLast(2), 1, Arc::default());
         for (n, missed) in [(0, 0), (1, 3), (2, 0), (3, 0)] {
             assert!(q.push(ev(n, missed)).is_ok());
         }
@@ -282,7 +292,7 @@ mod tests {
 
     #[test]
     fn a_dropped_receiver_is_reported() {
-        let (q, rx) = SubscriptionQueue::new(Qos::DropNewest(2), Arc::default());
+        let (q, rx) = SubscriptionQueue::new(Qos::DropNewest(2), 1, Arc::default());
         drop(rx);
         assert!(q.push(ev(0, 0)).is_err());
     }

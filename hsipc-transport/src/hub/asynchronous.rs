@@ -84,7 +84,8 @@ impl<K> AsyncHub<K> {
     /// handlers that return at once: no I/O, no waiting, no lock held for long, no call to
     /// another hub. While it runs, nothing else from the calling hub is read, so a slow one
     /// delays every frame that hub sends here (and a blocking one can stall them for good).
-    /// A plain function, not a future: it runs outside the runtime.
+    /// A plain function, not a future: it runs on the thread that read the request (for a call
+    /// from this hub itself, the caller's thread).
     ///
     /// ```no_run
     /// # async fn f<K: hsipc_transport::hub::RuntimeKind>(hub: hsipc_transport::hub::AsyncHub<K>) -> hsipc_transport::Result<()> {
@@ -231,8 +232,10 @@ impl<K> AsyncHub<K> {
     /// Publishes `event` (a value or a reference) on `topic` to every subscriber whose pattern
     /// matches, in other processes and in this one.
     ///
-    /// While subscribers or the bus do not keep up, the publisher waits (without blocking a
-    /// thread, at most the default timeout, then `Error::LocalLimit`) instead of losing events.
+    /// While a reliable subscriber has no credit left, or the bus does not keep up, the publisher
+    /// waits (without blocking a thread) instead of losing events: at most the hub's
+    /// `publish_timeout` (10 s), after which a subscriber that gave no credit back for that long
+    /// is cut off (and told), and a send queue still full fails with `Error::LocalLimit`.
     pub fn publish<T: Serialize>(&self, topic: &str, event: T) -> impl Future<Output = Result<()>> + Send {
         self.core.publish_async(topic, event)
     }
@@ -246,7 +249,9 @@ impl<K> AsyncHub<K> {
     /// Subscribes to `pattern` with a delivery of its own: [`Qos::Reliable`](crate::Qos)
     /// (every event; publishers wait for this subscriber), `Qos::KeepLast(n)` (a sensor-style
     /// reader that wants the latest `n` values) or `Qos::DropNewest(n)` (the earliest `n`, then a
-    /// gap). Every drop is counted in the next event's `missed` and in [`stats`](Self::stats).
+    /// gap). What a lossy queue drops is counted in the next event's `missed` and in
+    /// [`stats`](Self::stats); what a publisher drops for a cut-off reliable one is read as
+    /// `Error::EventsLost` and counted in the publisher's stats.
     pub async fn subscribe_with<T: DeserializeOwned>(&self, pattern: &str, qos: crate::Qos) -> Result<Subscription<T>> {
         Ok(Subscription::new(self.core.subscribe_with(pattern, qos)?))
     }

@@ -198,12 +198,12 @@ impl HubCore {
         self.handle().call_stream(method, codec::encode(req)?, timeout)
     }
 
-    /// Publishes `event` on `topic`, blocking while the send backlog is long (at most the
-    /// default timeout).
+    /// Publishes `event` on `topic`, blocking while the send backlog is long or a reliable
+    /// subscriber has no credit (at most the publish timeout; see [`Handle::publish`]).
     pub fn publish_blocking<T: Serialize + ?Sized>(&self, topic: &str, event: &T) -> Result<()> {
-        let (topic, body, deadline) = self.prepare_publish(topic, event)?;
+        let (topic, body, started, deadline) = self.prepare_publish(topic, event)?;
         loop {
-            match self.handle().publish(&topic, body.clone(), deadline)? {
+            match self.handle().publish(&topic, body.clone(), started, deadline)? {
                 Publish::Queued(_) => return Ok(()),
                 Publish::Wait(room) => room.wait()?,
             }
@@ -211,14 +211,15 @@ impl HubCore {
     }
 
     /// Publishes `event` on `topic`, waiting (without blocking a thread) while the send backlog
-    /// is long (at most the default timeout). The event is encoded at once.
+    /// is long or a reliable subscriber has no credit (at most the publish timeout). The event
+    /// is encoded at once.
     pub fn publish_async<T: Serialize>(&self, topic: &str, event: T) -> impl Future<Output = Result<()>> + Send {
         let prepared = self.prepare_publish(topic, &event);
         let core = self.clone();
         async move {
-            let (topic, body, deadline) = prepared?;
+            let (topic, body, started, deadline) = prepared?;
             loop {
-                match core.handle().publish(&topic, body.clone(), deadline)? {
+                match core.handle().publish(&topic, body.clone(), started, deadline)? {
                     Publish::Queued(_) => return Ok(()),
                     Publish::Wait(room) => room.await?,
                 }
@@ -226,9 +227,14 @@ impl HubCore {
         }
     }
 
-    fn prepare_publish<T: Serialize + ?Sized>(&self, topic: &str, event: &T) -> Result<(Topic, bytes::Bytes, Instant)> {
+    fn prepare_publish<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        event: &T,
+    ) -> Result<(Topic, bytes::Bytes, Instant, Instant)> {
+        let started = Instant::now();
         let deadline = crate::engine::deadline_in(self.inner.publish_timeout);
-        Ok((Topic::new(topic)?, codec::encode(event)?, deadline))
+        Ok((Topic::new(topic)?, codec::encode(event)?, started, deadline))
     }
 
     /// Subscribes to `pattern` with the hub's delivery (reliable unless the builder said

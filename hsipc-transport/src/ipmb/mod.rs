@@ -305,14 +305,20 @@ impl IpmbTransport {
         let Some(pid) = self.ingress.peer_pid(to) else { return false };
         match lane::process_uid(pid) {
             Some(uid) if uid == lane::own_uid() => true,
-            Some(uid) => {
-                tracing::info!(peer = %to, uid, "peer runs as another user: its frames go through the bus, not a lane");
+            found => {
+                match found {
+                    Some(uid) => {
+                        tracing::info!(peer = %to, uid, "peer runs as another user: its frames go through the bus")
+                    }
+                    None => {
+                        tracing::info!(peer = %to, pid, "cannot tell the peer's user: its frames go through the bus")
+                    }
+                }
                 if self.lanes.other_users.len() < MAX_OTHER_USERS {
                     self.lanes.other_users.insert(to);
                 }
                 false
             }
-            None => false,
         }
     }
 

@@ -1,11 +1,14 @@
 //! The lanes a hub writes, one per peer, and the frames waiting for room in each.
 //!
-//! Writing never blocks: a frame a lane cannot take now waits in that lane's own queue (behind
-//! any frame already waiting, so the peer's order holds), and the engine's writer thread writes
-//! it once the lane has room (it sleeps in `poll` on the full lanes, see
+//! Writing does not block: a frame a lane cannot take now waits in that lane's own queue
+//! (behind any frame already waiting, so the peer's order holds), and the engine's writer
+//! thread writes it once the lane has room (it sleeps in `poll` on the full lanes, see
 //! [`Transport::waiting`](crate::Transport::waiting)). So a peer that stops reading holds back
-//! its own frames only, never another peer's. A lane whose waiting frames make no progress for
-//! the stall timeout, or on which too much waits, is given up: its peer is cut off.
+//! its own frames only, never another peer's. What waits for one lane is bounded: beyond
+//! [`MAX_WAITING_BYTES`] or [`MAX_WAITING_FRAMES`], a thread that must not wait leaves the frame
+//! to the engine's writer (whose queue holds publishers back), and the writer waits for that
+//! lane to take some. A lane whose waiting frames make no progress for the stall timeout is
+//! given up: its peer is cut off.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -17,9 +20,9 @@ use proto::PeerId;
 
 use super::lane;
 
-/// Most bytes that may wait for one lane before its peer is cut off.
+/// Most bytes that wait for one lane before its writers wait (a larger frame still goes, alone).
 const MAX_WAITING_BYTES: usize = 64 << 20;
-/// Most frames that may wait for one lane before its peer is cut off.
+/// Most frames that wait for one lane before its writers wait.
 const MAX_WAITING_FRAMES: usize = 8192;
 
 /// One peer's lane and what waits for it.
@@ -71,35 +74,33 @@ impl OutLanes {
         self.lanes.clear();
     }
 
-    /// Writes `frame` into `peer`'s lane, or queues it behind what waits there; `Err` if the
-    /// lane broke or too much waits for it (the peer is then to be cut off).
+    /// Writes `frame` into `peer`'s lane, or queues it behind what waits there. When too much
+    /// waits already, this waits for the lane to take some (at most until it has made no
+    /// progress for the stall timeout). `Err` if the lane broke or stalled: its peer is to be
+    /// cut off.
     pub(super) fn write(&mut self, peer: PeerId, frame: &Bytes) -> io::Result<()> {
+        let stall = self.stall;
         let Some(lane) = self.lanes.get_mut(&peer) else {
             return Err(io::Error::new(io::ErrorKind::NotConnected, "no lane to that peer"));
         };
-        if lane.waiting.is_empty() {
-            let written = lane::write_chunks(&lane.fd, frame, 0)?;
-            if written == lane::chunk_count(frame) {
-                return Ok(());
-            }
-            lane.written = written;
-            lane.progress = Instant::now();
+        while lane.is_full(frame) {
+            lane.wait_for_room(stall)?;
         }
-        if lane.waiting_bytes + frame.len() > MAX_WAITING_BYTES || lane.waiting.len() >= MAX_WAITING_FRAMES {
-            return Err(io::Error::new(io::ErrorKind::OutOfMemory, "too much waits for the lane's reader"));
-        }
-        lane.waiting_bytes += frame.len();
-        lane.waiting.push_back(frame.clone());
-        Ok(())
+        lane.push(frame)
     }
 
-    /// Writes `frame` from a thread that must not wait: always possible on a lane (what does
-    /// not fit now waits, see [`write`](Self::write)). `Ok(false)`: there is no lane to `peer`.
+    /// Writes `frame` from a thread that must not wait: on a lane, it goes now or waits in the
+    /// lane's queue, unless too much waits there already. `Ok(false)` if it did not go (no lane
+    /// to `peer`, or a full queue: the engine's writer takes it).
     pub(super) fn try_write(&mut self, peer: PeerId, frame: &Bytes) -> io::Result<bool> {
-        if !self.lanes.contains_key(&peer) {
-            return Ok(false);
+        let Some(lane) = self.lanes.get_mut(&peer) else { return Ok(false) };
+        if lane.is_full(frame) {
+            lane.flush(Instant::now())?;
+            if lane.is_full(frame) {
+                return Ok(false);
+            }
         }
-        self.write(peer, frame).map(|()| true)
+        lane.push(frame).map(|()| true)
     }
 
     /// Writes what waits, as far as the lanes take it now. Returns the peers whose lane broke,
@@ -127,7 +128,10 @@ impl OutLanes {
     /// At close: writes what waits, waiting for room until `deadline` at most.
     pub(super) fn drain(&mut self, deadline: Instant) {
         loop {
-            let _ = self.flush();
+            // A broken lane takes nothing more (and would wake `poll` at once, forever).
+            for (peer, _) in self.flush() {
+                self.lanes.remove(&peer);
+            }
             let Some((fds, _)) = self.waiting() else { return };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -143,6 +147,47 @@ impl OutLanes {
 }
 
 impl OutLane {
+    /// Whether `frame` must wait for room in the queue (a frame alone always has room).
+    fn is_full(&self, frame: &Bytes) -> bool {
+        !self.waiting.is_empty()
+            && (self.waiting_bytes + frame.len() > MAX_WAITING_BYTES || self.waiting.len() >= MAX_WAITING_FRAMES)
+    }
+
+    /// Writes `frame`, or queues it behind what waits.
+    fn push(&mut self, frame: &Bytes) -> io::Result<()> {
+        if self.waiting.is_empty() {
+            let written = lane::write_chunks(&self.fd, frame, 0)?;
+            if written == lane::chunk_count(frame) {
+                return Ok(());
+            }
+            self.written = written;
+            self.progress = Instant::now();
+        }
+        self.waiting_bytes += frame.len();
+        self.waiting.push_back(frame.clone());
+        Ok(())
+    }
+
+    /// Waits until the lane takes some of what waits: `TimedOut` once it has taken nothing
+    /// for `stall`.
+    fn wait_for_room(&mut self, stall: Duration) -> io::Result<()> {
+        let before = self.waiting.len();
+        loop {
+            self.flush(Instant::now())?;
+            if self.waiting.len() < before {
+                return Ok(());
+            }
+            let left = (self.progress + stall).saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "the lane's reader is stuck"));
+            }
+            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+            let ms = left.as_millis().clamp(1, 100) as libc::c_int;
+            // SAFETY: one valid pollfd; the fd stays open (owned by `self`).
+            unsafe { libc::poll(&mut pfd, 1, ms) };
+        }
+    }
+
     /// Writes waiting frames until the lane is full or nothing waits.
     fn flush(&mut self, now: Instant) -> io::Result<()> {
         while let Some(front) = self.waiting.front() {
