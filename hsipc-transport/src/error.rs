@@ -84,6 +84,16 @@ pub enum Error {
         /// How many events were lost.
         missed: u64,
     },
+    /// This subscription's own queue was full and dropped the newest events (its `Qos` drops
+    /// the newest), and no later event has reported them: the end of a burst was lost. Later
+    /// events arrive as usual.
+    #[error(
+        "{missed} event(s) were dropped by this subscription's full queue (Qos::DropNewest); take events faster, or give the subscription a larger queue"
+    )]
+    EventsDropped {
+        /// How many events were dropped.
+        missed: u64,
+    },
     /// This hub is at one of its own limits (calls in flight, queued frames, waiters).
     #[error("this hub is at a limit: {0}; wait for some work to finish, or raise the limit")]
     LocalLimit(String),

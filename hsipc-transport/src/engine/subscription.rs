@@ -71,8 +71,9 @@ pub(crate) struct SubscriptionQueue {
     oldest: Option<flume::Receiver<Queued>>,
     /// Events dropped at the head, for the reader to add to the next event it takes.
     evicted: Arc<AtomicU64>,
-    /// Events dropped at the tail, added to the next event queued.
-    refused: AtomicU64,
+    /// Events dropped at the tail, added to the next event queued (or, if none comes, reported
+    /// by the reader once it has emptied the queue).
+    refused: Arc<AtomicU64>,
     /// The hub's count of events its subscription queues dropped.
     dropped: Arc<AtomicU64>,
 }
@@ -102,9 +103,9 @@ impl SubscriptionQueue {
         };
         let oldest = matches!(qos, Qos::KeepLast(_)).then(|| rx.clone());
         let evicted = Arc::new(AtomicU64::new(0));
-        let queue =
-            SubscriptionQueue { tx, qos, oldest, evicted: evicted.clone(), refused: AtomicU64::new(0), dropped };
-        (queue, EventReceiver { rx, evicted, stream: None, subscription: None })
+        let refused = Arc::new(AtomicU64::new(0));
+        let queue = SubscriptionQueue { tx, qos, oldest, evicted: evicted.clone(), refused: refused.clone(), dropped };
+        (queue, EventReceiver { rx, evicted, refused, stream: None, subscription: None })
     }
 
     /// Whether events queued here hold their publisher back.
@@ -168,7 +169,9 @@ impl SubscriptionQueue {
 ///
 /// Under [`Qos::KeepLast`], events evicted from the head are counted in the `missed` of
 /// the next event taken. The total is exact; if the reader takes an event at the very moment
-/// another is evicted, the count may land one event early. A publisher's cut-off of a reliable
+/// another is evicted, the count may land one event early. Events dropped at the tail (a full
+/// [`Qos::DropNewest`] queue) are counted in the next event queued, or, if the reader empties
+/// the queue first, read as [`Error::EventsDropped`]. A publisher's cut-off of a reliable
 /// subscription is read as [`Error::EventsLost`].
 ///
 /// Dropping it unsubscribes.
@@ -176,6 +179,8 @@ impl SubscriptionQueue {
 pub struct EventReceiver {
     rx: flume::Receiver<Queued>,
     evicted: Arc<AtomicU64>,
+    /// Events the queue dropped at its tail and no later event has reported yet.
+    refused: Arc<AtomicU64>,
     stream: Option<flume::r#async::RecvStream<'static, Queued>>,
     subscription: Option<(Handle, SubscriptionId)>,
 }
@@ -209,9 +214,22 @@ impl EventReceiver {
         }
     }
 
+    /// With the queue emptied: the events it dropped at its tail that no later event reported
+    /// (a burst's lost end is told when the reader gets there, not with the next burst).
+    fn dropped_tail(&self) -> Option<Error> {
+        if !self.rx.is_empty() {
+            return None;
+        }
+        let missed = self.refused.swap(0, Ordering::Relaxed);
+        (missed > 0).then_some(Error::EventsDropped { missed })
+    }
+
     /// The next event, waiting until `deadline`: [`Error::Timeout`] if none came,
     /// [`Error::Closed`] once the hub is closed.
     pub fn recv_deadline(&self, deadline: Instant) -> Result<Delivery> {
+        if let Some(e) = self.dropped_tail() {
+            return Err(e);
+        }
         match self.rx.recv_deadline(deadline) {
             Ok(q) => self.take(q),
             Err(flume::RecvTimeoutError::Timeout) => Err(Error::Timeout),
@@ -221,12 +239,18 @@ impl EventReceiver {
 
     /// The next event, waiting as long as it takes; `None` once the hub is closed.
     pub fn recv(&self) -> Option<Result<Delivery>> {
+        if let Some(e) = self.dropped_tail() {
+            return Some(Err(e));
+        }
         self.rx.recv().ok().map(|q| self.take(q))
     }
 
     /// The next event if one is queued.
     pub fn try_recv(&self) -> Option<Result<Delivery>> {
-        self.rx.try_recv().ok().map(|q| self.take(q))
+        match self.rx.try_recv() {
+            Ok(q) => Some(self.take(q)),
+            Err(_) => self.dropped_tail().map(Err),
+        }
     }
 }
 
@@ -236,6 +260,9 @@ impl Stream for EventReceiver {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery>>> {
         let this = self.get_mut();
+        if let Some(e) = this.dropped_tail() {
+            return Poll::Ready(Some(Err(e)));
+        }
         let rx = &this.rx;
         let stream = this.stream.get_or_insert_with(|| rx.clone().into_stream());
         Pin::new(stream).poll_next(cx).map(|q| q.map(|q| this.take(q)))
@@ -263,8 +290,12 @@ mod tests {
         Delivery { from: PeerId(1), topic: Topic::new("t").unwrap(), body: Bytes::from(vec![n]), missed, ticket: None }
     }
 
+    /// The events queued now (not a tail report, which only an empty queue gives).
     fn drain(rx: &EventReceiver) -> Vec<(u8, u64)> {
-        std::iter::from_fn(|| rx.try_recv()).map(|d| d.unwrap()).map(|d| (d.body[0], d.missed)).collect()
+        std::iter::from_fn(|| (!rx.rx.is_empty()).then(|| rx.try_recv()).flatten())
+            .map(|d| d.unwrap())
+            .map(|d| (d.body[0], d.missed))
+            .collect()
     }
 
     #[test]
@@ -273,10 +304,21 @@ mod tests {
         for (n, missed) in [(0, 0), (1, 0), (2, 0), (3, 5), (4, 0)] {
             assert!(q.push(ev(n, missed)).is_ok());
         }
-        assert_eq!(drain(&rx), [(0, 0), (1, 0)]);
+        assert_eq!(rx.try_recv().unwrap().unwrap().body[0], 0);
         q.push(ev(5, 1)).ok().unwrap();
-        // Lost: 2, 3 and the 5 that 3 had missed, 4, and the 1 that 5 missed itself.
-        assert_eq!(drain(&rx), [(5, 1 + 1 + 6 + 1)]);
+        // Lost before 5: 2, 3 and the 5 that 3 had missed, 4, and the 1 that 5 missed itself.
+        assert_eq!(drain(&rx), [(1, 0), (5, 1 + 1 + 6 + 1)]);
+    }
+
+    #[test]
+    fn a_drop_newest_tail_is_told_once_the_queue_is_empty() {
+        let (q, rx) = SubscriptionQueue::new(Qos::DropNewest(2), 1, Arc::default());
+        for n in 0..5 {
+            assert!(q.push(ev(n, 0)).is_ok());
+        }
+        assert_eq!(drain(&rx), [(0, 0), (1, 0)]);
+        assert!(matches!(rx.try_recv(), Some(Err(Error::EventsDropped { missed: 3 }))));
+        assert!(rx.try_recv().is_none());
     }
 
     #[test]
