@@ -29,7 +29,13 @@ fn child_entry() {
         }
         _ => role,
     };
-    let hub = ProcessHub::builder(&env("HSIPC_NAME")).build().unwrap();
+    let mut builder = ProcessHub::builder(&env("HSIPC_NAME"));
+    if let Ok(ms) = std::env::var("HSIPC_LANE_IDLE_MS") {
+        let mut cfg = hsipc::transport::ipmb::IpmbConfig::new(env("HSIPC_BUS"));
+        cfg.lane_idle_timeout = Duration::from_millis(ms.parse().unwrap());
+        builder = builder.transport(hsipc::transport::ipmb::IpmbBus::new(cfg).connector());
+    }
+    let hub = builder.build().unwrap();
     match role.as_str() {
         "bystander" => {}
         "server" => {
@@ -107,6 +113,39 @@ fn calls_move_to_a_lane_keep_their_order_and_outlive_the_bus_controller() {
     client.send("again");
     let again = client.expect("AGAIN", LONG);
     assert!(again.split(',').all(|r| r == "ok"), "calls after the controller died: {again}");
+    server.send("quit");
+    client.send("quit");
+}
+
+/// Asks `peer` how many lanes it reads until it says `want` (or `LONG` passes).
+fn until_lanes(peer: &mut Peer, want: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        peer.send("lanes");
+        let n = peer.expect("LANES", LONG);
+        if want(&n) || std::time::Instant::now() >= deadline {
+            return n;
+        }
+    }
+}
+
+/// A lane nobody uses (heartbeats aside) is closed, without either side taking the other for
+/// gone; traffic then goes on, through the bus and then a new lane, in order.
+#[test]
+fn an_idle_lane_is_closed_and_its_peer_is_not_lost() {
+    let bus = unique_bus("idle-lane");
+    let env = [("HSIPC_LANE_IDLE_MS", "300")];
+    let mut server = Peer::ready("server", &bus, "server", &env);
+    let mut client = Peer::ready("client", &bus, "client", &env);
+    client.expect("CALLED", LONG);
+    // Idle now: both lanes close (each side reads none).
+    assert_eq!(until_lanes(&mut server, |n| n == "0"), "0", "the client's idle lane stayed open");
+    assert_eq!(until_lanes(&mut client, |n| n == "0"), "0", "the server's idle lane stayed open");
+    // Busy again: every call answered, none taken for a departed peer, and a new lane.
+    client.send("again");
+    let again = client.expect("AGAIN", LONG);
+    assert!(again.split(',').all(|r| r == "ok"), "calls after the lanes closed: {again}");
+    assert_ne!(until_lanes(&mut server, |n| n != "0"), "0", "no new lane once busy again");
     server.send("quit");
     client.send("quit");
 }

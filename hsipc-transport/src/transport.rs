@@ -97,6 +97,9 @@ pub trait Transport: Send + fmt::Debug + 'static {
     }
     /// Writes frames [`send`](Self::send) kept, as far as that goes without waiting.
     fn flush(&mut self) {}
+    /// Housekeeping (closing idle links, say), called by the engine's writer now and then;
+    /// never blocks.
+    fn tick(&mut self) {}
     /// Whether frames wait to be flushed: the fds that become writable when they can go on, and
     /// the latest instant to [`flush`](Self::flush) anyway (when a stuck peer is to be given
     /// up). The engine's writer sleeps on them. `None` when nothing waits.

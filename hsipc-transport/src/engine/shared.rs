@@ -261,13 +261,17 @@ impl Shared {
     }
 
     /// The writer's send: waits for the send lock (held only briefly by handlers), writes what
-    /// the transport kept (full lanes with room again), then what is queued.
+    /// the transport kept (full lanes with room again), then what is queued, then lets the
+    /// transport keep house (close idle lanes).
     pub(super) fn send_queued_blocking(&self) {
         let mut transport = self.transport.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = transport.as_deref_mut() {
             t.flush();
         }
         self.send_all(transport.as_deref_mut());
+        if let Some(t) = transport.as_deref_mut() {
+            t.tick();
+        }
     }
 
     /// What the transport's kept frames wait for, for the writer to sleep on.

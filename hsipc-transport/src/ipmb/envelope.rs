@@ -26,6 +26,7 @@ pub const INLINE_MAX: usize = 120 * 1024;
 const INLINE: u8 = 0;
 const REGION: u8 = 1;
 const LANE: u8 = 2;
+const LANE_CLOSED: u8 = 3;
 
 /// What a received hsipc message holds.
 #[derive(Debug)]
@@ -34,6 +35,18 @@ pub(super) enum Received {
     Frame(PeerId, Bytes),
     /// A peer's offer of a direct lane: the reading end of its socket pair.
     Lane(PeerId, std::os::fd::OwnedFd),
+    /// A peer closed its (idle) lane to this hub: its frames come through the bus again, after
+    /// everything it wrote into the lane.
+    LaneClosed(PeerId),
+}
+
+/// The notice that `from` closed its lane to the receiver (the message needs a carrier fd to
+/// travel, as every message between two ipmb clients does).
+pub(super) fn lane_closed(selector: ipmb::Selector, from: PeerId) -> ipmb::Message<Msg> {
+    let mut data = Vec::with_capacity(9);
+    data.extend_from_slice(&from.0.to_le_bytes());
+    data.push(LANE_CLOSED);
+    ipmb::Message::new(selector, Msg { format: FORMAT, data })
 }
 
 /// A lane offer from `from` to `selector`, carrying `fd` (which the message now owns).
@@ -100,6 +113,7 @@ pub(super) fn unwrap(mut msg: ipmb::Message<Msg>, max_len: usize) -> Result<Rece
             // SAFETY: ipmb received this fd for us and gave up ownership with `into_raw`.
             Ok(Received::Lane(from, unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) }))
         }
+        LANE_CLOSED if data.len() == 9 => Ok(Received::LaneClosed(from)),
         REGION => {
             if data.len() != 17 {
                 return Err(Unwrap::Malformed("region envelope has the wrong length"));

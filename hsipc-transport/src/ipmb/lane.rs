@@ -33,6 +33,9 @@ const CHUNK: usize = 60 * 1024;
 const MORE: u8 = 1;
 /// The first byte of a lane message: the last (or only) chunk of a frame.
 const LAST: u8 = 0;
+/// The first byte of a lane message: the writer closes the lane (it was idle); the peer lives
+/// on, and its frames come through the bus again.
+const CLOSE: u8 = 2;
 /// The size of a lane reader's arena for small frames. A frame handed on keeps its arena
 /// alive, so it is small: a reader that holds many events pins little memory.
 const ARENA: usize = 16 * 1024;
@@ -69,6 +72,15 @@ pub(super) fn write_chunks(fd: &OwnedFd, frame: &[u8], from: usize) -> io::Resul
 /// How many lane messages `frame` takes (an empty frame takes one).
 pub(super) fn chunk_count(frame: &[u8]) -> usize {
     frame.len().div_ceil(CHUNK).max(1)
+}
+
+/// Writes the closing message into an idle lane, if it has room: `Ok(false)` if not (try later).
+pub(super) fn write_close(fd: &OwnedFd) -> io::Result<bool> {
+    match send_once(fd, CLOSE, &[]) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// One non-blocking attempt to send a chunk.
@@ -197,6 +209,12 @@ pub(super) fn spawn_reader(
             if n > buf.len() {
                 tracing::debug!(%from, "oversized lane message; dropping the lane");
                 break;
+            }
+            if buf[0] == CLOSE {
+                // Idle, closed by its writer, which lives on: no departure to report.
+                tracing::debug!(%from, "lane closed by its writer (idle)");
+                on_end(from);
+                return;
             }
             let bytes = if buf[0] == LAST && frame.is_empty() && n - 1 <= ARENA_FRAME_MAX {
                 if arena.capacity() - arena.len() < n - 1 {

@@ -85,6 +85,10 @@ pub struct IpmbConfig {
     /// lane's reader is taken to be stuck and its peer is cut off. Default 5 s. (Frames to other
     /// peers never wait for it: each lane has its own queue.)
     pub lane_stall_timeout: Duration,
+    /// A lane that no frame for its peer alone (heartbeats aside) has used for this long is
+    /// closed; the peer's frames then go through the bus, or a new lane once it is busy again.
+    /// Default 60 s.
+    pub lane_idle_timeout: Duration,
     /// Whether lanes are made with, and accepted from, processes that run as another user.
     /// Default false: a peer of another user is reached through the bus, and a lane it offers
     /// is refused (`SO_PEERCRED`), so no other user's process gets a socket into this one.
@@ -103,6 +107,7 @@ impl IpmbConfig {
             max_lanes: 64,
             lane_stall_timeout: Duration::from_secs(5),
             lanes_across_users: false,
+            lane_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -228,6 +233,8 @@ impl Connect for IpmbBus {
                 enabled: cfg.direct_lanes,
                 max: cfg.max_lanes,
                 across_users: cfg.lanes_across_users,
+                idle: cfg.lane_idle_timeout,
+                next_idle_check: Instant::now(),
                 other_users: HashSet::new(),
                 outgoing: out_lanes::OutLanes::new(cfg.lane_stall_timeout),
                 dead: HashSet::new(),
@@ -254,6 +261,9 @@ pub struct IpmbTransport {
     ingress: Ingress,
 }
 
+/// How often idle lanes are looked for (at most).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
 /// How long closing waits for full lanes to take the frames waiting for them (the goodbye).
 const CLOSE_DRAIN: Duration = Duration::from_millis(500);
 
@@ -265,6 +275,9 @@ struct Lanes {
     enabled: bool,
     max: usize,
     across_users: bool,
+    /// How long a lane may go unused before it is closed.
+    idle: Duration,
+    next_idle_check: Instant,
     /// Peers that run as another user: reached through the bus.
     other_users: HashSet<PeerId>,
     /// The lane to each peer, with the frames waiting for room in it.
@@ -363,19 +376,23 @@ impl IpmbTransport {
 
     fn send_to(&mut self, selector: ipmb::Selector, frame: &Bytes) -> Result<(), TransportError> {
         self.check_open(frame)?;
-        let mut msg = envelope::wrap(selector, self.local, frame)?;
-        if msg.memory_regions.is_empty() {
-            // SAFETY: fcntl duplicates a valid fd we own; the result is a new fd or -1.
-            let dup = unsafe { libc::fcntl(self.carrier.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-            if dup < 0 {
-                return Err(TransportError::Io {
-                    what: "duplicating the carrier fd",
-                    source: std::io::Error::last_os_error(),
-                });
-            }
-            // SAFETY: `dup` is a new fd; ipmb's Object takes ownership and closes it.
-            msg.objects.push(unsafe { ipmb::Object::from_raw(dup) });
+        let msg = envelope::wrap(selector, self.local, frame)?;
+        if msg.memory_regions.is_empty() { self.send_carried(msg) } else { self.send_msg(msg) }
+    }
+
+    /// Sends a message with a duplicate of the carrier fd attached (ipmb drops messages
+    /// without an fd between two of its clients).
+    fn send_carried(&mut self, mut msg: ipmb::Message<Msg>) -> Result<(), TransportError> {
+        // SAFETY: fcntl duplicates a valid fd we own; the result is a new fd or -1.
+        let dup = unsafe { libc::fcntl(self.carrier.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(TransportError::Io {
+                what: "duplicating the carrier fd",
+                source: std::io::Error::last_os_error(),
+            });
         }
+        // SAFETY: `dup` is a new fd; ipmb's Object takes ownership and closes it.
+        msg.objects.push(unsafe { ipmb::Object::from_raw(dup) });
         self.send_msg(msg)
     }
 }
@@ -384,6 +401,7 @@ impl Transport for IpmbTransport {
     fn send(&mut self, to: PeerId, frame: &Bytes) -> Result<(), TransportError> {
         self.check_open(frame)?;
         if self.lanes.outgoing.contains(to) {
+            self.lanes.outgoing.touch(to);
             return self.lane_send(to, frame);
         }
         if self.lanes.dead.contains(&to) {
@@ -403,8 +421,30 @@ impl Transport for IpmbTransport {
         // Only a lane can take a frame without waiting; the bus (and opening a lane) is the
         // writer's job.
         match self.lanes.outgoing.try_write(to, frame) {
-            Ok(sent) => Ok(sent),
+            Ok(sent) => {
+                if sent {
+                    self.lanes.outgoing.touch(to);
+                }
+                Ok(sent)
+            }
             Err(source) => Err(self.lane_broken(to, source)),
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if now < self.lanes.next_idle_check {
+            return;
+        }
+        self.lanes.next_idle_check = now + IDLE_CHECK.min(self.lanes.idle);
+        for peer in self.lanes.outgoing.close_idle(self.lanes.idle) {
+            tracing::debug!(%peer, "closed an idle lane; its frames go through the bus until it is busy again");
+            // After the lane's last frames (the reader waits for them), before any frame for
+            // that peer on the bus.
+            let notice = envelope::lane_closed(ipmb::Selector::unicast(peer_label(peer)), self.local);
+            if let Err(e) = self.send_carried(notice) {
+                tracing::debug!(%peer, error = %e, "could not send a lane's closing notice");
+            }
         }
     }
 

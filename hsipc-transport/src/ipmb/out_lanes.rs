@@ -35,6 +35,8 @@ struct OutLane {
     waiting_bytes: usize,
     /// When the waiting frames last made progress (or began to wait).
     progress: Instant,
+    /// When a frame for this peer alone (not its copy of a broadcast) last went in.
+    last_used: Instant,
 }
 
 /// The lanes this hub writes.
@@ -49,7 +51,9 @@ impl OutLanes {
     }
 
     pub(super) fn insert(&mut self, peer: PeerId, fd: OwnedFd) {
-        let lane = OutLane { fd, waiting: VecDeque::new(), written: 0, waiting_bytes: 0, progress: Instant::now() };
+        let now = Instant::now();
+        let lane =
+            OutLane { fd, waiting: VecDeque::new(), written: 0, waiting_bytes: 0, progress: now, last_used: now };
         self.lanes.insert(peer, lane);
     }
 
@@ -101,6 +105,35 @@ impl OutLanes {
             }
         }
         lane.push(frame).map(|()| true)
+    }
+
+    /// Notes that a frame for `peer` alone is going into its lane (the lane is in use).
+    pub(super) fn touch(&mut self, peer: PeerId) {
+        if let Some(lane) = self.lanes.get_mut(&peer) {
+            lane.last_used = Instant::now();
+        }
+    }
+
+    /// Closes the lanes no frame for their peer alone has used for `idle` (nothing waits in
+    /// them): each gets a closing message, after which its reader ends without taking the peer
+    /// for gone. Returns their peers, whose frames go through the bus (or a new lane) from now.
+    pub(super) fn close_idle(&mut self, idle: Duration) -> Vec<PeerId> {
+        let now = Instant::now();
+        let idle: Vec<PeerId> = self
+            .lanes
+            .iter()
+            .filter(|(_, l)| l.waiting.is_empty() && now.saturating_duration_since(l.last_used) >= idle)
+            .map(|(p, _)| *p)
+            .collect();
+        idle.into_iter()
+            .filter(|peer| {
+                let closed = self.lanes.get(peer).is_some_and(|l| matches!(lane::write_close(&l.fd), Ok(true)));
+                if closed {
+                    self.lanes.remove(peer);
+                }
+                closed
+            })
+            .collect()
     }
 
     /// Writes what waits, as far as the lanes take it now. Returns the peers whose lane broke,

@@ -21,6 +21,9 @@ const CLOEXEC_SWEEP: Duration = Duration::from_secs(1);
 /// The lanes this hub reads, kept so that closing can wake their readers.
 pub(super) type IncomingLanes = Arc<std::sync::Mutex<Vec<Arc<std::os::fd::OwnedFd>>>>;
 
+/// How long the bus reader waits for a closed lane's reader to finish its last frames.
+const LANE_END_WAIT: Duration = Duration::from_secs(1);
+
 /// Most senders remembered for the sweep (beyond, new senders wait for the periodic sweep).
 const MAX_HEARD: usize = 4096;
 
@@ -51,6 +54,9 @@ pub(super) fn spawn(
             // Peers whose frames now come through their lane: their bus messages are copies.
             // A lane's reader takes its peer out again when the lane ends.
             let laned: Arc<std::sync::Mutex<std::collections::HashSet<PeerId>>> = Arc::default();
+            // Per lane being read: disconnected once its reader has ended (a closed lane's
+            // notice on the bus waits for that, so that the lane's last frames go first).
+            let mut lane_ends: std::collections::HashMap<PeerId, flume::Receiver<()>> = Default::default();
             let own_uid = lane::own_uid();
             let mut next_sweep = Instant::now();
             // Senders heard from: a new one may come with a new ipmb connection to mark.
@@ -94,8 +100,12 @@ pub(super) fn spawn(
                         match accept_lane(from, fd, (!across_users).then_some(own_uid), &lanes, &stop) {
                             Some(fd) => {
                                 let ended = laned.clone();
+                                let (end_tx, end_rx) = flume::bounded::<()>(1);
+                                lane_ends.retain(|_, rx| !rx.is_disconnected());
+                                lane_ends.insert(from, end_rx);
                                 let on_end = move |peer| {
                                     ended.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer);
+                                    drop(end_tx);
                                 };
                                 // Marked before the reader starts: its first frame may follow at once.
                                 laned.lock().unwrap_or_else(|e| e.into_inner()).insert(from);
@@ -115,6 +125,14 @@ pub(super) fn spawn(
                             }
                             None => tracing::warn!(%from, "refused a lane; what that peer writes into it is lost"),
                         }
+                    }
+                    Ok(Received::LaneClosed(from)) => {
+                        // Its frames come through the bus from now on, after the lane's last
+                        // ones: wait (briefly) for the lane's reader to have handed them over.
+                        if let Some(end) = lane_ends.remove(&from) {
+                            let _ = end.recv_timeout(LANE_END_WAIT);
+                        }
+                        laned.lock().unwrap_or_else(|e| e.into_inner()).remove(&from);
                     }
                     Err(envelope::Unwrap::Foreign) => {}
                     Err(envelope::Unwrap::Malformed(why)) => {
