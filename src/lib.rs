@@ -38,6 +38,10 @@
 //! The layers underneath are re-exported for those who need them: [`proto`] (the sans-IO
 //! protocol core) and [`transport`] (transports, the engine and the hub layer).
 
+/// Binary payloads: `Bytes` travels as one CBOR byte string, copied whole (a `Vec<u8>` or a
+/// `&[u8]` works too, but serde hands it over one byte at a time: ten to twenty times slower
+/// for payloads of kilobytes and more).
+pub use bytes::Bytes;
 pub use futures_core::Stream;
 pub use hsipc_macros::{service, service_impl, service_trait};
 pub use hsipc_transport as transport;

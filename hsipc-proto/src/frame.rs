@@ -261,7 +261,7 @@ mod tests {
     const MAX: usize = 1 << 20;
 
     fn kind_strategy() -> impl Strategy<Value = FrameKind> {
-        (1u8..=12).prop_map(|k| FrameKind::from_u8(k).expect("1..=12 are kinds"))
+        (1u8..=14).prop_map(|k| FrameKind::from_u8(k).expect("1..=14 are kinds"))
     }
 
     proptest! {

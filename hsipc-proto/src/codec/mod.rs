@@ -11,7 +11,7 @@
 
 mod byte_strings;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 
 use self::byte_strings::Wrapped;
@@ -46,11 +46,37 @@ pub enum CodecError {
 /// assert_eq!(back, (1, "two".to_string()));
 /// ```
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, CodecError> {
-    // Room for a small message and its CBOR header at once (a 64 B payload must not regrow).
-    let mut w = BytesMut::with_capacity(256).writer();
+    let mut w = Growing(BytesMut::with_capacity(SMALL));
     ciborium::into_writer(&Wrapped(value), &mut w)
         .map_err(|e| CodecError::Encode { type_name: std::any::type_name::<T>(), reason: e.to_string() })?;
-    Ok(w.into_inner().freeze())
+    Ok(w.0.freeze())
+}
+
+/// The room [`encode`] starts with: enough for most messages at once (a 64 B payload must not
+/// regrow).
+const SMALL: usize = 256;
+/// A write at least this large (a byte string, in practice) gets room of its own size.
+const LARGE: usize = 4096;
+
+/// A writer into a growing buffer that gives a large write exactly the room it needs (plus a
+/// little for what follows) instead of doubling up to it: a 1 MiB payload is copied once,
+/// into one allocation, not again at each doubling into fresh pages.
+struct Growing(BytesMut);
+
+impl std::io::Write for Growing {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = self.0.capacity() - self.0.len();
+        if room < data.len() {
+            let more = if data.len() >= LARGE { data.len() + SMALL } else { self.0.capacity().max(data.len()) };
+            self.0.reserve(more);
+        }
+        self.0.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Decodes CBOR bytes as a `T`; the error names `T`.
