@@ -30,9 +30,16 @@ fn child_entry() {
         _ => role,
     };
     let mut builder = ProcessHub::builder(&env("HSIPC_NAME"));
-    if let Ok(ms) = std::env::var("HSIPC_LANE_IDLE_MS") {
+    let idle = std::env::var("HSIPC_LANE_IDLE_MS").ok();
+    let stall = std::env::var("HSIPC_LANE_STALL_MS").ok();
+    if idle.is_some() || stall.is_some() {
         let mut cfg = hsipc::transport::ipmb::IpmbConfig::new(env("HSIPC_BUS"));
-        cfg.lane_idle_timeout = Duration::from_millis(ms.parse().unwrap());
+        if let Some(ms) = idle {
+            cfg.lane_idle_timeout = Duration::from_millis(ms.parse().unwrap());
+        }
+        if let Some(ms) = stall {
+            cfg.lane_stall_timeout = Duration::from_millis(ms.parse().unwrap());
+        }
         builder = builder.transport(hsipc::transport::ipmb::IpmbBus::new(cfg).connector());
     }
     let hub = builder.build().unwrap();
@@ -53,6 +60,8 @@ fn child_entry() {
         match cmd.as_str() {
             "lanes" => report(format!("LANES {}", lane_threads())),
             "again" => again(&hub),
+            "flood" => flood(&hub),
+            "recover" => recover(&hub),
             "quit" => break,
             other => panic!("unknown command {other}"),
         }
@@ -81,6 +90,37 @@ fn client(hub: &ProcessHub) {
         }
     }
     report("CALLED");
+}
+
+/// Calls with payloads far larger than a lane holds, from several threads at once (against a
+/// server that reads nothing); reports how each ended.
+fn flood(hub: &ProcessHub) {
+    let big = bytes::Bytes::from(vec![1u8; 300_000]);
+    let results: Vec<String> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let big = big.clone();
+                s.spawn(move || match hub.call_timeout::<_, bytes::Bytes>("calc.echo", big, LONG) {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => kind(&e).to_string(),
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    report(format!("FLOODED {}", results.join(",")));
+}
+
+/// Calls until one is answered (the server is reachable again), at most `LONG`.
+fn recover(hub: &ProcessHub) {
+    let deadline = std::time::Instant::now() + LONG;
+    while std::time::Instant::now() < deadline {
+        if let Ok(4) = hub.call_timeout::<_, i64>("calc.add", (2, 2), Duration::from_millis(500)) {
+            report("RECOVERED yes");
+            return;
+        }
+    }
+    report("RECOVERED no");
 }
 
 /// After the controller is killed: the lane carries on at once.
@@ -113,6 +153,27 @@ fn calls_move_to_a_lane_keep_their_order_and_outlive_the_bus_controller() {
     client.send("again");
     let again = client.expect("AGAIN", LONG);
     assert!(again.split(',').all(|r| r == "ok"), "calls after the controller died: {again}");
+    server.send("quit");
+    client.send("quit");
+}
+
+/// A member that stops reading long enough is cut off (its lane stalled); once it reads again
+/// it is reached afresh (a new lane), not left unreachable for the rest of its life.
+#[test]
+fn a_member_cut_off_for_a_stall_is_reached_again_once_it_reads() {
+    let bus = unique_bus("stall-recover");
+    let mut server = Peer::ready("server", &bus, "server", &[]);
+    let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_LANE_STALL_MS", "500")]);
+    client.expect("CALLED", LONG);
+    // SAFETY: stops and resumes a child process of ours.
+    unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGSTOP) };
+    client.send("flood");
+    let flooded = client.expect("FLOODED", LONG);
+    assert!(flooded.split(',').all(|r| r == "peer_lost"), "calls to a stalled member: {flooded}");
+    // SAFETY: as above.
+    unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGCONT) };
+    client.send("recover");
+    assert_eq!(client.expect("RECOVERED", LONG), "yes");
     server.send("quit");
     client.send("quit");
 }

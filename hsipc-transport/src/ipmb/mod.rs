@@ -237,7 +237,8 @@ impl Connect for IpmbBus {
                 next_idle_check: Instant::now(),
                 other_users: HashSet::new(),
                 outgoing: out_lanes::OutLanes::new(cfg.lane_stall_timeout),
-                dead: HashSet::new(),
+                dead: std::collections::HashMap::new(),
+                dead_for: cfg.lane_stall_timeout,
                 incoming,
             },
             ingress,
@@ -282,8 +283,13 @@ struct Lanes {
     other_users: HashSet<PeerId>,
     /// The lane to each peer, with the frames waiting for room in it.
     outgoing: out_lanes::OutLanes,
-    /// Peers whose lane broke: they are gone (a new lane would reorder their frames).
-    dead: HashSet<PeerId>,
+    /// Peers whose lane broke or stalled, and until when they are taken for gone: frames to
+    /// them are dropped meanwhile (a new lane at once could reorder them with the broken one's
+    /// last frames). The peer itself sees the old lane end and forgets this hub; a peer that
+    /// lives on is reached afresh (a new lane) after that.
+    dead: std::collections::HashMap<PeerId, Instant>,
+    /// How long a cut-off peer is taken for gone.
+    dead_for: Duration,
     /// The lanes this hub reads, to wake their readers at close.
     incoming: reader::IncomingLanes,
 }
@@ -342,12 +348,14 @@ impl IpmbTransport {
     }
 
     /// A lane broke (its reader ended) or stayed full past the stall timeout (its reader is
-    /// stuck): the peer is cut off for good, and the engine is told at once, so that calls to
-    /// it fail now instead of at their deadlines.
+    /// stuck): the peer is cut off, and the engine is told at once, so that calls to it fail
+    /// now instead of at their deadlines. If it lives on, it is reached afresh later.
     fn lane_broken(&mut self, to: PeerId, source: std::io::Error) -> TransportError {
         tracing::debug!(peer = %to, error = %source, "lane broken: the peer is gone or stuck");
         self.lanes.outgoing.remove(to);
-        self.lanes.dead.insert(to);
+        let now = Instant::now();
+        self.lanes.dead.retain(|_, until| *until > now);
+        self.lanes.dead.insert(to, now + self.lanes.dead_for);
         self.ingress.peer_lost(to);
         TransportError::Io { what: "writing into a direct lane", source }
     }
@@ -404,8 +412,11 @@ impl Transport for IpmbTransport {
             self.lanes.outgoing.touch(to);
             return self.lane_send(to, frame);
         }
-        if self.lanes.dead.contains(&to) {
-            return Err(TransportError::Closed);
+        if let Some(until) = self.lanes.dead.get(&to) {
+            if Instant::now() < *until {
+                return Err(TransportError::Closed);
+            }
+            self.lanes.dead.remove(&to);
         }
         if self.lanes.enabled && self.lanes.outgoing.len() < self.lanes.max && self.may_lane_to(to) {
             match self.open_lane(to) {
