@@ -248,3 +248,22 @@ fn each_subscription_chooses_what_a_full_queue_drops() {
     assert_eq!(take(&latest), [(7, 7), (8, 0), (9, 0)], "keep last 3: the loss is reported on the new head");
     assert_eq!(take(&earliest), [(0, 0), (1, 0), (2, 0)], "keep first 3");
 }
+
+/// The tokio hub reads its direct lanes on the runtime's reactor; a runtime built without an
+/// I/O driver has none, and the hub reads them on threads instead (calls work all the same).
+#[test]
+fn a_tokio_runtime_without_io_still_reads_lanes() {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(async {
+        let bus = format!("t-no-io-{}", std::process::id());
+        let server = hsipc::ProcessHub::builder("server").bus(&bus).build().unwrap();
+        let client = hsipc::ProcessHub::builder("client").bus(&bus).build().unwrap();
+        server.serve("calc.add", |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) }).await.unwrap();
+        client.wait_for_service("calc", WAIT).await.unwrap();
+        for i in 0..50i64 {
+            assert_eq!(client.call::<_, i64>("calc.add", (i, 1)).await.unwrap(), i + 1);
+        }
+        client.close().await;
+        server.close().await;
+    });
+}

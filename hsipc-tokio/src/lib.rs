@@ -29,9 +29,14 @@
 //! tokio: the engine's own threads end every call by its deadline, so a call's `.await` is a
 //! single channel receive and needs no tokio timer.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use hsipc_transport::hub::{BoxFuture, Runtime, RuntimeKind, Settings};
+use hsipc_transport::ipmb::{LaneReader, LaneRunner, LaneState};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 pub use hsipc_transport::hub::{
     CallFuture, Event, ResponseStream, ServerSession, Session, Stream, StreamSink, Subscription,
@@ -78,7 +83,47 @@ impl Runtime for TokioRuntime {
         drop(self.0.spawn_blocking(job));
     }
 
+    fn lane_runner(&self) -> Option<LaneRunner> {
+        let handle = self.0.clone();
+        let no_io = Arc::new(AtomicBool::new(false));
+        Some(LaneRunner::new(move |reader| read_lane(&handle, &no_io, reader)))
+    }
+
     fn handlers_send_inline(&self) -> bool {
         false
     }
+}
+
+/// Reads a lane as a task on the hub's runtime, woken by its reactor; hands the reader back
+/// (to run on a thread) if the runtime has no I/O driver (built without `enable_io`).
+fn read_lane(handle: &tokio::runtime::Handle, no_io: &AtomicBool, mut reader: LaneReader) -> Option<LaneReader> {
+    if no_io.load(Ordering::Relaxed) {
+        return Some(reader);
+    }
+    let _in_runtime = handle.enter();
+    let lane = reader.fd();
+    // Tokio has no way to ask whether a runtime has an I/O driver: registering with one that has
+    // none panics (once per hub: it is not tried again).
+    // SAFETY: the AsyncFd owns a handle to the fd (an `Arc<OwnedFd>`), which keeps it open and
+    // the same for the AsyncFd's whole life.
+    let registered = std::panic::catch_unwind(AssertUnwindSafe(|| unsafe {
+        AsyncFd::register_with_interest(lane, Interest::READABLE)
+    }));
+    let Ok(Ok(fd)) = registered else {
+        if registered.is_err() {
+            no_io.store(true, Ordering::Relaxed);
+            tracing::info!("the tokio runtime has no I/O driver (enable_io): direct lanes are read on threads");
+        }
+        return Some(reader);
+    };
+    drop(handle.spawn(async move {
+        loop {
+            let Ok(mut ready) = fd.readable().await else { break };
+            match reader.read_ready() {
+                LaneState::Drained => ready.clear_ready(),
+                LaneState::Ended => break,
+            }
+        }
+    }));
+    None
 }

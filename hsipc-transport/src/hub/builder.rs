@@ -224,6 +224,7 @@ impl<K: RuntimeKind> HubBuilder<K> {
                 let mut cfg = IpmbConfig::new(bus);
                 cfg.max_message_len = s.max_message_len;
                 cfg.direct_lanes = s.direct_lanes;
+                cfg.lane_runner = runtime.lane_runner();
                 IpmbBus::new(cfg).connector()
             }
         };

@@ -29,6 +29,12 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     /// free. True for thread pools (it saves a thread hop); false for async runtimes, whose
     /// threads must never block in a stalled bus.
     fn handlers_send_inline(&self) -> bool;
+    /// Reads direct lanes on this runtime (its reactor waits for them) instead of a thread
+    /// each, if it can: a reply then wakes the task waiting for it on the thread that read it.
+    /// Default: threads.
+    fn lane_runner(&self) -> Option<crate::ipmb::LaneRunner> {
+        None
+    }
 }
 
 /// A kind of hub: which [`Runtime`] it runs handlers on, and which hub type its builder

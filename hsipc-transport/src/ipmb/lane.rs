@@ -17,30 +17,24 @@
 //! A frame larger than one lane message travels in chunks. The reading end checks that the
 //! process that made the pair runs as the same user (`SO_PEERCRED`) and refuses it otherwise.
 
+use proto::PeerId;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use bytes::BytesMut;
-use proto::PeerId;
-
-use crate::ingress::Ingress;
 
 /// The payload of one lane message (a frame travels in as many as it needs).
-const CHUNK: usize = 60 * 1024;
+pub(super) const CHUNK: usize = 60 * 1024;
 /// The first byte of a lane message: more chunks of this frame follow.
-const MORE: u8 = 1;
+pub(super) const MORE: u8 = 1;
 /// The first byte of a lane message: the last (or only) chunk of a frame.
-const LAST: u8 = 0;
+pub(super) const LAST: u8 = 0;
 /// The first byte of a lane message: the writer closes the lane (it was idle); the peer lives
 /// on, and its frames come through the bus again.
-const CLOSE: u8 = 2;
+pub(super) const CLOSE: u8 = 2;
 /// The size of a lane reader's arena for small frames. A frame handed on keeps its arena
 /// alive, so it is small: a reader that holds many events pins little memory.
-const ARENA: usize = 16 * 1024;
+pub(super) const ARENA: usize = 16 * 1024;
 /// Frames up to this size go through the arena; larger ones get a buffer of their own.
-const ARENA_FRAME_MAX: usize = 2 * 1024;
+pub(super) const ARENA_FRAME_MAX: usize = 2 * 1024;
 
 /// Makes a lane: (the end this hub writes, the end it hands to the peer).
 pub(super) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -178,72 +172,8 @@ pub(super) fn shut(fd: &OwnedFd) {
     unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
 }
 
-/// Reads lane `fd` from peer `from` on a thread of its own, handing each frame to the engine,
-/// until end of file: then the peer is gone (unless this hub is closing).
-pub(super) fn spawn_reader(
-    fd: Arc<OwnedFd>,
-    from: PeerId,
-    ingress: Ingress,
-    max_len: usize,
-    stop: Arc<AtomicBool>,
-    on_end: impl FnOnce(PeerId) + Send + 'static,
-) -> io::Result<()> {
-    std::thread::Builder::new().name(format!("hsipc-lane-{from}")).spawn(move || {
-        let mut buf = vec![0u8; CHUNK + 1];
-        let mut frame = BytesMut::new();
-        // Small frames are copied into a shared arena and handed on as slices of it: no
-        // allocation per frame, and the protocol's slices of a frame need none either.
-        let mut arena = BytesMut::new();
-        loop {
-            // SAFETY: `buf` is valid for writes of its length.
-            let n = unsafe {
-                libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_TRUNC)
-            };
-            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            if n <= 0 {
-                break; // end of file (or a broken socket): the sender is gone
-            }
-            let n = n as usize;
-            if n > buf.len() {
-                tracing::debug!(%from, "oversized lane message; dropping the lane");
-                break;
-            }
-            if buf[0] == CLOSE {
-                // Idle, closed by its writer, which lives on: no departure to report.
-                tracing::debug!(%from, "lane closed by its writer (idle)");
-                on_end(from);
-                return;
-            }
-            let bytes = if buf[0] == LAST && frame.is_empty() && n - 1 <= ARENA_FRAME_MAX {
-                if arena.capacity() - arena.len() < n - 1 {
-                    arena = BytesMut::with_capacity(ARENA);
-                }
-                arena.extend_from_slice(&buf[1..n]);
-                Some(arena.split().freeze())
-            } else {
-                frame.extend_from_slice(&buf[1..n]);
-                if frame.len() > max_len {
-                    tracing::debug!(%from, "lane frame over the maximum message length; dropping the lane");
-                    break;
-                }
-                (buf[0] == LAST).then(|| std::mem::take(&mut frame).freeze())
-            };
-            if let Some(bytes) = bytes {
-                if !ingress.deliver(from, bytes) {
-                    shut(&fd); // the engine is gone
-                    return;
-                }
-            }
-        }
-        // The sender sees the end at once (instead of filling a lane nobody reads).
-        shut(&fd);
-        on_end(from);
-        if !stop.load(Ordering::Relaxed) {
-            tracing::debug!(%from, "lane closed: the peer is gone");
-            ingress.peer_lost(from);
-        }
-    })?;
+/// Reads a lane on a thread of its own until it ends.
+pub(super) fn spawn_thread(reader: super::lane_reader::LaneReader, from: PeerId) -> io::Result<()> {
+    std::thread::Builder::new().name(format!("hsipc-lane-{from}")).spawn(move || reader.run_blocking())?;
     Ok(())
 }

@@ -36,6 +36,7 @@ mod cloexec;
 pub use cloexec::mark_bus_fds_close_on_exec;
 mod envelope;
 mod lane;
+mod lane_reader;
 mod name_lock;
 mod out_lanes;
 mod reader;
@@ -55,6 +56,7 @@ use crate::ingress::Ingress;
 use crate::transport::{Connect, Transport, TransportError, Waiting};
 
 pub use envelope::INLINE_MAX;
+pub use lane_reader::{LaneReader, LaneRunner, LaneState};
 
 /// The ipmb message type hsipc sends: opaque bytes.
 type Msg = ipmb::BytesMessage;
@@ -89,6 +91,9 @@ pub struct IpmbConfig {
     /// closed; the peer's frames then go through the bus, or a new lane once it is busy again.
     /// Default 60 s.
     pub lane_idle_timeout: Duration,
+    /// Runs the readers of lanes from other hubs on an async runtime (its reactor waits for
+    /// them) instead of a thread each. The tokio and smol hubs set it. Default none.
+    pub lane_runner: Option<LaneRunner>,
     /// Whether lanes are made with, and accepted from, processes that run as another user.
     /// Default false: a peer of another user is reached through the bus, and a lane it offers
     /// is refused (`SO_PEERCRED`), so no other user's process gets a socket into this one.
@@ -108,6 +113,7 @@ impl IpmbConfig {
             lane_stall_timeout: Duration::from_secs(5),
             lanes_across_users: false,
             lane_idle_timeout: Duration::from_secs(60),
+            lane_runner: None,
         }
     }
 }
@@ -217,6 +223,7 @@ impl Connect for IpmbBus {
             sweeper,
             lanes: incoming.clone(),
             across_users: cfg.lanes_across_users,
+            lane_runner: cfg.lane_runner.clone(),
         };
         let reader = reader::spawn(receiver, setup)?;
         Ok(Box::new(IpmbTransport {

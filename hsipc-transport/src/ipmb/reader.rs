@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use proto::PeerId;
 
 use super::envelope::Received;
+use super::lane_reader::{LaneReader, LaneRunner};
 use super::{Msg, cloexec, envelope, lane};
 use crate::ingress::Ingress;
 use crate::transport::TransportError;
@@ -41,13 +42,15 @@ pub(super) struct ReaderSetup {
     pub(super) lanes: IncomingLanes,
     /// Accept lanes made by another user's process.
     pub(super) across_users: bool,
+    /// Runs lane readers on an async runtime instead of threads, if given.
+    pub(super) lane_runner: Option<LaneRunner>,
 }
 
 pub(super) fn spawn(
     mut receiver: ipmb::EndpointReceiver<Msg>,
     setup: ReaderSetup,
 ) -> Result<JoinHandle<()>, TransportError> {
-    let ReaderSetup { local, ingress, max_len, timeout, stop, sweeper, lanes, across_users } = setup;
+    let ReaderSetup { local, ingress, max_len, timeout, stop, sweeper, lanes, across_users, lane_runner } = setup;
     std::thread::Builder::new()
         .name("hsipc-ipmb-reader".into())
         .spawn(move || {
@@ -109,14 +112,14 @@ pub(super) fn spawn(
                                 };
                                 // Marked before the reader starts: its first frame may follow at once.
                                 laned.lock().unwrap_or_else(|e| e.into_inner()).insert(from);
-                                let started = lane::spawn_reader(
-                                    fd.clone(),
-                                    from,
-                                    ingress.clone(),
-                                    max_len,
-                                    stop.clone(),
-                                    on_end,
-                                );
+                                let reader =
+                                    LaneReader::new(fd.clone(), from, ingress.clone(), max_len, stop.clone(), on_end);
+                                // On the hub's runtime if it takes it, else on a thread.
+                                let left = match &lane_runner {
+                                    Some(runner) => runner.run(reader),
+                                    None => Some(reader),
+                                };
+                                let started = left.map_or(Ok(()), |reader| lane::spawn_thread(reader, from));
                                 if let Err(e) = started {
                                     tracing::warn!(%from, error = %e, "cannot start a lane reader");
                                     laned.lock().unwrap_or_else(|e| e.into_inner()).remove(&from);

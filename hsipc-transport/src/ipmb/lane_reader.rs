@@ -1,0 +1,205 @@
+//! Reading one lane: messages in, frames out to the engine, until the lane ends.
+//!
+//! A [`LaneReader`] reads on a thread of its own ([`run_blocking`](LaneReader::run_blocking)),
+//! or on an async runtime's reactor: the runtime waits for the lane to be readable and calls
+//! [`read_ready`](LaneReader::read_ready) (see [`LaneRunner`]). On a runtime, a reply read from
+//! a lane wakes the task waiting for it on the thread that read it: one thread wake-up less
+//! per message than a reader thread handing it over.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::BytesMut;
+use proto::PeerId;
+
+use super::lane::{self, ARENA, ARENA_FRAME_MAX, CHUNK, CLOSE, LAST};
+use crate::ingress::Ingress;
+
+/// Runs lane readers on an async runtime: takes the reader and drives it (waiting for
+/// readability, then [`LaneReader::read_ready`]), or hands it back to be run on a thread.
+#[derive(Clone)]
+pub struct LaneRunner(Arc<dyn Fn(LaneReader) -> Option<LaneReader> + Send + Sync>);
+
+impl LaneRunner {
+    /// A runner that calls `run` with each new lane's reader.
+    pub fn new(run: impl Fn(LaneReader) -> Option<LaneReader> + Send + Sync + 'static) -> Self {
+        LaneRunner(Arc::new(run))
+    }
+
+    /// Runs `reader`, or hands it back.
+    pub(super) fn run(&self, reader: LaneReader) -> Option<LaneReader> {
+        (self.0)(reader)
+    }
+}
+
+impl std::fmt::Debug for LaneRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LaneRunner")
+    }
+}
+
+/// What [`LaneReader::read_ready`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LaneState {
+    /// Nothing more to read now: wait until the lane is readable, then read again.
+    Drained,
+    /// The lane has ended (its writer died or closed it, or this hub is closing): stop.
+    Ended,
+}
+
+/// Reads one lane from one peer, handing each frame to the engine.
+pub struct LaneReader {
+    fd: Arc<OwnedFd>,
+    from: PeerId,
+    ingress: Ingress,
+    max_len: usize,
+    stop: Arc<AtomicBool>,
+    on_end: Option<Box<dyn FnOnce(PeerId) + Send>>,
+    buf: Vec<u8>,
+    /// A frame arriving in pieces.
+    frame: BytesMut,
+    /// Small frames are copied into a shared arena and handed on as slices of it: no
+    /// allocation per frame, and the protocol's slices of a frame need none either.
+    arena: BytesMut,
+}
+
+impl std::fmt::Debug for LaneReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaneReader").field("from", &self.from).finish_non_exhaustive()
+    }
+}
+
+/// How reading one message went.
+enum Step {
+    Read,
+    WouldBlock,
+    Ended,
+}
+
+impl LaneReader {
+    pub(super) fn new(
+        fd: Arc<OwnedFd>,
+        from: PeerId,
+        ingress: Ingress,
+        max_len: usize,
+        stop: Arc<AtomicBool>,
+        on_end: impl FnOnce(PeerId) + Send + 'static,
+    ) -> LaneReader {
+        LaneReader {
+            fd,
+            from,
+            ingress,
+            max_len,
+            stop,
+            on_end: Some(Box::new(on_end)),
+            buf: vec![0u8; CHUNK + 1],
+            frame: BytesMut::new(),
+            arena: BytesMut::new(),
+        }
+    }
+
+    /// The lane's fd, to wait on for readability (open while this handle or the reader
+    /// lives).
+    pub fn fd(&self) -> Arc<OwnedFd> {
+        self.fd.clone()
+    }
+
+    /// Reads and hands on everything the lane holds now, without waiting.
+    pub fn read_ready(&mut self) -> LaneState {
+        loop {
+            match self.read_one(false) {
+                Step::Read => {}
+                Step::WouldBlock => return LaneState::Drained,
+                Step::Ended => return LaneState::Ended,
+            }
+        }
+    }
+
+    /// Reads on this thread until the lane ends.
+    pub fn run_blocking(mut self) {
+        while !matches!(self.read_one(true), Step::Ended) {}
+    }
+
+    /// Reads one message (waiting for it if `wait`), and hands on the frame it completes.
+    fn read_one(&mut self, wait: bool) -> Step {
+        if self.on_end.is_none() {
+            return Step::Ended;
+        }
+        let flags = libc::MSG_TRUNC | if wait { 0 } else { libc::MSG_DONTWAIT };
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe {
+            libc::recv(self.fd.as_raw_fd(), self.buf.as_mut_ptr() as *mut libc::c_void, self.buf.len(), flags)
+        };
+        if n < 0 {
+            match io::Error::last_os_error().kind() {
+                io::ErrorKind::Interrupted => return Step::Read,
+                io::ErrorKind::WouldBlock => return Step::WouldBlock,
+                _ => return self.end(true),
+            }
+        }
+        if n == 0 {
+            return self.end(true); // end of file: the sender is gone
+        }
+        let (n, from) = (n as usize, self.from);
+        if n > self.buf.len() {
+            tracing::debug!(%from, "oversized lane message; dropping the lane");
+            return self.end(true);
+        }
+        let buf = &self.buf;
+        if buf[0] == CLOSE {
+            // Idle, closed by its writer, which lives on: no departure to report.
+            tracing::debug!(%from, "lane closed by its writer (idle)");
+            return self.end(false);
+        }
+        let bytes = if buf[0] == LAST && self.frame.is_empty() && n - 1 <= ARENA_FRAME_MAX {
+            if self.arena.capacity() - self.arena.len() < n - 1 {
+                self.arena = BytesMut::with_capacity(ARENA);
+            }
+            self.arena.extend_from_slice(&buf[1..n]);
+            Some(self.arena.split().freeze())
+        } else {
+            self.frame.extend_from_slice(&buf[1..n]);
+            if self.frame.len() > self.max_len {
+                tracing::debug!(%from, "lane frame over the maximum message length; dropping the lane");
+                return self.end(true);
+            }
+            (buf[0] == LAST).then(|| std::mem::take(&mut self.frame).freeze())
+        };
+        if let Some(bytes) = bytes {
+            if !self.ingress.deliver(from, bytes) {
+                lane::shut(&self.fd); // the engine is gone
+                self.on_end = None;
+                return Step::Ended;
+            }
+        }
+        Step::Read
+    }
+
+    /// The lane is over; if `gone`, its writer is taken for departed (unless this hub closes).
+    fn end(&mut self, gone: bool) -> Step {
+        let Some(on_end) = self.on_end.take() else { return Step::Ended };
+        let from = self.from;
+        if gone {
+            // The sender sees the end at once (instead of filling a lane nobody reads).
+            lane::shut(&self.fd);
+        }
+        on_end(from);
+        if gone && !self.stop.load(Ordering::Relaxed) {
+            tracing::debug!(%from, "lane closed: the peer is gone");
+            self.ingress.peer_lost(from);
+        }
+        Step::Ended
+    }
+}
+
+impl Drop for LaneReader {
+    /// A reader dropped before its lane ended (its runtime shut down): the lane is over, and
+    /// its writer sees that at once.
+    fn drop(&mut self) {
+        if self.on_end.is_some() {
+            self.end(true);
+        }
+    }
+}
