@@ -97,7 +97,9 @@ impl Runtime for TokioRuntime {
 /// Reads a lane as a task on the hub's runtime, woken by its reactor; hands the reader back
 /// (to run on a thread) if the runtime has no I/O driver (built without `enable_io`).
 fn read_lane(handle: &tokio::runtime::Handle, no_io: &AtomicBool, mut reader: LaneReader) -> Option<LaneReader> {
-    if no_io.load(Ordering::Relaxed) {
+    // Without unwinding the probe below could not be caught: such a program reads its lanes
+    // on threads.
+    if !cfg!(panic = "unwind") || no_io.load(Ordering::Relaxed) {
         return Some(reader);
     }
     let _in_runtime = handle.enter();
@@ -121,6 +123,11 @@ fn read_lane(handle: &tokio::runtime::Handle, no_io: &AtomicBool, mut reader: La
             let Ok(mut ready) = fd.readable().await else { break };
             match reader.read_ready() {
                 LaneState::Drained => ready.clear_ready(),
+                // Readiness kept: the next turn reads on at once, after other tasks had theirs.
+                LaneState::More => {
+                    drop(ready);
+                    tokio::task::yield_now().await;
+                }
                 LaneState::Ended => break,
             }
         }

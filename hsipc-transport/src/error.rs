@@ -84,11 +84,11 @@ pub enum Error {
         /// How many events were lost.
         missed: u64,
     },
-    /// This subscription's own queue was full and dropped the newest events (its `Qos` drops
-    /// the newest), and no later event has reported them: the end of a burst was lost. Later
-    /// events arrive as usual.
+    /// This subscription's own queue was full and dropped the newest events (a `DropNewest`
+    /// queue, or a reliable one past its room for 64 publishers' windows), and no later event
+    /// has reported them: the end of a burst was lost. Later events arrive as usual.
     #[error(
-        "{missed} event(s) were dropped by this subscription's full queue (Qos::DropNewest); take events faster, or give the subscription a larger queue"
+        "{missed} event(s) were dropped because this subscription's queue was full; take events faster, or give the subscription more room"
     )]
     EventsDropped {
         /// How many events were dropped.

@@ -40,11 +40,17 @@ impl std::fmt::Debug for LaneRunner {
     }
 }
 
+/// Most messages [`LaneReader::read_ready`] reads in one turn.
+const TURN: usize = 128;
+
 /// What [`LaneReader::read_ready`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LaneState {
     /// Nothing more to read now: wait until the lane is readable, then read again.
     Drained,
+    /// More may be there, but this turn's share is read: let others run, then read again
+    /// (without waiting for readability).
+    More,
     /// The lane has ended (its writer died or closed it, or this hub is closing): stop.
     Ended,
 }
@@ -63,6 +69,8 @@ pub struct LaneReader {
     /// Small frames are copied into a shared arena and handed on as slices of it: no
     /// allocation per frame, and the protocol's slices of a frame need none either.
     arena: BytesMut,
+    /// Reading on a thread already (a dropped reader does not move to another one).
+    on_thread: bool,
 }
 
 impl std::fmt::Debug for LaneReader {
@@ -97,6 +105,7 @@ impl LaneReader {
             buf: vec![0u8; CHUNK + 1],
             frame: BytesMut::new(),
             arena: BytesMut::new(),
+            on_thread: false,
         }
     }
 
@@ -106,19 +115,22 @@ impl LaneReader {
         self.fd.clone()
     }
 
-    /// Reads and hands on everything the lane holds now, without waiting.
+    /// Reads and hands on what the lane holds now, without waiting: at most `TURN` (128) messages,
+    /// so that a peer that keeps the lane full cannot keep a runtime's thread to itself.
     pub fn read_ready(&mut self) -> LaneState {
-        loop {
+        for _ in 0..TURN {
             match self.read_one(false) {
                 Step::Read => {}
                 Step::WouldBlock => return LaneState::Drained,
                 Step::Ended => return LaneState::Ended,
             }
         }
+        LaneState::More
     }
 
     /// Reads on this thread until the lane ends.
     pub fn run_blocking(mut self) {
+        self.on_thread = true;
         while !matches!(self.read_one(true), Step::Ended) {}
     }
 
@@ -195,11 +207,31 @@ impl LaneReader {
 }
 
 impl Drop for LaneReader {
-    /// A reader dropped before its lane ended (its runtime shut down): the lane is over, and
-    /// its writer sees that at once.
+    /// A reader dropped before its lane ended (its runtime shut down, or its task could not be
+    /// spawned) goes on reading on a thread: the peer is not to be taken for gone because this
+    /// hub's runtime went away. Only if no thread can be started does the lane end.
     fn drop(&mut self) {
-        if self.on_end.is_some() {
+        let Some(on_end) = self.on_end.take() else { return };
+        if self.on_thread || self.stop.load(Ordering::Relaxed) {
+            self.on_end = Some(on_end);
             self.end(true);
+            return;
+        }
+        let rest = LaneReader {
+            fd: self.fd.clone(),
+            from: self.from,
+            ingress: self.ingress.clone(),
+            max_len: self.max_len,
+            stop: self.stop.clone(),
+            on_end: Some(on_end),
+            buf: std::mem::take(&mut self.buf),
+            frame: std::mem::take(&mut self.frame),
+            arena: std::mem::take(&mut self.arena),
+            on_thread: true,
+        };
+        if let Err(e) = lane::spawn_thread(rest, self.from) {
+            // The reader moved into the failed spawn has been dropped, which ended the lane.
+            tracing::warn!(from = %self.from, error = %e, "cannot read a lane any more");
         }
     }
 }

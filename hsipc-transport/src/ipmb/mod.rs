@@ -92,7 +92,7 @@ pub struct IpmbConfig {
     /// Default 60 s.
     pub lane_idle_timeout: Duration,
     /// Runs the readers of lanes from other hubs on an async runtime (its reactor waits for
-    /// them) instead of a thread each. The tokio and smol hubs set it. Default none.
+    /// them) instead of a thread each. The tokio hub sets it. Default none.
     pub lane_runner: Option<LaneRunner>,
     /// Whether lanes are made with, and accepted from, processes that run as another user.
     /// Default false: a peer of another user is reached through the bus, and a lane it offers
@@ -241,6 +241,7 @@ impl Connect for IpmbBus {
                 max: cfg.max_lanes,
                 across_users: cfg.lanes_across_users,
                 idle: cfg.lane_idle_timeout,
+                unnoticed: HashSet::new(),
                 next_idle_check: Instant::now(),
                 other_users: HashSet::new(),
                 outgoing: out_lanes::OutLanes::new(cfg.lane_stall_timeout),
@@ -285,6 +286,9 @@ struct Lanes {
     across_users: bool,
     /// How long a lane may go unused before it is closed.
     idle: Duration,
+    /// Peers whose lane was closed but whose closing notice could not be sent yet: nothing
+    /// else goes to them on the bus before it (their reader would take it for a copy).
+    unnoticed: HashSet<PeerId>,
     next_idle_check: Instant,
     /// Peers that run as another user: reached through the bus.
     other_users: HashSet<PeerId>,
@@ -395,6 +399,21 @@ impl IpmbTransport {
         if msg.memory_regions.is_empty() { self.send_carried(msg) } else { self.send_msg(msg) }
     }
 
+    /// Tells `peer` that the lane to it is closed (see [`Transport::tick`]).
+    fn send_close_notice(&mut self, peer: PeerId) -> Result<(), TransportError> {
+        let notice = envelope::lane_closed(ipmb::Selector::unicast(peer_label(peer)), self.local);
+        self.send_carried(notice)
+    }
+
+    /// Sends a closing notice still owed to `peer` before anything else goes to it.
+    fn settle_close_notice(&mut self, peer: PeerId) -> Result<(), TransportError> {
+        if self.lanes.unnoticed.contains(&peer) {
+            self.send_close_notice(peer)?;
+            self.lanes.unnoticed.remove(&peer);
+        }
+        Ok(())
+    }
+
     /// Sends a message with a duplicate of the carrier fd attached (ipmb drops messages
     /// without an fd between two of its clients).
     fn send_carried(&mut self, mut msg: ipmb::Message<Msg>) -> Result<(), TransportError> {
@@ -419,6 +438,7 @@ impl Transport for IpmbTransport {
             self.lanes.outgoing.touch(to);
             return self.lane_send(to, frame);
         }
+        self.settle_close_notice(to)?;
         if let Some(until) = self.lanes.dead.get(&to) {
             if Instant::now() < *until {
                 return Err(TransportError::Closed);
@@ -459,9 +479,9 @@ impl Transport for IpmbTransport {
             tracing::debug!(%peer, "closed an idle lane; its frames go through the bus until it is busy again");
             // After the lane's last frames (the reader waits for them), before any frame for
             // that peer on the bus.
-            let notice = envelope::lane_closed(ipmb::Selector::unicast(peer_label(peer)), self.local);
-            if let Err(e) = self.send_carried(notice) {
-                tracing::debug!(%peer, error = %e, "could not send a lane's closing notice");
+            if let Err(e) = self.send_close_notice(peer) {
+                tracing::debug!(%peer, error = %e, "could not send a lane's closing notice; will retry");
+                self.lanes.unnoticed.insert(peer);
             }
         }
     }
@@ -477,6 +497,10 @@ impl Transport for IpmbTransport {
     }
 
     fn broadcast(&mut self, frame: &Bytes) -> Result<(), TransportError> {
+        let owed: Vec<PeerId> = self.lanes.unnoticed.iter().copied().collect();
+        for peer in owed {
+            let _ = self.settle_close_notice(peer);
+        }
         let r = self.send_to(ipmb::Selector::multicast(ALL_LABEL), frame);
         // Peers this hub has a lane to ignore its bus messages: they get their copy in order
         // through the lane.

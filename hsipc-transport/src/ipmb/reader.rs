@@ -28,7 +28,7 @@ const LANE_END_WAIT: Duration = Duration::from_secs(1);
 /// Most senders remembered for the sweep (beyond, new senders wait for the periodic sweep).
 const MAX_HEARD: usize = 4096;
 
-/// Most lanes a hub reads from (each has a thread); offers beyond are refused.
+/// Most lanes a hub reads from (each has a thread or a task); offers beyond are refused.
 const MAX_INCOMING_LANES: usize = 256;
 
 /// What the reader needs besides the bus.
@@ -54,9 +54,11 @@ pub(super) fn spawn(
     std::thread::Builder::new()
         .name("hsipc-ipmb-reader".into())
         .spawn(move || {
-            // Peers whose frames now come through their lane: their bus messages are copies.
-            // A lane's reader takes its peer out again when the lane ends.
-            let laned: Arc<std::sync::Mutex<std::collections::HashSet<PeerId>>> = Arc::default();
+            // Peers whose frames now come through their lane (with the lane's number): their bus
+            // messages are copies. A lane's reader takes its peer out again when the lane ends,
+            // unless a newer lane from that peer has taken its place.
+            let laned: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, u64>>> = Arc::default();
+            let mut lanes_accepted = 0u64;
             // Per lane being read: disconnected once its reader has ended (a closed lane's
             // notice on the bus waits for that, so that the lane's last frames go first).
             let mut lane_ends: std::collections::HashMap<PeerId, flume::Receiver<()>> = Default::default();
@@ -92,26 +94,36 @@ pub(super) fn spawn(
                 }
                 match unwrapped {
                     Ok(Received::Frame(from, _))
-                        if from == local || laned.lock().unwrap_or_else(|e| e.into_inner()).contains(&from) => {}
+                        if from == local || laned.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&from) => {}
                     Ok(Received::Frame(from, bytes)) => {
                         if !ingress.deliver(from, bytes) {
                             return; // the engine is gone
                         }
                     }
                     Ok(Received::Lane(from, fd)) => {
+                        // A new lane from a peer whose last one is still being read (it was cut
+                        // off and came back): that one's last frames, and its end, go first.
+                        if let Some(end) = lane_ends.remove(&from) {
+                            let _ = end.recv_timeout(LANE_END_WAIT);
+                        }
                         // Every earlier frame from `from` has been delivered: read its lane now.
                         match accept_lane(from, fd, (!across_users).then_some(own_uid), &lanes, &stop) {
                             Some(fd) => {
+                                lanes_accepted += 1;
+                                let number = lanes_accepted;
                                 let ended = laned.clone();
                                 let (end_tx, end_rx) = flume::bounded::<()>(1);
                                 lane_ends.retain(|_, rx| !rx.is_disconnected());
                                 lane_ends.insert(from, end_rx);
                                 let on_end = move |peer| {
-                                    ended.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer);
+                                    let mut laned = ended.lock().unwrap_or_else(|e| e.into_inner());
+                                    if laned.get(&peer) == Some(&number) {
+                                        laned.remove(&peer);
+                                    }
                                     drop(end_tx);
                                 };
                                 // Marked before the reader starts: its first frame may follow at once.
-                                laned.lock().unwrap_or_else(|e| e.into_inner()).insert(from);
+                                laned.lock().unwrap_or_else(|e| e.into_inner()).insert(from, number);
                                 let reader =
                                     LaneReader::new(fd.clone(), from, ingress.clone(), max_len, stop.clone(), on_end);
                                 // On the hub's runtime if it takes it, else on a thread.
