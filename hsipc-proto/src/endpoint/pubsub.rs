@@ -82,21 +82,23 @@ impl Endpoint {
             return Err(CommandError::PayloadTooLarge { len, max: self.config.max_frame_len });
         }
         let reliable = self.directory.reliable_subscribers(topic);
-        // Those without credit, by when they last gave some back; of them, those still reading.
-        let waiting: Vec<Instant> = reliable.iter().filter_map(|p| self.waits_for(*p)).collect();
-        let still_reading: Vec<Instant> = match no_credit {
-            NoCredit::Refuse => waiting.clone(),
-            NoCredit::CutOff { silent_since } => waiting.iter().copied().filter(|t| *t > silent_since).collect(),
+        // Those without credit, and of them those still reading (who gave some back since
+        // `silent_since`: they are waited for, whatever the mode); the first of those.
+        let silent_since = match no_credit {
+            NoCredit::Refuse => None,
+            NoCredit::CutOff { silent_since } => Some(silent_since),
         };
-        if !still_reading.is_empty() {
-            let recheck_at = match no_credit {
-                NoCredit::Refuse => None,
-                // When the first of them will have been silent for as long.
-                NoCredit::CutOff { silent_since } => {
-                    still_reading.iter().min().map(|t| now + t.saturating_duration_since(silent_since))
-                }
-            };
-            return Err(CommandError::NoEventCredit { subscribers: waiting.len(), recheck_at });
+        let (mut waiting, mut first_reading) = (0, None::<Instant>);
+        for last_credit in reliable.iter().filter_map(|p| self.waits_for(*p)) {
+            waiting += 1;
+            if silent_since.is_none_or(|s| last_credit > s) {
+                first_reading = Some(first_reading.map_or(last_credit, |f| f.min(last_credit)));
+            }
+        }
+        if let Some(first) = first_reading {
+            // With a cut-off pending: when the first of them will have been silent as long.
+            let recheck_at = silent_since.map(|s| now + first.saturating_duration_since(s));
+            return Err(CommandError::NoEventCredit { subscribers: waiting, recheck_at });
         }
         let mut done = Published::default();
         for peer in peers {

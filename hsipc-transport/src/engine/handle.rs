@@ -268,17 +268,14 @@ impl Handle {
     /// Subscribes; events arrive on the receiver as `qos` says. Dropping the receiver
     /// unsubscribes.
     pub fn subscribe(&self, filter: TopicFilter, qos: Qos) -> Result<EventReceiver> {
-        let (dropped, window) = {
-            let state = self.shared.state();
-            (state.dropped_events.clone(), state.config().proto.event_window as usize)
-        };
-        // Room for 64 publishers' full windows at once.
-        let (queue, rx) = SubscriptionQueue::new(qos, window.saturating_mul(64), dropped);
-        let id = self.with(SendBy::TryInline, |state, _| {
+        let (id, rx) = self.with(SendBy::TryInline, |state, _| {
+            // Room for 64 publishers' full windows at once.
+            let room = (state.config().proto.event_window as usize).saturating_mul(64);
+            let (queue, rx) = SubscriptionQueue::new(qos, room, state.dropped_events.clone());
             let id = state.endpoint.subscribe(filter, qos == Qos::Reliable)?;
             state.subscriptions.insert(id, Arc::new(queue));
             state.notify_watchers();
-            Ok(id)
+            Ok((id, rx))
         })?;
         Ok(rx.attach(self.clone(), id))
     }

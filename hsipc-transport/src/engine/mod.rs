@@ -54,6 +54,7 @@ mod shared;
 mod state;
 mod stream_reader;
 mod subscription;
+mod waiters;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -16,9 +16,10 @@ use proto::{
 use super::EngineConfig;
 use super::deferred::{Deferred, Followup};
 use super::dispatch::{CallContext, IncomingCall};
-use super::event_credit::EventCredit;
+use super::event_credit::{Claim, EventCredit};
 use super::stream_reader::StreamMsg;
 use super::subscription::{Delivery, SubscriptionQueue};
+use super::waiters::Waiters;
 use crate::error::{Error, Result};
 use crate::liveness::Liveness;
 
@@ -138,8 +139,11 @@ pub(crate) struct State {
     sending: usize,
     /// Their bytes.
     sending_bytes: usize,
-    /// Publishers waiting for the send backlog to drain, with their deadlines.
-    room_waiters: Vec<(flume::Sender<Result<()>>, Instant)>,
+    /// Publishers waiting for the send backlog to drain.
+    room_waiters: Waiters,
+    /// Publishers waiting for a reliable subscriber's credit. At their deadline they publish
+    /// again, cutting the subscribers still without credit off.
+    credit_waiters: Waiters,
     /// Event credit: returned as this hub's application takes events, waited for by its
     /// publishers.
     pub(super) credit: EventCredit,
@@ -175,7 +179,8 @@ impl State {
             outbound_bytes: 0,
             sending: 0,
             sending_bytes: 0,
-            room_waiters: Vec::new(),
+            room_waiters: Waiters::new("the send queue"),
+            credit_waiters: Waiters::new("subscribers' credit"),
             dropped_outbound: 0,
             dropped_events: Arc::default(),
             looped_back: Vec::new(),
@@ -234,15 +239,13 @@ impl State {
         }
         // However few were taken, the publishers hear of it by the next tick.
         self.endpoint.flush_event_credit();
-        self.credit.expire(now, &mut self.deferred);
-        let (late, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.room_waiters).into_iter().partition(|(_, d)| *d <= now);
-        self.room_waiters = waiting;
-        for (done, _) in late {
+        self.credit_waiters.expire(now, || Ok(()), &mut self.deferred);
+        let full = || {
             let why =
                 "the send queue did not drain before the publish timeout: subscribers or the bus are not keeping up";
-            self.deferred.push(Deferred::Done(done, Err(Error::LocalLimit(why.into()))));
-        }
+            Err(Error::LocalLimit(why.into()))
+        };
+        self.room_waiters.expire(now, full, &mut self.deferred);
     }
 
     /// The next instant anything here is due.
@@ -254,8 +257,8 @@ impl State {
             .values()
             .map(|b| b.deadline)
             .chain(self.watchers.iter().map(|w| w.deadline))
-            .chain(self.room_waiters.iter().map(|(_, d)| *d))
-            .chain(self.credit.deadlines());
+            .chain(self.room_waiters.deadlines())
+            .chain(self.credit_waiters.deadlines());
         for d in self.endpoint.poll_timeout().into_iter().chain(engine) {
             t = t.min(d);
         }
@@ -308,9 +311,7 @@ impl State {
         }
         let bytes = self.outbound_bytes + self.sending_bytes;
         if self.outbound.len() + self.sending <= self.low_water() && bytes <= self.config.outbound_max_bytes / 8 {
-            for (done, _) in self.room_waiters.drain(..) {
-                self.deferred.push(Deferred::Done(done, Ok(())));
-            }
+            self.room_waiters.end_all(|| Ok(()), &mut self.deferred);
         }
         !self.outbound.is_empty()
     }
@@ -324,19 +325,13 @@ impl State {
 
     /// Has `done` complete once the send backlog has drained, or fail at `deadline`.
     pub(super) fn wait_for_room(&mut self, done: flume::Sender<Result<()>>, deadline: Instant) {
-        self.room_waiters.retain(|(w, _)| !w.is_disconnected());
-        if self.room_waiters.len() < MAX_WATCHERS {
-            self.room_waiters.push((done, deadline));
-        } else {
-            let why = format!("more than {MAX_WATCHERS} publishers wait for the send queue");
-            self.deferred.push(Deferred::Done(done, Err(Error::LocalLimit(why))));
-        }
+        self.room_waiters.add(done, deadline, &mut self.deferred);
     }
 
     /// Has `done` complete when a reliable subscriber gives credit back, or at `deadline` (the
     /// publisher then publishes again and cuts off whoever still has none).
     pub(super) fn wait_for_credit(&mut self, done: flume::Sender<Result<()>>, deadline: Instant) {
-        self.credit.wait(done, deadline, &mut self.deferred);
+        self.credit_waiters.add(done, deadline, &mut self.deferred);
     }
 
     /// Says which subscribers a publish cut off.
@@ -372,10 +367,8 @@ impl State {
         for w in self.watchers.drain(..) {
             self.deferred.push(Deferred::Done(w.done, Err(Error::Closed)));
         }
-        for (done, _) in self.room_waiters.drain(..) {
-            self.deferred.push(Deferred::Done(done, Err(Error::Closed)));
-        }
-        self.credit.close(&mut self.deferred);
+        self.room_waiters.end_all(|| Err(Error::Closed), &mut self.deferred);
+        self.credit_waiters.end_all(|| Err(Error::Closed), &mut self.deferred);
         self.session_inputs.clear();
         for (_, ctx) in self.served.drain() {
             self.deferred.push(Deferred::Cancel(ctx));
@@ -402,9 +395,7 @@ impl State {
             blocked_items: self.blocked_items.len(),
             sessions: self.session_inputs.len(),
             subscriptions: self.subscriptions.len(),
-            watchers: self.watchers.len()
-                + self.room_waiters.iter().filter(|(w, _)| !w.is_disconnected()).count()
-                + self.credit.waiting(),
+            watchers: self.watchers.len() + self.room_waiters.live() + self.credit_waiters.live(),
             proto: self.endpoint.table_sizes(),
         }
     }
@@ -569,15 +560,22 @@ impl State {
             Event::Published { from, topic, body, subscriptions, missed, credited } => {
                 // An event paid for with this hub's credit gives it back once every reliable
                 // subscription it goes to has taken it; if none does, at once.
-                let reliable = credited
-                    && subscriptions.iter().any(|s| self.subscriptions.get(s).is_some_and(|q| q.is_reliable()));
-                let ticket = reliable.then(|| self.credit.ticket(from));
-                if credited && !reliable {
+                let is_reliable = |s: &SubscriptionId| self.subscriptions.get(s).is_some_and(|q| q.is_reliable());
+                let reliable = if credited { subscriptions.iter().filter(|s| is_reliable(s)).count() } else { 0 };
+                if credited && reliable == 0 {
                     self.endpoint.events_taken(Instant::now(), from, 1);
                 }
+                // One reliable subscription (the usual case) holds the ticket itself; several
+                // share it.
+                let mut one = (reliable == 1).then(|| self.credit.ticket(from));
+                let shared = (reliable > 1).then(|| Arc::new(self.credit.ticket(from)));
                 for sub in subscriptions {
                     let Some(queue) = self.subscriptions.get(&sub) else { continue };
-                    let ticket = if queue.is_reliable() { ticket.clone() } else { None };
+                    let ticket = if queue.is_reliable() {
+                        one.take().map(Claim::One).or_else(|| shared.clone().map(Claim::Shared))
+                    } else {
+                        None
+                    };
                     let d = Delivery { from, topic: topic.clone(), body: body.clone(), missed, ticket };
                     self.deferred.push(Deferred::Publish(sub, queue.clone(), d));
                 }
@@ -590,7 +588,7 @@ impl State {
                     self.deferred.push(Deferred::Lost(sub, queue.clone(), publisher.clone(), missed));
                 }
             }
-            Event::EventCredit { .. } => self.credit.wake(&mut self.deferred),
+            Event::EventCredit { .. } => self.credit_waiters.end_all(|| Ok(()), &mut self.deferred),
             Event::PeerJoined { peer, name, pid } => {
                 self.liveness.watch(peer, pid);
                 self.watched_changed = true;
@@ -599,7 +597,7 @@ impl State {
             }
             Event::PeerChanged { .. } => {
                 self.notify_watchers();
-                self.credit.wake(&mut self.deferred);
+                self.credit_waiters.end_all(|| Ok(()), &mut self.deferred);
             }
             Event::DiscoveryComplete => {}
             Event::PeerLeft { peer, .. } => {
@@ -607,7 +605,7 @@ impl State {
                 self.watched_changed = true;
                 self.callers.remove(&peer);
                 self.credit.forget(peer);
-                self.credit.wake(&mut self.deferred);
+                self.credit_waiters.end_all(|| Ok(()), &mut self.deferred);
             }
         }
     }

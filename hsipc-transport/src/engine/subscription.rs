@@ -11,11 +11,11 @@ use futures_core::Stream;
 use proto::{PeerId, SubscriptionId, Topic};
 
 use super::Handle;
-use super::event_credit::Ticket;
+use super::event_credit::Claim;
 use crate::error::{Error, Result};
 
 /// One event delivered to a subscription.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Delivery {
     /// The publisher.
     pub from: PeerId,
@@ -28,7 +28,20 @@ pub struct Delivery {
     pub missed: u64,
     /// For an event that took the publisher's credit: gives it back once every subscription
     /// it went to has taken it.
-    pub(crate) ticket: Option<Arc<Ticket>>,
+    pub(crate) ticket: Option<Claim>,
+}
+
+/// A copy carries no claim on the publisher's credit (the original gives it back).
+impl Clone for Delivery {
+    fn clone(&self) -> Self {
+        Delivery {
+            from: self.from,
+            topic: self.topic.clone(),
+            body: self.body.clone(),
+            missed: self.missed,
+            ticket: None,
+        }
+    }
 }
 
 /// How a subscription receives events when its reader falls behind the publishers.

@@ -88,7 +88,7 @@ impl HubCore {
         E: Display + 'static,
         F: Fn(Req, &CallContext) -> std::result::Result<Resp, E> + Send + Sync + 'static,
     {
-        self.register(method, handler::blocking_unary(f), CallMode::Unary)
+        self.register(method, Handler::Blocking(handler::unary_fn(f)), CallMode::Unary)
     }
 
     /// Serves `method` with a plain function run inline, on the thread that read the request
@@ -100,7 +100,7 @@ impl HubCore {
         E: Display + 'static,
         F: Fn(Req, &CallContext) -> std::result::Result<Resp, E> + Send + Sync + 'static,
     {
-        self.register(method, handler::inline_unary(f), CallMode::Unary)
+        self.register(method, Handler::Inline(handler::unary_fn(f)), CallMode::Unary)
     }
 
     /// Serves a streaming `method` with a blocking handler, run on a worker thread.

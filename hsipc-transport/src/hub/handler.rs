@@ -51,30 +51,10 @@ fn encode_response<T: Serialize>(r: Result<T, String>) -> Result<bytes::Bytes, R
     }
 }
 
-/// A blocking unary handler.
-pub(crate) fn blocking_unary<Req, Resp, E, F>(f: F) -> Handler
-where
-    Req: DeserializeOwned + 'static,
-    Resp: Serialize + 'static,
-    E: std::fmt::Display + 'static,
-    F: Fn(Req, &CallContext) -> Result<Resp, E> + Send + Sync + 'static,
-{
-    Handler::Blocking(unary_fn(f))
-}
-
-/// A unary handler run inline, on the thread that read the request.
-pub(crate) fn inline_unary<Req, Resp, E, F>(f: F) -> Handler
-where
-    Req: DeserializeOwned + 'static,
-    Resp: Serialize + 'static,
-    E: std::fmt::Display + 'static,
-    F: Fn(Req, &CallContext) -> Result<Resp, E> + Send + Sync + 'static,
-{
-    Handler::Inline(unary_fn(f))
-}
-
-/// Decodes, runs and answers one unary call with a plain function.
-fn unary_fn<Req, Resp, E, F>(f: F) -> Arc<BlockingFn>
+/// Decodes, runs and answers one unary call with a plain function: the body of a
+/// [`Handler::Blocking`] (run on a worker) or a [`Handler::Inline`] one (run where the request
+/// was read).
+pub(crate) fn unary_fn<Req, Resp, E, F>(f: F) -> Arc<BlockingFn>
 where
     Req: DeserializeOwned + 'static,
     Resp: Serialize + 'static,

@@ -119,21 +119,17 @@ impl OutLanes {
     /// for gone. Returns their peers, whose frames go through the bus (or a new lane) from now.
     pub(super) fn close_idle(&mut self, idle: Duration) -> Vec<PeerId> {
         let now = Instant::now();
-        let idle: Vec<PeerId> = self
-            .lanes
-            .iter()
-            .filter(|(_, l)| l.waiting.is_empty() && now.saturating_duration_since(l.last_used) >= idle)
-            .map(|(p, _)| *p)
-            .collect();
-        idle.into_iter()
-            .filter(|peer| {
-                let closed = self.lanes.get(peer).is_some_and(|l| matches!(lane::write_close(&l.fd), Ok(true)));
-                if closed {
-                    self.lanes.remove(peer);
-                }
-                closed
-            })
-            .collect()
+        let mut closed = Vec::new();
+        self.lanes.retain(|peer, l| {
+            let unused = l.waiting.is_empty() && now.saturating_duration_since(l.last_used) >= idle;
+            // A lane with no room for the closing message stays until the next look.
+            let close = unused && matches!(lane::write_close(&l.fd), Ok(true));
+            if close {
+                closed.push(*peer);
+            }
+            !close
+        });
+        closed
     }
 
     /// Writes what waits, as far as the lanes take it now. Returns the peers whose lane broke,

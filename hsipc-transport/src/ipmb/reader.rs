@@ -103,9 +103,7 @@ pub(super) fn spawn(
                     Ok(Received::Lane(from, fd)) => {
                         // A new lane from a peer whose last one is still being read (it was cut
                         // off and came back): that one's last frames, and its end, go first.
-                        if let Some(end) = lane_ends.remove(&from) {
-                            let _ = end.recv_timeout(LANE_END_WAIT);
-                        }
+                        await_lane_end(&mut lane_ends, from);
                         // Every earlier frame from `from` has been delivered: read its lane now.
                         match accept_lane(from, fd, (!across_users).then_some(own_uid), &lanes, &stop) {
                             Some(fd) => {
@@ -144,9 +142,7 @@ pub(super) fn spawn(
                     Ok(Received::LaneClosed(from)) => {
                         // Its frames come through the bus from now on, after the lane's last
                         // ones: wait (briefly) for the lane's reader to have handed them over.
-                        if let Some(end) = lane_ends.remove(&from) {
-                            let _ = end.recv_timeout(LANE_END_WAIT);
-                        }
+                        await_lane_end(&mut lane_ends, from);
                         laned.lock().unwrap_or_else(|e| e.into_inner()).remove(&from);
                     }
                     Err(envelope::Unwrap::Foreign) => {}
@@ -157,6 +153,13 @@ pub(super) fn spawn(
             }
         })
         .map_err(|source| TransportError::Io { what: "spawning the ipmb reader thread", source })
+}
+
+/// Waits (at most [`LANE_END_WAIT`]) for the reader of `from`'s lane, if one runs, to end.
+fn await_lane_end(lane_ends: &mut std::collections::HashMap<PeerId, flume::Receiver<()>>, from: PeerId) {
+    if let Some(end) = lane_ends.remove(&from) {
+        let _ = end.recv_timeout(LANE_END_WAIT);
+    }
 }
 
 /// Checks a lane offer: made by a process of user `uid` (if given), within the limit of lanes.
