@@ -81,14 +81,29 @@ fn binary(c: &mut Criterion) {
         g.bench_function(format!("bytes_{label}"), |b| {
             b.iter(|| {
                 let enc = codec::encode(black_box(&bytes)).expect("encode");
-                let back: Bytes = codec::decode(black_box(&enc)).expect("decode");
+                let back: Bytes = codec::decode_from(black_box(&enc)).expect("decode");
                 black_box(back)
             })
         });
         g.bench_function(format!("vec_u8_{label}"), |b| {
             b.iter(|| {
                 let enc = codec::encode(black_box(&raw)).expect("encode");
-                let back: Vec<u8> = codec::decode(black_box(&enc)).expect("decode");
+                let back: Vec<u8> = codec::decode_from(black_box(&enc)).expect("decode");
+                black_box(back)
+            })
+        });
+        g.bench_function(format!("slice_u8_{label}"), |b| {
+            b.iter(|| {
+                let enc = codec::encode(black_box(&&raw[..])).expect("encode");
+                let back: Vec<u8> = codec::decode_from(black_box(&enc)).expect("decode");
+                black_box(back)
+            })
+        });
+        // A `Vec<u8>` inside a struct goes through serde (one byte at a time).
+        g.bench_function(format!("vec_u8_in_tuple_{label}"), |b| {
+            b.iter(|| {
+                let enc = codec::encode(black_box(&(1u8, &raw))).expect("encode");
+                let back: (u8, Vec<u8>) = codec::decode_from(black_box(&enc)).expect("decode");
                 black_box(back)
             })
         });

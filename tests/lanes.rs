@@ -48,6 +48,7 @@ fn child_entry() {
         "server" => {
             hub.serve("calc.add", |(a, b): (i64, i64)| Ok::<_, String>(a + b)).unwrap();
             hub.serve("calc.echo", |v: Vec<u8>| Ok::<_, String>(v)).unwrap();
+            hub.serve("calc.echo_bytes", |v: bytes::Bytes| Ok::<_, String>(v)).unwrap();
         }
         "client" => {}
         other => panic!("unknown role {other}"),
@@ -89,7 +90,19 @@ fn client(hub: &ProcessHub) {
             assert_eq!(hub.call::<_, Vec<u8>>("calc.echo", &big).unwrap(), big);
         }
     }
-    report("CALLED");
+    // A large `Bytes` reply arrives sealed in a memfd and is handed over mapped, not copied:
+    // the mapping lives as long as the payload does.
+    let big = bytes::Bytes::from((0..4u32 << 20).map(|j| j as u8).collect::<Vec<u8>>());
+    let back: bytes::Bytes = hub.call("calc.echo_bytes", big.clone()).unwrap();
+    assert!(back == big, "a sealed reply came back changed");
+    let held = sealed_mappings();
+    drop(back);
+    report(format!("CALLED held={held} after={}", sealed_mappings()));
+}
+
+/// Mappings of sealed frames (memfds named `hsipc-frame`) in this process.
+fn sealed_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps").unwrap().lines().filter(|l| l.contains("memfd:hsipc-frame")).count()
 }
 
 /// Calls with payloads far larger than a lane holds, from several threads at once (against a
@@ -142,7 +155,8 @@ fn calls_move_to_a_lane_keep_their_order_and_outlive_the_bus_controller() {
     let mut controller = Peer::ready("bystander", &bus, "controller", &[]);
     let mut server = Peer::ready("server", &bus, "server", &[]);
     let mut client = Peer::ready("client", &bus, "client", &[]);
-    client.expect("CALLED", LONG);
+    // A 4 MiB reply was mapped while the client held it, and unmapped once it let go.
+    assert_eq!(client.expect("CALLED", LONG), "held=1 after=0");
     // The server read the client's requests from a lane, and the client the server's replies.
     server.send("lanes");
     assert_ne!(server.expect("LANES", LONG), "0", "the server reads no lane");

@@ -8,8 +8,13 @@
 //! of integers (see `byte_strings`): a megabyte stays a megabyte. The fastest payload type for
 //! raw bytes is still `bytes::Bytes` (or `serde_bytes::ByteBuf`), which is copied whole,
 //! where a `Vec<u8>` goes through serde one byte at a time.
+//!
+//! A payload that *is* `Bytes`, `Vec<u8>` or `&[u8]` (not one inside a struct) skips serde
+//! altogether (see `whole_bytes`): one copy to encode, and [`decode_from`] hands a `Bytes`
+//! back as a slice of the received frame, with no copy at all.
 
 mod byte_strings;
+mod whole_bytes;
 
 use bytes::{Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
@@ -46,6 +51,9 @@ pub enum CodecError {
 /// assert_eq!(back, (1, "two".to_string()));
 /// ```
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, CodecError> {
+    if let Some(data) = whole_bytes::as_bytes(value) {
+        return Ok(whole_bytes::encode(data));
+    }
     let mut w = Growing(BytesMut::with_capacity(SMALL));
     ciborium::into_writer(&Wrapped(value), &mut w)
         .map_err(|e| CodecError::Encode { type_name: std::any::type_name::<T>(), reason: e.to_string() })?;
@@ -83,6 +91,22 @@ impl std::io::Write for Growing {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     ciborium::from_reader(bytes)
         .map_err(|e| CodecError::Decode { type_name: std::any::type_name::<T>(), reason: e.to_string() })
+}
+
+/// Decodes a received payload as a `T`, as [`decode`] does, except that a `Bytes` payload
+/// comes back as a slice of `payload` (no copy) and a `Vec<u8>` in one copy.
+///
+/// ```
+/// use bytes::Bytes;
+/// let wire = hsipc_proto::codec::encode(&Bytes::from(vec![7u8; 4096])).unwrap();
+/// let back: Bytes = hsipc_proto::codec::decode_from(&wire).unwrap();
+/// assert_eq!(back.as_ptr(), wire[3..].as_ptr()); // the same memory
+/// ```
+pub fn decode_from<T: DeserializeOwned>(payload: &Bytes) -> Result<T, CodecError> {
+    match whole_bytes::decode(payload) {
+        Some(value) => Ok(value),
+        None => decode(payload),
+    }
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ where
         // Decoding and encoding run user code too (`Deserialize`, `Serialize` impls): a panic
         // anywhere answers the caller and leaves the worker alive.
         let result = catch_unwind(AssertUnwindSafe(|| {
-            let req = codec::decode::<Req>(&call.body).map_err(bad_request)?;
+            let req = codec::decode_from::<Req>(&call.body).map_err(bad_request)?;
             encode_response(f(req, &call.context).map_err(|e| e.to_string()))
         }))
         .unwrap_or_else(|_| Err(RemoteError::handler(PANICKED)));
@@ -83,7 +83,7 @@ where
 {
     Handler::Blocking(Arc::new(move |call: IncomingCall, handle: &Handle, slot: Slot| {
         let result = catch_unwind(AssertUnwindSafe(|| {
-            let req = codec::decode::<Req>(&call.body).map_err(bad_request)?;
+            let req = codec::decode_from::<Req>(&call.body).map_err(bad_request)?;
             let sink = handle.item_sink(call.id, stall, call.context.clone());
             f(req, sink).map_err(|e| RemoteError::handler(e.to_string()))
         }))
@@ -152,7 +152,7 @@ where
     Fut: Future<Output = Result<T, RemoteError>>,
 {
     // Decoding and making the future run user code too: a panic there answers the caller.
-    let started = catch_unwind(AssertUnwindSafe(|| codec::decode::<Req>(&call.body).map(run)));
+    let started = catch_unwind(AssertUnwindSafe(|| codec::decode_from::<Req>(&call.body).map(run)));
     match started {
         Err(_) => Some(Err(RemoteError::handler(PANICKED))),
         Ok(Err(e)) => Some(Err(bad_request(e))),
@@ -190,7 +190,7 @@ where
     Handler::Blocking(Arc::new(move |mut call: IncomingCall, handle: &Handle, slot: Slot| {
         let input = call.take_input(handle);
         let result = catch_unwind(AssertUnwindSafe(|| {
-            let req = codec::decode::<Req>(&call.body).map_err(bad_request)?;
+            let req = codec::decode_from::<Req>(&call.body).map_err(bad_request)?;
             let input =
                 input.ok_or_else(|| RemoteError::new(ErrorCode::PROTOCOL, "a session was called as a plain call"))?;
             let sink = handle.item_sink(call.id, stall, call.context.clone());

@@ -271,7 +271,7 @@ where
     Ok<R>: Wire,
     Err<R>: ServiceError,
 {
-    let wire = bytes.and_then(|b| Ok(codec::decode::<<Err<R> as ServiceError>::Wire<Ok<R>>>(&b)?));
+    let wire = bytes.and_then(|b| Ok(codec::decode_from::<<Err<R> as ServiceError>::Wire<Ok<R>>>(&b)?));
     <Err<R> as ServiceError>::from_wire(wire)
 }
 
@@ -338,7 +338,7 @@ where
 
     /// Maps one received item; a service error ends the stream.
     fn map(&mut self, item: Option<Result<Bytes>>) -> Option<ItemResult<Item, R>> {
-        let wire = item?.and_then(|b| Ok(codec::decode::<<Err<R> as ServiceError>::Wire<Item>>(&b)?));
+        let wire = item?.and_then(|b| Ok(codec::decode_from::<<Err<R> as ServiceError>::Wire<Item>>(&b)?));
         let r = <Err<R> as ServiceError>::from_wire(wire);
         if r.is_err() {
             self.items = None; // ends it (and cancels, if the server had not finished)

@@ -25,12 +25,12 @@ pub struct Event<T> {
 impl<T: DeserializeOwned> Event<T> {
     /// Decodes a delivery.
     pub fn decode(d: Delivery) -> Result<Event<T>> {
-        let payload = codec::decode(&d.body)?;
+        let payload = codec::decode_from(&d.body)?;
         Ok(Event { topic: d.topic.as_str().to_string(), payload, from: d.from, missed: d.missed })
     }
 }
 
 /// Decodes a response or a stream item.
 pub fn decode<T: DeserializeOwned>(body: Result<Bytes>) -> Result<T> {
-    Ok(codec::decode(&body?)?)
+    Ok(codec::decode_from(&body?)?)
 }

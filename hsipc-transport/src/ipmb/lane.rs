@@ -30,6 +30,13 @@ pub(super) const LAST: u8 = 0;
 /// The first byte of a lane message: the writer closes the lane (it was idle); the peer lives
 /// on, and its frames come through the bus again.
 pub(super) const CLOSE: u8 = 2;
+/// The first byte of a lane message: the frame is in the sealed memfd passed with this message
+/// (see `sealed`); the rest of the message is its length, 8 bytes little-endian.
+pub(super) const SEALED: u8 = 3;
+/// A message from a lane's reader back to its writer: this reader takes sealed frames.
+pub(super) const BACK_TAKES_SEALED: u8 = 1;
+/// A message from a lane's reader back to its writer: it has mapped one sealed frame.
+pub(super) const BACK_MAPPED: u8 = 2;
 /// The size of a lane reader's arena for small frames. A frame handed on keeps its arena
 /// alive, so it is small: a reader that holds many events pins little memory.
 pub(super) const ARENA: usize = 16 * 1024;
@@ -77,8 +84,23 @@ pub(super) fn write_close(fd: &OwnedFd) -> io::Result<bool> {
     }
 }
 
+/// One non-blocking attempt to send a sealed frame's memfd, `len` bytes long: `Ok(false)` if
+/// the lane has no room now.
+pub(super) fn write_sealed(fd: &OwnedFd, memfd: &OwnedFd, len: usize) -> io::Result<bool> {
+    match send_with(fd, SEALED, &(len as u64).to_le_bytes(), Some(memfd)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// One non-blocking attempt to send a chunk.
 fn send_once(fd: &OwnedFd, flag: u8, data: &[u8]) -> io::Result<()> {
+    send_with(fd, flag, data, None)
+}
+
+/// One non-blocking attempt to send a message: `flag`, then `data`, with `pass` attached.
+fn send_with(fd: &OwnedFd, flag: u8, data: &[u8], pass: Option<&OwnedFd>) -> io::Result<()> {
     let mut iov = [
         libc::iovec { iov_base: &flag as *const u8 as *mut libc::c_void, iov_len: 1 },
         libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() },
@@ -87,6 +109,10 @@ fn send_once(fd: &OwnedFd, flag: u8, data: &[u8]) -> io::Result<()> {
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_mut_ptr();
     msg.msg_iovlen = 2;
+    let mut control = FdControl::new();
+    if let Some(pass) = pass {
+        control.put(&mut msg, pass.as_raw_fd());
+    }
     loop {
         // SAFETY: the msghdr and its iovecs point at live memory for the duration of the call;
         // MSG_NOSIGNAL turns a closed peer into EPIPE instead of SIGPIPE.
@@ -99,6 +125,136 @@ fn send_once(fd: &OwnedFd, flag: u8, data: &[u8]) -> io::Result<()> {
             return Err(e);
         }
     }
+}
+
+/// Room for the control message of one passed fd, aligned as `cmsghdr` needs.
+#[repr(C)]
+struct FdControl {
+    _align: [libc::cmsghdr; 0],
+    buf: [u8; 64],
+}
+
+impl FdControl {
+    fn new() -> Self {
+        FdControl { _align: [], buf: [0; 64] }
+    }
+
+    /// Points `msg` at this buffer, holding `fd` as `SCM_RIGHTS`.
+    fn put(&mut self, msg: &mut libc::msghdr, fd: libc::c_int) {
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+        debug_assert!(space <= self.buf.len());
+        msg.msg_control = self.buf.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = space as _;
+        // SAFETY: the control buffer is aligned for cmsghdr and large enough for one header
+        // and one int (checked above), so CMSG_FIRSTHDR is non-null and its data writable.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut libc::c_int, fd);
+        }
+    }
+
+    /// Takes every fd a received `msg` carried (so that each is closed when dropped).
+    fn take(msg: &libc::msghdr) -> Vec<OwnedFd> {
+        let mut fds = Vec::new();
+        // SAFETY: `msg` was filled by recvmsg, so its control buffer and length describe
+        // valid control messages; CMSG_NXTHDR stays within them.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(cmsg) as *const libc::c_int;
+                    let bytes = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                    for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                        let fd = std::ptr::read_unaligned(data.add(i));
+                        if fd >= 0 {
+                            fds.push(OwnedFd::from_raw_fd(fd));
+                        }
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+            }
+        }
+        fds
+    }
+}
+
+/// One message read from a lane.
+pub(super) enum Received {
+    /// A message of this many bytes (more than the buffer held if it was cut short), with
+    /// the fd it carried, if any (others it carried are closed).
+    Message(usize, Option<OwnedFd>),
+    /// Nothing to read now.
+    WouldBlock,
+    /// End of file, or an error: the lane is over.
+    Ended,
+}
+
+/// Reads one message into `buf` (waiting for it if `wait`).
+pub(super) fn receive(fd: &OwnedFd, buf: &mut [u8], wait: bool) -> Received {
+    let mut iov = [libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() }];
+    let mut control = FdControl::new();
+    loop {
+        // SAFETY: an all-zero msghdr is valid; it is pointed at the iovec and control buffer.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.buf.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = control.buf.len() as _;
+        let flags = libc::MSG_TRUNC | libc::MSG_CMSG_CLOEXEC | if wait { 0 } else { libc::MSG_DONTWAIT };
+        // SAFETY: the msghdr points at live buffers of the given lengths.
+        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
+        if n < 0 {
+            match io::Error::last_os_error().kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Received::WouldBlock,
+                _ => return Received::Ended,
+            }
+        }
+        let mut fds = if msg.msg_controllen > 0 { FdControl::take(&msg) } else { Vec::new() };
+        if n == 0 {
+            return Received::Ended;
+        }
+        let first = if fds.is_empty() { None } else { Some(fds.swap_remove(0)) };
+        return Received::Message(n as usize, first);
+    }
+}
+
+/// Tells a lane's writer something (`BACK_*`), from its reader; best effort, never waits.
+pub(super) fn send_back(fd: &OwnedFd, what: u8) {
+    // SAFETY: one byte from a live local; MSG_DONTWAIT and MSG_NOSIGNAL: no wait, no signal.
+    unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            &what as *const u8 as *const libc::c_void,
+            1,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+}
+
+/// What a lane's reader has told its writer since the last look: whether it takes sealed
+/// frames, and how many it has mapped. Never waits; reads a bounded number of messages.
+pub(super) fn read_back(fd: &OwnedFd) -> (bool, usize) {
+    let (mut takes_sealed, mut mapped) = (false, 0);
+    let mut buf = [0u8; 1];
+    for _ in 0..4 * super::sealed::MAX_UNMAPPED {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n =
+            unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT) };
+        if n <= 0 {
+            break;
+        }
+        match buf[0] {
+            BACK_TAKES_SEALED => takes_sealed = true,
+            BACK_MAPPED => mapped += 1,
+            _ => {}
+        }
+    }
+    (takes_sealed, mapped)
 }
 
 /// Whether `fd` is a Unix `SOCK_SEQPACKET` socket with an unnamed peer (a socket pair end, not

@@ -6,15 +6,15 @@
 //! a lane wakes the task waiting for it on the thread that read it: one thread wake-up less
 //! per message than a reader thread handing it over.
 
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::BytesMut;
 use proto::PeerId;
 
-use super::lane::{self, ARENA, ARENA_FRAME_MAX, CHUNK, CLOSE, LAST};
+use super::lane::{self, ARENA, ARENA_FRAME_MAX, CHUNK, CLOSE, LAST, Received, SEALED};
+use super::sealed;
 use crate::ingress::Ingress;
 
 /// Runs lane readers on an async runtime: takes the reader and drives it (waiting for
@@ -95,6 +95,7 @@ impl LaneReader {
         stop: Arc<AtomicBool>,
         on_end: impl FnOnce(PeerId) + Send + 'static,
     ) -> LaneReader {
+        lane::send_back(&fd, lane::BACK_TAKES_SEALED);
         LaneReader {
             fd,
             from,
@@ -139,25 +140,18 @@ impl LaneReader {
         if self.on_end.is_none() {
             return Step::Ended;
         }
-        let flags = libc::MSG_TRUNC | if wait { 0 } else { libc::MSG_DONTWAIT };
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe {
-            libc::recv(self.fd.as_raw_fd(), self.buf.as_mut_ptr() as *mut libc::c_void, self.buf.len(), flags)
+        let (n, passed) = match lane::receive(&self.fd, &mut self.buf, wait) {
+            Received::Message(n, passed) => (n, passed),
+            Received::WouldBlock => return Step::WouldBlock,
+            Received::Ended => return self.end(true), // end of file: the sender is gone
         };
-        if n < 0 {
-            match io::Error::last_os_error().kind() {
-                io::ErrorKind::Interrupted => return Step::Read,
-                io::ErrorKind::WouldBlock => return Step::WouldBlock,
-                _ => return self.end(true),
-            }
-        }
-        if n == 0 {
-            return self.end(true); // end of file: the sender is gone
-        }
-        let (n, from) = (n as usize, self.from);
+        let from = self.from;
         if n > self.buf.len() {
             tracing::debug!(%from, "oversized lane message; dropping the lane");
             return self.end(true);
+        }
+        if self.buf[0] == SEALED {
+            return self.read_sealed(n, passed);
         }
         let buf = &self.buf;
         if buf[0] == CLOSE {
@@ -179,12 +173,45 @@ impl LaneReader {
             }
             (buf[0] == LAST).then(|| std::mem::take(&mut self.frame).freeze())
         };
-        if let Some(bytes) = bytes {
-            if !self.ingress.deliver(from, bytes) {
-                lane::shut(&self.fd); // the engine is gone
-                self.on_end = None;
-                return Step::Ended;
+        match bytes {
+            Some(bytes) => self.hand_on(bytes),
+            None => Step::Read,
+        }
+    }
+
+    /// Maps the sealed frame a message passed (see `sealed`) and hands it on.
+    fn read_sealed(&mut self, n: usize, passed: Option<OwnedFd>) -> Step {
+        let from = self.from;
+        let frame = match (<[u8; 8]>::try_from(&self.buf[1..n]), passed) {
+            (Ok(len), Some(memfd)) if self.frame.is_empty() => {
+                let len = u64::from_le_bytes(len);
+                if len > self.max_len as u64 {
+                    tracing::debug!(%from, len, "sealed frame over the maximum message length; dropping the lane");
+                    return self.end(true);
+                }
+                match sealed::map(&memfd, len as usize) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        tracing::warn!(%from, error = %e, "bad sealed frame; dropping the lane");
+                        return self.end(true);
+                    }
+                }
             }
+            _ => {
+                tracing::debug!(%from, "malformed sealed-frame message; dropping the lane");
+                return self.end(true);
+            }
+        };
+        lane::send_back(&self.fd, lane::BACK_MAPPED);
+        self.hand_on(frame)
+    }
+
+    /// Hands a whole frame to the engine.
+    fn hand_on(&mut self, bytes: bytes::Bytes) -> Step {
+        if !self.ingress.deliver(self.from, bytes) {
+            lane::shut(&self.fd); // the engine is gone
+            self.on_end = None;
+            return Step::Ended;
         }
         Step::Read
     }

@@ -40,6 +40,7 @@ mod lane_reader;
 mod name_lock;
 mod out_lanes;
 mod reader;
+mod sealed;
 
 use std::collections::HashSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use proto::PeerId;
 
-use super::lane;
+use super::{lane, sealed};
 
 /// Most bytes that wait for one lane before its writers wait (a larger frame still goes, alone).
 const MAX_WAITING_BYTES: usize = 64 << 20;
@@ -29,9 +29,13 @@ const MAX_WAITING_FRAMES: usize = 8192;
 struct OutLane {
     fd: OwnedFd,
     /// Frames accepted and not yet fully written, oldest first.
-    waiting: VecDeque<Bytes>,
+    waiting: VecDeque<Outgoing>,
     /// Chunks of the first waiting frame already written.
     written: usize,
+    /// The reader takes sealed frames (it said so).
+    takes_sealed: bool,
+    /// Sealed frames made for this lane that its reader has not said it mapped.
+    unmapped: usize,
     waiting_bytes: usize,
     /// When the waiting frames last made progress (or began to wait).
     progress: Instant,
@@ -52,8 +56,16 @@ impl OutLanes {
 
     pub(super) fn insert(&mut self, peer: PeerId, fd: OwnedFd) {
         let now = Instant::now();
-        let lane =
-            OutLane { fd, waiting: VecDeque::new(), written: 0, waiting_bytes: 0, progress: now, last_used: now };
+        let lane = OutLane {
+            fd,
+            waiting: VecDeque::new(),
+            written: 0,
+            takes_sealed: false,
+            unmapped: 0,
+            waiting_bytes: 0,
+            progress: now,
+            last_used: now,
+        };
         self.lanes.insert(peer, lane);
     }
 
@@ -184,17 +196,60 @@ impl OutLane {
 
     /// Writes `frame`, or queues it behind what waits.
     fn push(&mut self, frame: &Bytes) -> io::Result<()> {
+        let mut out = self.prepare(frame);
         if self.waiting.is_empty() {
-            let written = lane::write_chunks(&self.fd, frame, 0)?;
-            if written == lane::chunk_count(frame) {
+            let written = self.write(&mut out, 0)?;
+            if written == out.parts() {
                 return Ok(());
             }
             self.written = written;
             self.progress = Instant::now();
         }
         self.waiting_bytes += frame.len();
-        self.waiting.push_back(frame.clone());
+        self.waiting.push_back(out);
         Ok(())
+    }
+
+    /// A large frame goes sealed if the reader takes that and has not too many unmapped;
+    /// anything else goes in chunks.
+    fn prepare(&mut self, frame: &Bytes) -> Outgoing {
+        if frame.len() < sealed::SEALED_MIN {
+            return Outgoing { frame: frame.clone(), sealed: None };
+        }
+        let (takes_sealed, mapped) = lane::read_back(&self.fd);
+        self.takes_sealed |= takes_sealed;
+        self.unmapped = self.unmapped.saturating_sub(mapped);
+        if !self.takes_sealed || self.unmapped >= sealed::MAX_UNMAPPED {
+            return Outgoing { frame: frame.clone(), sealed: None };
+        }
+        match sealed::seal(frame) {
+            Ok(memfd) => {
+                self.unmapped += 1;
+                Outgoing { frame: frame.clone(), sealed: Some(memfd) }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot seal a large frame; it goes in chunks");
+                Outgoing { frame: frame.clone(), sealed: None }
+            }
+        }
+    }
+
+    /// Writes `out` from part `from` on, as far as the lane takes it; returns the parts
+    /// written in all.
+    fn write(&mut self, out: &mut Outgoing, from: usize) -> io::Result<usize> {
+        if let Some(memfd) = &out.sealed {
+            match lane::write_sealed(&self.fd, memfd, out.frame.len()) {
+                Ok(sent) => return Ok(usize::from(sent)),
+                // Too many fds in flight for this user: the frame goes in chunks instead.
+                Err(e) if e.raw_os_error() == Some(libc::ETOOMANYREFS) => {
+                    tracing::debug!("too many fds in flight; a sealed frame goes in chunks");
+                    out.sealed = None;
+                    self.unmapped = self.unmapped.saturating_sub(1);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        lane::write_chunks(&self.fd, &out.frame, from)
     }
 
     /// Waits until the lane takes some of what waits: `TimedOut` once it has taken nothing
@@ -219,20 +274,33 @@ impl OutLane {
 
     /// Writes waiting frames until the lane is full or nothing waits.
     fn flush(&mut self, now: Instant) -> io::Result<()> {
-        while let Some(front) = self.waiting.front() {
-            let written = lane::write_chunks(&self.fd, front, self.written)?;
+        while let Some(mut front) = self.waiting.pop_front() {
+            let written = self.write(&mut front, self.written)?;
             if written > self.written {
                 self.progress = now;
             }
-            if written < lane::chunk_count(front) {
+            if written < front.parts() {
                 self.written = written;
+                self.waiting.push_front(front);
                 return Ok(());
             }
-            self.waiting_bytes -= front.len();
-            self.waiting.pop_front();
+            self.waiting_bytes -= front.frame.len();
             self.written = 0;
         }
         Ok(())
+    }
+}
+
+/// A frame on its way into a lane: in chunks, or sealed in a memfd of its own.
+struct Outgoing {
+    frame: Bytes,
+    sealed: Option<OwnedFd>,
+}
+
+impl Outgoing {
+    /// How many lane messages it takes.
+    fn parts(&self) -> usize {
+        if self.sealed.is_some() { 1 } else { lane::chunk_count(&self.frame) }
     }
 }
 
@@ -295,5 +363,72 @@ mod tests {
         let failed = lanes.flush();
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].1.kind(), io::ErrorKind::TimedOut);
+    }
+
+    /// Reads the next whole frame from a lane's reading end, flushing `lanes` while it waits
+    /// for the rest of one: (whether it came sealed, its length, its first byte).
+    fn next_frame(lanes: &mut OutLanes, theirs: &OwnedFd) -> Option<(bool, usize, u8)> {
+        let mut buf = vec![0u8; lane::CHUNK + 1];
+        let mut frame = Vec::new();
+        loop {
+            let (n, passed) = match lane::receive(theirs, &mut buf, false) {
+                lane::Received::Message(n, passed) => (n, passed),
+                lane::Received::WouldBlock if !frame.is_empty() => {
+                    assert!(lanes.flush().is_empty());
+                    continue;
+                }
+                _ => return None,
+            };
+            if buf[0] == lane::SEALED {
+                let len = u64::from_le_bytes(buf[1..9].try_into().unwrap()) as usize;
+                let bytes = sealed::map(&passed.unwrap(), len).unwrap();
+                return Some((true, bytes.len(), bytes[0]));
+            }
+            frame.extend_from_slice(&buf[1..n]);
+            if buf[0] == lane::LAST {
+                return Some((false, frame.len(), frame[0]));
+            }
+        }
+    }
+
+    /// Large frames go sealed once the reader says it takes them, at most `MAX_UNMAPPED` of
+    /// them unmapped; beyond that they go in chunks, in order with the rest.
+    #[test]
+    fn large_frames_go_sealed_up_to_the_unmapped_limit_then_in_chunks() {
+        let (mine, theirs) = lane::pair().unwrap();
+        let mut lanes = OutLanes::new(Duration::from_secs(3600));
+        let peer = PeerId(7);
+        lanes.insert(peer, mine);
+        let big = |i: u8| Bytes::from(vec![i; sealed::SEALED_MIN + i as usize]);
+        let seen = |sealed: bool, i: u8| Some((sealed, sealed::SEALED_MIN + i as usize, i));
+        // Before the reader says it takes sealed frames, a large frame goes in chunks.
+        lanes.write(peer, &big(0)).unwrap();
+        assert_eq!(next_frame(&mut lanes, &theirs), seen(false, 0));
+        lane::send_back(&theirs, lane::BACK_TAKES_SEALED);
+        let count = sealed::MAX_UNMAPPED as u8 + 3;
+        let mut got = Vec::new();
+        for i in 1..=count {
+            lanes.write(peer, &big(i)).unwrap();
+            lanes.write(peer, &Bytes::from_static(b"small")).unwrap();
+            // Read as we go (the socket holds only a few chunked frames), without saying mapped.
+            while let Some(f) = next_frame(&mut lanes, &theirs) {
+                got.push(f);
+            }
+        }
+        let want: Vec<_> = (1..=count)
+            .flat_map(|i| [seen(i as usize <= sealed::MAX_UNMAPPED, i).unwrap(), (false, 5, b's')])
+            .collect();
+        assert_eq!(
+            got,
+            want,
+            "the first {} large frames sealed, the rest in chunks, all in order",
+            sealed::MAX_UNMAPPED
+        );
+        // Once the reader says it mapped them, large frames go sealed again.
+        for _ in 0..sealed::MAX_UNMAPPED {
+            lane::send_back(&theirs, lane::BACK_MAPPED);
+        }
+        lanes.write(peer, &big(9)).unwrap();
+        assert_eq!(next_frame(&mut lanes, &theirs), seen(true, 9));
     }
 }

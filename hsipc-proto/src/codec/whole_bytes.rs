@@ -1,0 +1,161 @@
+//! Payloads that are bytes and nothing else (`Bytes`, `Vec<u8>`, `&[u8]`), without serde.
+//!
+//! serde hands a `Vec<u8>` to a serializer one element at a time, and `Bytes` deserializes
+//! through a copy: a megabyte payload spends milliseconds in serde for a memcpy's work. When the
+//! payload's type *is* one of these (checked by type id, lifetimes aside, so no `'static` bound
+//! is asked of callers), the codec writes or reads the CBOR byte string itself:
+//!
+//! - encoding `Bytes`, `Vec<u8>`, `&[u8]`, `&Vec<u8>` or `&Bytes` is one copy into the payload;
+//! - decoding a `Bytes` is a slice of the received buffer (no copy at all: a payload that came
+//!   in a shared mapping stays in it), and a `Vec<u8>` is one copy.
+//!
+//! The bytes on the wire are exactly what ciborium writes for the same value, so peers cannot
+//! tell the difference; a payload that is not a single byte string (an older peer's array of
+//! integers) goes through serde as before.
+
+use std::ops::Range;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// The contents of `value` if its type is one of the byte payload types.
+pub(super) fn as_bytes<T: ?Sized>(value: &T) -> Option<&[u8]> {
+    let id = typeid::of::<T>();
+    // A thin pointer to the value; only read through as the type its id names.
+    let ptr = value as *const T as *const u8;
+    // SAFETY (each arm): the type ids are equal and none of these types has a lifetime of
+    // its own beyond the reference's (which `typeid` ignores), so `T` is that type and `ptr`
+    // points at a live value of it for as long as `value` is borrowed.
+    if id == typeid::of::<Bytes>() {
+        Some(unsafe { &*(ptr as *const Bytes) })
+    } else if id == typeid::of::<Vec<u8>>() {
+        Some(unsafe { &*(ptr as *const Vec<u8>) })
+    } else if id == typeid::of::<&[u8]>() {
+        Some(unsafe { *(ptr as *const &[u8]) })
+    } else if id == typeid::of::<&Vec<u8>>() {
+        Some(unsafe { *(ptr as *const &Vec<u8>) })
+    } else if id == typeid::of::<&Bytes>() {
+        Some(unsafe { *(ptr as *const &Bytes) })
+    } else {
+        None
+    }
+}
+
+/// `data` as a CBOR byte string.
+pub(super) fn encode(data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(9 + data.len());
+    let len = data.len() as u64;
+    // Major type 2, with the shortest length encoding (as ciborium writes it).
+    if len < 24 {
+        out.put_u8(0x40 | len as u8);
+    } else if len <= u8::MAX as u64 {
+        out.put_u8(0x58);
+        out.put_u8(len as u8);
+    } else if len <= u16::MAX as u64 {
+        out.put_u8(0x59);
+        out.put_u16(len as u16);
+    } else if len <= u32::MAX as u64 {
+        out.put_u8(0x5a);
+        out.put_u32(len as u32);
+    } else {
+        out.put_u8(0x5b);
+        out.put_u64(len);
+    }
+    out.put_slice(data);
+    out.freeze()
+}
+
+/// The decoded value if `T` is `Bytes` or `Vec<u8>` and `payload` is one whole byte string;
+/// `None` to decode through serde.
+pub(super) fn decode<T>(payload: &Bytes) -> Option<T> {
+    let id = typeid::of::<T>();
+    if id == typeid::of::<Bytes>() {
+        let value = payload.slice(byte_string(payload)?);
+        // SAFETY: `T` is `Bytes` (equal type ids, and `Bytes` has no lifetimes); the value is
+        // moved out of the `ManuallyDrop` exactly once.
+        Some(unsafe { std::ptr::read(&*std::mem::ManuallyDrop::new(value) as *const Bytes as *const T) })
+    } else if id == typeid::of::<Vec<u8>>() {
+        let value = payload[byte_string(payload)?].to_vec();
+        // SAFETY: as above, for `Vec<u8>`.
+        Some(unsafe { std::ptr::read(&*std::mem::ManuallyDrop::new(value) as *const Vec<u8> as *const T) })
+    } else {
+        None
+    }
+}
+
+/// Where the contents of `buf` lie if it is exactly one definite-length CBOR byte string.
+fn byte_string(buf: &[u8]) -> Option<Range<usize>> {
+    let (&first, rest) = buf.split_first()?;
+    if first >> 5 != 2 {
+        return None;
+    }
+    let (len, head) = match first & 0x1f {
+        n @ 0..=23 => (n as u64, 1),
+        24 => (*rest.first()? as u64, 2),
+        25 => (u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as u64, 3),
+        26 => (u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as u64, 5),
+        27 => (u64::from_be_bytes(rest.get(..8)?.try_into().ok()?), 9),
+        _ => return None, // indefinite length, or reserved
+    };
+    (head as u64).checked_add(len).filter(|&end| end == buf.len() as u64)?;
+    Some(head..buf.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn only_the_byte_types_are_recognised() {
+        let v = vec![1u8, 2, 3];
+        let b = Bytes::from_static(b"abc");
+        assert_eq!(as_bytes(&v), Some(&[1u8, 2, 3][..]));
+        assert_eq!(as_bytes(&&v[..]), Some(&[1u8, 2, 3][..]));
+        assert_eq!(as_bytes(&&v), Some(&[1u8, 2, 3][..]));
+        assert_eq!(as_bytes(&b), Some(&b"abc"[..]));
+        assert_eq!(as_bytes(&&b), Some(&b"abc"[..]));
+        assert_eq!(as_bytes(&vec![1u16]), None);
+        assert_eq!(as_bytes(&"abc"), None);
+        assert_eq!(as_bytes(&(1u8, 2u8)), None);
+        assert!(decode::<String>(&encode(b"abc")).is_none());
+        assert!(decode::<Vec<u16>>(&encode(b"abc")).is_none());
+    }
+
+    #[test]
+    fn a_decoded_bytes_payload_shares_the_received_buffer() {
+        let wire = encode(&[7u8; 1000]);
+        let back: Bytes = decode(&wire).unwrap();
+        assert_eq!(back.len(), 1000);
+        assert_eq!(back.as_ptr(), wire[3..].as_ptr(), "a slice, not a copy");
+    }
+
+    #[test]
+    fn anything_but_one_whole_byte_string_is_left_to_serde() {
+        for buf in
+            [&[][..], &[0x43, 1, 2][..], &[0x43, 1, 2, 3, 4][..], &[0x5f, 0x41, 1, 0xff][..], &[0x83, 1, 2, 3][..]]
+        {
+            assert!(decode::<Bytes>(&Bytes::copy_from_slice(buf)).is_none(), "{buf:?}");
+        }
+        let huge_len = [0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert!(decode::<Vec<u8>>(&Bytes::copy_from_slice(&huge_len)).is_none());
+    }
+
+    proptest! {
+        /// The fast path writes what ciborium writes, and reads it back.
+        #[test]
+        fn same_bytes_as_ciborium(data in proptest::collection::vec(any::<u8>(), 0..70_000)) {
+            let mut theirs = Vec::new();
+            ciborium::into_writer(&serde_bytes_like(&data), &mut theirs).unwrap();
+            let ours = encode(&data);
+            prop_assert_eq!(&ours[..], &theirs[..]);
+            prop_assert_eq!(decode::<Vec<u8>>(&ours).unwrap(), data.clone());
+            prop_assert_eq!(decode::<Bytes>(&ours).unwrap(), Bytes::from(data));
+        }
+    }
+
+    /// A value that serde writes as one byte string.
+    fn serde_bytes_like(data: &[u8]) -> ciborium::Value {
+        ciborium::Value::Bytes(data.to_vec())
+    }
+}
