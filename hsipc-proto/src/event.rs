@@ -40,7 +40,7 @@ pub struct Transmit {
     /// Where to send it.
     pub dest: Dest,
     /// The encoded frame.
-    pub frame: Bytes,
+    pub frame: crate::frame::WireFrame,
 }
 
 /// One output of the endpoint: drain them with [`poll_output`](crate::Endpoint::poll_output).

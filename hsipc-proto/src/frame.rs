@@ -174,6 +174,7 @@ impl Frame {
     /// Encodes the frame; fails if it would be longer than `max_len` or the name is too long.
     pub fn encode(&self, max_len: usize) -> Result<Bytes, FrameError> {
         encode_parts(self.kind, self.flags.0, self.aux, self.id, self.seq, &self.name, &self.payload, max_len)
+            .map(|w| w.to_bytes())
     }
 
     /// Parses one frame. Never panics; any malformed input gives a [`FrameError`].
@@ -217,7 +218,126 @@ impl Frame {
     }
 }
 
-/// Encodes a frame straight from its parts (the hot path: no intermediate [`Frame`]).
+/// An encoded frame on its way out, in up to two pieces: the header with the name (and a small
+/// payload), then a larger payload as a piece of its own, shared with the buffer it was encoded
+/// into instead of copied behind the header. A transport writes the pieces one after the other
+/// (a gathered write, or one copy into shared memory); on the wire they are one frame.
+///
+/// ```
+/// use hsipc_proto::frame::WireFrame;
+/// let w = WireFrame::from(bytes::Bytes::from_static(b"whole"));
+/// assert_eq!(w.len(), 5);
+/// assert_eq!(&w.to_bytes()[..], b"whole");
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WireFrame {
+    head: Bytes,
+    body: Bytes,
+}
+
+/// A payload on its way into a frame: a few leading bytes (a CBOR head, say) kept inline, then
+/// the rest as a shared buffer. An application's `Bytes` payload thus goes out without first
+/// being copied behind its CBOR head: the head rides with the frame header, and the buffer
+/// is the frame's second piece (see [`WireFrame`]).
+///
+/// ```
+/// use hsipc_proto::frame::Body;
+/// let body = Body::from(bytes::Bytes::from_static(b"payload"));
+/// assert_eq!(body.len(), 7);
+/// assert_eq!(&body.to_bytes()[..], b"payload");
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Body {
+    lead: [u8; LEAD_MAX],
+    lead_len: u8,
+    rest: Bytes,
+}
+
+/// The most leading bytes a [`Body`] keeps inline (the longest CBOR head).
+const LEAD_MAX: usize = 9;
+
+impl Body {
+    /// `lead` (at most 9 bytes; `None` if longer), then `rest`.
+    pub fn with_lead(lead: &[u8], rest: Bytes) -> Option<Body> {
+        let mut body = Body { lead: [0; LEAD_MAX], lead_len: lead.len() as u8, rest };
+        body.lead.get_mut(..lead.len())?.copy_from_slice(lead);
+        Some(body)
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.lead_len as usize + self.rest.len()
+    }
+
+    /// Whether it has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lead(&self) -> &[u8] {
+        &self.lead[..self.lead_len as usize]
+    }
+
+    /// The body as one buffer: no copy when it has no leading bytes.
+    pub fn to_bytes(&self) -> Bytes {
+        if self.lead_len == 0 {
+            return self.rest.clone();
+        }
+        let mut b = BytesMut::with_capacity(self.len());
+        b.put_slice(self.lead());
+        b.put_slice(&self.rest);
+        b.freeze()
+    }
+}
+
+impl From<Bytes> for Body {
+    /// A body already in one buffer.
+    fn from(rest: Bytes) -> Self {
+        Body { lead: [0; LEAD_MAX], lead_len: 0, rest }
+    }
+}
+
+/// A payload up to this size is copied behind the header (one buffer); a larger one is a
+/// piece of its own.
+const INLINE_PAYLOAD: usize = 512;
+
+impl WireFrame {
+    /// The frame's length in bytes.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    /// Whether the frame has no bytes (never, for a frame the protocol made).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pieces, in order (the second may be empty).
+    pub fn pieces(&self) -> [&Bytes; 2] {
+        [&self.head, &self.body]
+    }
+
+    /// The frame as one buffer: no copy when it is in one piece.
+    pub fn to_bytes(&self) -> Bytes {
+        if self.body.is_empty() {
+            return self.head.clone();
+        }
+        let mut b = BytesMut::with_capacity(self.len());
+        b.put_slice(&self.head);
+        b.put_slice(&self.body);
+        b.freeze()
+    }
+}
+
+impl From<Bytes> for WireFrame {
+    /// A frame already in one buffer.
+    fn from(frame: Bytes) -> Self {
+        WireFrame { head: frame, body: Bytes::new() }
+    }
+}
+
+/// Encodes a frame straight from its parts (the hot path: no intermediate [`Frame`]), the
+/// payload copied behind the header.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_parts(
     kind: FrameKind,
@@ -228,15 +348,58 @@ pub(crate) fn encode_parts(
     name: &[u8],
     payload: &[u8],
     max_len: usize,
-) -> Result<Bytes, FrameError> {
+) -> Result<WireFrame, FrameError> {
+    let mut b = header(kind, flags, aux, id, seq, name, payload.len(), payload.len(), max_len)?;
+    b.put_slice(payload);
+    Ok(WireFrame { head: b.freeze(), body: Bytes::new() })
+}
+
+/// As [`encode_parts`], for a [`Body`]: its leading bytes go behind the header, and the rest,
+/// if larger than [`INLINE_PAYLOAD`], is not copied: it becomes the frame's second piece.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_shared(
+    kind: FrameKind,
+    flags: u8,
+    aux: u32,
+    id: u64,
+    seq: u64,
+    name: &[u8],
+    payload: &Body,
+    max_len: usize,
+) -> Result<WireFrame, FrameError> {
+    let inline = payload.rest.len() <= INLINE_PAYLOAD;
+    let room = payload.lead_len as usize + if inline { payload.rest.len() } else { 0 };
+    let mut b = header(kind, flags, aux, id, seq, name, payload.len(), room, max_len)?;
+    b.put_slice(payload.lead());
+    if inline {
+        b.put_slice(&payload.rest);
+        return Ok(WireFrame { head: b.freeze(), body: Bytes::new() });
+    }
+    Ok(WireFrame { head: b.freeze(), body: payload.rest.clone() })
+}
+
+/// The header and name of a frame whose payload is `payload_len` bytes, in a buffer with room
+/// for `room` more.
+#[allow(clippy::too_many_arguments)]
+fn header(
+    kind: FrameKind,
+    flags: u8,
+    aux: u32,
+    id: u64,
+    seq: u64,
+    name: &[u8],
+    payload_len: usize,
+    room: usize,
+    max_len: usize,
+) -> Result<BytesMut, FrameError> {
     if name.len() > MAX_NAME_LEN {
         return Err(FrameError::NameTooLong { len: name.len() });
     }
-    let len = HEADER_LEN + name.len() + payload.len();
-    if len > max_len || payload.len() > u32::MAX as usize {
+    let len = HEADER_LEN + name.len() + payload_len;
+    if len > max_len || payload_len > u32::MAX as usize {
         return Err(FrameError::TooLarge { len, max: max_len });
     }
-    let mut b = BytesMut::with_capacity(len);
+    let mut b = BytesMut::with_capacity(HEADER_LEN + name.len() + room);
     b.put_u8(MAGIC);
     b.put_u8(VERSION);
     b.put_u8(kind as u8);
@@ -246,10 +409,9 @@ pub(crate) fn encode_parts(
     b.put_u64_le(seq);
     b.put_u16_le(name.len() as u16);
     b.put_u16_le(0);
-    b.put_u32_le(payload.len() as u32);
+    b.put_u32_le(payload_len as u32);
     b.put_slice(name);
-    b.put_slice(payload);
-    Ok(b.freeze())
+    Ok(b)
 }
 
 #[cfg(test)]

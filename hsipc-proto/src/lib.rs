@@ -36,7 +36,7 @@
 //! use hsipc_proto::{Config, Dest, Endpoint, Input, Output, PeerId};
 //!
 //! # fn wait_for_frame(_deadline: Option<Instant>) -> Option<(PeerId, bytes::Bytes)> { None }
-//! # fn send(_dest: Dest, _frame: bytes::Bytes) {}
+//! # fn send(_dest: Dest, _frame: hsipc_proto::frame::WireFrame) {}
 //! # fn deliver(_event: hsipc_proto::Event) {}
 //! # fn clock() -> Instant { unreachable!("the driver's clock") }
 //! let mut ep = Endpoint::new(Config::default(), PeerId(1), "my-hub", 42, clock());

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use proto::PeerId;
+use proto::frame::WireFrame;
 
 use crate::ingress::Ingress;
 use crate::transport::{Connect, Transport, TransportError};
@@ -67,30 +67,30 @@ pub struct MemTransport {
 }
 
 impl Transport for MemTransport {
-    fn send(&mut self, to: PeerId, frame: &Bytes) -> Result<(), TransportError> {
+    fn send(&mut self, to: PeerId, frame: &WireFrame) -> Result<(), TransportError> {
         if self.closed {
             return Err(TransportError::Closed);
         }
         let ingress = self.bus.registry().peers.get(&to).map(|(_, i)| i.clone());
         if let Some(ingress) = ingress {
-            ingress.deliver(self.local, frame.clone());
+            ingress.deliver(self.local, frame.to_bytes());
         }
         Ok(())
     }
 
-    fn try_send(&mut self, to: PeerId, frame: &Bytes) -> Result<bool, TransportError> {
+    fn try_send(&mut self, to: PeerId, frame: &WireFrame) -> Result<bool, TransportError> {
         // Delivery in memory never waits for the receiver.
         self.send(to, frame).map(|()| true)
     }
 
-    fn broadcast(&mut self, frame: &Bytes) -> Result<(), TransportError> {
+    fn broadcast(&mut self, frame: &WireFrame) -> Result<(), TransportError> {
         if self.closed {
             return Err(TransportError::Closed);
         }
         let ingresses: Vec<Ingress> =
             self.bus.registry().peers.iter().filter(|(p, _)| **p != self.local).map(|(_, (_, i))| i.clone()).collect();
         for ingress in ingresses {
-            ingress.deliver(self.local, frame.clone());
+            ingress.deliver(self.local, frame.to_bytes());
         }
         Ok(())
     }

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use bytes::Bytes;
 use proto::PeerId;
+use proto::frame::WireFrame;
 
 use crate::ingress::Ingress;
 
@@ -77,6 +77,11 @@ pub type BusError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Moves frames to peers. Received frames are pushed into the [`Ingress`] given at connect time.
 ///
+/// A frame to send comes as a [`WireFrame`]: a header and, for a large payload, the payload
+/// as a second piece that is the application's own buffer. Write the pieces one after the
+/// other (`writev`, or one copy each into shared memory) rather than joining them first; the
+/// receiving side gets the frame as one buffer.
+///
 /// Peers are named by hsipc [`PeerId`], never by a bus-specific address, so a transport can
 /// route a frame over the bus, over a direct peer-to-peer link it set up, or over a network,
 /// without the engine or the adapters knowing. Implementations must deliver frames from one
@@ -87,11 +92,11 @@ pub trait Transport: Send + fmt::Debug + 'static {
     /// may keep a frame it cannot write at once (say, to a peer whose link is full) and write
     /// it on [`flush`](Self::flush), so that one slow peer does not hold up frames to others;
     /// it must then say so through [`waiting`](Self::waiting).
-    fn send(&mut self, to: PeerId, frame: &Bytes) -> Result<(), TransportError>;
+    fn send(&mut self, to: PeerId, frame: &WireFrame) -> Result<(), TransportError>;
     /// Sends one frame to one peer only if that needs no waiting: `Ok(true)` if it went,
     /// `Ok(false)` if it would have had to wait (then nothing was sent, and the engine's writer
     /// sends it with [`send`](Self::send), in order). The default never sends here.
-    fn try_send(&mut self, to: PeerId, frame: &Bytes) -> Result<bool, TransportError> {
+    fn try_send(&mut self, to: PeerId, frame: &WireFrame) -> Result<bool, TransportError> {
         let _ = (to, frame);
         Ok(false)
     }
@@ -107,7 +112,7 @@ pub trait Transport: Send + fmt::Debug + 'static {
         None
     }
     /// Sends one frame to every other peer.
-    fn broadcast(&mut self, frame: &Bytes) -> Result<(), TransportError>;
+    fn broadcast(&mut self, frame: &WireFrame) -> Result<(), TransportError>;
     /// The largest frame this transport carries.
     fn max_frame_len(&self) -> usize;
     /// Whether the bus had no other member when this transport joined, so the new peer has

@@ -20,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 
 use self::byte_strings::Wrapped;
+use crate::frame::Body;
 
 /// A value could not be turned into CBOR or back.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +59,22 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, CodecError> {
     ciborium::into_writer(&Wrapped(value), &mut w)
         .map_err(|e| CodecError::Encode { type_name: std::any::type_name::<T>(), reason: e.to_string() })?;
     Ok(w.0.freeze())
+}
+
+/// Encodes `value` as a frame's [`Body`]: as [`encode`] does, except that a `Bytes` (or
+/// `&Bytes`) is not copied: the body holds its CBOR head and shares the buffer.
+///
+/// ```
+/// let data = bytes::Bytes::from(vec![7u8; 4096]);
+/// let body = hsipc_proto::codec::encode_body(&data).unwrap();
+/// assert_eq!(body.len(), 3 + 4096);
+/// assert_eq!(body.to_bytes(), hsipc_proto::codec::encode(&data).unwrap());
+/// ```
+pub fn encode_body<T: Serialize + ?Sized>(value: &T) -> Result<Body, CodecError> {
+    match whole_bytes::as_shared(value) {
+        Some(data) => Ok(whole_bytes::body(data)),
+        None => encode(value).map(Body::from),
+    }
 }
 
 /// The room [`encode`] starts with: enough for most messages at once (a 64 B payload must not
@@ -101,6 +118,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 /// let wire = hsipc_proto::codec::encode(&Bytes::from(vec![7u8; 4096])).unwrap();
 /// let back: Bytes = hsipc_proto::codec::decode_from(&wire).unwrap();
 /// assert_eq!(back.as_ptr(), wire[3..].as_ptr()); // the same memory
+/// let back: Vec<u8> = hsipc_proto::codec::decode_from(&wire).unwrap(); // one copy
+/// assert_eq!(back, vec![7u8; 4096]);
 /// ```
 pub fn decode_from<T: DeserializeOwned>(payload: &Bytes) -> Result<T, CodecError> {
     match whole_bytes::decode(payload) {

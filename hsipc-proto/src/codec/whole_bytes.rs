@@ -5,7 +5,9 @@
 //! payload's type *is* one of these (checked by type id, lifetimes aside, so no `'static` bound
 //! is asked of callers), the codec writes or reads the CBOR byte string itself:
 //!
-//! - encoding `Bytes`, `Vec<u8>`, `&[u8]`, `&Vec<u8>` or `&Bytes` is one copy into the payload;
+//! - encoding `Bytes`, `Vec<u8>`, `&[u8]`, `&Vec<u8>` or `&Bytes` is one copy into the payload,
+//!   and none at all for a frame's [`Body`] of a `Bytes` (the head goes with the frame header,
+//!   the buffer is shared);
 //! - decoding a `Bytes` is a slice of the received buffer (no copy at all: a payload that came
 //!   in a shared mapping stays in it), and a `Vec<u8>` is one copy.
 //!
@@ -16,6 +18,8 @@
 use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::frame::Body;
 
 /// The contents of `value` if its type is one of the byte payload types.
 pub(super) fn as_bytes<T: ?Sized>(value: &T) -> Option<&[u8]> {
@@ -40,28 +44,60 @@ pub(super) fn as_bytes<T: ?Sized>(value: &T) -> Option<&[u8]> {
     }
 }
 
+/// The `Bytes` itself if `value` is one (or a reference to one): shared, not copied.
+pub(super) fn as_shared<T: ?Sized>(value: &T) -> Option<&Bytes> {
+    let id = typeid::of::<T>();
+    let ptr = value as *const T as *const u8;
+    // SAFETY: as in `as_bytes`: the type ids are equal, so `T` is that type.
+    if id == typeid::of::<Bytes>() {
+        Some(unsafe { &*(ptr as *const Bytes) })
+    } else if id == typeid::of::<&Bytes>() {
+        Some(unsafe { *(ptr as *const &Bytes) })
+    } else {
+        None
+    }
+}
+
 /// `data` as a CBOR byte string.
 pub(super) fn encode(data: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(9 + data.len());
-    let len = data.len() as u64;
-    // Major type 2, with the shortest length encoding (as ciborium writes it).
-    if len < 24 {
-        out.put_u8(0x40 | len as u8);
-    } else if len <= u8::MAX as u64 {
-        out.put_u8(0x58);
-        out.put_u8(len as u8);
-    } else if len <= u16::MAX as u64 {
-        out.put_u8(0x59);
-        out.put_u16(len as u16);
-    } else if len <= u32::MAX as u64 {
-        out.put_u8(0x5a);
-        out.put_u32(len as u32);
-    } else {
-        out.put_u8(0x5b);
-        out.put_u64(len);
-    }
+    let (head, n) = head(data.len());
+    let mut out = BytesMut::with_capacity(n + data.len());
+    out.put_slice(&head[..n]);
     out.put_slice(data);
     out.freeze()
+}
+
+/// `data` as a CBOR byte string in a [`Body`]: its head inline, the bytes shared.
+pub(super) fn body(data: &Bytes) -> Body {
+    let (head, n) = head(data.len());
+    Body::with_lead(&head[..n], data.clone()).unwrap_or_default()
+}
+
+/// The head of a CBOR byte string of `len` bytes (major type 2, the shortest length encoding,
+/// as ciborium writes it), and its length.
+fn head(len: usize) -> ([u8; 9], usize) {
+    let len = len as u64;
+    let mut h = [0u8; 9];
+    if len < 24 {
+        h[0] = 0x40 | len as u8;
+        (h, 1)
+    } else if len <= u8::MAX as u64 {
+        h[0] = 0x58;
+        h[1] = len as u8;
+        (h, 2)
+    } else if len <= u16::MAX as u64 {
+        h[0] = 0x59;
+        h[1..3].copy_from_slice(&(len as u16).to_be_bytes());
+        (h, 3)
+    } else if len <= u32::MAX as u64 {
+        h[0] = 0x5a;
+        h[1..5].copy_from_slice(&(len as u32).to_be_bytes());
+        (h, 5)
+    } else {
+        h[0] = 0x5b;
+        h[1..9].copy_from_slice(&len.to_be_bytes());
+        (h, 9)
+    }
 }
 
 /// The decoded value if `T` is `Bytes` or `Vec<u8>` and `payload` is one whole byte string;
@@ -149,6 +185,7 @@ mod tests {
             ciborium::into_writer(&serde_bytes_like(&data), &mut theirs).unwrap();
             let ours = encode(&data);
             prop_assert_eq!(&ours[..], &theirs[..]);
+            prop_assert_eq!(&body(&Bytes::from(data.clone())).to_bytes()[..], &theirs[..]);
             prop_assert_eq!(decode::<Vec<u8>>(&ours).unwrap(), data.clone());
             prop_assert_eq!(decode::<Bytes>(&ours).unwrap(), Bytes::from(data));
         }

@@ -20,10 +20,11 @@ impl Endpoint {
         &mut self,
         now: Instant,
         method: &str,
-        body: Bytes,
+        body: impl Into<Body>,
         mode: CallMode,
         timeout: Duration,
     ) -> Result<RequestId, CommandError> {
+        let body = body.into();
         self.check_open()?;
         validate_method(method)?;
         let timeout = timeout.min(crate::MAX_TIMEOUT);
@@ -42,10 +43,11 @@ impl Endpoint {
         now: Instant,
         peer: PeerId,
         method: &str,
-        body: Bytes,
+        body: impl Into<Body>,
         mode: CallMode,
         timeout: Duration,
     ) -> Result<RequestId, CommandError> {
+        let body = body.into();
         self.check_open()?;
         validate_method(method)?;
         let timeout = timeout.min(crate::MAX_TIMEOUT);
@@ -67,7 +69,7 @@ impl Endpoint {
         id: RequestId,
         peer: PeerId,
         method: &str,
-        body: &[u8],
+        body: &Body,
         mode: CallMode,
         timeout: Duration,
         deadline: Instant,
@@ -80,7 +82,7 @@ impl Endpoint {
         let window = if mode == CallMode::Unary { 0 } else { u64::from(self.config.stream_window) };
         let budget = deadline.saturating_duration_since(now);
         let budget_ms = budget.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
-        let frame = self.encode(FrameKind::Request, flags, budget_ms, id.0, window, method.as_bytes(), body)?;
+        let frame = self.encode_body(FrameKind::Request, flags, budget_ms, id.0, window, method.as_bytes(), body)?;
         self.timers.set(deadline, Timer::Call(id));
         let recv = (mode != CallMode::Unary).then(|| RecvHalf::new(self.config.stream_window));
         // A session's sending half starts with no credit: the server grants its window.
@@ -96,7 +98,7 @@ impl Endpoint {
         &mut self,
         now: Instant,
         method: &str,
-        body: Bytes,
+        body: Body,
         mode: CallMode,
         timeout: Duration,
     ) -> Result<RequestId, CommandError> {
@@ -160,12 +162,12 @@ impl Endpoint {
     }
 
     /// Answers a unary call. For streams, an `Err` ends the stream with that error.
-    pub fn respond(&mut self, id: IncomingId, result: Result<Bytes, RemoteError>) -> Result<(), CommandError> {
+    pub fn respond(&mut self, id: IncomingId, result: Result<Body, RemoteError>) -> Result<(), CommandError> {
         let inc = self.incoming.get(&id).ok_or(CommandError::UnknownCall)?;
         match (inc.mode, result) {
             (CallMode::Unary, Ok(body)) => {
                 self.check_room(1)?;
-                let frame = self.encode(FrameKind::Response, 0, 0, inc.remote_id, 0, &[], &body)?;
+                let frame = self.encode_body(FrameKind::Response, 0, 0, inc.remote_id, 0, &[], &body)?;
                 let peer = inc.peer;
                 self.remove_incoming(id);
                 self.transmit(Dest::Peer(peer), frame);
@@ -190,7 +192,8 @@ impl Endpoint {
     ///
     /// Fails with [`CommandError::Blocked`] when the receiver has granted no credit; an
     /// [`Event::Writable`] follows when it does.
-    pub fn send_item(&mut self, call: impl Into<CallRef>, body: Bytes) -> Result<(), CommandError> {
+    pub fn send_item(&mut self, call: impl Into<CallRef>, body: impl Into<Body>) -> Result<(), CommandError> {
+        let body = body.into();
         self.check_open()?;
         self.check_room(1)?;
         let max = self.config.max_frame_len;
@@ -211,7 +214,7 @@ impl Endpoint {
             }
         };
         let seq = half.take_credit()?;
-        match encode_parts(FrameKind::StreamItem, flags, 0, id, seq, &[], &body, max) {
+        match encode_shared(FrameKind::StreamItem, flags, 0, id, seq, &[], &body, max) {
             Ok(frame) => {
                 self.transmit(Dest::Peer(dest), frame);
                 Ok(())

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::directory::{Directory, Learned, Peer, PeerInfo};
 use crate::error::{CallError, CommandError, ErrorCode, FrameError, RemoteError};
 use crate::event::{CallMode, CancelReason, Dest, Event, Input, LeaveReason, Output, Transmit};
-use crate::frame::{Flags, Frame, FrameKind, MAX_NAME_LEN, encode_parts};
+use crate::frame::{Body, Flags, Frame, FrameKind, MAX_NAME_LEN, WireFrame, encode_parts, encode_shared};
 use crate::id::{CallRef, Counter, IncomingId, PeerId, RequestId, SubscriptionId};
 use crate::stream::{Gap, RecvHalf, SendHalf};
 use crate::timer::{Timer, Timers};
@@ -73,7 +73,7 @@ struct Outgoing {
 #[derive(Debug)]
 struct Parked {
     method: Box<str>,
-    body: Bytes,
+    body: Body,
     mode: CallMode,
     timeout: Duration,
     deadline: Instant,
@@ -438,11 +438,26 @@ impl Endpoint {
         seq: u64,
         name: &[u8],
         payload: &[u8],
-    ) -> Result<Bytes, CommandError> {
+    ) -> Result<WireFrame, CommandError> {
         encode_parts(kind, flags, aux, id, seq, name, payload, self.config.max_frame_len).map_err(too_large)
     }
 
-    fn transmit(&mut self, dest: Dest, frame: Bytes) {
+    /// As `encode`, for an application's body: a large one is not copied (see [`WireFrame`]).
+    #[allow(clippy::too_many_arguments)]
+    fn encode_body(
+        &self,
+        kind: FrameKind,
+        flags: u8,
+        aux: u32,
+        id: u64,
+        seq: u64,
+        name: &[u8],
+        body: &Body,
+    ) -> Result<WireFrame, CommandError> {
+        encode_shared(kind, flags, aux, id, seq, name, body, self.config.max_frame_len).map_err(too_large)
+    }
+
+    fn transmit(&mut self, dest: Dest, frame: WireFrame) {
         self.stats.frames_out += 1;
         self.out.push_back(Output::Transmit(Transmit { dest, frame }));
     }

@@ -69,9 +69,10 @@ impl Endpoint {
         &mut self,
         now: Instant,
         topic: &Topic,
-        body: Bytes,
+        body: impl Into<Body>,
         no_credit: NoCredit,
     ) -> Result<Published, CommandError> {
+        let body = body.into();
         self.check_open()?;
         let peers = self.directory.subscribers(topic);
         // One frame (an event or a notice) or local event per peer, at most.
@@ -125,7 +126,8 @@ impl Endpoint {
                 }
                 let from = self.local;
                 let topic = topic.clone();
-                self.push_event(Event::Published { from, topic, body: body.clone(), subscriptions, missed, credited });
+                let body = body.to_bytes();
+                self.push_event(Event::Published { from, topic, body, subscriptions, missed, credited });
                 done.peers += 1;
                 continue;
             }
@@ -133,7 +135,7 @@ impl Endpoint {
             *seq += 1;
             let seq = *seq;
             let flags = if credited { Flags::CREDITED } else { 0 };
-            let frame = self.encode(FrameKind::Publish, flags, 0, 0, seq, name, &body)?;
+            let frame = self.encode_body(FrameKind::Publish, flags, 0, 0, seq, name, &body)?;
             self.transmit(Dest::Peer(peer), frame);
             done.peers += 1;
         }

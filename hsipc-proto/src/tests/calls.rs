@@ -12,7 +12,7 @@ fn unary_call_round_trip() {
     assert_eq!(reqs.len(), 1);
     let (inc, method, body, mode) = reqs[0].clone();
     assert_eq!((method.as_str(), body, mode), ("calc.add", b("1+2"), CallMode::Unary));
-    bus.ep(1).respond(inc, Ok(b("3"))).unwrap();
+    bus.ep(1).respond(inc, Ok(b("3").into())).unwrap();
     bus.settle();
     assert_eq!(response(&bus.events(0), id), Some(Ok(b("3"))));
     bus.assert_no_leaks();
@@ -75,7 +75,7 @@ fn a_call_times_out_and_its_late_response_is_dropped() {
     let id = bus.ep(0).request(now, "calc.add", b(""), CallMode::Unary, SECOND).unwrap();
     bus.settle();
     let (inc, ..) = requests(&mut bus, 1)[0].clone();
-    bus.ep(1).respond(inc, Ok(b("late"))).unwrap();
+    bus.ep(1).respond(inc, Ok(b("late").into())).unwrap();
     bus.run_for(2 * SECOND);
     let ev = bus.timed_events(0);
     let (at, outcome) = ev
@@ -105,7 +105,7 @@ fn duplicated_requests_and_responses_are_dropped() {
     bus.settle();
     let reqs = requests(&mut bus, 1);
     assert_eq!(reqs.len(), 1, "the handler runs once");
-    bus.ep(1).respond(reqs[0].0, Ok(b("x"))).unwrap();
+    bus.ep(1).respond(reqs[0].0, Ok(b("x").into())).unwrap();
     bus.settle();
     let ev = bus.events(0);
     assert_eq!(ev.iter().filter(|e| matches!(e, Event::Response { .. })).count(), 1);
@@ -123,7 +123,7 @@ fn calls_to_a_service_served_locally_loop_back() {
     bus.settle();
     let (inc, _, body, _) = requests(&mut bus, 1)[0].clone();
     assert_eq!(body, b("local"));
-    bus.ep(1).respond(inc, Ok(b("ok"))).unwrap();
+    bus.ep(1).respond(inc, Ok(b("ok").into())).unwrap();
     bus.settle();
     assert_eq!(response(&bus.events(1), id), Some(Ok(b("ok"))));
     bus.assert_no_leaks();
@@ -180,7 +180,7 @@ fn random_faults_never_leave_a_call_without_an_outcome() {
         bus.run_for(Duration::from_millis(100));
         for (inc, _, _, mode) in requests(&mut bus, 1) {
             let _ = match mode {
-                CallMode::Unary => bus.ep(1).respond(inc, Ok(b("r"))),
+                CallMode::Unary => bus.ep(1).respond(inc, Ok(b("r").into())),
                 _ => bus.ep(1).send_item(inc, b("i")).and_then(|()| bus.ep(1).finish(inc, Ok(()))),
             };
         }

@@ -103,7 +103,7 @@ fn a_restarted_server_is_reachable_again() {
     let id = bus.with(0, |ep, now| ep.request(now, "calc.add", b(""), CallMode::Unary, SECOND)).unwrap();
     bus.settle();
     let (inc, ..) = requests(&mut bus, i)[0].clone();
-    bus.ep(i).respond(inc, Ok(b("back"))).unwrap();
+    bus.ep(i).respond(inc, Ok(b("back").into())).unwrap();
     bus.settle();
     assert_eq!(response(&bus.events(0), id), Some(Ok(b("back"))));
     bus.assert_no_leaks();
@@ -153,7 +153,7 @@ fn a_call_made_while_discovering_waits_for_the_provider_instead_of_failing() {
     let missing = bus.with(c, |ep, now| ep.request(now, "nothing.x", b(""), CallMode::Unary, SECOND)).unwrap();
     bus.settle();
     let (inc, ..) = requests(&mut bus, 1)[0].clone();
-    bus.ep(1).respond(inc, Ok(b("y"))).unwrap();
+    bus.ep(1).respond(inc, Ok(b("y").into())).unwrap();
     bus.settle();
     let ev = bus.timed_events(c);
     let outcome = |want| {

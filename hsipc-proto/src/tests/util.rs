@@ -128,7 +128,7 @@ impl Bus {
                             Dest::All => (0..self.nodes.len()).filter(|&j| j != i).collect(),
                         };
                         for to in targets {
-                            self.route(i, to, t.frame.clone());
+                            self.route(i, to, t.frame.to_bytes());
                         }
                     }
                 }

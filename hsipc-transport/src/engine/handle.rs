@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use proto::frame::Body;
 use proto::{
     CallMode, CallRef, IncomingId, NoCredit, PeerId, RemoteError, RequestId, SubscriptionId, Topic, TopicFilter,
 };
@@ -103,7 +103,8 @@ impl Handle {
     /// Starts a unary call. Fails at once if it cannot start (no such service, too large,
     /// too many calls); otherwise the outcome arrives by the deadline. Dropping the
     /// [`PendingCall`] first cancels the call at the server.
-    pub fn call(&self, method: &str, body: Bytes, timeout: Duration) -> Result<PendingCall> {
+    pub fn call(&self, method: &str, body: impl Into<Body>, timeout: Duration) -> Result<PendingCall> {
+        let body = body.into();
         self.check_len(method.len() + body.len())?;
         let (done, rx) = flume::bounded(1);
         let id = self.with(SendBy::TryInline, |state, now| {
@@ -116,7 +117,8 @@ impl Handle {
 
     /// Starts a server-streaming call whose items may each take at most `timeout` while the
     /// reader is waiting. Dropping the receiver cancels the stream at the server.
-    pub fn call_stream(&self, method: &str, body: Bytes, timeout: Duration) -> Result<ItemReceiver> {
+    pub fn call_stream(&self, method: &str, body: impl Into<Body>, timeout: Duration) -> Result<ItemReceiver> {
+        let body = body.into();
         self.check_len(method.len() + body.len())?;
         // Credit bounds the items in flight to one window; +1 for the end.
         let (items, rx) = flume::bounded(self.shared.window as usize + 1);
@@ -134,10 +136,11 @@ impl Handle {
     pub fn open_session(
         &self,
         method: &str,
-        body: Bytes,
+        body: impl Into<Body>,
         timeout: Duration,
         stall: Duration,
     ) -> Result<(SessionSender, ItemReceiver)> {
+        let body = body.into();
         self.check_len(method.len() + body.len())?;
         let (items, rx) = flume::bounded(self.shared.window as usize + 1);
         let id = self.with(SendBy::TryInline, |state, now| {
@@ -179,7 +182,7 @@ impl Handle {
     }
 
     /// Answers a unary call this hub serves.
-    pub fn respond(&self, id: IncomingId, result: std::result::Result<Bytes, RemoteError>) {
+    pub fn respond(&self, id: IncomingId, result: std::result::Result<Body, RemoteError>) {
         let r = self.with(self.answer_send(), |state, _| {
             state.end_served(id);
             Ok(state.endpoint.respond(id, result)?)
@@ -196,7 +199,7 @@ impl Handle {
 
     /// Sends one item of a stream this hub serves: `None` if it went at once, else a waiter
     /// that completes when the reader's credit lets it go (or fails at `deadline`).
-    pub(super) fn send_item(&self, id: CallRef, body: Bytes, deadline: Instant) -> Result<Option<Waiter<()>>> {
+    pub(super) fn send_item(&self, id: CallRef, body: Body, deadline: Instant) -> Result<Option<Waiter<()>>> {
         self.check_len(body.len())?;
         let send_by = if matches!(id, CallRef::Outgoing(_)) { SendBy::TryInline } else { self.answer_send() };
         self.with(send_by, |state, _| {
@@ -236,7 +239,14 @@ impl Handle {
     /// that has given none back for as long (`deadline - started`) is cut off: the event goes to
     /// the others, and that subscriber is told what it lost. One without credit that gave some
     /// back meanwhile is still reading, and is waited for.
-    pub fn publish(&self, topic: &Topic, body: Bytes, started: Instant, deadline: Instant) -> Result<Publish> {
+    pub fn publish(
+        &self,
+        topic: &Topic,
+        body: impl Into<Body>,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<Publish> {
+        let body = body.into();
         self.check_len(topic.as_str().len() + body.len())?;
         self.with(SendBy::TryInline, |state, now| {
             if state.backlogged() {

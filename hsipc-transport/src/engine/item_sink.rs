@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use proto::frame::Body;
 use proto::{CallRef, IncomingId, RequestId};
 
 use super::{CallContext, Handle, Waiter};
@@ -32,22 +32,22 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn send(&self, body: Bytes) -> Result<()> {
+    fn send(&self, body: impl Into<Body>) -> Result<()> {
         match self.start(body)? {
             None => Ok(()),
             Some(waiter) => waiter.wait(),
         }
     }
 
-    async fn send_async(&self, body: Bytes) -> Result<()> {
+    async fn send_async(&self, body: impl Into<Body>) -> Result<()> {
         match self.start(body)? {
             None => Ok(()),
             Some(waiter) => waiter.await,
         }
     }
 
-    fn start(&self, body: Bytes) -> Result<Option<Waiter<()>>> {
-        self.handle.send_item(self.call, body, super::deadline_in(self.stall))
+    fn start(&self, body: impl Into<Body>) -> Result<Option<Waiter<()>>> {
+        self.handle.send_item(self.call, body.into(), super::deadline_in(self.stall))
     }
 }
 
@@ -63,13 +63,13 @@ impl ItemSink {
     }
 
     /// Sends one item, blocking while the reader has granted no credit.
-    pub fn send(&self, body: Bytes) -> Result<()> {
+    pub fn send(&self, body: impl Into<Body>) -> Result<()> {
         self.out.send(body)
     }
 
     /// Sends one item, waiting (without blocking a thread) while the reader has granted no
     /// credit.
-    pub async fn send_async(&self, body: Bytes) -> Result<()> {
+    pub async fn send_async(&self, body: impl Into<Body>) -> Result<()> {
         self.out.send_async(body).await
     }
 }
@@ -90,14 +90,14 @@ impl SessionSender {
 
     /// Sends one message, blocking while the server has granted no credit (at most the
     /// hub's stall timeout).
-    pub fn send(&self, body: Bytes) -> Result<()> {
+    pub fn send(&self, body: impl Into<Body>) -> Result<()> {
         self.check_open()?;
         self.out.send(body)
     }
 
     /// Sends one message, waiting (without blocking a thread) while the server has granted no
     /// credit.
-    pub async fn send_async(&self, body: Bytes) -> Result<()> {
+    pub async fn send_async(&self, body: impl Into<Body>) -> Result<()> {
         self.check_open()?;
         self.out.send_async(body).await
     }

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
+use proto::frame::WireFrame;
 use proto::{Dest, Input, PeerId};
 
 use super::deferred::Deferred;
@@ -326,7 +327,7 @@ impl Shared {
 }
 
 /// Sends one frame, waiting if the transport must.
-fn send_one(t: &mut dyn Transport, dest: Dest, frame: &Bytes) -> Result<(), crate::TransportError> {
+fn send_one(t: &mut dyn Transport, dest: Dest, frame: &WireFrame) -> Result<(), crate::TransportError> {
     match dest {
         Dest::Peer(p) => t.send(p, frame),
         Dest::All => t.broadcast(frame),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use proto::frame::{Body, WireFrame};
 use proto::{
     CallMode, CallRef, Dest, Endpoint, ErrorCode, Event, IncomingId, Input, Output, PeerId, RemoteError, RequestId,
     SubscriptionId, TableSizes,
@@ -28,7 +29,7 @@ pub(super) const MAX_WATCHERS: usize = 4096;
 
 /// A served stream's item waiting for the reader's credit.
 struct BlockedItem {
-    body: Bytes,
+    body: Body,
     done: flume::Sender<Result<()>>,
     /// When the sender gives up (the hub's stream stall timeout).
     deadline: Instant,
@@ -44,7 +45,7 @@ pub(super) enum Awaited {
 
 /// Frames a sender took from the queue: the ones still in `frames` are not sent yet.
 pub(super) struct Batch {
-    pub(super) frames: VecDeque<(Dest, Bytes)>,
+    pub(super) frames: VecDeque<(Dest, WireFrame)>,
     /// How many frames, and bytes, were taken (for the backlog count).
     taken: usize,
     bytes: usize,
@@ -131,9 +132,9 @@ pub(crate) struct State {
     session_inputs: HashMap<IncomingId, flume::Sender<StreamMsg>>,
     pub(super) subscriptions: HashMap<SubscriptionId, Arc<SubscriptionQueue>>,
     watchers: Vec<Watcher>,
-    outbound: VecDeque<(Dest, Bytes)>,
+    outbound: VecDeque<(Dest, WireFrame)>,
     /// An empty queue a sender handed back, to be the next `outbound` (no allocation per batch).
-    spare_outbound: VecDeque<(Dest, Bytes)>,
+    spare_outbound: VecDeque<(Dest, WireFrame)>,
     outbound_bytes: usize,
     /// Frames taken from the queue by a sender and not yet handed to the transport.
     sending: usize,
@@ -453,9 +454,9 @@ impl State {
         }
     }
 
-    fn queue(&mut self, dest: Dest, frame: Bytes) {
+    fn queue(&mut self, dest: Dest, frame: WireFrame) {
         if dest == Dest::Peer(self.endpoint.local()) {
-            self.looped_back.push(frame);
+            self.looped_back.push(frame.to_bytes());
         } else if self.outbound.is_empty()
             || (self.outbound.len() < self.config.outbound_capacity
                 && self.outbound_bytes + frame.len() <= self.config.outbound_max_bytes)
@@ -624,7 +625,7 @@ impl State {
 
     /// Sends a served stream's item now, or parks it until the reader grants credit (at most
     /// until `deadline`).
-    pub(super) fn send_item(&mut self, id: CallRef, body: Bytes, done: flume::Sender<Result<()>>, deadline: Instant) {
+    pub(super) fn send_item(&mut self, id: CallRef, body: Body, done: flume::Sender<Result<()>>, deadline: Instant) {
         match self.endpoint.send_item(id, body.clone()) {
             Ok(()) => self.deferred.push(Deferred::Done(done, Ok(()))),
             Err(proto::CommandError::Blocked) => {
@@ -644,7 +645,7 @@ impl State {
     pub(super) fn try_send_item(
         &mut self,
         id: CallRef,
-        body: Bytes,
+        body: Body,
         deadline: Instant,
     ) -> Result<Option<super::Waiter<()>>> {
         match self.endpoint.send_item(id, body.clone()) {

@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_core::Stream;
 use proto::{PeerId, codec};
 use serde::Serialize;
@@ -380,7 +379,7 @@ impl<T: DeserializeOwned> Stream for Subscription<T> {
 /// granted no credit, so a slow reader slows the handler instead of filling memory.
 pub struct StreamSink<Item> {
     sink: ItemSink,
-    encode: fn(&Item) -> Result<Bytes>,
+    encode: fn(&Item) -> Result<proto::frame::Body>,
 }
 
 impl<Item> std::fmt::Debug for StreamSink<Item> {
@@ -394,14 +393,14 @@ impl<Item> StreamSink<Item> {
     where
         Item: Serialize,
     {
-        StreamSink { sink, encode: |item| Ok(codec::encode(item)?) }
+        StreamSink { sink, encode: |item| Ok(codec::encode_body(item)?) }
     }
 }
 
 impl<Item> StreamSink<Item> {
     /// A sink whose items go on the wire as `encode` makes them (a `#[service]` method's items
     /// carry its error type's framing).
-    pub(crate) fn with_encoder(sink: ItemSink, encode: fn(&Item) -> Result<Bytes>) -> Self {
+    pub(crate) fn with_encoder(sink: ItemSink, encode: fn(&Item) -> Result<proto::frame::Body>) -> Self {
         StreamSink { sink, encode }
     }
 
@@ -437,7 +436,7 @@ pub struct Session<Out, In> {
 impl<Out: Serialize, In: DeserializeOwned> Session<Out, In> {
     /// Sends one message from a thread, blocking while the server has granted no credit.
     pub fn send_blocking(&self, msg: &Out) -> Result<()> {
-        self.sender.send(codec::encode(msg)?)
+        self.sender.send(codec::encode_body(msg)?)
     }
 
     /// The server's next message, blocking the calling thread: `None` once the server has ended
@@ -451,7 +450,7 @@ impl<Out: Serialize, In> Session<Out, In> {
     /// Sends one message, waiting (without blocking a thread) while the server has granted no
     /// credit. Fails once the session is over.
     pub fn send(&self, msg: &Out) -> impl Future<Output = Result<()>> + Send + '_ {
-        let body = codec::encode(msg);
+        let body = codec::encode_body(msg);
         async move { self.sender.send_async(body?).await }
     }
 

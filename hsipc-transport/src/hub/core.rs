@@ -167,7 +167,7 @@ impl HubCore {
         first: &Req,
         timeout: Duration,
     ) -> Result<(SessionSender, ItemReceiver)> {
-        self.handle().open_session(method, codec::encode(first)?, timeout, self.stall_timeout())
+        self.handle().open_session(method, codec::encode_body(first)?, timeout, self.stall_timeout())
     }
 
     /// Stops serving `method`; withdraws its service from the bus with its last method.
@@ -185,7 +185,7 @@ impl HubCore {
         req: &Req,
         timeout: Duration,
     ) -> Result<PendingCall> {
-        self.handle().call(method, codec::encode(req)?, timeout)
+        self.handle().call(method, codec::encode_body(req)?, timeout)
     }
 
     /// Starts a server-streaming call with an encoded request.
@@ -195,7 +195,7 @@ impl HubCore {
         req: &Req,
         timeout: Duration,
     ) -> Result<ItemReceiver> {
-        self.handle().call_stream(method, codec::encode(req)?, timeout)
+        self.handle().call_stream(method, codec::encode_body(req)?, timeout)
     }
 
     /// Publishes `event` on `topic`, blocking while the send backlog is long or a reliable
@@ -231,10 +231,10 @@ impl HubCore {
         &self,
         topic: &str,
         event: &T,
-    ) -> Result<(Topic, bytes::Bytes, Instant, Instant)> {
+    ) -> Result<(Topic, proto::frame::Body, Instant, Instant)> {
         let started = Instant::now();
         let deadline = crate::engine::deadline_in(self.inner.publish_timeout);
-        Ok((Topic::new(topic)?, codec::encode(event)?, started, deadline))
+        Ok((Topic::new(topic)?, codec::encode_body(event)?, started, deadline))
     }
 
     /// Subscribes to `pattern` with the hub's delivery (reliable unless the builder said

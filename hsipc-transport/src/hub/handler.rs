@@ -44,9 +44,9 @@ fn bad_request(e: codec::CodecError) -> RemoteError {
     RemoteError::new(ErrorCode::BAD_REQUEST, e.to_string())
 }
 
-fn encode_response<T: Serialize>(r: Result<T, String>) -> Result<bytes::Bytes, RemoteError> {
+fn encode_response<T: Serialize>(r: Result<T, String>) -> Result<proto::frame::Body, RemoteError> {
     match r {
-        Ok(v) => codec::encode(&v).map_err(|e| RemoteError::handler(format!("cannot encode the response: {e}"))),
+        Ok(v) => codec::encode_body(&v).map_err(|e| RemoteError::handler(format!("cannot encode the response: {e}"))),
         Err(msg) => Err(RemoteError::handler(msg)),
     }
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_core::Stream;
 use proto::codec;
+use proto::frame::Body;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -112,7 +113,7 @@ pub trait ServiceError: Sized + Send + 'static {
     type Wire<T: Serialize + DeserializeOwned + Send + 'static>: Serialize + DeserializeOwned + Send + 'static;
 
     /// Server side: a stream item, encoded.
-    fn encode_item<T: Serialize>(item: &T) -> Result<Bytes>;
+    fn encode_item<T: Serialize>(item: &T) -> Result<Body>;
     /// Server side: the implementation's result as the response, or the message of a remote
     /// error.
     fn to_wire<T: Serialize + DeserializeOwned + Send + 'static>(
@@ -131,8 +132,8 @@ impl ServiceError for Error {
     type Client = Error;
     type Wire<T: Serialize + DeserializeOwned + Send + 'static> = T;
 
-    fn encode_item<T: Serialize>(item: &T) -> Result<Bytes> {
-        Ok(codec::encode(item)?)
+    fn encode_item<T: Serialize>(item: &T) -> Result<Body> {
+        Ok(codec::encode_body(item)?)
     }
 
     fn to_wire<T: Serialize + DeserializeOwned + Send + 'static>(
@@ -154,10 +155,10 @@ impl<E: Serialize + DeserializeOwned + Send + 'static> ServiceError for E {
     type Client = ClientError<E>;
     type Wire<T: Serialize + DeserializeOwned + Send + 'static> = std::result::Result<T, E>;
 
-    fn encode_item<T: Serialize>(item: &T) -> Result<Bytes> {
+    fn encode_item<T: Serialize>(item: &T) -> Result<Body> {
         // `Ok(item)` encodes the same whatever the error type: the reader decodes it as its
         // `Result<Item, E>`.
-        Ok(codec::encode(&std::result::Result::<&T, ()>::Ok(item))?)
+        Ok(codec::encode_body(&std::result::Result::<&T, ()>::Ok(item))?)
     }
 
     fn to_wire<T: Serialize + DeserializeOwned + Send + 'static>(

@@ -13,6 +13,7 @@
 
 use bytes::Bytes;
 use proto::PeerId;
+use proto::frame::WireFrame;
 
 use super::Msg;
 use crate::transport::TransportError;
@@ -61,12 +62,18 @@ pub(super) fn lane_offer(selector: ipmb::Selector, from: PeerId, fd: std::os::fd
 }
 
 /// Wraps `frame` from `from` in a message for `selector`.
-pub(super) fn wrap(selector: ipmb::Selector, from: PeerId, frame: &[u8]) -> Result<ipmb::Message<Msg>, TransportError> {
+pub(super) fn wrap(
+    selector: ipmb::Selector,
+    from: PeerId,
+    frame: &WireFrame,
+) -> Result<ipmb::Message<Msg>, TransportError> {
     let mut data = Vec::with_capacity(17 + frame.len().min(INLINE_MAX));
     data.extend_from_slice(&from.0.to_le_bytes());
     if frame.len() <= INLINE_MAX {
         data.push(INLINE);
-        data.extend_from_slice(frame);
+        for piece in frame.pieces() {
+            data.extend_from_slice(piece);
+        }
         return Ok(ipmb::Message::new(selector, Msg { format: FORMAT, data }));
     }
     data.push(REGION);
@@ -76,7 +83,11 @@ pub(super) fn wrap(selector: ipmb::Selector, from: PeerId, frame: &[u8]) -> Resu
         source: std::io::Error::last_os_error(),
     })?;
     let buf = region.map(..).map_err(|e| TransportError::SharedMemory(Box::new(e)))?;
-    buf[..frame.len()].copy_from_slice(frame);
+    let mut at = 0;
+    for piece in frame.pieces() {
+        buf[at..at + piece.len()].copy_from_slice(piece);
+        at += piece.len();
+    }
     let mut msg = ipmb::Message::new(selector, Msg { format: FORMAT, data });
     msg.memory_regions.push(region);
     Ok(msg)

@@ -18,6 +18,7 @@
 //! process that made the pair runs as the same user (`SO_PEERCRED`) and refuses it otherwise.
 
 use proto::PeerId;
+use proto::frame::WireFrame;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -33,10 +34,18 @@ pub(super) const CLOSE: u8 = 2;
 /// The first byte of a lane message: the frame is in the sealed memfd passed with this message
 /// (see `sealed`); the rest of the message is its length, 8 bytes little-endian.
 pub(super) const SEALED: u8 = 3;
-/// A message from a lane's reader back to its writer: this reader takes sealed frames.
+/// The first byte of a lane message: the writer's pool (see `pool`), its data and its board
+/// passed with this message; the rest of the message is the data's size, 8 bytes little-endian.
+pub(super) const POOL: u8 = 4;
+/// The first byte of a lane message: a frame in the writer's pool; the rest of the message is
+/// its offset and its length, 8 bytes little-endian each.
+pub(super) const POOLED: u8 = 5;
+/// A message from a lane's reader back to its writer: this reader takes sealed and pooled
+/// frames. (Pooled frames are released through the pool's board, not by message.)
 pub(super) const BACK_TAKES_SEALED: u8 = 1;
 /// A message from a lane's reader back to its writer: it has mapped one sealed frame.
 pub(super) const BACK_MAPPED: u8 = 2;
+
 /// The size of a lane reader's arena for small frames. A frame handed on keeps its arena
 /// alive, so it is small: a reader that holds many events pins little memory.
 pub(super) const ARENA: usize = 16 * 1024;
@@ -57,11 +66,11 @@ pub(super) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Writes the chunks of `frame` from chunk `from` on, as long as the lane has room; returns how
 /// many chunks the frame has written in all (all of them: the frame is through).
-pub(super) fn write_chunks(fd: &OwnedFd, frame: &[u8], from: usize) -> io::Result<usize> {
+pub(super) fn write_chunks(fd: &OwnedFd, frame: &WireFrame, from: usize) -> io::Result<usize> {
     let total = chunk_count(frame);
     for i in from..total {
-        let chunk = &frame[(i * CHUNK).min(frame.len())..((i + 1) * CHUNK).min(frame.len())];
-        match send_once(fd, if i + 1 < total { MORE } else { LAST }, chunk) {
+        let chunk = span(frame, i * CHUNK, ((i + 1) * CHUNK).min(frame.len()));
+        match send_gather(fd, if i + 1 < total { MORE } else { LAST }, chunk, &[]) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(i),
             Err(e) => return Err(e),
@@ -71,8 +80,18 @@ pub(super) fn write_chunks(fd: &OwnedFd, frame: &[u8], from: usize) -> io::Resul
 }
 
 /// How many lane messages `frame` takes (an empty frame takes one).
-pub(super) fn chunk_count(frame: &[u8]) -> usize {
+pub(super) fn chunk_count(frame: &WireFrame) -> usize {
     frame.len().div_ceil(CHUNK).max(1)
+}
+
+/// Bytes `start..end` of `frame`, as the part in each of its pieces.
+fn span(frame: &WireFrame, start: usize, end: usize) -> [&[u8]; 2] {
+    let [head, body] = frame.pieces();
+    let cut =
+        |from: usize, to: usize, piece: &'_ [u8]| -> (usize, usize) { (from.min(piece.len()), to.min(piece.len())) };
+    let (a, b) = cut(start, end, head);
+    let (c, d) = cut(start.saturating_sub(head.len()), end.saturating_sub(head.len()), body);
+    [&head[a..b], &body[c..d]]
 }
 
 /// Writes the closing message into an idle lane, if it has room: `Ok(false)` if not (try later).
@@ -87,31 +106,53 @@ pub(super) fn write_close(fd: &OwnedFd) -> io::Result<bool> {
 /// One non-blocking attempt to send a sealed frame's memfd, `len` bytes long: `Ok(false)` if
 /// the lane has no room now.
 pub(super) fn write_sealed(fd: &OwnedFd, memfd: &OwnedFd, len: usize) -> io::Result<bool> {
-    match send_with(fd, SEALED, &(len as u64).to_le_bytes(), Some(memfd)) {
+    sent(send_gather(fd, SEALED, [&(len as u64).to_le_bytes(), &[]], &[memfd]))
+}
+
+/// One non-blocking attempt to hand the writer's pool to the reader: `Ok(false)` if the lane
+/// has no room now.
+pub(super) fn write_pool(fd: &OwnedFd, memfds: [&OwnedFd; 2], size: usize) -> io::Result<bool> {
+    sent(send_gather(fd, POOL, [&(size as u64).to_le_bytes(), &[]], &memfds))
+}
+
+/// One non-blocking attempt to send the place of a frame in the writer's pool: `Ok(false)` if
+/// the lane has no room now.
+pub(super) fn write_pooled(fd: &OwnedFd, offset: u64, len: usize) -> io::Result<bool> {
+    let mut body = [0u8; 16];
+    body[..8].copy_from_slice(&offset.to_le_bytes());
+    body[8..].copy_from_slice(&(len as u64).to_le_bytes());
+    sent(send_gather(fd, POOLED, [&body, &[]], &[]))
+}
+
+/// `Ok(false)` for a send that would have had to wait.
+fn sent(r: io::Result<()>) -> io::Result<bool> {
+    match r {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-/// One non-blocking attempt to send a chunk.
+/// One non-blocking attempt to send a message without a body.
 fn send_once(fd: &OwnedFd, flag: u8, data: &[u8]) -> io::Result<()> {
-    send_with(fd, flag, data, None)
+    send_gather(fd, flag, [data, &[]], &[])
 }
 
-/// One non-blocking attempt to send a message: `flag`, then `data`, with `pass` attached.
-fn send_with(fd: &OwnedFd, flag: u8, data: &[u8], pass: Option<&OwnedFd>) -> io::Result<()> {
+/// One non-blocking attempt to send a message: `flag`, then the parts of `data` one after
+/// the other, with the fds `pass` (at most two) attached.
+fn send_gather(fd: &OwnedFd, flag: u8, data: [&[u8]; 2], pass: &[&OwnedFd]) -> io::Result<()> {
     let mut iov = [
         libc::iovec { iov_base: &flag as *const u8 as *mut libc::c_void, iov_len: 1 },
-        libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() },
+        libc::iovec { iov_base: data[0].as_ptr() as *mut libc::c_void, iov_len: data[0].len() },
+        libc::iovec { iov_base: data[1].as_ptr() as *mut libc::c_void, iov_len: data[1].len() },
     ];
-    // SAFETY: an all-zero msghdr is valid; it is then pointed at the two iovecs above.
+    // SAFETY: an all-zero msghdr is valid; it is then pointed at the iovecs above.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = 2;
+    msg.msg_iovlen = if data[1].is_empty() { 2 } else { 3 };
     let mut control = FdControl::new();
-    if let Some(pass) = pass {
-        control.put(&mut msg, pass.as_raw_fd());
+    if !pass.is_empty() {
+        control.put(&mut msg, pass);
     }
     loop {
         // SAFETY: the msghdr and its iovecs point at live memory for the duration of the call;
@@ -139,21 +180,26 @@ impl FdControl {
         FdControl { _align: [], buf: [0; 64] }
     }
 
-    /// Points `msg` at this buffer, holding `fd` as `SCM_RIGHTS`.
-    fn put(&mut self, msg: &mut libc::msghdr, fd: libc::c_int) {
+    /// Points `msg` at this buffer, holding `fds` (one or two) as `SCM_RIGHTS`.
+    fn put(&mut self, msg: &mut libc::msghdr, fds: &[&OwnedFd]) {
+        let fds = &fds[..fds.len().min(2)];
+        let bytes = (fds.len() * std::mem::size_of::<libc::c_int>()) as u32;
         // SAFETY: CMSG_SPACE only computes a size.
-        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+        let space = unsafe { libc::CMSG_SPACE(bytes) } as usize;
         debug_assert!(space <= self.buf.len());
         msg.msg_control = self.buf.as_mut_ptr() as *mut libc::c_void;
         msg.msg_controllen = space as _;
         // SAFETY: the control buffer is aligned for cmsghdr and large enough for one header
-        // and one int (checked above), so CMSG_FIRSTHDR is non-null and its data writable.
+        // and two ints (64 bytes), so CMSG_FIRSTHDR is non-null and its data writable.
         unsafe {
             let cmsg = libc::CMSG_FIRSTHDR(msg);
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut libc::c_int, fd);
+            (*cmsg).cmsg_len = libc::CMSG_LEN(bytes) as _;
+            let data = libc::CMSG_DATA(cmsg) as *mut libc::c_int;
+            for (i, fd) in fds.iter().enumerate() {
+                std::ptr::write_unaligned(data.add(i), fd.as_raw_fd());
+            }
         }
     }
 
@@ -185,8 +231,8 @@ impl FdControl {
 /// One message read from a lane.
 pub(super) enum Received {
     /// A message of this many bytes (more than the buffer held if it was cut short), with
-    /// the fd it carried, if any (others it carried are closed).
-    Message(usize, Option<OwnedFd>),
+    /// the fds it carried.
+    Message(usize, Vec<OwnedFd>),
     /// Nothing to read now.
     WouldBlock,
     /// End of file, or an error: the lane is over.
@@ -214,18 +260,20 @@ pub(super) fn receive(fd: &OwnedFd, buf: &mut [u8], wait: bool) -> Received {
                 _ => return Received::Ended,
             }
         }
-        let mut fds = if msg.msg_controllen > 0 { FdControl::take(&msg) } else { Vec::new() };
+        let fds = if msg.msg_controllen > 0 { FdControl::take(&msg) } else { Vec::new() };
         if n == 0 {
             return Received::Ended;
         }
-        let first = if fds.is_empty() { None } else { Some(fds.swap_remove(0)) };
-        return Received::Message(n as usize, first);
+        return Received::Message(n as usize, fds);
     }
 }
 
-/// Tells a lane's writer something (`BACK_*`), from its reader; best effort, never waits.
+/// Tells a lane's writer something (`BACK_*` without a body), from its reader; best effort,
+/// never waits.
 pub(super) fn send_back(fd: &OwnedFd, what: u8) {
     // SAFETY: one byte from a live local; MSG_DONTWAIT and MSG_NOSIGNAL: no wait, no signal.
+    // A message the socket cannot take is lost: the writer then takes fewer of its fast
+    // paths, nothing more.
     unsafe {
         libc::send(
             fd.as_raw_fd(),
@@ -236,25 +284,32 @@ pub(super) fn send_back(fd: &OwnedFd, what: u8) {
     };
 }
 
-/// What a lane's reader has told its writer since the last look: whether it takes sealed
-/// frames, and how many it has mapped. Never waits; reads a bounded number of messages.
-pub(super) fn read_back(fd: &OwnedFd) -> (bool, usize) {
-    let (mut takes_sealed, mut mapped) = (false, 0);
-    let mut buf = [0u8; 1];
-    for _ in 0..4 * super::sealed::MAX_UNMAPPED {
+/// A message from a lane's reader to its writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Back {
+    /// The reader takes sealed and pooled frames.
+    TakesSealed,
+    /// The reader mapped one sealed frame.
+    Mapped,
+}
+
+/// Hands each message a lane's reader has sent its writer since the last look to `each`.
+/// Never waits; reads a bounded number of messages (more wait for the next look).
+pub(super) fn read_back(fd: &OwnedFd, mut each: impl FnMut(Back)) {
+    let mut buf = [0u8; 16];
+    for _ in 0..256 {
         // SAFETY: `buf` is valid for writes of its length.
         let n =
             unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT) };
         if n <= 0 {
-            break;
+            return;
         }
-        match buf[0] {
-            BACK_TAKES_SEALED => takes_sealed = true,
-            BACK_MAPPED => mapped += 1,
+        match (buf[0], n) {
+            (BACK_TAKES_SEALED, 1) => each(Back::TakesSealed),
+            (BACK_MAPPED, 1) => each(Back::Mapped),
             _ => {}
         }
     }
-    (takes_sealed, mapped)
 }
 
 /// Whether `fd` is a Unix `SOCK_SEQPACKET` socket with an unnamed peer (a socket pair end, not

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::BytesMut;
 use proto::PeerId;
 
-use super::lane::{self, ARENA, ARENA_FRAME_MAX, CHUNK, CLOSE, LAST, Received, SEALED};
+use super::lane::{self, ARENA, ARENA_FRAME_MAX, CHUNK, CLOSE, LAST, POOL, POOLED, Received, SEALED};
+use super::pool::RecvPool;
 use super::sealed;
 use crate::ingress::Ingress;
 
@@ -69,6 +70,8 @@ pub struct LaneReader {
     /// Small frames are copied into a shared arena and handed on as slices of it: no
     /// allocation per frame, and the protocol's slices of a frame need none either.
     arena: BytesMut,
+    /// The writer's pool, once it has handed it over (see `pool`).
+    pool: Option<Arc<RecvPool>>,
     /// Reading on a thread already (a dropped reader does not move to another one).
     on_thread: bool,
 }
@@ -106,6 +109,7 @@ impl LaneReader {
             buf: vec![0u8; CHUNK + 1],
             frame: BytesMut::new(),
             arena: BytesMut::new(),
+            pool: None,
             on_thread: false,
         }
     }
@@ -150,8 +154,15 @@ impl LaneReader {
             tracing::debug!(%from, "oversized lane message; dropping the lane");
             return self.end(true);
         }
-        if self.buf[0] == SEALED {
-            return self.read_sealed(n, passed);
+        match self.buf[0] {
+            _ if !self.frame.is_empty() && self.buf[0] > CLOSE => {
+                tracing::debug!(%from, "a frame's chunks cut short; dropping the lane");
+                return self.end(true);
+            }
+            SEALED => return self.read_sealed(n, passed),
+            POOL => return self.take_pool(n, passed),
+            POOLED => return self.read_pooled(n),
+            _ => {}
         }
         let buf = &self.buf;
         if buf[0] == CLOSE {
@@ -180,16 +191,16 @@ impl LaneReader {
     }
 
     /// Maps the sealed frame a message passed (see `sealed`) and hands it on.
-    fn read_sealed(&mut self, n: usize, passed: Option<OwnedFd>) -> Step {
+    fn read_sealed(&mut self, n: usize, passed: Vec<OwnedFd>) -> Step {
         let from = self.from;
-        let frame = match (<[u8; 8]>::try_from(&self.buf[1..n]), passed) {
-            (Ok(len), Some(memfd)) if self.frame.is_empty() => {
+        let frame = match (<[u8; 8]>::try_from(&self.buf[1..n]), &passed[..]) {
+            (Ok(len), [memfd]) => {
                 let len = u64::from_le_bytes(len);
                 if len > self.max_len as u64 {
                     tracing::debug!(%from, len, "sealed frame over the maximum message length; dropping the lane");
                     return self.end(true);
                 }
-                match sealed::map(&memfd, len as usize) {
+                match sealed::map(memfd, len as usize) {
                     Ok(bytes) => bytes,
                     Err(e) => {
                         tracing::warn!(%from, error = %e, "bad sealed frame; dropping the lane");
@@ -204,6 +215,49 @@ impl LaneReader {
         };
         lane::send_back(&self.fd, lane::BACK_MAPPED);
         self.hand_on(frame)
+    }
+
+    /// Maps the pool the writer hands over (see `pool`).
+    fn take_pool(&mut self, n: usize, passed: Vec<OwnedFd>) -> Step {
+        let from = self.from;
+        let (Ok(size), [data, board]) = (<[u8; 8]>::try_from(&self.buf[1..n]), &passed[..]) else {
+            tracing::debug!(%from, "malformed pool message; dropping the lane");
+            return self.end(true);
+        };
+        match RecvPool::map(data, board, u64::from_le_bytes(size)) {
+            Ok(pool) => {
+                self.pool = Some(pool);
+                Step::Read
+            }
+            Err(e) => {
+                tracing::warn!(%from, error = %e, "bad lane pool; dropping the lane");
+                self.end(true)
+            }
+        }
+    }
+
+    /// Hands on a frame in the writer's pool (released when the last reference to it drops).
+    fn read_pooled(&mut self, n: usize) -> Step {
+        let from = self.from;
+        let frame = match (<[u8; 16]>::try_from(&self.buf[1..n]), &self.pool) {
+            (Ok(place), Some(pool)) => {
+                let offset = u64::from_le_bytes(place[..8].try_into().unwrap_or_default());
+                let len = u64::from_le_bytes(place[8..].try_into().unwrap_or_default());
+                if len > self.max_len as u64 {
+                    tracing::debug!(%from, len, "pooled frame over the maximum message length; dropping the lane");
+                    return self.end(true);
+                }
+                pool.frame(offset, len)
+            }
+            _ => None,
+        };
+        match frame {
+            Some(frame) => self.hand_on(frame),
+            None => {
+                tracing::debug!(%from, "malformed pooled-frame message; dropping the lane");
+                self.end(true)
+            }
+        }
     }
 
     /// Hands a whole frame to the engine.
@@ -254,6 +308,7 @@ impl Drop for LaneReader {
             buf: std::mem::take(&mut self.buf),
             frame: std::mem::take(&mut self.frame),
             arena: std::mem::take(&mut self.arena),
+            pool: self.pool.take(),
             on_thread: true,
         };
         if let Err(e) = lane::spawn_thread(rest, self.from) {

@@ -37,8 +37,10 @@ pub use cloexec::mark_bus_fds_close_on_exec;
 mod envelope;
 mod lane;
 mod lane_reader;
+mod large;
 mod name_lock;
 mod out_lanes;
+mod pool;
 mod reader;
 mod sealed;
 
@@ -50,8 +52,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use proto::PeerId;
+use proto::frame::WireFrame;
 
 use crate::ingress::Ingress;
 use crate::transport::{Connect, Transport, TransportError, Waiting};
@@ -355,7 +357,7 @@ impl IpmbTransport {
 
     /// Writes a frame into the lane to `to`, or queues it there; a broken lane means the peer
     /// is gone.
-    fn lane_send(&mut self, to: PeerId, frame: &Bytes) -> Result<(), TransportError> {
+    fn lane_send(&mut self, to: PeerId, frame: &WireFrame) -> Result<(), TransportError> {
         self.lanes.outgoing.write(to, frame).map_err(|source| self.lane_broken(to, source))
     }
 
@@ -384,7 +386,7 @@ impl IpmbTransport {
         }
     }
 
-    fn check_open(&self, frame: &Bytes) -> Result<(), TransportError> {
+    fn check_open(&self, frame: &WireFrame) -> Result<(), TransportError> {
         if self.broken || self.stop.load(Ordering::Relaxed) {
             return Err(TransportError::Closed);
         }
@@ -394,7 +396,7 @@ impl IpmbTransport {
         Ok(())
     }
 
-    fn send_to(&mut self, selector: ipmb::Selector, frame: &Bytes) -> Result<(), TransportError> {
+    fn send_to(&mut self, selector: ipmb::Selector, frame: &WireFrame) -> Result<(), TransportError> {
         self.check_open(frame)?;
         let msg = envelope::wrap(selector, self.local, frame)?;
         if msg.memory_regions.is_empty() { self.send_carried(msg) } else { self.send_msg(msg) }
@@ -433,7 +435,7 @@ impl IpmbTransport {
 }
 
 impl Transport for IpmbTransport {
-    fn send(&mut self, to: PeerId, frame: &Bytes) -> Result<(), TransportError> {
+    fn send(&mut self, to: PeerId, frame: &WireFrame) -> Result<(), TransportError> {
         self.check_open(frame)?;
         if self.lanes.outgoing.contains(to) {
             self.lanes.outgoing.touch(to);
@@ -455,7 +457,7 @@ impl Transport for IpmbTransport {
         self.send_to(ipmb::Selector::unicast(peer_label(to)), frame)
     }
 
-    fn try_send(&mut self, to: PeerId, frame: &Bytes) -> Result<bool, TransportError> {
+    fn try_send(&mut self, to: PeerId, frame: &WireFrame) -> Result<bool, TransportError> {
         self.check_open(frame)?;
         // Only a lane can take a frame without waiting; the bus (and opening a lane) is the
         // writer's job.
@@ -497,7 +499,7 @@ impl Transport for IpmbTransport {
         self.lanes.outgoing.waiting().map(|(fds, until)| Waiting { fds, until })
     }
 
-    fn broadcast(&mut self, frame: &Bytes) -> Result<(), TransportError> {
+    fn broadcast(&mut self, frame: &WireFrame) -> Result<(), TransportError> {
         let owed: Vec<PeerId> = self.lanes.unnoticed.iter().copied().collect();
         for peer in owed {
             let _ = self.settle_close_notice(peer);

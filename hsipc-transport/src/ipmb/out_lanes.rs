@@ -15,10 +15,11 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use proto::PeerId;
+use proto::frame::WireFrame;
 
-use super::{lane, sealed};
+use super::lane;
+use super::large::{LargeFrames, Outgoing};
 
 /// Most bytes that wait for one lane before its writers wait (a larger frame still goes, alone).
 const MAX_WAITING_BYTES: usize = 64 << 20;
@@ -32,10 +33,8 @@ struct OutLane {
     waiting: VecDeque<Outgoing>,
     /// Chunks of the first waiting frame already written.
     written: usize,
-    /// The reader takes sealed frames (it said so).
-    takes_sealed: bool,
-    /// Sealed frames made for this lane that its reader has not said it mapped.
-    unmapped: usize,
+    /// How large frames go.
+    large: LargeFrames,
     waiting_bytes: usize,
     /// When the waiting frames last made progress (or began to wait).
     progress: Instant,
@@ -60,8 +59,7 @@ impl OutLanes {
             fd,
             waiting: VecDeque::new(),
             written: 0,
-            takes_sealed: false,
-            unmapped: 0,
+            large: LargeFrames::default(),
             waiting_bytes: 0,
             progress: now,
             last_used: now,
@@ -94,7 +92,7 @@ impl OutLanes {
     /// waits already, this waits for the lane to take some (at most until it has made no
     /// progress for the stall timeout). `Err` if the lane broke or stalled: its peer is to be
     /// cut off.
-    pub(super) fn write(&mut self, peer: PeerId, frame: &Bytes) -> io::Result<()> {
+    pub(super) fn write(&mut self, peer: PeerId, frame: &WireFrame) -> io::Result<()> {
         let stall = self.stall;
         let Some(lane) = self.lanes.get_mut(&peer) else {
             return Err(io::Error::new(io::ErrorKind::NotConnected, "no lane to that peer"));
@@ -108,7 +106,7 @@ impl OutLanes {
     /// Writes `frame` from a thread that must not wait: on a lane, it goes now or waits in the
     /// lane's queue, unless too much waits there already. `Ok(false)` if it did not go (no lane
     /// to `peer`, or a full queue: the engine's writer takes it).
-    pub(super) fn try_write(&mut self, peer: PeerId, frame: &Bytes) -> io::Result<bool> {
+    pub(super) fn try_write(&mut self, peer: PeerId, frame: &WireFrame) -> io::Result<bool> {
         let Some(lane) = self.lanes.get_mut(&peer) else { return Ok(false) };
         if lane.is_full(frame) {
             lane.flush(Instant::now())?;
@@ -189,16 +187,16 @@ impl OutLanes {
 
 impl OutLane {
     /// Whether `frame` must wait for room in the queue (a frame alone always has room).
-    fn is_full(&self, frame: &Bytes) -> bool {
+    fn is_full(&self, frame: &WireFrame) -> bool {
         !self.waiting.is_empty()
             && (self.waiting_bytes + frame.len() > MAX_WAITING_BYTES || self.waiting.len() >= MAX_WAITING_FRAMES)
     }
 
     /// Writes `frame`, or queues it behind what waits.
-    fn push(&mut self, frame: &Bytes) -> io::Result<()> {
-        let mut out = self.prepare(frame);
+    fn push(&mut self, frame: &WireFrame) -> io::Result<()> {
+        let mut out = self.large.prepare(&self.fd, frame);
         if self.waiting.is_empty() {
-            let written = self.write(&mut out, 0)?;
+            let written = self.large.write(&self.fd, &mut out, 0)?;
             if written == out.parts() {
                 return Ok(());
             }
@@ -208,48 +206,6 @@ impl OutLane {
         self.waiting_bytes += frame.len();
         self.waiting.push_back(out);
         Ok(())
-    }
-
-    /// A large frame goes sealed if the reader takes that and has not too many unmapped;
-    /// anything else goes in chunks.
-    fn prepare(&mut self, frame: &Bytes) -> Outgoing {
-        if frame.len() < sealed::SEALED_MIN {
-            return Outgoing { frame: frame.clone(), sealed: None };
-        }
-        let (takes_sealed, mapped) = lane::read_back(&self.fd);
-        self.takes_sealed |= takes_sealed;
-        self.unmapped = self.unmapped.saturating_sub(mapped);
-        if !self.takes_sealed || self.unmapped >= sealed::MAX_UNMAPPED {
-            return Outgoing { frame: frame.clone(), sealed: None };
-        }
-        match sealed::seal(frame) {
-            Ok(memfd) => {
-                self.unmapped += 1;
-                Outgoing { frame: frame.clone(), sealed: Some(memfd) }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot seal a large frame; it goes in chunks");
-                Outgoing { frame: frame.clone(), sealed: None }
-            }
-        }
-    }
-
-    /// Writes `out` from part `from` on, as far as the lane takes it; returns the parts
-    /// written in all.
-    fn write(&mut self, out: &mut Outgoing, from: usize) -> io::Result<usize> {
-        if let Some(memfd) = &out.sealed {
-            match lane::write_sealed(&self.fd, memfd, out.frame.len()) {
-                Ok(sent) => return Ok(usize::from(sent)),
-                // Too many fds in flight for this user: the frame goes in chunks instead.
-                Err(e) if e.raw_os_error() == Some(libc::ETOOMANYREFS) => {
-                    tracing::debug!("too many fds in flight; a sealed frame goes in chunks");
-                    out.sealed = None;
-                    self.unmapped = self.unmapped.saturating_sub(1);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        lane::write_chunks(&self.fd, &out.frame, from)
     }
 
     /// Waits until the lane takes some of what waits: `TimedOut` once it has taken nothing
@@ -275,7 +231,7 @@ impl OutLane {
     /// Writes waiting frames until the lane is full or nothing waits.
     fn flush(&mut self, now: Instant) -> io::Result<()> {
         while let Some(mut front) = self.waiting.pop_front() {
-            let written = self.write(&mut front, self.written)?;
+            let written = self.large.write(&self.fd, &mut front, self.written)?;
             if written > self.written {
                 self.progress = now;
             }
@@ -291,21 +247,14 @@ impl OutLane {
     }
 }
 
-/// A frame on its way into a lane: in chunks, or sealed in a memfd of its own.
-struct Outgoing {
-    frame: Bytes,
-    sealed: Option<OwnedFd>,
-}
-
-impl Outgoing {
-    /// How many lane messages it takes.
-    fn parts(&self) -> usize {
-        if self.sealed.is_some() { 1 } else { lane::chunk_count(&self.frame) }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::super::pool::{self, RecvPool};
+    use super::super::sealed;
     use super::*;
 
     /// A lane whose reader does not read: frames wait without blocking the writer, in order,
@@ -316,15 +265,15 @@ mod tests {
         let mut lanes = OutLanes::new(Duration::from_secs(3600));
         let peer = PeerId(7);
         lanes.insert(peer, mine);
-        let frames: Vec<Bytes> = (0..64u8).map(|i| Bytes::from(vec![i; 100_000])).collect();
+        let frames: Vec<WireFrame> = (0..64u8).map(|i| WireFrame::from(Bytes::from(vec![i; 100_000]))).collect();
         for f in &frames {
             lanes.write(peer, f).unwrap();
         }
         assert!(lanes.waiting().is_some(), "a lane holds far less than 6 MB: some must wait");
         // A frame from a thread that must not wait queues behind them.
-        let last = Bytes::from_static(b"last");
+        let last = WireFrame::from(Bytes::from_static(b"last"));
         assert!(lanes.try_write(peer, &last).unwrap());
-        let frames: Vec<Bytes> = frames.into_iter().chain([last]).collect();
+        let frames: Vec<Bytes> = frames.into_iter().chain([last]).map(|f| f.to_bytes()).collect();
         // Read everything while flushing: the frames arrive whole and in order.
         let mut got = Vec::new();
         let mut frame = Vec::new();
@@ -354,7 +303,7 @@ mod tests {
         let (mine, _theirs) = lane::pair().unwrap();
         let mut lanes = OutLanes::new(Duration::from_millis(1));
         lanes.insert(PeerId(7), mine);
-        let big = Bytes::from(vec![0u8; 1 << 20]);
+        let big = WireFrame::from(Bytes::from(vec![0u8; 1 << 20]));
         lanes.write(PeerId(7), &big).unwrap();
         let (_, until) = lanes.waiting().unwrap();
         while Instant::now() < until {
@@ -365,70 +314,96 @@ mod tests {
         assert_eq!(failed[0].1.kind(), io::ErrorKind::TimedOut);
     }
 
-    /// Reads the next whole frame from a lane's reading end, flushing `lanes` while it waits
-    /// for the rest of one: (whether it came sealed, its length, its first byte).
-    fn next_frame(lanes: &mut OutLanes, theirs: &OwnedFd) -> Option<(bool, usize, u8)> {
-        let mut buf = vec![0u8; lane::CHUNK + 1];
-        let mut frame = Vec::new();
-        loop {
-            let (n, passed) = match lane::receive(theirs, &mut buf, false) {
-                lane::Received::Message(n, passed) => (n, passed),
-                lane::Received::WouldBlock if !frame.is_empty() => {
-                    assert!(lanes.flush().is_empty());
-                    continue;
-                }
-                _ => return None,
-            };
-            if buf[0] == lane::SEALED {
-                let len = u64::from_le_bytes(buf[1..9].try_into().unwrap()) as usize;
-                let bytes = sealed::map(&passed.unwrap(), len).unwrap();
-                return Some((true, bytes.len(), bytes[0]));
-            }
-            frame.extend_from_slice(&buf[1..n]);
-            if buf[0] == lane::LAST {
-                return Some((false, frame.len(), frame[0]));
+    /// A lane's reading end, for tests: frames as (how they came, length, first byte).
+    struct TestReader {
+        fd: OwnedFd,
+        pool: Option<Arc<RecvPool>>,
+        /// Every frame read, still held (a pooled one keeps its run).
+        held: Vec<Bytes>,
+    }
+
+    impl TestReader {
+        /// Reads the next whole frame, flushing `lanes` while it waits for the rest of one:
+        /// `'c'` for chunks, `'s'` sealed, `'p'` pooled.
+        fn next(&mut self, lanes: &mut OutLanes) -> Option<(char, usize, u8)> {
+            let mut buf = vec![0u8; lane::CHUNK + 1];
+            let mut frame = Vec::new();
+            loop {
+                let (n, passed) = match lane::receive(&self.fd, &mut buf, false) {
+                    lane::Received::Message(n, passed) => (n, passed),
+                    lane::Received::WouldBlock if !frame.is_empty() => {
+                        assert!(lanes.flush().is_empty());
+                        continue;
+                    }
+                    _ => return None,
+                };
+                let word = |i: usize| u64::from_le_bytes(buf[1 + 8 * i..9 + 8 * i].try_into().unwrap());
+                let (how, bytes) = match buf[0] {
+                    lane::SEALED => ('s', sealed::map(&passed[0], word(0) as usize).unwrap()),
+                    lane::POOL => {
+                        self.pool = Some(RecvPool::map(&passed[0], &passed[1], word(0)).unwrap());
+                        continue;
+                    }
+                    lane::POOLED => ('p', self.pool.as_ref().unwrap().frame(word(0), word(1)).unwrap()),
+                    flag => {
+                        frame.extend_from_slice(&buf[1..n]);
+                        if flag != lane::LAST {
+                            continue;
+                        }
+                        ('c', Bytes::from(std::mem::take(&mut frame)))
+                    }
+                };
+                let seen = (how, bytes.len(), bytes[0]);
+                self.held.push(bytes);
+                return Some(seen);
             }
         }
     }
 
-    /// Large frames go sealed once the reader says it takes them, at most `MAX_UNMAPPED` of
-    /// them unmapped; beyond that they go in chunks, in order with the rest.
+    /// Large frames go through the lane's pool once the reader says it takes them; when the
+    /// pool is full (the reader holds them), sealed, at most `MAX_UNMAPPED` of them unmapped;
+    /// beyond that in chunks; all in order with small frames. Released runs are used again.
     #[test]
-    fn large_frames_go_sealed_up_to_the_unmapped_limit_then_in_chunks() {
+    fn large_frames_go_pooled_then_sealed_then_in_chunks() {
         let (mine, theirs) = lane::pair().unwrap();
         let mut lanes = OutLanes::new(Duration::from_secs(3600));
         let peer = PeerId(7);
         lanes.insert(peer, mine);
-        let big = |i: u8| Bytes::from(vec![i; sealed::SEALED_MIN + i as usize]);
-        let seen = |sealed: bool, i: u8| Some((sealed, sealed::SEALED_MIN + i as usize, i));
-        // Before the reader says it takes sealed frames, a large frame goes in chunks.
+        let mut reader = TestReader { fd: theirs, pool: None, held: Vec::new() };
+        // A sixteenth of the pool, less a little: 16 of them fill it.
+        let size = pool::POOL_SIZE / 16 - 64;
+        let big = |i: u8| WireFrame::from(Bytes::from(vec![i; size + i as usize]));
+        let seen = |how: char, i: u8| Some((how, size + i as usize, i));
+        // Before the reader says it takes them, a large frame goes in chunks.
         lanes.write(peer, &big(0)).unwrap();
-        assert_eq!(next_frame(&mut lanes, &theirs), seen(false, 0));
-        lane::send_back(&theirs, lane::BACK_TAKES_SEALED);
-        let count = sealed::MAX_UNMAPPED as u8 + 3;
+        assert_eq!(reader.next(&mut lanes), seen('c', 0));
+        lane::send_back(&reader.fd, lane::BACK_TAKES_SEALED);
+        let (pooled, sealed) = (16, sealed::MAX_UNMAPPED);
+        let count = (pooled + sealed + 3) as u8;
         let mut got = Vec::new();
         for i in 1..=count {
             lanes.write(peer, &big(i)).unwrap();
-            lanes.write(peer, &Bytes::from_static(b"small")).unwrap();
-            // Read as we go (the socket holds only a few chunked frames), without saying mapped.
-            while let Some(f) = next_frame(&mut lanes, &theirs) {
+            lanes.write(peer, &WireFrame::from(Bytes::from_static(b"small"))).unwrap();
+            // Read as we go (the socket holds only a few chunked frames), holding every frame
+            // and without saying mapped.
+            while let Some(f) = reader.next(&mut lanes) {
                 got.push(f);
             }
         }
         let want: Vec<_> = (1..=count)
-            .flat_map(|i| [seen(i as usize <= sealed::MAX_UNMAPPED, i).unwrap(), (false, 5, b's')])
+            .flat_map(|i| {
+                let how = match i as usize {
+                    i if i <= pooled => 'p',
+                    i if i <= pooled + sealed => 's',
+                    _ => 'c',
+                };
+                [seen(how, i).unwrap(), ('c', 5, b's')]
+            })
             .collect();
-        assert_eq!(
-            got,
-            want,
-            "the first {} large frames sealed, the rest in chunks, all in order",
-            sealed::MAX_UNMAPPED
-        );
-        // Once the reader says it mapped them, large frames go sealed again.
-        for _ in 0..sealed::MAX_UNMAPPED {
-            lane::send_back(&theirs, lane::BACK_MAPPED);
-        }
+        assert_eq!(got, want, "{pooled} pooled, then {sealed} sealed, then chunks, all in order");
+        // Once the reader lets go of what it holds, the pool is used again.
+        reader.held.clear();
         lanes.write(peer, &big(9)).unwrap();
-        assert_eq!(next_frame(&mut lanes, &theirs), seen(true, 9));
+        assert_eq!(reader.next(&mut lanes), seen('p', 9));
     }
 }

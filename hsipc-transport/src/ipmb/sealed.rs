@@ -19,6 +19,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use bytes::Bytes;
+use proto::frame::WireFrame;
 
 /// Frames at least this large go sealed (smaller ones cost less in chunks: a memfd costs
 /// about ten system calls on both sides).
@@ -30,7 +31,7 @@ pub(super) const MAX_UNMAPPED: usize = 16;
 const REQUIRED_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_WRITE;
 
 /// Writes `frame` into a new memfd and seals it.
-pub(super) fn seal(frame: &[u8]) -> io::Result<OwnedFd> {
+pub(super) fn seal(frame: &WireFrame) -> io::Result<OwnedFd> {
     // SAFETY: a valid NUL-terminated name; the flags are valid for memfd_create.
     let raw = unsafe { libc::memfd_create(c"hsipc-frame".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if raw < 0 {
@@ -38,9 +39,22 @@ pub(super) fn seal(frame: &[u8]) -> io::Result<OwnedFd> {
     }
     // SAFETY: a new fd, owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    for piece in frame.pieces() {
+        write_all(&fd, piece)?;
+    }
+    let seals = REQUIRED_SEALS | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on an fd we own, with an integer argument.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Writes all of `data` at the end of the file `fd`.
+fn write_all(fd: &OwnedFd, data: &[u8]) -> io::Result<()> {
     let mut done = 0;
-    while done < frame.len() {
-        let rest = &frame[done..];
+    while done < data.len() {
+        let rest = &data[done..];
         // SAFETY: `rest` is valid for reads of its length; the fd is open.
         let n = unsafe { libc::write(fd.as_raw_fd(), rest.as_ptr() as *const c_void, rest.len()) };
         if n < 0 {
@@ -55,12 +69,7 @@ pub(super) fn seal(frame: &[u8]) -> io::Result<OwnedFd> {
         }
         done += n as usize;
     }
-    let seals = REQUIRED_SEALS | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-    // SAFETY: fcntl on an fd we own, with an integer argument.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
+    Ok(())
 }
 
 /// A sealed frame's memfd did not hold what its message said, or could not be mapped.
@@ -90,13 +99,7 @@ pub(super) fn map(fd: &OwnedFd, len: usize) -> Result<Bytes, MapError> {
     if seals < 0 || seals & REQUIRED_SEALS != REQUIRED_SEALS {
         return Err(MapError::NotSealed);
     }
-    // SAFETY: an all-zero stat is valid; fstat fills it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is valid for writes; the fd is open.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error().into());
-    }
-    let size = st.st_size.max(0) as u64;
+    let size = file_size(fd)?;
     if size < len as u64 || len == 0 {
         return Err(MapError::TooSmall { size, len });
     }
@@ -109,6 +112,17 @@ pub(super) fn map(fd: &OwnedFd, len: usize) -> Result<Bytes, MapError> {
         return Err(io::Error::last_os_error().into());
     }
     Ok(Bytes::from_owner(Mapping { ptr: ptr as *const u8, len }))
+}
+
+/// The size of the file behind `fd`.
+pub(super) fn file_size(fd: &OwnedFd) -> io::Result<u64> {
+    // SAFETY: an all-zero stat is valid; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is valid for writes; the fd is open.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_size.max(0) as u64)
 }
 
 /// A read-only mapping of a sealed memfd, unmapped on drop.
@@ -145,7 +159,7 @@ mod tests {
     #[test]
     fn a_sealed_frame_maps_back_whole_and_cannot_be_changed() {
         let frame: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
-        let fd = seal(&frame).unwrap();
+        let fd = seal(&WireFrame::from(Bytes::from(frame.clone()))).unwrap();
         // SAFETY: a write attempt on an fd we own; it must fail (sealed).
         let w = unsafe { libc::pwrite(fd.as_raw_fd(), b"x".as_ptr() as *const c_void, 1, 0) };
         assert!(w < 0, "a sealed memfd took a write");
@@ -168,7 +182,7 @@ mod tests {
         // SAFETY: grows the memfd we own.
         assert_eq!(unsafe { libc::ftruncate(plain.as_raw_fd(), 4096) }, 0);
         assert!(matches!(map(&plain, 100), Err(MapError::NotSealed)));
-        let sealed = seal(&[1u8; 100]).unwrap();
+        let sealed = seal(&WireFrame::from(Bytes::from_static(&[1u8; 100]))).unwrap();
         assert!(matches!(map(&sealed, 101), Err(MapError::TooSmall { size: 100, len: 101 })));
         assert!(matches!(map(&sealed, 0), Err(MapError::TooSmall { .. })));
         let (a, _b) = super::super::lane::pair().unwrap();

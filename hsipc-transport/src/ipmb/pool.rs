@@ -1,0 +1,321 @@
+//! A lane's shared pool: large frames written once into memory both sides keep mapped.
+//!
+//! A fresh memfd per large frame (see `sealed`) costs the kernel a page allocation per 4 KiB
+//! written and a page freed per 4 KiB unmapped: most of the time of a megabyte. So each lane gets
+//! one pool, a 64 MiB memfd the writer maps read-write and the reader maps read-only, once
+//! (pages cost memory only once written). A large frame is copied into a free run of the pool
+//! and only its place goes through the lane; the reader hands the frame on as `Bytes` that
+//! point into its mapping. When the last of them drops, the reader marks the run free on the
+//! pool's board, a small second memfd both map read-write (one byte per unit of the pool), and
+//! the writer takes the marks in before it next looks for room. In the steady state, a large
+//! frame costs one copy and one small message, and no page is allocated, faulted or freed.
+//!
+//! Who may change what:
+//! - the writer writes a run only while it is free: after the reader marked it released, and
+//!   before the frame that hands it over again; the reader holds no `Bytes` into it then;
+//! - the reader's mapping of the data is read-only, and the data is sealed against shrinking
+//!   (so no page of the mapping can vanish, which would raise `SIGBUS`) and, where the kernel
+//!   has it, against new writable mappings or writes (so the reader's process cannot write
+//!   into it either); the board is sealed against shrinking too;
+//! - a reader that marks a run it still holds only spoils its own frames.
+//!
+//! A reader that keeps frames (an application holding payloads) keeps their runs: when the pool
+//! has no room, frames go sealed or in chunks instead, so nothing waits for a reader to let go.
+
+use std::ffi::c_void;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use bytes::Bytes;
+use proto::frame::WireFrame;
+
+use super::sealed::{MapError, file_size};
+
+/// The pool is handed out in runs of units of this size.
+pub(super) const UNIT: usize = 64 * 1024;
+/// Units in a pool.
+const UNITS: usize = 1024;
+/// A pool's size: 64 MiB.
+pub(super) const POOL_SIZE: usize = UNIT * UNITS;
+/// Frames from this size on go through the pool (smaller ones cost less in chunks).
+pub(super) const POOLED_MIN: usize = 16 * 1024;
+/// Frames up to this size go through the pool (larger ones would crowd it out).
+pub(super) const POOLED_MAX: usize = POOL_SIZE / 4;
+/// The largest pool a reader maps (address space, not memory: only written pages cost).
+const POOL_SIZE_MAX: u64 = 1 << 30;
+/// A board's size: one byte per unit, a page at least.
+const BOARD_SIZE: usize = 4096;
+const _: () = assert!(UNITS <= BOARD_SIZE);
+/// A board's byte for a run the reader has let go of.
+const RELEASED: u8 = 1;
+
+/// A shared mapping, unmapped on drop.
+struct Mapping {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: a plain address range; what may be done through it is up to its owner.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(fd: &OwnedFd, len: usize, prot: libc::c_int) -> io::Result<Mapping> {
+        // SAFETY: a new shared mapping of `len` bytes of an open fd; the callers make sure the
+        // file cannot shrink below `len`.
+        let base = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd.as_raw_fd(), 0) };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping { base: base as *mut u8, len })
+    }
+
+    /// The board's byte for `unit`.
+    fn mark(&self, unit: usize) -> &AtomicU8 {
+        debug_assert!(unit < self.len);
+        // SAFETY: `unit` is within the mapping (callers check it against `UNITS` or the board's
+        // size), and the board is only ever accessed atomically, by both processes.
+        unsafe { &*(self.base.add(unit) as *const AtomicU8) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly this mapping; nothing refers to it any more.
+        unsafe { libc::munmap(self.base as *mut c_void, self.len) };
+    }
+}
+
+/// A new memfd of `len` bytes sealed against shrinking and growing.
+fn memfd(name: &std::ffi::CStr, len: usize) -> io::Result<OwnedFd> {
+    // SAFETY: a valid NUL-terminated name; the flags are valid for memfd_create.
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd, owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sizes and seals a memfd we own.
+    unsafe {
+        if libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) != 0
+            || libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(fd)
+}
+
+/// The writer's side of a pool.
+pub(super) struct SendPool {
+    data_fd: OwnedFd,
+    board_fd: OwnedFd,
+    data: Mapping,
+    board: Mapping,
+    /// One bit per unit: set while the reader may hold it.
+    used: [u64; UNITS / 64],
+    /// The length in units of the run starting at each unit (0: no run starts there).
+    runs: Box<[u16; UNITS]>,
+}
+
+impl std::fmt::Debug for SendPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let used: u32 = self.used.iter().map(|w| w.count_ones()).sum();
+        f.debug_struct("SendPool").field("units_used", &used).finish_non_exhaustive()
+    }
+}
+
+impl SendPool {
+    /// Makes a pool: its data, mapped read-write here, and its board.
+    pub(super) fn new() -> io::Result<SendPool> {
+        let data_fd = memfd(c"hsipc-pool", POOL_SIZE)?;
+        let board_fd = memfd(c"hsipc-pool-board", BOARD_SIZE)?;
+        let data = Mapping::new(&data_fd, POOL_SIZE, libc::PROT_READ | libc::PROT_WRITE)?;
+        let board = Mapping::new(&board_fd, BOARD_SIZE, libc::PROT_READ | libc::PROT_WRITE)?;
+        // No writes through the fd or new writable mappings of the data from now on (this
+        // mapping stays writable): the reader, who gets the fd, cannot write into it. Best
+        // effort: kernels before 5.1 do not have this seal.
+        // SAFETY: adds a seal to a memfd we own.
+        unsafe { libc::fcntl(data_fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL) };
+        Ok(SendPool { data_fd, board_fd, data, board, used: [0; UNITS / 64], runs: Box::new([0; UNITS]) })
+    }
+
+    /// The pool's memfds (data, board), to hand to the reader.
+    pub(super) fn memfds(&self) -> [&OwnedFd; 2] {
+        [&self.data_fd, &self.board_fd]
+    }
+
+    /// Copies `frame` into a free run: its offset, or `None` if no run is free that large.
+    pub(super) fn put(&mut self, frame: &WireFrame) -> Option<u64> {
+        if frame.len() > POOLED_MAX {
+            return None;
+        }
+        self.take_releases();
+        let units = frame.len().div_ceil(UNIT).max(1);
+        let start = self.free_run(units)?;
+        for u in start..start + units {
+            self.used[u / 64] |= 1 << (u % 64);
+        }
+        self.runs[start] = units as u16;
+        let mut at = start * UNIT;
+        for piece in frame.pieces() {
+            // SAFETY: the run lies within the mapping (start + units <= UNITS, and the pieces add
+            // up to the frame's length), it was free (the reader holds nothing in it), and
+            // `piece` is a separate allocation.
+            unsafe { std::ptr::copy_nonoverlapping(piece.as_ptr(), self.data.base.add(at), piece.len()) };
+            at += piece.len();
+        }
+        Some((start * UNIT) as u64)
+    }
+
+    /// The first unit of the first free run of `units` units.
+    fn free_run(&self, units: usize) -> Option<usize> {
+        let mut run = 0;
+        for u in 0..UNITS {
+            if self.used[u / 64] & (1 << (u % 64)) == 0 {
+                run += 1;
+                if run == units {
+                    return Some(u + 1 - units);
+                }
+            } else {
+                run = 0;
+            }
+        }
+        None
+    }
+
+    /// Frees the runs the reader marked released on the board.
+    fn take_releases(&mut self) {
+        for start in 0..UNITS {
+            if self.runs[start] == 0 || self.board.mark(start).load(Ordering::Acquire) != RELEASED {
+                continue;
+            }
+            self.board.mark(start).store(0, Ordering::Relaxed);
+            let units = std::mem::take(&mut self.runs[start]) as usize;
+            for u in start..start + units {
+                self.used[u / 64] &= !(1 << (u % 64));
+            }
+        }
+    }
+
+    /// Whether no run is in use (after taking in the releases).
+    #[cfg(test)]
+    pub(super) fn is_empty(&mut self) -> bool {
+        self.take_releases();
+        self.used.iter().all(|w| *w == 0)
+    }
+}
+
+/// The reader's side of a pool: the data mapped read-only, the board read-write.
+pub(super) struct RecvPool {
+    data: Mapping,
+    board: Mapping,
+}
+
+impl RecvPool {
+    /// Maps a pool the writer offered: `size` bytes of data and a board, both memfds sealed
+    /// against shrinking, at least that large.
+    pub(super) fn map(data: &OwnedFd, board: &OwnedFd, size: u64) -> Result<Arc<RecvPool>, MapError> {
+        for (fd, want) in [(data, size), (board, BOARD_SIZE as u64)] {
+            // SAFETY: fcntl on an open fd with no argument; it fails on anything not sealable.
+            let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+            if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+                return Err(MapError::NotSealed);
+            }
+            let actual = file_size(fd)?;
+            if actual < want || want == 0 || want > POOL_SIZE_MAX {
+                return Err(MapError::TooSmall { size: actual, len: want as usize });
+            }
+        }
+        let data = Mapping::new(data, size as usize, libc::PROT_READ)?;
+        let board = Mapping::new(board, BOARD_SIZE, libc::PROT_READ | libc::PROT_WRITE)?;
+        Ok(Arc::new(RecvPool { data, board }))
+    }
+
+    /// The frame at `offset`, `len` bytes, as `Bytes` that mark its run released when the last
+    /// reference drops; `None` if it does not start at a unit within the pool.
+    pub(super) fn frame(self: &Arc<Self>, offset: u64, len: u64) -> Option<Bytes> {
+        let end = offset.checked_add(len)?;
+        let unit = offset / UNIT as u64;
+        if end > self.data.len as u64 || len == 0 || offset % UNIT as u64 != 0 || unit >= BOARD_SIZE as u64 {
+            return None;
+        }
+        Some(Bytes::from_owner(PooledFrame { pool: self.clone(), offset: offset as usize, len: len as usize }))
+    }
+}
+
+/// One frame in a reader's pool mapping; marks its run released when dropped.
+struct PooledFrame {
+    pool: Arc<RecvPool>,
+    offset: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for PooledFrame {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: within the mapping (checked in `frame`), which lives while `pool` does; the
+        // writer does not write this run until it is released, after this frame is gone.
+        unsafe { std::slice::from_raw_parts(self.pool.data.base.add(self.offset), self.len) }
+    }
+}
+
+impl Drop for PooledFrame {
+    fn drop(&mut self) {
+        self.pool.board.mark(self.offset / UNIT).store(RELEASED, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize, byte: u8) -> WireFrame {
+        WireFrame::from(Bytes::from(vec![byte; n]))
+    }
+
+    #[test]
+    fn runs_are_handed_out_and_freed_and_a_full_pool_says_so() {
+        let mut pool = SendPool::new().unwrap();
+        let recv = RecvPool::map(&pool.data_fd, &pool.board_fd, POOL_SIZE as u64).unwrap();
+        let mb = frame(1 << 20, 1);
+        let held: Vec<Bytes> =
+            (0..64).map(|_| pool.put(&mb).unwrap()).map(|at| recv.frame(at, 1 << 20).unwrap()).collect();
+        assert_eq!(held[1].as_ptr() as usize - held[0].as_ptr() as usize, 1 << 20, "1 MiB takes 16 units");
+        assert_eq!(pool.put(&frame(1, 2)), None, "64 MiB are in use");
+        let third = held[3].as_ptr();
+        let mut held = held;
+        drop(held.remove(3));
+        let at = pool.put(&frame(100, 2)).unwrap();
+        assert_eq!(recv.frame(at, 100).unwrap().as_ptr(), third, "the released run is used again");
+        assert_eq!(pool.put(&frame(POOLED_MAX + 1, 0)), None, "too large for the pool");
+        assert!(!pool.is_empty());
+        drop(held);
+        assert!(pool.is_empty(), "every frame the reader had is released");
+    }
+
+    #[test]
+    fn the_reader_sees_what_was_put_and_its_release_reaches_the_writer() {
+        let mut pool = SendPool::new().unwrap();
+        let recv = RecvPool::map(&pool.data_fd, &pool.board_fd, POOL_SIZE as u64).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let at = pool.put(&WireFrame::from(Bytes::from(data.clone()))).unwrap();
+        let got = recv.frame(at, data.len() as u64).unwrap();
+        assert!(got[..] == data[..]);
+        assert!(recv.frame(POOL_SIZE as u64 - UNIT as u64, UNIT as u64 + 1).is_none(), "beyond the pool");
+        assert!(recv.frame(at + 1, 10).is_none(), "not the start of a unit");
+        let tail = got.slice(1000..);
+        drop(got);
+        assert!(!pool.is_empty(), "a slice still holds the frame");
+        drop(tail);
+        assert!(pool.is_empty());
+        // The reader cannot write into the data through the fd it got (on kernels with the seal).
+        // SAFETY: fcntl on an fd we own.
+        if unsafe { libc::fcntl(pool.data_fd.as_raw_fd(), libc::F_GET_SEALS) } & libc::F_SEAL_FUTURE_WRITE == 0 {
+            return;
+        }
+        assert!(Mapping::new(&pool.data_fd, 4096, libc::PROT_WRITE).is_err(), "a writable mapping of a sealed pool");
+    }
+}
