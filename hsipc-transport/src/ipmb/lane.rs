@@ -14,8 +14,20 @@
 //!
 //! The lane's end of file is the sender's death or close, seen at once; a lane does not
 //! depend on the bus controller, so traffic that has its lanes survives the controller's death.
-//! A frame larger than one lane message travels in chunks. The reading end checks that the
-//! process that made the pair runs as the same user (`SO_PEERCRED`) and refuses it otherwise.
+//! The reading end checks that the process that made the pair runs as the same user
+//! (`SO_PEERCRED`) and refuses it otherwise.
+//!
+//! A lane message starts with one byte that says what it is:
+//! - `LAST` / `MORE`: a frame, or a 60 KiB chunk of one with more to come;
+//! - `POOL`: the writer's shared pool (two fds: data and board) for the pooled frames that
+//!   follow; `POOLED`: a frame of 16 KiB or more, as its place in the pool (see `pool`);
+//! - `SEALED`: a frame over the pool's limit in a sealed memfd of its own (see `sealed`);
+//! - `CLOSE`: the writer closes the idle lane.
+//!
+//! The reader may write back on the same socket pair, one byte a message: that it takes pooled
+//! and sealed frames (`BACK_TAKES_SEALED`, first thing; a reader that never says so gets only
+//! chunks), and each sealed frame it has mapped (`BACK_MAPPED`). `large` decides how each frame
+//! goes.
 
 use proto::PeerId;
 use proto::frame::WireFrame;
