@@ -110,8 +110,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         .map_err(|e| CodecError::Decode { type_name: std::any::type_name::<T>(), reason: e.to_string() })
 }
 
-/// Decodes a received payload as a `T`, as [`decode`] does, except that a `Bytes` payload
-/// comes back as a slice of `payload` (no copy) and a `Vec<u8>` in one copy.
+/// Decodes a received payload as a `T`, as [`decode`] does, except that a `Bytes` payload of
+/// 2 KiB or more comes back as a slice of `payload` (no copy; a smaller one is copied, so as
+/// not to keep a larger buffer alive) and a `Vec<u8>` in one copy.
 ///
 /// ```
 /// use bytes::Bytes;

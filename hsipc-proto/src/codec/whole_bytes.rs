@@ -8,8 +8,9 @@
 //! - encoding `Bytes`, `Vec<u8>`, `&[u8]`, `&Vec<u8>` or `&Bytes` is one copy into the payload,
 //!   and none at all for a frame's [`Body`] of a `Bytes` (the head goes with the frame header,
 //!   the buffer is shared);
-//! - decoding a `Bytes` is a slice of the received buffer (no copy at all: a payload that came
-//!   in a shared mapping stays in it), and a `Vec<u8>` is one copy.
+//! - decoding a `Bytes` of 2 KiB or more is a slice of the received buffer (no copy at all: a
+//!   payload that came in a shared mapping stays in it); a smaller one, and a `Vec<u8>`, is one
+//!   copy.
 //!
 //! The bytes on the wire are exactly what ciborium writes for the same value, so peers cannot
 //! tell the difference; a payload that is not a single byte string (an older peer's array of
@@ -20,6 +21,10 @@ use std::ops::Range;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::frame::Body;
+
+/// A decoded `Bytes` payload at least this large is a slice of the received buffer; a smaller
+/// one is copied.
+pub(super) const SHARE_MIN: usize = 2048;
 
 /// The contents of `value` if its type is one of the byte payload types.
 pub(super) fn as_bytes<T: ?Sized>(value: &T) -> Option<&[u8]> {
@@ -105,7 +110,11 @@ fn head(len: usize) -> ([u8; 9], usize) {
 pub(super) fn decode<T>(payload: &Bytes) -> Option<T> {
     let id = typeid::of::<T>();
     if id == typeid::of::<Bytes>() {
-        let value = payload.slice(byte_string(payload)?);
+        let range = byte_string(payload)?;
+        // A small payload is copied: a slice would keep alive the whole buffer it came in (a
+        // transport's arena of many frames, say), far larger than itself.
+        let value =
+            if range.len() < SHARE_MIN { Bytes::copy_from_slice(&payload[range]) } else { payload.slice(range) };
         // SAFETY: `T` is `Bytes` (equal type ids, and `Bytes` has no lifetimes); the value is
         // moved out of the `ManuallyDrop` exactly once.
         Some(unsafe { std::ptr::read(&*std::mem::ManuallyDrop::new(value) as *const Bytes as *const T) })
@@ -160,10 +169,14 @@ mod tests {
 
     #[test]
     fn a_decoded_bytes_payload_shares_the_received_buffer() {
-        let wire = encode(&[7u8; 1000]);
+        let wire = encode(&[7u8; 3000]);
         let back: Bytes = decode(&wire).unwrap();
-        assert_eq!(back.len(), 1000);
+        assert_eq!(back.len(), 3000);
         assert_eq!(back.as_ptr(), wire[3..].as_ptr(), "a slice, not a copy");
+        let wire = encode(&[7u8; 100]);
+        let back: Bytes = decode(&wire).unwrap();
+        assert_eq!(&back[..], &[7u8; 100][..]);
+        assert_ne!(back.as_ptr(), wire[2..].as_ptr(), "a small payload is copied");
     }
 
     #[test]

@@ -24,10 +24,9 @@
 //! - `SEALED`: a frame over the pool's limit in a sealed memfd of its own (see `sealed`);
 //! - `CLOSE`: the writer closes the idle lane.
 //!
-//! The reader may write back on the same socket pair, one byte a message: that it takes pooled
-//! and sealed frames (`BACK_TAKES_SEALED`, first thing; a reader that never says so gets only
-//! chunks), and each sealed frame it has mapped (`BACK_MAPPED`). `large` decides how each frame
-//! goes.
+//! The reader writes back on the same socket pair, one byte, first thing: that it takes sealed
+//! frames (`BACK_TAKES_SEALED`), or sealed and pooled ones (`BACK_TAKES_POOLED`). A reader that
+//! never says so (an earlier version) gets only chunks. `large` decides how each frame goes.
 
 use proto::PeerId;
 use proto::frame::WireFrame;
@@ -52,11 +51,11 @@ pub(super) const POOL: u8 = 4;
 /// The first byte of a lane message: a frame in the writer's pool; the rest of the message is
 /// its offset and its length, 8 bytes little-endian each.
 pub(super) const POOLED: u8 = 5;
+/// A message from a lane's reader back to its writer: this reader takes sealed frames.
+pub(super) const BACK_TAKES_SEALED: u8 = 1;
 /// A message from a lane's reader back to its writer: this reader takes sealed and pooled
 /// frames. (Pooled frames are released through the pool's board, not by message.)
-pub(super) const BACK_TAKES_SEALED: u8 = 1;
-/// A message from a lane's reader back to its writer: it has mapped one sealed frame.
-pub(super) const BACK_MAPPED: u8 = 2;
+pub(super) const BACK_TAKES_POOLED: u8 = 3;
 
 /// The size of a lane reader's arena for small frames. A frame handed on keeps its arena
 /// alive, so it is small: a reader that holds many events pins little memory.
@@ -255,6 +254,7 @@ pub(super) enum Received {
 pub(super) fn receive(fd: &OwnedFd, buf: &mut [u8], wait: bool) -> Received {
     let mut iov = [libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() }];
     let mut control = FdControl::new();
+    let mut resets = 0;
     loop {
         // SAFETY: an all-zero msghdr is valid; it is pointed at the iovec and control buffer.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -269,10 +269,20 @@ pub(super) fn receive(fd: &OwnedFd, buf: &mut [u8], wait: bool) -> Received {
             match io::Error::last_os_error().kind() {
                 io::ErrorKind::Interrupted => continue,
                 io::ErrorKind::WouldBlock => return Received::WouldBlock,
+                // The writer closed its end with some of this reader's messages back to it
+                // unread: Linux reports that once, ahead of the frames still queued here. They
+                // are read on; the end of file follows them.
+                io::ErrorKind::ConnectionReset if resets < 3 => {
+                    resets += 1;
+                    continue;
+                }
                 _ => return Received::Ended,
             }
         }
         let fds = if msg.msg_controllen > 0 { FdControl::take(&msg) } else { Vec::new() };
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            tracing::warn!("fds passed through a lane were dropped: this process has no fd to spare");
+        }
         if n == 0 {
             return Received::Ended;
         }
@@ -299,10 +309,10 @@ pub(super) fn send_back(fd: &OwnedFd, what: u8) {
 /// A message from a lane's reader to its writer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Back {
-    /// The reader takes sealed and pooled frames.
+    /// The reader takes sealed frames.
     TakesSealed,
-    /// The reader mapped one sealed frame.
-    Mapped,
+    /// The reader takes sealed and pooled frames.
+    TakesPooled,
 }
 
 /// Hands each message a lane's reader has sent its writer since the last look to `each`.
@@ -318,8 +328,31 @@ pub(super) fn read_back(fd: &OwnedFd, mut each: impl FnMut(Back)) {
         }
         match (buf[0], n) {
             (BACK_TAKES_SEALED, 1) => each(Back::TakesSealed),
-            (BACK_MAPPED, 1) => each(Back::Mapped),
+            (BACK_TAKES_POOLED, 1) => each(Back::TakesPooled),
             _ => {}
+        }
+    }
+}
+
+/// How many bytes the writer's end has sent that the reader has not read yet (as the kernel
+/// counts them: a message costs its buffer's whole size). `usize::MAX` if it cannot tell.
+pub(super) fn unread_bytes(fd: &OwnedFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int into `n`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if r != 0 { usize::MAX } else { n.max(0) as usize }
+}
+
+/// Reads and forgets everything a lane's reader has sent back, before the writer closes its
+/// end (a close with unread messages makes the reader's next read fail once; see `receive`).
+pub(super) fn drain_back(fd: &OwnedFd) {
+    let mut buf = [0u8; 16];
+    for _ in 0..1 << 16 {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n =
+            unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT) };
+        if n <= 0 {
+            return;
         }
     }
 }
@@ -399,4 +432,34 @@ pub(super) fn shut(fd: &OwnedFd) {
 pub(super) fn spawn_thread(reader: super::lane_reader::LaneReader, from: PeerId) -> io::Result<()> {
     std::thread::Builder::new().name(format!("hsipc-lane-{from}")).spawn(move || reader.run_blocking())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that closes its end without reading what its reader sent back: the reader
+    /// still gets every frame, then the end.
+    #[test]
+    fn frames_before_a_close_are_read_even_with_unread_messages_back() {
+        let (writer, reader) = pair().unwrap();
+        send_back(&reader, BACK_TAKES_POOLED);
+        for i in 0..5u8 {
+            let frame = WireFrame::from(bytes::Bytes::from(vec![i; 100]));
+            assert_eq!(write_chunks(&writer, &frame, 0).unwrap(), 1);
+        }
+        assert!(write_close(&writer).unwrap());
+        drop(writer);
+        let mut buf = vec![0u8; CHUNK + 1];
+        let mut got = Vec::new();
+        loop {
+            match receive(&reader, &mut buf, false) {
+                Received::Message(n, _) => got.push((buf[0], n)),
+                Received::Ended => break,
+                Received::WouldBlock => panic!("a closed lane would block"),
+            }
+        }
+        let want: Vec<(u8, usize)> = (0..5).map(|_| (LAST, 101)).chain([(CLOSE, 1)]).collect();
+        assert_eq!(got, want);
+    }
 }

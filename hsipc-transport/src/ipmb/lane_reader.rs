@@ -70,7 +70,9 @@ pub struct LaneReader {
     /// Small frames are copied into a shared arena and handed on as slices of it: no
     /// allocation per frame, and the protocol's slices of a frame need none either.
     arena: BytesMut,
-    /// The writer's pool, once it has handed it over (see `pool`).
+    /// This reader said it takes pooled frames (see `pool`).
+    takes_pooled: bool,
+    /// The writer's pool, once it has handed it over.
     pool: Option<Arc<RecvPool>>,
     /// Reading on a thread already (a dropped reader does not move to another one).
     on_thread: bool,
@@ -96,9 +98,10 @@ impl LaneReader {
         ingress: Ingress,
         max_len: usize,
         stop: Arc<AtomicBool>,
+        takes_pooled: bool,
         on_end: impl FnOnce(PeerId) + Send + 'static,
     ) -> LaneReader {
-        lane::send_back(&fd, lane::BACK_TAKES_SEALED);
+        lane::send_back(&fd, if takes_pooled { lane::BACK_TAKES_POOLED } else { lane::BACK_TAKES_SEALED });
         LaneReader {
             fd,
             from,
@@ -109,6 +112,7 @@ impl LaneReader {
             buf: vec![0u8; CHUNK + 1],
             frame: BytesMut::new(),
             arena: BytesMut::new(),
+            takes_pooled,
             pool: None,
             on_thread: false,
         }
@@ -213,15 +217,15 @@ impl LaneReader {
                 return self.end(true);
             }
         };
-        lane::send_back(&self.fd, lane::BACK_MAPPED);
         self.hand_on(frame)
     }
 
     /// Maps the pool the writer hands over (see `pool`).
     fn take_pool(&mut self, n: usize, passed: Vec<OwnedFd>) -> Step {
         let from = self.from;
-        let (Ok(size), [data, board]) = (<[u8; 8]>::try_from(&self.buf[1..n]), &passed[..]) else {
-            tracing::debug!(%from, "malformed pool message; dropping the lane");
+        let (Ok(size), [data, board], true) = (<[u8; 8]>::try_from(&self.buf[1..n]), &passed[..], self.takes_pooled)
+        else {
+            tracing::debug!(%from, "malformed or unasked-for pool message; dropping the lane");
             return self.end(true);
         };
         match RecvPool::map(data, board, u64::from_le_bytes(size)) {
@@ -308,6 +312,7 @@ impl Drop for LaneReader {
             buf: std::mem::take(&mut self.buf),
             frame: std::mem::take(&mut self.frame),
             arena: std::mem::take(&mut self.arena),
+            takes_pooled: self.takes_pooled,
             pool: self.pool.take(),
             on_thread: true,
         };

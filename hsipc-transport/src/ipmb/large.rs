@@ -1,11 +1,13 @@
 //! How a lane's writer sends each frame: small ones in chunks, large ones through the lane's
 //! pool, sealed in a memfd of their own, or in chunks, whichever the reader and the moment allow.
 //!
-//! A frame of [`sealed::SEALED_MIN`] bytes or more, once the reader has said it takes them:
-//! 1. into the lane's pool (see `pool`), if it fits ([`pool::POOLED_MAX`]) and a run is free:
-//!    one copy, no page allocated;
-//! 2. else sealed in a memfd of its own (see `sealed`), if fewer than
-//!    [`sealed::MAX_UNMAPPED`] of those wait to be mapped;
+//! A frame of [`pool::POOLED_MIN`] bytes or more, once the reader has said what it takes:
+//! 1. into the lane's pool (see `pool`), if the reader takes pooled frames, the frame fits
+//!    ([`pool::POOLED_MAX`]) and a run is free: one copy, no page allocated;
+//! 2. else, from [`sealed::SEALED_MIN`] bytes, sealed in a memfd of its own (see `sealed`),
+//!    made when the frame's turn to be written comes, and only while the reader has little left
+//!    unread in the lane ([`SEALED_UNREAD_MAX`]): a reader that stops reading pins a handful of
+//!    memfds, not one per frame;
 //! 3. else in chunks, like a small frame.
 //!
 //! Every way goes through the lane's socket, in order with everything else on it.
@@ -19,6 +21,10 @@ use super::lane::{self, Back};
 use super::pool::{self, SendPool};
 use super::sealed;
 
+/// A sealed frame is made only while the reader has at most this much left unread in the lane
+/// (what the kernel counts for a message: a few hundred bytes for one that passes a memfd).
+const SEALED_UNREAD_MAX: usize = 16 * 1024;
+
 /// A frame on its way into a lane, and how it goes.
 pub(super) struct Outgoing {
     pub(super) frame: WireFrame,
@@ -27,6 +33,8 @@ pub(super) struct Outgoing {
 
 enum How {
     Chunks,
+    /// Sealed if the lane allows when its turn comes, else in chunks.
+    SealLater,
     Sealed(OwnedFd),
     /// In the pool at `offset`; `offer`: the pool itself goes first (the lane's first pooled
     /// frame).
@@ -37,55 +45,50 @@ enum How {
 }
 
 impl Outgoing {
-    /// How many lane messages it takes.
+    /// How many lane messages it takes (as far as it is decided).
     pub(super) fn parts(&self) -> usize {
         match self.how {
             How::Chunks => lane::chunk_count(&self.frame),
-            How::Sealed(_) => 1,
+            How::SealLater | How::Sealed(_) => 1,
             How::Pooled { offer, .. } => 1 + usize::from(offer),
         }
     }
 }
 
+/// What the reader takes besides chunks (it says so first thing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Takes {
+    /// Not said (yet): a reader of an earlier version never says.
+    #[default]
+    ChunksOnly,
+    Sealed,
+    SealedAndPooled,
+}
+
 /// One lane's writer's state for large frames.
 #[derive(Debug, Default)]
 pub(super) struct LargeFrames {
-    /// The reader takes sealed and pooled frames (it said so).
-    takes: bool,
-    /// Sealed frames made for this lane that its reader has not said it mapped.
-    unmapped: usize,
+    takes: Takes,
     pool: Option<SendPool>,
     /// A pool cannot be made or handed over: do not try again.
     no_pool: bool,
 }
 
 impl LargeFrames {
-    /// Decides how `frame` goes (and copies it into the pool or a memfd, if that is the way).
+    /// Decides how `frame` goes (and copies it into the pool, if that is the way).
     pub(super) fn prepare(&mut self, lane_fd: &OwnedFd, frame: &WireFrame) -> Outgoing {
-        let chunks = || Outgoing { frame: frame.clone(), how: How::Chunks };
-        if frame.len() < pool::POOLED_MIN {
-            return chunks();
-        }
+        let how = if frame.len() < pool::POOLED_MIN { How::Chunks } else { self.large(lane_fd, frame) };
+        Outgoing { frame: frame.clone(), how }
+    }
+
+    fn large(&mut self, lane_fd: &OwnedFd, frame: &WireFrame) -> How {
         self.read_back(lane_fd);
-        if !self.takes {
-            return chunks();
-        }
-        if let Some(how) = self.pooled(frame) {
-            return Outgoing { frame: frame.clone(), how };
-        }
-        if frame.len() < sealed::SEALED_MIN || self.unmapped >= sealed::MAX_UNMAPPED {
-            return chunks();
-        }
-        match sealed::seal(frame) {
-            Ok(memfd) => {
-                self.unmapped += 1;
-                Outgoing { frame: frame.clone(), how: How::Sealed(memfd) }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot seal a large frame; it goes in chunks");
-                chunks()
+        if self.takes == Takes::SealedAndPooled {
+            if let Some(how) = self.pooled(frame) {
+                return how;
             }
         }
+        if self.takes != Takes::ChunksOnly && frame.len() >= sealed::SEALED_MIN { How::SealLater } else { How::Chunks }
     }
 
     /// Puts `frame` into the pool (made on first use), if it fits.
@@ -111,8 +114,8 @@ impl LargeFrames {
     /// Takes in what the reader has said.
     fn read_back(&mut self, lane_fd: &OwnedFd) {
         lane::read_back(lane_fd, |back| match back {
-            Back::TakesSealed => self.takes = true,
-            Back::Mapped => self.unmapped = self.unmapped.saturating_sub(1),
+            Back::TakesSealed => self.takes = self.takes.max_with(Takes::Sealed),
+            Back::TakesPooled => self.takes = Takes::SealedAndPooled,
         });
     }
 
@@ -120,41 +123,66 @@ impl LargeFrames {
     /// written in all.
     pub(super) fn write(&mut self, lane_fd: &OwnedFd, out: &mut Outgoing, from: usize) -> io::Result<usize> {
         let len = out.frame.len();
-        let fallback = match &out.how {
-            How::Chunks => return lane::write_chunks(lane_fd, &out.frame, from),
+        if let How::SealLater = out.how {
+            out.how = match lane::unread_bytes(lane_fd) <= SEALED_UNREAD_MAX {
+                true => match sealed::seal(&out.frame) {
+                    Ok(memfd) => How::Sealed(memfd),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot seal a large frame; it goes in chunks");
+                        How::Chunks
+                    }
+                },
+                false => How::Chunks,
+            };
+        }
+        match &out.how {
+            How::Chunks | How::SealLater => lane::write_chunks(lane_fd, &out.frame, from),
             How::Sealed(memfd) => match lane::write_sealed(lane_fd, memfd, len) {
-                Ok(sent) => return Ok(usize::from(sent)),
+                Ok(sent) => Ok(usize::from(sent)),
                 Err(e) if too_many_fds(&e) => {
-                    self.unmapped = self.unmapped.saturating_sub(1);
-                    e
+                    tracing::debug!("too many fds in flight; a sealed frame goes in chunks");
+                    out.how = How::Chunks;
+                    lane::write_chunks(lane_fd, &out.frame, from)
                 }
-                Err(e) => return Err(e),
+                Err(e) => Err(e),
             },
             &How::Pooled { offset, offer } => {
                 let Some(pool) = &self.pool else {
-                    return Err(io::Error::other("a pooled frame without a pool"));
+                    // The pool could not be handed over (below): nothing of this frame went.
+                    out.how = How::Chunks;
+                    return lane::write_chunks(lane_fd, &out.frame, 0);
                 };
                 if offer && from == 0 {
-                    match lane::write_pool(lane_fd, pool.memfds(), super::pool::POOL_SIZE) {
+                    match lane::write_pool(lane_fd, pool.memfds(), pool::POOL_SIZE) {
                         Ok(true) => {}
                         Ok(false) => return Ok(0),
                         Err(e) if too_many_fds(&e) => {
+                            tracing::debug!("too many fds in flight; large frames on this lane go sealed or in chunks");
                             self.pool = None;
                             self.no_pool = true;
                             out.how = How::Chunks;
-                            tracing::debug!("too many fds in flight; large frames on this lane go in chunks");
                             return lane::write_chunks(lane_fd, &out.frame, 0);
                         }
                         Err(e) => return Err(e),
                     }
                 }
                 let done = usize::from(offer);
-                return Ok(done + usize::from(lane::write_pooled(lane_fd, offset, len)?));
+                Ok(done + usize::from(lane::write_pooled(lane_fd, offset, len)?))
             }
-        };
-        tracing::debug!(error = %fallback, "too many fds in flight; a sealed frame goes in chunks");
-        out.how = How::Chunks;
-        lane::write_chunks(lane_fd, &out.frame, from)
+        }
+    }
+}
+
+impl Takes {
+    /// The more of the two.
+    fn max_with(self, other: Takes) -> Takes {
+        if self == Takes::SealedAndPooled || other == Takes::SealedAndPooled {
+            Takes::SealedAndPooled
+        } else if self == Takes::Sealed || other == Takes::Sealed {
+            Takes::Sealed
+        } else {
+            Takes::ChunksOnly
+        }
     }
 }
 

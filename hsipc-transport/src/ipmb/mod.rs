@@ -101,6 +101,12 @@ pub struct IpmbConfig {
     /// Default false: a peer of another user is reached through the bus, and a lane it offers
     /// is refused (`SO_PEERCRED`), so no other user's process gets a socket into this one.
     pub lanes_across_users: bool,
+    /// Whether this hub reads large frames (16 KiB to 16 MiB) in place from a memory pool its
+    /// peer shares with it (the fastest way: one copy in all). Default true. The peer keeps write
+    /// access to its pool, so this trusts peers (processes of the same user) not to change a
+    /// frame they have handed over; with false, peers send large frames in memfds sealed against
+    /// writes (or in chunks), which costs a copy and the kernel's page work per frame.
+    pub lane_pools: bool,
 }
 
 impl IpmbConfig {
@@ -115,6 +121,7 @@ impl IpmbConfig {
             max_lanes: 64,
             lane_stall_timeout: Duration::from_secs(5),
             lanes_across_users: false,
+            lane_pools: true,
             lane_idle_timeout: Duration::from_secs(60),
             lane_runner: None,
         }
@@ -226,6 +233,7 @@ impl Connect for IpmbBus {
             sweeper,
             lanes: incoming.clone(),
             across_users: cfg.lanes_across_users,
+            takes_pooled: cfg.lane_pools,
             lane_runner: cfg.lane_runner.clone(),
         };
         let reader = reader::spawn(receiver, setup)?;

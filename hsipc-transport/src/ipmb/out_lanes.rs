@@ -42,6 +42,14 @@ struct OutLane {
     last_used: Instant,
 }
 
+impl Drop for OutLane {
+    /// What the reader sent back is read before the end closes: a close with it unread would
+    /// make the reader's next read fail once, ahead of the last frames.
+    fn drop(&mut self) {
+        lane::drain_back(&self.fd);
+    }
+}
+
 /// The lanes this hub writes.
 pub(super) struct OutLanes {
     lanes: HashMap<PeerId, OutLane>,
@@ -134,6 +142,9 @@ impl OutLanes {
             let unused = l.waiting.is_empty() && now.saturating_duration_since(l.last_used) >= idle;
             // A lane with no room for the closing message stays until the next look.
             let close = unused && matches!(lane::write_close(&l.fd), Ok(true));
+            if close {
+                lane::drain_back(&l.fd);
+            }
             if close {
                 closed.push(*peer);
             }
@@ -361,8 +372,8 @@ mod tests {
     }
 
     /// Large frames go through the lane's pool once the reader says it takes them; when the
-    /// pool is full (the reader holds them), sealed, at most `MAX_UNMAPPED` of them unmapped;
-    /// beyond that in chunks; all in order with small frames. Released runs are used again.
+    /// pool is full (the reader holds them), sealed, while the reader keeps up; when it does not,
+    /// in chunks; all in order with small frames. Released runs are used again.
     #[test]
     fn large_frames_go_pooled_then_sealed_then_in_chunks() {
         let (mine, theirs) = lane::pair().unwrap();
@@ -373,37 +384,46 @@ mod tests {
         // A sixteenth of the pool, less a little: 16 of them fill it.
         let size = pool::POOL_SIZE / 16 - 64;
         let big = |i: u8| WireFrame::from(Bytes::from(vec![i; size + i as usize]));
-        let seen = |how: char, i: u8| Some((how, size + i as usize, i));
+        let seen = |how: char, i: u8| (how, size + i as usize, i);
+        let small = || WireFrame::from(Bytes::from_static(b"small"));
         // Before the reader says it takes them, a large frame goes in chunks.
         lanes.write(peer, &big(0)).unwrap();
-        assert_eq!(reader.next(&mut lanes), seen('c', 0));
-        lane::send_back(&reader.fd, lane::BACK_TAKES_SEALED);
-        let (pooled, sealed) = (16, sealed::MAX_UNMAPPED);
-        let count = (pooled + sealed + 3) as u8;
+        assert_eq!(reader.next(&mut lanes), Some(seen('c', 0)));
+        lane::send_back(&reader.fd, lane::BACK_TAKES_POOLED);
+        // 16 fill the pool (the reader holds them all); the next go sealed while it reads.
         let mut got = Vec::new();
-        for i in 1..=count {
+        for i in 1..=20 {
             lanes.write(peer, &big(i)).unwrap();
-            lanes.write(peer, &WireFrame::from(Bytes::from_static(b"small"))).unwrap();
-            // Read as we go (the socket holds only a few chunked frames), holding every frame
-            // and without saying mapped.
+            lanes.write(peer, &small()).unwrap();
             while let Some(f) = reader.next(&mut lanes) {
                 got.push(f);
             }
         }
-        let want: Vec<_> = (1..=count)
-            .flat_map(|i| {
-                let how = match i as usize {
-                    i if i <= pooled => 'p',
-                    i if i <= pooled + sealed => 's',
-                    _ => 'c',
-                };
-                [seen(how, i).unwrap(), ('c', 5, b's')]
-            })
-            .collect();
-        assert_eq!(got, want, "{pooled} pooled, then {sealed} sealed, then chunks, all in order");
+        let want: Vec<_> = (1..=20).flat_map(|i| [seen(if i <= 16 { 'p' } else { 's' }, i), ('c', 5, b's')]).collect();
+        assert_eq!(got, want, "16 pooled, then sealed, all in order");
+        // A reader that reads nothing gets a few sealed frames, then chunks (which the socket's
+        // buffer holds back): it pins a handful of memfds, not one per frame.
+        let mid = |i: u8| WireFrame::from(Bytes::from(vec![i; sealed::SEALED_MIN + i as usize]));
+        for i in 21..=120 {
+            lanes.write(peer, &mid(i)).unwrap();
+        }
+        let mut got = Vec::new();
+        loop {
+            while let Some(f) = reader.next(&mut lanes) {
+                got.push(f);
+            }
+            if lanes.waiting().is_none() {
+                break;
+            }
+            assert!(lanes.flush().is_empty());
+        }
+        assert_eq!(got.iter().map(|f| f.2).collect::<Vec<u8>>(), (21..=120).collect::<Vec<u8>>(), "in order");
+        let sealed = got.iter().take_while(|f| f.0 == 's').count();
+        assert!((1..=64).contains(&sealed), "{sealed} sealed before the first chunked frame");
+        assert!(got[sealed..].iter().any(|f| f.0 == 'c'));
         // Once the reader lets go of what it holds, the pool is used again.
         reader.held.clear();
         lanes.write(peer, &big(9)).unwrap();
-        assert_eq!(reader.next(&mut lanes), seen('p', 9));
+        assert_eq!(reader.next(&mut lanes), Some(seen('p', 9)));
     }
 }

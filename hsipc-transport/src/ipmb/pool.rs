@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use bytes::Bytes;
 use proto::frame::WireFrame;
 
-use super::sealed::{MapError, file_size};
+use super::sealed::{MapError, check_shmem, file_size};
 
 /// The pool is handed out in runs of units of this size.
 pub(super) const UNIT: usize = 64 * 1024;
@@ -225,6 +225,7 @@ impl RecvPool {
             if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
                 return Err(MapError::NotSealed);
             }
+            check_shmem(fd)?;
             let actual = file_size(fd)?;
             if actual < want || want == 0 || want > POOL_SIZE_MAX {
                 return Err(MapError::TooSmall { size: actual, len: want as usize });

@@ -42,6 +42,8 @@ pub(super) struct ReaderSetup {
     pub(super) lanes: IncomingLanes,
     /// Accept lanes made by another user's process.
     pub(super) across_users: bool,
+    /// Read large frames in place from the writer's pool.
+    pub(super) takes_pooled: bool,
     /// Runs lane readers on an async runtime instead of threads, if given.
     pub(super) lane_runner: Option<LaneRunner>,
 }
@@ -50,7 +52,8 @@ pub(super) fn spawn(
     mut receiver: ipmb::EndpointReceiver<Msg>,
     setup: ReaderSetup,
 ) -> Result<JoinHandle<()>, TransportError> {
-    let ReaderSetup { local, ingress, max_len, timeout, stop, sweeper, lanes, across_users, lane_runner } = setup;
+    let ReaderSetup { local, ingress, max_len, timeout, stop, sweeper, lanes, across_users, takes_pooled, lane_runner } =
+        setup;
     std::thread::Builder::new()
         .name("hsipc-ipmb-reader".into())
         .spawn(move || {
@@ -122,8 +125,15 @@ pub(super) fn spawn(
                                 };
                                 // Marked before the reader starts: its first frame may follow at once.
                                 laned.lock().unwrap_or_else(|e| e.into_inner()).insert(from, number);
-                                let reader =
-                                    LaneReader::new(fd.clone(), from, ingress.clone(), max_len, stop.clone(), on_end);
+                                let reader = LaneReader::new(
+                                    fd.clone(),
+                                    from,
+                                    ingress.clone(),
+                                    max_len,
+                                    stop.clone(),
+                                    takes_pooled,
+                                    on_end,
+                                );
                                 // On the hub's runtime if it takes it, else on a thread.
                                 let left = match &lane_runner {
                                     Some(runner) => runner.run(reader),

@@ -1,18 +1,20 @@
 //! Large frames in sealed memfds: written once by the sender, mapped read-only by the receiver.
 //!
-//! A frame of [`SEALED_MIN`] bytes or more does not travel through the lane in 60 KiB chunks
-//! (copied into the kernel and out again, then glued together): the sender writes it into a
-//! new memfd, seals it (no write, no shrink, no grow: nobody can change it any more, and it
+//! A frame of [`SEALED_MIN`] bytes or more that does not go through the lane's pool (it is over
+//! the pool's limit, the pool is full, or the reader takes no pooled frames) need not travel
+//! through the lane in 60 KiB chunks (copied into the kernel and out again, then glued
+//! together): the sender writes it into a new memfd, seals it (no write, no shrink, no grow: nobody can change it any more, and it
 //! cannot shrink under the receiver's mapping, which would raise `SIGBUS`), and passes the fd
 //! through the lane. The receiver checks the seals and the size, maps it read-only and hands
 //! the mapping on as the frame's `Bytes`: the payload is decoded from the mapping, and a
 //! `Bytes` payload *is* a slice of it, until the last reference drops and it is unmapped.
 //!
-//! A lane carries at most [`MAX_UNMAPPED`] sealed frames that its reader has not mapped yet
-//! (the reader says each one it maps back over the lane's own socket): a reader that stops
-//! reading pins at most that many memfds, and beyond them frames go in chunks, which the
-//! socket's buffer bounds. A reader says first that it takes sealed frames at all, so a lane
-//! to a hub that does not know them keeps to chunks.
+//! A memfd is made only when the frame's turn to be written comes and the reader has little
+//! left unread (see `large`): a reader that stops reading pins a handful of memfds; beyond
+//! them frames go in chunks, which the socket's buffer bounds. A reader says first that it
+//! takes sealed frames at all, so a lane to a hub that does not know them keeps to chunks. A
+//! memfd this process cannot map (out of address space or mappings) is read into memory
+//! instead.
 
 use std::ffi::c_void;
 use std::io;
@@ -24,8 +26,6 @@ use proto::frame::WireFrame;
 /// Frames at least this large go sealed (smaller ones cost less in chunks: a memfd costs
 /// about ten system calls on both sides).
 pub(super) const SEALED_MIN: usize = 256 * 1024;
-/// Most sealed frames a lane carries that its reader has not mapped yet.
-pub(super) const MAX_UNMAPPED: usize = 16;
 
 /// The seals a frame's memfd must carry before it is read.
 const REQUIRED_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_WRITE;
@@ -75,11 +75,11 @@ fn write_all(fd: &OwnedFd, data: &[u8]) -> io::Result<()> {
 /// A sealed frame's memfd did not hold what its message said, or could not be mapped.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum MapError {
-    /// The fd is not a memfd sealed against writing and shrinking (or not a memfd at all).
-    #[error("the frame's fd is not sealed against writing and shrinking")]
+    /// The fd is not a memfd (of tmpfs) sealed against shrinking (and, for a frame, writing).
+    #[error("the fd passed is not a sealed memfd")]
     NotSealed,
-    /// The memfd is smaller than the frame it is said to hold.
-    #[error("the frame's memfd holds {size} bytes, not the {len} announced")]
+    /// The memfd is smaller than announced, or the size announced is out of bounds.
+    #[error("the memfd holds {size} bytes, not the {len} announced (or that size is out of bounds)")]
     TooSmall {
         /// The memfd's size.
         size: u64,
@@ -99,6 +99,7 @@ pub(super) fn map(fd: &OwnedFd, len: usize) -> Result<Bytes, MapError> {
     if seals < 0 || seals & REQUIRED_SEALS != REQUIRED_SEALS {
         return Err(MapError::NotSealed);
     }
+    check_shmem(fd)?;
     let size = file_size(fd)?;
     if size < len as u64 || len == 0 {
         return Err(MapError::TooSmall { size, len });
@@ -109,9 +110,46 @@ pub(super) fn map(fd: &OwnedFd, len: usize) -> Result<Bytes, MapError> {
         libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED | libc::MAP_POPULATE, fd.as_raw_fd(), 0)
     };
     if ptr == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error().into());
+        tracing::debug!(error = %io::Error::last_os_error(), "cannot map a sealed frame; reading it");
+        return read_whole(fd, len);
     }
     Ok(Bytes::from_owner(Mapping { ptr: ptr as *const u8, len }))
+}
+
+/// The first `len` bytes of the file `fd`, read into memory.
+fn read_whole(fd: &OwnedFd, len: usize) -> Result<Bytes, MapError> {
+    let mut buf = bytes::BytesMut::zeroed(len);
+    let mut done = 0;
+    while done < len {
+        let rest = &mut buf[done..];
+        // SAFETY: `rest` is valid for writes of its length; the fd is open.
+        let n =
+            unsafe { libc::pread(fd.as_raw_fd(), rest.as_mut_ptr() as *mut c_void, rest.len(), done as libc::off_t) };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(MapError::TooSmall { size: done as u64, len }),
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => return Err(io::Error::last_os_error().into()),
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Checks that `fd` is a file in shared memory (a memfd of tmpfs), not one of hugetlbfs: pages
+/// of a huge-page file can be punched out by its writer, and the reader's next touch of one
+/// would raise `SIGBUS` once the system has no huge page to give.
+pub(super) fn check_shmem(fd: &OwnedFd) -> Result<(), MapError> {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    // SAFETY: an all-zero statfs is valid; fstatfs fills it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is valid for writes; the fd is open.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    if st.f_type as i64 != TMPFS_MAGIC {
+        return Err(MapError::NotSealed);
+    }
+    Ok(())
 }
 
 /// The size of the file behind `fd`.
