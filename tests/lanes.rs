@@ -32,8 +32,10 @@ fn child_entry() {
     let mut builder = ProcessHub::builder(&env("HSIPC_NAME"));
     let idle = std::env::var("HSIPC_LANE_IDLE_MS").ok();
     let stall = std::env::var("HSIPC_LANE_STALL_MS").ok();
-    if idle.is_some() || stall.is_some() {
+    let no_pools = std::env::var("HSIPC_NO_LANE_POOLS").is_ok();
+    if idle.is_some() || stall.is_some() || no_pools {
         let mut cfg = hsipc::transport::ipmb::IpmbConfig::new(env("HSIPC_BUS"));
+        cfg.lane_pools = !no_pools;
         if let Some(ms) = idle {
             cfg.lane_idle_timeout = Duration::from_millis(ms.parse().unwrap());
         }
@@ -49,6 +51,18 @@ fn child_entry() {
             hub.serve("calc.add", |(a, b): (i64, i64)| Ok::<_, String>(a + b)).unwrap();
             hub.serve("calc.echo", |v: Vec<u8>| Ok::<_, String>(v)).unwrap();
             hub.serve("calc.echo_bytes", |v: bytes::Bytes| Ok::<_, String>(v)).unwrap();
+            // Where a large request was read: in the client's pool, a sealed memfd, or memory.
+            hub.serve("calc.where", |v: bytes::Bytes| {
+                let place = if mapped_in(&v, "memfd:hsipc-pool") {
+                    "pool"
+                } else if mapped_in(&v, "memfd:hsipc-frame") {
+                    "sealed"
+                } else {
+                    "heap"
+                };
+                Ok::<_, String>(place.to_string())
+            })
+            .unwrap();
         }
         "client" => {}
         other => panic!("unknown role {other}"),
@@ -60,6 +74,10 @@ fn child_entry() {
     while let Some(cmd) = command() {
         match cmd.as_str() {
             "lanes" => report(format!("LANES {}", lane_threads())),
+            "where" => {
+                let big = bytes::Bytes::from(vec![5u8; 1 << 20]);
+                report(format!("WHERE {}", hub.call::<_, String>("calc.where", big).unwrap()));
+            }
             "again" => again(&hub),
             "flood" => flood(&hub),
             "recover" => recover(&hub),
@@ -183,8 +201,10 @@ fn calls_move_to_a_lane_keep_their_order_and_outlive_the_bus_controller() {
     let mut server = Peer::ready("server", &bus, "server", &[]);
     let mut client = Peer::ready("client", &bus, "client", &[]);
     // Large replies were read from shared memory, not copied; a sealed one was unmapped once
-    // the client let go of it.
+    // the client let go of it. A large request, too, is read from the client's pool.
     assert_eq!(client.expect("CALLED", LONG), "pooled=true sealed=true sealed_after=0");
+    client.send("where");
+    assert_eq!(client.expect("WHERE", LONG), "pool");
     // The server read the client's requests from a lane, and the client the server's replies.
     server.send("lanes");
     assert_ne!(server.expect("LANES", LONG), "0", "the server reads no lane");
@@ -195,6 +215,19 @@ fn calls_move_to_a_lane_keep_their_order_and_outlive_the_bus_controller() {
     client.send("again");
     let again = client.expect("AGAIN", LONG);
     assert!(again.split(',').all(|r| r == "ok"), "calls after the controller died: {again}");
+    server.send("quit");
+    client.send("quit");
+}
+
+/// A hub that refuses shared pools gets large frames in memfds sealed against writes.
+#[test]
+fn a_hub_that_refuses_shared_pools_gets_large_frames_sealed() {
+    let bus = unique_bus("no-pools");
+    let mut server = Peer::ready("server", &bus, "server", &[("HSIPC_NO_LANE_POOLS", "1")]);
+    let mut client = Peer::ready("client", &bus, "client", &[]);
+    client.expect("CALLED", LONG);
+    client.send("where");
+    assert_eq!(client.expect("WHERE", LONG), "sealed");
     server.send("quit");
     client.send("quit");
 }
