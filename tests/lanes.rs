@@ -33,9 +33,13 @@ fn child_entry() {
     let idle = std::env::var("HSIPC_LANE_IDLE_MS").ok();
     let stall = std::env::var("HSIPC_LANE_STALL_MS").ok();
     let no_pools = std::env::var("HSIPC_NO_LANE_POOLS").is_ok();
-    if idle.is_some() || stall.is_some() || no_pools {
+    let max_in = std::env::var("HSIPC_MAX_IN_LANES").ok();
+    if idle.is_some() || stall.is_some() || no_pools || max_in.is_some() {
         let mut cfg = hsipc::transport::ipmb::IpmbConfig::new(env("HSIPC_BUS"));
         cfg.lane_pools = !no_pools;
+        if let Some(n) = max_in {
+            cfg.max_incoming_lanes = n.parse().unwrap();
+        }
         if let Some(ms) = idle {
             cfg.lane_idle_timeout = Duration::from_millis(ms.parse().unwrap());
         }
@@ -64,7 +68,7 @@ fn child_entry() {
             })
             .unwrap();
         }
-        "client" => {}
+        "client" | "caller" => {}
         other => panic!("unknown role {other}"),
     }
     report("READY");
@@ -217,6 +221,30 @@ fn calls_move_to_a_lane_keep_their_order_and_outlive_the_bus_controller() {
     assert!(again.split(',').all(|r| r == "ok"), "calls after the controller died: {again}");
     server.send("quit");
     client.send("quit");
+}
+
+/// A hub that reads its most lanes declines another: the peer that offered it closes it and
+/// goes on through the bus, losing nothing and taking nobody for gone.
+#[test]
+fn a_lane_beyond_the_most_is_declined_and_its_peer_goes_through_the_bus() {
+    let bus = unique_bus("declined");
+    let mut server = Peer::ready("server", &bus, "server", &[("HSIPC_MAX_IN_LANES", "1")]);
+    let mut first = Peer::ready("client", &bus, "first", &[]);
+    first.expect("CALLED", LONG);
+    // The server reads the first client's lane; the second's is declined.
+    let mut second = Peer::ready("caller", &bus, "second", &[]);
+    for _ in 0..3 {
+        second.send("again");
+        let again = second.expect("AGAIN", LONG);
+        assert!(again.split(',').all(|r| r == "ok"), "calls through a declined lane, then the bus: {again}");
+    }
+    assert_eq!(until_lanes(&mut server, |n| n == "1"), "1", "the declined lane was not closed");
+    first.send("again");
+    let again = first.expect("AGAIN", LONG);
+    assert!(again.split(',').all(|r| r == "ok"), "the first client's calls: {again}");
+    server.send("quit");
+    first.send("quit");
+    second.send("quit");
 }
 
 /// A hub that refuses shared pools gets large frames in memfds sealed against writes.

@@ -25,8 +25,11 @@
 //! - `CLOSE`: the writer closes the idle lane.
 //!
 //! The reader writes back on the same socket pair, one byte, first thing: that it takes sealed
-//! frames (`BACK_TAKES_SEALED`), or sealed and pooled ones (`BACK_TAKES_POOLED`). A reader that
-//! never says so (an earlier version) gets only chunks. `large` decides how each frame goes.
+//! frames (`BACK_TAKES_SEALED`), or sealed and pooled ones (`BACK_TAKES_POOLED`), or that its
+//! hub declines the lane (`BACK_DECLINED`: it has too many, or the writer runs as another user;
+//! it reads what comes until the writer closes the lane, as after an idle close, and the
+//! writer's frames go through the bus from then on). A reader that says nothing (an earlier
+//! version) gets only chunks. `large` decides how each frame goes.
 
 use proto::PeerId;
 use proto::frame::WireFrame;
@@ -56,6 +59,9 @@ pub(super) const BACK_TAKES_SEALED: u8 = 1;
 /// A message from a lane's reader back to its writer: this reader takes sealed and pooled
 /// frames. (Pooled frames are released through the pool's board, not by message.)
 pub(super) const BACK_TAKES_POOLED: u8 = 3;
+/// A message from a lane's reader back to its writer: this hub does not take the lane (it
+/// reads what comes until the writer closes it; the writer's frames go through the bus then).
+pub(super) const BACK_DECLINED: u8 = 4;
 
 /// The size of a lane reader's arena for small frames. A frame handed on keeps its arena
 /// alive, so it is small: a reader that holds many events pins little memory.
@@ -313,6 +319,8 @@ pub(super) enum Back {
     TakesSealed,
     /// The reader takes sealed and pooled frames.
     TakesPooled,
+    /// The reader's hub declines the lane: close it.
+    Declined,
 }
 
 /// Hands each message a lane's reader has sent its writer since the last look to `each`.
@@ -329,6 +337,7 @@ pub(super) fn read_back(fd: &OwnedFd, mut each: impl FnMut(Back)) {
         match (buf[0], n) {
             (BACK_TAKES_SEALED, 1) => each(Back::TakesSealed),
             (BACK_TAKES_POOLED, 1) => each(Back::TakesPooled),
+            (BACK_DECLINED, 1) => each(Back::Declined),
             _ => {}
         }
     }

@@ -41,6 +41,17 @@ impl std::fmt::Debug for LaneRunner {
     }
 }
 
+/// What a lane's reader tells the writer it takes (see `lane`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Takes {
+    /// Chunks, sealed and pooled frames.
+    Pooled,
+    /// Chunks and sealed frames.
+    Sealed,
+    /// Nothing more: the hub declines the lane, and reads chunks until the writer closes it.
+    Declined,
+}
+
 /// Most messages [`LaneReader::read_ready`] reads in one turn.
 const TURN: usize = 128;
 
@@ -70,8 +81,8 @@ pub struct LaneReader {
     /// Small frames are copied into a shared arena and handed on as slices of it: no
     /// allocation per frame, and the protocol's slices of a frame need none either.
     arena: BytesMut,
-    /// This reader said it takes pooled frames (see `pool`).
-    takes_pooled: bool,
+    /// What this reader said it takes.
+    takes: Takes,
     /// The writer's pool, once it has handed it over.
     pool: Option<Arc<RecvPool>>,
     /// Reading on a thread already (a dropped reader does not move to another one).
@@ -98,10 +109,15 @@ impl LaneReader {
         ingress: Ingress,
         max_len: usize,
         stop: Arc<AtomicBool>,
-        takes_pooled: bool,
+        takes: Takes,
         on_end: impl FnOnce(PeerId) + Send + 'static,
     ) -> LaneReader {
-        lane::send_back(&fd, if takes_pooled { lane::BACK_TAKES_POOLED } else { lane::BACK_TAKES_SEALED });
+        let say = match takes {
+            Takes::Pooled => lane::BACK_TAKES_POOLED,
+            Takes::Sealed => lane::BACK_TAKES_SEALED,
+            Takes::Declined => lane::BACK_DECLINED,
+        };
+        lane::send_back(&fd, say);
         LaneReader {
             fd,
             from,
@@ -112,7 +128,7 @@ impl LaneReader {
             buf: vec![0u8; CHUNK + 1],
             frame: BytesMut::new(),
             arena: BytesMut::new(),
-            takes_pooled,
+            takes,
             pool: None,
             on_thread: false,
         }
@@ -198,7 +214,7 @@ impl LaneReader {
     fn read_sealed(&mut self, n: usize, passed: Vec<OwnedFd>) -> Step {
         let from = self.from;
         let frame = match (<[u8; 8]>::try_from(&self.buf[1..n]), &passed[..]) {
-            (Ok(len), [memfd]) => {
+            (Ok(len), [memfd]) if self.takes != Takes::Declined => {
                 let len = u64::from_le_bytes(len);
                 if len > self.max_len as u64 {
                     tracing::debug!(%from, len, "sealed frame over the maximum message length; dropping the lane");
@@ -223,8 +239,8 @@ impl LaneReader {
     /// Maps the pool the writer hands over (see `pool`).
     fn take_pool(&mut self, n: usize, passed: Vec<OwnedFd>) -> Step {
         let from = self.from;
-        let (Ok(size), [data, board], true) = (<[u8; 8]>::try_from(&self.buf[1..n]), &passed[..], self.takes_pooled)
-        else {
+        let pooled = self.takes == Takes::Pooled;
+        let (Ok(size), [data, board], true) = (<[u8; 8]>::try_from(&self.buf[1..n]), &passed[..], pooled) else {
             tracing::debug!(%from, "malformed or unasked-for pool message; dropping the lane");
             return self.end(true);
         };
@@ -312,7 +328,7 @@ impl Drop for LaneReader {
             buf: std::mem::take(&mut self.buf),
             frame: std::mem::take(&mut self.frame),
             arena: std::mem::take(&mut self.arena),
-            takes_pooled: self.takes_pooled,
+            takes: self.takes,
             pool: self.pool.take(),
             on_thread: true,
         };

@@ -63,6 +63,8 @@ enum Takes {
     ChunksOnly,
     Sealed,
     SealedAndPooled,
+    /// The reader's hub declines the lane: it is to be closed.
+    Declined,
 }
 
 /// One lane's writer's state for large frames.
@@ -88,7 +90,8 @@ impl LargeFrames {
                 return how;
             }
         }
-        if self.takes != Takes::ChunksOnly && frame.len() >= sealed::SEALED_MIN { How::SealLater } else { How::Chunks }
+        let sealed = matches!(self.takes, Takes::Sealed | Takes::SealedAndPooled);
+        if sealed && frame.len() >= sealed::SEALED_MIN { How::SealLater } else { How::Chunks }
     }
 
     /// Puts `frame` into the pool (made on first use), if it fits.
@@ -112,11 +115,22 @@ impl LargeFrames {
     }
 
     /// Takes in what the reader has said.
-    fn read_back(&mut self, lane_fd: &OwnedFd) {
+    pub(super) fn read_back(&mut self, lane_fd: &OwnedFd) {
         lane::read_back(lane_fd, |back| match back {
             Back::TakesSealed => self.takes = self.takes.max_with(Takes::Sealed),
-            Back::TakesPooled => self.takes = Takes::SealedAndPooled,
+            Back::TakesPooled => self.takes = self.takes.max_with(Takes::SealedAndPooled),
+            Back::Declined => self.takes = Takes::Declined,
         });
+    }
+
+    /// Whether the reader has said what it takes (or that it declines the lane).
+    pub(super) fn heard(&self) -> bool {
+        self.takes != Takes::ChunksOnly
+    }
+
+    /// Whether the reader's hub declines the lane.
+    pub(super) fn declined(&self) -> bool {
+        self.takes == Takes::Declined
     }
 
     /// Writes `out` from part `from` on, as far as the lane takes it now; returns the parts
@@ -174,14 +188,14 @@ impl LargeFrames {
 }
 
 impl Takes {
-    /// The more of the two.
+    /// The more of the two (a declined lane stays declined).
     fn max_with(self, other: Takes) -> Takes {
-        if self == Takes::SealedAndPooled || other == Takes::SealedAndPooled {
-            Takes::SealedAndPooled
-        } else if self == Takes::Sealed || other == Takes::Sealed {
-            Takes::Sealed
-        } else {
-            Takes::ChunksOnly
+        use Takes::*;
+        match (self, other) {
+            (Declined, _) | (_, Declined) => Declined,
+            (SealedAndPooled, _) | (_, SealedAndPooled) => SealedAndPooled,
+            (Sealed, _) | (_, Sealed) => Sealed,
+            _ => ChunksOnly,
         }
     }
 }

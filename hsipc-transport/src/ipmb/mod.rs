@@ -86,6 +86,10 @@ pub struct IpmbConfig {
     pub direct_lanes: bool,
     /// Most lanes this hub opens; peers beyond it are reached through the bus. Default 64.
     pub max_lanes: usize,
+    /// Most lanes from other hubs this hub reads (each has a thread, or a task on the hub's
+    /// runtime). Offers beyond are declined: the peer closes the lane and reaches this hub
+    /// through the bus, and offers again after `lane_idle_timeout`. Default 256.
+    pub max_incoming_lanes: usize,
     /// How long frames may wait for a full lane without any of them going through before the
     /// lane's reader is taken to be stuck and its peer is cut off. Default 5 s. (Frames to other
     /// peers never wait for it: each lane has its own queue.)
@@ -119,6 +123,7 @@ impl IpmbConfig {
             join_timeout: Duration::from_secs(5),
             direct_lanes: true,
             max_lanes: 64,
+            max_incoming_lanes: 256,
             lane_stall_timeout: Duration::from_secs(5),
             lanes_across_users: false,
             lane_pools: true,
@@ -234,6 +239,7 @@ impl Connect for IpmbBus {
             lanes: incoming.clone(),
             across_users: cfg.lanes_across_users,
             takes_pooled: cfg.lane_pools,
+            max_lanes: cfg.max_incoming_lanes,
             lane_runner: cfg.lane_runner.clone(),
         };
         let reader = reader::spawn(receiver, setup)?;
@@ -255,6 +261,7 @@ impl Connect for IpmbBus {
                 unnoticed: HashSet::new(),
                 next_idle_check: Instant::now(),
                 other_users: HashSet::new(),
+                declined: Default::default(),
                 outgoing: out_lanes::OutLanes::new(cfg.lane_stall_timeout),
                 dead: std::collections::HashMap::new(),
                 dead_for: cfg.lane_stall_timeout,
@@ -303,6 +310,8 @@ struct Lanes {
     next_idle_check: Instant,
     /// Peers that run as another user: reached through the bus.
     other_users: HashSet<PeerId>,
+    /// Peers that declined a lane, and until when they are reached through the bus only.
+    declined: std::collections::HashMap<PeerId, Instant>,
     /// The lane to each peer, with the frames waiting for room in it.
     outgoing: out_lanes::OutLanes,
     /// Peers whose lane broke or stalled, and until when they are taken for gone: frames to
@@ -337,6 +346,12 @@ impl IpmbTransport {
     /// Whether a lane to `to` may be made: it runs as this process's user (unless lanes across
     /// users are allowed). Unknown yet (no announce heard): not now, ask again next time.
     fn may_lane_to(&mut self, to: PeerId) -> bool {
+        if let Some(until) = self.lanes.declined.get(&to) {
+            if Instant::now() < *until {
+                return false;
+            }
+            self.lanes.declined.remove(&to);
+        }
         if self.lanes.across_users {
             return true;
         }
@@ -482,6 +497,17 @@ impl Transport for IpmbTransport {
 
     fn tick(&mut self) {
         let now = Instant::now();
+        for peer in self.lanes.outgoing.close_declined() {
+            tracing::debug!(%peer, "the peer declined the lane: its frames go through the bus");
+            self.lanes.declined.retain(|_, until| *until > now);
+            if self.lanes.declined.len() < MAX_OTHER_USERS {
+                self.lanes.declined.insert(peer, now + self.lanes.idle);
+            }
+            if let Err(e) = self.send_close_notice(peer) {
+                tracing::debug!(%peer, error = %e, "could not send a lane's closing notice; will retry");
+                self.lanes.unnoticed.insert(peer);
+            }
+        }
         if now < self.lanes.next_idle_check {
             return;
         }

@@ -153,6 +153,24 @@ impl OutLanes {
         closed
     }
 
+    /// Closes the lanes whose reader's hub declined them, once nothing waits in them (their
+    /// reader reads until the closing message). Returns their peers, whose frames go through the
+    /// bus from now on.
+    pub(super) fn close_declined(&mut self) -> Vec<PeerId> {
+        let mut closed = Vec::new();
+        self.lanes.retain(|peer, l| {
+            if !l.large.heard() {
+                l.large.read_back(&l.fd);
+            }
+            let close = l.large.declined() && l.waiting.is_empty() && matches!(lane::write_close(&l.fd), Ok(true));
+            if close {
+                closed.push(*peer);
+            }
+            !close
+        });
+        closed
+    }
+
     /// Writes what waits, as far as the lanes take it now. Returns the peers whose lane broke,
     /// or made no progress for the stall timeout (their reader is stuck).
     pub(super) fn flush(&mut self) -> Vec<(PeerId, io::Error)> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use proto::PeerId;
 
 use super::envelope::Received;
-use super::lane_reader::{LaneReader, LaneRunner};
+use super::lane_reader::{LaneReader, LaneRunner, Takes};
 use super::{Msg, cloexec, envelope, lane};
 use crate::ingress::Ingress;
 use crate::transport::TransportError;
@@ -28,8 +28,9 @@ const LANE_END_WAIT: Duration = Duration::from_secs(1);
 /// Most senders remembered for the sweep (beyond, new senders wait for the periodic sweep).
 const MAX_HEARD: usize = 4096;
 
-/// Most lanes a hub reads from (each has a thread or a task); offers beyond are refused.
-const MAX_INCOMING_LANES: usize = 256;
+/// Lanes declined (read only until their writer closes them) beyond the most a hub takes; offers
+/// beyond these are refused outright (their writer takes the peer for gone).
+const MAX_DECLINED_LANES: usize = 64;
 
 /// What the reader needs besides the bus.
 pub(super) struct ReaderSetup {
@@ -44,6 +45,8 @@ pub(super) struct ReaderSetup {
     pub(super) across_users: bool,
     /// Read large frames in place from the writer's pool.
     pub(super) takes_pooled: bool,
+    /// Most lanes taken (each has a thread or a task); offers beyond are declined.
+    pub(super) max_lanes: usize,
     /// Runs lane readers on an async runtime instead of threads, if given.
     pub(super) lane_runner: Option<LaneRunner>,
 }
@@ -52,8 +55,20 @@ pub(super) fn spawn(
     mut receiver: ipmb::EndpointReceiver<Msg>,
     setup: ReaderSetup,
 ) -> Result<JoinHandle<()>, TransportError> {
-    let ReaderSetup { local, ingress, max_len, timeout, stop, sweeper, lanes, across_users, takes_pooled, lane_runner } =
-        setup;
+    let ReaderSetup {
+        local,
+        ingress,
+        max_len,
+        timeout,
+        stop,
+        sweeper,
+        lanes,
+        across_users,
+        takes_pooled,
+        max_lanes,
+        lane_runner,
+    } = setup;
+    let limits = Limits { uid: (!across_users).then_some(lane::own_uid()), max_lanes, takes_pooled };
     std::thread::Builder::new()
         .name("hsipc-ipmb-reader".into())
         .spawn(move || {
@@ -65,7 +80,6 @@ pub(super) fn spawn(
             // Per lane being read: disconnected once its reader has ended (a closed lane's
             // notice on the bus waits for that, so that the lane's last frames go first).
             let mut lane_ends: std::collections::HashMap<PeerId, flume::Receiver<()>> = Default::default();
-            let own_uid = lane::own_uid();
             let mut next_sweep = Instant::now();
             // Senders heard from: a new one may come with a new ipmb connection to mark.
             let mut heard: std::collections::HashSet<PeerId> = std::collections::HashSet::new();
@@ -108,8 +122,8 @@ pub(super) fn spawn(
                         // off and came back): that one's last frames, and its end, go first.
                         await_lane_end(&mut lane_ends, from);
                         // Every earlier frame from `from` has been delivered: read its lane now.
-                        match accept_lane(from, fd, (!across_users).then_some(own_uid), &lanes, &stop) {
-                            Some(fd) => {
+                        match accept_lane(from, fd, &limits, &lanes, &stop) {
+                            Some((fd, takes)) => {
                                 lanes_accepted += 1;
                                 let number = lanes_accepted;
                                 let ended = laned.clone();
@@ -131,7 +145,7 @@ pub(super) fn spawn(
                                     ingress.clone(),
                                     max_len,
                                     stop.clone(),
-                                    takes_pooled,
+                                    takes,
                                     on_end,
                                 );
                                 // On the hub's runtime if it takes it, else on a thread.
@@ -172,14 +186,26 @@ fn await_lane_end(lane_ends: &mut std::collections::HashMap<PeerId, flume::Recei
     }
 }
 
-/// Checks a lane offer: made by a process of user `uid` (if given), within the limit of lanes.
+/// What a hub accepts of lane offers.
+struct Limits {
+    /// Lanes only from processes of this user, if given.
+    uid: Option<u32>,
+    max_lanes: usize,
+    takes_pooled: bool,
+}
+
+/// Checks a lane offer. A lane from another user's process (unless allowed) or beyond the most
+/// lanes is declined: read, chunks only, until its writer closes it (which it does at once), so
+/// nothing the writer sent into it is lost and its frames go through the bus from then on. A
+/// lane that is not a socket pair end, whose credentials cannot be read, or beyond even the
+/// declined ones, is refused: its writer sees its end, and takes this hub for gone.
 fn accept_lane(
     from: PeerId,
     fd: std::os::fd::OwnedFd,
-    uid: Option<u32>,
+    limits: &Limits,
     lanes: &IncomingLanes,
     stop: &AtomicBool,
-) -> Option<Arc<std::os::fd::OwnedFd>> {
+) -> Option<(Arc<std::os::fd::OwnedFd>, Takes)> {
     // Until the sweep marks it, a received fd would leak into a child spawned meanwhile.
     // SAFETY: F_SETFD on an fd we own only sets its close-on-exec flag.
     unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -187,11 +213,12 @@ fn accept_lane(
         tracing::warn!(%from, "a lane offer carried something that is not a socket pair end");
         return None;
     }
+    let mut takes = if limits.takes_pooled { Takes::Pooled } else { Takes::Sealed };
     match lane::maker_uid(&fd) {
-        Ok(maker) if uid.is_none_or(|uid| uid == maker) => {}
+        Ok(maker) if limits.uid.is_none_or(|uid| uid == maker) => {}
         Ok(maker) => {
-            tracing::warn!(%from, uid = maker, "refused a lane offered by another user's process");
-            return None;
+            tracing::info!(%from, uid = maker, "declined a lane offered by another user's process");
+            takes = Takes::Declined;
         }
         Err(e) => {
             tracing::warn!(%from, error = %e, "cannot read a lane's credentials");
@@ -204,12 +231,17 @@ fn accept_lane(
         return None;
     }
     lanes.retain(|l| Arc::strong_count(l) > 1); // forget lanes whose reader has ended
-    if lanes.len() >= MAX_INCOMING_LANES {
+    if lanes.len() >= limits.max_lanes + MAX_DECLINED_LANES {
+        tracing::warn!(%from, "refused a lane: too many lanes, even to decline; that peer is cut off");
         return None;
+    }
+    if lanes.len() >= limits.max_lanes && takes != Takes::Declined {
+        tracing::info!(%from, max = limits.max_lanes, "declined a lane: this hub reads its most lanes");
+        takes = Takes::Declined;
     }
     let fd = Arc::new(fd);
     lanes.push(fd.clone());
-    Some(fd)
+    Some((fd, takes))
 }
 
 #[cfg(test)]
@@ -276,7 +308,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lane_made_by_another_user_is_refused_unless_allowed() {
+    fn a_lane_made_by_another_user_is_declined_unless_allowed() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("skipped: only root can make a socket pair as another user");
@@ -286,10 +318,42 @@ mod tests {
         let stop = AtomicBool::new(false);
         let theirs = lane_made_by(65534);
         assert_eq!(lane::maker_uid(&theirs).unwrap(), 65534);
-        assert!(accept_lane(PeerId(1), theirs, Some(lane::own_uid()), &lanes, &stop).is_none());
-        // Allowed across users: accepted.
-        assert!(accept_lane(PeerId(1), lane_made_by(65534), None, &lanes, &stop).is_some());
-        // This user's: accepted.
-        assert!(accept_lane(PeerId(2), lane_made_by(0), Some(lane::own_uid()), &lanes, &stop).is_some());
+        let own = Limits { uid: Some(lane::own_uid()), max_lanes: 8, takes_pooled: true };
+        let takes = |r: Option<(Arc<OwnedFd>, Takes)>| r.map(|(_, t)| t);
+        assert_eq!(takes(accept_lane(PeerId(1), theirs, &own, &lanes, &stop)), Some(Takes::Declined));
+        // Allowed across users: taken.
+        let across = Limits { uid: None, ..own };
+        assert_eq!(takes(accept_lane(PeerId(1), lane_made_by(65534), &across, &lanes, &stop)), Some(Takes::Pooled));
+        // This user's: taken.
+        let own = Limits { uid: Some(lane::own_uid()), max_lanes: 8, takes_pooled: false };
+        assert_eq!(takes(accept_lane(PeerId(2), lane_made_by(0), &own, &lanes, &stop)), Some(Takes::Sealed));
+    }
+
+    /// Beyond its most lanes a hub declines offers (reads them until their writer closes them),
+    /// and beyond as many again as it may decline, refuses them.
+    #[test]
+    fn lanes_beyond_the_most_are_declined_then_refused() {
+        let lanes = IncomingLanes::default();
+        let stop = AtomicBool::new(false);
+        let limits = Limits { uid: Some(lane::own_uid()), max_lanes: 2, takes_pooled: true };
+        let mut kept = Vec::new();
+        let mut said = Vec::new();
+        for i in 0..(2 + MAX_DECLINED_LANES + 1) {
+            let (_mine, theirs) = lane::pair().unwrap();
+            match accept_lane(PeerId(i as u64), theirs, &limits, &lanes, &stop) {
+                Some((fd, takes)) => {
+                    kept.push(fd);
+                    said.push(Some(takes));
+                }
+                None => said.push(None),
+            }
+        }
+        assert_eq!(said[..2], [Some(Takes::Pooled), Some(Takes::Pooled)]);
+        assert!(said[2..2 + MAX_DECLINED_LANES].iter().all(|t| *t == Some(Takes::Declined)));
+        assert_eq!(said[2 + MAX_DECLINED_LANES], None);
+        // A lane whose reader has ended frees its place.
+        kept.truncate(1);
+        let (_mine, theirs) = lane::pair().unwrap();
+        assert_eq!(accept_lane(PeerId(99), theirs, &limits, &lanes, &stop).map(|(_, t)| t), Some(Takes::Pooled));
     }
 }
