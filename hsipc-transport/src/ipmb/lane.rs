@@ -54,8 +54,10 @@ pub(super) const POOL: u8 = 4;
 /// The first byte of a lane message: a frame in the writer's pool; the rest of the message is
 /// its offset and its length, 8 bytes little-endian each.
 pub(super) const POOLED: u8 = 5;
-/// A message from a lane's reader back to its writer: this reader takes sealed frames.
-pub(super) const BACK_TAKES_SEALED: u8 = 1;
+/// A message from a lane's reader back to its writer: this reader takes sealed frames (not
+/// pooled ones). (1 meant sealed and pooled in builds before this code was given; it still
+/// reads so.)
+pub(super) const BACK_TAKES_SEALED: u8 = 5;
 /// A message from a lane's reader back to its writer: this reader takes sealed and pooled
 /// frames. (Pooled frames are released through the pool's board, not by message.)
 pub(super) const BACK_TAKES_POOLED: u8 = 3;
@@ -336,7 +338,7 @@ pub(super) fn read_back(fd: &OwnedFd, mut each: impl FnMut(Back)) {
         }
         match (buf[0], n) {
             (BACK_TAKES_SEALED, 1) => each(Back::TakesSealed),
-            (BACK_TAKES_POOLED, 1) => each(Back::TakesPooled),
+            (BACK_TAKES_POOLED | 1, 1) => each(Back::TakesPooled),
             (BACK_DECLINED, 1) => each(Back::Declined),
             _ => {}
         }

@@ -5,9 +5,10 @@
 //! 1. into the lane's pool (see `pool`), if the reader takes pooled frames, the frame fits
 //!    ([`pool::POOLED_MAX`]) and a run is free: one copy, no page allocated;
 //! 2. else, from [`sealed::SEALED_MIN`] bytes, sealed in a memfd of its own (see `sealed`),
-//!    made when the frame's turn to be written comes, and only while the reader has little left
-//!    unread in the lane ([`SEALED_UNREAD_MAX`]): a reader that stops reading pins a handful of
-//!    memfds, not one per frame;
+//!    made when the frame's turn to be written comes, and only while what the reader has left
+//!    unread in the lane, counted as if each unread message held a frame this large, stays
+//!    within [`SEALED_BUDGET`] (64 MiB): a reader that stops reading pins at most that much in
+//!    memfds (plus one frame), however large the frames;
 //! 3. else in chunks, like a small frame.
 //!
 //! Every way goes through the lane's socket, in order with everything else on it.
@@ -21,9 +22,12 @@ use super::lane::{self, Back};
 use super::pool::{self, SendPool};
 use super::sealed;
 
-/// A sealed frame is made only while the reader has at most this much left unread in the lane
-/// (what the kernel counts for a message: a few hundred bytes for one that passes a memfd).
-const SEALED_UNREAD_MAX: usize = 16 * 1024;
+/// What sealed frames a reader has not read yet may hold in all, at most (about: see
+/// [`unread_sealed_bound`]).
+const SEALED_BUDGET: usize = 64 << 20;
+/// The least the kernel counts for one unread message in a lane (768 bytes on Linux 6.18, for a
+/// small message with or without an fd): unread bytes divided by it bound the unread messages.
+const LEAST_MESSAGE: usize = 512;
 
 /// A frame on its way into a lane, and how it goes.
 pub(super) struct Outgoing {
@@ -138,7 +142,7 @@ impl LargeFrames {
     pub(super) fn write(&mut self, lane_fd: &OwnedFd, out: &mut Outgoing, from: usize) -> io::Result<usize> {
         let len = out.frame.len();
         if let How::SealLater = out.how {
-            out.how = match lane::unread_bytes(lane_fd) <= SEALED_UNREAD_MAX {
+            out.how = match unread_sealed_bound(lane_fd).saturating_add(1).saturating_mul(len) <= SEALED_BUDGET {
                 true => match sealed::seal(&out.frame) {
                     Ok(memfd) => How::Sealed(memfd),
                     Err(e) => {
@@ -198,6 +202,17 @@ impl Takes {
             _ => ChunksOnly,
         }
     }
+}
+
+/// At most how many messages the reader has not read yet (the kernel's count of unread bytes,
+/// divided by the least it counts for one message).
+fn unread_sealed_bound(lane_fd: &OwnedFd) -> usize {
+    let unread = lane::unread_bytes(lane_fd);
+    if unread == usize::MAX {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| tracing::warn!("cannot tell what a lane's reader has not read (SIOCOUTQ): no sealed frames"));
+    }
+    unread / LEAST_MESSAGE
 }
 
 /// The user has too many fds in flight in Unix sockets (the kernel refuses to pass another).

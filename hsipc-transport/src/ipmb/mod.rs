@@ -103,7 +103,9 @@ pub struct IpmbConfig {
     pub lane_runner: Option<LaneRunner>,
     /// Whether lanes are made with, and accepted from, processes that run as another user.
     /// Default false: a peer of another user is reached through the bus, and a lane it offers
-    /// is refused (`SO_PEERCRED`), so no other user's process gets a socket into this one.
+    /// is refused (`SO_PEERCRED`), so no other user's process gets a socket into this one. Set
+    /// it on both sides or neither. A lane across users never uses the shared pool (large
+    /// frames go sealed against writes).
     pub lanes_across_users: bool,
     /// Whether this hub reads large frames (16 KiB to 16 MiB) in place from a memory pool its
     /// peer shares with it (the fastest way: one copy in all). Default true. The peer keeps write
@@ -293,6 +295,9 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// How long closing waits for full lanes to take the frames waiting for them (the goodbye).
 const CLOSE_DRAIN: Duration = Duration::from_millis(500);
+
+/// Most peers remembered as having declined a lane (beyond, they are offered one again).
+const MAX_DECLINED_PEERS: usize = 4096;
 
 /// Most peers remembered as another user's (beyond, they are looked up again each time).
 const MAX_OTHER_USERS: usize = 4096;
@@ -500,7 +505,7 @@ impl Transport for IpmbTransport {
         for peer in self.lanes.outgoing.close_declined() {
             tracing::debug!(%peer, "the peer declined the lane: its frames go through the bus");
             self.lanes.declined.retain(|_, until| *until > now);
-            if self.lanes.declined.len() < MAX_OTHER_USERS {
+            if self.lanes.declined.len() < MAX_DECLINED_PEERS {
                 self.lanes.declined.insert(peer, now + self.lanes.idle);
             }
             if let Err(e) = self.send_close_notice(peer) {
@@ -564,7 +569,7 @@ impl Transport for IpmbTransport {
         // unless their lane stays full).
         self.lanes.outgoing.drain(Instant::now() + CLOSE_DRAIN);
         self.lanes.outgoing.clear();
-        for fd in self.lanes.incoming.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for (fd, _) in self.lanes.incoming.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             lane::shut(&fd);
         }
         if let Some(reader) = self.reader.take() {

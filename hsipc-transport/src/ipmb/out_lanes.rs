@@ -116,6 +116,11 @@ impl OutLanes {
     /// to `peer`, or a full queue: the engine's writer takes it).
     pub(super) fn try_write(&mut self, peer: PeerId, frame: &WireFrame) -> io::Result<bool> {
         let Some(lane) = self.lanes.get_mut(&peer) else { return Ok(false) };
+        if lane.large.declined() {
+            // To be closed: the writer sends what comes meanwhile, and closes it once the
+            // reader has taken all (a peer kept busy from other threads would keep it open).
+            return Ok(false);
+        }
         if lane.is_full(frame) {
             lane.flush(Instant::now())?;
             if lane.is_full(frame) {
@@ -142,9 +147,6 @@ impl OutLanes {
             let unused = l.waiting.is_empty() && now.saturating_duration_since(l.last_used) >= idle;
             // A lane with no room for the closing message stays until the next look.
             let close = unused && matches!(lane::write_close(&l.fd), Ok(true));
-            if close {
-                lane::drain_back(&l.fd);
-            }
             if close {
                 closed.push(*peer);
             }
@@ -419,10 +421,10 @@ mod tests {
         }
         let want: Vec<_> = (1..=20).flat_map(|i| [seen(if i <= 16 { 'p' } else { 's' }, i), ('c', 5, b's')]).collect();
         assert_eq!(got, want, "16 pooled, then sealed, all in order");
-        // A reader that reads nothing gets a few sealed frames, then chunks (which the socket's
-        // buffer holds back): it pins a handful of memfds, not one per frame.
-        let mid = |i: u8| WireFrame::from(Bytes::from(vec![i; sealed::SEALED_MIN + i as usize]));
-        for i in 21..=120 {
+        // A reader that reads nothing gets sealed frames up to a budget (64 MiB, counting each
+        // unread message as a frame), then chunks, which the socket's buffer holds back.
+        let mid = |i: u8| WireFrame::from(Bytes::from(vec![i; (4 << 20) + i as usize]));
+        for i in 21..=40 {
             lanes.write(peer, &mid(i)).unwrap();
         }
         let mut got = Vec::new();
@@ -435,10 +437,10 @@ mod tests {
             }
             assert!(lanes.flush().is_empty());
         }
-        assert_eq!(got.iter().map(|f| f.2).collect::<Vec<u8>>(), (21..=120).collect::<Vec<u8>>(), "in order");
+        assert_eq!(got.iter().map(|f| f.2).collect::<Vec<u8>>(), (21..=40).collect::<Vec<u8>>(), "in order");
         let sealed = got.iter().take_while(|f| f.0 == 's').count();
-        assert!((1..=64).contains(&sealed), "{sealed} sealed before the first chunked frame");
-        assert!(got[sealed..].iter().any(|f| f.0 == 'c'));
+        assert!((1..=16).contains(&sealed), "{sealed} sealed 4 MiB frames before the first chunked one");
+        assert_eq!(got[sealed].0, 'c');
         // Once the reader lets go of what it holds, the pool is used again.
         reader.held.clear();
         lanes.write(peer, &big(9)).unwrap();

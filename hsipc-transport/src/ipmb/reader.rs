@@ -19,8 +19,9 @@ use crate::transport::TransportError;
 /// accepted, sweeps at once). Reading `/proc/self/fd` is most of an idle hub's CPU time.
 const CLOEXEC_SWEEP: Duration = Duration::from_secs(1);
 
-/// The lanes this hub reads, kept so that closing can wake their readers.
-pub(super) type IncomingLanes = Arc<std::sync::Mutex<Vec<Arc<std::os::fd::OwnedFd>>>>;
+/// The lanes this hub reads, kept so that closing can wake their readers, each with whether it
+/// was declined.
+pub(super) type IncomingLanes = Arc<std::sync::Mutex<Vec<(Arc<std::os::fd::OwnedFd>, bool)>>>;
 
 /// How long the bus reader waits for a closed lane's reader to finish its last frames.
 const LANE_END_WAIT: Duration = Duration::from_secs(1);
@@ -194,11 +195,12 @@ struct Limits {
     takes_pooled: bool,
 }
 
-/// Checks a lane offer. A lane from another user's process (unless allowed) or beyond the most
-/// lanes is declined: read, chunks only, until its writer closes it (which it does at once), so
-/// nothing the writer sent into it is lost and its frames go through the bus from then on. A
-/// lane that is not a socket pair end, whose credentials cannot be read, or beyond even the
-/// declined ones, is refused: its writer sees its end, and takes this hub for gone.
+/// Checks a lane offer. A lane from another user's process (unless allowed) is refused: its
+/// writer sees its end (and takes this hub for gone; a writer of this version never offers one
+/// unless it, too, allows lanes across users). A lane beyond the most this hub reads is
+/// declined: read, chunks only, until its writer closes it (which it does at once), so nothing
+/// the writer sent into it is lost and its frames go through the bus from then on; beyond
+/// [`MAX_DECLINED_LANES`] declined at once, offers are refused too.
 fn accept_lane(
     from: PeerId,
     fd: std::os::fd::OwnedFd,
@@ -213,12 +215,14 @@ fn accept_lane(
         tracing::warn!(%from, "a lane offer carried something that is not a socket pair end");
         return None;
     }
+    // The shared pool only between processes of one user (see `pool`).
     let mut takes = if limits.takes_pooled { Takes::Pooled } else { Takes::Sealed };
     match lane::maker_uid(&fd) {
-        Ok(maker) if limits.uid.is_none_or(|uid| uid == maker) => {}
+        Ok(maker) if maker == lane::own_uid() => {}
+        Ok(_) if limits.uid.is_none() => takes = Takes::Sealed,
         Ok(maker) => {
-            tracing::info!(%from, uid = maker, "declined a lane offered by another user's process");
-            takes = Takes::Declined;
+            tracing::warn!(%from, uid = maker, "refused a lane offered by another user's process");
+            return None;
         }
         Err(e) => {
             tracing::warn!(%from, error = %e, "cannot read a lane's credentials");
@@ -230,17 +234,18 @@ fn accept_lane(
     if stop.load(Ordering::Relaxed) {
         return None;
     }
-    lanes.retain(|l| Arc::strong_count(l) > 1); // forget lanes whose reader has ended
-    if lanes.len() >= limits.max_lanes + MAX_DECLINED_LANES {
-        tracing::warn!(%from, "refused a lane: too many lanes, even to decline; that peer is cut off");
-        return None;
-    }
-    if lanes.len() >= limits.max_lanes && takes != Takes::Declined {
+    lanes.retain(|(l, _)| Arc::strong_count(l) > 1); // forget lanes whose reader has ended
+    let declined = lanes.iter().filter(|(_, d)| *d).count();
+    if lanes.len() - declined >= limits.max_lanes {
+        if declined >= MAX_DECLINED_LANES {
+            tracing::warn!(%from, "refused a lane: too many lanes, even to decline; that peer is cut off");
+            return None;
+        }
         tracing::info!(%from, max = limits.max_lanes, "declined a lane: this hub reads its most lanes");
         takes = Takes::Declined;
     }
     let fd = Arc::new(fd);
-    lanes.push(fd.clone());
+    lanes.push((fd.clone(), takes == Takes::Declined));
     Some((fd, takes))
 }
 
@@ -308,7 +313,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lane_made_by_another_user_is_declined_unless_allowed() {
+    fn a_lane_made_by_another_user_is_refused_unless_allowed_and_never_pooled() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("skipped: only root can make a socket pair as another user");
@@ -320,13 +325,14 @@ mod tests {
         assert_eq!(lane::maker_uid(&theirs).unwrap(), 65534);
         let own = Limits { uid: Some(lane::own_uid()), max_lanes: 8, takes_pooled: true };
         let takes = |r: Option<(Arc<OwnedFd>, Takes)>| r.map(|(_, t)| t);
-        assert_eq!(takes(accept_lane(PeerId(1), theirs, &own, &lanes, &stop)), Some(Takes::Declined));
-        // Allowed across users: taken.
+        assert_eq!(takes(accept_lane(PeerId(1), theirs, &own, &lanes, &stop)), None);
+        // Allowed across users: taken, but sealed frames only (no shared pool across users).
         let across = Limits { uid: None, ..own };
-        assert_eq!(takes(accept_lane(PeerId(1), lane_made_by(65534), &across, &lanes, &stop)), Some(Takes::Pooled));
-        // This user's: taken.
-        let own = Limits { uid: Some(lane::own_uid()), max_lanes: 8, takes_pooled: false };
-        assert_eq!(takes(accept_lane(PeerId(2), lane_made_by(0), &own, &lanes, &stop)), Some(Takes::Sealed));
+        assert_eq!(takes(accept_lane(PeerId(1), lane_made_by(65534), &across, &lanes, &stop)), Some(Takes::Sealed));
+        // This user's: taken, with the pool.
+        assert_eq!(takes(accept_lane(PeerId(2), lane_made_by(0), &across, &lanes, &stop)), Some(Takes::Pooled));
+        let no_pools = Limits { uid: Some(lane::own_uid()), max_lanes: 8, takes_pooled: false };
+        assert_eq!(takes(accept_lane(PeerId(3), lane_made_by(0), &no_pools, &lanes, &stop)), Some(Takes::Sealed));
     }
 
     /// Beyond its most lanes a hub declines offers (reads them until their writer closes them),
@@ -351,8 +357,9 @@ mod tests {
         assert_eq!(said[..2], [Some(Takes::Pooled), Some(Takes::Pooled)]);
         assert!(said[2..2 + MAX_DECLINED_LANES].iter().all(|t| *t == Some(Takes::Declined)));
         assert_eq!(said[2 + MAX_DECLINED_LANES], None);
-        // A lane whose reader has ended frees its place.
-        kept.truncate(1);
+        // A taken lane whose reader has ended frees its place, for a lane to take (declined
+        // lanes alive do not count against it).
+        kept.remove(0);
         let (_mine, theirs) = lane::pair().unwrap();
         assert_eq!(accept_lane(PeerId(99), theirs, &limits, &lanes, &stop).map(|(_, t)| t), Some(Takes::Pooled));
     }
