@@ -173,7 +173,8 @@ impl Frame {
 
     /// Encodes the frame; fails if it would be longer than `max_len` or the name is too long.
     pub fn encode(&self, max_len: usize) -> Result<Bytes, FrameError> {
-        encode_parts(self.kind, self.flags.0, self.aux, self.id, self.seq, &self.name, &self.payload, max_len)
+        let payload = Payload::Copied(&self.payload);
+        encode_parts(self.kind, self.flags.0, self.aux, self.id, self.seq, &self.name, payload, max_len)
             .map(|w| w.to_bytes())
     }
 
@@ -336,8 +337,35 @@ impl From<Bytes> for WireFrame {
     }
 }
 
-/// Encodes a frame straight from its parts (the hot path: no intermediate [`Frame`]), the
-/// payload copied behind the header.
+/// A payload as [`encode_parts`] takes it: bytes to copy behind the header, or a [`Body`],
+/// whose rest is shared when it is large.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Payload<'a> {
+    Copied(&'a [u8]),
+    Shared(&'a Body),
+}
+
+impl<'a> From<&'a [u8]> for Payload<'a> {
+    fn from(p: &'a [u8]) -> Self {
+        Payload::Copied(p)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for Payload<'a> {
+    fn from(p: &'a [u8; N]) -> Self {
+        Payload::Copied(p)
+    }
+}
+
+impl<'a> From<&'a Body> for Payload<'a> {
+    fn from(b: &'a Body) -> Self {
+        Payload::Shared(b)
+    }
+}
+
+/// Encodes a frame straight from its parts (the hot path: no intermediate [`Frame`]). A
+/// [`Body`]'s leading bytes go behind the header, and its rest, if larger than
+/// [`INLINE_PAYLOAD`], is not copied: it becomes the frame's second piece.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_parts(
     kind: FrameKind,
@@ -346,60 +374,26 @@ pub(crate) fn encode_parts(
     id: u64,
     seq: u64,
     name: &[u8],
-    payload: &[u8],
+    payload: Payload<'_>,
     max_len: usize,
 ) -> Result<WireFrame, FrameError> {
-    let mut b = header(kind, flags, aux, id, seq, name, payload.len(), payload.len(), max_len)?;
-    b.put_slice(payload);
-    Ok(WireFrame { head: b.freeze(), body: Bytes::new() })
-}
-
-/// As [`encode_parts`], for a [`Body`]: its leading bytes go behind the header, and the rest,
-/// if larger than [`INLINE_PAYLOAD`], is not copied: it becomes the frame's second piece.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn encode_shared(
-    kind: FrameKind,
-    flags: u8,
-    aux: u32,
-    id: u64,
-    seq: u64,
-    name: &[u8],
-    payload: &Body,
-    max_len: usize,
-) -> Result<WireFrame, FrameError> {
-    let inline = payload.rest.len() <= INLINE_PAYLOAD;
-    let room = payload.lead_len as usize + if inline { payload.rest.len() } else { 0 };
-    let mut b = header(kind, flags, aux, id, seq, name, payload.len(), room, max_len)?;
-    b.put_slice(payload.lead());
-    if inline {
-        b.put_slice(&payload.rest);
-        return Ok(WireFrame { head: b.freeze(), body: Bytes::new() });
-    }
-    Ok(WireFrame { head: b.freeze(), body: payload.rest.clone() })
-}
-
-/// The header and name of a frame whose payload is `payload_len` bytes, in a buffer with room
-/// for `room` more.
-#[allow(clippy::too_many_arguments)]
-fn header(
-    kind: FrameKind,
-    flags: u8,
-    aux: u32,
-    id: u64,
-    seq: u64,
-    name: &[u8],
-    payload_len: usize,
-    room: usize,
-    max_len: usize,
-) -> Result<BytesMut, FrameError> {
+    let (lead, rest) = match payload {
+        Payload::Copied(p) => (p, &[][..]),
+        Payload::Shared(b) => (b.lead(), &b.rest[..]),
+    };
+    let shared = match payload {
+        Payload::Shared(b) if b.rest.len() > INLINE_PAYLOAD => Some(&b.rest),
+        _ => None,
+    };
     if name.len() > MAX_NAME_LEN {
         return Err(FrameError::NameTooLong { len: name.len() });
     }
+    let payload_len = lead.len() + rest.len();
     let len = HEADER_LEN + name.len() + payload_len;
     if len > max_len || payload_len > u32::MAX as usize {
         return Err(FrameError::TooLarge { len, max: max_len });
     }
-    let mut b = BytesMut::with_capacity(HEADER_LEN + name.len() + room);
+    let mut b = BytesMut::with_capacity(if shared.is_some() { len - rest.len() } else { len });
     b.put_u8(MAGIC);
     b.put_u8(VERSION);
     b.put_u8(kind as u8);
@@ -411,7 +405,14 @@ fn header(
     b.put_u16_le(0);
     b.put_u32_le(payload_len as u32);
     b.put_slice(name);
-    Ok(b)
+    b.put_slice(lead);
+    match shared {
+        Some(rest) => Ok(WireFrame { head: b.freeze(), body: rest.clone() }),
+        None => {
+            b.put_slice(rest);
+            Ok(WireFrame { head: b.freeze(), body: Bytes::new() })
+        }
+    }
 }
 
 #[cfg(test)]

@@ -82,7 +82,7 @@ impl Endpoint {
         let window = if mode == CallMode::Unary { 0 } else { u64::from(self.config.stream_window) };
         let budget = deadline.saturating_duration_since(now);
         let budget_ms = budget.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
-        let frame = self.encode_body(FrameKind::Request, flags, budget_ms, id.0, window, method.as_bytes(), body)?;
+        let frame = self.encode(FrameKind::Request, flags, budget_ms, id.0, window, method.as_bytes(), body)?;
         self.timers.set(deadline, Timer::Call(id));
         let recv = (mode != CallMode::Unary).then(|| RecvHalf::new(self.config.stream_window));
         // A session's sending half starts with no credit: the server grants its window.
@@ -167,7 +167,7 @@ impl Endpoint {
         match (inc.mode, result) {
             (CallMode::Unary, Ok(body)) => {
                 self.check_room(1)?;
-                let frame = self.encode_body(FrameKind::Response, 0, 0, inc.remote_id, 0, &[], &body)?;
+                let frame = self.encode(FrameKind::Response, 0, 0, inc.remote_id, 0, &[], &body)?;
                 let peer = inc.peer;
                 self.remove_incoming(id);
                 self.transmit(Dest::Peer(peer), frame);
@@ -214,7 +214,7 @@ impl Endpoint {
             }
         };
         let seq = half.take_credit()?;
-        match encode_shared(FrameKind::StreamItem, flags, 0, id, seq, &[], &body, max) {
+        match encode_parts(FrameKind::StreamItem, flags, 0, id, seq, &[], Payload::Shared(&body), max) {
             Ok(frame) => {
                 self.transmit(Dest::Peer(dest), frame);
                 Ok(())

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::directory::{Directory, Learned, Peer, PeerInfo};
 use crate::error::{CallError, CommandError, ErrorCode, FrameError, RemoteError};
 use crate::event::{CallMode, CancelReason, Dest, Event, Input, LeaveReason, Output, Transmit};
-use crate::frame::{Body, Flags, Frame, FrameKind, MAX_NAME_LEN, WireFrame, encode_parts, encode_shared};
+use crate::frame::{Body, Flags, Frame, FrameKind, MAX_NAME_LEN, Payload, WireFrame, encode_parts};
 use crate::id::{CallRef, Counter, IncomingId, PeerId, RequestId, SubscriptionId};
 use crate::stream::{Gap, RecvHalf, SendHalf};
 use crate::timer::{Timer, Timers};
@@ -428,8 +428,10 @@ impl Endpoint {
         }
     }
 
+    /// Encodes a frame of this endpoint's (see [`encode_parts`]): an application's [`Body`] is
+    /// shared when large, any other payload copied.
     #[allow(clippy::too_many_arguments)]
-    fn encode(
+    fn encode<'a>(
         &self,
         kind: FrameKind,
         flags: u8,
@@ -437,24 +439,9 @@ impl Endpoint {
         id: u64,
         seq: u64,
         name: &[u8],
-        payload: &[u8],
+        payload: impl Into<Payload<'a>>,
     ) -> Result<WireFrame, CommandError> {
-        encode_parts(kind, flags, aux, id, seq, name, payload, self.config.max_frame_len).map_err(too_large)
-    }
-
-    /// As `encode`, for an application's body: a large one is not copied (see [`WireFrame`]).
-    #[allow(clippy::too_many_arguments)]
-    fn encode_body(
-        &self,
-        kind: FrameKind,
-        flags: u8,
-        aux: u32,
-        id: u64,
-        seq: u64,
-        name: &[u8],
-        body: &Body,
-    ) -> Result<WireFrame, CommandError> {
-        encode_shared(kind, flags, aux, id, seq, name, body, self.config.max_frame_len).map_err(too_large)
+        encode_parts(kind, flags, aux, id, seq, name, payload.into(), self.config.max_frame_len).map_err(too_large)
     }
 
     fn transmit(&mut self, dest: Dest, frame: WireFrame) {

@@ -96,7 +96,7 @@ impl Endpoint {
     pub(super) fn announce(&mut self, dest: Dest, flags: u8) {
         self.info.peers = self.directory.len().min(u32::MAX as usize) as u32;
         let payload = codec::encode(&self.info).expect("PeerInfo always encodes");
-        match self.encode(FrameKind::Announce, flags, 0, 0, self.generation, &[], &payload) {
+        match self.encode(FrameKind::Announce, flags, 0, 0, self.generation, &[], &payload[..]) {
             Ok(frame) => self.transmit(dest, frame),
             Err(e) => tracing::warn!(error = %e, "announce does not fit in a frame"),
         }

@@ -135,7 +135,7 @@ impl Endpoint {
             *seq += 1;
             let seq = *seq;
             let flags = if credited { Flags::CREDITED } else { 0 };
-            let frame = self.encode_body(FrameKind::Publish, flags, 0, 0, seq, name, &body)?;
+            let frame = self.encode(FrameKind::Publish, flags, 0, 0, seq, name, &body)?;
             self.transmit(Dest::Peer(peer), frame);
             done.peers += 1;
         }
