@@ -78,6 +78,8 @@ pub(super) struct LargeFrames {
     pool: Option<SendPool>,
     /// A pool cannot be made or handed over: do not try again.
     no_pool: bool,
+    /// When a frame last went into the pool, if the pool has pages to give back since.
+    untrimmed_since: Option<std::time::Instant>,
 }
 
 impl LargeFrames {
@@ -115,6 +117,7 @@ impl LargeFrames {
             }
         }
         let offset = self.pool.as_mut()?.put(frame)?;
+        self.untrimmed_since = Some(std::time::Instant::now());
         Some(How::Pooled { offset, offer })
     }
 
@@ -125,6 +128,15 @@ impl LargeFrames {
             Back::TakesPooled => self.takes = self.takes.max_with(Takes::SealedAndPooled),
             Back::Declined => self.takes = Takes::Declined,
         });
+    }
+
+    /// Gives back the pool's pages beyond its first megabytes (see `pool`) once no frame has
+    /// gone into it for `quiet`.
+    pub(super) fn trim_if_quiet(&mut self, now: std::time::Instant, quiet: std::time::Duration) {
+        let (Some(pool), Some(since)) = (&mut self.pool, self.untrimmed_since) else { return };
+        if now.saturating_duration_since(since) >= quiet && !pool.trim() {
+            self.untrimmed_since = None;
+        }
     }
 
     /// Whether the reader has said what it takes (or that it declines the lane).

@@ -517,6 +517,7 @@ impl Transport for IpmbTransport {
             return;
         }
         self.lanes.next_idle_check = now + IDLE_CHECK.min(self.lanes.idle);
+        self.lanes.outgoing.trim_pools(IDLE_CHECK);
         for peer in self.lanes.outgoing.close_idle(self.lanes.idle) {
             tracing::debug!(%peer, "closed an idle lane; its frames go through the bus until it is busy again");
             // After the lane's last frames (the reader waits for them), before any frame for

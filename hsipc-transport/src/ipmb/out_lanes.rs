@@ -173,6 +173,15 @@ impl OutLanes {
         closed
     }
 
+    /// Gives back the pages of lane pools beyond their first megabytes, for lanes whose pool
+    /// has had no frame for `quiet`.
+    pub(super) fn trim_pools(&mut self, quiet: Duration) {
+        let now = Instant::now();
+        for lane in self.lanes.values_mut() {
+            lane.large.trim_if_quiet(now, quiet);
+        }
+    }
+
     /// Writes what waits, as far as the lanes take it now. Returns the peers whose lane broke,
     /// or made no progress for the stall timeout (their reader is stuck).
     pub(super) fn flush(&mut self) -> Vec<(PeerId, io::Error)> {

@@ -10,13 +10,20 @@
 //! the writer takes the marks in before it next looks for room. In the steady state, a large
 //! frame costs one copy and one small message, and no page is allocated, faulted or freed.
 //!
+//! Runs are handed out first fit, so steady traffic keeps to the start of the pool. What a
+//! burst wrote beyond its first [`KEEP`] bytes is given back to the kernel once the pool has
+//! been quiet for a second ([`SendPool::trim`], a hole punched in the memfd): a lane holds at
+//! most 4 MiB of pages while idle, however large its last burst.
+//!
 //! Who may change what:
 //! - the writer writes a run only while it is free: after the reader marked it released, and
 //!   before the frame that hands it over again; the reader holds no `Bytes` into it then;
-//! - the reader's mapping of the data is read-only, and the data is sealed against shrinking
-//!   (so no page of the mapping can vanish, which would raise `SIGBUS`) and, where the kernel
-//!   has it, against new writable mappings or writes (so the reader's process cannot write
-//!   into it either); the board is sealed against shrinking too;
+//! - the reader's mapping of the data is read-only, and the data is sealed against shrinking and
+//!   growing (so no page of the mapping can vanish, which would raise `SIGBUS`; a hole punched
+//!   in it reads as zeros); the board is sealed the same way;
+//! - a reader could map the data writable through the fd it got (the pool cannot be sealed
+//!   against that and still have holes punched in it), but what it could change is only ever
+//!   read by itself: the writer never reads the pool, and the pool is this lane's alone;
 //! - a reader that marks a run it still holds only spoils its own frames.
 //!
 //! A reader that keeps frames (an application holding payloads) keeps their runs: when the pool
@@ -50,6 +57,8 @@ const BOARD_SIZE: usize = 4096;
 const _: () = assert!(UNITS <= BOARD_SIZE);
 /// A board's byte for a run the reader has let go of.
 const RELEASED: u8 = 1;
+/// The start of the pool whose pages stay when it is trimmed: steady traffic keeps to it.
+pub(super) const KEEP: usize = 4 << 20;
 
 /// A shared mapping, unmapped on drop.
 struct Mapping {
@@ -119,6 +128,8 @@ pub(super) struct SendPool {
     used: [u64; UNITS / 64],
     /// The length in units of the run starting at each unit (0: no run starts there).
     runs: Box<[u16; UNITS]>,
+    /// One bit per unit: written since the pool was last trimmed.
+    touched: [u64; UNITS / 64],
 }
 
 impl std::fmt::Debug for SendPool {
@@ -135,12 +146,8 @@ impl SendPool {
         let board_fd = memfd(c"hsipc-pool-board", BOARD_SIZE)?;
         let data = Mapping::new(&data_fd, POOL_SIZE, libc::PROT_READ | libc::PROT_WRITE)?;
         let board = Mapping::new(&board_fd, BOARD_SIZE, libc::PROT_READ | libc::PROT_WRITE)?;
-        // No writes through the fd or new writable mappings of the data from now on (this
-        // mapping stays writable): the reader, who gets the fd, cannot write into it. Best
-        // effort: kernels before 5.1 do not have this seal.
-        // SAFETY: adds a seal to a memfd we own.
-        unsafe { libc::fcntl(data_fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL) };
-        Ok(SendPool { data_fd, board_fd, data, board, used: [0; UNITS / 64], runs: Box::new([0; UNITS]) })
+        let (used, touched, runs) = ([0; UNITS / 64], [0; UNITS / 64], Box::new([0; UNITS]));
+        Ok(SendPool { data_fd, board_fd, data, board, used, runs, touched })
     }
 
     /// The pool's memfds (data, board), to hand to the reader.
@@ -158,6 +165,7 @@ impl SendPool {
         let start = self.free_run(units)?;
         for u in start..start + units {
             self.used[u / 64] |= 1 << (u % 64);
+            self.touched[u / 64] |= 1 << (u % 64);
         }
         self.runs[start] = units as u16;
         let mut at = start * UNIT;
@@ -199,6 +207,35 @@ impl SendPool {
                 self.used[u / 64] &= !(1 << (u % 64));
             }
         }
+    }
+
+    /// Gives the pages of free units beyond [`KEEP`] that were written since the last trim
+    /// back to the kernel (a hole punched in the memfd; they read as zeros, and cost a page
+    /// fault each when written again). Returns whether units beyond it are still held (to trim
+    /// once they are released).
+    pub(super) fn trim(&mut self) -> bool {
+        self.take_releases();
+        let bit = |words: &[u64; UNITS / 64], u: usize| words[u / 64] & (1 << (u % 64)) != 0;
+        let mut u = KEEP / UNIT;
+        while u < UNITS {
+            if !bit(&self.touched, u) || bit(&self.used, u) {
+                u += 1;
+                continue;
+            }
+            let start = u;
+            while u < UNITS && bit(&self.touched, u) && !bit(&self.used, u) {
+                self.touched[u / 64] &= !(1 << (u % 64));
+                u += 1;
+            }
+            let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            let (at, len) = ((start * UNIT) as libc::off_t, ((u - start) * UNIT) as libc::off_t);
+            // SAFETY: punches a hole in a memfd we own, over units nobody holds.
+            if unsafe { libc::fallocate(self.data_fd.as_raw_fd(), mode, at, len) } != 0 {
+                tracing::debug!(error = %io::Error::last_os_error(), "cannot give a lane pool's pages back");
+                return false;
+            }
+        }
+        (KEEP / UNIT..UNITS).any(|u| bit(&self.touched, u))
     }
 
     /// Whether no run is in use (after taking in the releases).
@@ -312,11 +349,37 @@ mod tests {
         assert!(!pool.is_empty(), "a slice still holds the frame");
         drop(tail);
         assert!(pool.is_empty());
-        // The reader cannot write into the data through the fd it got (on kernels with the seal).
-        // SAFETY: fcntl on an fd we own.
-        if unsafe { libc::fcntl(pool.data_fd.as_raw_fd(), libc::F_GET_SEALS) } & libc::F_SEAL_FUTURE_WRITE == 0 {
-            return;
-        }
-        assert!(Mapping::new(&pool.data_fd, 4096, libc::PROT_WRITE).is_err(), "a writable mapping of a sealed pool");
+    }
+
+    /// The pages a pool's data holds (4 KiB blocks the kernel has allocated).
+    fn resident(pool: &SendPool) -> u64 {
+        // SAFETY: an all-zero stat is valid; fstat fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is valid for writes; the fd is open.
+        assert_eq!(unsafe { libc::fstat(pool.data_fd.as_raw_fd(), &mut st) }, 0);
+        st.st_blocks as u64 * 512
+    }
+
+    /// After a burst, trimming gives back the pages beyond the first 4 MiB that nobody holds,
+    /// and keeps what a reader still holds; a trimmed run is used again as before.
+    #[test]
+    fn trimming_gives_back_what_a_burst_wrote_beyond_the_first_megabytes() {
+        let mut pool = SendPool::new().unwrap();
+        let recv = RecvPool::map(&pool.data_fd, &pool.board_fd, POOL_SIZE as u64).unwrap();
+        let mb = frame(1 << 20, 3);
+        let mut held: Vec<Bytes> = (0..32).map(|_| recv.frame(pool.put(&mb).unwrap(), 1 << 20).unwrap()).collect();
+        assert!(resident(&pool) >= 32 << 20);
+        let last = held.pop().unwrap(); // still held: its pages stay
+        drop(held);
+        pool.trim();
+        let left = resident(&pool);
+        assert!(left <= (KEEP + (1 << 20) + (1 << 20)) as u64, "{left} bytes left after trimming");
+        assert!(last.iter().all(|b| *b == 3), "a held frame is untouched");
+        drop(last);
+        pool.trim();
+        assert!(resident(&pool) <= (KEEP + (1 << 20)) as u64);
+        // The pool works on: the first fit is at the start again, and a run beyond is too.
+        let again: Vec<Bytes> = (0..8).map(|_| recv.frame(pool.put(&mb).unwrap(), 1 << 20).unwrap()).collect();
+        assert!(again.iter().all(|f| f.iter().all(|b| *b == 3)));
     }
 }
