@@ -15,21 +15,22 @@
 //! The lane's end of file is the sender's death or close, seen at once; a lane does not
 //! depend on the bus controller, so traffic that has its lanes survives the controller's death.
 //! The reading end checks that the process that made the pair runs as the same user
-//! (`SO_PEERCRED`) and refuses it otherwise.
+//! (`SO_PEERCRED`) and refuses it otherwise, unless lanes across users are allowed.
 //!
 //! A lane message starts with one byte that says what it is:
 //! - `LAST` / `MORE`: a frame, or a 60 KiB chunk of one with more to come;
 //! - `POOL`: the writer's shared pool (two fds: data and board) for the pooled frames that
 //!   follow; `POOLED`: a frame of 16 KiB or more, as its place in the pool (see `pool`);
-//! - `SEALED`: a frame over the pool's limit in a sealed memfd of its own (see `sealed`);
+//! - `SEALED`: a large frame that does not go pooled (over the pool's limit, the pool full, or
+//!   a reader that takes no pooled frames), in a sealed memfd of its own (see `sealed`);
 //! - `CLOSE`: the writer closes the idle lane.
 //!
 //! The reader writes back on the same socket pair, one byte, first thing: that it takes sealed
 //! frames (`BACK_TAKES_SEALED`), or sealed and pooled ones (`BACK_TAKES_POOLED`), or that its
-//! hub declines the lane (`BACK_DECLINED`: it has too many, or the writer runs as another user;
-//! it reads what comes until the writer closes the lane, as after an idle close, and the
-//! writer's frames go through the bus from then on). A reader that says nothing (an earlier
-//! version) gets only chunks. `large` decides how each frame goes.
+//! hub declines the lane (`BACK_DECLINED`: it reads its most lanes; it reads what comes until
+//! the writer closes the lane, as after an idle close, and the writer's frames go through the
+//! bus from then on). A reader that says nothing (an earlier version) gets only chunks.
+//! `large` decides how each frame goes.
 
 use proto::PeerId;
 use proto::frame::WireFrame;
@@ -55,8 +56,8 @@ pub(super) const POOL: u8 = 4;
 /// its offset and its length, 8 bytes little-endian each.
 pub(super) const POOLED: u8 = 5;
 /// A message from a lane's reader back to its writer: this reader takes sealed frames (not
-/// pooled ones). (1 meant sealed and pooled in builds before this code was given; it still
-/// reads so.)
+/// pooled ones). (Development builds sent 1, for "sealed" in some and "sealed and pooled" in
+/// others; 1 still reads as "sealed", which is right for all of them.)
 pub(super) const BACK_TAKES_SEALED: u8 = 5;
 /// A message from a lane's reader back to its writer: this reader takes sealed and pooled
 /// frames. (Pooled frames are released through the pool's board, not by message.)
@@ -337,8 +338,8 @@ pub(super) fn read_back(fd: &OwnedFd, mut each: impl FnMut(Back)) {
             return;
         }
         match (buf[0], n) {
-            (BACK_TAKES_SEALED, 1) => each(Back::TakesSealed),
-            (BACK_TAKES_POOLED | 1, 1) => each(Back::TakesPooled),
+            (BACK_TAKES_SEALED | 1, 1) => each(Back::TakesSealed),
+            (BACK_TAKES_POOLED, 1) => each(Back::TakesPooled),
             (BACK_DECLINED, 1) => each(Back::Declined),
             _ => {}
         }

@@ -6,9 +6,10 @@
 //!    ([`pool::POOLED_MAX`]) and a run is free: one copy, no page allocated;
 //! 2. else, from [`sealed::SEALED_MIN`] bytes, sealed in a memfd of its own (see `sealed`),
 //!    made when the frame's turn to be written comes, and only while what the reader has left
-//!    unread in the lane, counted as if each unread message held a frame this large, stays
-//!    within [`SEALED_BUDGET`] (64 MiB): a reader that stops reading pins at most that much in
-//!    memfds (plus one frame), however large the frames;
+//!    unread in the lane, counted as if each unread message held a frame as large as the
+//!    largest sealed since the lane was last read dry (or this one), stays within
+//!    [`SEALED_BUDGET`] (64 MiB), or nothing is unread: a reader that stops reading pins at most
+//!    that much in memfds, plus one frame;
 //! 3. else in chunks, like a small frame.
 //!
 //! Every way goes through the lane's socket, in order with everything else on it.
@@ -26,7 +27,8 @@ use super::sealed;
 /// [`unread_sealed_bound`]).
 const SEALED_BUDGET: usize = 64 << 20;
 /// The least the kernel counts for one unread message in a lane (768 bytes on Linux 6.18, for a
-/// small message with or without an fd): unread bytes divided by it bound the unread messages.
+/// small message with or without an fd: a socket buffer's overhead, which is over 512 bytes on
+/// any 64-bit kernel): unread bytes divided by it bound the unread messages.
 const LEAST_MESSAGE: usize = 512;
 
 /// A frame on its way into a lane, and how it goes.
@@ -80,6 +82,9 @@ pub(super) struct LargeFrames {
     no_pool: bool,
     /// When a frame last went into the pool, if the pool has pages to give back since.
     untrimmed_since: Option<std::time::Instant>,
+    /// The largest sealed frame sent since the reader last had nothing unread: every unread
+    /// message is counted as one that large.
+    largest_sealed: usize,
 }
 
 impl LargeFrames {
@@ -154,7 +159,16 @@ impl LargeFrames {
     pub(super) fn write(&mut self, lane_fd: &OwnedFd, out: &mut Outgoing, from: usize) -> io::Result<usize> {
         let len = out.frame.len();
         if let How::SealLater = out.how {
-            out.how = match unread_sealed_bound(lane_fd).saturating_add(1).saturating_mul(len) <= SEALED_BUDGET {
+            let unread = unread_sealed_bound(lane_fd);
+            if unread == 0 {
+                self.largest_sealed = 0;
+            }
+            let each = len.max(self.largest_sealed);
+            let fits = unread == 0 || unread.saturating_add(1).saturating_mul(each) <= SEALED_BUDGET;
+            if fits {
+                self.largest_sealed = each;
+            }
+            out.how = match fits {
                 true => match sealed::seal(&out.frame) {
                     Ok(memfd) => How::Sealed(memfd),
                     Err(e) => {

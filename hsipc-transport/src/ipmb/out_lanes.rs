@@ -455,4 +455,38 @@ mod tests {
         lanes.write(peer, &big(9)).unwrap();
         assert_eq!(reader.next(&mut lanes), Some(seen('p', 9)));
     }
+
+    /// Sealed frames a reader has not read stay within the budget (64 MiB, plus one frame)
+    /// even when they shrink: each unread one counts as large as the largest.
+    #[test]
+    fn sealed_frames_unread_stay_within_the_budget_however_their_sizes_go() {
+        let (mine, theirs) = lane::pair().unwrap();
+        let mut lanes = OutLanes::new(Duration::from_secs(3600));
+        let peer = PeerId(7);
+        lanes.insert(peer, mine);
+        let mut reader = TestReader { fd: theirs, pool: None, held: Vec::new() };
+        lane::send_back(&reader.fd, lane::BACK_TAKES_SEALED); // no pool: large frames go sealed
+        // 16 MiB, then halving sizes, twice as many of each: 96 MiB in all, none read meanwhile.
+        let mut sizes = Vec::new();
+        for k in 0..6 {
+            sizes.extend(std::iter::repeat_n((16 << 20) >> k, 1 << k));
+        }
+        for (i, &size) in sizes.iter().enumerate() {
+            lanes.write(peer, &WireFrame::from(Bytes::from(vec![i as u8; size]))).unwrap();
+        }
+        let mut got = Vec::new();
+        loop {
+            while let Some(f) = reader.next(&mut lanes) {
+                got.push(f);
+            }
+            if lanes.waiting().is_none() {
+                break;
+            }
+            assert!(lanes.flush().is_empty());
+        }
+        assert_eq!(got.len(), sizes.len());
+        let sealed: usize = got.iter().take_while(|f| f.0 == 's').map(|f| f.1).sum();
+        assert!(sealed >= 16 << 20, "the first frame goes sealed into an empty lane");
+        assert!(sealed <= (64 << 20) + (16 << 20), "{} MiB sealed unread", sealed >> 20);
+    }
 }

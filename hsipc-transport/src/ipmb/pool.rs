@@ -13,14 +13,16 @@
 //! Runs are handed out first fit, so steady traffic keeps to the start of the pool. What a
 //! burst wrote beyond its first [`KEEP`] bytes is given back to the kernel once the pool has
 //! been quiet for a second ([`SendPool::trim`], a hole punched in the memfd): a lane holds at
-//! most 4 MiB of pages while idle, however large its last burst.
+//! most 4 MiB of pages while idle (plus the runs its reader still holds), however large its
+//! last burst.
 //!
 //! Who may change what:
 //! - the writer writes a run only while it is free: after the reader marked it released, and
 //!   before the frame that hands it over again; the reader holds no `Bytes` into it then;
-//! - the reader's mapping of the data is read-only, and the data is sealed against shrinking and
-//!   growing (so no page of the mapping can vanish, which would raise `SIGBUS`; a hole punched
-//!   in it reads as zeros); the board is sealed the same way;
+//! - the reader's mapping of the data is read-only, and the data is sealed against shrinking,
+//!   growing and further seals (so no page of the mapping can vanish, which would raise
+//!   `SIGBUS`, a hole punched in it reads as zeros, and the reader cannot seal it against the
+//!   holes); the board is sealed against shrinking and growing;
 //! - a reader could map the data writable through the fd it got (the pool cannot be sealed
 //!   against that and still have holes punched in it), but what it could change is only ever
 //!   read by itself: the writer never reads the pool, and the pool is this lane's alone;
@@ -143,6 +145,12 @@ impl SendPool {
     /// Makes a pool: its data, mapped read-write here, and its board.
     pub(super) fn new() -> io::Result<SendPool> {
         let data_fd = memfd(c"hsipc-pool", POOL_SIZE)?;
+        // No more seals: the reader, who gets the fd, could otherwise seal it against the holes
+        // `trim` punches.
+        // SAFETY: adds a seal to a memfd we own.
+        if unsafe { libc::fcntl(data_fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SEAL) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
         let board_fd = memfd(c"hsipc-pool-board", BOARD_SIZE)?;
         let data = Mapping::new(&data_fd, POOL_SIZE, libc::PROT_READ | libc::PROT_WRITE)?;
         let board = Mapping::new(&board_fd, BOARD_SIZE, libc::PROT_READ | libc::PROT_WRITE)?;
@@ -224,7 +232,6 @@ impl SendPool {
             }
             let start = u;
             while u < UNITS && bit(&self.touched, u) && !bit(&self.used, u) {
-                self.touched[u / 64] &= !(1 << (u % 64));
                 u += 1;
             }
             let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
@@ -233,6 +240,9 @@ impl SendPool {
             if unsafe { libc::fallocate(self.data_fd.as_raw_fd(), mode, at, len) } != 0 {
                 tracing::debug!(error = %io::Error::last_os_error(), "cannot give a lane pool's pages back");
                 return false;
+            }
+            for v in start..u {
+                self.touched[v / 64] &= !(1 << (v % 64));
             }
         }
         (KEEP / UNIT..UNITS).any(|u| bit(&self.touched, u))
