@@ -118,16 +118,28 @@ impl Handle {
     /// Starts a server-streaming call whose items may each take at most `timeout` while the
     /// reader is waiting. Dropping the receiver cancels the stream at the server.
     pub fn call_stream(&self, method: &str, body: impl Into<Body>, timeout: Duration) -> Result<ItemReceiver> {
-        let body = body.into();
+        Ok(self.open_stream(method, body.into(), CallMode::ServerStream, timeout)?.1)
+    }
+
+    /// Starts a call whose answer is a stream of items (a server stream, or a session's
+    /// messages from the server), each of which may take at most `timeout` while the reader
+    /// waits.
+    fn open_stream(
+        &self,
+        method: &str,
+        body: Body,
+        mode: CallMode,
+        timeout: Duration,
+    ) -> Result<(RequestId, ItemReceiver)> {
         self.check_len(method.len() + body.len())?;
         // Credit bounds the items in flight to one window; +1 for the end.
         let (items, rx) = flume::bounded(self.shared.window as usize + 1);
         let id = self.with(SendBy::TryInline, |state, now| {
-            let id = state.endpoint.request(now, method, body, CallMode::ServerStream, timeout)?;
+            let id = state.endpoint.request(now, method, body, mode, timeout)?;
             state.streams.insert(id, items);
             Ok(id)
         })?;
-        Ok(ItemReceiver::new(self.clone(), id.into(), rx, timeout.min(proto::MAX_TIMEOUT) + STREAM_BACKSTOP))
+        Ok((id, ItemReceiver::new(self.clone(), id.into(), rx, timeout.min(proto::MAX_TIMEOUT) + STREAM_BACKSTOP)))
     }
 
     /// Opens a session on `method` with the encoded first message `body`: the sending half, and
@@ -140,16 +152,8 @@ impl Handle {
         timeout: Duration,
         stall: Duration,
     ) -> Result<(SessionSender, ItemReceiver)> {
-        let body = body.into();
-        self.check_len(method.len() + body.len())?;
-        let (items, rx) = flume::bounded(self.shared.window as usize + 1);
-        let id = self.with(SendBy::TryInline, |state, now| {
-            let id = state.endpoint.request(now, method, body, CallMode::Session, timeout)?;
-            state.streams.insert(id, items);
-            Ok(id)
-        })?;
-        let sender = SessionSender::new(self.clone(), id, stall);
-        Ok((sender, ItemReceiver::new(self.clone(), id.into(), rx, timeout.min(proto::MAX_TIMEOUT) + STREAM_BACKSTOP)))
+        let (id, items) = self.open_stream(method, body.into(), CallMode::Session, timeout)?;
+        Ok((SessionSender::new(self.clone(), id, stall), items))
     }
 
     /// Ends the sending half of session `id` (the server sees the end of its input).

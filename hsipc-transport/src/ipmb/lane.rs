@@ -25,12 +25,11 @@
 //!   a reader that takes no pooled frames), in a sealed memfd of its own (see `sealed`);
 //! - `CLOSE`: the writer closes the idle lane.
 //!
-//! The reader writes back on the same socket pair, one byte, first thing: that it takes sealed
-//! frames (`BACK_TAKES_SEALED`), or sealed and pooled ones (`BACK_TAKES_POOLED`), or that its
-//! hub declines the lane (`BACK_DECLINED`: it reads its most lanes; it reads what comes until
-//! the writer closes the lane, as after an idle close, and the writer's frames go through the
-//! bus from then on). A reader that says nothing (an earlier version) gets only chunks.
-//! `large` decides how each frame goes.
+//! The reader writes back on the same socket pair, one byte, first thing ([`Takes`]): that it
+//! takes sealed frames, or sealed and pooled ones, or that its hub declines the lane (it reads
+//! its most lanes; it reads what comes until the writer closes the lane, as after an idle
+//! close, and the writer's frames go through the bus from then on). A reader that says nothing
+//! (an earlier version) gets only chunks. `large` decides how each frame goes.
 
 use proto::PeerId;
 use proto::frame::WireFrame;
@@ -55,16 +54,43 @@ pub(super) const POOL: u8 = 4;
 /// The first byte of a lane message: a frame in the writer's pool; the rest of the message is
 /// its offset and its length, 8 bytes little-endian each.
 pub(super) const POOLED: u8 = 5;
-/// A message from a lane's reader back to its writer: this reader takes sealed frames (not
-/// pooled ones). (Development builds sent 1, for "sealed" in some and "sealed and pooled" in
-/// others; 1 still reads as "sealed", which is right for all of them.)
-pub(super) const BACK_TAKES_SEALED: u8 = 5;
-/// A message from a lane's reader back to its writer: this reader takes sealed and pooled
-/// frames. (Pooled frames are released through the pool's board, not by message.)
-pub(super) const BACK_TAKES_POOLED: u8 = 3;
-/// A message from a lane's reader back to its writer: this hub does not take the lane (it
-/// reads what comes until the writer closes it; the writer's frames go through the bus then).
-pub(super) const BACK_DECLINED: u8 = 4;
+/// What a lane's reader takes besides chunks. The reader says it once, first thing, with one
+/// byte back to the writer (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Takes {
+    /// Chunks only: what a writer assumes until told (a reader of an earlier version never
+    /// says anything).
+    #[default]
+    Chunks,
+    /// Chunks and sealed frames.
+    Sealed,
+    /// Chunks, sealed and pooled frames.
+    Pooled,
+    /// Nothing more: the hub declines the lane, and reads chunks until the writer closes it.
+    Declined,
+}
+
+impl Takes {
+    /// The byte a reader sends back to say it. (Development builds sent 1, for "sealed" in
+    /// some and "sealed and pooled" in others; 1 still reads as "sealed", right for all.)
+    fn code(self) -> u8 {
+        match self {
+            Takes::Chunks => 0,
+            Takes::Sealed => 5,
+            Takes::Pooled => 3,
+            Takes::Declined => 4,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Takes> {
+        match code {
+            5 | 1 => Some(Takes::Sealed),
+            3 => Some(Takes::Pooled),
+            4 => Some(Takes::Declined),
+            _ => None,
+        }
+    }
+}
 
 /// The size of a lane reader's arena for small frames. A frame handed on keeps its arena
 /// alive, so it is small: a reader that holds many events pins little memory.
@@ -299,12 +325,14 @@ pub(super) fn receive(fd: &OwnedFd, buf: &mut [u8], wait: bool) -> Received {
     }
 }
 
-/// Tells a lane's writer something (`BACK_*` without a body), from its reader; best effort,
-/// never waits.
-pub(super) fn send_back(fd: &OwnedFd, what: u8) {
+/// Tells a lane's writer what its reader takes; best effort, never waits (a message the socket
+/// cannot take is lost: the writer then takes fewer of its fast paths, nothing more).
+pub(super) fn say(fd: &OwnedFd, takes: Takes) {
+    let what = takes.code();
+    if what == 0 {
+        return;
+    }
     // SAFETY: one byte from a live local; MSG_DONTWAIT and MSG_NOSIGNAL: no wait, no signal.
-    // A message the socket cannot take is lost: the writer then takes fewer of its fast
-    // paths, nothing more.
     unsafe {
         libc::send(
             fd.as_raw_fd(),
@@ -315,35 +343,23 @@ pub(super) fn send_back(fd: &OwnedFd, what: u8) {
     };
 }
 
-/// A message from a lane's reader to its writer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Back {
-    /// The reader takes sealed frames.
-    TakesSealed,
-    /// The reader takes sealed and pooled frames.
-    TakesPooled,
-    /// The reader's hub declines the lane: close it.
-    Declined,
-}
-
-/// Hands each message a lane's reader has sent its writer since the last look to `each`.
-/// Never waits; reads a bounded number of messages (more wait for the next look).
-pub(super) fn read_back(fd: &OwnedFd, mut each: impl FnMut(Back)) {
+/// What a lane's reader has said it takes, if it has said anything since the last look (the
+/// latest, if more). Never waits; reads a bounded number of messages.
+pub(super) fn read_back(fd: &OwnedFd) -> Option<Takes> {
     let mut buf = [0u8; 16];
+    let mut said = None;
     for _ in 0..256 {
         // SAFETY: `buf` is valid for writes of its length.
         let n =
             unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT) };
         if n <= 0 {
-            return;
+            break;
         }
-        match (buf[0], n) {
-            (BACK_TAKES_SEALED | 1, 1) => each(Back::TakesSealed),
-            (BACK_TAKES_POOLED, 1) => each(Back::TakesPooled),
-            (BACK_DECLINED, 1) => each(Back::Declined),
-            _ => {}
+        if n == 1 {
+            said = Takes::from_code(buf[0]).or(said);
         }
     }
+    said
 }
 
 /// How many bytes the writer's end has sent that the reader has not read yet (as the kernel
@@ -455,7 +471,7 @@ mod tests {
     #[test]
     fn frames_before_a_close_are_read_even_with_unread_messages_back() {
         let (writer, reader) = pair().unwrap();
-        send_back(&reader, BACK_TAKES_POOLED);
+        say(&reader, Takes::Pooled);
         for i in 0..5u8 {
             let frame = WireFrame::from(bytes::Bytes::from(vec![i; 100]));
             assert_eq!(write_chunks(&writer, &frame, 0).unwrap(), 1);

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::BytesMut;
 use proto::PeerId;
 
-use super::lane::{self, ARENA, ARENA_FRAME_MAX, CHUNK, CLOSE, LAST, POOL, POOLED, Received, SEALED};
+use super::lane::{self, ARENA, ARENA_FRAME_MAX, CHUNK, CLOSE, LAST, POOL, POOLED, Received, SEALED, Takes};
 use super::pool::RecvPool;
 use super::sealed;
 use crate::ingress::Ingress;
@@ -39,17 +39,6 @@ impl std::fmt::Debug for LaneRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("LaneRunner")
     }
-}
-
-/// What a lane's reader tells the writer it takes (see `lane`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Takes {
-    /// Chunks, sealed and pooled frames.
-    Pooled,
-    /// Chunks and sealed frames.
-    Sealed,
-    /// Nothing more: the hub declines the lane, and reads chunks until the writer closes it.
-    Declined,
 }
 
 /// Most messages [`LaneReader::read_ready`] reads in one turn.
@@ -112,12 +101,7 @@ impl LaneReader {
         takes: Takes,
         on_end: impl FnOnce(PeerId) + Send + 'static,
     ) -> LaneReader {
-        let say = match takes {
-            Takes::Pooled => lane::BACK_TAKES_POOLED,
-            Takes::Sealed => lane::BACK_TAKES_SEALED,
-            Takes::Declined => lane::BACK_DECLINED,
-        };
-        lane::send_back(&fd, say);
+        lane::say(&fd, takes);
         LaneReader {
             fd,
             from,

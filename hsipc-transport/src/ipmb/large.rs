@@ -19,7 +19,7 @@ use std::os::fd::OwnedFd;
 
 use proto::frame::WireFrame;
 
-use super::lane::{self, Back};
+use super::lane::{self, Takes};
 use super::pool::{self, SendPool};
 use super::sealed;
 
@@ -31,13 +31,8 @@ const SEALED_BUDGET: usize = 64 << 20;
 /// any 64-bit kernel): unread bytes divided by it bound the unread messages.
 const LEAST_MESSAGE: usize = 512;
 
-/// A frame on its way into a lane, and how it goes.
-pub(super) struct Outgoing {
-    pub(super) frame: WireFrame,
-    how: How,
-}
-
-enum How {
+/// How a frame goes into a lane.
+pub(super) enum How {
     Chunks,
     /// Sealed if the lane allows when its turn comes, else in chunks.
     SealLater,
@@ -50,27 +45,15 @@ enum How {
     },
 }
 
-impl Outgoing {
-    /// How many lane messages it takes (as far as it is decided).
-    pub(super) fn parts(&self) -> usize {
-        match self.how {
-            How::Chunks => lane::chunk_count(&self.frame),
+impl How {
+    /// How many lane messages `frame` takes this way (as far as it is decided).
+    pub(super) fn parts(&self, frame: &WireFrame) -> usize {
+        match self {
+            How::Chunks => lane::chunk_count(frame),
             How::SealLater | How::Sealed(_) => 1,
-            How::Pooled { offer, .. } => 1 + usize::from(offer),
+            How::Pooled { offer, .. } => 1 + usize::from(*offer),
         }
     }
-}
-
-/// What the reader takes besides chunks (it says so first thing).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Takes {
-    /// Not said (yet): a reader of an earlier version never says.
-    #[default]
-    ChunksOnly,
-    Sealed,
-    SealedAndPooled,
-    /// The reader's hub declines the lane: it is to be closed.
-    Declined,
 }
 
 /// One lane's writer's state for large frames.
@@ -89,19 +72,18 @@ pub(super) struct LargeFrames {
 
 impl LargeFrames {
     /// Decides how `frame` goes (and copies it into the pool, if that is the way).
-    pub(super) fn prepare(&mut self, lane_fd: &OwnedFd, frame: &WireFrame) -> Outgoing {
-        let how = if frame.len() < pool::POOLED_MIN { How::Chunks } else { self.large(lane_fd, frame) };
-        Outgoing { frame: frame.clone(), how }
+    pub(super) fn prepare(&mut self, lane_fd: &OwnedFd, frame: &WireFrame) -> How {
+        if frame.len() < pool::POOLED_MIN { How::Chunks } else { self.large(lane_fd, frame) }
     }
 
     fn large(&mut self, lane_fd: &OwnedFd, frame: &WireFrame) -> How {
         self.read_back(lane_fd);
-        if self.takes == Takes::SealedAndPooled {
+        if self.takes == Takes::Pooled {
             if let Some(how) = self.pooled(frame) {
                 return how;
             }
         }
-        let sealed = matches!(self.takes, Takes::Sealed | Takes::SealedAndPooled);
+        let sealed = matches!(self.takes, Takes::Sealed | Takes::Pooled);
         if sealed && frame.len() >= sealed::SEALED_MIN { How::SealLater } else { How::Chunks }
     }
 
@@ -128,11 +110,9 @@ impl LargeFrames {
 
     /// Takes in what the reader has said.
     pub(super) fn read_back(&mut self, lane_fd: &OwnedFd) {
-        lane::read_back(lane_fd, |back| match back {
-            Back::TakesSealed => self.takes = self.takes.max_with(Takes::Sealed),
-            Back::TakesPooled => self.takes = self.takes.max_with(Takes::SealedAndPooled),
-            Back::Declined => self.takes = Takes::Declined,
-        });
+        if let Some(said) = lane::read_back(lane_fd) {
+            self.takes = said;
+        }
     }
 
     /// Gives back the pool's pages beyond its first megabytes (see `pool`) once no frame has
@@ -146,7 +126,7 @@ impl LargeFrames {
 
     /// Whether the reader has said what it takes (or that it declines the lane).
     pub(super) fn heard(&self) -> bool {
-        self.takes != Takes::ChunksOnly
+        self.takes != Takes::Chunks
     }
 
     /// Whether the reader's hub declines the lane.
@@ -154,11 +134,18 @@ impl LargeFrames {
         self.takes == Takes::Declined
     }
 
-    /// Writes `out` from part `from` on, as far as the lane takes it now; returns the parts
+    /// Writes `frame` the way `how` says, from part `from` on, as far as the lane takes it now
+    /// (deciding what was left open, or falling back to chunks, in `how`); returns the parts
     /// written in all.
-    pub(super) fn write(&mut self, lane_fd: &OwnedFd, out: &mut Outgoing, from: usize) -> io::Result<usize> {
-        let len = out.frame.len();
-        if let How::SealLater = out.how {
+    pub(super) fn write(
+        &mut self,
+        lane_fd: &OwnedFd,
+        frame: &WireFrame,
+        how: &mut How,
+        from: usize,
+    ) -> io::Result<usize> {
+        let len = frame.len();
+        if let How::SealLater = how {
             let unread = unread_sealed_bound(lane_fd);
             if unread == 0 {
                 self.largest_sealed = 0;
@@ -168,8 +155,8 @@ impl LargeFrames {
             if fits {
                 self.largest_sealed = each;
             }
-            out.how = match fits {
-                true => match sealed::seal(&out.frame) {
+            *how = match fits {
+                true => match sealed::seal(frame) {
                     Ok(memfd) => How::Sealed(memfd),
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot seal a large frame; it goes in chunks");
@@ -179,22 +166,22 @@ impl LargeFrames {
                 false => How::Chunks,
             };
         }
-        match &out.how {
-            How::Chunks | How::SealLater => lane::write_chunks(lane_fd, &out.frame, from),
+        match how {
+            How::Chunks | How::SealLater => lane::write_chunks(lane_fd, frame, from),
             How::Sealed(memfd) => match lane::write_sealed(lane_fd, memfd, len) {
                 Ok(sent) => Ok(usize::from(sent)),
                 Err(e) if too_many_fds(&e) => {
                     tracing::debug!("too many fds in flight; a sealed frame goes in chunks");
-                    out.how = How::Chunks;
-                    lane::write_chunks(lane_fd, &out.frame, from)
+                    *how = How::Chunks;
+                    lane::write_chunks(lane_fd, frame, from)
                 }
                 Err(e) => Err(e),
             },
-            &How::Pooled { offset, offer } => {
+            &mut How::Pooled { offset, offer } => {
                 let Some(pool) = &self.pool else {
                     // The pool could not be handed over (below): nothing of this frame went.
-                    out.how = How::Chunks;
-                    return lane::write_chunks(lane_fd, &out.frame, 0);
+                    *how = How::Chunks;
+                    return lane::write_chunks(lane_fd, frame, 0);
                 };
                 if offer && from == 0 {
                     match lane::write_pool(lane_fd, pool.memfds(), pool::POOL_SIZE) {
@@ -204,8 +191,8 @@ impl LargeFrames {
                             tracing::debug!("too many fds in flight; large frames on this lane go sealed or in chunks");
                             self.pool = None;
                             self.no_pool = true;
-                            out.how = How::Chunks;
-                            return lane::write_chunks(lane_fd, &out.frame, 0);
+                            *how = How::Chunks;
+                            return lane::write_chunks(lane_fd, frame, 0);
                         }
                         Err(e) => return Err(e),
                     }
@@ -213,19 +200,6 @@ impl LargeFrames {
                 let done = usize::from(offer);
                 Ok(done + usize::from(lane::write_pooled(lane_fd, offset, len)?))
             }
-        }
-    }
-}
-
-impl Takes {
-    /// The more of the two (a declined lane stays declined).
-    fn max_with(self, other: Takes) -> Takes {
-        use Takes::*;
-        match (self, other) {
-            (Declined, _) | (_, Declined) => Declined,
-            (SealedAndPooled, _) | (_, SealedAndPooled) => SealedAndPooled,
-            (Sealed, _) | (_, Sealed) => Sealed,
-            _ => ChunksOnly,
         }
     }
 }

@@ -43,6 +43,7 @@ mod out_lanes;
 mod pool;
 mod reader;
 mod sealed;
+mod shm;
 
 use std::collections::HashSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -265,7 +266,7 @@ impl Connect for IpmbBus {
                 other_users: HashSet::new(),
                 declined: Default::default(),
                 outgoing: out_lanes::OutLanes::new(cfg.lane_stall_timeout),
-                dead: std::collections::HashMap::new(),
+                dead: PeersUntil::default(),
                 dead_for: cfg.lane_stall_timeout,
                 incoming,
             },
@@ -296,8 +297,35 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// How long closing waits for full lanes to take the frames waiting for them (the goodbye).
 const CLOSE_DRAIN: Duration = Duration::from_millis(500);
 
-/// Most peers remembered as having declined a lane (beyond, they are offered one again).
-const MAX_DECLINED_PEERS: usize = 4096;
+/// Most peers remembered in a [`PeersUntil`] (beyond, new ones are not marked).
+const MAX_MARKED_PEERS: usize = 4096;
+
+/// Peers marked until some instant: the expired ones are forgotten, and at most
+/// [`MAX_MARKED_PEERS`] are kept.
+#[derive(Debug, Default)]
+struct PeersUntil(std::collections::HashMap<PeerId, Instant>);
+
+impl PeersUntil {
+    /// Marks `peer` until `until`.
+    fn mark(&mut self, peer: PeerId, until: Instant, now: Instant) {
+        self.0.retain(|_, u| *u > now);
+        if self.0.len() < MAX_MARKED_PEERS {
+            self.0.insert(peer, until);
+        }
+    }
+
+    /// Whether `peer` is marked at `now` (an expired mark is forgotten).
+    fn holds(&mut self, peer: PeerId, now: Instant) -> bool {
+        match self.0.get(&peer) {
+            Some(until) if now < *until => true,
+            Some(_) => {
+                self.0.remove(&peer);
+                false
+            }
+            None => false,
+        }
+    }
+}
 
 /// Most peers remembered as another user's (beyond, they are looked up again each time).
 const MAX_OTHER_USERS: usize = 4096;
@@ -316,14 +344,14 @@ struct Lanes {
     /// Peers that run as another user: reached through the bus.
     other_users: HashSet<PeerId>,
     /// Peers that declined a lane, and until when they are reached through the bus only.
-    declined: std::collections::HashMap<PeerId, Instant>,
+    declined: PeersUntil,
     /// The lane to each peer, with the frames waiting for room in it.
     outgoing: out_lanes::OutLanes,
     /// Peers whose lane broke or stalled, and until when they are taken for gone: frames to
     /// them are dropped meanwhile (a new lane at once could reorder them with the broken one's
     /// last frames). The peer itself sees the old lane end and forgets this hub; a peer that
     /// lives on is reached afresh (a new lane) after that.
-    dead: std::collections::HashMap<PeerId, Instant>,
+    dead: PeersUntil,
     /// How long a cut-off peer is taken for gone.
     dead_for: Duration,
     /// The lanes this hub reads, to wake their readers at close.
@@ -351,11 +379,8 @@ impl IpmbTransport {
     /// Whether a lane to `to` may be made: it runs as this process's user (unless lanes across
     /// users are allowed). Unknown yet (no announce heard): not now, ask again next time.
     fn may_lane_to(&mut self, to: PeerId) -> bool {
-        if let Some(until) = self.lanes.declined.get(&to) {
-            if Instant::now() < *until {
-                return false;
-            }
-            self.lanes.declined.remove(&to);
+        if self.lanes.declined.holds(to, Instant::now()) {
+            return false;
         }
         if self.lanes.across_users {
             return true;
@@ -396,8 +421,7 @@ impl IpmbTransport {
         tracing::debug!(peer = %to, error = %source, "lane broken: the peer is gone or stuck");
         self.lanes.outgoing.remove(to);
         let now = Instant::now();
-        self.lanes.dead.retain(|_, until| *until > now);
-        self.lanes.dead.insert(to, now + self.lanes.dead_for);
+        self.lanes.dead.mark(to, now + self.lanes.dead_for, now);
         self.ingress.peer_lost(to);
         TransportError::Io { what: "writing into a direct lane", source }
     }
@@ -470,11 +494,8 @@ impl Transport for IpmbTransport {
             return self.lane_send(to, frame);
         }
         self.settle_close_notice(to)?;
-        if let Some(until) = self.lanes.dead.get(&to) {
-            if Instant::now() < *until {
-                return Err(TransportError::Closed);
-            }
-            self.lanes.dead.remove(&to);
+        if self.lanes.dead.holds(to, Instant::now()) {
+            return Err(TransportError::Closed);
         }
         if self.lanes.enabled && self.lanes.outgoing.len() < self.lanes.max && self.may_lane_to(to) {
             match self.open_lane(to) {
@@ -504,10 +525,7 @@ impl Transport for IpmbTransport {
         let now = Instant::now();
         for peer in self.lanes.outgoing.close_declined() {
             tracing::debug!(%peer, "the peer declined the lane: its frames go through the bus");
-            self.lanes.declined.retain(|_, until| *until > now);
-            if self.lanes.declined.len() < MAX_DECLINED_PEERS {
-                self.lanes.declined.insert(peer, now + self.lanes.idle);
-            }
+            self.lanes.declined.mark(peer, now + self.lanes.idle, now);
             if let Err(e) = self.send_close_notice(peer) {
                 tracing::debug!(%peer, error = %e, "could not send a lane's closing notice; will retry");
                 self.lanes.unnoticed.insert(peer);

@@ -19,7 +19,7 @@ use proto::PeerId;
 use proto::frame::WireFrame;
 
 use super::lane;
-use super::large::{LargeFrames, Outgoing};
+use super::large::{How, LargeFrames};
 
 /// Most bytes that wait for one lane before its writers wait (a larger frame still goes, alone).
 const MAX_WAITING_BYTES: usize = 64 << 20;
@@ -48,6 +48,12 @@ impl Drop for OutLane {
     fn drop(&mut self) {
         lane::drain_back(&self.fd);
     }
+}
+
+/// A frame waiting for room in a lane, and how it goes.
+struct Outgoing {
+    frame: WireFrame,
+    how: How,
 }
 
 /// The lanes this hub writes.
@@ -234,17 +240,17 @@ impl OutLane {
 
     /// Writes `frame`, or queues it behind what waits.
     fn push(&mut self, frame: &WireFrame) -> io::Result<()> {
-        let mut out = self.large.prepare(&self.fd, frame);
+        let mut how = self.large.prepare(&self.fd, frame);
         if self.waiting.is_empty() {
-            let written = self.large.write(&self.fd, &mut out, 0)?;
-            if written == out.parts() {
-                return Ok(());
+            let written = self.large.write(&self.fd, frame, &mut how, 0)?;
+            if written == how.parts(frame) {
+                return Ok(()); // the common case: nothing kept, nothing cloned
             }
             self.written = written;
             self.progress = Instant::now();
         }
         self.waiting_bytes += frame.len();
-        self.waiting.push_back(out);
+        self.waiting.push_back(Outgoing { frame: frame.clone(), how });
         Ok(())
     }
 
@@ -271,11 +277,11 @@ impl OutLane {
     /// Writes waiting frames until the lane is full or nothing waits.
     fn flush(&mut self, now: Instant) -> io::Result<()> {
         while let Some(mut front) = self.waiting.pop_front() {
-            let written = self.large.write(&self.fd, &mut front, self.written)?;
+            let written = self.large.write(&self.fd, &front.frame, &mut front.how, self.written)?;
             if written > self.written {
                 self.progress = now;
             }
-            if written < front.parts() {
+            if written < front.how.parts(&front.frame) {
                 self.written = written;
                 self.waiting.push_front(front);
                 return Ok(());
@@ -363,6 +369,28 @@ mod tests {
     }
 
     impl TestReader {
+        /// A lane to peer 7 that never stalls, and its reading end.
+        fn lane() -> (OutLanes, PeerId, TestReader) {
+            let (mine, theirs) = lane::pair().unwrap();
+            let mut lanes = OutLanes::new(Duration::from_secs(3600));
+            lanes.insert(PeerId(7), mine);
+            (lanes, PeerId(7), TestReader { fd: theirs, pool: None, held: Vec::new() })
+        }
+
+        /// Reads every frame, flushing `lanes` until nothing waits in them.
+        fn read_all(&mut self, lanes: &mut OutLanes) -> Vec<(char, usize, u8)> {
+            let mut got = Vec::new();
+            loop {
+                while let Some(f) = self.next(lanes) {
+                    got.push(f);
+                }
+                if lanes.waiting().is_none() {
+                    return got;
+                }
+                assert!(lanes.flush().is_empty());
+            }
+        }
+
         /// Reads the next whole frame, flushing `lanes` while it waits for the rest of one:
         /// `'c'` for chunks, `'s'` sealed, `'p'` pooled.
         fn next(&mut self, lanes: &mut OutLanes) -> Option<(char, usize, u8)> {
@@ -405,11 +433,7 @@ mod tests {
     /// in chunks; all in order with small frames. Released runs are used again.
     #[test]
     fn large_frames_go_pooled_then_sealed_then_in_chunks() {
-        let (mine, theirs) = lane::pair().unwrap();
-        let mut lanes = OutLanes::new(Duration::from_secs(3600));
-        let peer = PeerId(7);
-        lanes.insert(peer, mine);
-        let mut reader = TestReader { fd: theirs, pool: None, held: Vec::new() };
+        let (mut lanes, peer, mut reader) = TestReader::lane();
         // A sixteenth of the pool, less a little: 16 of them fill it.
         let size = pool::POOL_SIZE / 16 - 64;
         let big = |i: u8| WireFrame::from(Bytes::from(vec![i; size + i as usize]));
@@ -418,7 +442,7 @@ mod tests {
         // Before the reader says it takes them, a large frame goes in chunks.
         lanes.write(peer, &big(0)).unwrap();
         assert_eq!(reader.next(&mut lanes), Some(seen('c', 0)));
-        lane::send_back(&reader.fd, lane::BACK_TAKES_POOLED);
+        lane::say(&reader.fd, lane::Takes::Pooled);
         // 16 fill the pool (the reader holds them all); the next go sealed while it reads.
         let mut got = Vec::new();
         for i in 1..=20 {
@@ -436,16 +460,7 @@ mod tests {
         for i in 21..=40 {
             lanes.write(peer, &mid(i)).unwrap();
         }
-        let mut got = Vec::new();
-        loop {
-            while let Some(f) = reader.next(&mut lanes) {
-                got.push(f);
-            }
-            if lanes.waiting().is_none() {
-                break;
-            }
-            assert!(lanes.flush().is_empty());
-        }
+        let got = reader.read_all(&mut lanes);
         assert_eq!(got.iter().map(|f| f.2).collect::<Vec<u8>>(), (21..=40).collect::<Vec<u8>>(), "in order");
         let sealed = got.iter().take_while(|f| f.0 == 's').count();
         assert!((1..=16).contains(&sealed), "{sealed} sealed 4 MiB frames before the first chunked one");
@@ -460,12 +475,8 @@ mod tests {
     /// even when they shrink: each unread one counts as large as the largest.
     #[test]
     fn sealed_frames_unread_stay_within_the_budget_however_their_sizes_go() {
-        let (mine, theirs) = lane::pair().unwrap();
-        let mut lanes = OutLanes::new(Duration::from_secs(3600));
-        let peer = PeerId(7);
-        lanes.insert(peer, mine);
-        let mut reader = TestReader { fd: theirs, pool: None, held: Vec::new() };
-        lane::send_back(&reader.fd, lane::BACK_TAKES_SEALED); // no pool: large frames go sealed
+        let (mut lanes, peer, mut reader) = TestReader::lane();
+        lane::say(&reader.fd, lane::Takes::Sealed); // no pool: large frames go sealed
         // 16 MiB, then halving sizes, twice as many of each: 96 MiB in all, none read meanwhile.
         let mut sizes = Vec::new();
         for k in 0..6 {
@@ -474,16 +485,7 @@ mod tests {
         for (i, &size) in sizes.iter().enumerate() {
             lanes.write(peer, &WireFrame::from(Bytes::from(vec![i as u8; size]))).unwrap();
         }
-        let mut got = Vec::new();
-        loop {
-            while let Some(f) = reader.next(&mut lanes) {
-                got.push(f);
-            }
-            if lanes.waiting().is_none() {
-                break;
-            }
-            assert!(lanes.flush().is_empty());
-        }
+        let got = reader.read_all(&mut lanes);
         assert_eq!(got.len(), sizes.len());
         let sealed: usize = got.iter().take_while(|f| f.0 == 's').map(|f| f.1).sum();
         assert!(sealed >= 16 << 20, "the first frame goes sealed into an empty lane");

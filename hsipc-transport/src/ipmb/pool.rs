@@ -31,16 +31,16 @@
 //! A reader that keeps frames (an application holding payloads) keeps their runs: when the pool
 //! has no room, frames go sealed or in chunks instead, so nothing waits for a reader to let go.
 
-use std::ffi::c_void;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use bytes::Bytes;
 use proto::frame::WireFrame;
 
-use super::sealed::{MapError, check_shmem, file_size};
+use super::sealed::{MapError, check_sealed};
+use super::shm::{self, Mapping};
 
 /// The pool is handed out in runs of units of this size.
 pub(super) const UNIT: usize = 64 * 1024;
@@ -62,61 +62,24 @@ const RELEASED: u8 = 1;
 /// The start of the pool whose pages stay when it is trimmed: steady traffic keeps to it.
 pub(super) const KEEP: usize = 4 << 20;
 
-/// A shared mapping, unmapped on drop.
-struct Mapping {
-    base: *mut u8,
-    len: usize,
+/// The board's byte for `unit`.
+fn mark(board: &Mapping, unit: usize) -> &AtomicU8 {
+    assert!(unit < board.len(), "a unit within the board");
+    // SAFETY: `unit` is within the mapping (checked), and the board is only ever accessed
+    // atomically, by both processes.
+    unsafe { &*(board.base().add(unit) as *const AtomicU8) }
 }
 
-// SAFETY: a plain address range; what may be done through it is up to its owner.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    fn new(fd: &OwnedFd, len: usize, prot: libc::c_int) -> io::Result<Mapping> {
-        // SAFETY: a new shared mapping of `len` bytes of an open fd; the callers make sure the
-        // file cannot shrink below `len`.
-        let base = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd.as_raw_fd(), 0) };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Mapping { base: base as *mut u8, len })
-    }
-
-    /// The board's byte for `unit`.
-    fn mark(&self, unit: usize) -> &AtomicU8 {
-        debug_assert!(unit < self.len);
-        // SAFETY: `unit` is within the mapping (callers check it against `UNITS` or the board's
-        // size), and the board is only ever accessed atomically, by both processes.
-        unsafe { &*(self.base.add(unit) as *const AtomicU8) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly this mapping; nothing refers to it any more.
-        unsafe { libc::munmap(self.base as *mut c_void, self.len) };
-    }
-}
-
-/// A new memfd of `len` bytes sealed against shrinking and growing.
-fn memfd(name: &std::ffi::CStr, len: usize) -> io::Result<OwnedFd> {
-    // SAFETY: a valid NUL-terminated name; the flags are valid for memfd_create.
-    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if raw < 0 {
+/// A new memfd of `len` bytes sealed against shrinking and growing (and, with `last`, against
+/// further seals).
+fn sized_memfd(name: &std::ffi::CStr, len: usize, last: bool) -> io::Result<OwnedFd> {
+    let fd = shm::memfd(name)?;
+    // SAFETY: sizes a memfd we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: a new fd, owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: sizes and seals a memfd we own.
-    unsafe {
-        if libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) != 0
-            || libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    let seal = if last { libc::F_SEAL_SEAL } else { 0 };
+    shm::add_seals(&fd, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | seal)?;
     Ok(fd)
 }
 
@@ -144,16 +107,12 @@ impl std::fmt::Debug for SendPool {
 impl SendPool {
     /// Makes a pool: its data, mapped read-write here, and its board.
     pub(super) fn new() -> io::Result<SendPool> {
-        let data_fd = memfd(c"hsipc-pool", POOL_SIZE)?;
-        // No more seals: the reader, who gets the fd, could otherwise seal it against the holes
-        // `trim` punches.
-        // SAFETY: adds a seal to a memfd we own.
-        if unsafe { libc::fcntl(data_fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SEAL) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let board_fd = memfd(c"hsipc-pool-board", BOARD_SIZE)?;
-        let data = Mapping::new(&data_fd, POOL_SIZE, libc::PROT_READ | libc::PROT_WRITE)?;
-        let board = Mapping::new(&board_fd, BOARD_SIZE, libc::PROT_READ | libc::PROT_WRITE)?;
+        // No more seals on the data: the reader, who gets the fd, could otherwise seal it against
+        // the holes `trim` punches.
+        let data_fd = sized_memfd(c"hsipc-pool", POOL_SIZE, true)?;
+        let board_fd = sized_memfd(c"hsipc-pool-board", BOARD_SIZE, false)?;
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let (data, board) = (Mapping::new(&data_fd, POOL_SIZE, rw, 0)?, Mapping::new(&board_fd, BOARD_SIZE, rw, 0)?);
         let (used, touched, runs) = ([0; UNITS / 64], [0; UNITS / 64], Box::new([0; UNITS]));
         Ok(SendPool { data_fd, board_fd, data, board, used, runs, touched })
     }
@@ -181,7 +140,7 @@ impl SendPool {
             // SAFETY: the run lies within the mapping (start + units <= UNITS, and the pieces add
             // up to the frame's length), it was free (the reader holds nothing in it), and
             // `piece` is a separate allocation.
-            unsafe { std::ptr::copy_nonoverlapping(piece.as_ptr(), self.data.base.add(at), piece.len()) };
+            unsafe { std::ptr::copy_nonoverlapping(piece.as_ptr(), self.data.base().add(at), piece.len()) };
             at += piece.len();
         }
         Some((start * UNIT) as u64)
@@ -206,10 +165,10 @@ impl SendPool {
     /// Frees the runs the reader marked released on the board.
     fn take_releases(&mut self) {
         for start in 0..UNITS {
-            if self.runs[start] == 0 || self.board.mark(start).load(Ordering::Acquire) != RELEASED {
+            if self.runs[start] == 0 || mark(&self.board, start).load(Ordering::Acquire) != RELEASED {
                 continue;
             }
-            self.board.mark(start).store(0, Ordering::Relaxed);
+            mark(&self.board, start).store(0, Ordering::Relaxed);
             let units = std::mem::take(&mut self.runs[start]) as usize;
             for u in start..start + units {
                 self.used[u / 64] &= !(1 << (u % 64));
@@ -267,19 +226,14 @@ impl RecvPool {
     /// against shrinking, at least that large.
     pub(super) fn map(data: &OwnedFd, board: &OwnedFd, size: u64) -> Result<Arc<RecvPool>, MapError> {
         for (fd, want) in [(data, size), (board, BOARD_SIZE as u64)] {
-            // SAFETY: fcntl on an open fd with no argument; it fails on anything not sealable.
-            let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-            if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
-                return Err(MapError::NotSealed);
-            }
-            check_shmem(fd)?;
-            let actual = file_size(fd)?;
+            check_sealed(fd, libc::F_SEAL_SHRINK)?;
+            let actual = shm::file_size(fd)?;
             if actual < want || want == 0 || want > POOL_SIZE_MAX {
                 return Err(MapError::TooSmall { size: actual, len: want as usize });
             }
         }
-        let data = Mapping::new(data, size as usize, libc::PROT_READ)?;
-        let board = Mapping::new(board, BOARD_SIZE, libc::PROT_READ | libc::PROT_WRITE)?;
+        let data = Mapping::new(data, size as usize, libc::PROT_READ, 0)?;
+        let board = Mapping::new(board, BOARD_SIZE, libc::PROT_READ | libc::PROT_WRITE, 0)?;
         Ok(Arc::new(RecvPool { data, board }))
     }
 
@@ -288,7 +242,7 @@ impl RecvPool {
     pub(super) fn frame(self: &Arc<Self>, offset: u64, len: u64) -> Option<Bytes> {
         let end = offset.checked_add(len)?;
         let unit = offset / UNIT as u64;
-        if end > self.data.len as u64 || len == 0 || offset % UNIT as u64 != 0 || unit >= BOARD_SIZE as u64 {
+        if end > self.data.len() as u64 || len == 0 || offset % UNIT as u64 != 0 || unit >= BOARD_SIZE as u64 {
             return None;
         }
         Some(Bytes::from_owner(PooledFrame { pool: self.clone(), offset: offset as usize, len: len as usize }))
@@ -306,13 +260,13 @@ impl AsRef<[u8]> for PooledFrame {
     fn as_ref(&self) -> &[u8] {
         // SAFETY: within the mapping (checked in `frame`), which lives while `pool` does; the
         // writer does not write this run until it is released, after this frame is gone.
-        unsafe { std::slice::from_raw_parts(self.pool.data.base.add(self.offset), self.len) }
+        unsafe { std::slice::from_raw_parts(self.pool.data.base().add(self.offset), self.len) }
     }
 }
 
 impl Drop for PooledFrame {
     fn drop(&mut self) {
-        self.pool.board.mark(self.offset / UNIT).store(RELEASED, Ordering::Release);
+        mark(&self.pool.board, self.offset / UNIT).store(RELEASED, Ordering::Release);
     }
 }
 

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use proto::PeerId;
 
 use super::envelope::Received;
-use super::lane_reader::{LaneReader, LaneRunner, Takes};
+use super::lane::Takes;
+use super::lane_reader::{LaneReader, LaneRunner};
 use super::{Msg, cloexec, envelope, lane};
 use crate::ingress::Ingress;
 use crate::transport::TransportError;

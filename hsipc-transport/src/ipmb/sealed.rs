@@ -18,10 +18,12 @@
 
 use std::ffi::c_void;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use bytes::Bytes;
 use proto::frame::WireFrame;
+
+use super::shm::{self, Mapping};
 
 /// Frames at least this large go sealed (smaller ones cost less in chunks: a memfd costs
 /// about ten system calls on both sides).
@@ -32,21 +34,11 @@ const REQUIRED_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_WRITE;
 
 /// Writes `frame` into a new memfd and seals it.
 pub(super) fn seal(frame: &WireFrame) -> io::Result<OwnedFd> {
-    // SAFETY: a valid NUL-terminated name; the flags are valid for memfd_create.
-    let raw = unsafe { libc::memfd_create(c"hsipc-frame".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd, owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = shm::memfd(c"hsipc-frame")?;
     for piece in frame.pieces() {
         write_all(&fd, piece)?;
     }
-    let seals = REQUIRED_SEALS | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-    // SAFETY: fcntl on an fd we own, with an integer argument.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    shm::add_seals(&fd, REQUIRED_SEALS | libc::F_SEAL_GROW | libc::F_SEAL_SEAL)?;
     Ok(fd)
 }
 
@@ -94,26 +86,27 @@ pub(super) enum MapError {
 /// Maps the first `len` bytes of a sealed frame's memfd read-only, as `Bytes` that unmap when
 /// the last reference drops.
 pub(super) fn map(fd: &OwnedFd, len: usize) -> Result<Bytes, MapError> {
-    // SAFETY: fcntl on an open fd with no argument; it fails on anything not sealable.
-    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-    if seals < 0 || seals & REQUIRED_SEALS != REQUIRED_SEALS {
-        return Err(MapError::NotSealed);
-    }
-    check_shmem(fd)?;
-    let size = file_size(fd)?;
+    check_sealed(fd, REQUIRED_SEALS)?;
+    let size = shm::file_size(fd)?;
     if size < len as u64 || len == 0 {
         return Err(MapError::TooSmall { size, len });
     }
-    // SAFETY: a new read-only shared mapping of `len` bytes of an open fd, which cannot shrink
-    // (sealed) below `len` (checked): every page of the mapping stays backed.
-    let ptr = unsafe {
-        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED | libc::MAP_POPULATE, fd.as_raw_fd(), 0)
-    };
-    if ptr == libc::MAP_FAILED {
-        tracing::debug!(error = %io::Error::last_os_error(), "cannot map a sealed frame; reading it");
-        return read_whole(fd, len);
+    // The memfd cannot shrink (sealed) below `len` (checked): every page stays backed.
+    match Mapping::new(fd, len, libc::PROT_READ, libc::MAP_POPULATE) {
+        Ok(mapping) => Ok(Bytes::from_owner(SealedFrame(mapping))),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot map a sealed frame; reading it");
+            read_whole(fd, len)
+        }
     }
-    Ok(Bytes::from_owner(Mapping { ptr: ptr as *const u8, len }))
+}
+
+/// Checks that `fd` is a memfd of tmpfs carrying `required` seals.
+pub(super) fn check_sealed(fd: &OwnedFd, required: libc::c_int) -> Result<(), MapError> {
+    match shm::seals(fd) {
+        Some(seals) if seals & required == required && shm::is_shmem(fd)? => Ok(()),
+        _ => Err(MapError::NotSealed),
+    }
 }
 
 /// The first `len` bytes of the file `fd`, read into memory.
@@ -135,58 +128,14 @@ fn read_whole(fd: &OwnedFd, len: usize) -> Result<Bytes, MapError> {
     Ok(buf.freeze())
 }
 
-/// Checks that `fd` is a file in shared memory (a memfd of tmpfs), not one of hugetlbfs: pages
-/// of a huge-page file can be punched out by its writer, and the reader's next touch of one
-/// would raise `SIGBUS` once the system has no huge page to give.
-pub(super) fn check_shmem(fd: &OwnedFd) -> Result<(), MapError> {
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    // SAFETY: an all-zero statfs is valid; fstatfs fills it.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is valid for writes; the fd is open.
-    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error().into());
-    }
-    if st.f_type as i64 != TMPFS_MAGIC {
-        return Err(MapError::NotSealed);
-    }
-    Ok(())
-}
+/// A sealed frame's read-only mapping, as the frame's bytes.
+struct SealedFrame(Mapping);
 
-/// The size of the file behind `fd`.
-pub(super) fn file_size(fd: &OwnedFd) -> io::Result<u64> {
-    // SAFETY: an all-zero stat is valid; fstat fills it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is valid for writes; the fd is open.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st.st_size.max(0) as u64)
-}
-
-/// A read-only mapping of a sealed memfd, unmapped on drop.
-struct Mapping {
-    ptr: *const u8,
-    len: usize,
-}
-
-// SAFETY: the mapping is read-only and its contents cannot change (the memfd is sealed against
-// writes), so sharing and sending it between threads is sound.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
-
-impl AsRef<[u8]> for Mapping {
+impl AsRef<[u8]> for SealedFrame {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: `ptr` is a live mapping of `len` readable bytes until drop, and nothing
-        // writes to it.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `map`; no reference to it outlives this.
-        unsafe { libc::munmap(self.ptr as *mut c_void, self.len) };
+        // SAFETY: a live read-only mapping of `len` bytes until drop, of a memfd sealed against
+        // writes: nothing changes them.
+        unsafe { std::slice::from_raw_parts(self.0.base(), self.0.len()) }
     }
 }
 
@@ -213,10 +162,7 @@ mod tests {
 
     #[test]
     fn an_unsealed_or_short_fd_is_refused() {
-        // SAFETY: a new memfd without sealing, owned below.
-        let raw = unsafe { libc::memfd_create(c"t".as_ptr(), libc::MFD_CLOEXEC) };
-        // SAFETY: a new fd, owned by nothing else.
-        let plain = unsafe { OwnedFd::from_raw_fd(raw) };
+        let plain = shm::memfd(c"t").unwrap();
         // SAFETY: grows the memfd we own.
         assert_eq!(unsafe { libc::ftruncate(plain.as_raw_fd(), 4096) }, 0);
         assert!(matches!(map(&plain, 100), Err(MapError::NotSealed)));
