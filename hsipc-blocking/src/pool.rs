@@ -15,9 +15,12 @@ enum Job {
 /// A fixed set of worker threads, started with the first call served (a hub that serves
 /// nothing starts none). The queue needs no bound of its own: the dispatch policy refuses
 /// calls past `max_pending_calls` before they reach it. Workers end when the hub is gone.
+///
+/// The queue is crossbeam's: a worker waiting for a job allocates nothing (flume allocates a
+/// waiting hook each time a receiver blocks, which is once per call on an idle hub).
 pub(crate) struct Pool {
-    jobs: flume::Sender<Job>,
-    rx: flume::Receiver<Job>,
+    jobs: crossbeam_channel::Sender<Job>,
+    rx: crossbeam_channel::Receiver<Job>,
     workers: usize,
     started: OnceLock<()>,
 }
@@ -30,7 +33,7 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     pub(crate) fn new(workers: usize) -> Self {
-        let (jobs, rx) = flume::unbounded();
+        let (jobs, rx) = crossbeam_channel::unbounded();
         Pool { jobs, rx, workers, started: OnceLock::new() }
     }
 

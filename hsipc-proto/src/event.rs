@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
+use smol_str::SmolStr;
 
 use crate::error::CallError;
 use crate::id::{CallRef, IncomingId, PeerId, RequestId, SubscriptionId};
@@ -128,8 +129,8 @@ pub enum Event {
         id: IncomingId,
         /// The caller.
         from: PeerId,
-        /// The method called (`service.method`).
-        method: String,
+        /// The method called (`service.method`); a short name (up to 23 bytes) is held inline.
+        method: SmolStr,
         /// The request body.
         body: Bytes,
         /// When the caller gives up.

@@ -174,8 +174,18 @@ impl Frame {
     /// Encodes the frame; fails if it would be longer than `max_len` or the name is too long.
     pub fn encode(&self, max_len: usize) -> Result<Bytes, FrameError> {
         let payload = Payload::Copied(&self.payload);
-        encode_parts(self.kind, self.flags.0, self.aux, self.id, self.seq, &self.name, payload, max_len)
-            .map(|w| w.to_bytes())
+        encode_parts(
+            &mut Arena::default(),
+            self.kind,
+            self.flags.0,
+            self.aux,
+            self.id,
+            self.seq,
+            &self.name,
+            payload,
+            max_len,
+        )
+        .map(|w| w.to_bytes())
     }
 
     /// Parses one frame. Never panics; any malformed input gives a [`FrameError`].
@@ -363,11 +373,43 @@ impl<'a> From<&'a Body> for Payload<'a> {
     }
 }
 
+/// Where an endpoint writes the heads of its frames: small heads are split off one shared
+/// buffer, so that a small frame costs no allocation of its own (a new buffer is taken once
+/// every few dozen frames, or the old one reused once every head cut from it is gone).
+///
+/// A head held long (queued for a stuck peer) keeps its buffer alive, so only small heads come
+/// from the arena, and its buffer is small too: at most [`Arena::LEN`] kept per head held.
+#[derive(Debug, Default)]
+pub(crate) struct Arena(BytesMut);
+
+impl Arena {
+    /// The size of one buffer.
+    const LEN: usize = 4096;
+    /// The largest head cut from the arena; a larger one has a buffer of its own.
+    const MOST: usize = 1024;
+
+    /// A head of `len` bytes, written by `put`.
+    fn head(&mut self, len: usize, put: impl FnOnce(&mut BytesMut)) -> Bytes {
+        if len > Self::MOST {
+            let mut own = BytesMut::with_capacity(len);
+            put(&mut own);
+            return own.freeze();
+        }
+        if self.0.capacity() < len {
+            // Takes the buffer back if no head cut from it is alive, else a new one.
+            self.0.reserve(Self::LEN);
+        }
+        put(&mut self.0);
+        self.0.split().freeze()
+    }
+}
+
 /// Encodes a frame straight from its parts (the hot path: no intermediate [`Frame`]). A
 /// [`Body`]'s leading bytes go behind the header, and its rest, if larger than
 /// [`INLINE_PAYLOAD`], is not copied: it becomes the frame's second piece.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_parts(
+    arena: &mut Arena,
     kind: FrameKind,
     flags: u8,
     aux: u32,
@@ -393,26 +435,25 @@ pub(crate) fn encode_parts(
     if len > max_len || payload_len > u32::MAX as usize {
         return Err(FrameError::TooLarge { len, max: max_len });
     }
-    let mut b = BytesMut::with_capacity(if shared.is_some() { len - rest.len() } else { len });
-    b.put_u8(MAGIC);
-    b.put_u8(VERSION);
-    b.put_u8(kind as u8);
-    b.put_u8(flags);
-    b.put_u32_le(aux);
-    b.put_u64_le(id);
-    b.put_u64_le(seq);
-    b.put_u16_le(name.len() as u16);
-    b.put_u16_le(0);
-    b.put_u32_le(payload_len as u32);
-    b.put_slice(name);
-    b.put_slice(lead);
-    match shared {
-        Some(rest) => Ok(WireFrame { head: b.freeze(), body: rest.clone() }),
-        None => {
+    let head_len = if shared.is_some() { len - rest.len() } else { len };
+    let head = arena.head(head_len, |b| {
+        b.put_u8(MAGIC);
+        b.put_u8(VERSION);
+        b.put_u8(kind as u8);
+        b.put_u8(flags);
+        b.put_u32_le(aux);
+        b.put_u64_le(id);
+        b.put_u64_le(seq);
+        b.put_u16_le(name.len() as u16);
+        b.put_u16_le(0);
+        b.put_u32_le(payload_len as u32);
+        b.put_slice(name);
+        b.put_slice(lead);
+        if shared.is_none() {
             b.put_slice(rest);
-            Ok(WireFrame { head: b.freeze(), body: Bytes::new() })
         }
-    }
+    });
+    Ok(WireFrame { head, body: shared.cloned().unwrap_or_default() })
 }
 
 #[cfg(test)]
@@ -422,6 +463,33 @@ mod tests {
     use super::*;
 
     const MAX: usize = 1 << 20;
+
+    fn small(arena: &mut Arena, id: u64) -> WireFrame {
+        encode_parts(arena, FrameKind::Request, 0, 0, id, 0, b"s.m", Payload::Copied(&[7u8; 64]), MAX).unwrap()
+    }
+
+    #[test]
+    fn small_heads_are_cut_from_one_buffer_that_is_taken_back_when_free() {
+        let mut arena = Arena::default();
+        let a = small(&mut arena, 1);
+        let b = small(&mut arena, 2);
+        assert_eq!(b.head.as_ptr(), a.head[a.head.len()..].as_ptr(), "the second head follows the first");
+        let big = encode_parts(&mut arena, FrameKind::Request, 0, 0, 3, 0, b"s.m", Payload::Copied(&[1; 2000]), MAX);
+        let c = small(&mut arena, 4);
+        assert_eq!(c.head.as_ptr(), b.head[b.head.len()..].as_ptr(), "a large head has a buffer of its own");
+        drop(big);
+        // Each frame decodes as what was written.
+        for (f, id) in [(&a, 1), (&b, 2), (&c, 4)] {
+            let back = Frame::decode(f.to_bytes(), MAX).unwrap();
+            assert_eq!((back.id, &back.payload[..]), (id, &[7u8; 64][..]));
+        }
+        let start = a.head.as_ptr();
+        drop((a, b, c));
+        // Frames sent and dropped one after another, as on a lane: when the buffer is used up,
+        // it is free again, and taken back.
+        let again = (0..100).any(|id| small(&mut arena, id).head.as_ptr() == start);
+        assert!(again, "the free buffer is taken back, not a new one");
+    }
 
     fn kind_strategy() -> impl Strategy<Value = FrameKind> {
         (1u8..=14).prop_map(|k| FrameKind::from_u8(k).expect("1..=14 are kinds"))

@@ -72,8 +72,25 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, CodecError> {
 /// ```
 pub fn encode_body<T: Serialize + ?Sized>(value: &T) -> Result<Body, CodecError> {
     match whole_bytes::as_shared(value) {
-        Some(data) => Ok(whole_bytes::body(data)),
+        Some(data) => Ok(whole_bytes::body(data.clone())),
         None => encode(value).map(Body::from),
+    }
+}
+
+/// Like [`encode_body`], for a value the caller gives up: a `Bytes` is moved into the body
+/// (cloning one made from a `Vec` would allocate), and a `Vec<u8>` hands over its buffer
+/// instead of being copied.
+///
+/// ```
+/// let data = vec![7u8; 4096];
+/// let expected = hsipc_proto::codec::encode(&data).unwrap();
+/// let body = hsipc_proto::codec::into_body(data).unwrap();
+/// assert_eq!(body.to_bytes(), expected);
+/// ```
+pub fn into_body<T: Serialize>(value: T) -> Result<Body, CodecError> {
+    match whole_bytes::into_shared(value) {
+        Ok(data) => Ok(whole_bytes::body(data)),
+        Err(value) => encode(&value).map(Body::from),
     }
 }
 

@@ -72,10 +72,28 @@ pub(super) fn encode(data: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// `value` itself as a `Bytes` if it is a `Bytes` or a `Vec<u8>` (whose buffer becomes the
+/// `Bytes`'s, not copied); `value` back otherwise.
+pub(super) fn into_shared<T>(value: T) -> Result<Bytes, T> {
+    let id = typeid::of::<T>();
+    if id != typeid::of::<Bytes>() && id != typeid::of::<Vec<u8>>() {
+        return Err(value);
+    }
+    let value = std::mem::ManuallyDrop::new(value);
+    let ptr = &*value as *const T;
+    // SAFETY (both arms): the type ids are equal and neither type has lifetimes, so `T` is that
+    // type; the value is moved out of the `ManuallyDrop` exactly once.
+    if id == typeid::of::<Bytes>() {
+        Ok(unsafe { std::ptr::read(ptr as *const Bytes) })
+    } else {
+        Ok(Bytes::from(unsafe { std::ptr::read(ptr as *const Vec<u8>) }))
+    }
+}
+
 /// `data` as a CBOR byte string in a [`Body`]: its head inline, the bytes shared.
-pub(super) fn body(data: &Bytes) -> Body {
+pub(super) fn body(data: Bytes) -> Body {
     let (head, n) = head(data.len());
-    Body::with_lead(&head[..n], data.clone()).unwrap_or_default()
+    Body::with_lead(&head[..n], data).unwrap_or_default()
 }
 
 /// The head of a CBOR byte string of `len` bytes (major type 2, the shortest length encoding,
@@ -165,6 +183,12 @@ mod tests {
         assert_eq!(as_bytes(&(1u8, 2u8)), None);
         assert!(decode::<String>(&encode(b"abc")).is_none());
         assert!(decode::<Vec<u16>>(&encode(b"abc")).is_none());
+        let v = vec![1u8, 2, 3];
+        let ptr = v.as_ptr();
+        assert_eq!(into_shared(v).unwrap().as_ptr(), ptr, "a Vec's buffer is handed over, not copied");
+        assert_eq!(into_shared(b.clone()).unwrap(), b);
+        assert_eq!(into_shared(vec![1u16]).unwrap_err(), vec![1u16]);
+        assert_eq!(into_shared("abc").unwrap_err(), "abc");
     }
 
     #[test]
@@ -198,7 +222,9 @@ mod tests {
             ciborium::into_writer(&serde_bytes_like(&data), &mut theirs).unwrap();
             let ours = encode(&data);
             prop_assert_eq!(&ours[..], &theirs[..]);
-            prop_assert_eq!(&body(&Bytes::from(data.clone())).to_bytes()[..], &theirs[..]);
+            prop_assert_eq!(&body(Bytes::from(data.clone())).to_bytes()[..], &theirs[..]);
+            let moved = into_shared(data.clone()).unwrap();
+            prop_assert_eq!(&body(moved).to_bytes()[..], &theirs[..]);
             prop_assert_eq!(decode::<Vec<u8>>(&ours).unwrap(), data.clone());
             prop_assert_eq!(decode::<Bytes>(&ours).unwrap(), Bytes::from(data));
         }

@@ -167,8 +167,8 @@ impl Endpoint {
         match (inc.mode, result) {
             (CallMode::Unary, Ok(body)) => {
                 self.check_room(1)?;
-                let frame = self.encode(FrameKind::Response, 0, 0, inc.remote_id, 0, &[], &body)?;
-                let peer = inc.peer;
+                let (peer, remote_id) = (inc.peer, inc.remote_id);
+                let frame = self.encode(FrameKind::Response, 0, 0, remote_id, 0, &[], &body)?;
                 self.remove_incoming(id);
                 self.transmit(Dest::Peer(peer), frame);
                 Ok(())
@@ -214,7 +214,8 @@ impl Endpoint {
             }
         };
         let seq = half.take_credit()?;
-        match encode_parts(FrameKind::StreamItem, flags, 0, id, seq, &[], Payload::Shared(&body), max) {
+        match encode_parts(&mut self.arena, FrameKind::StreamItem, flags, 0, id, seq, &[], Payload::Shared(&body), max)
+        {
             Ok(frame) => {
                 self.transmit(Dest::Peer(dest), frame);
                 Ok(())
@@ -239,9 +240,8 @@ impl Endpoint {
                     Ok(()) => (Flags::TO_CALLER, 0, ""),
                     Err(e) => (Flags::TO_CALLER | Flags::ERROR, e.code.0, e.message.as_str()),
                 };
-                let frame =
-                    self.encode(FrameKind::StreamEnd, flags, code, inc.remote_id, half.sent(), &[], msg.as_bytes())?;
-                let peer = inc.peer;
+                let (peer, remote_id, sent) = (inc.peer, inc.remote_id, half.sent());
+                let frame = self.encode(FrameKind::StreamEnd, flags, code, remote_id, sent, &[], msg.as_bytes())?;
                 self.remove_incoming(id);
                 self.transmit(Dest::Peer(peer), frame);
                 Ok(())
@@ -339,7 +339,7 @@ impl Endpoint {
                 self.transmit(Dest::Peer(from), frame);
             }
         }
-        let method = method.to_string();
+        let method = SmolStr::new(method);
         self.push_event(Event::RequestReceived { id, from, method, body: f.payload, deadline, mode });
         Ok(())
     }

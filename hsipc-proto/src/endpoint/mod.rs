@@ -16,13 +16,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use smol_str::SmolStr;
 
 use crate::codec;
 use crate::config::Config;
 use crate::directory::{Directory, Learned, Peer, PeerInfo};
 use crate::error::{CallError, CommandError, ErrorCode, FrameError, RemoteError};
 use crate::event::{CallMode, CancelReason, Dest, Event, Input, LeaveReason, Output, Transmit};
-use crate::frame::{Body, Flags, Frame, FrameKind, MAX_NAME_LEN, Payload, WireFrame, encode_parts};
+use crate::frame::{Arena, Body, Flags, Frame, FrameKind, MAX_NAME_LEN, Payload, WireFrame, encode_parts};
 use crate::id::{CallRef, Counter, IncomingId, PeerId, RequestId, SubscriptionId};
 use crate::stream::{Gap, RecvHalf, SendHalf};
 use crate::timer::{Timer, Timers};
@@ -60,7 +61,8 @@ pub struct Stats {
 struct Outgoing {
     peer: PeerId,
     mode: CallMode,
-    method: Box<str>,
+    /// Kept for errors that name it; a short name (up to 23 bytes) is held inline.
+    method: SmolStr,
     timeout: Duration,
     /// `None` while the timer is paused (a stream whose reader has all granted items queued).
     deadline: Option<Instant>,
@@ -125,6 +127,8 @@ pub struct Endpoint {
     publish_seq_in: HashMap<PeerId, u64>,
     timers: Timers,
     out: VecDeque<Output>,
+    /// Where small frames' heads are written (see [`Arena`]).
+    arena: Arena,
     stats: Stats,
 }
 
@@ -168,6 +172,7 @@ impl Endpoint {
             publish_seq_in: HashMap::new(),
             timers: Timers::default(),
             out: VecDeque::new(),
+            arena: Arena::default(),
             stats: Stats::default(),
             config,
         };
@@ -432,7 +437,7 @@ impl Endpoint {
     /// shared when large, any other payload copied.
     #[allow(clippy::too_many_arguments)]
     fn encode<'a>(
-        &self,
+        &mut self,
         kind: FrameKind,
         flags: u8,
         aux: u32,
@@ -441,7 +446,8 @@ impl Endpoint {
         name: &[u8],
         payload: impl Into<Payload<'a>>,
     ) -> Result<WireFrame, CommandError> {
-        encode_parts(kind, flags, aux, id, seq, name, payload.into(), self.config.max_frame_len).map_err(too_large)
+        let max = self.config.max_frame_len;
+        encode_parts(&mut self.arena, kind, flags, aux, id, seq, name, payload.into(), max).map_err(too_large)
     }
 
     fn transmit(&mut self, dest: Dest, frame: WireFrame) {

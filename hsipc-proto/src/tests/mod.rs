@@ -42,7 +42,7 @@ fn requests(bus: &mut Bus, i: usize) -> Vec<(IncomingId, String, Bytes, CallMode
     bus.events(i)
         .into_iter()
         .filter_map(|e| match e {
-            Event::RequestReceived { id, method, body, mode, .. } => Some((id, method, body, mode)),
+            Event::RequestReceived { id, method, body, mode, .. } => Some((id, method.to_string(), body, mode)),
             _ => None,
         })
         .collect()

@@ -21,7 +21,7 @@ use crate::error::Result;
 /// One thing to do once the state lock is released.
 pub(super) enum Deferred {
     /// Wake a unary caller with its outcome.
-    Response(flume::Sender<Result<Bytes>>, Result<Bytes>),
+    Response(oneshot::Sender<Result<Bytes>>, Result<Bytes>),
     /// Give a stream's or session's reader its next message.
     Stream(CallRef, flume::Sender<StreamMsg>, StreamMsg),
     /// Queue an event for a subscription.
@@ -81,14 +81,17 @@ impl Deferred {
 
 fn dispatch(shared: &Shared, call: IncomingCall) -> Option<Followup> {
     let id = call.id;
-    let method = call.method.clone();
+    // For a refusal's message (a handle on the context: no copy of the name per call).
+    let context = call.context.clone();
     let verdict = match (shared.dispatcher(), shared.this()) {
         (Some(d), Some(me)) => d.dispatch(call, &Handle::new(me)),
         _ => Err(Reject::Busy("the hub is closing".into())),
     };
     let refusal = match verdict {
         Ok(()) => return None,
-        Err(Reject::NoSuchMethod) => RemoteError::new(ErrorCode::NO_SUCH_METHOD, format!("no handler for `{method}`")),
+        Err(Reject::NoSuchMethod) => {
+            RemoteError::new(ErrorCode::NO_SUCH_METHOD, format!("no handler for `{}`", context.method()))
+        }
         Err(Reject::Busy(why)) => RemoteError::new(ErrorCode::BUSY, why),
         Err(Reject::WrongShape(why)) => RemoteError::new(ErrorCode::BAD_REQUEST, why),
     };

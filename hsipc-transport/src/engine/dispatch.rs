@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use event_listener::{Event, Listener};
+use proto::SmolStr;
 use proto::{CallMode, IncomingId, PeerId};
 
 use super::Handle;
@@ -17,8 +18,6 @@ pub struct IncomingCall {
     pub id: IncomingId,
     /// The caller.
     pub from: PeerId,
-    /// `service.method`.
-    pub method: String,
     /// The request body (CBOR).
     pub body: Bytes,
     /// When the caller stops waiting.
@@ -32,6 +31,11 @@ pub struct IncomingCall {
 }
 
 impl IncomingCall {
+    /// `service.method`.
+    pub fn method(&self) -> &str {
+        self.context.method()
+    }
+
     /// For a session: the reader of the client's messages (once; `None` for other calls).
     pub fn take_input(&mut self, handle: &Handle) -> Option<super::ItemReceiver> {
         let rx = self.input.take()?;
@@ -76,7 +80,7 @@ pub struct CallContext {
 
 #[derive(Debug)]
 struct ContextInner {
-    method: Box<str>,
+    method: SmolStr,
     caller: PeerId,
     caller_name: Arc<str>,
     caller_pid: u32,
@@ -86,10 +90,16 @@ struct ContextInner {
 }
 
 impl CallContext {
-    pub(super) fn new(method: &str, caller: PeerId, caller_name: Arc<str>, caller_pid: u32, deadline: Instant) -> Self {
+    pub(super) fn new(
+        method: SmolStr,
+        caller: PeerId,
+        caller_name: Arc<str>,
+        caller_pid: u32,
+        deadline: Instant,
+    ) -> Self {
         CallContext {
             inner: Arc::new(ContextInner {
-                method: method.into(),
+                method,
                 caller,
                 caller_name,
                 caller_pid,

@@ -106,13 +106,13 @@ impl Handle {
     pub fn call(&self, method: &str, body: impl Into<Body>, timeout: Duration) -> Result<PendingCall> {
         let body = body.into();
         self.check_len(method.len() + body.len())?;
-        let (done, rx) = flume::bounded(1);
+        let (done, rx) = oneshot::channel();
         let id = self.with(SendBy::TryInline, |state, now| {
             let id = state.endpoint.request(now, method, body, CallMode::Unary, timeout)?;
             state.calls.insert(id, done);
             Ok(id)
         })?;
-        Ok(PendingCall::new(self.clone(), id, Waiter::new(rx, super::deadline_in(timeout))))
+        Ok(PendingCall::new(self.clone(), id, rx, super::deadline_in(timeout)))
     }
 
     /// Starts a server-streaming call whose items may each take at most `timeout` while the

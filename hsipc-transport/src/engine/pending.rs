@@ -1,6 +1,6 @@
 //! Waiting for one outcome, from a thread or a future alike.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -58,24 +58,44 @@ impl<T: Send + 'static> Future for Waiter<T> {
 
 /// A unary call in flight: its response, by the call's deadline. Dropping it before the
 /// response arrives cancels the call at the server.
+///
+/// The response comes through a oneshot channel: one allocation per call, none per wait (a
+/// blocking wait parks the thread, a future keeps its waker in the channel).
 #[derive(Debug)]
 pub struct PendingCall {
-    waiter: Waiter<Bytes>,
+    outcome: Outcome,
+    deadline: Instant,
     handle: Handle,
     id: RequestId,
     done: bool,
 }
 
+/// Where a call's response will be read: by a blocked thread, or (once polled) by a future.
+#[derive(Debug)]
+enum Outcome {
+    Waiting(oneshot::Receiver<Result<Bytes>>),
+    Polled(oneshot::AsyncReceiver<Result<Bytes>>),
+    /// Only while switching from one to the other.
+    Taken,
+}
+
 impl PendingCall {
-    pub(super) fn new(handle: Handle, id: RequestId, waiter: Waiter<Bytes>) -> Self {
-        PendingCall { waiter, handle, id, done: false }
+    pub(super) fn new(handle: Handle, id: RequestId, rx: oneshot::Receiver<Result<Bytes>>, deadline: Instant) -> Self {
+        PendingCall { outcome: Outcome::Waiting(rx), deadline, handle, id, done: false }
     }
 
     /// Blocks the calling thread until the response arrives.
     pub fn wait(mut self) -> Result<Bytes> {
-        let rx = self.waiter.rx.clone();
-        let deadline = self.waiter.deadline;
-        let r = Waiter { rx, fut: None, deadline }.wait();
+        let r = match &self.outcome {
+            Outcome::Waiting(rx) => match rx.recv_deadline(self.deadline + GRACE) {
+                Ok(r) => r,
+                Err(oneshot::RecvTimeoutError::Timeout) => Err(Error::Timeout),
+                Err(oneshot::RecvTimeoutError::Disconnected) => Err(Error::Closed),
+            },
+            // A future that was polled and then waited for on a thread: block on it (the engine
+            // ends it by its deadline, like any other).
+            Outcome::Polled(_) | Outcome::Taken => futures_lite::future::block_on(&mut self),
+        };
         self.done = true;
         r
     }
@@ -86,7 +106,12 @@ impl Future for PendingCall {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Bytes>> {
         let this = self.get_mut();
-        let r = this.waiter.poll_outcome(cx);
+        if let Outcome::Waiting(_) = this.outcome {
+            let Outcome::Waiting(rx) = std::mem::replace(&mut this.outcome, Outcome::Taken) else { unreachable!() };
+            this.outcome = Outcome::Polled(rx.into_future());
+        }
+        let Outcome::Polled(fut) = &mut this.outcome else { return Poll::Ready(Err(Error::Closed)) };
+        let r = Pin::new(fut).poll(cx).map(|r| r.unwrap_or(Err(Error::Closed)));
         if r.is_ready() {
             this.done = true;
         }

@@ -119,7 +119,7 @@ pub(crate) struct State {
     pub(super) endpoint: Endpoint,
     liveness: Liveness,
     config: EngineConfig,
-    pub(super) calls: HashMap<RequestId, flume::Sender<Result<Bytes>>>,
+    pub(super) calls: HashMap<RequestId, oneshot::Sender<Result<Bytes>>>,
     pub(super) streams: HashMap<RequestId, flume::Sender<StreamMsg>>,
     /// Each known peer's name and pid, shared by the contexts of its calls (no copy per call).
     callers: HashMap<PeerId, (Arc<str>, u32)>,
@@ -515,7 +515,7 @@ impl State {
             }
             Event::RequestReceived { id, from, method, body, deadline, mode } => {
                 let (name, pid) = self.peer_identity(from);
-                let context = CallContext::new(&method, from, name, pid, deadline);
+                let context = CallContext::new(method, from, name, pid, deadline);
                 self.served.insert(id, context.clone());
                 let input = (mode == CallMode::Session).then(|| {
                     // Credit bounds the client's messages in flight to one window; +1 for the end.
@@ -523,16 +523,7 @@ impl State {
                     self.session_inputs.insert(id, tx);
                     rx
                 });
-                self.deferred.push(Deferred::Dispatch(IncomingCall {
-                    id,
-                    from,
-                    method,
-                    body,
-                    deadline,
-                    mode,
-                    context,
-                    input,
-                }));
+                self.deferred.push(Deferred::Dispatch(IncomingCall { id, from, body, deadline, mode, context, input }));
             }
             Event::IncomingCancelled { id, reason } => {
                 tracing::debug!(id = id.as_u64(), ?reason, "served call cancelled");

@@ -46,7 +46,7 @@ fn bad_request(e: codec::CodecError) -> RemoteError {
 
 fn encode_response<T: Serialize>(r: Result<T, String>) -> Result<proto::frame::Body, RemoteError> {
     match r {
-        Ok(v) => codec::encode_body(&v).map_err(|e| RemoteError::handler(format!("cannot encode the response: {e}"))),
+        Ok(v) => codec::into_body(v).map_err(|e| RemoteError::handler(format!("cannot encode the response: {e}"))),
         Err(msg) => Err(RemoteError::handler(msg)),
     }
 }

@@ -83,7 +83,7 @@ impl Dispatcher for Registry {
     /// `NoSuchMethod`; past `max_pending_calls` a call is refused as busy; a call whose
     /// caller has given up by the time a worker takes it is skipped.
     fn dispatch(&self, call: IncomingCall, handle: &Handle) -> std::result::Result<(), Reject> {
-        let (handler, mode) = self.get(&call.method).ok_or(Reject::NoSuchMethod)?;
+        let (handler, mode) = self.get(call.method()).ok_or(Reject::NoSuchMethod)?;
         if mode != call.mode {
             let shape = |m: CallMode| match m {
                 CallMode::Unary => "a unary method",
@@ -92,7 +92,7 @@ impl Dispatcher for Registry {
             };
             return Err(Reject::WrongShape(format!(
                 "`{}` is {} but was called as {}; check the client's method kind",
-                call.method,
+                call.method(),
                 shape(mode),
                 shape(call.mode)
             )));
