@@ -19,6 +19,8 @@ fn child_entry() {
     match role.as_str() {
         "burst_subscriber" => return burst_subscriber(),
         "burst_publisher" => return burst_publisher(),
+        #[cfg(all(feature = "tokio", feature = "smol"))]
+        "async_pair" => return async_pair(),
         _ => {}
     }
     let role = match role.as_str() {
@@ -152,6 +154,42 @@ fn maps() -> Vec<(usize, usize, String)> {
 fn mapped_in(payload: &[u8], name: &str) -> bool {
     let p = payload.as_ptr() as usize;
     maps().iter().any(|(a, b, n)| n.contains(name) && *a <= p && p + payload.len() <= *b)
+}
+
+/// A tokio hub and a smol hub in one process call each other with large requests (which
+/// come through a lane's pool, proving that lanes carry them), then report how many threads
+/// read lanes: none, as both runtimes read lanes on their reactors.
+#[cfg(all(feature = "tokio", feature = "smol"))]
+fn async_pair() {
+    let bus = env("HSIPC_BUS");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let t = hsipc::ProcessHub::builder("t").bus(&bus).build().unwrap();
+    let s = hsipc::smol::ProcessHub::builder("s").bus(&bus).build().unwrap();
+    let pooled = |v: bytes::Bytes| async move { Ok::<_, String>(mapped_in(&v, "memfd:hsipc-pool")) };
+    rt.block_on(t.serve("t.pooled", pooled)).unwrap();
+    smol::block_on(s.serve("s.pooled", pooled)).unwrap();
+    rt.block_on(t.wait_for_service("s", LONG)).unwrap();
+    smol::block_on(s.wait_for_service("t", LONG)).unwrap();
+    let big = bytes::Bytes::from(vec![3u8; 1 << 20]);
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        seen.push(rt.block_on(t.call::<_, bool>("s.pooled", &big)).unwrap());
+        seen.push(smol::block_on(s.call::<_, bool>("t.pooled", &big)).unwrap());
+    }
+    report(format!("POOLED {}", seen.iter().all(|&p| p)));
+    report(format!("LANES {}", lane_threads()));
+    smol::block_on(s.close());
+    rt.block_on(t.close());
+}
+
+#[test]
+#[cfg(all(feature = "tokio", feature = "smol"))]
+fn tokio_and_smol_hubs_read_their_lanes_on_their_reactors() {
+    let bus = unique_bus("lanes-reactors");
+    let mut pair = Peer::spawn("async_pair", &bus, "pair", &[]);
+    assert_eq!(pair.expect("POOLED", LONG), "true", "a large request did not come through a lane");
+    assert_eq!(pair.expect("LANES", LONG), "0", "lanes read on threads");
 }
 
 /// Calls with payloads far larger than a lane holds, from several threads at once (against a

@@ -20,12 +20,16 @@
 //! }
 //! ```
 //!
-//! This crate holds only what is smol's: how a handler is spawned. The async surface is shared
-//! with `hsipc-tokio` ([`hsipc_transport::hub::AsyncHub`]).
+//! This crate holds only what is smol's: how a handler is spawned and how a direct lane is
+//! read (a task woken by async-io's reactor). The async surface is shared with `hsipc-tokio`
+//! ([`hsipc_transport::hub::AsyncHub`]).
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use hsipc_transport::hub::{BoxFuture, Runtime, RuntimeKind, Settings};
+use hsipc_transport::ipmb::{LaneReader, LaneRunner};
+use smol::Async;
 
 pub use hsipc_transport::hub::{
     CallFuture, Event, ResponseStream, ServerSession, Session, Stream, StreamSink, Subscription,
@@ -66,4 +70,39 @@ impl Runtime for SmolRuntime {
     fn handlers_send_inline(&self) -> bool {
         false
     }
+
+    fn lane_runner(&self) -> Option<LaneRunner> {
+        Some(LaneRunner::new(read_lane))
+    }
+}
+
+/// A lane's fd, shared with its reader.
+struct LaneFd(Arc<OwnedFd>);
+
+impl AsFd for LaneFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// Reads a lane as a task on smol's executor, woken by async-io's reactor; hands the reader
+/// back (to run on a thread) if the reactor does not take the fd.
+fn read_lane(mut reader: LaneReader) -> Option<LaneReader> {
+    // The reader never waits on the fd (it reads with MSG_DONTWAIT), so it is left as it is.
+    let fd = match Async::new_nonblocking(LaneFd(reader.fd())) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::info!(error = %e, "async-io does not take a direct lane: it is read on a thread");
+            return Some(reader);
+        }
+    };
+    smol::spawn(async move {
+        // Ends with the lane, or when the reactor fails (the reader, dropped, reads on a thread).
+        while let Ok(true) = fd.read_with(|_| reader.read_step()).await {
+            // A full turn read: the next reads on at once, after other tasks had theirs.
+            smol::future::yield_now().await;
+        }
+    })
+    .detach();
+    None
 }

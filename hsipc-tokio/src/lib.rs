@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use hsipc_transport::hub::{BoxFuture, Runtime, RuntimeKind, Settings};
-use hsipc_transport::ipmb::{LaneReader, LaneRunner, LaneState};
+use hsipc_transport::ipmb::{LaneReader, LaneRunner};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
@@ -119,17 +119,10 @@ fn read_lane(handle: &tokio::runtime::Handle, no_io: &AtomicBool, mut reader: La
         return Some(reader);
     };
     drop(handle.spawn(async move {
-        loop {
-            let Ok(mut ready) = fd.readable().await else { break };
-            match reader.read_ready() {
-                LaneState::Drained => ready.clear_ready(),
-                // Readiness kept: the next turn reads on at once, after other tasks had theirs.
-                LaneState::More => {
-                    drop(ready);
-                    tokio::task::yield_now().await;
-                }
-                LaneState::Ended => break,
-            }
+        // Ends with the lane, or when the reactor fails (the reader, dropped, reads on a thread).
+        while let Ok(true) = fd.async_io(Interest::READABLE, |_| reader.read_step()).await {
+            // A full turn read: the next reads on at once, after other tasks had theirs.
+            tokio::task::yield_now().await;
         }
     }));
     None

@@ -2,7 +2,8 @@
 //!
 //! A [`LaneReader`] reads on a thread of its own ([`run_blocking`](LaneReader::run_blocking)),
 //! or on an async runtime's reactor: the runtime waits for the lane to be readable and calls
-//! [`read_ready`](LaneReader::read_ready) (see [`LaneRunner`]). On a runtime, a reply read from
+//! [`read_ready`](LaneReader::read_ready) or [`read_step`](LaneReader::read_step) (see
+//! [`LaneRunner`]). On a runtime, a reply read from
 //! a lane wakes the task waiting for it on the thread that read it: one thread wake-up less
 //! per message than a reader thread handing it over.
 
@@ -135,6 +136,18 @@ impl LaneReader {
             }
         }
         LaneState::More
+    }
+
+    /// [`read_ready`](Self::read_ready) in the shape reactors retry on (tokio's
+    /// `AsyncFd::async_io`, async-io's `Async::read_with`): `Err(WouldBlock)` when the lane is
+    /// drained (wait for readability, then call again), `Ok(true)` when this turn's share is
+    /// read (let other tasks run, then call again), `Ok(false)` when the lane has ended.
+    pub fn read_step(&mut self) -> std::io::Result<bool> {
+        match self.read_ready() {
+            LaneState::Drained => Err(std::io::ErrorKind::WouldBlock.into()),
+            LaneState::More => Ok(true),
+            LaneState::Ended => Ok(false),
+        }
     }
 
     /// Reads on this thread until the lane ends.
