@@ -21,11 +21,12 @@
 //! ```
 //!
 //! This crate holds only what is smol's: how a handler is spawned and how a direct lane is
-//! read (a task woken by async-io's reactor). The async surface is shared with `hsipc-tokio`
+//! read (by async-io's reactor, on the thread it wakes). The async surface is shared with `hsipc-tokio`
 //! ([`hsipc_transport::hub::AsyncHub`]).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 
 use hsipc_transport::hub::{BoxFuture, Runtime, RuntimeKind, Settings};
 use hsipc_transport::ipmb::{LaneReader, LaneRunner};
@@ -85,9 +86,12 @@ impl AsFd for LaneFd {
     }
 }
 
-/// Reads a lane as a task on smol's executor, woken by async-io's reactor; hands the reader
-/// back (to run on a thread) if the reactor does not take the fd.
-fn read_lane(mut reader: LaneReader) -> Option<LaneReader> {
+/// Reads a lane where async-io's reactor reports it readable: on the thread that waited for
+/// it (an application's `block_on`, an executor thread, or async-io's own), with no hop to
+/// an executor task. A reply read there wakes its caller on that same thread (a `block_on`
+/// waiting for it is woken without a thread switch). Hands the reader back (to run on a
+/// thread) if the reactor does not take the fd.
+fn read_lane(reader: LaneReader) -> Option<LaneReader> {
     // The reader never waits on the fd (it reads with MSG_DONTWAIT), so it is left as it is.
     let fd = match Async::new_nonblocking(LaneFd(reader.fd())) {
         Ok(fd) => fd,
@@ -96,13 +100,49 @@ fn read_lane(mut reader: LaneReader) -> Option<LaneReader> {
             return Some(reader);
         }
     };
-    smol::spawn(async move {
-        // Ends with the lane, or when the reactor fails (the reader, dropped, reads on a thread).
-        while let Ok(true) = fd.read_with(|_| reader.read_step()).await {
-            // A full turn read: the next reads on at once, after other tasks had theirs.
-            smol::future::yield_now().await;
-        }
-    })
-    .detach();
+    LaneTask::read(&Arc::new(LaneTask { fd, reader: Mutex::new(Some(reader)) }));
     None
+}
+
+/// A lane read from its reactor waker: the waker *is* the reading (see [`read_lane`]).
+struct LaneTask {
+    fd: Async<LaneFd>,
+    /// `None` once the lane has ended (or its reader was handed to a thread).
+    reader: Mutex<Option<LaneReader>>,
+}
+
+impl Wake for LaneTask {
+    fn wake(self: Arc<Self>) {
+        Self::read(&self);
+    }
+}
+
+impl LaneTask {
+    /// Reads what the lane holds now, then asks the reactor to call again when there is more.
+    /// Never waits: reads are non-blocking, and a full turn (a peer keeping the lane full) goes
+    /// on as a task on the executor instead of holding the reactor's thread.
+    fn read(this: &Arc<Self>) {
+        let mut reader = this.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(r) = reader.as_mut() else { return };
+        let waker = Waker::from(this.clone());
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            match r.read_step() {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => match this.fd.poll_readable(&mut cx) {
+                    Poll::Pending => return,
+                    Poll::Ready(Ok(())) => {}
+                    // The reactor failed: the reader, dropped, reads on a thread.
+                    Poll::Ready(Err(_)) => break,
+                },
+                Ok(true) => {
+                    let this = this.clone();
+                    smol::spawn(async move { LaneTask::read(&this) }).detach();
+                    return;
+                }
+                // Ended.
+                Ok(false) | Err(_) => break,
+            }
+        }
+        *reader = None;
+    }
 }
