@@ -249,10 +249,16 @@ impl State {
         self.room_waiters.expire(now, full, &mut self.deferred);
     }
 
-    /// The next instant anything here is due.
+    /// The next instant anything here is due (never more than a minute away).
     fn next_deadline(&self) -> Instant {
         // Never asleep for longer than a minute, whatever is (not) due.
-        let mut t = Instant::now() + std::time::Duration::from_secs(60);
+        let cap = Instant::now() + std::time::Duration::from_secs(60);
+        self.earliest_due().map_or(cap, |d| d.min(cap))
+    }
+
+    /// The earliest instant anything here is due, if anything is. Reads no clock: it runs at
+    /// every commit (see [`needs_earlier_wake`](Self::needs_earlier_wake)).
+    fn earliest_due(&self) -> Option<Instant> {
         let engine = self
             .blocked_items
             .values()
@@ -260,10 +266,7 @@ impl State {
             .chain(self.watchers.iter().map(|w| w.deadline))
             .chain(self.room_waiters.deadlines())
             .chain(self.credit_waiters.deadlines());
-        for d in self.endpoint.poll_timeout().into_iter().chain(engine) {
-            t = t.min(d);
-        }
-        t
+        self.endpoint.poll_timeout().into_iter().chain(engine).min()
     }
 
     /// The pidfds of the peers' processes, for the clock to sleep on.
@@ -281,7 +284,8 @@ impl State {
     /// Whether something is now due before the clock plans to wake, or the clock must sleep on
     /// other processes than it does (a peer joined or left).
     pub(super) fn needs_earlier_wake(&mut self) -> bool {
-        std::mem::take(&mut self.watched_changed) || self.sleeping_until.is_some_and(|s| self.next_deadline() < s)
+        let watched_changed = std::mem::take(&mut self.watched_changed);
+        watched_changed || self.sleeping_until.is_some_and(|s| self.earliest_due().is_some_and(|d| d < s))
     }
 
     pub(super) fn has_outbound(&self) -> bool {

@@ -38,8 +38,11 @@ struct OutLane {
     waiting_bytes: usize,
     /// When the waiting frames last made progress (or began to wait).
     progress: Instant,
-    /// When a frame for this peer alone (not its copy of a broadcast) last went in.
+    /// When a frame for this peer alone (not its copy of a broadcast) last went in, as dated
+    /// by the idle check that saw [`used`](Self::used) (so never earlier than the use).
     last_used: Instant,
+    /// Whether such a frame went in since the last idle check.
+    used: bool,
 }
 
 impl Drop for OutLane {
@@ -77,6 +80,7 @@ impl OutLanes {
             waiting_bytes: 0,
             progress: now,
             last_used: now,
+            used: false,
         };
         self.lanes.insert(peer, lane);
     }
@@ -139,7 +143,8 @@ impl OutLanes {
     /// Notes that a frame for `peer` alone is going into its lane (the lane is in use).
     pub(super) fn touch(&mut self, peer: PeerId) {
         if let Some(lane) = self.lanes.get_mut(&peer) {
-            lane.last_used = Instant::now();
+            // No clock read per frame: the idle check, every few seconds, dates the use.
+            lane.used = true;
         }
     }
 
@@ -150,6 +155,9 @@ impl OutLanes {
         let now = Instant::now();
         let mut closed = Vec::new();
         self.lanes.retain(|peer, l| {
+            if std::mem::take(&mut l.used) {
+                l.last_used = now;
+            }
             let unused = l.waiting.is_empty() && now.saturating_duration_since(l.last_used) >= idle;
             // A lane with no room for the closing message stays until the next look.
             let close = unused && matches!(lane::write_close(&l.fd), Ok(true));
