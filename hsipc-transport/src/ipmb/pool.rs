@@ -130,6 +130,16 @@ impl SendPool {
         self.take_releases();
         let units = frame.len().div_ceil(UNIT).max(1);
         let start = self.free_run(units)?;
+        let fresh = (start..start + units).any(|u| self.touched[u / 64] & (1 << (u % 64)) == 0);
+        if fresh {
+            // Pages never written (or given back by `trim`): fault them in with one call
+            // rather than one trap per page during the copy (a cold megabyte: ~0.7 ms -> ~0.2 ms).
+            // Only a speed-up: if the kernel lacks it (before 5.14), the copy faults them in.
+            // SAFETY: advice on a range of our own mapping; no memory is changed.
+            unsafe {
+                libc::madvise(self.data.base().add(start * UNIT).cast(), units * UNIT, libc::MADV_POPULATE_WRITE)
+            };
+        }
         for u in start..start + units {
             self.used[u / 64] |= 1 << (u % 64);
             self.touched[u / 64] |= 1 << (u % 64);
