@@ -1,6 +1,6 @@
 //! Compile-time promises of the public surface: the hubs are cheap `Clone + Send + Sync`
 //! handles, every future an async hub returns is `Send` (so it can be spawned on a
-//! multi-thread runtime), and requests and events go by value or by reference alike.
+//! multi-thread runtime) and a call future is `Sync`, and requests and events go by value or by reference alike.
 
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use hsipc::{Event, PeerSummary, Qos, Result, Stats, Topic, TopicFilter};
 
 fn handle<T: Clone + Send + Sync + 'static>() {}
 fn send<T: Send>(_: &T) {}
+fn sync<T: Sync>(_: &T) {}
 
 #[test]
 fn hubs_are_clone_send_sync_handles() {
@@ -24,6 +25,8 @@ async fn async_futures_are_send(hub: hsipc::ProcessHub, smol_hub: hsipc::smol::P
     let by_ref = hub.call::<_, i64>("calc.add", &req);
     send(&by_value);
     send(&by_ref);
+    // A call future can be shared by reference across threads too.
+    sync(&by_value);
     // A request that is not `Send` (here, one holding a borrowed non-Sync cell) does not make
     // the call future non-`Send`: it is encoded when the call starts.
     let cell = std::cell::Cell::new(3i64);

@@ -157,30 +157,68 @@ fn mapped_in(payload: &[u8], name: &str) -> bool {
 }
 
 /// A tokio hub and a smol hub in one process call each other with large requests (which
-/// come through a lane's pool, proving that lanes carry them), then report how many threads
-/// read lanes: none, as both runtimes read lanes on their reactors.
+/// come through a lane's pool once the lane is up, proving that lanes carry them), the tokio
+/// hub sends the smol hub a burst of events (far more than a reactor waker reads at once), and
+/// then both close; all of it twice. Reports whether everything arrived, how many threads read
+/// lanes (none: both runtimes read lanes on their reactors), and whether every lane's pool was
+/// unmapped after the close (a lane reader left behind would keep its pool mapped).
 #[cfg(all(feature = "tokio", feature = "smol"))]
 fn async_pair() {
+    use futures_lite::StreamExt;
     let bus = env("HSIPC_BUS");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _in_runtime = rt.enter();
-    let t = hsipc::ProcessHub::builder("t").bus(&bus).build().unwrap();
-    let s = hsipc::smol::ProcessHub::builder("s").bus(&bus).build().unwrap();
-    let pooled = |v: bytes::Bytes| async move { Ok::<_, String>(mapped_in(&v, "memfd:hsipc-pool")) };
-    rt.block_on(t.serve("t.pooled", pooled)).unwrap();
-    smol::block_on(s.serve("s.pooled", pooled)).unwrap();
-    rt.block_on(t.wait_for_service("s", LONG)).unwrap();
-    smol::block_on(s.wait_for_service("t", LONG)).unwrap();
-    let big = bytes::Bytes::from(vec![3u8; 1 << 20]);
-    let mut seen = Vec::new();
-    for _ in 0..20 {
-        seen.push(rt.block_on(t.call::<_, bool>("s.pooled", &big)).unwrap());
-        seen.push(smol::block_on(s.call::<_, bool>("t.pooled", &big)).unwrap());
+    for round in 0..2 {
+        let t = hsipc::ProcessHub::builder(&format!("t{round}")).bus(&bus).build().unwrap();
+        let s = hsipc::smol::ProcessHub::builder(&format!("s{round}")).bus(&bus).build().unwrap();
+        let pooled = |v: bytes::Bytes| async move { Ok::<_, String>(mapped_in(&v, "memfd:hsipc-pool")) };
+        rt.block_on(t.serve(&format!("t{round}.pooled"), pooled)).unwrap();
+        smol::block_on(s.serve(&format!("s{round}.pooled"), pooled)).unwrap();
+        rt.block_on(t.wait_for_service(&format!("s{round}"), LONG)).unwrap();
+        smol::block_on(s.wait_for_service(&format!("t{round}"), LONG)).unwrap();
+        let big = bytes::Bytes::from(vec![3u8; 1 << 20]);
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            seen.push(rt.block_on(t.call::<_, bool>(&format!("s{round}.pooled"), &big)).unwrap());
+            seen.push(smol::block_on(s.call::<_, bool>(&format!("t{round}.pooled"), &big)).unwrap());
+        }
+        // The first calls may go through the bus while a lane is set up; the later ones cannot.
+        report(format!("POOLED {} {seen:?}", seen[20..].iter().all(|&p| p)));
+        let mut events = smol::block_on(s.subscribe::<u32>("burst/#")).unwrap();
+        let n = 3000u32;
+        let reader = smol::spawn(async move {
+            let mut next = 0u32;
+            while next < n {
+                match events.next().await {
+                    Some(Ok(e)) if e.payload == next => next += 1,
+                    other => return format!("event {next}: {:?}", other.map(|r| r.map(|e| e.payload))),
+                }
+            }
+            "ok".to_string()
+        });
+        rt.block_on(async {
+            t.wait_for_subscriber("burst/x", LONG).await.unwrap();
+            for i in 0..n {
+                t.publish("burst/x", i).await.unwrap();
+            }
+        });
+        report(format!("BURST {}", smol::block_on(reader)));
+        report(format!("LANES {}", lane_threads()));
+        smol::block_on(s.close());
+        rt.block_on(t.close());
+        // Lane readers end as they see their lanes shut, right after the close: wait for that.
+        let deadline = std::time::Instant::now() + LONG;
+        while pools_mapped() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        report(format!("MAPPED {}", pools_mapped()));
     }
-    report(format!("POOLED {}", seen.iter().all(|&p| p)));
-    report(format!("LANES {}", lane_threads()));
-    smol::block_on(s.close());
-    rt.block_on(t.close());
+}
+
+/// Lane pools (data or board) mapped in this process.
+#[cfg(all(feature = "tokio", feature = "smol"))]
+fn pools_mapped() -> usize {
+    maps().iter().filter(|(_, _, name)| name.contains("memfd:hsipc-pool")).count()
 }
 
 #[test]
@@ -188,8 +226,13 @@ fn async_pair() {
 fn tokio_and_smol_hubs_read_their_lanes_on_their_reactors() {
     let bus = unique_bus("lanes-reactors");
     let mut pair = Peer::spawn("async_pair", &bus, "pair", &[]);
-    assert_eq!(pair.expect("POOLED", LONG), "true", "a large request did not come through a lane");
-    assert_eq!(pair.expect("LANES", LONG), "0", "lanes read on threads");
+    for _ in 0..2 {
+        let pooled = pair.expect("POOLED", LONG);
+        assert!(pooled.starts_with("true"), "large requests did not come through a lane: {pooled}");
+        assert_eq!(pair.expect("BURST", LONG), "ok", "the burst of events came in order and whole");
+        assert_eq!(pair.expect("LANES", LONG), "0", "lanes read on threads");
+        assert_eq!(pair.expect("MAPPED", LONG), "0", "a lane's pool is still mapped after the close");
+    }
 }
 
 /// Calls with payloads far larger than a lane holds, from several threads at once (against a

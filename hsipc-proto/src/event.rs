@@ -3,10 +3,9 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use smol_str::SmolStr;
 
 use crate::error::CallError;
-use crate::id::{CallRef, IncomingId, PeerId, RequestId, SubscriptionId};
+use crate::id::{CallRef, IncomingId, MethodName, PeerId, RequestId, SubscriptionId};
 use crate::topic::Topic;
 
 /// Input from the transport.
@@ -130,7 +129,7 @@ pub enum Event {
         /// The caller.
         from: PeerId,
         /// The method called (`service.method`); a short name (up to 23 bytes) is held inline.
-        method: SmolStr,
+        method: MethodName,
         /// The request body.
         body: Bytes,
         /// When the caller gives up.

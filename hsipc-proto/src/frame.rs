@@ -175,7 +175,7 @@ impl Frame {
     pub fn encode(&self, max_len: usize) -> Result<Bytes, FrameError> {
         let payload = Payload::Copied(&self.payload);
         encode_parts(
-            &mut Arena::default(),
+            &mut Arena::exact(),
             self.kind,
             self.flags.0,
             self.aux,
@@ -328,6 +328,14 @@ impl WireFrame {
         [&self.head, &self.body]
     }
 
+    /// The frame for keeping (in a queue that may hold it long): a small head is copied out of
+    /// the buffer it shares with other frames' heads (see `Arena`), so that the frame keeps
+    /// alive no more than its own bytes. The body is shared as before.
+    pub fn detached(&self) -> WireFrame {
+        let head = if self.head.len() <= Arena::MOST { Bytes::copy_from_slice(&self.head) } else { self.head.clone() };
+        WireFrame { head, body: self.body.clone() }
+    }
+
     /// The frame as one buffer: no copy when it is in one piece.
     pub fn to_bytes(&self) -> Bytes {
         if self.body.is_empty() {
@@ -380,9 +388,18 @@ impl<'a> From<&'a Body> for Payload<'a> {
 /// A head held long (queued for a stuck peer) keeps its buffer alive, so only small heads come
 /// from the arena, and its buffer is small too: at most [`Arena::LEN`] kept per head held.
 #[derive(Debug, Default)]
-pub(crate) struct Arena(BytesMut);
+pub(crate) struct Arena {
+    buf: BytesMut,
+    /// Every head gets a buffer of exactly its size (a frame encoded once, not a stream of them).
+    exact: bool,
+}
 
 impl Arena {
+    /// An arena that gives every head a buffer of its own, of exactly its size.
+    fn exact() -> Self {
+        Arena { buf: BytesMut::new(), exact: true }
+    }
+
     /// The size of one buffer.
     const LEN: usize = 4096;
     /// The largest head cut from the arena; a larger one has a buffer of its own.
@@ -390,23 +407,23 @@ impl Arena {
 
     /// A head of `len` bytes, written by `put`.
     fn head(&mut self, len: usize, put: impl FnOnce(&mut BytesMut)) -> Bytes {
-        if len > Self::MOST {
+        if len > Self::MOST || self.exact {
             let mut own = BytesMut::with_capacity(len);
             put(&mut own);
             return own.freeze();
         }
-        if self.0.capacity() < len {
+        if self.buf.capacity() < len {
             // Takes the buffer back if no head cut from it is alive, else a new one.
-            self.0.reserve(Self::LEN);
+            self.buf.reserve(Self::LEN);
         }
-        put(&mut self.0);
-        self.0.split().freeze()
+        put(&mut self.buf);
+        self.buf.split().freeze()
     }
 }
 
-/// Encodes a frame straight from its parts (the hot path: no intermediate [`Frame`]). A
-/// [`Body`]'s leading bytes go behind the header, and its rest, if larger than
-/// [`INLINE_PAYLOAD`], is not copied: it becomes the frame's second piece.
+/// Encodes a frame straight from its parts (the hot path: no intermediate [`Frame`]), its head
+/// written into `arena`. A [`Body`]'s leading bytes go behind the header, and its rest, if
+/// larger than [`INLINE_PAYLOAD`], is not copied: it becomes the frame's second piece.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_parts(
     arena: &mut Arena,
@@ -484,11 +501,16 @@ mod tests {
             assert_eq!((back.id, &back.payload[..]), (id, &[7u8; 64][..]));
         }
         let start = a.head.as_ptr();
+        // A frame kept in a queue is detached: it does not hold the buffer.
+        let kept = a.detached();
+        assert_eq!(kept.to_bytes(), a.to_bytes());
+        assert_ne!(kept.head.as_ptr(), start);
         drop((a, b, c));
         // Frames sent and dropped one after another, as on a lane: when the buffer is used up,
         // it is free again, and taken back.
         let again = (0..100).any(|id| small(&mut arena, id).head.as_ptr() == start);
         assert!(again, "the free buffer is taken back, not a new one");
+        assert_eq!(Frame::decode(kept.to_bytes(), MAX).unwrap().id, 1);
     }
 
     fn kind_strategy() -> impl Strategy<Value = FrameKind> {

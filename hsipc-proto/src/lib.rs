@@ -105,7 +105,5 @@ pub use directory::{Peer, PeerInfo};
 pub use endpoint::{Endpoint, NoCredit, Published, Stats, TableSizes, service_of};
 pub use error::{CallError, CommandError, ErrorCode, FrameError, RemoteError};
 pub use event::{CallMode, CancelReason, Dest, Event, Input, LeaveReason, Output, Transmit};
-pub use id::{CallRef, IncomingId, PeerId, RequestId, SubscriptionId};
-/// A short string held inline (up to 23 bytes): the method names in calls and events.
-pub use smol_str::SmolStr;
+pub use id::{CallRef, IncomingId, MethodName, PeerId, RequestId, SubscriptionId};
 pub use topic::{Topic, TopicError, TopicFilter};

@@ -25,11 +25,12 @@
 //! ([`hsipc_transport::hub::AsyncHub`]).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use hsipc_transport::hub::{BoxFuture, Runtime, RuntimeKind, Settings};
-use hsipc_transport::ipmb::{LaneReader, LaneRunner};
+use hsipc_transport::ipmb::{LaneReader, LaneRunner, LaneState};
 use smol::Async;
 
 pub use hsipc_transport::hub::{
@@ -86,11 +87,16 @@ impl AsFd for LaneFd {
     }
 }
 
-/// Reads a lane where async-io's reactor reports it readable: on the thread that waited for
-/// it (an application's `block_on`, an executor thread, or async-io's own), with no hop to
-/// an executor task. A reply read there wakes its caller on that same thread (a `block_on`
-/// waiting for it is woken without a thread switch). Hands the reader back (to run on a
-/// thread) if the reactor does not take the fd.
+/// Reads a lane where async-io's reactor reports it readable: in the reactor's waker, on the
+/// thread that waited for it (an application's `block_on`, an executor thread, or async-io's
+/// own), with no hop to an executor task. A reply read there wakes its caller on that same
+/// thread (a `block_on` waiting for it is woken without a thread switch). Hands the reader back
+/// (to run on a thread) if the reactor does not take the fd.
+///
+/// async-io calls wakers while it holds its reactor lock (no other thread polls for I/O
+/// meanwhile), so a waker reads one short turn ([`WAKER_TURN`] messages) and leaves the rest to
+/// an executor task; the reads never wait for I/O, and inline handlers, which run here, are
+/// documented as never waiting.
 fn read_lane(reader: LaneReader) -> Option<LaneReader> {
     // The reader never waits on the fd (it reads with MSG_DONTWAIT), so it is left as it is.
     let fd = match Async::new_nonblocking(LaneFd(reader.fd())) {
@@ -100,49 +106,111 @@ fn read_lane(reader: LaneReader) -> Option<LaneReader> {
             return Some(reader);
         }
     };
-    LaneTask::read(&Arc::new(LaneTask { fd, reader: Mutex::new(Some(reader)) }));
+    let task = Arc::new(LaneTask { state: AtomicU8::new(IDLE), lane: Mutex::new(Some((reader, fd))) });
+    LaneTask::wake_up(&task);
     None
 }
 
-/// A lane read from its reactor waker: the waker *is* the reading (see [`read_lane`]).
+/// Messages a reactor waker reads before it leaves the rest of a full lane to a task.
+const WAKER_TURN: usize = 32;
+
+/// Nobody reads the lane now; the next wake-up does.
+const IDLE: u8 = 0;
+/// A wake-up is reading the lane.
+const READING: u8 = 1;
+/// A wake-up is reading, and another came meanwhile: the reader goes round once more.
+const AGAIN: u8 = 2;
+/// The lane has ended.
+const DONE: u8 = 3;
+
+/// A lane read by its reactor waker: the waker *is* the reading (see [`read_lane`]).
+///
+/// One wake-up reads at a time; one that comes while another reads (on another thread, or on
+/// this one from inside `poll_readable`) only tells the reader to go round again, so none is
+/// lost and none waits.
 struct LaneTask {
-    fd: Async<LaneFd>,
-    /// `None` once the lane has ended (or its reader was handed to a thread).
-    reader: Mutex<Option<LaneReader>>,
+    state: AtomicU8,
+    /// The reader and its registration; `None` once the lane has ended (dropping the `Async`
+    /// takes the fd and any waker it holds out of the reactor: nothing is left behind).
+    lane: Mutex<Option<(LaneReader, Async<LaneFd>)>>,
 }
 
 impl Wake for LaneTask {
     fn wake(self: Arc<Self>) {
-        Self::read(&self);
+        Self::wake_up(&self);
     }
 }
 
+/// How a turn of reading ended.
+enum Turn {
+    /// Drained; the reactor calls again when there is more.
+    Waiting,
+    /// A full turn read; the rest is for a task.
+    Full,
+    /// The lane ended (or the reactor failed and the reader went to a thread).
+    Over,
+}
+
 impl LaneTask {
-    /// Reads what the lane holds now, then asks the reactor to call again when there is more.
-    /// Never waits: reads are non-blocking, and a full turn (a peer keeping the lane full) goes
-    /// on as a task on the executor instead of holding the reactor's thread.
-    fn read(this: &Arc<Self>) {
-        let mut reader = this.reader.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(r) = reader.as_mut() else { return };
-        let waker = Waker::from(this.clone());
-        let mut cx = Context::from_waker(&waker);
+    fn wake_up(this: &Arc<Self>) {
+        let mut state = this.state.load(Ordering::Acquire);
         loop {
-            match r.read_step() {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => match this.fd.poll_readable(&mut cx) {
-                    Poll::Pending => return,
-                    Poll::Ready(Ok(())) => {}
-                    // The reactor failed: the reader, dropped, reads on a thread.
-                    Poll::Ready(Err(_)) => break,
-                },
-                Ok(true) => {
-                    let this = this.clone();
-                    smol::spawn(async move { LaneTask::read(&this) }).detach();
-                    return;
-                }
-                // Ended.
-                Ok(false) | Err(_) => break,
+            let (next, reads) = match state {
+                IDLE => (READING, true),
+                READING | AGAIN => (AGAIN, false),
+                _ => return,
+            };
+            match this.state.compare_exchange(state, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) if reads => break,
+                Ok(_) => return,
+                Err(now) => state = now,
             }
         }
-        *reader = None;
+        loop {
+            let turn = this.read_turn();
+            if let Turn::Over = turn {
+                this.state.store(DONE, Ordering::Release);
+                *this.lane.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                return;
+            }
+            if let Turn::Full = turn {
+                let this = this.clone();
+                smol::spawn(async move {
+                    this.state.store(IDLE, Ordering::Release);
+                    LaneTask::wake_up(&this);
+                })
+                .detach();
+                return;
+            }
+            // Drained: done, unless another wake-up came meanwhile.
+            if this.state.compare_exchange(READING, IDLE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                return;
+            }
+            this.state.store(READING, Ordering::Release);
+        }
+    }
+
+    /// Reads what the lane holds now (at most a turn), then asks the reactor to call again when
+    /// there is more. Never waits for I/O.
+    fn read_turn(self: &Arc<Self>) -> Turn {
+        let mut lane = self.lane.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((reader, fd)) = lane.as_mut() else { return Turn::Over };
+        let waker = Waker::from(self.clone());
+        let mut cx = Context::from_waker(&waker);
+        // Takes in the readiness that woke this (else the first check below reports it again
+        // and costs a read that finds nothing).
+        let _ = fd.poll_readable(&mut cx);
+        loop {
+            match reader.read_some(WAKER_TURN) {
+                LaneState::Drained => match fd.poll_readable(&mut cx) {
+                    Poll::Pending => return Turn::Waiting,
+                    Poll::Ready(Ok(())) => {}
+                    // The reactor failed: the reader, dropped with the lane, reads on a thread.
+                    Poll::Ready(Err(_)) => return Turn::Over,
+                },
+                LaneState::More => return Turn::Full,
+                LaneState::Ended => return Turn::Over,
+            }
+        }
     }
 }

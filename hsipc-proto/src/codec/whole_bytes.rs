@@ -86,7 +86,12 @@ pub(super) fn into_shared<T>(value: T) -> Result<Bytes, T> {
     if id == typeid::of::<Bytes>() {
         Ok(unsafe { std::ptr::read(ptr as *const Bytes) })
     } else {
-        Ok(Bytes::from(unsafe { std::ptr::read(ptr as *const Vec<u8>) }))
+        let mut v = unsafe { std::ptr::read(ptr as *const Vec<u8>) };
+        // Its spare room would travel with the frame (and stay alive while it is queued).
+        if v.capacity() - v.len() > v.len() / 4 {
+            v.shrink_to_fit();
+        }
+        Ok(Bytes::from(v))
     }
 }
 

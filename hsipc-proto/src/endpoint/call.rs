@@ -339,7 +339,7 @@ impl Endpoint {
                 self.transmit(Dest::Peer(from), frame);
             }
         }
-        let method = SmolStr::new(method);
+        let method = MethodName::new(method);
         self.push_event(Event::RequestReceived { id, from, method, body: f.payload, deadline, mode });
         Ok(())
     }

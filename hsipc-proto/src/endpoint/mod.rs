@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use smol_str::SmolStr;
 
 use crate::codec;
 use crate::config::Config;
@@ -24,7 +23,7 @@ use crate::directory::{Directory, Learned, Peer, PeerInfo};
 use crate::error::{CallError, CommandError, ErrorCode, FrameError, RemoteError};
 use crate::event::{CallMode, CancelReason, Dest, Event, Input, LeaveReason, Output, Transmit};
 use crate::frame::{Arena, Body, Flags, Frame, FrameKind, MAX_NAME_LEN, Payload, WireFrame, encode_parts};
-use crate::id::{CallRef, Counter, IncomingId, PeerId, RequestId, SubscriptionId};
+use crate::id::{CallRef, Counter, IncomingId, MethodName, PeerId, RequestId, SubscriptionId};
 use crate::stream::{Gap, RecvHalf, SendHalf};
 use crate::timer::{Timer, Timers};
 use crate::topic::{Topic, TopicFilter, TopicIndex};
@@ -61,8 +60,8 @@ pub struct Stats {
 struct Outgoing {
     peer: PeerId,
     mode: CallMode,
-    /// Kept for errors that name it; a short name (up to 23 bytes) is held inline.
-    method: SmolStr,
+    /// Kept for errors that name it.
+    method: MethodName,
     timeout: Duration,
     /// `None` while the timer is paused (a stream whose reader has all granted items queued).
     deadline: Option<Instant>,
@@ -74,7 +73,7 @@ struct Outgoing {
 /// as one is, failed with `NoSuchService` if discovery ends without one.
 #[derive(Debug)]
 struct Parked {
-    method: Box<str>,
+    method: MethodName,
     body: Body,
     mode: CallMode,
     timeout: Duration,

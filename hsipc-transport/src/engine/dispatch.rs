@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use event_listener::{Event, Listener};
-use proto::SmolStr;
-use proto::{CallMode, IncomingId, PeerId};
+use proto::{CallMode, IncomingId, MethodName, PeerId};
 
 use super::Handle;
 
@@ -80,7 +79,7 @@ pub struct CallContext {
 
 #[derive(Debug)]
 struct ContextInner {
-    method: SmolStr,
+    method: MethodName,
     caller: PeerId,
     caller_name: Arc<str>,
     caller_pid: u32,
@@ -91,7 +90,7 @@ struct ContextInner {
 
 impl CallContext {
     pub(super) fn new(
-        method: SmolStr,
+        method: MethodName,
         caller: PeerId,
         caller_name: Arc<str>,
         caller_pid: u32,

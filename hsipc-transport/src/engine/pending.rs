@@ -63,7 +63,9 @@ impl<T: Send + 'static> Future for Waiter<T> {
 /// blocking wait parks the thread, a future keeps its waker in the channel).
 #[derive(Debug)]
 pub struct PendingCall {
-    outcome: Outcome,
+    /// Only ever reached through `&mut self` (`get_mut`, no locking): the mutex is there to make
+    /// the call `Sync` (a oneshot receiver is not), as a flume receiver was.
+    outcome: std::sync::Mutex<Outcome>,
     deadline: Instant,
     handle: Handle,
     id: RequestId,
@@ -81,23 +83,31 @@ enum Outcome {
 
 impl PendingCall {
     pub(super) fn new(handle: Handle, id: RequestId, rx: oneshot::Receiver<Result<Bytes>>, deadline: Instant) -> Self {
-        PendingCall { outcome: Outcome::Waiting(rx), deadline, handle, id, done: false }
+        PendingCall { outcome: std::sync::Mutex::new(Outcome::Waiting(rx)), deadline, handle, id, done: false }
     }
 
     /// Blocks the calling thread until the response arrives.
     pub fn wait(mut self) -> Result<Bytes> {
-        let r = match &self.outcome {
-            Outcome::Waiting(rx) => match rx.recv_deadline(self.deadline + GRACE) {
+        let until = self.deadline + GRACE;
+        let r = match self.outcome() {
+            Outcome::Waiting(rx) => match rx.recv_deadline(until) {
                 Ok(r) => r,
                 Err(oneshot::RecvTimeoutError::Timeout) => Err(Error::Timeout),
                 Err(oneshot::RecvTimeoutError::Disconnected) => Err(Error::Closed),
             },
-            // A future that was polled and then waited for on a thread: block on it (the engine
-            // ends it by its deadline, like any other).
+            // A future that was polled and then waited for on a thread: block on it. The engine
+            // ends it by its deadline like any other; unlike the wait above, nothing here would
+            // end it should the engine fail to.
             Outcome::Polled(_) | Outcome::Taken => futures_lite::future::block_on(&mut self),
         };
         self.done = true;
         r
+    }
+}
+
+impl PendingCall {
+    fn outcome(&mut self) -> &mut Outcome {
+        self.outcome.get_mut().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -106,11 +116,12 @@ impl Future for PendingCall {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Bytes>> {
         let this = self.get_mut();
-        if let Outcome::Waiting(_) = this.outcome {
-            let Outcome::Waiting(rx) = std::mem::replace(&mut this.outcome, Outcome::Taken) else { unreachable!() };
-            this.outcome = Outcome::Polled(rx.into_future());
+        let outcome = this.outcome();
+        if let Outcome::Waiting(_) = outcome {
+            let Outcome::Waiting(rx) = std::mem::replace(outcome, Outcome::Taken) else { unreachable!() };
+            *outcome = Outcome::Polled(rx.into_future());
         }
-        let Outcome::Polled(fut) = &mut this.outcome else { return Poll::Ready(Err(Error::Closed)) };
+        let Outcome::Polled(fut) = outcome else { return Poll::Ready(Err(Error::Closed)) };
         let r = Pin::new(fut).poll(cx).map(|r| r.unwrap_or(Err(Error::Closed)));
         if r.is_ready() {
             this.done = true;

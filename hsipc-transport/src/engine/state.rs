@@ -27,6 +27,10 @@ use crate::liveness::Liveness;
 /// Most `wait_for_service` callers waiting at once.
 pub(super) const MAX_WATCHERS: usize = 4096;
 
+/// Frames queued for sending beyond this many are detached from the buffer their heads share
+/// (see `WireFrame::detached`): up to here, at most this many small buffers stay alive.
+const KEEP_SHARED: usize = 16;
+
 /// A served stream's item waiting for the reader's credit.
 struct BlockedItem {
     body: Body,
@@ -466,6 +470,9 @@ impl State {
                 && self.outbound_bytes + frame.len() <= self.config.outbound_max_bytes)
         {
             self.outbound_bytes += frame.len();
+            // A frame normally leaves this queue at once; behind a few others it may wait long
+            // (a stalled transport), and then keeps only its own bytes alive.
+            let frame = if self.outbound.len() >= KEEP_SHARED { frame.detached() } else { frame };
             self.outbound.push_back((dest, frame));
         } else {
             // Only when the bus has been stalled for a long time: protocol deadlines and loss

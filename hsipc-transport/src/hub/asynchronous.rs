@@ -84,7 +84,9 @@ impl<K> AsyncHub<K> {
     /// another hub. While it runs, nothing else from the calling hub is read, so a slow one
     /// delays every frame that hub sends here (and a blocking one can stall them for good).
     /// A plain function, not a future: it runs on the thread that read the request (for a call
-    /// from this hub itself, the caller's thread).
+    /// from this hub itself, the caller's thread). On the smol hub that is inside async-io's
+    /// reactor (which reads the lanes), so there it must above all never wait for anything the
+    /// reactor delivers (no `block_on`): the whole process's I/O would wait with it.
     ///
     /// ```no_run
     /// # async fn f<K: hsipc_transport::hub::RuntimeKind>(hub: hsipc_transport::hub::AsyncHub<K>) -> hsipc_transport::Result<()> {

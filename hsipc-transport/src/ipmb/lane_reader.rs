@@ -2,8 +2,8 @@
 //!
 //! A [`LaneReader`] reads on a thread of its own ([`run_blocking`](LaneReader::run_blocking)),
 //! or on an async runtime's reactor: the runtime waits for the lane to be readable and calls
-//! [`read_ready`](LaneReader::read_ready) or [`read_step`](LaneReader::read_step) (see
-//! [`LaneRunner`]). On a runtime, a reply read from
+//! [`read_ready`](LaneReader::read_ready), [`read_some`](LaneReader::read_some) or
+//! [`read_step`](LaneReader::read_step) (see [`LaneRunner`]). On a runtime, a reply read from
 //! a lane wakes the task waiting for it on the thread that read it: one thread wake-up less
 //! per message than a reader thread handing it over.
 
@@ -128,7 +128,12 @@ impl LaneReader {
     /// Reads and hands on what the lane holds now, without waiting: at most `TURN` (128) messages,
     /// so that a peer that keeps the lane full cannot keep a runtime's thread to itself.
     pub fn read_ready(&mut self) -> LaneState {
-        for _ in 0..TURN {
+        self.read_some(TURN)
+    }
+
+    /// Like [`read_ready`](Self::read_ready), with a turn of at most `most` messages.
+    pub fn read_some(&mut self, most: usize) -> LaneState {
+        for _ in 0..most {
             match self.read_one(false) {
                 Step::Read => {}
                 Step::WouldBlock => return LaneState::Drained,
@@ -139,7 +144,7 @@ impl LaneReader {
     }
 
     /// [`read_ready`](Self::read_ready) in the shape reactors retry on (tokio's
-    /// `AsyncFd::async_io`, async-io's `Async::read_with`): `Err(WouldBlock)` when the lane is
+    /// `AsyncFd::async_io`, say): `Err(WouldBlock)` when the lane is
     /// drained (wait for readability, then call again), `Ok(true)` when this turn's share is
     /// read (let other tasks run, then call again), `Ok(false)` when the lane has ended.
     pub fn read_step(&mut self) -> std::io::Result<bool> {

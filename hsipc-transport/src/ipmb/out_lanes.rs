@@ -143,7 +143,7 @@ impl OutLanes {
     /// Notes that a frame for `peer` alone is going into its lane (the lane is in use).
     pub(super) fn touch(&mut self, peer: PeerId) {
         if let Some(lane) = self.lanes.get_mut(&peer) {
-            // No clock read per frame: the idle check, every few seconds, dates the use.
+            // No clock read per frame: the idle check (about once a second) dates the use.
             lane.used = true;
         }
     }
@@ -258,7 +258,8 @@ impl OutLane {
             self.progress = Instant::now();
         }
         self.waiting_bytes += frame.len();
-        self.waiting.push_back(Outgoing { frame: frame.clone(), how });
+        // It may wait long (a peer that does not read): it keeps only its own bytes alive.
+        self.waiting.push_back(Outgoing { frame: frame.detached(), how });
         Ok(())
     }
 
