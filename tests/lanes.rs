@@ -21,6 +21,7 @@ fn child_entry() {
         "burst_publisher" => return burst_publisher(),
         #[cfg(all(feature = "tokio", feature = "smol"))]
         "async_pair" => return async_pair(),
+        "held_reader" => return held_reader(),
         _ => {}
     }
     let role = match role.as_str() {
@@ -233,6 +234,71 @@ fn tokio_and_smol_hubs_read_their_lanes_on_their_reactors() {
         assert_eq!(pair.expect("LANES", LONG), "0", "lanes read on threads");
         assert_eq!(pair.expect("MAPPED", LONG), "0", "a lane's pool is still mapped after the close");
     }
+}
+
+/// A hub whose lane reader is held up (in an inline handler that waits) while another hub
+/// writes far more small frames than the lane's ring holds, with a few large ones among them:
+/// the ring fills, the writer queues the rest without blocking, and once the reader goes on,
+/// the reader's word that it made room lets the writer write the rest. Reports what the
+/// subscriber got, in order.
+fn held_reader() {
+    let bus = env("HSIPC_BUS");
+    let server = ProcessHub::builder("held").bus(&bus).build().unwrap();
+    let client = ProcessHub::builder("writer").bus(&bus).build().unwrap();
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (started_tx, released) = (std::sync::Mutex::new(started_tx), std::sync::Mutex::new(released));
+    server
+        .serve_inline("held.hold", move |_: ()| {
+            started_tx.lock().unwrap().send(()).unwrap();
+            released.lock().unwrap().recv_timeout(LONG).map_err(|e| e.to_string())
+        })
+        .unwrap();
+    let events = server.subscribe_with::<(u32, bytes::Bytes)>("fill/#", hsipc::Qos::KeepLast(10_000)).unwrap();
+    client.wait_for_service("held", LONG).unwrap();
+    client.wait_for_subscriber("fill/x", LONG).unwrap();
+    // Lanes up both ways (the server's answer comes back on a lane of its own).
+    for _ in 0..3 {
+        client.publish("fill/x", (u32::MAX, bytes::Bytes::new())).unwrap();
+    }
+    let holder = {
+        let client = client.clone();
+        std::thread::spawn(move || client.call::<_, ()>("held.hold", ()))
+    };
+    started.recv_timeout(LONG).unwrap();
+    // 200 B events: 2000 of them are three times what a ring holds; every 100th is 20 KiB
+    // (pooled, through the socket, marked in the ring).
+    let n = 2000u32;
+    for i in 0..n {
+        let len = if i % 100 == 99 { 20_000 } else { 200 };
+        client.publish("fill/x", (i, bytes::Bytes::from(vec![i as u8; len]))).unwrap();
+    }
+    release.send(()).unwrap();
+    holder.join().unwrap().unwrap();
+    let mut next = 0u32;
+    let mut seen = String::from("ok");
+    while next < n {
+        match events.recv_timeout(LONG) {
+            Ok(e) if e.payload.0 == u32::MAX => {}
+            Ok(e) if e.payload.0 == next && e.payload.1.len() == if next % 100 == 99 { 20_000 } else { 200 } => {
+                next += 1
+            }
+            other => {
+                seen = format!("event {next}: {:?}", other.map(|e| (e.payload.0, e.payload.1.len(), e.missed)));
+                break;
+            }
+        }
+    }
+    report(format!("HELD {seen}"));
+    client.close();
+    server.close();
+}
+
+#[test]
+fn a_ring_filled_while_its_reader_is_held_up_delivers_everything_in_order_once_it_reads() {
+    let bus = unique_bus("lanes-held");
+    let mut peer = Peer::spawn("held_reader", &bus, "held", &[]);
+    assert_eq!(peer.expect("HELD", LONG), "ok");
 }
 
 /// Calls with payloads far larger than a lane holds, from several threads at once (against a

@@ -129,6 +129,8 @@ pub trait Transport: Send + fmt::Debug + 'static {
 pub struct Waiting {
     /// Fds to poll for writability.
     pub fds: Vec<std::os::fd::RawFd>,
+    /// Fds to poll for readability (a peer that says it has made room).
+    pub readable: Vec<std::os::fd::RawFd>,
     /// Flush at this instant at the latest.
     pub until: std::time::Instant,
 }

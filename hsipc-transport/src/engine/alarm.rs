@@ -32,17 +32,24 @@ impl Alarm {
 
     /// Sleeps until rung, until one of `readable` is readable (a peer process exited), one of
     /// `writable` is writable (a full lane has room), or until `deadline`.
-    pub(crate) fn sleep(&self, readable: &[Arc<OwnedFd>], writable: &[RawFd], deadline: Instant) {
+    pub(crate) fn sleep(
+        &self,
+        readable: &[Arc<OwnedFd>],
+        also_readable: &[RawFd],
+        writable: &[RawFd],
+        deadline: Instant,
+    ) {
         let mut polls: Vec<libc::pollfd> = std::iter::once(&self.0)
             .chain(readable)
             .map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+            .chain(also_readable.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }))
             .chain(writable.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLOUT, revents: 0 }))
             .collect();
         let left = deadline.saturating_duration_since(Instant::now());
         // Rounded up, so the clock never wakes just before its deadline and sleeps again.
         let ms = left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
         // SAFETY: `polls` is a valid array of pollfds for the duration of the call. The fds in
-        // `readable` are kept open by the caller; one in `writable` may close meanwhile (the
+        // `readable` are kept open by the caller; one in `also_readable` or `writable` may close meanwhile (the
         // poll then reports it, or the deadline ends the sleep).
         let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
         if n > 0 && polls[0].revents & libc::POLLIN != 0 {
@@ -65,10 +72,10 @@ mod tests {
         alarm.ring();
         let far = Instant::now() + Duration::from_secs(3600);
         // Returns at once (else the test hangs until its harness kills it).
-        alarm.sleep(&[], &[], far);
+        alarm.sleep(&[], &[], &[], far);
         // And the ring was consumed: a short sleep now runs to its deadline.
         let soon = Instant::now() + Duration::from_millis(5);
-        alarm.sleep(&[], &[], soon);
+        alarm.sleep(&[], &[], &[], soon);
         assert!(Instant::now() >= soon);
     }
 }

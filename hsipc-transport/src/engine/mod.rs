@@ -211,7 +211,7 @@ fn run_clock(shared: &Arc<Shared>, alarm: &Alarm) {
             let mut state = shared.state();
             (state.sleep_until(), state.watched_processes())
         };
-        alarm.sleep(&watched, &[], deadline);
+        alarm.sleep(&watched, &[], &[], deadline);
         if shared.shutdown.load(Ordering::SeqCst) {
             break;
         }
@@ -237,8 +237,8 @@ fn run_writer(shared: &Shared, alarm: &Alarm, sent: &flume::Sender<()>) {
         // an fd closed meanwhile must not keep the writer from noticing).
         let now = Instant::now();
         match shared.transport_waiting() {
-            Some(w) => alarm.sleep(&[], &w.fds, w.until.min(now + WAITING_RECHECK)),
-            None => alarm.sleep(&[], &[], now + IDLE_RECHECK),
+            Some(w) => alarm.sleep(&[], &w.readable, &w.fds, w.until.min(now + WAITING_RECHECK)),
+            None => alarm.sleep(&[], &[], &[], now + IDLE_RECHECK),
         }
         // Read before sending: everything queued before the close (the goodbye) goes out.
         let closing = shared.closed.load(Ordering::SeqCst);

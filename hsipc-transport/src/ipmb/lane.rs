@@ -23,13 +23,19 @@
 //!   follow; `POOLED`: a frame of 16 KiB or more, as its place in the pool (see `pool`);
 //! - `SEALED`: a large frame that does not go pooled (over the pool's limit, the pool full, or
 //!   a reader that takes no pooled frames), in a sealed memfd of its own (see `sealed`);
-//! - `CLOSE`: the writer closes the idle lane.
+//! - `CLOSE`: the writer closes the idle lane;
+//! - `RING`: the writer's ring (two fds: data and control) for the small frames that follow
+//!   (see `ring`); from then on the ring holds the lane's order, and every other message but
+//!   `WAKE` is marked in it; `WAKE`: the writer wakes a reader that said it sleeps.
 //!
 //! The reader writes back on the same socket pair, one byte, first thing ([`Takes`]): that it
-//! takes sealed frames, or sealed and pooled ones, or that its hub declines the lane (it reads
-//! its most lanes; it reads what comes until the writer closes the lane, as after an idle
-//! close, and the writer's frames go through the bus from then on). A reader that says nothing
-//! (an earlier version) gets only chunks. `large` decides how each frame goes.
+//! takes sealed frames, or sealed and pooled ones, or those and a ring (said after "pooled", so
+//! that a writer of the version before rings, which knows no "ring", goes by "pooled"), or that
+//! its hub declines the lane (it reads its most lanes; it reads what comes until the writer
+//! closes the lane, as after an idle close, and the writer's frames go through the bus from
+//! then on). A reader that says nothing (an earlier version) gets only chunks. Later, a reader
+//! with a ring says `SPACE` when it has made room in a full one. `large` decides how each frame
+//! goes.
 
 use proto::PeerId;
 use proto::frame::WireFrame;
@@ -54,6 +60,15 @@ pub(super) const POOL: u8 = 4;
 /// The first byte of a lane message: a frame in the writer's pool; the rest of the message is
 /// its offset and its length, 8 bytes little-endian each.
 pub(super) const POOLED: u8 = 5;
+/// The first byte of a lane message: the writer's ring (see `ring`), its data and its control
+/// page passed with this message; the rest of the message is the ring's size, 8 bytes
+/// little-endian.
+pub(super) const RING: u8 = 6;
+/// The first byte of a lane message: wake up, the ring has frames (sent to a reader that said
+/// it sleeps).
+pub(super) const WAKE: u8 = 7;
+/// What a reader with a ring says back when it has made room in it for a writer that wants some.
+const SPACE: u8 = 7;
 /// What a lane's reader takes besides chunks. The reader says it once, first thing, with one
 /// byte back to the writer (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,6 +81,8 @@ pub(super) enum Takes {
     Sealed,
     /// Chunks, sealed and pooled frames.
     Pooled,
+    /// Chunks, sealed and pooled frames, and small frames through a ring.
+    Ring,
     /// Nothing more: the hub declines the lane, and reads chunks until the writer closes it.
     Declined,
 }
@@ -79,7 +96,18 @@ impl Takes {
             Takes::Sealed => 5,
             Takes::Pooled => 3,
             Takes::Declined => 4,
+            Takes::Ring => 6,
         }
+    }
+
+    /// Whether the reader takes pooled frames.
+    pub(super) fn pooled(self) -> bool {
+        matches!(self, Takes::Pooled | Takes::Ring)
+    }
+
+    /// Whether the reader takes sealed frames.
+    pub(super) fn sealed(self) -> bool {
+        matches!(self, Takes::Sealed | Takes::Pooled | Takes::Ring)
     }
 
     fn from_code(code: u8) -> Option<Takes> {
@@ -87,6 +115,7 @@ impl Takes {
             5 | 1 => Some(Takes::Sealed),
             3 => Some(Takes::Pooled),
             4 => Some(Takes::Declined),
+            6 => Some(Takes::Ring),
             _ => None,
         }
     }
@@ -159,6 +188,21 @@ pub(super) fn write_sealed(fd: &OwnedFd, memfd: &OwnedFd, len: usize) -> io::Res
 /// has no room now.
 pub(super) fn write_pool(fd: &OwnedFd, memfds: [&OwnedFd; 2], size: usize) -> io::Result<bool> {
     sent(send_gather(fd, POOL, [&(size as u64).to_le_bytes(), &[]], &memfds))
+}
+
+/// One non-blocking attempt to hand the writer's ring to the reader: `Ok(false)` if the lane
+/// has no room now.
+pub(super) fn write_ring(fd: &OwnedFd, memfds: [&OwnedFd; 2], size: usize) -> io::Result<bool> {
+    sent(send_gather(fd, RING, [&(size as u64).to_le_bytes(), &[]], &memfds))
+}
+
+/// Wakes a reader that said it sleeps. A lane with no room needs no wake-up: its reader has
+/// messages to read.
+pub(super) fn write_wake(fd: &OwnedFd) -> io::Result<()> {
+    match send_once(fd, WAKE, &[]) {
+        Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// One non-blocking attempt to send the place of a frame in the writer's pool: `Ok(false)` if
@@ -328,7 +372,19 @@ pub(super) fn receive(fd: &OwnedFd, buf: &mut [u8], wait: bool) -> Received {
 /// Tells a lane's writer what its reader takes; best effort, never waits (a message the socket
 /// cannot take is lost: the writer then takes fewer of its fast paths, nothing more).
 pub(super) fn say(fd: &OwnedFd, takes: Takes) {
-    let what = takes.code();
+    if takes == Takes::Ring {
+        // A writer of the version before rings goes by the last code it knows.
+        say_byte(fd, Takes::Pooled.code());
+    }
+    say_byte(fd, takes.code());
+}
+
+/// Tells a lane's writer that there is room in its ring again.
+pub(super) fn say_space(fd: &OwnedFd) {
+    say_byte(fd, SPACE);
+}
+
+fn say_byte(fd: &OwnedFd, what: u8) {
     if what == 0 {
         return;
     }

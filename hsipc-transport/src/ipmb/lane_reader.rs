@@ -14,8 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::BytesMut;
 use proto::PeerId;
 
-use super::lane::{self, ARENA, ARENA_FRAME_MAX, CHUNK, CLOSE, LAST, POOL, POOLED, Received, SEALED, Takes};
+use super::lane::{
+    self, ARENA, ARENA_FRAME_MAX, CHUNK, CLOSE, LAST, POOL, POOLED, RING, Received, SEALED, Takes, WAKE,
+};
 use super::pool::RecvPool;
+use super::ring::{self, Record, RingReader};
 use super::sealed;
 use crate::ingress::Ingress;
 
@@ -77,6 +80,13 @@ pub struct LaneReader {
     pool: Option<Arc<RecvPool>>,
     /// Reading on a thread already (a dropped reader does not move to another one).
     on_thread: bool,
+    /// The writer's ring, once it has handed it over: from then on it holds the lane's order.
+    ring: Option<RingReader>,
+    /// The ring's mark was met: the next frame comes through the socket.
+    in_socket_frame: bool,
+    /// A message read from the socket before the ring's mark for it was met (its length and
+    /// fds; its bytes are in `buf`).
+    stash: Option<(usize, Vec<OwnedFd>)>,
 }
 
 impl std::fmt::Debug for LaneReader {
@@ -116,6 +126,9 @@ impl LaneReader {
             takes,
             pool: None,
             on_thread: false,
+            ring: None,
+            in_socket_frame: false,
+            stash: None,
         }
     }
 
@@ -166,15 +179,26 @@ impl LaneReader {
         if self.on_end.is_none() {
             return Step::Ended;
         }
-        let (n, passed) = match lane::receive(&self.fd, &mut self.buf, wait) {
-            Received::Message(n, passed) => (n, passed),
-            Received::WouldBlock => return Step::WouldBlock,
-            Received::Ended => return self.end(true), // end of file: the sender is gone
+        if self.ring.is_some() && !self.in_socket_frame {
+            if let Some(step) = self.read_ring(wait) {
+                return step;
+            }
+        }
+        let (n, passed) = match self.stash.take() {
+            Some(stashed) => stashed,
+            None => match lane::receive(&self.fd, &mut self.buf, wait) {
+                Received::Message(n, passed) => (n, passed),
+                Received::WouldBlock => return Step::WouldBlock,
+                Received::Ended => return self.end(true), // end of file: the sender is gone
+            },
         };
         let from = self.from;
         if n > self.buf.len() {
             tracing::debug!(%from, "oversized lane message; dropping the lane");
             return self.end(true);
+        }
+        if self.buf[0] == WAKE {
+            return Step::Read; // the ring has frames: read on
         }
         match self.buf[0] {
             _ if !self.frame.is_empty() && self.buf[0] > CLOSE => {
@@ -184,6 +208,7 @@ impl LaneReader {
             SEALED => return self.read_sealed(n, passed),
             POOL => return self.take_pool(n, passed),
             POOLED => return self.read_pooled(n),
+            RING => return self.take_ring(n, passed),
             _ => {}
         }
         let buf = &self.buf;
@@ -238,10 +263,98 @@ impl LaneReader {
         self.hand_on(frame)
     }
 
+    /// Takes the next record from the ring: `None` if it is the mark of a frame that comes
+    /// through the socket (read it there), else how reading went.
+    fn read_ring(&mut self, wait: bool) -> Option<Step> {
+        let from = self.from;
+        if self.arena.capacity() - self.arena.len() < ARENA_FRAME_MAX {
+            self.arena = BytesMut::with_capacity(ARENA);
+        }
+        let ring = self.ring.as_mut()?;
+        let (record, tell) = match ring.next(&mut self.arena) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(%from, error = %e, "dropping the lane");
+                return Some(self.end(true));
+            }
+        };
+        if tell {
+            lane::say_space(&self.fd);
+        }
+        match record {
+            Some(Record::Frame) => {
+                let frame = self.arena.split().freeze();
+                Some(self.hand_on(frame))
+            }
+            Some(Record::Socket) => {
+                self.in_socket_frame = true;
+                None
+            }
+            Some(Record::Close) => {
+                tracing::debug!(%from, "lane closed by its writer (idle)");
+                Some(self.end(false))
+            }
+            None => Some(self.ring_empty(wait)),
+        }
+    }
+
+    /// The ring is empty: says the reader sleeps (unless the ring has something after all) and
+    /// looks at the socket, waiting there if `wait`. What it finds is a wake-up, the writer's
+    /// end, or a message whose mark the ring shows next (kept for it).
+    fn ring_empty(&mut self, wait: bool) -> Step {
+        let from = self.from;
+        if self.stash.is_some() {
+            tracing::debug!(%from, "a lane message without its mark in the ring; dropping the lane");
+            return self.end(true);
+        }
+        match self.ring.as_mut().map(RingReader::sleep) {
+            Some(Ok(true)) => {}
+            Some(Ok(false)) => return Step::Read, // more came after all
+            _ => return self.end(true),
+        }
+        match lane::receive(&self.fd, &mut self.buf, wait) {
+            Received::WouldBlock => Step::WouldBlock,
+            // The writer is gone: what it put in the ring before goes first.
+            Received::Ended => match self.ring.as_mut().map(RingReader::has_more) {
+                Some(Ok(true)) => Step::Read,
+                _ => self.end(true),
+            },
+            Received::Message(n, _) if n >= 1 && n <= self.buf.len() && self.buf[0] == WAKE => Step::Read,
+            Received::Message(n, passed) => {
+                self.stash = Some((n, passed));
+                Step::Read
+            }
+        }
+    }
+
+    /// Maps the ring the writer hands over (see `ring`).
+    fn take_ring(&mut self, n: usize, passed: Vec<OwnedFd>) -> Step {
+        let from = self.from;
+        let asked = self.takes == Takes::Ring && self.ring.is_none();
+        let (Ok(size), [data, control], true) = (<[u8; 8]>::try_from(&self.buf[1..n]), &passed[..], asked) else {
+            tracing::debug!(%from, "malformed or unasked-for ring message; dropping the lane");
+            return self.end(true);
+        };
+        if u64::from_le_bytes(size) != ring::RING_SIZE as u64 {
+            tracing::debug!(%from, "a ring of another size; dropping the lane");
+            return self.end(true);
+        }
+        match RingReader::map(data, control) {
+            Ok(ring) => {
+                self.ring = Some(ring);
+                Step::Read
+            }
+            Err(e) => {
+                tracing::warn!(%from, error = %e, "bad lane ring; dropping the lane");
+                self.end(true)
+            }
+        }
+    }
+
     /// Maps the pool the writer hands over (see `pool`).
     fn take_pool(&mut self, n: usize, passed: Vec<OwnedFd>) -> Step {
         let from = self.from;
-        let pooled = self.takes == Takes::Pooled;
+        let pooled = self.takes.pooled();
         let (Ok(size), [data, board], true) = (<[u8; 8]>::try_from(&self.buf[1..n]), &passed[..], pooled) else {
             tracing::debug!(%from, "malformed or unasked-for pool message; dropping the lane");
             return self.end(true);
@@ -284,6 +397,7 @@ impl LaneReader {
 
     /// Hands a whole frame to the engine.
     fn hand_on(&mut self, bytes: bytes::Bytes) -> Step {
+        self.in_socket_frame = false;
         if !self.ingress.deliver(self.from, bytes) {
             lane::shut(&self.fd); // the engine is gone
             self.on_end = None;
@@ -333,6 +447,9 @@ impl Drop for LaneReader {
             takes: self.takes,
             pool: self.pool.take(),
             on_thread: true,
+            ring: self.ring.take(),
+            in_socket_frame: self.in_socket_frame,
+            stash: self.stash.take(),
         };
         if let Err(e) = lane::spawn_thread(rest, self.from) {
             // The reader moved into the failed spawn has been dropped, which ended the lane.

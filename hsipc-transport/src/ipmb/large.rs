@@ -1,5 +1,9 @@
-//! How a lane's writer sends each frame: small ones in chunks, large ones through the lane's
-//! pool, sealed in a memfd of their own, or in chunks, whichever the reader and the moment allow.
+//! How a lane's writer sends each frame: small ones through the lane's ring (or in chunks),
+//! large ones through the lane's pool, sealed in a memfd of their own, or in chunks, whichever
+//! the reader and the moment allow.
+//!
+//! A frame under [`ring::RING_FRAME_MAX`] bytes goes into the lane's ring once there is one (see
+//! `ring`); every other message then has its mark in the ring, written first (see `ring`).
 //!
 //! A frame of [`pool::POOLED_MIN`] bytes or more, once the reader has said what it takes:
 //! 1. into the lane's pool (see `pool`), if the reader takes pooled frames, the frame fits
@@ -12,7 +16,7 @@
 //!    that much in memfds, plus one frame;
 //! 3. else in chunks, like a small frame.
 //!
-//! Every way goes through the lane's socket, in order with everything else on it.
+//! Every other way goes through the lane's socket, in order with everything else on it.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -21,6 +25,7 @@ use proto::frame::WireFrame;
 
 use super::lane::{self, Takes};
 use super::pool::{self, SendPool};
+use super::ring::{self, RingWriter};
 use super::sealed;
 
 /// What sealed frames a reader has not read yet may hold in all, at most (about: see
@@ -31,8 +36,17 @@ const SEALED_BUDGET: usize = 64 << 20;
 /// any 64-bit kernel): unread bytes divided by it bound the unread messages.
 const LEAST_MESSAGE: usize = 512;
 
-/// How a frame goes into a lane.
-pub(super) enum How {
+/// How a frame goes into a lane: its way, and whether its mark goes into the lane's ring first
+/// (the first of its parts).
+pub(super) struct How {
+    way: Way,
+    marked: bool,
+}
+
+/// The way a frame goes.
+enum Way {
+    /// Into the ring.
+    Ring,
     Chunks,
     /// Sealed if the lane allows when its turn comes, else in chunks.
     SealLater,
@@ -46,13 +60,15 @@ pub(super) enum How {
 }
 
 impl How {
-    /// How many lane messages `frame` takes this way (as far as it is decided).
+    /// How many parts `frame` takes this way (as far as it is decided): its mark, then its lane
+    /// messages (or its ring record).
     pub(super) fn parts(&self, frame: &WireFrame) -> usize {
-        match self {
-            How::Chunks => lane::chunk_count(frame),
-            How::SealLater | How::Sealed(_) => 1,
-            How::Pooled { offer, .. } => 1 + usize::from(*offer),
-        }
+        usize::from(self.marked)
+            + match &self.way {
+                Way::Ring | Way::SealLater | Way::Sealed(_) => 1,
+                Way::Chunks => lane::chunk_count(frame),
+                Way::Pooled { offer, .. } => 1 + usize::from(*offer),
+            }
     }
 }
 
@@ -68,27 +84,75 @@ pub(super) struct LargeFrames {
     /// The largest sealed frame sent since the reader last had nothing unread: every unread
     /// message is counted as one that large.
     largest_sealed: usize,
+    /// The ring, once handed over.
+    ring: Option<RingWriter>,
+    /// A ring cannot be made or handed over: do not try again.
+    no_ring: bool,
+    /// The last write stopped at a full ring (wait for the reader to say it made room, not for
+    /// room in the socket).
+    ring_full: bool,
+    /// How many more frames may look for what the reader said before it has said anything (a
+    /// reader of an earlier version never does; each look is a system call).
+    looks: u8,
 }
 
+/// Frames that look for what a lane's reader takes, at most, until it has said it.
+const LOOKS: u8 = 64;
+
 impl LargeFrames {
-    /// Decides how `frame` goes (and copies it into the pool, if that is the way).
-    pub(super) fn prepare(&mut self, lane_fd: &OwnedFd, frame: &WireFrame) -> How {
-        if frame.len() < pool::POOLED_MIN { How::Chunks } else { self.large(lane_fd, frame) }
+    /// Before a frame is written with nothing waiting ahead of it: learns what the reader
+    /// takes (if it has not said yet), and hands it the ring if it takes one. The ring's message
+    /// goes through the socket in order: from it on, the ring holds the lane's order.
+    pub(super) fn prepare_lane(&mut self, lane_fd: &OwnedFd) -> io::Result<()> {
+        if !self.heard() && self.looks < LOOKS {
+            self.looks += 1;
+            self.read_back(lane_fd);
+        }
+        if self.takes != Takes::Ring || self.ring.is_some() || self.no_ring {
+            return Ok(());
+        }
+        let ring = match RingWriter::new() {
+            Ok(ring) => ring,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot make a lane ring; small frames go through the socket");
+                self.no_ring = true;
+                return Ok(());
+            }
+        };
+        match lane::write_ring(lane_fd, ring.memfds(), ring::RING_SIZE) {
+            Ok(true) => self.ring = Some(ring),
+            Ok(false) => {} // no room in the socket now: the next frame tries again
+            Err(e) if too_many_fds(&e) => self.no_ring = true,
+            Err(e) => return Err(e),
+        }
+        Ok(())
     }
 
-    fn large(&mut self, lane_fd: &OwnedFd, frame: &WireFrame) -> How {
+    /// Decides how `frame` goes (and copies it into the pool, if that is the way).
+    pub(super) fn prepare(&mut self, lane_fd: &OwnedFd, frame: &WireFrame) -> How {
+        let marked = self.ring.is_some();
+        let way = if frame.len() <= ring::RING_FRAME_MAX && marked {
+            return How { way: Way::Ring, marked: false };
+        } else if frame.len() < pool::POOLED_MIN {
+            Way::Chunks
+        } else {
+            self.large(lane_fd, frame)
+        };
+        How { way, marked }
+    }
+
+    fn large(&mut self, lane_fd: &OwnedFd, frame: &WireFrame) -> Way {
         self.read_back(lane_fd);
-        if self.takes == Takes::Pooled {
-            if let Some(how) = self.pooled(frame) {
-                return how;
+        if self.takes.pooled() {
+            if let Some(way) = self.pooled(frame) {
+                return way;
             }
         }
-        let sealed = matches!(self.takes, Takes::Sealed | Takes::Pooled);
-        if sealed && frame.len() >= sealed::SEALED_MIN { How::SealLater } else { How::Chunks }
+        if self.takes.sealed() && frame.len() >= sealed::SEALED_MIN { Way::SealLater } else { Way::Chunks }
     }
 
     /// Puts `frame` into the pool (made on first use), if it fits.
-    fn pooled(&mut self, frame: &WireFrame) -> Option<How> {
+    fn pooled(&mut self, frame: &WireFrame) -> Option<Way> {
         let offer = self.pool.is_none();
         if offer {
             if self.no_pool {
@@ -105,7 +169,7 @@ impl LargeFrames {
         }
         let offset = self.pool.as_mut()?.put(frame)?;
         self.untrimmed_since = Some(std::time::Instant::now());
-        Some(How::Pooled { offset, offer })
+        Some(Way::Pooled { offset, offer })
     }
 
     /// Takes in what the reader has said.
@@ -134,6 +198,29 @@ impl LargeFrames {
         self.takes == Takes::Declined
     }
 
+    /// Whether the last write stopped at a full ring: the writer waits for the reader to say
+    /// it made room (the lane's fd becomes readable), not for room in the socket.
+    pub(super) fn ring_full(&self) -> bool {
+        self.ring_full
+    }
+
+    /// Writes the closing message (through the ring, once there is one): `Ok(false)` if there is
+    /// no room now.
+    pub(super) fn write_close(&mut self, lane_fd: &OwnedFd) -> io::Result<bool> {
+        match &mut self.ring {
+            Some(ring) => {
+                if !ring.put_close() {
+                    return Ok(false);
+                }
+                if ring.reader_asleep() {
+                    lane::write_wake(lane_fd)?;
+                }
+                Ok(true)
+            }
+            None => lane::write_close(lane_fd),
+        }
+    }
+
     /// Writes `frame` the way `how` says, from part `from` on, as far as the lane takes it now
     /// (deciding what was left open, or falling back to chunks, in `how`); returns the parts
     /// written in all.
@@ -144,8 +231,35 @@ impl LargeFrames {
         how: &mut How,
         from: usize,
     ) -> io::Result<usize> {
+        self.ring_full = false;
+        if let Way::Ring = how.way {
+            let Some(ring) = &mut self.ring else { unreachable!("a frame goes into a ring only once there is one") };
+            if !ring.put_frame(frame.pieces().map(|p| &p[..])) {
+                self.ring_full = true;
+                return Ok(0);
+            }
+            if ring.reader_asleep() {
+                lane::write_wake(lane_fd)?;
+            }
+            return Ok(1);
+        }
+        if !how.marked {
+            return self.write_way(lane_fd, frame, &mut how.way, from);
+        }
+        if from == 0 {
+            // The mark first: the message that follows wakes the reader if it sleeps.
+            let Some(ring) = &mut self.ring else { unreachable!("a frame is marked only once there is a ring") };
+            if !ring.put_socket_mark() {
+                self.ring_full = true;
+                return Ok(0);
+            }
+        }
+        Ok(1 + self.write_way(lane_fd, frame, &mut how.way, from.saturating_sub(1))?)
+    }
+
+    fn write_way(&mut self, lane_fd: &OwnedFd, frame: &WireFrame, how: &mut Way, from: usize) -> io::Result<usize> {
         let len = frame.len();
-        if let How::SealLater = how {
+        if let Way::SealLater = how {
             let unread = unread_sealed_bound(lane_fd);
             if unread == 0 {
                 self.largest_sealed = 0;
@@ -157,30 +271,31 @@ impl LargeFrames {
             }
             *how = match fits {
                 true => match sealed::seal(frame) {
-                    Ok(memfd) => How::Sealed(memfd),
+                    Ok(memfd) => Way::Sealed(memfd),
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot seal a large frame; it goes in chunks");
-                        How::Chunks
+                        Way::Chunks
                     }
                 },
-                false => How::Chunks,
+                false => Way::Chunks,
             };
         }
         match how {
-            How::Chunks | How::SealLater => lane::write_chunks(lane_fd, frame, from),
-            How::Sealed(memfd) => match lane::write_sealed(lane_fd, memfd, len) {
+            Way::Ring => unreachable!("written in `write`"),
+            Way::Chunks | Way::SealLater => lane::write_chunks(lane_fd, frame, from),
+            Way::Sealed(memfd) => match lane::write_sealed(lane_fd, memfd, len) {
                 Ok(sent) => Ok(usize::from(sent)),
                 Err(e) if too_many_fds(&e) => {
                     tracing::debug!("too many fds in flight; a sealed frame goes in chunks");
-                    *how = How::Chunks;
+                    *how = Way::Chunks;
                     lane::write_chunks(lane_fd, frame, from)
                 }
                 Err(e) => Err(e),
             },
-            &mut How::Pooled { offset, offer } => {
+            &mut Way::Pooled { offset, offer } => {
                 let Some(pool) = &self.pool else {
                     // The pool could not be handed over (below): nothing of this frame went.
-                    *how = How::Chunks;
+                    *how = Way::Chunks;
                     return lane::write_chunks(lane_fd, frame, 0);
                 };
                 if offer && from == 0 {
@@ -191,7 +306,7 @@ impl LargeFrames {
                             tracing::debug!("too many fds in flight; large frames on this lane go sealed or in chunks");
                             self.pool = None;
                             self.no_pool = true;
-                            *how = How::Chunks;
+                            *how = Way::Chunks;
                             return lane::write_chunks(lane_fd, frame, 0);
                         }
                         Err(e) => return Err(e),

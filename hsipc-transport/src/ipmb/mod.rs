@@ -42,6 +42,7 @@ mod name_lock;
 mod out_lanes;
 mod pool;
 mod reader;
+mod ring;
 mod sealed;
 mod shm;
 
@@ -554,7 +555,7 @@ impl Transport for IpmbTransport {
     }
 
     fn waiting(&self) -> Option<Waiting> {
-        self.lanes.outgoing.waiting().map(|(fds, until)| Waiting { fds, until })
+        self.lanes.outgoing.waiting().map(|(fds, readable, until)| Waiting { fds, readable, until })
     }
 
     fn broadcast(&mut self, frame: &WireFrame) -> Result<(), TransportError> {

@@ -160,7 +160,7 @@ impl OutLanes {
             }
             let unused = l.waiting.is_empty() && now.saturating_duration_since(l.last_used) >= idle;
             // A lane with no room for the closing message stays until the next look.
-            let close = unused && matches!(lane::write_close(&l.fd), Ok(true));
+            let close = unused && matches!(l.large.write_close(&l.fd), Ok(true));
             if close {
                 closed.push(*peer);
             }
@@ -178,7 +178,7 @@ impl OutLanes {
             if !l.large.heard() {
                 l.large.read_back(&l.fd);
             }
-            let close = l.large.declined() && l.waiting.is_empty() && matches!(lane::write_close(&l.fd), Ok(true));
+            let close = l.large.declined() && l.waiting.is_empty() && matches!(l.large.write_close(&l.fd), Ok(true));
             if close {
                 closed.push(*peer);
             }
@@ -211,11 +211,13 @@ impl OutLanes {
         failed
     }
 
-    /// The lanes with frames waiting (to poll for room), and when the first of them stalls.
-    pub(super) fn waiting(&self) -> Option<(Vec<RawFd>, Instant)> {
+    /// The lanes with frames waiting, to poll for room (writable: room in the socket;
+    /// readable: the reader says it made room in the ring), and when the first of them stalls.
+    pub(super) fn waiting(&self) -> Option<(Vec<RawFd>, Vec<RawFd>, Instant)> {
         let full: Vec<&OutLane> = self.lanes.values().filter(|l| !l.waiting.is_empty()).collect();
         let until = full.iter().map(|l| l.progress + self.stall).min()?;
-        Some((full.iter().map(|l| l.fd.as_raw_fd()).collect(), until))
+        let fds = |ring: bool| full.iter().filter(|l| l.large.ring_full() == ring).map(|l| l.fd.as_raw_fd()).collect();
+        Some((fds(false), fds(true), until))
     }
 
     /// At close: writes what waits, waiting for room until `deadline` at most.
@@ -225,13 +227,14 @@ impl OutLanes {
             for (peer, _) in self.flush() {
                 self.lanes.remove(&peer);
             }
-            let Some((fds, _)) = self.waiting() else { return };
+            let Some((writable, readable, _)) = self.waiting() else { return };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return;
             }
+            let poll = |events| move |&fd: &RawFd| libc::pollfd { fd, events, revents: 0 };
             let mut polls: Vec<libc::pollfd> =
-                fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLOUT, revents: 0 }).collect();
+                writable.iter().map(poll(libc::POLLOUT)).chain(readable.iter().map(poll(libc::POLLIN))).collect();
             let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
             // SAFETY: a valid array of pollfds; the fds stay open (owned by `self`).
             unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
@@ -248,6 +251,9 @@ impl OutLane {
 
     /// Writes `frame`, or queues it behind what waits.
     fn push(&mut self, frame: &WireFrame) -> io::Result<()> {
+        if self.waiting.is_empty() {
+            self.large.prepare_lane(&self.fd)?;
+        }
         let mut how = self.large.prepare(&self.fd, frame);
         if self.waiting.is_empty() {
             let written = self.large.write(&self.fd, frame, &mut how, 0)?;
@@ -276,7 +282,8 @@ impl OutLane {
             if left.is_zero() {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "the lane's reader is stuck"));
             }
-            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+            let events = if self.large.ring_full() { libc::POLLIN } else { libc::POLLOUT };
+            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events, revents: 0 };
             let ms = left.as_millis().clamp(1, 100) as libc::c_int;
             // SAFETY: one valid pollfd; the fd stays open (owned by `self`).
             unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -285,6 +292,10 @@ impl OutLane {
 
     /// Writes waiting frames until the lane is full or nothing waits.
     fn flush(&mut self, now: Instant) -> io::Result<()> {
+        if self.large.ring_full() {
+            // Takes in what the reader said (that it made room), so the fd polls quiet again.
+            self.large.read_back(&self.fd);
+        }
         while let Some(mut front) = self.waiting.pop_front() {
             let written = self.large.write(&self.fd, &front.frame, &mut front.how, self.written)?;
             if written > self.written {
@@ -360,7 +371,7 @@ mod tests {
         lanes.insert(PeerId(7), mine);
         let big = WireFrame::from(Bytes::from(vec![0u8; 1 << 20]));
         lanes.write(PeerId(7), &big).unwrap();
-        let (_, until) = lanes.waiting().unwrap();
+        let (_, _, until) = lanes.waiting().unwrap();
         while Instant::now() < until {
             std::thread::yield_now();
         }

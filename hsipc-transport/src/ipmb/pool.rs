@@ -70,19 +70,6 @@ fn mark(board: &Mapping, unit: usize) -> &AtomicU8 {
     unsafe { &*(board.base().add(unit) as *const AtomicU8) }
 }
 
-/// A new memfd of `len` bytes sealed against shrinking and growing (and, with `last`, against
-/// further seals).
-fn sized_memfd(name: &std::ffi::CStr, len: usize, last: bool) -> io::Result<OwnedFd> {
-    let fd = shm::memfd(name)?;
-    // SAFETY: sizes a memfd we own.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let seal = if last { libc::F_SEAL_SEAL } else { 0 };
-    shm::add_seals(&fd, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | seal)?;
-    Ok(fd)
-}
-
 /// The writer's side of a pool.
 pub(super) struct SendPool {
     data_fd: OwnedFd,
@@ -109,8 +96,8 @@ impl SendPool {
     pub(super) fn new() -> io::Result<SendPool> {
         // No more seals on the data: the reader, who gets the fd, could otherwise seal it against
         // the holes `trim` punches.
-        let data_fd = sized_memfd(c"hsipc-pool", POOL_SIZE, true)?;
-        let board_fd = sized_memfd(c"hsipc-pool-board", BOARD_SIZE, false)?;
+        let data_fd = shm::sized_memfd(c"hsipc-pool", POOL_SIZE, true)?;
+        let board_fd = shm::sized_memfd(c"hsipc-pool-board", BOARD_SIZE, false)?;
         let rw = libc::PROT_READ | libc::PROT_WRITE;
         let (data, board) = (Mapping::new(&data_fd, POOL_SIZE, rw, 0)?, Mapping::new(&board_fd, BOARD_SIZE, rw, 0)?);
         let (used, touched, runs) = ([0; UNITS / 64], [0; UNITS / 64], Box::new([0; UNITS]));

@@ -217,7 +217,7 @@ fn accept_lane(
         return None;
     }
     // The shared pool only between processes of one user (see `pool`).
-    let mut takes = if limits.takes_pooled { Takes::Pooled } else { Takes::Sealed };
+    let mut takes = if limits.takes_pooled { Takes::Ring } else { Takes::Sealed };
     match lane::maker_uid(&fd) {
         Ok(maker) if maker == lane::own_uid() => {}
         Ok(_) if limits.uid.is_none() => takes = Takes::Sealed,
@@ -330,8 +330,8 @@ mod tests {
         // Allowed across users: taken, but sealed frames only (no shared pool across users).
         let across = Limits { uid: None, ..own };
         assert_eq!(takes(accept_lane(PeerId(1), lane_made_by(65534), &across, &lanes, &stop)), Some(Takes::Sealed));
-        // This user's: taken, with the pool.
-        assert_eq!(takes(accept_lane(PeerId(2), lane_made_by(0), &across, &lanes, &stop)), Some(Takes::Pooled));
+        // This user's: taken, with the pool and the ring.
+        assert_eq!(takes(accept_lane(PeerId(2), lane_made_by(0), &across, &lanes, &stop)), Some(Takes::Ring));
         let no_pools = Limits { uid: Some(lane::own_uid()), max_lanes: 8, takes_pooled: false };
         assert_eq!(takes(accept_lane(PeerId(3), lane_made_by(0), &no_pools, &lanes, &stop)), Some(Takes::Sealed));
     }
@@ -355,13 +355,13 @@ mod tests {
                 None => said.push(None),
             }
         }
-        assert_eq!(said[..2], [Some(Takes::Pooled), Some(Takes::Pooled)]);
+        assert_eq!(said[..2], [Some(Takes::Ring), Some(Takes::Ring)]);
         assert!(said[2..2 + MAX_DECLINED_LANES].iter().all(|t| *t == Some(Takes::Declined)));
         assert_eq!(said[2 + MAX_DECLINED_LANES], None);
         // A taken lane whose reader has ended frees its place, for a lane to take (declined
         // lanes alive do not count against it).
         kept.remove(0);
         let (_mine, theirs) = lane::pair().unwrap();
-        assert_eq!(accept_lane(PeerId(99), theirs, &limits, &lanes, &stop).map(|(_, t)| t), Some(Takes::Pooled));
+        assert_eq!(accept_lane(PeerId(99), theirs, &limits, &lanes, &stop).map(|(_, t)| t), Some(Takes::Ring));
     }
 }

@@ -98,3 +98,16 @@ impl Drop for Mapping {
         unsafe { libc::munmap(self.base as *mut c_void, self.len) };
     }
 }
+
+/// A new memfd of `len` bytes sealed against shrinking and growing (and, with `last`, against
+/// further seals).
+pub(super) fn sized_memfd(name: &std::ffi::CStr, len: usize, last: bool) -> io::Result<OwnedFd> {
+    let fd = memfd(name)?;
+    // SAFETY: sizes a memfd we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let seal = if last { libc::F_SEAL_SEAL } else { 0 };
+    add_seals(&fd, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | seal)?;
+    Ok(fd)
+}

@@ -1,0 +1,448 @@
+//! A lane's ring: small frames through memory both sides map, past the socket.
+//!
+//! Every frame through a socket costs a `sendmsg` and a `recvmsg`, each with a socket buffer
+//! allocated, charged, copied and freed: most of what a small event costs. Once the reader has
+//! said it takes one, a lane's writer makes a ring (a 128 KiB memfd it maps read-write and the
+//! reader maps read-only, and a control page both map read-write), hands it over through the
+//! socket, and from then on writes every frame under [`RING_FRAME_MAX`] bytes into the ring:
+//! a copy and an atomic store, as well as the closing message. The socket only wakes a reader
+//! that said it sleeps (one message per sleep, not per frame) and carries what needs it: large
+//! frames (pooled, sealed or in chunks). Each of those is marked in the ring, in its place among
+//! the frames (a [`SOCKET`] record, written before the socket message is sent), so the reader
+//! keeps the writer's order: it takes the next frame from the socket exactly when it meets the
+//! mark.
+//!
+//! The ring holds records, each at an 8-byte boundary: a header (length: 4 bytes little-endian,
+//! kind: 1 byte, 3 bytes spare), then the frame's bytes. A record that would run past the
+//! end is written at the start instead, after a [`WRAP`] header where it would have begun.
+//! `head` and `tail` count bytes since the ring began (they never wrap; their remainder by the
+//! ring's size is a place in it): the writer publishes `head` after each record, the reader
+//! `tail` after each record it has taken.
+//!
+//! Waking without a message per frame is the classic pair of flags (each side stores its own,
+//! then loads the other's, all sequentially consistent, so at least one of them sees the
+//! other): the reader that found the ring empty marks itself asleep, then looks at `head`
+//! once more before it waits on the socket; the writer publishes `head`, then looks at the
+//! mark, and if it is set, takes it and sends one wake-up message. A full ring is the same the
+//! other way: the writer marks that it wants room and looks at `tail` once more; the reader
+//! publishes `tail`, and if the mark is set, takes it and says so on the lane's back channel.
+//!
+//! Trust: the reader never trusts what the ring says. It keeps its own `tail`, checks every
+//! `head` and header against it and the ring's size, and copies a frame out before anything
+//! reads it: a writer that breaks the rules has its lane dropped, and can spoil only its own
+//! frames. The writer never reads the ring, and clamps the reader's `tail`: a reader that lies
+//! about it only spoils what it reads.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use bytes::{BufMut, BytesMut};
+
+use super::sealed::{MapError, check_sealed};
+use super::shm::{self, Mapping};
+
+/// A ring's size. Records are at most a quarter of it.
+pub(super) const RING_SIZE: usize = 128 * 1024;
+/// The largest frame that goes through the ring; larger ones go through the socket (pooled,
+/// sealed or in chunks).
+pub(super) const RING_FRAME_MAX: usize = 16 * 1024 - 1;
+/// The control page's size.
+const CONTROL_SIZE: usize = 4096;
+/// Where `head` is on the control page (each word on a cache line of its own).
+const HEAD: usize = 0;
+/// Where `tail` is.
+const TAIL: usize = 64;
+/// Where the reader's "asleep" mark is.
+const ASLEEP: usize = 128;
+/// Where the writer's "wants room" mark is.
+const WANTS_ROOM: usize = 192;
+/// A record header's size.
+const HEADER: usize = 8;
+
+/// A record kind: a frame.
+const FRAME: u8 = 1;
+/// A record kind: the next frame comes through the socket.
+const SOCKET: u8 = 2;
+/// A record kind: nothing more before the end of the ring; go on at its start.
+const WRAP: u8 = 3;
+/// A record kind: the writer closes the lane (it was idle), like the socket's closing message.
+const CLOSE: u8 = 4;
+
+const _: () = assert!(HEADER + RING_FRAME_MAX < RING_SIZE / 4 && RING_SIZE % HEADER == 0);
+
+/// How many bytes a record of `len` bytes takes.
+fn record_size(len: usize) -> usize {
+    HEADER + len.next_multiple_of(HEADER)
+}
+
+fn word64(control: &Mapping, at: usize) -> &AtomicU64 {
+    assert!(at + 8 <= control.len() && at % 8 == 0, "a word within the control page");
+    // SAFETY: within the mapping (checked) and aligned (the mapping is page-aligned); the page is
+    // only ever accessed atomically, by both processes.
+    unsafe { &*(control.base().add(at) as *const AtomicU64) }
+}
+
+fn word32(control: &Mapping, at: usize) -> &AtomicU32 {
+    assert!(at + 4 <= control.len() && at % 4 == 0, "a word within the control page");
+    // SAFETY: as in `word64`.
+    unsafe { &*(control.base().add(at) as *const AtomicU32) }
+}
+
+/// The writer's side of a ring.
+pub(super) struct RingWriter {
+    data_fd: OwnedFd,
+    control_fd: OwnedFd,
+    data: Mapping,
+    control: Mapping,
+    /// Bytes written since the ring began.
+    head: u64,
+    /// The reader's `tail` as last seen (read again only when that shows no room).
+    tail: u64,
+}
+
+impl std::fmt::Debug for RingWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingWriter").field("head", &self.head).field("tail", &self.tail).finish_non_exhaustive()
+    }
+}
+
+impl RingWriter {
+    /// Makes a ring: its data and control page, mapped read-write here.
+    pub(super) fn new() -> io::Result<RingWriter> {
+        let data_fd = shm::sized_memfd(c"hsipc-ring", RING_SIZE, true)?;
+        let control_fd = shm::sized_memfd(c"hsipc-ring-control", CONTROL_SIZE, true)?;
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let data = Mapping::new(&data_fd, RING_SIZE, rw, 0)?;
+        let control = Mapping::new(&control_fd, CONTROL_SIZE, rw, 0)?;
+        Ok(RingWriter { data_fd, control_fd, data, control, head: 0, tail: 0 })
+    }
+
+    /// The ring's memfds (data, control), to hand to the reader.
+    pub(super) fn memfds(&self) -> [&OwnedFd; 2] {
+        [&self.data_fd, &self.control_fd]
+    }
+
+    /// Puts a frame (its pieces, one after the other) into the ring: `false` if there is no room
+    /// now (then the reader says when it has made some, on the lane's back channel).
+    pub(super) fn put_frame(&mut self, pieces: [&[u8]; 2]) -> bool {
+        debug_assert!(pieces[0].len() + pieces[1].len() <= RING_FRAME_MAX);
+        self.put(FRAME, pieces)
+    }
+
+    /// Puts the mark of a frame that goes through the socket: `false` if there is no room now.
+    pub(super) fn put_socket_mark(&mut self) -> bool {
+        self.put(SOCKET, [&[], &[]])
+    }
+
+    /// Puts the closing message: `false` if there is no room now.
+    pub(super) fn put_close(&mut self) -> bool {
+        self.put(CLOSE, [&[], &[]])
+    }
+
+    fn put(&mut self, kind: u8, pieces: [&[u8]; 2]) -> bool {
+        let len = pieces[0].len() + pieces[1].len();
+        let size = record_size(len);
+        let at = (self.head % RING_SIZE as u64) as usize;
+        let to_end = RING_SIZE - at;
+        let need = if size > to_end { to_end + size } else { size };
+        if !self.has_room(need) {
+            // Ask the reader to say when it has made room, then look once more (it may have
+            // made some just before it could see the mark).
+            word32(&self.control, WANTS_ROOM).store(1, Ordering::SeqCst);
+            if !self.has_room(need) {
+                return false;
+            }
+        }
+        let mut at = at;
+        if size > to_end {
+            self.write_header(at, 0, WRAP);
+            self.head += to_end as u64;
+            at = 0;
+        }
+        self.write_header(at, len as u32, kind);
+        let mut to = at + HEADER;
+        for piece in pieces {
+            // SAFETY: the record lies within the ring (`at + size <= RING_SIZE`: a record that
+            // would not fit before the end went to the start, and records are far smaller than
+            // the ring), the reader has taken everything in this part of the ring (`has_room`),
+            // and `piece` is not in the ring.
+            unsafe { std::ptr::copy_nonoverlapping(piece.as_ptr(), self.data.base().add(to), piece.len()) };
+            to += piece.len();
+        }
+        self.head += size as u64;
+        word64(&self.control, HEAD).store(self.head, Ordering::SeqCst);
+        true
+    }
+
+    fn write_header(&mut self, at: usize, len: u32, kind: u8) {
+        let mut header = [0u8; HEADER];
+        header[..4].copy_from_slice(&len.to_le_bytes());
+        header[4] = kind;
+        // SAFETY: `at` is 8-aligned and below the ring's size, so the header lies within it.
+        unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), self.data.base().add(at), HEADER) };
+    }
+
+    /// Whether `need` bytes are free (reading the reader's `tail` again only if the last one
+    /// seen shows too little).
+    fn has_room(&mut self, need: usize) -> bool {
+        let fits = |tail: u64, head: u64| {
+            // A reader that reports more than was written, or less than a ring behind, lies:
+            // then nothing fits, and the lane stalls (its peer is cut off after the stall timeout).
+            let used = head.wrapping_sub(tail);
+            used <= RING_SIZE as u64 && RING_SIZE as u64 - used >= need as u64
+        };
+        if fits(self.tail, self.head) {
+            return true;
+        }
+        self.tail = word64(&self.control, TAIL).load(Ordering::SeqCst);
+        fits(self.tail, self.head)
+    }
+
+    /// Whether the reader has said it sleeps: then it must be woken, once (the mark is taken).
+    pub(super) fn reader_asleep(&self) -> bool {
+        let asleep = word32(&self.control, ASLEEP);
+        asleep.load(Ordering::SeqCst) != 0 && asleep.swap(0, Ordering::SeqCst) != 0
+    }
+}
+
+/// What [`RingReader::next`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Record {
+    /// A frame, copied to the end of the buffer given.
+    Frame,
+    /// The next frame comes through the socket.
+    Socket,
+    /// The writer closes the lane.
+    Close,
+}
+
+/// The writer broke the ring's rules.
+#[derive(Debug, thiserror::Error)]
+#[error("the lane's ring is corrupt: {0}")]
+pub(super) struct Corrupt(&'static str);
+
+/// The reader's side of a ring: the data mapped read-only, the control page read-write.
+pub(super) struct RingReader {
+    data: Mapping,
+    control: Mapping,
+    /// Bytes taken since the ring began.
+    tail: u64,
+    /// The writer's `head` as last seen.
+    head: u64,
+    /// The reader said it sleeps and has not taken it back yet.
+    asleep: bool,
+}
+
+impl std::fmt::Debug for RingReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingReader").field("tail", &self.tail).field("head", &self.head).finish_non_exhaustive()
+    }
+}
+
+impl RingReader {
+    /// Maps a ring the writer offered: both memfds sealed against shrinking, and of the sizes
+    /// this version makes.
+    pub(super) fn map(data: &OwnedFd, control: &OwnedFd) -> Result<RingReader, MapError> {
+        for (fd, want) in [(data, RING_SIZE), (control, CONTROL_SIZE)] {
+            check_sealed(fd, libc::F_SEAL_SHRINK)?;
+            let actual = shm::file_size(fd)?;
+            if actual < want as u64 {
+                return Err(MapError::TooSmall { size: actual, len: want });
+            }
+        }
+        let data = Mapping::new(data, RING_SIZE, libc::PROT_READ, 0)?;
+        let control = Mapping::new(control, CONTROL_SIZE, libc::PROT_READ | libc::PROT_WRITE, 0)?;
+        Ok(RingReader { data, control, tail: 0, head: 0, asleep: false })
+    }
+
+    /// Takes the next record: a frame (its bytes appended to `out`), the mark of a frame that
+    /// comes through the socket, or `None` if the ring is empty. Returns, besides, whether the
+    /// writer wants to hear that there is room (it is to be told on the back channel).
+    pub(super) fn next(&mut self, out: &mut BytesMut) -> Result<(Option<Record>, bool), Corrupt> {
+        if self.asleep {
+            self.asleep = false;
+            word32(&self.control, ASLEEP).store(0, Ordering::Relaxed);
+        }
+        loop {
+            if self.tail == self.head && !self.look()? {
+                return Ok((None, false));
+            }
+            let at = (self.tail % RING_SIZE as u64) as usize;
+            let mut header = [0u8; HEADER];
+            // SAFETY: `at` is 8-aligned and below the ring's size: the header is within it.
+            unsafe { std::ptr::copy_nonoverlapping(self.data.base().add(at), header.as_mut_ptr(), HEADER) };
+            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            let left = self.head - self.tail;
+            match header[4] {
+                WRAP => {
+                    let skip = (RING_SIZE - at) as u64;
+                    if skip > left {
+                        return Err(Corrupt("a wrap past the head"));
+                    }
+                    self.tail += skip;
+                }
+                kind @ (FRAME | SOCKET | CLOSE) => {
+                    if len > RING_FRAME_MAX || (kind != FRAME && len != 0) {
+                        return Err(Corrupt("a record too long"));
+                    }
+                    let size = record_size(len);
+                    if at + size > RING_SIZE || size as u64 > left {
+                        return Err(Corrupt("a record past the head or the end"));
+                    }
+                    if kind == FRAME {
+                        out.reserve(len);
+                        // SAFETY: the frame lies within the ring (checked above); it is copied
+                        // out before anything reads it (the writer cannot change the copy).
+                        let data = unsafe { std::slice::from_raw_parts(self.data.base().add(at + HEADER), len) };
+                        out.put_slice(data);
+                    }
+                    self.tail += size as u64;
+                    word64(&self.control, TAIL).store(self.tail, Ordering::SeqCst);
+                    let wants = word32(&self.control, WANTS_ROOM);
+                    let tell = wants.load(Ordering::SeqCst) != 0 && wants.swap(0, Ordering::SeqCst) != 0;
+                    let record = match kind {
+                        FRAME => Record::Frame,
+                        SOCKET => Record::Socket,
+                        _ => Record::Close,
+                    };
+                    return Ok((Some(record), tell));
+                }
+                _ => return Err(Corrupt("an unknown record")),
+            }
+        }
+    }
+
+    /// Reads the writer's `head` again: whether there is more to take.
+    fn look(&mut self) -> Result<bool, Corrupt> {
+        let head = word64(&self.control, HEAD).load(Ordering::SeqCst);
+        let ahead = head.wrapping_sub(self.tail);
+        if ahead > RING_SIZE as u64 || head % HEADER as u64 != 0 {
+            return Err(Corrupt("a head behind the tail or more than a ring ahead"));
+        }
+        self.head = head;
+        Ok(head != self.tail)
+    }
+
+    /// Says the reader is about to sleep (wait on the socket), unless the ring has something
+    /// after all: then `Ok(false)`, and the reader reads on.
+    pub(super) fn sleep(&mut self) -> Result<bool, Corrupt> {
+        word32(&self.control, ASLEEP).store(1, Ordering::SeqCst);
+        self.asleep = true;
+        if self.tail != self.head || self.look()? {
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Whether anything is left to take (after the writer's end, say).
+    pub(super) fn has_more(&mut self) -> Result<bool, Corrupt> {
+        Ok(self.tail != self.head || self.look()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (RingWriter, RingReader) {
+        let w = RingWriter::new().unwrap();
+        let r = RingReader::map(&w.data_fd, &w.control_fd).unwrap();
+        (w, r)
+    }
+
+    fn take(r: &mut RingReader) -> Option<Vec<u8>> {
+        let mut out = BytesMut::new();
+        match r.next(&mut out).unwrap().0 {
+            Some(Record::Frame) => Some(out.to_vec()),
+            Some(Record::Socket) => Some(b"<socket>".to_vec()),
+            Some(Record::Close) => Some(b"<close>".to_vec()),
+            None => None,
+        }
+    }
+
+    #[test]
+    fn frames_and_marks_come_out_in_order_across_many_wraps() {
+        let (mut w, mut r) = pair();
+        assert!(check_sealed(&w.data_fd, libc::F_SEAL_SHRINK).is_ok());
+        for round in 0..2000u32 {
+            let len = (round as usize * 37) % 3000;
+            let frame: Vec<u8> = (0..len).map(|i| (i as u32 ^ round) as u8).collect();
+            assert!(w.put_frame([&frame[..len / 2], &frame[len / 2..]]));
+            if round % 7 == 0 {
+                assert!(w.put_socket_mark());
+            }
+            assert_eq!(take(&mut r).unwrap(), frame, "round {round}");
+            if round % 7 == 0 {
+                assert_eq!(take(&mut r).unwrap(), b"<socket>");
+            }
+            assert_eq!(take(&mut r), None);
+        }
+        assert!(w.head > 10 * RING_SIZE as u64, "the ring wrapped many times");
+        assert!(w.put_close());
+        assert_eq!(take(&mut r).unwrap(), b"<close>");
+    }
+
+    #[test]
+    fn a_full_ring_refuses_until_the_reader_takes_and_says_so() {
+        let (mut w, mut r) = pair();
+        let frame = vec![9u8; 1000];
+        let mut put = 0;
+        while w.put_frame([&frame, &[]]) {
+            put += 1;
+        }
+        assert_eq!(put, RING_SIZE / record_size(1000), "the ring holds as many as fit");
+        // The writer asked to hear of room: the first take tells.
+        let mut out = BytesMut::new();
+        assert_eq!(r.next(&mut out).unwrap(), (Some(Record::Frame), true));
+        assert!(w.put_frame([&frame, &[]]), "room again");
+        for _ in 0..put {
+            assert_eq!(take(&mut r).unwrap(), frame);
+        }
+        assert_eq!(take(&mut r), None);
+    }
+
+    #[test]
+    fn a_sleeping_reader_is_woken_once_and_one_that_finds_more_does_not_sleep() {
+        let (mut w, mut r) = pair();
+        assert!(r.sleep().unwrap(), "an empty ring: the reader sleeps");
+        assert!(w.put_frame([b"a", &[]]));
+        assert!(w.reader_asleep(), "the writer sees the mark");
+        assert!(!w.reader_asleep(), "once");
+        assert_eq!(take(&mut r).unwrap(), b"a");
+        assert!(w.put_frame([b"b", &[]]));
+        assert!(!w.reader_asleep(), "an awake reader is not woken");
+        assert!(!r.sleep().unwrap(), "a frame waits: no sleep");
+        assert_eq!(take(&mut r).unwrap(), b"b");
+    }
+
+    #[test]
+    fn a_writer_that_breaks_the_rules_is_caught_and_nothing_is_read_out_of_bounds() {
+        let (w, mut r) = pair();
+        let head = word64(&w.control, HEAD);
+        let mut out = BytesMut::new();
+        // A head more than a ring ahead.
+        head.store(RING_SIZE as u64 + 8, Ordering::SeqCst);
+        assert!(r.next(&mut out).is_err());
+        // A record longer than any frame.
+        let (mut w, mut r) = pair();
+        w.write_header(0, (RING_FRAME_MAX + 1) as u32, FRAME);
+        word64(&w.control, HEAD).store(64, Ordering::SeqCst);
+        assert!(r.next(&mut out).is_err());
+        // A record past the head.
+        let (mut w, mut r) = pair();
+        w.write_header(0, 100, FRAME);
+        word64(&w.control, HEAD).store(64, Ordering::SeqCst);
+        assert!(r.next(&mut out).is_err());
+        // An unknown kind.
+        let (mut w, mut r) = pair();
+        w.write_header(0, 0, 9);
+        word64(&w.control, HEAD).store(8, Ordering::SeqCst);
+        assert!(r.next(&mut out).is_err());
+        // A lying reader: a tail ahead of the head makes the writer refuse, not overwrite.
+        let (mut w, _r) = pair();
+        word64(&w.control, TAIL).store(1 << 40, Ordering::SeqCst);
+        w.tail = 1 << 40;
+        assert!(!w.put_frame([b"x", &[]]));
+    }
+}
