@@ -113,7 +113,10 @@ pub struct IpmbConfig {
     /// peer shares with it (the fastest way: one copy in all). Default true. The peer keeps write
     /// access to its pool, so this trusts peers (processes of the same user) not to change a
     /// frame they have handed over; with false, peers send large frames in memfds sealed against
-    /// writes (or in chunks), which costs a copy and the kernel's page work per frame.
+    /// writes (or in chunks), which costs a copy and the kernel's page work per frame. The same
+    /// goes for the ring small frames take (a frame is copied out of it before it is read, so a
+    /// peer can spoil only its own frames): with false, they come through the socket, each a
+    /// `sendmsg` and a `recvmsg`.
     pub lane_pools: bool,
 }
 
