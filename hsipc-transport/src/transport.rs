@@ -105,9 +105,10 @@ pub trait Transport: Send + fmt::Debug + 'static {
     /// Housekeeping (closing idle links, say), called by the engine's writer now and then;
     /// never blocks.
     fn tick(&mut self) {}
-    /// Whether frames wait to be flushed: the fds that become writable when they can go on, and
-    /// the latest instant to [`flush`](Self::flush) anyway (when a stuck peer is to be given
-    /// up). The engine's writer sleeps on them. `None` when nothing waits.
+    /// Whether frames wait to be flushed: the fds that become writable (or readable, for a peer
+    /// that says it made room) when they can go on, and the latest instant to
+    /// [`flush`](Self::flush) anyway (when a stuck peer is to be given up). The engine's writer
+    /// sleeps on them. `None` when nothing waits.
     fn waiting(&self) -> Option<Waiting> {
         None
     }
@@ -126,6 +127,7 @@ pub trait Transport: Send + fmt::Debug + 'static {
 
 /// What a transport's kept frames wait for (see [`Transport::waiting`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Waiting {
     /// Fds to poll for writability.
     pub fds: Vec<std::os::fd::RawFd>,
@@ -133,6 +135,18 @@ pub struct Waiting {
     pub readable: Vec<std::os::fd::RawFd>,
     /// Flush at this instant at the latest.
     pub until: std::time::Instant,
+}
+
+impl Waiting {
+    /// Waits for `writable` fds to become writable and `readable` ones readable, until `until`
+    /// at the latest.
+    pub fn new(
+        writable: Vec<std::os::fd::RawFd>,
+        readable: Vec<std::os::fd::RawFd>,
+        until: std::time::Instant,
+    ) -> Self {
+        Waiting { fds: writable, readable, until }
+    }
 }
 
 /// Opens a [`Transport`] for one hub.

@@ -30,8 +30,9 @@ impl Alarm {
         unsafe { libc::write(self.0.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
     }
 
-    /// Sleeps until rung, until one of `readable` is readable (a peer process exited), one of
-    /// `writable` is writable (a full lane has room), or until `deadline`.
+    /// Sleeps until rung, until one of `readable` or `also_readable` is readable (a peer process
+    /// exited; a peer says it made room in a ring), one of `writable` is writable (a full lane
+    /// has room), or until `deadline`.
     pub(crate) fn sleep(
         &self,
         readable: &[Arc<OwnedFd>],
@@ -49,8 +50,8 @@ impl Alarm {
         // Rounded up, so the clock never wakes just before its deadline and sleeps again.
         let ms = left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
         // SAFETY: `polls` is a valid array of pollfds for the duration of the call. The fds in
-        // `readable` are kept open by the caller; one in `also_readable` or `writable` may close meanwhile (the
-        // poll then reports it, or the deadline ends the sleep).
+        // `readable` are kept open by the caller; one in `also_readable` or `writable` may close
+        // meanwhile (the poll then reports it, or the deadline ends the sleep).
         let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
         if n > 0 && polls[0].revents & libc::POLLIN != 0 {
             let mut count: u64 = 0;

@@ -25,12 +25,13 @@
 //!   a reader that takes no pooled frames), in a sealed memfd of its own (see `sealed`);
 //! - `CLOSE`: the writer closes the idle lane;
 //! - `RING`: the writer's ring (two fds: data and control) for the small frames that follow
-//!   (see `ring`); from then on the ring holds the lane's order, and every other message but
-//!   `WAKE` is marked in it; `WAKE`: the writer wakes a reader that said it sleeps.
+//!   (see `ring`); from then on the ring holds the lane's order (with the closing message), and
+//!   each frame that still goes through the socket (with its pool offer, if any) has its mark
+//!   there; `WAKE`: the writer wakes a reader that said it sleeps.
 //!
-//! The reader writes back on the same socket pair, one byte, first thing ([`Takes`]): that it
-//! takes sealed frames, or sealed and pooled ones, or those and a ring (said after "pooled", so
-//! that a writer of the version before rings, which knows no "ring", goes by "pooled"), or that
+//! The reader writes back on the same socket pair, first thing ([`Takes`], a byte or two): that
+//! it takes sealed frames, or sealed and pooled ones, or those and a ring (followed by "pooled",
+//! so that a writer of the version before rings, which knows no "ring", goes by that), or that
 //! its hub declines the lane (it reads its most lanes; it reads what comes until the writer
 //! closes the lane, as after an idle close, and the writer's frames go through the bus from
 //! then on). A reader that says nothing (an earlier version) gets only chunks. Later, a reader
@@ -69,8 +70,8 @@ pub(super) const RING: u8 = 6;
 pub(super) const WAKE: u8 = 7;
 /// What a reader with a ring says back when it has made room in it for a writer that wants some.
 const SPACE: u8 = 7;
-/// What a lane's reader takes besides chunks. The reader says it once, first thing, with one
-/// byte back to the writer (see the module docs).
+/// What a lane's reader takes besides chunks. The reader says it once, first thing, with a
+/// byte or two back to the writer (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) enum Takes {
     /// Chunks only: what a writer assumes until told (a reader of an earlier version never
@@ -372,11 +373,12 @@ pub(super) fn receive(fd: &OwnedFd, buf: &mut [u8], wait: bool) -> Received {
 /// Tells a lane's writer what its reader takes; best effort, never waits (a message the socket
 /// cannot take is lost: the writer then takes fewer of its fast paths, nothing more).
 pub(super) fn say(fd: &OwnedFd, takes: Takes) {
+    say_byte(fd, takes.code());
     if takes == Takes::Ring {
-        // A writer of the version before rings goes by the last code it knows.
+        // A writer of the version before rings goes by the last code it knows ("pooled"); one
+        // of this version keeps "ring" (see `read_back`), whichever of the two it reads first.
         say_byte(fd, Takes::Pooled.code());
     }
-    say_byte(fd, takes.code());
 }
 
 /// Tells a lane's writer that there is room in its ring again.
@@ -400,22 +402,34 @@ fn say_byte(fd: &OwnedFd, what: u8) {
 }
 
 /// What a lane's reader has said it takes, if it has said anything since the last look (the
-/// latest, if more). Never waits; reads a bounded number of messages.
-pub(super) fn read_back(fd: &OwnedFd) -> Option<Takes> {
+/// latest, if more; "ring" wins over a "pooled" said with it). Never waits; reads a bounded
+/// number of messages (taking in its `SPACE` messages too). `Err` if the reader's end is gone.
+pub(super) fn read_back(fd: &OwnedFd) -> io::Result<Option<Takes>> {
     let mut buf = [0u8; 16];
     let mut said = None;
     for _ in 0..256 {
         // SAFETY: `buf` is valid for writes of its length.
         let n =
             unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT) };
-        if n <= 0 {
-            break;
+        if n == 0 {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => break,
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            }
         }
         if n == 1 {
-            said = Takes::from_code(buf[0]).or(said);
+            said = match (said, Takes::from_code(buf[0])) {
+                (Some(Takes::Ring), Some(Takes::Pooled)) => said,
+                (_, new) => new.or(said),
+            };
         }
     }
-    said
+    Ok(said)
 }
 
 /// How many bytes the writer's end has sent that the reader has not read yet (as the kernel

@@ -282,6 +282,10 @@ impl LaneReader {
             lane::say_space(&self.fd);
         }
         match record {
+            Some(Record::Frame) if self.arena.len() > self.max_len => {
+                tracing::debug!(%from, "ring frame over the maximum message length; dropping the lane");
+                Some(self.end(true))
+            }
             Some(Record::Frame) => {
                 let frame = self.arena.split().freeze();
                 Some(self.hand_on(frame))
@@ -332,7 +336,11 @@ impl LaneReader {
         let from = self.from;
         let asked = self.takes == Takes::Ring && self.ring.is_none();
         let (Ok(size), [data, control], true) = (<[u8; 8]>::try_from(&self.buf[1..n]), &passed[..], asked) else {
-            tracing::debug!(%from, "malformed or unasked-for ring message; dropping the lane");
+            if asked && passed.len() < 2 {
+                tracing::warn!(%from, "a lane's ring came without its fds (is this process out of fds?); dropping the lane");
+            } else {
+                tracing::debug!(%from, "malformed or unasked-for ring message; dropping the lane");
+            }
             return self.end(true);
         };
         if u64::from_le_bytes(size) != ring::RING_SIZE as u64 {
@@ -411,7 +419,11 @@ impl LaneReader {
         let Some(on_end) = self.on_end.take() else { return Step::Ended };
         let from = self.from;
         if gone {
-            // The sender sees the end at once (instead of filling a lane nobody reads).
+            // The sender sees the end at once (instead of filling a lane nobody reads); a writer
+            // that puts frames into the ring sees it at its next frame, which tries to wake this.
+            if let Some(ring) = &self.ring {
+                ring.ended();
+            }
             lane::shut(&self.fd);
         }
         on_end(from);

@@ -2,8 +2,8 @@
 //! large ones through the lane's pool, sealed in a memfd of their own, or in chunks, whichever
 //! the reader and the moment allow.
 //!
-//! A frame under [`ring::RING_FRAME_MAX`] bytes goes into the lane's ring once there is one (see
-//! `ring`); every other message then has its mark in the ring, written first (see `ring`).
+//! A frame of up to [`ring::RING_FRAME_MAX`] bytes goes into the lane's ring once there is one
+//! (see `ring`); every other frame then has its mark in the ring, written first.
 //!
 //! A frame of [`pool::POOLED_MIN`] bytes or more, once the reader has said what it takes:
 //! 1. into the lane's pool (see `pool`), if the reader takes pooled frames, the frame fits
@@ -72,7 +72,7 @@ impl How {
     }
 }
 
-/// One lane's writer's state for large frames.
+/// One lane's writer's state for how frames go: what the reader takes, its ring and its pool.
 #[derive(Debug, Default)]
 pub(super) struct LargeFrames {
     takes: Takes,
@@ -91,27 +91,39 @@ pub(super) struct LargeFrames {
     /// The last write stopped at a full ring (wait for the reader to say it made room, not for
     /// room in the socket).
     ring_full: bool,
-    /// How many more frames may look for what the reader said before it has said anything (a
-    /// reader of an earlier version never does; each look is a system call).
+    /// How many frames have looked for what the reader said before it said anything (a reader
+    /// of an earlier version never does; each look is a system call).
     looks: u8,
+    /// Frames written into the lane, up to [`RING_AFTER`].
+    frames: u8,
+    /// A ring made but not handed over yet (the socket had no room): handed over next time.
+    unsent_ring: Option<RingWriter>,
 }
 
 /// Frames that look for what a lane's reader takes, at most, until it has said it.
 const LOOKS: u8 = 64;
+/// Frames a lane carries through the socket before it gets a ring: a lane that carries a call or
+/// two does not pay for one.
+const RING_AFTER: u8 = 16;
 
 impl LargeFrames {
     /// Before a frame is written with nothing waiting ahead of it: learns what the reader
     /// takes (if it has not said yet), and hands it the ring if it takes one. The ring's message
     /// goes through the socket in order: from it on, the ring holds the lane's order.
     pub(super) fn prepare_lane(&mut self, lane_fd: &OwnedFd) -> io::Result<()> {
-        if !self.heard() && self.looks < LOOKS {
-            self.looks += 1;
-            self.read_back(lane_fd);
-        }
-        if self.takes != Takes::Ring || self.ring.is_some() || self.no_ring {
+        if self.ring.is_some() {
             return Ok(());
         }
-        let ring = match RingWriter::new() {
+        self.frames = self.frames.saturating_add(1);
+        if !self.heard() && self.looks < LOOKS {
+            self.looks += 1;
+            // A reader that is gone shows in the next write.
+            let _ = self.read_back(lane_fd);
+        }
+        if self.takes != Takes::Ring || self.no_ring || self.frames < RING_AFTER {
+            return Ok(());
+        }
+        let ring = match self.unsent_ring.take().map_or_else(RingWriter::new, Ok) {
             Ok(ring) => ring,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot make a lane ring; small frames go through the socket");
@@ -119,9 +131,14 @@ impl LargeFrames {
                 return Ok(());
             }
         };
-        match lane::write_ring(lane_fd, ring.memfds(), ring::RING_SIZE) {
-            Ok(true) => self.ring = Some(ring),
-            Ok(false) => {} // no room in the socket now: the next frame tries again
+        let Some(memfds) = ring.memfds() else { unreachable!("a ring not handed over holds its memfds") };
+        match lane::write_ring(lane_fd, memfds, ring::RING_SIZE) {
+            Ok(true) => {
+                let mut ring = ring;
+                ring.handed_over();
+                self.ring = Some(ring);
+            }
+            Ok(false) => self.unsent_ring = Some(ring), // no room in the socket now: next time
             Err(e) if too_many_fds(&e) => self.no_ring = true,
             Err(e) => return Err(e),
         }
@@ -142,7 +159,12 @@ impl LargeFrames {
     }
 
     fn large(&mut self, lane_fd: &OwnedFd, frame: &WireFrame) -> Way {
-        self.read_back(lane_fd);
+        if self.ring.is_none() {
+            // (With a ring, what the reader takes is settled, and what it says back is its word
+            // that it made room, for `flush` to take in.) A reader that is gone shows in the
+            // next write.
+            let _ = self.read_back(lane_fd);
+        }
         if self.takes.pooled() {
             if let Some(way) = self.pooled(frame) {
                 return way;
@@ -172,11 +194,15 @@ impl LargeFrames {
         Some(Way::Pooled { offset, offer })
     }
 
-    /// Takes in what the reader has said.
-    pub(super) fn read_back(&mut self, lane_fd: &OwnedFd) {
-        if let Some(said) = lane::read_back(lane_fd) {
-            self.takes = said;
+    /// Takes in what the reader has said (a "pooled" after "ring" keeps "ring": see
+    /// `lane::say`). `Err` if the reader's end is gone.
+    pub(super) fn read_back(&mut self, lane_fd: &OwnedFd) -> io::Result<()> {
+        match lane::read_back(lane_fd)? {
+            Some(Takes::Pooled) if self.takes == Takes::Ring => {}
+            Some(said) => self.takes = said,
+            None => {}
         }
+        Ok(())
     }
 
     /// Gives back the pool's pages beyond its first megabytes (see `pool`) once no frame has

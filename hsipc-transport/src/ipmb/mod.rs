@@ -558,7 +558,7 @@ impl Transport for IpmbTransport {
     }
 
     fn waiting(&self) -> Option<Waiting> {
-        self.lanes.outgoing.waiting().map(|(fds, readable, until)| Waiting { fds, readable, until })
+        self.lanes.outgoing.waiting().map(|(fds, readable, until)| Waiting::new(fds, readable, until))
     }
 
     fn broadcast(&mut self, frame: &WireFrame) -> Result<(), TransportError> {

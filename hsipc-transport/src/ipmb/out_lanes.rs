@@ -176,7 +176,7 @@ impl OutLanes {
         let mut closed = Vec::new();
         self.lanes.retain(|peer, l| {
             if !l.large.heard() {
-                l.large.read_back(&l.fd);
+                let _ = l.large.read_back(&l.fd); // a reader that is gone shows in the next write
             }
             let close = l.large.declined() && l.waiting.is_empty() && matches!(l.large.write_close(&l.fd), Ok(true));
             if close {
@@ -293,8 +293,9 @@ impl OutLane {
     /// Writes waiting frames until the lane is full or nothing waits.
     fn flush(&mut self, now: Instant) -> io::Result<()> {
         if self.large.ring_full() {
-            // Takes in what the reader said (that it made room), so the fd polls quiet again.
-            self.large.read_back(&self.fd);
+            // Takes in what the reader said (that it made room), so the fd polls quiet again;
+            // finds out, too, if the reader is gone (writing into the ring would not tell).
+            self.large.read_back(&self.fd)?;
         }
         while let Some(mut front) = self.waiting.pop_front() {
             let written = self.large.write(&self.fd, &front.frame, &mut front.how, self.written)?;

@@ -4,8 +4,8 @@
 //! allocated, charged, copied and freed: most of what a small event costs. Once the reader has
 //! said it takes one, a lane's writer makes a ring (a 128 KiB memfd it maps read-write and the
 //! reader maps read-only, and a control page both map read-write), hands it over through the
-//! socket, and from then on writes every frame under [`RING_FRAME_MAX`] bytes into the ring:
-//! a copy and an atomic store, as well as the closing message. The socket only wakes a reader
+//! socket, and from then on writes every frame of up to [`RING_FRAME_MAX`] bytes into the ring
+//! (a copy and an atomic store), and the closing message too. The socket only wakes a reader
 //! that said it sleeps (one message per sleep, not per frame) and carries what needs it: large
 //! frames (pooled, sealed or in chunks). Each of those is marked in the ring, in its place among
 //! the frames (a [`SOCKET`] record, written before the socket message is sent), so the reader
@@ -25,19 +25,20 @@
 //! once more before it waits on the socket; the writer publishes `head`, then looks at the
 //! mark, and if it is set, takes it and sends one wake-up message. A full ring is the same the
 //! other way: the writer marks that it wants room and looks at `tail` once more; the reader
-//! publishes `tail`, and if the mark is set, takes it and says so on the lane's back channel.
+//! publishes `tail`, and once at least half the ring is free, if the mark is set, takes it and
+//! says so on the lane's back channel (once per half ring, not per frame, under overload).
 //!
 //! Trust: the reader never trusts what the ring says. It keeps its own `tail`, checks every
 //! `head` and header against it and the ring's size, and copies a frame out before anything
 //! reads it: a writer that breaks the rules has its lane dropped, and can spoil only its own
-//! frames. The writer never reads the ring, and clamps the reader's `tail`: a reader that lies
-//! about it only spoils what it reads.
+//! frames. The writer never reads the ring, and takes a `tail` that is ahead of `head`, or more
+//! than a ring behind it, for "no room": a reader that lies about it only stalls its own lane.
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
 use super::sealed::{MapError, check_sealed};
 use super::shm::{self, Mapping};
@@ -91,8 +92,8 @@ fn word32(control: &Mapping, at: usize) -> &AtomicU32 {
 
 /// The writer's side of a ring.
 pub(super) struct RingWriter {
-    data_fd: OwnedFd,
-    control_fd: OwnedFd,
+    /// The memfds (data, control) until the reader has them.
+    memfds: Option<[OwnedFd; 2]>,
     data: Mapping,
     control: Mapping,
     /// Bytes written since the ring began.
@@ -115,12 +116,17 @@ impl RingWriter {
         let rw = libc::PROT_READ | libc::PROT_WRITE;
         let data = Mapping::new(&data_fd, RING_SIZE, rw, 0)?;
         let control = Mapping::new(&control_fd, CONTROL_SIZE, rw, 0)?;
-        Ok(RingWriter { data_fd, control_fd, data, control, head: 0, tail: 0 })
+        Ok(RingWriter { memfds: Some([data_fd, control_fd]), data, control, head: 0, tail: 0 })
     }
 
-    /// The ring's memfds (data, control), to hand to the reader.
-    pub(super) fn memfds(&self) -> [&OwnedFd; 2] {
-        [&self.data_fd, &self.control_fd]
+    /// The ring's memfds (data, control), to hand to the reader; `None` once handed over.
+    pub(super) fn memfds(&self) -> Option<[&OwnedFd; 2]> {
+        self.memfds.as_ref().map(|[data, control]| [data, control])
+    }
+
+    /// The reader has the memfds: they are closed here (the mappings stay).
+    pub(super) fn handed_over(&mut self) {
+        self.memfds = None;
     }
 
     /// Puts a frame (its pieces, one after the other) into the ring: `false` if there is no room
@@ -292,15 +298,25 @@ impl RingReader {
                     }
                     if kind == FRAME {
                         out.reserve(len);
-                        // SAFETY: the frame lies within the ring (checked above); it is copied
-                        // out before anything reads it (the writer cannot change the copy).
-                        let data = unsafe { std::slice::from_raw_parts(self.data.base().add(at + HEADER), len) };
-                        out.put_slice(data);
+                        // SAFETY: the frame lies within the ring (checked above) and `out` has room
+                        // for `len` more bytes (reserved). The bytes are copied, not referenced:
+                        // what the writer may change in the ring meanwhile is only ever seen in the
+                        // copy, which nothing reads before it is complete.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                self.data.base().add(at + HEADER),
+                                out.spare_capacity_mut().as_mut_ptr().cast::<u8>(),
+                                len,
+                            );
+                            out.set_len(out.len() + len);
+                        }
                     }
                     self.tail += size as u64;
                     word64(&self.control, TAIL).store(self.tail, Ordering::SeqCst);
+                    // The writer hears of room once half the ring is free, not at every record.
+                    let half_free = self.head - self.tail <= RING_SIZE as u64 / 2;
                     let wants = word32(&self.control, WANTS_ROOM);
-                    let tell = wants.load(Ordering::SeqCst) != 0 && wants.swap(0, Ordering::SeqCst) != 0;
+                    let tell = half_free && wants.load(Ordering::SeqCst) != 0 && wants.swap(0, Ordering::SeqCst) != 0;
                     let record = match kind {
                         FRAME => Record::Frame,
                         SOCKET => Record::Socket,
@@ -335,6 +351,12 @@ impl RingReader {
         Ok(true)
     }
 
+    /// Marks the reader asleep for good: its lane has ended, and the writer's next frame into
+    /// the ring then sends a wake-up, which fails and tells the writer.
+    pub(super) fn ended(&self) {
+        word32(&self.control, ASLEEP).store(1, Ordering::SeqCst);
+    }
+
     /// Whether anything is left to take (after the writer's end, say).
     pub(super) fn has_more(&mut self) -> Result<bool, Corrupt> {
         Ok(self.tail != self.head || self.look()?)
@@ -347,7 +369,8 @@ mod tests {
 
     fn pair() -> (RingWriter, RingReader) {
         let w = RingWriter::new().unwrap();
-        let r = RingReader::map(&w.data_fd, &w.control_fd).unwrap();
+        let [data, control] = w.memfds().unwrap();
+        let r = RingReader::map(data, control).unwrap();
         (w, r)
     }
 
@@ -364,7 +387,7 @@ mod tests {
     #[test]
     fn frames_and_marks_come_out_in_order_across_many_wraps() {
         let (mut w, mut r) = pair();
-        assert!(check_sealed(&w.data_fd, libc::F_SEAL_SHRINK).is_ok());
+        assert!(check_sealed(w.memfds().unwrap()[0], libc::F_SEAL_SHRINK).is_ok());
         for round in 0..2000u32 {
             let len = (round as usize * 37) % 3000;
             let frame: Vec<u8> = (0..len).map(|i| (i as u32 ^ round) as u8).collect();
@@ -392,13 +415,21 @@ mod tests {
             put += 1;
         }
         assert_eq!(put, RING_SIZE / record_size(1000), "the ring holds as many as fit");
-        // The writer asked to hear of room: the first take tells.
+        // The writer asked to hear of room: the reader tells once half the ring is free.
         let mut out = BytesMut::new();
-        assert_eq!(r.next(&mut out).unwrap(), (Some(Record::Frame), true));
-        assert!(w.put_frame([&frame, &[]]), "room again");
-        for _ in 0..put {
-            assert_eq!(take(&mut r).unwrap(), frame);
+        let mut told = 0;
+        for i in 0..put {
+            out.clear();
+            let (record, tell) = r.next(&mut out).unwrap();
+            assert_eq!((record, &out[..]), (Some(Record::Frame), &frame[..]));
+            if tell {
+                told += 1;
+                assert!(i + 1 >= put / 2, "told at {i} of {put}");
+            }
         }
+        assert_eq!(told, 1, "once");
+        assert!(w.put_frame([&frame, &[]]), "room again");
+        assert_eq!(take(&mut r).unwrap(), frame);
         assert_eq!(take(&mut r), None);
     }
 
