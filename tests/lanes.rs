@@ -416,7 +416,14 @@ fn a_member_cut_off_for_a_stall_is_reached_again_once_it_reads() {
     let mut client = Peer::ready("client", &bus, "client", &[("HSIPC_LANE_STALL_MS", "500")]);
     client.expect("CALLED", LONG);
     // SAFETY: stops and resumes a child process of ours.
-    unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGSTOP) };
+    assert_eq!(unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGSTOP) }, 0);
+    // A stop is not instant for a process with threads on other CPUs: flood only once the
+    // kernel says every thread of the server has stopped.
+    let deadline = std::time::Instant::now() + LONG;
+    while !all_threads_stopped(server.pid()) {
+        assert!(std::time::Instant::now() < deadline, "the server did not stop");
+        std::thread::yield_now();
+    }
     client.send("flood");
     let flooded = client.expect("FLOODED", LONG);
     assert!(flooded.split(',').all(|r| r == "peer_lost"), "calls to a stalled member: {flooded}");
@@ -426,6 +433,15 @@ fn a_member_cut_off_for_a_stall_is_reached_again_once_it_reads() {
     assert_eq!(client.expect("RECOVERED", LONG), "yes");
     server.send("quit");
     client.send("quit");
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok()).all(|stat| {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("T")
+    })
 }
 
 /// Asks `peer` how many lanes it reads until it says `want` (or `LONG` passes).

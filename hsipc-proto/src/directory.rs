@@ -130,12 +130,12 @@ impl Directory {
         self.providers.get(service).is_some_and(|s| s.contains(&peer))
     }
 
-    pub(crate) fn subscribers(&self, topic: &crate::topic::Topic) -> Vec<PeerId> {
+    pub(crate) fn subscribers(&self, topic: &crate::topic::Topic) -> smallvec::SmallVec<[PeerId; 4]> {
         self.topics.matches(topic)
     }
 
     /// The peers with a reliable subscription matching `topic`.
-    pub(crate) fn reliable_subscribers(&self, topic: &crate::topic::Topic) -> Vec<PeerId> {
+    pub(crate) fn reliable_subscribers(&self, topic: &crate::topic::Topic) -> smallvec::SmallVec<[PeerId; 4]> {
         self.reliable_topics.matches(topic)
     }
 

@@ -127,7 +127,14 @@ impl Endpoint {
                 let from = self.local;
                 let topic = topic.clone();
                 let body = body.to_bytes();
-                self.push_event(Event::Published { from, topic, body, subscriptions, missed, credited });
+                self.push_event(Event::Published {
+                    from,
+                    topic,
+                    body,
+                    subscriptions: subscriptions.into_vec(),
+                    missed,
+                    credited,
+                });
                 done.peers += 1;
                 continue;
             }
@@ -164,6 +171,7 @@ impl Endpoint {
             }
             return Ok(());
         }
+        let subscriptions = subscriptions.into_vec();
         self.push_event(Event::Published { from, topic, body: f.payload, subscriptions, missed, credited });
         Ok(())
     }

@@ -252,7 +252,7 @@ fn index_with_all_spec_filters() {
         }
         expected.sort_unstable();
         expected.dedup();
-        assert_eq!(index.matches(&topic(t)), expected, "{t}");
+        assert_eq!(index.matches(&topic(t)).to_vec(), expected, "{t}");
     }
 }
 
@@ -283,10 +283,10 @@ fn insert_remove_prune() {
     // root, a, a/b, a/b/c, a/+, +
     assert_eq!(index.node_count(), 6);
 
-    assert_eq!(index.matches(&topic("a/b/c")), [1, 2, 4]);
-    assert_eq!(index.matches(&topic("a/b")), [1, 3, 4]);
-    assert_eq!(index.matches(&topic("a")), [4, 5]);
-    assert_eq!(index.matches(&topic("$a")), Vec::<i32>::new());
+    assert_eq!(index.matches(&topic("a/b/c")).to_vec(), [1, 2, 4]);
+    assert_eq!(index.matches(&topic("a/b")).to_vec(), [1, 3, 4]);
+    assert_eq!(index.matches(&topic("a")).to_vec(), [4, 5]);
+    assert_eq!(index.matches(&topic("$a")).to_vec(), Vec::<i32>::new());
 
     assert!(!index.remove(&filter("a/b/c"), &9), "absent key");
     assert!(!index.remove(&filter("a/b/c/d"), &1), "absent path");
@@ -317,7 +317,7 @@ fn prune_keeps_shared_prefix() {
     assert_eq!(index.node_count(), 6);
     index.remove(&filter("a/b/c/d"), &1);
     assert_eq!(index.node_count(), 3, "only b, c and d freed");
-    assert_eq!(index.matches(&topic("a/x")), [2]);
+    assert_eq!(index.matches(&topic("a/x")).to_vec(), [2]);
     index.remove(&filter("a/x"), &2);
     assert_eq!(index.node_count(), 1);
 }
@@ -363,7 +363,7 @@ fn deep_topics_do_not_overflow_the_stack() {
     index.insert(&plus, 2);
     index.insert(&multi, 3);
     assert_eq!(index.node_count(), 2 * levels + 1);
-    assert_eq!(index.matches(&t), [1, 2, 3]);
+    assert_eq!(index.matches(&t).to_vec(), [1, 2, 3]);
     assert!(format!("{index:?}").len() > 3 * MAX_TOPIC_LEN);
 
     assert!(index.remove(&plus, &2));
@@ -396,7 +396,7 @@ fn index_doc_example() -> Result<(), TopicError> {
     index.insert(&TopicFilter::new("sensor/kitchen/#")?, "logger");
 
     let topic = Topic::new("sensor/kitchen/temp")?;
-    assert_eq!(index.matches(&topic), ["logger", "thermostat"]);
+    assert_eq!(index.matches(&topic).to_vec(), ["logger", "thermostat"]);
     assert!(!index.any_match(&Topic::new("door/front")?));
 
     assert!(index.remove(&TopicFilter::new("sensor/#")?, &"logger"));
@@ -444,7 +444,7 @@ fn check_index(
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        prop_assert_eq!(&index.matches(t), &expected, "topic {}", t);
+        prop_assert_eq!(&index.matches(t).to_vec(), &expected, "topic {}", t);
         prop_assert_eq!(index.any_match(t), !expected.is_empty());
         let mut seen = Vec::new();
         index.for_each_match(t, |k| seen.push(*k));

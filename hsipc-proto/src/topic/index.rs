@@ -4,10 +4,16 @@
 //! subscribers of a published topic.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use smallvec::SmallVec;
 use std::fmt;
 use std::ops::ControlFlow;
 
 use super::{Topic, TopicFilter};
+
+/// The nodes still to visit while matching a topic, with the rest of the topic at each: on the
+/// stack for any but very branchy indexes.
+type Work<'a, K> = SmallVec<[(&'a Node<K>, Option<&'a str>); 8]>;
 
 /// Subscriptions indexed by filter, to find the subscribers of a topic quickly.
 ///
@@ -35,7 +41,7 @@ use super::{Topic, TopicFilter};
 /// index.insert(&TopicFilter::new("sensor/kitchen/#")?, "logger");
 ///
 /// let topic = Topic::new("sensor/kitchen/temp")?;
-/// assert_eq!(index.matches(&topic), ["logger", "thermostat"]);
+/// assert_eq!(index.matches(&topic).to_vec(), ["logger", "thermostat"]);
 /// assert!(!index.any_match(&Topic::new("door/front")?));
 ///
 /// assert!(index.remove(&TopicFilter::new("sensor/#")?, &"logger"));
@@ -118,7 +124,8 @@ impl<K: Ord> TopicIndex<K> {
     ///
     /// A key is passed once even if several of its filters match.
     pub(crate) fn for_each_match(&self, topic: &Topic, f: impl FnMut(&K)) {
-        let mut sets = Vec::new();
+        // On the stack for the usual few matching filters: matching runs for every event.
+        let mut sets: SmallVec<[&BTreeSet<K>; 4]> = SmallVec::new();
         let _ = self.visit(topic, |keys| {
             sets.push(keys);
             ControlFlow::<()>::Continue(())
@@ -150,7 +157,7 @@ impl<K: Ord> TopicIndex<K> {
         mut on_keys: impl FnMut(&'a BTreeSet<K>) -> ControlFlow<B>,
     ) -> ControlFlow<B> {
         let topic = topic.as_str();
-        let mut work = Vec::new();
+        let mut work: Work<'a, K> = SmallVec::new();
         // MQTT 3.1.1 §4.7.2: a `$` topic is not matched by a filter starting with a wildcard,
         // so the root's wildcard branches are skipped for it.
         let root_wildcards = !topic.starts_with('$');
@@ -190,8 +197,8 @@ impl<K: Ord> TopicIndex<K> {
 
 impl<K: Ord + Clone> TopicIndex<K> {
     /// The keys with at least one filter matching `topic`, sorted and without duplicates.
-    pub(crate) fn matches(&self, topic: &Topic) -> Vec<K> {
-        let mut keys = Vec::new();
+    pub(crate) fn matches(&self, topic: &Topic) -> SmallVec<[K; 4]> {
+        let mut keys = SmallVec::new();
         self.for_each_match(topic, |key| keys.push(key.clone()));
         keys
     }
@@ -285,7 +292,7 @@ impl<K: Ord> Node<K> {
         rest: Option<&'a str>,
         wildcards: bool,
         on_keys: &mut impl FnMut(&'a BTreeSet<K>) -> ControlFlow<B>,
-        work: &mut Vec<(&'a Self, Option<&'a str>)>,
+        work: &mut Work<'a, K>,
     ) -> ControlFlow<B> {
         if wildcards && !self.multi.is_empty() {
             on_keys(&self.multi)?;

@@ -233,7 +233,7 @@ impl HubCore {
         event: &T,
     ) -> Result<(Topic, proto::frame::Body, Instant, Instant)> {
         let started = Instant::now();
-        let deadline = crate::engine::deadline_in(self.inner.publish_timeout);
+        let deadline = started + self.inner.publish_timeout.min(proto::MAX_TIMEOUT);
         Ok((Topic::new(topic)?, codec::encode_body(event)?, started, deadline))
     }
 
