@@ -422,7 +422,7 @@ fn a_member_cut_off_for_a_stall_is_reached_again_once_it_reads() {
     let deadline = std::time::Instant::now() + LONG;
     while !all_threads_stopped(server.pid()) {
         assert!(std::time::Instant::now() < deadline, "the server did not stop");
-        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(1));
     }
     client.send("flood");
     let flooded = client.expect("FLOODED", LONG);
@@ -438,10 +438,11 @@ fn a_member_cut_off_for_a_stall_is_reached_again_once_it_reads() {
 /// Whether every thread of process `pid` is stopped (state `T` in `/proc`).
 fn all_threads_stopped(pid: u32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
-    tasks.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok()).all(|stat| {
-        // The state follows the command name, which is in parentheses and may hold spaces.
-        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("T")
-    })
+    let stats: Vec<String> = tasks.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok()).collect();
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    let stopped =
+        |stat: &String| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("T");
+    !stats.is_empty() && stats.iter().all(stopped)
 }
 
 /// Asks `peer` how many lanes it reads until it says `want` (or `LONG` passes).

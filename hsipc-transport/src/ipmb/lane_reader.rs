@@ -407,7 +407,11 @@ impl LaneReader {
     fn hand_on(&mut self, bytes: bytes::Bytes) -> Step {
         self.in_socket_frame = false;
         if !self.ingress.deliver(self.from, bytes) {
-            lane::shut(&self.fd); // the engine is gone
+            // The engine is gone: the writer sees the end at its next frame (see `end`).
+            if let Some(ring) = &self.ring {
+                ring.ended();
+            }
+            lane::shut(&self.fd);
             self.on_end = None;
             return Step::Ended;
         }

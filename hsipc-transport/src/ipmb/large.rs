@@ -94,7 +94,7 @@ pub(super) struct LargeFrames {
     /// How many frames have looked for what the reader said before it said anything (a reader
     /// of an earlier version never does; each look is a system call).
     looks: u8,
-    /// Frames written into the lane, up to [`RING_AFTER`].
+    /// Frames that found nothing waiting in the lane (saturating; compared with [`RING_AFTER`]).
     frames: u8,
     /// A ring made but not handed over yet (the socket had no room): handed over next time.
     unsent_ring: Option<RingWriter>,

@@ -527,7 +527,8 @@ impl Transport for IpmbTransport {
 
     fn tick(&mut self) {
         let now = Instant::now();
-        for peer in self.lanes.outgoing.close_declined() {
+        let mut broken = Vec::new();
+        for peer in self.lanes.outgoing.close_declined(&mut broken) {
             tracing::debug!(%peer, "the peer declined the lane: its frames go through the bus");
             self.lanes.declined.mark(peer, now + self.lanes.idle, now);
             if let Err(e) = self.send_close_notice(peer) {
@@ -535,19 +536,21 @@ impl Transport for IpmbTransport {
                 self.lanes.unnoticed.insert(peer);
             }
         }
-        if now < self.lanes.next_idle_check {
-            return;
-        }
-        self.lanes.next_idle_check = now + IDLE_CHECK.min(self.lanes.idle);
-        self.lanes.outgoing.trim_pools(IDLE_CHECK);
-        for peer in self.lanes.outgoing.close_idle(self.lanes.idle) {
-            tracing::debug!(%peer, "closed an idle lane; its frames go through the bus until it is busy again");
-            // After the lane's last frames (the reader waits for them), before any frame for
-            // that peer on the bus.
-            if let Err(e) = self.send_close_notice(peer) {
-                tracing::debug!(%peer, error = %e, "could not send a lane's closing notice; will retry");
-                self.lanes.unnoticed.insert(peer);
+        if now >= self.lanes.next_idle_check {
+            self.lanes.next_idle_check = now + IDLE_CHECK.min(self.lanes.idle);
+            self.lanes.outgoing.trim_pools(IDLE_CHECK);
+            for peer in self.lanes.outgoing.close_idle(self.lanes.idle, &mut broken) {
+                tracing::debug!(%peer, "closed an idle lane; its frames go through the bus until it is busy again");
+                // After the lane's last frames (the reader waits for them), before any frame for
+                // that peer on the bus.
+                if let Err(e) = self.send_close_notice(peer) {
+                    tracing::debug!(%peer, error = %e, "could not send a lane's closing notice; will retry");
+                    self.lanes.unnoticed.insert(peer);
+                }
             }
+        }
+        for (peer, source) in broken {
+            self.lane_broken(peer, source);
         }
     }
 

@@ -150,8 +150,9 @@ impl OutLanes {
 
     /// Closes the lanes no frame for their peer alone has used for `idle` (nothing waits in
     /// them): each gets a closing message, after which its reader ends without taking the peer
-    /// for gone. Returns their peers, whose frames go through the bus (or a new lane) from now.
-    pub(super) fn close_idle(&mut self, idle: Duration) -> Vec<PeerId> {
+    /// for gone. Returns their peers, whose frames go through the bus (or a new lane) from now;
+    /// adds to `broken` the lanes found broken on the way (their peers are to be cut off).
+    pub(super) fn close_idle(&mut self, idle: Duration, broken: &mut Vec<(PeerId, io::Error)>) -> Vec<PeerId> {
         let now = Instant::now();
         let mut closed = Vec::new();
         self.lanes.retain(|peer, l| {
@@ -160,7 +161,7 @@ impl OutLanes {
             }
             let unused = l.waiting.is_empty() && now.saturating_duration_since(l.last_used) >= idle;
             // A lane with no room for the closing message stays until the next look.
-            let close = unused && matches!(l.large.write_close(&l.fd), Ok(true));
+            let close = unused && closes(*peer, l, broken);
             if close {
                 closed.push(*peer);
             }
@@ -171,14 +172,14 @@ impl OutLanes {
 
     /// Closes the lanes whose reader's hub declined them, once nothing waits in them (their
     /// reader reads until the closing message). Returns their peers, whose frames go through the
-    /// bus from now on.
-    pub(super) fn close_declined(&mut self) -> Vec<PeerId> {
+    /// bus from now on; adds to `broken` the lanes found broken on the way.
+    pub(super) fn close_declined(&mut self, broken: &mut Vec<(PeerId, io::Error)>) -> Vec<PeerId> {
         let mut closed = Vec::new();
         self.lanes.retain(|peer, l| {
             if !l.large.heard() {
                 let _ = l.large.read_back(&l.fd); // a reader that is gone shows in the next write
             }
-            let close = l.large.declined() && l.waiting.is_empty() && matches!(l.large.write_close(&l.fd), Ok(true));
+            let close = l.large.declined() && l.waiting.is_empty() && closes(*peer, l, broken);
             if close {
                 closed.push(*peer);
             }
@@ -238,6 +239,18 @@ impl OutLanes {
             let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
             // SAFETY: a valid array of pollfds; the fds stay open (owned by `self`).
             unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
+        }
+    }
+}
+
+/// Writes a lane's closing message: whether it went (no room: not now); a lane found broken is
+/// added to `broken` (and stays, for its peer to be cut off).
+fn closes(peer: PeerId, lane: &mut OutLane, broken: &mut Vec<(PeerId, io::Error)>) -> bool {
+    match lane.large.write_close(&lane.fd) {
+        Ok(went) => went,
+        Err(e) => {
+            broken.push((peer, e));
+            false
         }
     }
 }

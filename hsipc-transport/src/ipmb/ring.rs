@@ -313,10 +313,13 @@ impl RingReader {
                     }
                     self.tail += size as u64;
                     word64(&self.control, TAIL).store(self.tail, Ordering::SeqCst);
-                    // The writer hears of room once half the ring is free, not at every record.
-                    let half_free = self.head - self.tail <= RING_SIZE as u64 / 2;
-                    let wants = word32(&self.control, WANTS_ROOM);
-                    let tell = half_free && wants.load(Ordering::SeqCst) != 0 && wants.swap(0, Ordering::SeqCst) != 0;
+                    // The writer hears of room once half the ring is free (by its latest `head`),
+                    // not at every record.
+                    let wanted = word32(&self.control, WANTS_ROOM).load(Ordering::SeqCst) != 0;
+                    let tell = wanted
+                        && self.look().is_ok()
+                        && self.head - self.tail <= RING_SIZE as u64 / 2
+                        && word32(&self.control, WANTS_ROOM).swap(0, Ordering::SeqCst) != 0;
                     let record = match kind {
                         FRAME => Record::Frame,
                         SOCKET => Record::Socket,
