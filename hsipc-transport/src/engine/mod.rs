@@ -193,7 +193,12 @@ impl Drop for Engine {
 /// The instant `timeout` from now; a timeout too long for the clock (`Duration::MAX`) is taken as
 /// [`proto::MAX_TIMEOUT`].
 pub(crate) fn deadline_in(timeout: Duration) -> Instant {
-    Instant::now() + timeout.min(proto::MAX_TIMEOUT)
+    deadline_after(Instant::now(), timeout)
+}
+
+/// The instant `timeout` after `start` (see [`deadline_in`]).
+pub(crate) fn deadline_after(start: Instant, timeout: Duration) -> Instant {
+    start + timeout.min(proto::MAX_TIMEOUT)
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<()> {

@@ -103,9 +103,7 @@ impl PendingCall {
         self.done = true;
         r
     }
-}
 
-impl PendingCall {
     fn outcome(&mut self) -> &mut Outcome {
         self.outcome.get_mut().unwrap_or_else(|e| e.into_inner())
     }

@@ -233,7 +233,7 @@ impl HubCore {
         event: &T,
     ) -> Result<(Topic, proto::frame::Body, Instant, Instant)> {
         let started = Instant::now();
-        let deadline = started + self.inner.publish_timeout.min(proto::MAX_TIMEOUT);
+        let deadline = crate::engine::deadline_after(started, self.inner.publish_timeout);
         Ok((Topic::new(topic)?, codec::encode_body(event)?, started, deadline))
     }
 

@@ -218,11 +218,9 @@ impl LaneReader {
             return self.end(false);
         }
         let bytes = if buf[0] == LAST && self.frame.is_empty() && n - 1 <= ARENA_FRAME_MAX {
-            if self.arena.capacity() - self.arena.len() < n - 1 {
-                self.arena = BytesMut::with_capacity(ARENA);
-            }
-            self.arena.extend_from_slice(&buf[1..n]);
-            Some(self.arena.split().freeze())
+            let arena = arena_with_room(&mut self.arena, n - 1);
+            arena.extend_from_slice(&self.buf[1..n]);
+            Some(arena.split().freeze())
         } else {
             self.frame.extend_from_slice(&buf[1..n]);
             if self.frame.len() > self.max_len {
@@ -267,11 +265,9 @@ impl LaneReader {
     /// through the socket (read it there), else how reading went.
     fn read_ring(&mut self, wait: bool) -> Option<Step> {
         let from = self.from;
-        if self.arena.capacity() - self.arena.len() < ARENA_FRAME_MAX {
-            self.arena = BytesMut::with_capacity(ARENA);
-        }
         let ring = self.ring.as_mut()?;
-        let (record, tell) = match ring.next(&mut self.arena) {
+        // (A frame over ARENA_FRAME_MAX makes the arena take a buffer large enough for it.)
+        let (record, tell) = match ring.next(arena_with_room(&mut self.arena, ARENA_FRAME_MAX)) {
             Ok(next) => next,
             Err(e) => {
                 tracing::warn!(%from, error = %e, "dropping the lane");
@@ -437,6 +433,15 @@ impl LaneReader {
         }
         Step::Ended
     }
+}
+
+/// The arena small frames are copied into, with room for `len` more bytes (a fresh one if the
+/// old one is used up; the old one lives on in the frames cut from it).
+fn arena_with_room(arena: &mut BytesMut, len: usize) -> &mut BytesMut {
+    if arena.capacity() - arena.len() < len {
+        *arena = BytesMut::with_capacity(ARENA);
+    }
+    arena
 }
 
 impl Drop for LaneReader {

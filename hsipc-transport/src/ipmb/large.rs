@@ -91,16 +91,16 @@ pub(super) struct LargeFrames {
     /// The last write stopped at a full ring (wait for the reader to say it made room, not for
     /// room in the socket).
     ring_full: bool,
-    /// How many frames have looked for what the reader said before it said anything (a reader
-    /// of an earlier version never does; each look is a system call).
-    looks: u8,
-    /// Frames that found nothing waiting in the lane (saturating; compared with [`RING_AFTER`]).
+    /// Frames that found nothing waiting in the lane while it had no ring (saturating): the first
+    /// [`LOOKS`] look for what the reader said, and the ring comes after [`RING_AFTER`].
     frames: u8,
-    /// A ring made but not handed over yet (the socket had no room): handed over next time.
-    unsent_ring: Option<RingWriter>,
+    /// A ring made but not handed over yet (the socket had no room), with the memfds to hand
+    /// over: handed over next time.
+    unsent_ring: Option<(RingWriter, [OwnedFd; 2])>,
 }
 
-/// Frames that look for what a lane's reader takes, at most, until it has said it.
+/// Frames that look for what a lane's reader takes, at most, until it has said it (a reader of
+/// an earlier version never does; each look is a system call).
 const LOOKS: u8 = 64;
 /// Frames a lane carries through the socket before it gets a ring: a lane that carries a call or
 /// two does not pay for one.
@@ -115,30 +115,25 @@ impl LargeFrames {
             return Ok(());
         }
         self.frames = self.frames.saturating_add(1);
-        if !self.heard() && self.looks < LOOKS {
-            self.looks += 1;
+        if !self.heard() && self.frames <= LOOKS {
             // A reader that is gone shows in the next write.
             let _ = self.read_back(lane_fd);
         }
         if self.takes != Takes::Ring || self.no_ring || self.frames < RING_AFTER {
             return Ok(());
         }
-        let ring = match self.unsent_ring.take().map_or_else(RingWriter::new, Ok) {
-            Ok(ring) => ring,
+        let (ring, [data, control]) = match self.unsent_ring.take().map_or_else(RingWriter::new, Ok) {
+            Ok(unsent) => unsent,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot make a lane ring; small frames go through the socket");
                 self.no_ring = true;
                 return Ok(());
             }
         };
-        let Some(memfds) = ring.memfds() else { unreachable!("a ring not handed over holds its memfds") };
-        match lane::write_ring(lane_fd, memfds, ring::RING_SIZE) {
-            Ok(true) => {
-                let mut ring = ring;
-                ring.handed_over();
-                self.ring = Some(ring);
-            }
-            Ok(false) => self.unsent_ring = Some(ring), // no room in the socket now: next time
+        match lane::write_ring(lane_fd, [&data, &control], ring::RING_SIZE) {
+            // The reader has the memfds: they are closed here (the mappings stay).
+            Ok(true) => self.ring = Some(ring),
+            Ok(false) => self.unsent_ring = Some((ring, [data, control])), // no room now: next time
             Err(e) if too_many_fds(&e) => self.no_ring = true,
             Err(e) => return Err(e),
         }
@@ -147,15 +142,13 @@ impl LargeFrames {
 
     /// Decides how `frame` goes (and copies it into the pool, if that is the way).
     pub(super) fn prepare(&mut self, lane_fd: &OwnedFd, frame: &WireFrame) -> How {
-        let marked = self.ring.is_some();
-        let way = if frame.len() <= ring::RING_FRAME_MAX && marked {
+        // Once there is a ring, a frame goes into it, or through the socket with its mark.
+        let ring = self.ring.is_some();
+        if ring && frame.len() <= ring::RING_FRAME_MAX {
             return How { way: Way::Ring, marked: false };
-        } else if frame.len() < pool::POOLED_MIN {
-            Way::Chunks
-        } else {
-            self.large(lane_fd, frame)
-        };
-        How { way, marked }
+        }
+        let way = if frame.len() < pool::POOLED_MIN { Way::Chunks } else { self.large(lane_fd, frame) };
+        How { way, marked: ring }
     }
 
     fn large(&mut self, lane_fd: &OwnedFd, frame: &WireFrame) -> Way {
@@ -234,15 +227,7 @@ impl LargeFrames {
     /// no room now.
     pub(super) fn write_close(&mut self, lane_fd: &OwnedFd) -> io::Result<bool> {
         match &mut self.ring {
-            Some(ring) => {
-                if !ring.put_close() {
-                    return Ok(false);
-                }
-                if ring.reader_asleep() {
-                    lane::write_wake(lane_fd)?;
-                }
-                Ok(true)
-            }
+            Some(ring) => put_and_wake(ring, lane_fd, RingWriter::put_close),
             None => lane::write_close(lane_fd),
         }
     }
@@ -260,14 +245,9 @@ impl LargeFrames {
         self.ring_full = false;
         if let Way::Ring = how.way {
             let Some(ring) = &mut self.ring else { unreachable!("a frame goes into a ring only once there is one") };
-            if !ring.put_frame(frame.pieces().map(|p| &p[..])) {
-                self.ring_full = true;
-                return Ok(0);
-            }
-            if ring.reader_asleep() {
-                lane::write_wake(lane_fd)?;
-            }
-            return Ok(1);
+            let went = put_and_wake(ring, lane_fd, |ring| ring.put_frame(frame.pieces().map(|p| &p[..])))?;
+            self.ring_full = !went;
+            return Ok(usize::from(went));
         }
         if !how.marked {
             return self.write_way(lane_fd, frame, &mut how.way, from);
@@ -343,6 +323,22 @@ impl LargeFrames {
             }
         }
     }
+}
+
+/// Puts a record into the ring (`put`: whether it went), then wakes the reader if it said it
+/// sleeps. A mark needs no wake-up: the socket message that follows it wakes the reader.
+fn put_and_wake(
+    ring: &mut RingWriter,
+    lane_fd: &OwnedFd,
+    put: impl FnOnce(&mut RingWriter) -> bool,
+) -> io::Result<bool> {
+    if !put(ring) {
+        return Ok(false);
+    }
+    if ring.reader_asleep() {
+        lane::write_wake(lane_fd)?;
+    }
+    Ok(true)
 }
 
 /// At most how many messages the reader has not read yet (the kernel's count of unread bytes,

@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use bytes::Bytes;
 use proto::frame::WireFrame;
 
-use super::sealed::{MapError, check_sealed};
+use super::sealed::{MapError, check_offered};
 use super::shm::{self, Mapping};
 
 /// The pool is handed out in runs of units of this size.
@@ -223,13 +223,11 @@ impl RecvPool {
     /// Maps a pool the writer offered: `size` bytes of data and a board, both memfds sealed
     /// against shrinking, at least that large.
     pub(super) fn map(data: &OwnedFd, board: &OwnedFd, size: u64) -> Result<Arc<RecvPool>, MapError> {
-        for (fd, want) in [(data, size), (board, BOARD_SIZE as u64)] {
-            check_sealed(fd, libc::F_SEAL_SHRINK)?;
-            let actual = shm::file_size(fd)?;
-            if actual < want || want == 0 || want > POOL_SIZE_MAX {
-                return Err(MapError::TooSmall { size: actual, len: want as usize });
-            }
+        let actual = check_offered(data, libc::F_SEAL_SHRINK, size)?;
+        if size > POOL_SIZE_MAX {
+            return Err(MapError::TooSmall { size: actual, len: size as usize });
         }
+        check_offered(board, libc::F_SEAL_SHRINK, BOARD_SIZE as u64)?;
         let data = Mapping::new(data, size as usize, libc::PROT_READ, 0)?;
         let board = Mapping::new(board, BOARD_SIZE, libc::PROT_READ | libc::PROT_WRITE, 0)?;
         Ok(Arc::new(RecvPool { data, board }))

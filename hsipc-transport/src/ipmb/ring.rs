@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use bytes::BytesMut;
 
-use super::sealed::{MapError, check_sealed};
+use super::sealed::{MapError, check_offered};
 use super::shm::{self, Mapping};
 
 /// A ring's size. Records are at most a quarter of it.
@@ -92,8 +92,6 @@ fn word32(control: &Mapping, at: usize) -> &AtomicU32 {
 
 /// The writer's side of a ring.
 pub(super) struct RingWriter {
-    /// The memfds (data, control) until the reader has them.
-    memfds: Option<[OwnedFd; 2]>,
     data: Mapping,
     control: Mapping,
     /// Bytes written since the ring began.
@@ -109,24 +107,15 @@ impl std::fmt::Debug for RingWriter {
 }
 
 impl RingWriter {
-    /// Makes a ring: its data and control page, mapped read-write here.
-    pub(super) fn new() -> io::Result<RingWriter> {
+    /// Makes a ring: its data and control page, mapped read-write here, and their memfds (data,
+    /// control) to hand to the reader (and close once it has them: the mappings stay).
+    pub(super) fn new() -> io::Result<(RingWriter, [OwnedFd; 2])> {
         let data_fd = shm::sized_memfd(c"hsipc-ring", RING_SIZE, true)?;
         let control_fd = shm::sized_memfd(c"hsipc-ring-control", CONTROL_SIZE, true)?;
         let rw = libc::PROT_READ | libc::PROT_WRITE;
         let data = Mapping::new(&data_fd, RING_SIZE, rw, 0)?;
         let control = Mapping::new(&control_fd, CONTROL_SIZE, rw, 0)?;
-        Ok(RingWriter { memfds: Some([data_fd, control_fd]), data, control, head: 0, tail: 0 })
-    }
-
-    /// The ring's memfds (data, control), to hand to the reader; `None` once handed over.
-    pub(super) fn memfds(&self) -> Option<[&OwnedFd; 2]> {
-        self.memfds.as_ref().map(|[data, control]| [data, control])
-    }
-
-    /// The reader has the memfds: they are closed here (the mappings stay).
-    pub(super) fn handed_over(&mut self) {
-        self.memfds = None;
+        Ok((RingWriter { data, control, head: 0, tail: 0 }, [data_fd, control_fd]))
     }
 
     /// Puts a frame (its pieces, one after the other) into the ring: `false` if there is no room
@@ -250,13 +239,8 @@ impl RingReader {
     /// Maps a ring the writer offered: both memfds sealed against shrinking, and of the sizes
     /// this version makes.
     pub(super) fn map(data: &OwnedFd, control: &OwnedFd) -> Result<RingReader, MapError> {
-        for (fd, want) in [(data, RING_SIZE), (control, CONTROL_SIZE)] {
-            check_sealed(fd, libc::F_SEAL_SHRINK)?;
-            let actual = shm::file_size(fd)?;
-            if actual < want as u64 {
-                return Err(MapError::TooSmall { size: actual, len: want });
-            }
-        }
+        check_offered(data, libc::F_SEAL_SHRINK, RING_SIZE as u64)?;
+        check_offered(control, libc::F_SEAL_SHRINK, CONTROL_SIZE as u64)?;
         let data = Mapping::new(data, RING_SIZE, libc::PROT_READ, 0)?;
         let control = Mapping::new(control, CONTROL_SIZE, libc::PROT_READ | libc::PROT_WRITE, 0)?;
         Ok(RingReader { data, control, tail: 0, head: 0, asleep: false })
@@ -368,12 +352,13 @@ impl RingReader {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sealed::check_sealed;
     use super::*;
 
     fn pair() -> (RingWriter, RingReader) {
-        let w = RingWriter::new().unwrap();
-        let [data, control] = w.memfds().unwrap();
-        let r = RingReader::map(data, control).unwrap();
+        let (w, [data, control]) = RingWriter::new().unwrap();
+        assert!(check_sealed(&data, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW).is_ok());
+        let r = RingReader::map(&data, &control).unwrap();
         (w, r)
     }
 
@@ -390,7 +375,6 @@ mod tests {
     #[test]
     fn frames_and_marks_come_out_in_order_across_many_wraps() {
         let (mut w, mut r) = pair();
-        assert!(check_sealed(w.memfds().unwrap()[0], libc::F_SEAL_SHRINK).is_ok());
         for round in 0..2000u32 {
             let len = (round as usize * 37) % 3000;
             let frame: Vec<u8> = (0..len).map(|i| (i as u32 ^ round) as u8).collect();

@@ -86,11 +86,7 @@ pub(super) enum MapError {
 /// Maps the first `len` bytes of a sealed frame's memfd read-only, as `Bytes` that unmap when
 /// the last reference drops.
 pub(super) fn map(fd: &OwnedFd, len: usize) -> Result<Bytes, MapError> {
-    check_sealed(fd, REQUIRED_SEALS)?;
-    let size = shm::file_size(fd)?;
-    if size < len as u64 || len == 0 {
-        return Err(MapError::TooSmall { size, len });
-    }
+    check_offered(fd, REQUIRED_SEALS, len as u64)?;
     // The memfd cannot shrink (sealed) below `len` (checked): every page stays backed.
     match Mapping::new(fd, len, libc::PROT_READ, libc::MAP_POPULATE) {
         Ok(mapping) => Ok(Bytes::from_owner(SealedFrame(mapping))),
@@ -99,6 +95,18 @@ pub(super) fn map(fd: &OwnedFd, len: usize) -> Result<Bytes, MapError> {
             read_whole(fd, len)
         }
     }
+}
+
+/// Checks a memfd a peer offered before it is mapped: of tmpfs, carrying `required` seals (so it
+/// cannot shrink under the mapping, say), and at least `len` bytes long (`len` not 0). Returns
+/// its size.
+pub(super) fn check_offered(fd: &OwnedFd, required: libc::c_int, len: u64) -> Result<u64, MapError> {
+    check_sealed(fd, required)?;
+    let size = shm::file_size(fd)?;
+    if size < len || len == 0 {
+        return Err(MapError::TooSmall { size, len: len as usize });
+    }
+    Ok(size)
 }
 
 /// Checks that `fd` is a memfd of tmpfs carrying `required` seals.
