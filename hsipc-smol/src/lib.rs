@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
-use hsipc_transport::hub::{BoxFuture, Runtime, RuntimeKind, Settings};
+use hsipc_transport::hub::{BlockingJob, BoxFuture, Runtime, RuntimeKind, Settings};
 use hsipc_transport::ipmb::{LaneReader, LaneRunner, LaneState};
 use smol::Async;
 
@@ -65,8 +65,8 @@ impl Runtime for SmolRuntime {
         smol::spawn(task).detach();
     }
 
-    fn spawn_blocking(&self, job: Box<dyn FnOnce() + Send + 'static>) {
-        smol::unblock(job).detach();
+    fn spawn_blocking(&self, job: BlockingJob) {
+        smol::unblock(|| job.run()).detach();
     }
 
     fn handlers_send_inline(&self) -> bool {

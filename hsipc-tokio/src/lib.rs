@@ -33,7 +33,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use hsipc_transport::hub::{BoxFuture, Runtime, RuntimeKind, Settings};
+use hsipc_transport::hub::{BlockingJob, BoxFuture, Runtime, RuntimeKind, Settings};
 use hsipc_transport::ipmb::{LaneReader, LaneRunner};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -79,8 +79,8 @@ impl Runtime for TokioRuntime {
         drop(self.0.spawn(task));
     }
 
-    fn spawn_blocking(&self, job: Box<dyn FnOnce() + Send + 'static>) {
-        drop(self.0.spawn_blocking(job));
+    fn spawn_blocking(&self, job: BlockingJob) {
+        drop(self.0.spawn_blocking(|| job.run()));
     }
 
     fn lane_runner(&self) -> Option<LaneRunner> {

@@ -23,7 +23,7 @@ use crate::engine::{CallContext, Handle, IncomingCall, ItemReceiver, ItemSink};
 /// Runs one call to completion on a worker thread and answers it through the handle. The
 /// call's [`Slot`] is given back just before the answer goes out, so a caller that has its
 /// answer never finds the place still taken.
-type BlockingFn = dyn Fn(IncomingCall, &Handle, Slot) + Send + Sync;
+pub(crate) type BlockingFn = dyn Fn(IncomingCall, &Handle, Slot) + Send + Sync;
 /// Makes the task that serves one call (giving its [`Slot`] back before answering).
 type AsyncFn = dyn Fn(IncomingCall, Handle, Slot) -> BoxFuture + Send + Sync;
 

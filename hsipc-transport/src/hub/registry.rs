@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use proto::CallMode;
 
 use super::handler::Handler;
-use super::runtime::Runtime;
+use super::runtime::{BlockingJob, Runtime};
 use crate::engine::{Dispatcher, Handle, IncomingCall, Reject};
 use crate::error::{Error, Result};
 
@@ -101,14 +101,7 @@ impl Dispatcher for Registry {
             .ok_or_else(|| Reject::Busy(format!("{} calls are already being served; retry later", self.max_pending)))?;
         let handle = handle.clone();
         match handler {
-            Handler::Blocking(f) => self.runtime.spawn_blocking(Box::new(move || {
-                if !wanted(&call) {
-                    drop(slot);
-                    handle.abandon(call.id);
-                    return;
-                }
-                f(call, &handle, slot);
-            })),
+            Handler::Blocking(f) => self.runtime.spawn_blocking(BlockingJob::new(f, call, handle, slot)),
             // Right here, on the thread that read the request; its answer never blocks it.
             Handler::Inline(f) => {
                 if wanted(&call) {

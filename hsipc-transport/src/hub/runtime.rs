@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use super::builder::Settings;
 use super::core::HubCore;
+use super::handler::BlockingFn;
+use super::registry::{Slot, wanted};
+use crate::engine::{Handle, IncomingCall};
 use crate::error::Result;
 
 /// A boxed, sendable future, as handed to [`Runtime::spawn`].
@@ -22,9 +25,10 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     /// Spawns an async handler as a task. Called with no engine lock held, on the thread that
     /// delivered the request; must not block.
     fn spawn(&self, task: BoxFuture);
-    /// Runs a blocking handler where blocking is allowed (a worker thread). Must not block
-    /// the caller.
-    fn spawn_blocking(&self, job: Box<dyn FnOnce() + Send + 'static>);
+    /// Runs a blocking handler where blocking is allowed (a worker thread), by calling
+    /// [`BlockingJob::run`] there. Must not block the caller. The job is handed over unboxed:
+    /// a pool that queues it by value serves a call without allocating for it.
+    fn spawn_blocking(&self, job: BlockingJob);
     /// Whether handlers may send their answers from their own thread when the send path is
     /// free. True for thread pools (it saves a thread hop); false for async runtimes, whose
     /// threads must never block in a stalled bus.
@@ -34,6 +38,40 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     /// Default: threads.
     fn lane_runner(&self) -> Option<crate::ipmb::LaneRunner> {
         None
+    }
+}
+
+/// One served call for a blocking handler, as handed to [`Runtime::spawn_blocking`]: its
+/// handler, the call and its place among the calls being served. [`run`](Self::run) it on a
+/// thread that may block.
+pub struct BlockingJob {
+    handler: Arc<BlockingFn>,
+    call: IncomingCall,
+    handle: Handle,
+    slot: Slot,
+}
+
+impl BlockingJob {
+    pub(super) fn new(handler: Arc<BlockingFn>, call: IncomingCall, handle: Handle, slot: Slot) -> Self {
+        BlockingJob { handler, call, handle, slot }
+    }
+
+    /// Runs the handler and answers the call; a call whose caller gave up while it waited for
+    /// a worker is skipped (and its place given back).
+    pub fn run(self) {
+        let BlockingJob { handler, call, handle, slot } = self;
+        if !wanted(&call) {
+            drop(slot);
+            handle.abandon(call.id);
+            return;
+        }
+        handler(call, &handle, slot);
+    }
+}
+
+impl fmt::Debug for BlockingJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockingJob").field("call", &self.call).finish_non_exhaustive()
     }
 }
 
