@@ -25,6 +25,8 @@
 //!   current-thread runtime in this thread.
 //! - **hsipc blocking+inline / tokio+inline**: the same, with `bench.echo` served by
 //!   `serve_inline` (run on the thread that read the request: one thread wake-up less).
+//! - **hsipc blocking+vec**: the blocking hub with the payload sent as `&[u8]` and received as
+//!   `Vec<u8>` (echo and subscriber typed `Vec<u8>`), against `Bytes` in the same run.
 //!
 //! Metrics (percentiles from raw sample vectors, nearest rank):
 //! - **round trip** p50 / p99 at 64 B, 4 KiB, 64 KiB and 1 MiB: send a payload, wait for it
@@ -102,6 +104,9 @@ const KINDS: [&str; 3] = ["blocking", "tokio", "smol"];
 /// The same hubs with the echo served inline (`serve_inline`: on the thread that read the
 /// request, no hop to a worker or task).
 const INLINE_KINDS: [&str; 2] = ["blocking+inline", "tokio+inline"];
+/// The blocking hub with the payload sent as `&[u8]` and received as `Vec<u8>` (the echo serves
+/// `Vec<u8>`, the subscriber takes `Vec<u8>`), to compare with `Bytes` in the same run.
+const VEC_KIND: &str = "blocking+vec";
 
 // Byte 0 of every payload says what it is; bytes 1..9 of a marker carry its batch.
 /// One-way data: counted.
@@ -125,7 +130,7 @@ fn main() {
         Ok(a) => a,
         Err(e) => {
             eprintln!(
-                "pinned: {e}\nusage: pinned [--quick] [--cpus 1|2|both] [--only socket,ipmb,blocking,tokio,smol,blocking+inline,tokio+inline]"
+                "pinned: {e}\nusage: pinned [--quick] [--cpus 1|2|both] [--only socket,ipmb,blocking,tokio,smol,blocking+inline,tokio+inline,blocking+vec]"
             );
             std::process::exit(2);
         }
@@ -352,7 +357,7 @@ enum Transport {
 }
 
 impl Transport {
-    const ALL: [Transport; 7] = [
+    const ALL: [Transport; 8] = [
         Transport::Socket,
         Transport::RawIpmb,
         Transport::Hub(KINDS[0]),
@@ -360,6 +365,7 @@ impl Transport {
         Transport::Hub(KINDS[2]),
         Transport::Hub(INLINE_KINDS[0]),
         Transport::Hub(INLINE_KINDS[1]),
+        Transport::Hub(VEC_KIND),
     ];
 
     fn key(self) -> &'static str {
@@ -481,7 +487,11 @@ fn measure_all(link: &mut dyn Link, p: &Params, row: &mut Row) {
             row.rt[i] = Cell::Value(roundtrips(link, size, p.rt_warmup[i], p.rt_samples[i], p.budget));
         }
     }
-    row.pipelined = Cell::Value(link.pipelined(&Bytes::from(vec![TAG_ECHO; SMALL]), p.pipelined_batches, p.budget));
+    row.pipelined = match row.transport {
+        // 64 B calls from 64 threads measure the hub, not the payload type: the `Bytes` row has it.
+        Transport::Hub(VEC_KIND) => Cell::Na,
+        _ => Cell::Value(link.pipelined(&Bytes::from(vec![TAG_ECHO; SMALL]), p.pipelined_batches, p.budget)),
+    };
     row.stream_small = Cell::Value(stream(link, SMALL, p.stream_small, p.budget, &mut batch));
     if MIB <= row.transport.max_payload() {
         row.stream_large = Cell::Value(stream(link, MIB, p.stream_large, p.budget, &mut batch));
@@ -795,7 +805,7 @@ impl Link for IpmbLink {
 // ---------------------------------------------------------------------------------------------
 // hsipc hubs
 
-/// The hub kind without its `+inline` (the client's side is the same either way).
+/// The hub kind without its `+inline` or `+vec` (the client's hub is the same either way).
 fn base_kind(kind: &str) -> &str {
     kind.split('+').next().unwrap_or(kind)
 }
@@ -804,6 +814,8 @@ fn base_kind(kind: &str) -> &str {
 /// `"bench"` of the same kind. The hub drops first.
 struct HubLink {
     hub: Client,
+    /// Send `&[u8]` and take `Vec<u8>` back instead of `Bytes` ([`VEC_KIND`]).
+    vec: bool,
     peer: Proc,
     _bystander: Proc,
 }
@@ -816,13 +828,19 @@ impl HubLink {
         mark_all_cloexec();
         let hub = Client::join(base_kind(kind), &bus, Some(WAIT));
         hub.wait_for_service("bench", WAIT).expect("the echo server is not seen on the bus");
-        HubLink { hub, peer, _bystander: bystander }
+        HubLink { hub, vec: kind == VEC_KIND, peer, _bystander: bystander }
     }
 }
 
 impl Link for HubLink {
     fn echo(&mut self, payload: &Bytes) -> usize {
-        self.hub.echo(payload).len()
+        match &self.hub {
+            Client::Blocking(h) if self.vec => {
+                let back: Vec<u8> = h.call("bench.echo", &payload[..]).expect("bench.echo failed");
+                back.len()
+            }
+            hub => hub.echo(payload).len(),
+        }
     }
 
     fn pipelined(&mut self, payload: &Bytes, batches: usize, budget: Duration) -> (u64, Duration) {
@@ -831,7 +849,10 @@ impl Link for HubLink {
     }
 
     fn send(&mut self, msg: &Bytes) {
-        self.hub.publish(msg);
+        match &self.hub {
+            Client::Blocking(h) if self.vec => h.publish("bench/t", &msg[..]).expect("publish"),
+            hub => hub.publish(msg),
+        }
     }
 
     fn peer(&mut self) -> &mut Proc {
@@ -1247,6 +1268,18 @@ mod child {
         let kind = kind();
         let inline = kind.ends_with("+inline");
         match super::base_kind(&kind) {
+            "blocking" if kind == super::VEC_KIND => {
+                let hub = hub("server");
+                hub.serve("bench.echo", |v: Vec<u8>| Ok::<Vec<u8>, String>(v)).expect("serve bench.echo");
+                let events = hub.subscribe::<Vec<u8>>("bench/#").expect("subscribe");
+                report("READY");
+                for e in events {
+                    match e {
+                        Ok(e) => counter.take(&e.payload, e.missed),
+                        Err(e) => eprintln!("hub_peer: {e}"),
+                    }
+                }
+            }
             "blocking" => {
                 let hub = hub("server");
                 let echo = |b: Bytes| Ok::<Bytes, String>(b);

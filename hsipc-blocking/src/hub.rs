@@ -204,7 +204,7 @@ impl ProcessHub {
         method: &str,
         first: Req,
     ) -> Result<Session<Out, In>> {
-        let (sender, input) = self.core.open_session(method, &first, self.core.default_timeout())?;
+        let (sender, input) = self.core.open_session(method, first, self.core.default_timeout())?;
         Ok(Session::new(sender, input))
     }
 
@@ -228,7 +228,7 @@ impl ProcessHub {
         req: Req,
         timeout: Duration,
     ) -> Result<Resp> {
-        hsipc_transport::hub::decode(self.core.start_call(method, &req, timeout)?.wait())
+        hsipc_transport::hub::decode(self.core.start_call(method, req, timeout)?.wait())
     }
 
     /// Calls a streaming `method`. The stream is an iterator of items; each waits at most the
@@ -258,7 +258,7 @@ impl ProcessHub {
         req: Req,
         timeout: Duration,
     ) -> Result<ResponseStream<Item>> {
-        Ok(ResponseStream::new(self.core.start_stream(method, &req, timeout)?))
+        Ok(ResponseStream::new(self.core.start_stream(method, req, timeout)?))
     }
 
     /// Publishes `event` (a value or a reference) on `topic` to every subscriber whose pattern
@@ -279,7 +279,7 @@ impl ProcessHub {
     /// # Ok::<(), hsipc_blocking::Error>(())
     /// ```
     pub fn publish<T: Serialize>(&self, topic: &str, event: T) -> Result<()> {
-        self.core.publish_blocking(topic, &event)
+        self.core.publish_blocking(topic, event)
     }
 
     /// Subscribes to `pattern` (MQTT rules: `+` one level, `#` the rest). Dropping the

@@ -289,6 +289,12 @@ impl Body {
         &self.lead[..self.lead_len as usize]
     }
 
+    /// The bytes after the lead (for tests of what is shared and what is copied).
+    #[cfg(test)]
+    pub(crate) fn rest(&self) -> &Bytes {
+        &self.rest
+    }
+
     /// The body as one buffer: no copy when it has no leading bytes.
     pub fn to_bytes(&self) -> Bytes {
         if self.lead_len == 0 {

@@ -79,7 +79,8 @@ pub fn encode_body<T: Serialize + ?Sized>(value: &T) -> Result<Body, CodecError>
 
 /// Like [`encode_body`], for a value the caller gives up: a `Bytes` is moved into the body
 /// (cloning one made from a `Vec` would allocate), and a `Vec<u8>` hands over its buffer
-/// instead of being copied.
+/// instead of being copied. A reference is encoded as [`encode_body`] does (a `&Bytes` is
+/// shared, a `&[u8]` copied once).
 ///
 /// ```
 /// let data = vec![7u8; 4096];
@@ -90,7 +91,7 @@ pub fn encode_body<T: Serialize + ?Sized>(value: &T) -> Result<Body, CodecError>
 pub fn into_body<T: Serialize>(value: T) -> Result<Body, CodecError> {
     match whole_bytes::into_shared(value) {
         Ok(data) => Ok(whole_bytes::body(data)),
-        Err(value) => encode(&value).map(Body::from),
+        Err(value) => encode_body(&value),
     }
 }
 
@@ -190,6 +191,21 @@ mod tests {
         let bytes = encode(&v).unwrap();
         assert_eq!(bytes[0], 0x84, "an array of four");
         assert_eq!(decode::<Vec<Small>>(&bytes).unwrap(), v);
+    }
+
+    #[test]
+    fn a_vec_given_up_is_moved_and_a_borrowed_bytes_is_shared() {
+        let v = vec![7u8; 4096];
+        let at = v.as_ptr();
+        let body = into_body(v).unwrap();
+        assert_eq!(body.rest().as_ptr(), at, "the Vec's own buffer, not a copy");
+        let b = Bytes::from(vec![8u8; 4096]);
+        let body = into_body(&b).unwrap();
+        assert_eq!(body.rest().as_ptr(), b.as_ptr(), "the Bytes' buffer, shared");
+        let slice: &[u8] = &b;
+        let body = into_body(slice).unwrap();
+        assert_ne!(body.rest().as_ptr(), b.as_ptr(), "a borrowed slice is copied");
+        assert_eq!(body.to_bytes(), encode(slice).unwrap());
     }
 
     #[test]

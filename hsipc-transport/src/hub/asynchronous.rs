@@ -181,7 +181,7 @@ impl<K> AsyncHub<K> {
         method: &str,
         first: Req,
     ) -> impl Future<Output = Result<Session<Out, In>>> + Send {
-        let opened = self.core.open_session(method, &first, self.core.default_timeout());
+        let opened = self.core.open_session(method, first, self.core.default_timeout());
         std::future::ready(opened.map(|(sender, input)| Session { sender, input, _types: PhantomData }))
     }
 
@@ -204,7 +204,7 @@ impl<K> AsyncHub<K> {
         req: Req,
         timeout: Duration,
     ) -> CallFuture<Resp> {
-        CallFuture::new(self.core.start_call(method, &req, timeout))
+        CallFuture::new(self.core.start_call(method, req, timeout))
     }
 
     /// Calls a streaming `method`: its items as a [`Stream`], each waiting at most the default
@@ -226,7 +226,7 @@ impl<K> AsyncHub<K> {
         req: Req,
         timeout: Duration,
     ) -> impl Future<Output = Result<ResponseStream<Item>>> + Send {
-        let started = self.core.start_stream(method, &req, timeout).map(ResponseStream::new);
+        let started = self.core.start_stream(method, req, timeout).map(ResponseStream::new);
         std::future::ready(started)
     }
 

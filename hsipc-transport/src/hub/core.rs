@@ -161,13 +161,15 @@ impl HubCore {
 
     /// Opens a session on `method` with the encoded first message: the sending half, and the
     /// reader of the server's messages (each may take at most `timeout` while the reader waits).
-    pub fn open_session<Req: Serialize + ?Sized>(
+    /// Like every request here, `first` is taken by value so that a `Vec<u8>` or `Bytes` is
+    /// moved into the frame, not copied (a reference works too, and is encoded).
+    pub fn open_session<Req: Serialize>(
         &self,
         method: &str,
-        first: &Req,
+        first: Req,
         timeout: Duration,
     ) -> Result<(SessionSender, ItemReceiver)> {
-        self.handle().open_session(method, codec::encode_body(first)?, timeout, self.stall_timeout())
+        self.handle().open_session(method, codec::into_body(first)?, timeout, self.stall_timeout())
     }
 
     /// Stops serving `method`; withdraws its service from the bus with its last method.
@@ -179,28 +181,18 @@ impl HubCore {
     }
 
     /// Starts a unary call with an encoded request.
-    pub fn start_call<Req: Serialize + ?Sized>(
-        &self,
-        method: &str,
-        req: &Req,
-        timeout: Duration,
-    ) -> Result<PendingCall> {
-        self.handle().call(method, codec::encode_body(req)?, timeout)
+    pub fn start_call<Req: Serialize>(&self, method: &str, req: Req, timeout: Duration) -> Result<PendingCall> {
+        self.handle().call(method, codec::into_body(req)?, timeout)
     }
 
     /// Starts a server-streaming call with an encoded request.
-    pub fn start_stream<Req: Serialize + ?Sized>(
-        &self,
-        method: &str,
-        req: &Req,
-        timeout: Duration,
-    ) -> Result<ItemReceiver> {
-        self.handle().call_stream(method, codec::encode_body(req)?, timeout)
+    pub fn start_stream<Req: Serialize>(&self, method: &str, req: Req, timeout: Duration) -> Result<ItemReceiver> {
+        self.handle().call_stream(method, codec::into_body(req)?, timeout)
     }
 
     /// Publishes `event` on `topic`, blocking while the send backlog is long or a reliable
     /// subscriber has no credit (at most the publish timeout; see [`Handle::publish`]).
-    pub fn publish_blocking<T: Serialize + ?Sized>(&self, topic: &str, event: &T) -> Result<()> {
+    pub fn publish_blocking<T: Serialize>(&self, topic: &str, event: T) -> Result<()> {
         let (topic, body, started, deadline) = self.prepare_publish(topic, event)?;
         loop {
             match self.handle().publish(&topic, body.clone(), started, deadline)? {
@@ -214,7 +206,7 @@ impl HubCore {
     /// is long or a reliable subscriber has no credit (at most the publish timeout). The event
     /// is encoded at once.
     pub fn publish_async<T: Serialize>(&self, topic: &str, event: T) -> impl Future<Output = Result<()>> + Send {
-        let prepared = self.prepare_publish(topic, &event);
+        let prepared = self.prepare_publish(topic, event);
         let core = self.clone();
         async move {
             let (topic, body, started, deadline) = prepared?;
@@ -227,14 +219,14 @@ impl HubCore {
         }
     }
 
-    fn prepare_publish<T: Serialize + ?Sized>(
+    fn prepare_publish<T: Serialize>(
         &self,
         topic: &str,
-        event: &T,
+        event: T,
     ) -> Result<(Topic, proto::frame::Body, Instant, Instant)> {
         let started = Instant::now();
         let deadline = crate::engine::deadline_after(started, self.inner.publish_timeout);
-        Ok((Topic::new(topic)?, codec::encode_body(event)?, started, deadline))
+        Ok((Topic::new(topic)?, codec::into_body(event)?, started, deadline))
     }
 
     /// Subscribes to `pattern` with the hub's delivery (reliable unless the builder said
