@@ -23,7 +23,7 @@
 //!   of the same kind that serves `bench.echo` (`Bytes` in, the same `Bytes` out) and
 //!   subscribes to `bench/#`, and this process's hub. Async calls are awaited on a
 //!   current-thread runtime in this thread.
-//! - **hsipc blocking+inline / tokio+inline**: the same, with `bench.echo` served by
+//! - **hsipc blocking+inline / tokio+inline / smol+inline**: the same, with `bench.echo` served by
 //!   `serve_inline` (run on the thread that read the request: one thread wake-up less).
 //! - **hsipc blocking+vec**: the blocking hub with the payload sent as `&[u8]` and received as
 //!   `Vec<u8>` (echo and subscriber typed `Vec<u8>`), against `Bytes` in the same run.
@@ -103,7 +103,7 @@ const SMALL: usize = 64;
 const KINDS: [&str; 3] = ["blocking", "tokio", "smol"];
 /// The same hubs with the echo served inline (`serve_inline`: on the thread that read the
 /// request, no hop to a worker or task).
-const INLINE_KINDS: [&str; 2] = ["blocking+inline", "tokio+inline"];
+const INLINE_KINDS: [&str; 3] = ["blocking+inline", "tokio+inline", "smol+inline"];
 /// The blocking hub with the payload sent as `&[u8]` and received as `Vec<u8>` (the echo serves
 /// `Vec<u8>`, the subscriber takes `Vec<u8>`), to compare with `Bytes` in the same run.
 const VEC_KIND: &str = "blocking+vec";
@@ -130,7 +130,7 @@ fn main() {
         Ok(a) => a,
         Err(e) => {
             eprintln!(
-                "pinned: {e}\nusage: pinned [--quick] [--cpus 1|2|both] [--only socket,ipmb,blocking,tokio,smol,blocking+inline,tokio+inline,blocking+vec]"
+                "pinned: {e}\nusage: pinned [--quick] [--cpus 1|2|both] [--only socket,ipmb,blocking,tokio,smol,blocking+inline,tokio+inline,smol+inline,blocking+vec]"
             );
             std::process::exit(2);
         }
@@ -357,7 +357,7 @@ enum Transport {
 }
 
 impl Transport {
-    const ALL: [Transport; 8] = [
+    const ALL: [Transport; 9] = [
         Transport::Socket,
         Transport::RawIpmb,
         Transport::Hub(KINDS[0]),
@@ -365,6 +365,7 @@ impl Transport {
         Transport::Hub(KINDS[2]),
         Transport::Hub(INLINE_KINDS[0]),
         Transport::Hub(INLINE_KINDS[1]),
+        Transport::Hub(INLINE_KINDS[2]),
         Transport::Hub(VEC_KIND),
     ];
 
@@ -1309,7 +1310,11 @@ mod child {
             }),
             _ => smol::block_on(async {
                 let hub = hsipc::smol::ProcessHub::builder("server").bus(bus()).build().expect("server hub joins");
-                hub.serve("bench.echo", |b: Bytes| async move { Ok::<Bytes, String>(b) }).await.expect("serve");
+                if inline {
+                    hub.serve_inline("bench.echo", |b: Bytes| Ok::<Bytes, String>(b)).await.expect("serve");
+                } else {
+                    hub.serve("bench.echo", |b: Bytes| async move { Ok::<Bytes, String>(b) }).await.expect("serve");
+                }
                 let mut events = hub.subscribe::<Bytes>("bench/#").await.expect("subscribe");
                 report("READY");
                 while let Some(e) = events.next().await {

@@ -73,6 +73,18 @@ impl Runtime for SmolRuntime {
         false
     }
 
+    /// async-io's own thread naps 50 µs or more after each round of I/O whenever a `block_on`
+    /// exists (it expects those to poll for I/O). Lanes read there whose frames wake no
+    /// `block_on` (requests answered by inline handlers) would keep it reading alone, each
+    /// request ~100 µs late; an empty task wakes an executor thread, which then polls for I/O
+    /// itself. (async-io 2 names its thread "async-io"; should that change, requests are
+    /// still answered, only with those naps.)
+    fn ran_inline(&self) {
+        if std::thread::current().name() == Some("async-io") {
+            smol::spawn(async {}).detach();
+        }
+    }
+
     fn lane_runner(&self) -> Option<LaneRunner> {
         Some(LaneRunner::new(read_lane))
     }

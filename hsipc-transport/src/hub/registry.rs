@@ -106,6 +106,7 @@ impl Dispatcher for Registry {
             Handler::Inline(f) => {
                 if wanted(&call) {
                     f(call, &handle.never_blocking(), slot);
+                    self.runtime.ran_inline();
                 } else {
                     drop(slot);
                     handle.abandon(call.id);

@@ -33,6 +33,11 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     /// free. True for thread pools (it saves a thread hop); false for async runtimes, whose
     /// threads must never block in a stalled bus.
     fn handlers_send_inline(&self) -> bool;
+    /// Called on the thread that just ran an inline handler (see `serve_inline`), after it
+    /// answered. Default: nothing. (smol uses it when that thread is async-io's own, which
+    /// naps after each round of I/O while it expects `block_on` threads to poll: it wakes an
+    /// executor thread to poll instead.)
+    fn ran_inline(&self) {}
     /// Reads direct lanes on this runtime (its reactor waits for them) instead of a thread
     /// each, if it can: a reply then wakes the task waiting for it on the thread that read it.
     /// Default: threads.
