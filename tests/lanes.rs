@@ -542,3 +542,51 @@ fn burst_publisher() {
     report("PUBLISHED");
     while command().is_some() {}
 }
+
+/// The voluntary context switches of this process's threads whose name is `comm`.
+fn wakeups_of(comm: &str) -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| {
+            let path = t.ok()?.path();
+            (std::fs::read_to_string(path.join("comm")).ok()?.trim() == comm).then_some(path)
+        })
+        .filter_map(|path| {
+            let status = std::fs::read_to_string(path.join("status")).ok()?;
+            status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")?.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// A blocking caller reads its reply from the lane itself: the lane's reader thread is not
+/// woken once per call (which would cost the round trip two context switches).
+#[test]
+fn a_blocking_caller_reads_its_reply_from_the_lane_itself() {
+    let bus = unique_bus("caller-reads");
+    // A lane thread is named after its writer's id (cut to Linux's 15 characters): the two hubs'
+    // must differ, so that the client's reader of the server's lane can be told apart.
+    let (server, client) = loop {
+        let server = ProcessHub::builder("server").bus(&bus).build().unwrap();
+        let client = ProcessHub::builder("client").bus(&bus).build().unwrap();
+        if server.id().to_string()[..4] != client.id().to_string()[..4] {
+            break (server, client);
+        }
+    };
+    server.serve_inline("calc.echo", |x: u64| Ok::<_, String>(x)).unwrap();
+    client.wait_for_service("calc", LONG).unwrap();
+    // Enough for the lane to get its ring.
+    for i in 0..100u64 {
+        assert_eq!(client.call::<_, u64>("calc.echo", i).unwrap(), i);
+    }
+    let reader = format!("hsipc-lane-{}", &server.id().to_string()[..4]);
+    let before = wakeups_of(&reader);
+    let calls = 300u64;
+    for i in 0..calls {
+        assert_eq!(client.call::<_, u64>("calc.echo", i).unwrap(), i);
+    }
+    let woken = wakeups_of(&reader) - before;
+    eprintln!("the client's lane thread was woken {woken} times in {calls} calls");
+    assert!(woken < calls / 4, "the lane's thread was woken {woken} times for {calls} replies");
+    client.close();
+    server.close();
+}

@@ -471,6 +471,12 @@ const KILLED_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn script_killed_server(hub: &ProcessHub) -> String {
     hub.wait_for_service("calc", LONG).unwrap();
+    // Enough calls for the server's lane to this hub to get its ring: the slow call below is
+    // then waited for by this thread reading that lane itself (see `caller_lane`), and the
+    // server's death must still reach it at once.
+    for i in 0..40i64 {
+        assert_eq!(hub.call::<_, i64>("calc.add", (i, 1)).unwrap(), i + 1);
+    }
     report("CALLING");
     // The handler would sleep for a minute: only the server's death can end this call before
     // its timeout.

@@ -228,7 +228,7 @@ impl ProcessHub {
         req: Req,
         timeout: Duration,
     ) -> Result<Resp> {
-        hsipc_transport::hub::decode(self.core.start_call(method, req, timeout)?.wait())
+        hsipc_transport::hub::decode(self.core.call_wait(method, req, timeout))
     }
 
     /// Calls a streaming `method`. The stream is an iterator of items; each waits at most the

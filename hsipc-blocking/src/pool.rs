@@ -1,13 +1,13 @@
 //! The worker threads that run a blocking hub's handlers.
 
-use std::sync::OnceLock;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use hsipc_transport::hub::{BlockingJob, BoxFuture, Runtime};
 
 /// One unit of work for a worker.
 enum Job {
-    /// Queued by value: serving a call allocates nothing here (the channel's blocks aside,
-    /// one per 31 jobs).
+    /// Queued by value: serving a call allocates nothing here (once the queue has grown).
     Blocking(BlockingJob),
     /// An async handler (registered through `#[service]` or the engine directly): driven to
     /// completion on the worker, which is what a blocking hub has to run it on.
@@ -16,15 +16,52 @@ enum Job {
 
 /// A fixed set of worker threads, started with the first call served (a hub that serves
 /// nothing starts none). The queue needs no bound of its own: the dispatch policy refuses
-/// calls past `max_pending_calls` before they reach it. Workers end when the hub is gone.
+/// calls past `max_pending_calls` before they reach it. Workers end when the pool is dropped.
 ///
-/// The queue is crossbeam's: a worker waiting for a job allocates nothing (flume allocates a
-/// waiting hook each time a receiver blocks, which is once per call on an idle hub).
+/// The queue is a deque under a mutex with a condition variable, woken once per job and only
+/// when a worker is idle: a worker waiting for a job sleeps at once and allocates nothing. (A
+/// channel's receivers spin and yield before they sleep: with the caller, the lane's reader
+/// and the worker on one CPU, each yield is a context switch; crossbeam's channel cost a 64 B
+/// call with a worker about 2 µs that way. flume allocates a waiting hook per blocking wait.)
 pub(crate) struct Pool {
-    jobs: crossbeam_channel::Sender<Job>,
-    rx: crossbeam_channel::Receiver<Job>,
+    queue: Arc<Queue>,
     workers: usize,
     started: OnceLock<()>,
+}
+
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// Workers waiting for a job.
+    idle: usize,
+    /// The pool is gone: workers end.
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next job, waiting for one; `None` once the pool is gone.
+    fn next(&self) -> Option<Job> {
+        let mut state = self.lock();
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                return Some(job);
+            }
+            if state.closed {
+                return None;
+            }
+            state.idle += 1;
+            state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.idle -= 1;
+        }
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -35,23 +72,27 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     pub(crate) fn new(workers: usize) -> Self {
-        let (jobs, rx) = crossbeam_channel::unbounded();
-        Pool { jobs, rx, workers, started: OnceLock::new() }
+        let state = QueueState { jobs: VecDeque::new(), idle: 0, closed: false };
+        let queue = Arc::new(Queue { state: Mutex::new(state), ready: Condvar::new() });
+        Pool { queue, workers, started: OnceLock::new() }
     }
 
     fn submit(&self, job: Job) {
         self.started.get_or_init(|| self.start());
-        if self.jobs.send(job).is_err() {
-            tracing::error!("handler workers are gone; a call was dropped");
+        let mut state = self.queue.lock();
+        state.jobs.push_back(job);
+        let wake = state.idle > 0;
+        drop(state);
+        if wake {
+            self.queue.ready.notify_one();
         }
     }
 
     fn start(&self) {
         for i in 0..self.workers {
-            let rx = self.rx.clone();
+            let queue = self.queue.clone();
             let spawned = std::thread::Builder::new().name(format!("hsipc-worker-{i}")).spawn(move || {
-                // Ends when the pool (and with it the sender) is dropped.
-                while let Ok(job) = rx.recv() {
+                while let Some(job) = queue.next() {
                     // The handler wrappers catch handlers' panics and answer the caller; this
                     // only keeps the worker alive should anything else panic.
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
@@ -67,6 +108,13 @@ impl Pool {
                 tracing::error!(error = %e, "cannot spawn a handler worker");
             }
         }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.queue.lock().closed = true;
+        self.queue.ready.notify_all();
     }
 }
 

@@ -36,6 +36,13 @@ impl Ingress {
         }
     }
 
+    /// Says that a blocking caller waiting for a reply from `from` may read `lane` itself.
+    pub(crate) fn offer_caller_lane(&self, from: PeerId, lane: std::sync::Weak<dyn crate::engine::CallerLane>) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.offer_caller_lane(from, lane);
+        }
+    }
+
     /// The process id a peer announced, if it is known.
     pub(crate) fn peer_pid(&self, peer: PeerId) -> Option<u32> {
         self.shared.upgrade()?.peer_pid(peer)

@@ -147,6 +147,12 @@ impl Endpoint {
         }
     }
 
+    /// The peer an open call of this endpoint went to (`None` for a call still waiting for its
+    /// service to be discovered, or one that is over).
+    pub fn call_peer(&self, id: RequestId) -> Option<PeerId> {
+        self.outgoing.get(&id).map(|o| o.peer)
+    }
+
     /// Gives up on a call this endpoint made. The server is told; no event follows.
     pub fn cancel(&mut self, id: RequestId) -> Result<(), CommandError> {
         if let Some(p) = self.parked.remove(&id) {

@@ -1,7 +1,12 @@
 //! `Handle`: how a hub commands its engine.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use proto::frame::Body;
 use proto::{
@@ -113,6 +118,62 @@ impl Handle {
             Ok(id)
         })?;
         Ok(PendingCall::new(self.clone(), id, rx, super::deadline_in(timeout)))
+    }
+
+    /// Makes a unary call and waits on this thread for its answer (what a blocking caller
+    /// does with [`call`](Self::call) and [`PendingCall::wait`], in one step).
+    ///
+    /// When the answer will come through a direct lane that this thread may read itself (see
+    /// `CallerLane`), the lane is taken before the request goes out, and this thread reads it
+    /// while it waits: the reply wakes it directly, with no reader thread in between. Otherwise,
+    /// or should the lane's own reader need it back meanwhile, it waits as `wait` does.
+    pub fn call_wait(&self, method: &str, body: impl Into<Body>, timeout: Duration) -> Result<Bytes> {
+        let body = body.into();
+        self.check_len(method.len() + body.len())?;
+        let (done, rx) = oneshot::channel();
+        let now = Instant::now();
+        let mut state = self.shared.state();
+        state.check_open()?;
+        let id = match state.endpoint.request(now, method, body, CallMode::Unary, timeout) {
+            Ok(id) => id,
+            Err(e) => {
+                self.shared.commit(state, now, SendBy::TryInline);
+                return Err(e.into());
+            }
+        };
+        state.calls.insert(id, done);
+        let lane = state.endpoint.call_peer(id).and_then(|peer| self.shared.caller_lane(peer));
+        let mut pending = PendingCall::new(self.clone(), id, rx, super::deadline_after(now, timeout));
+        let until = pending.deadline();
+        // Sends the request (once): with the lane taken first if it can be.
+        let mut state = Some(state);
+        let mut send = || {
+            if let Some(state) = state.take() {
+                self.shared.commit(state, now, SendBy::TryInline);
+            }
+        };
+        if let Some(lane) = lane {
+            let mut answer = None;
+            // Polled until it is ready, never after (the channel is spent then).
+            let mut answered = |cx: &mut Context<'_>| {
+                if answer.is_some() {
+                    return true;
+                }
+                match Pin::new(&mut pending).poll(cx) {
+                    Poll::Ready(r) => {
+                        answer = Some(r);
+                        true
+                    }
+                    Poll::Pending => false,
+                }
+            };
+            lane.read_for(&mut send, &mut answered, until);
+            if let Some(r) = answer {
+                return r;
+            }
+        }
+        send();
+        pending.wait()
     }
 
     /// Starts a server-streaming call whose items may each take at most `timeout` while the

@@ -44,6 +44,7 @@
 //! happened (at the latest about a second later, if the bus is stalled).
 
 mod alarm;
+mod caller_lane;
 mod deferred;
 mod dispatch;
 mod event_credit;
@@ -63,6 +64,7 @@ use std::time::{Duration, Instant};
 use proto::{Config, Endpoint, PeerId};
 
 use self::alarm::Alarm;
+pub(crate) use self::caller_lane::CallerLane;
 pub use self::dispatch::{CallContext, Dispatcher, IncomingCall, Reject};
 pub use self::handle::{Handle, PeerSummary, Publish};
 pub use self::item_sink::{ItemSink, SessionSender};

@@ -86,6 +86,11 @@ impl PendingCall {
         PendingCall { outcome: std::sync::Mutex::new(Outcome::Waiting(rx)), deadline, handle, id, done: false }
     }
 
+    /// When the caller stops waiting.
+    pub(super) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// Blocks the calling thread until the response arrives.
     pub fn wait(mut self) -> Result<Bytes> {
         let until = self.deadline + GRACE;

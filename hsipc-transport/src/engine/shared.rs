@@ -8,6 +8,7 @@ use bytes::Bytes;
 use proto::frame::WireFrame;
 use proto::{Dest, Input, PeerId};
 
+use super::caller_lane::{CallerLane, CallerLanes};
 use super::deferred::Deferred;
 use super::dispatch::Dispatcher;
 use super::state::{Batch, State};
@@ -36,6 +37,8 @@ pub(crate) struct Shared {
     pub(super) window: u32,
     /// How handlers' answers are sent: inline (thread pools) or without blocking (runtimes).
     pub(super) handler_send: SendBy,
+    /// Lanes a blocking caller may read itself, by peer (see [`CallerLane`]).
+    caller_lanes: CallerLanes,
 }
 
 impl std::fmt::Debug for Shared {
@@ -105,7 +108,18 @@ impl Shared {
             max_frame_len,
             window,
             handler_send,
+            caller_lanes: CallerLanes::default(),
         }
+    }
+
+    /// The transport's lane from `peer` that a caller may read (see [`CallerLane`]).
+    pub(crate) fn offer_caller_lane(&self, peer: PeerId, lane: Weak<dyn CallerLane>) {
+        self.caller_lanes.offer(peer, lane);
+    }
+
+    /// The lane from `peer` a waiting caller may read itself, if there is one.
+    pub(super) fn caller_lane(&self, peer: PeerId) -> Option<Arc<dyn CallerLane>> {
+        self.caller_lanes.get(peer)
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {

@@ -185,6 +185,11 @@ impl HubCore {
         self.handle().call(method, codec::into_body(req)?, timeout)
     }
 
+    /// Makes a unary call and waits for its answer on this thread (see [`Handle::call_wait`]).
+    pub fn call_wait<Req: Serialize>(&self, method: &str, req: Req, timeout: Duration) -> Result<bytes::Bytes> {
+        self.handle().call_wait(method, codec::into_body(req)?, timeout)
+    }
+
     /// Starts a server-streaming call with an encoded request.
     pub fn start_stream<Req: Serialize>(&self, method: &str, req: Req, timeout: Duration) -> Result<ItemReceiver> {
         self.handle().call_stream(method, codec::into_body(req)?, timeout)

@@ -46,7 +46,7 @@ impl std::fmt::Debug for LaneRunner {
 }
 
 /// Most messages [`LaneReader::read_ready`] reads in one turn.
-const TURN: usize = 128;
+pub(super) const TURN: usize = 128;
 
 /// What [`LaneReader::read_ready`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +87,9 @@ pub struct LaneReader {
     /// A message read from the socket before the ring's mark for it was met (its length and
     /// fds; its bytes are in `buf`).
     stash: Option<(usize, Vec<OwnedFd>)>,
+    /// Whether a non-blocking read that finds the ring empty looks at the socket too (always,
+    /// but for readers that learn from `poll` that the socket has nothing; see `caller_lane`).
+    probe_socket: bool,
 }
 
 impl std::fmt::Debug for LaneReader {
@@ -129,6 +132,7 @@ impl LaneReader {
             ring: None,
             in_socket_frame: false,
             stash: None,
+            probe_socket: true,
         }
     }
 
@@ -168,10 +172,53 @@ impl LaneReader {
         }
     }
 
-    /// Reads on this thread until the lane ends.
+    /// Reads on this thread until the lane ends; meanwhile a blocking caller of this hub that
+    /// waits for a reply from the lane's peer may read it itself (see `caller_lane`).
     pub fn run_blocking(mut self) {
         self.on_thread = true;
+        super::caller_lane::run(self);
+    }
+
+    /// Reads on this thread until the lane ends, alone.
+    pub(super) fn run_alone(mut self) {
+        self.on_thread = true;
         while !matches!(self.read_one(true), Step::Ended) {}
+    }
+
+    /// The lane's peer.
+    pub(super) fn from(&self) -> PeerId {
+        self.from
+    }
+
+    /// Where its frames go.
+    pub(super) fn ingress(&self) -> &Ingress {
+        &self.ingress
+    }
+
+    /// The ring's caller word, once there is a ring whose writer wakes callers.
+    pub(super) fn caller_word(&self) -> Option<super::ring::CallerWord> {
+        self.ring.as_ref()?.caller_word()
+    }
+
+    /// Whether the ring holds more (a corrupt ring says yes: reading it ends the lane).
+    pub(super) fn ring_has_more(&mut self) -> bool {
+        self.ring.as_mut().is_none_or(|ring| ring.has_more().unwrap_or(true))
+    }
+
+    /// Whether the next frame is to come through the socket (its mark met, or its message read
+    /// before the mark): it wakes the lane's thread, not a caller.
+    pub(super) fn waits_for_socket(&self) -> bool {
+        self.in_socket_frame || self.stash.is_some()
+    }
+
+    /// Whether reads that find the ring empty look at the socket (see the field's docs).
+    pub(super) fn probe_socket(&mut self, probe: bool) {
+        self.probe_socket = probe;
+    }
+
+    /// Whether the lane has ended.
+    pub(super) fn ended(&self) -> bool {
+        self.on_end.is_none()
     }
 
     /// Reads one message (waiting for it if `wait`), and hands on the frame it completes.
@@ -311,6 +358,10 @@ impl LaneReader {
             Some(Ok(true)) => {}
             Some(Ok(false)) => return Step::Read, // more came after all
             _ => return self.end(true),
+        }
+        if !wait && !self.probe_socket {
+            // Whoever reads knows the socket has nothing (or is not the one to read it).
+            return Step::WouldBlock;
         }
         match lane::receive(&self.fd, &mut self.buf, wait) {
             Received::WouldBlock => Step::WouldBlock,
@@ -471,6 +522,7 @@ impl Drop for LaneReader {
             ring: self.ring.take(),
             in_socket_frame: self.in_socket_frame,
             stash: self.stash.take(),
+            probe_socket: true,
         };
         if let Err(e) = lane::spawn_thread(rest, self.from) {
             // The reader moved into the failed spawn has been dropped, which ended the lane.

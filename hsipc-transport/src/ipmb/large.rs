@@ -260,7 +260,13 @@ impl LargeFrames {
                 return Ok(0);
             }
         }
-        Ok(1 + self.write_way(lane_fd, frame, &mut how.way, from.saturating_sub(1))?)
+        let written = self.write_way(lane_fd, frame, &mut how.way, from.saturating_sub(1));
+        // A caller reading the ring is woken once the message is in the socket (it reads it
+        // after the mark); a sleeping reader's thread is woken by the message itself.
+        if let Some(ring) = &self.ring {
+            ring.wake_caller();
+        }
+        Ok(1 + written?)
     }
 
     fn write_way(&mut self, lane_fd: &OwnedFd, frame: &WireFrame, how: &mut Way, from: usize) -> io::Result<usize> {
@@ -326,7 +332,8 @@ impl LargeFrames {
 }
 
 /// Puts a record into the ring (`put`: whether it went), then wakes the reader if it said it
-/// sleeps. A mark needs no wake-up: the socket message that follows it wakes the reader.
+/// sleeps. (A mark wakes only a caller reading the ring: the socket message that follows it
+/// wakes the reader's thread.)
 fn put_and_wake(
     ring: &mut RingWriter,
     lane_fd: &OwnedFd,
@@ -335,7 +342,7 @@ fn put_and_wake(
     if !put(ring) {
         return Ok(false);
     }
-    if ring.reader_asleep() {
+    if ring.wake_reader() {
         lane::write_wake(lane_fd)?;
     }
     Ok(true)

@@ -34,7 +34,9 @@
 mod cloexec;
 
 pub use cloexec::mark_bus_fds_close_on_exec;
+mod caller_lane;
 mod envelope;
+mod futex;
 mod lane;
 mod lane_reader;
 mod large;

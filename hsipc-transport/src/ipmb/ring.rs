@@ -28,6 +28,16 @@
 //! publishes `tail`, and once at least half the ring is free, if the mark is set, takes it and
 //! says so on the lane's back channel (once per half ring, not per frame, under overload).
 //!
+//! A blocking caller waiting for a reply from the ring's writer may read the ring itself (see
+//! `caller_lane`): it marks the control page's `CALLER` word (awake, or asleep on it as a futex)
+//! before its request goes out. While the word is marked, the writer wakes nobody through the
+//! socket: it wakes a caller asleep on the word with a futex wake-up (one per sleep, the word
+//! taken back from asleep to awake, as with the reader's mark), and wakes nobody when the caller
+//! is awake. A caller that stops reading clears the word, then looks at `head` once more (the
+//! same pair of flags as above), so a frame the writer put while it still saw the word is read.
+//! The writer says it does this in the control page's `FEATURES` word; a reader whose writer
+//! does not (an older version) never lets a caller read.
+//!
 //! Trust: the reader never trusts what the ring says. It keeps its own `tail`, checks every
 //! `head` and header against it and the ring's size, and copies a frame out before anything
 //! reads it: a writer that breaks the rules has its lane dropped, and can spoil only its own
@@ -36,7 +46,9 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::BytesMut;
 
@@ -58,6 +70,19 @@ const TAIL: usize = 64;
 const ASLEEP: usize = 128;
 /// Where the writer's "wants room" mark is.
 const WANTS_ROOM: usize = 192;
+/// Where the mark of a caller reading the ring itself is ([`CALLER_NONE`], [`CALLER_AWAKE`] or
+/// [`CALLER_ASLEEP`]; a futex word).
+const CALLER: usize = 256;
+/// Where the writer says what it does beyond the first version of this layout.
+const FEATURES: usize = 320;
+/// A `FEATURES` bit: the writer wakes a caller asleep on the `CALLER` word.
+const FEATURE_CALLER: u32 = 1;
+/// No caller reads the ring: the reader's thread does.
+pub(super) const CALLER_NONE: u32 = 0;
+/// A caller reads the ring and is awake: it will see what comes.
+pub(super) const CALLER_AWAKE: u32 = 1;
+/// A caller reads the ring and sleeps on the `CALLER` word: wake it there.
+pub(super) const CALLER_ASLEEP: u32 = 2;
 /// A record header's size.
 const HEADER: usize = 8;
 
@@ -115,6 +140,7 @@ impl RingWriter {
         let rw = libc::PROT_READ | libc::PROT_WRITE;
         let data = Mapping::new(&data_fd, RING_SIZE, rw, 0)?;
         let control = Mapping::new(&control_fd, CONTROL_SIZE, rw, 0)?;
+        word32(&control, FEATURES).store(FEATURE_CALLER, Ordering::SeqCst);
         Ok((RingWriter { data, control, head: 0, tail: 0 }, [data_fd, control_fd]))
     }
 
@@ -194,10 +220,31 @@ impl RingWriter {
         fits(self.tail, self.head)
     }
 
-    /// Whether the reader has said it sleeps: then it must be woken, once (the mark is taken).
-    pub(super) fn reader_asleep(&self) -> bool {
+    /// After a record: wakes a caller that sleeps on the ring (see the module's docs), or says
+    /// whether the reader said it sleeps, so it must be woken through the socket, once (the mark
+    /// is taken).
+    pub(super) fn wake_reader(&self) -> bool {
+        if self.wake_caller() {
+            return false;
+        }
         let asleep = word32(&self.control, ASLEEP);
         asleep.load(Ordering::SeqCst) != 0 && asleep.swap(0, Ordering::SeqCst) != 0
+    }
+
+    /// After a record: wakes a caller that sleeps on the ring; whether a caller reads it (then
+    /// nobody else is to be woken).
+    pub(super) fn wake_caller(&self) -> bool {
+        let caller = word32(&self.control, CALLER);
+        match caller.load(Ordering::SeqCst) {
+            CALLER_NONE => false,
+            CALLER_ASLEEP => {
+                if caller.swap(CALLER_AWAKE, Ordering::SeqCst) == CALLER_ASLEEP {
+                    super::futex::wake(caller);
+                }
+                true
+            }
+            _ => true,
+        }
     }
 }
 
@@ -220,7 +267,7 @@ pub(super) struct Corrupt(&'static str);
 /// The reader's side of a ring: the data mapped read-only, the control page read-write.
 pub(super) struct RingReader {
     data: Mapping,
-    control: Mapping,
+    control: Arc<Mapping>,
     /// Bytes taken since the ring began.
     tail: u64,
     /// The writer's `head` as last seen.
@@ -242,8 +289,14 @@ impl RingReader {
         check_offered(data, libc::F_SEAL_SHRINK, RING_SIZE as u64)?;
         check_offered(control, libc::F_SEAL_SHRINK, CONTROL_SIZE as u64)?;
         let data = Mapping::new(data, RING_SIZE, libc::PROT_READ, 0)?;
-        let control = Mapping::new(control, CONTROL_SIZE, libc::PROT_READ | libc::PROT_WRITE, 0)?;
+        let control = Arc::new(Mapping::new(control, CONTROL_SIZE, libc::PROT_READ | libc::PROT_WRITE, 0)?);
         Ok(RingReader { data, control, tail: 0, head: 0, asleep: false })
+    }
+
+    /// The ring's caller word, if its writer wakes callers that sleep on it.
+    pub(super) fn caller_word(&self) -> Option<CallerWord> {
+        let features = word32(&self.control, FEATURES).load(Ordering::SeqCst);
+        (features & FEATURE_CALLER != 0).then(|| CallerWord(self.control.clone()))
     }
 
     /// Takes the next record: a frame (its bytes appended to `out`), the mark of a frame that
@@ -350,6 +403,43 @@ impl RingReader {
     }
 }
 
+/// A ring's `CALLER` word, as the reader's side holds it (see the module's docs): shared by the
+/// caller that reads the ring, whoever wakes it in this process, and the lane's thread.
+#[derive(Clone)]
+pub(super) struct CallerWord(Arc<Mapping>);
+
+impl std::fmt::Debug for CallerWord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("CallerWord").field(&self.word().load(Ordering::Relaxed)).finish()
+    }
+}
+
+impl CallerWord {
+    fn word(&self) -> &AtomicU32 {
+        word32(&self.0, CALLER)
+    }
+
+    /// Marks the caller's state ([`CALLER_NONE`], [`CALLER_AWAKE`] or [`CALLER_ASLEEP`]).
+    pub(super) fn set(&self, state: u32) {
+        self.word().store(state, Ordering::SeqCst);
+    }
+
+    /// Sleeps while the word says the caller sleeps, at most `timeout` (see [`futex::wait`]).
+    ///
+    /// [`futex::wait`]: super::futex::wait
+    pub(super) fn sleep(&self, timeout: Duration) {
+        super::futex::wait(self.word(), CALLER_ASLEEP, timeout);
+    }
+
+    /// Wakes the caller if it sleeps (as the writer does after a record).
+    pub(super) fn wake(&self) {
+        let word = self.word();
+        if word.load(Ordering::SeqCst) == CALLER_ASLEEP && word.swap(CALLER_AWAKE, Ordering::SeqCst) == CALLER_ASLEEP {
+            super::futex::wake(word);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::sealed::check_sealed;
@@ -425,13 +515,65 @@ mod tests {
         let (mut w, mut r) = pair();
         assert!(r.sleep().unwrap(), "an empty ring: the reader sleeps");
         assert!(w.put_frame([b"a", &[]]));
-        assert!(w.reader_asleep(), "the writer sees the mark");
-        assert!(!w.reader_asleep(), "once");
+        assert!(w.wake_reader(), "the writer sees the mark");
+        assert!(!w.wake_reader(), "once");
         assert_eq!(take(&mut r).unwrap(), b"a");
         assert!(w.put_frame([b"b", &[]]));
-        assert!(!w.reader_asleep(), "an awake reader is not woken");
+        assert!(!w.wake_reader(), "an awake reader is not woken");
         assert!(!r.sleep().unwrap(), "a frame waits: no sleep");
         assert_eq!(take(&mut r).unwrap(), b"b");
+    }
+
+    #[test]
+    fn a_caller_reading_the_ring_is_woken_by_futex_and_the_socket_stays_quiet() {
+        let (mut w, mut r) = pair();
+        let word = r.caller_word().expect("this writer wakes callers");
+        assert!(r.sleep().unwrap(), "the reader's thread sleeps on the socket");
+        // A caller that reads, awake: nobody is woken, the reader's mark is left alone.
+        word.set(CALLER_AWAKE);
+        assert!(w.put_frame([b"a", &[]]));
+        assert!(!w.wake_reader(), "no socket wake-up while a caller reads");
+        assert_eq!(take(&mut r).unwrap(), b"a");
+        // A caller asleep on the word is woken there, once; the socket stays quiet.
+        word.set(CALLER_ASLEEP);
+        assert!(w.put_frame([b"b", &[]]));
+        assert!(!w.wake_reader());
+        assert_eq!(word.word().load(Ordering::SeqCst), CALLER_AWAKE, "taken from asleep to awake");
+        assert_eq!(take(&mut r).unwrap(), b"b");
+        // The caller leaves: the reader's thread is woken through the socket again.
+        word.set(CALLER_NONE);
+        assert!(r.sleep().unwrap());
+        assert!(w.put_frame([b"c", &[]]));
+        assert!(w.wake_reader(), "the sleeping reader's thread is woken");
+    }
+
+    #[test]
+    fn a_caller_asleep_on_the_word_wakes_when_a_frame_comes() {
+        let (mut w, r) = pair();
+        let word = r.caller_word().unwrap();
+        word.set(CALLER_ASLEEP);
+        let sleeper = {
+            let word = word.clone();
+            std::thread::spawn(move || {
+                let t = std::time::Instant::now();
+                // Spurious returns aside, only the writer's wake-up ends this before a minute.
+                while word.word().load(Ordering::SeqCst) == CALLER_ASLEEP && t.elapsed() < Duration::from_secs(60) {
+                    word.sleep(Duration::from_secs(60));
+                }
+                t.elapsed()
+            })
+        };
+        assert!(w.put_frame([b"x", &[]]));
+        assert!(!w.wake_reader());
+        let slept = sleeper.join().unwrap();
+        assert!(slept < Duration::from_secs(30), "woken well before the minute: {slept:?}");
+    }
+
+    #[test]
+    fn a_writer_that_does_not_wake_callers_gets_none() {
+        let (w, r) = pair();
+        word32(&w.control, FEATURES).store(0, Ordering::SeqCst); // as an older writer leaves it
+        assert!(r.caller_word().is_none());
     }
 
     #[test]

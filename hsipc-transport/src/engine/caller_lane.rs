@@ -1,0 +1,45 @@
+//! A transport's lane that a blocking caller may read itself while it waits for its reply.
+
+use std::sync::{Arc, Weak};
+use std::task::Context;
+use std::time::Instant;
+
+use proto::PeerId;
+
+/// A lane from one peer that a thread waiting for a reply from that peer may read itself: the
+/// reply then wakes that thread directly, where the lane's own reader thread would first wake
+/// and then wake it (two context switches per round trip instead of four).
+pub(crate) trait CallerLane: Send + Sync {
+    /// If nobody reads the lane now and the lane can be waited on: takes it for this thread,
+    /// runs `start` (which sends the request, so no reply can come before the lane is taken),
+    /// then reads it (handing every frame to the engine as its reader would) until `done` says
+    /// yes, `until` passes, or the lane's own reader needs it back; then gives it back.
+    ///
+    /// `None` if the lane was not taken (`start` has not run); else whether `done` said yes.
+    /// `done` is polled with a context whose waker wakes this thread should the reply come
+    /// some other way.
+    fn read_for(
+        self: Arc<Self>,
+        start: &mut dyn FnMut(),
+        done: &mut dyn FnMut(&mut Context<'_>) -> bool,
+        until: Instant,
+    ) -> Option<bool>;
+}
+
+/// The lanes callers may read, by peer: at most one per peer (the newest), held weakly (a lane
+/// lives as long as its reader thread).
+#[derive(Default)]
+pub(super) struct CallerLanes(std::sync::Mutex<std::collections::HashMap<PeerId, Weak<dyn CallerLane>>>);
+
+impl CallerLanes {
+    pub(super) fn offer(&self, peer: PeerId, lane: Weak<dyn CallerLane>) {
+        let mut lanes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded by the lanes alive (a hub keeps a bounded number): ended ones go here.
+        lanes.retain(|_, l| l.strong_count() > 0);
+        lanes.insert(peer, lane);
+    }
+
+    pub(super) fn get(&self, peer: PeerId) -> Option<Arc<dyn CallerLane>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&peer)?.upgrade()
+    }
+}

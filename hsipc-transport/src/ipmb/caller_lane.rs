@@ -1,0 +1,272 @@
+//! A lane read by its thread, or by a blocking caller waiting for a reply from the lane's peer.
+//!
+//! A reader thread per lane costs a round trip two context switches more than it needs: the
+//! reply wakes the lane's thread, which reads it and wakes the caller. So on a hub that reads its
+//! lanes on threads (the blocking hub), a caller whose reply will come through a lane with a ring
+//! takes the lane's reader before its request goes out and reads the lane itself while it
+//! waits, asleep on the ring's caller word (a futex the writer wakes, see `ring`): the reply
+//! wakes the caller directly. It reads everything that comes meanwhile (other callers' replies,
+//! events, requests), as the lane's thread would.
+//!
+//! The lane's thread holds the reader only while it reads, and waits for the socket without it.
+//! Whoever holds the reader reads; the other never waits for it in a way that loses a wake-up:
+//! - the caller takes the reader only if nobody holds it, and only with the ring's writer
+//!   promising futex wake-ups (for every record, marks of large frames included); it gives it
+//!   back when its reply is in, at its deadline, or when a large frame's socket message is not
+//!   in yet when its mark is read (the lane's thread waits for the socket);
+//! - the lane's thread, woken by the socket while a caller holds the reader (a large frame, the
+//!   writer's end), says so and wakes the caller, which reads the socket too; then it waits for
+//!   the reader;
+//! - a caller that gives the reader back clears the caller word and reads what came while it
+//!   was set (a writer that saw the word set did not wake the lane's thread); should more keep
+//!   coming, it nudges the lane's thread (an eventfd it waits on besides the socket) to go on.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError};
+use std::task::{Context, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use super::lane_reader::{LaneReader, LaneState};
+use super::ring::{CALLER_ASLEEP, CALLER_AWAKE, CALLER_NONE, CallerWord};
+use crate::engine::CallerLane;
+
+/// Turns a leaving caller reads before it leaves the rest to the lane's thread.
+const LEAVING_TURNS: usize = 4;
+/// The longest the lane's thread waits for a caller to read the socket before it looks at the
+/// socket again (a caller busy elsewhere does not leave the socket unwatched for longer).
+const SOCKET_HANDOVER: Duration = Duration::from_millis(100);
+
+/// A lane whose reader its thread and waiting callers share.
+pub(super) struct SharedLane {
+    reader: Mutex<LaneReader>,
+    /// The ring's caller word, once the lane has a ring whose writer wakes callers.
+    word: OnceLock<CallerWord>,
+    /// 1 while the lane's thread, which found the socket readable while a caller held the
+    /// reader, waits for the caller to read the socket (a futex word); 0 otherwise.
+    wanted: AtomicU32,
+    /// Wakes the lane's thread (besides its socket): a leaving caller left frames unread.
+    nudge: OwnedFd,
+    fd: Arc<OwnedFd>,
+}
+
+/// A new eventfd.
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd with valid flags; the new fd is owned here.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+impl SharedLane {
+    /// Learns the ring's caller word once the reader has a ring.
+    fn learn_word(&self, reader: &LaneReader) {
+        if self.word.get().is_none() {
+            if let Some(word) = reader.caller_word() {
+                let _ = self.word.set(word);
+            }
+        }
+    }
+
+    /// Waits until the lane's socket or the nudge is readable (no timeout: the socket ends when
+    /// the writer goes or this hub closes); whether the socket is.
+    fn wait_readable(&self) -> bool {
+        let mut polls = [
+            libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.nudge.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two valid pollfds; an error (EINTR) only makes the caller look again.
+        unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) };
+        if polls[1].revents != 0 {
+            let mut count = [0u8; 8];
+            // SAFETY: reads the eventfd's 8-byte counter into a buffer of 8 bytes.
+            unsafe { libc::read(self.nudge.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+        }
+        polls[0].revents != 0
+    }
+
+    /// The lane's thread found the socket readable while a caller holds the reader: asks the
+    /// caller to read it, and waits (at most [`SOCKET_HANDOVER`]) until it has. Whether the reader
+    /// turned out to be free after all (then read it at once).
+    fn ask_caller_to_read(&self) -> bool {
+        self.wanted.store(1, Ordering::SeqCst);
+        // Paired with the fence of a caller that gives the reader back: either it sees the
+        // request, or this sees the reader free.
+        fence(Ordering::SeqCst);
+        if let Ok(reader) = self.reader.try_lock() {
+            self.wanted.store(0, Ordering::SeqCst);
+            drop(reader);
+            return true;
+        }
+        if let Some(word) = self.word.get() {
+            word.wake();
+        }
+        let until = Instant::now() + SOCKET_HANDOVER;
+        while self.wanted.load(Ordering::SeqCst) == 1 {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            super::futex::wait(&self.wanted, 1, until - now);
+        }
+        false
+    }
+
+    /// The caller has read the socket (or gives the reader back): the lane's thread watches it
+    /// again.
+    fn socket_read(&self) {
+        if self.wanted.swap(0, Ordering::SeqCst) == 1 {
+            super::futex::wake(&self.wanted);
+        }
+    }
+
+    fn nudge(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes to the eventfd from a buffer of 8 bytes.
+        unsafe { libc::write(self.nudge.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+}
+
+impl Wake for SharedLane {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    /// Wakes the caller reading the lane, if it sleeps.
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(word) = self.word.get() {
+            word.wake();
+        }
+    }
+}
+
+/// Reads `reader`'s lane on this thread until it ends, sharing it with waiting callers (the
+/// engine learns of it through the reader's ingress).
+pub(super) fn run(reader: LaneReader) {
+    let from = reader.from();
+    let nudge = match eventfd() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!(%from, error = %e, "no eventfd: callers will not read this lane");
+            return reader.run_alone();
+        }
+    };
+    let ingress = reader.ingress().clone();
+    let fd = reader.fd();
+    let lane = Arc::new(SharedLane {
+        reader: Mutex::new(reader),
+        word: OnceLock::new(),
+        wanted: AtomicU32::new(0),
+        nudge,
+        fd,
+    });
+    let weak: std::sync::Weak<dyn CallerLane> = Arc::downgrade(&lane) as _;
+    ingress.offer_caller_lane(from, weak);
+    // The socket is looked at when `poll` says it has something (and at first): a read that
+    // finds the ring empty need not ask it again.
+    let mut socket_ready = true;
+    loop {
+        let reader = match lane.reader.try_lock() {
+            Ok(reader) => Some(reader),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        match reader {
+            Some(mut reader) => {
+                lane.learn_word(&reader);
+                reader.probe_socket(socket_ready);
+                match reader.read_some(super::lane_reader::TURN) {
+                    LaneState::Ended => return,
+                    LaneState::More => continue,
+                    LaneState::Drained => {}
+                }
+            }
+            // A caller reads the lane (the ring wakes it); the socket is this thread's to watch,
+            // and what it has, the caller reads when asked.
+            None if socket_ready && lane.ask_caller_to_read() => continue,
+            None => {}
+        }
+        socket_ready = lane.wait_readable();
+    }
+}
+
+impl CallerLane for SharedLane {
+    fn read_for(
+        self: Arc<Self>,
+        start: &mut dyn FnMut(),
+        done: &mut dyn FnMut(&mut Context<'_>) -> bool,
+        until: Instant,
+    ) -> Option<bool> {
+        let mut reader = match self.reader.try_lock() {
+            Ok(reader) => reader,
+            Err(TryLockError::Poisoned(_)) | Err(TryLockError::WouldBlock) => return None,
+        };
+        self.learn_word(&reader);
+        let word = self.word.get()?.clone();
+        if reader.ended() {
+            return None;
+        }
+        word.set(CALLER_AWAKE);
+        // The socket is the lane's thread's to watch (it wakes for it and asks for the reader).
+        reader.probe_socket(false);
+        start();
+        let waker = Waker::from(self.clone());
+        let mut cx = Context::from_waker(&waker);
+        let answered = loop {
+            // The lane's thread saw the socket readable: this reader reads it, then says so.
+            let probe = self.wanted.load(Ordering::SeqCst) == 1;
+            reader.probe_socket(probe);
+            let state = reader.read_some(super::lane_reader::TURN);
+            reader.probe_socket(false);
+            if probe {
+                self.socket_read();
+            }
+            if done(&mut cx) {
+                break true;
+            }
+            match state {
+                LaneState::Ended => break false,
+                LaneState::More => continue,
+                LaneState::Drained => {}
+            }
+            // A large frame's message is not in yet: the lane's thread waits for it.
+            if reader.waits_for_socket() {
+                break false;
+            }
+            word.set(CALLER_ASLEEP);
+            // Looked at after the word is set: what comes later wakes this thread.
+            if reader.ring_has_more() || self.wanted.load(Ordering::SeqCst) == 1 || done(&mut cx) {
+                word.set(CALLER_AWAKE);
+                continue;
+            }
+            let now = Instant::now();
+            if now >= until {
+                break false;
+            }
+            word.sleep(until - now);
+            word.set(CALLER_AWAKE);
+        };
+        // Give the lane back: a writer that still saw the word set woke nobody else, so what it
+        // put meanwhile is read here (or, should more keep coming, by the lane's thread).
+        word.set(CALLER_NONE);
+        let mut left = true;
+        for _ in 0..LEAVING_TURNS {
+            if reader.read_some(super::lane_reader::TURN) != LaneState::More {
+                left = false;
+                break;
+            }
+        }
+        drop(reader);
+        // Paired with the fence in `ask_caller_to_read`.
+        fence(Ordering::SeqCst);
+        self.socket_read();
+        if left {
+            self.nudge();
+        }
+        Some(answered || done(&mut cx))
+    }
+}

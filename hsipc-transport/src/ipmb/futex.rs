@@ -1,0 +1,44 @@
+//! Waiting on a word of shared memory, across processes (Linux futexes, not private: the word
+//! is in a mapping both processes share, which the kernel keys by file and offset).
+
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+/// Sleeps while `word` holds `expected`, for at most `timeout`: returns when woken, when the
+/// word no longer holds `expected` (at once), on a signal, or at the timeout. The caller looks
+/// again at whatever it waits for.
+pub(super) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is a live, aligned u32 for the whole call; the timeout is a valid relative
+    // timespec; FUTEX_WAIT reads the word and never writes through the pointers.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+}
+
+/// Wakes whoever sleeps on `word` (in any process that maps it).
+pub(super) fn wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE only uses the address as a key; `word` is live and aligned.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+}
