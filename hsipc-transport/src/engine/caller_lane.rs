@@ -27,7 +27,8 @@ pub(crate) trait CallerLane: Send + Sync {
 }
 
 /// The lanes callers may read, by peer: at most one per peer (the newest), held weakly (a lane
-/// lives as long as its reader thread).
+/// lives while its reader thread runs, and while a caller reading it or a waker it gave out
+/// holds it).
 #[derive(Default)]
 pub(super) struct CallerLanes(std::sync::Mutex<std::collections::HashMap<PeerId, Weak<dyn CallerLane>>>);
 
@@ -42,4 +43,32 @@ impl CallerLanes {
     pub(super) fn get(&self, peer: PeerId) -> Option<Arc<dyn CallerLane>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&peer)?.upgrade()
     }
+}
+
+thread_local! {
+    /// This thread reads a lane for a call of its own (see [`CallerLane::read_for`]).
+    static READING_FOR_A_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as reading a lane for a call of its own, until dropped: requests it hands
+/// to the engine meanwhile are not served inline on it (see [`reading_for_a_call`]).
+pub(crate) struct ReadingForACall(bool);
+
+impl ReadingForACall {
+    pub(crate) fn start() -> Self {
+        ReadingForACall(READING_FOR_A_CALL.with(|r| r.replace(true)))
+    }
+}
+
+impl Drop for ReadingForACall {
+    fn drop(&mut self) {
+        READING_FOR_A_CALL.with(|r| r.set(self.0));
+    }
+}
+
+/// Whether this thread reads a lane for a call of its own: an inline handler must not run here
+/// (this is the application's thread, in the middle of its call, and may hold a lock the
+/// handler takes), so its request goes to a worker.
+pub(crate) fn reading_for_a_call() -> bool {
+    READING_FOR_A_CALL.with(|r| r.get())
 }

@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 use proto::{Config, Endpoint, PeerId};
 
 use self::alarm::Alarm;
-pub(crate) use self::caller_lane::CallerLane;
+pub(crate) use self::caller_lane::{CallerLane, ReadingForACall, reading_for_a_call};
 pub use self::dispatch::{CallContext, Dispatcher, IncomingCall, Reject};
 pub use self::handle::{Handle, PeerSummary, Publish};
 pub use self::item_sink::{ItemSink, SessionSender};

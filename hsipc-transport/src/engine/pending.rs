@@ -2,7 +2,8 @@
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -100,10 +101,12 @@ impl PendingCall {
                 Err(oneshot::RecvTimeoutError::Timeout) => Err(Error::Timeout),
                 Err(oneshot::RecvTimeoutError::Disconnected) => Err(Error::Closed),
             },
-            // A future that was polled and then waited for on a thread: block on it. The engine
-            // ends it by its deadline like any other; unlike the wait above, nothing here would
-            // end it should the engine fail to.
-            Outcome::Polled(_) | Outcome::Taken => futures_lite::future::block_on(&mut self),
+            // A future that was polled and then waited for on a thread (a caller that read a
+            // lane for its answer, say): park until it is ready, by the same deadline.
+            Outcome::Polled(_) | Outcome::Taken => match block_until(&mut self, until) {
+                Some(r) => return r, // `poll` marked it done
+                None => Err(Error::Timeout),
+            },
         };
         self.done = true;
         r
@@ -111,6 +114,39 @@ impl PendingCall {
 
     fn outcome(&mut self) -> &mut Outcome {
         self.outcome.get_mut().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Polls `fut` on this thread, parking between polls, until it is ready or `until` passes.
+fn block_until<F: Future + Unpin>(fut: &mut F, until: Instant) -> Option<F::Output> {
+    thread_local! {
+        /// Unparks this thread; made once per thread (a waker per wait would allocate).
+        static UNPARK: Waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    }
+    UNPARK.with(|waker| {
+        let mut cx = Context::from_waker(waker);
+        loop {
+            if let Poll::Ready(r) = Pin::new(&mut *fut).poll(&mut cx) {
+                return Some(r);
+            }
+            let now = Instant::now();
+            if now >= until {
+                return None;
+            }
+            std::thread::park_timeout(until - now);
+        }
+    })
+}
+
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
     }
 }
 

@@ -10,7 +10,7 @@ use proto::CallMode;
 
 use super::handler::Handler;
 use super::runtime::{BlockingJob, Runtime};
-use crate::engine::{Dispatcher, Handle, IncomingCall, Reject};
+use crate::engine::{Dispatcher, Handle, IncomingCall, Reject, reading_for_a_call};
 use crate::error::{Error, Result};
 
 /// Handlers by method name, the runtime they run on, and the bound on calls in progress.
@@ -102,6 +102,11 @@ impl Dispatcher for Registry {
         let handle = handle.clone();
         match handler {
             Handler::Blocking(f) => self.runtime.spawn_blocking(BlockingJob::new(f, call, handle, slot)),
+            // Not on a thread that reads a lane for a call of its own: that is the application's
+            // thread, which may hold a lock the handler takes (see `reading_for_a_call`).
+            Handler::Inline(f) if reading_for_a_call() => {
+                self.runtime.spawn_blocking(BlockingJob::new(f, call, handle, slot))
+            }
             // Right here, on the thread that read the request; its answer never blocks it.
             Handler::Inline(f) => {
                 if wanted(&call) {

@@ -15,8 +15,11 @@
 //!   back when its reply is in, at its deadline, or when a large frame's socket message is not
 //!   in yet when its mark is read (the lane's thread waits for the socket);
 //! - the lane's thread, woken by the socket while a caller holds the reader (a large frame, the
-//!   writer's end), says so and wakes the caller, which reads the socket too; then it waits for
-//!   the reader;
+//!   writer's end), says so and wakes the caller, which reads the socket too; it waits until the
+//!   caller has (at most [`SOCKET_HANDOVER`], then it looks at the socket again);
+//! - while a caller reads, requests from the lane's peer for inline handlers go to the runtime's
+//!   workers instead (an inline handler would otherwise run on the application's thread, in the
+//!   middle of its call, and could wait for a lock that thread holds);
 //! - a caller that gives the reader back clears the caller word and reads what came while it
 //!   was set (a writer that saw the word set did not wake the lane's thread); should more keep
 //!   coming, it nudges the lane's thread (an eventfd it waits on besides the socket) to go on.
@@ -24,16 +27,16 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering, fence};
-use std::sync::{Arc, Mutex, OnceLock, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use super::lane_reader::{LaneReader, LaneState};
 use super::ring::{CALLER_ASLEEP, CALLER_AWAKE, CALLER_NONE, CallerWord};
-use crate::engine::CallerLane;
+use crate::engine::{CallerLane, ReadingForACall};
 
-/// Turns a leaving caller reads before it leaves the rest to the lane's thread.
-const LEAVING_TURNS: usize = 4;
+/// Messages a leaving caller reads before it leaves the rest to the lane's thread.
+const LEAVING_TURN: usize = 16;
 /// The longest the lane's thread waits for a caller to read the socket before it looks at the
 /// socket again (a caller busy elsewhere does not leave the socket unwatched for longer).
 const SOCKET_HANDOVER: Duration = Duration::from_millis(100);
@@ -97,9 +100,8 @@ impl SharedLane {
         // Paired with the fence of a caller that gives the reader back: either it sees the
         // request, or this sees the reader free.
         fence(Ordering::SeqCst);
-        if let Ok(reader) = self.reader.try_lock() {
+        if !matches!(self.reader.try_lock(), Err(TryLockError::WouldBlock)) {
             self.wanted.store(0, Ordering::SeqCst);
-            drop(reader);
             return true;
         }
         if let Some(word) = self.word.get() {
@@ -111,7 +113,7 @@ impl SharedLane {
             if now >= until {
                 break;
             }
-            super::futex::wait(&self.wanted, 1, until - now);
+            super::futex::wait_private(&self.wanted, 1, until - now);
         }
         false
     }
@@ -120,7 +122,7 @@ impl SharedLane {
     /// again.
     fn socket_read(&self) {
         if self.wanted.swap(0, Ordering::SeqCst) == 1 {
-            super::futex::wake(&self.wanted);
+            super::futex::wake_private(&self.wanted);
         }
     }
 
@@ -177,9 +179,10 @@ pub(super) fn run(reader: LaneReader) {
         };
         match reader {
             Some(mut reader) => {
-                lane.learn_word(&reader);
                 reader.probe_socket(socket_ready);
-                match reader.read_some(super::lane_reader::TURN) {
+                let state = reader.read_some(super::lane_reader::TURN);
+                lane.learn_word(&reader); // a ring may have come with this turn
+                match state {
                     LaneState::Ended => return,
                     LaneState::More => continue,
                     LaneState::Drained => {}
@@ -201,15 +204,20 @@ impl CallerLane for SharedLane {
         done: &mut dyn FnMut(&mut Context<'_>) -> bool,
         until: Instant,
     ) -> Option<bool> {
-        let mut reader = match self.reader.try_lock() {
+        // Learned by the lane's thread once the lane has a ring whose writer wakes callers.
+        let word = self.word.get()?.clone();
+        let reader = match self.reader.try_lock() {
             Ok(reader) => reader,
             Err(TryLockError::Poisoned(_)) | Err(TryLockError::WouldBlock) => return None,
         };
-        self.learn_word(&reader);
-        let word = self.word.get()?.clone();
+        // From here the reader is given back through `Held`, whatever happens (a panic in the
+        // engine or a handler included): the word cleared, the lane's thread told.
+        let mut held = Held { lane: &self, word: &word, reader: Some(reader) };
+        let reader = held.reader.as_mut()?;
         if reader.ended() {
             return None;
         }
+        let _reading = ReadingForACall::start();
         word.set(CALLER_AWAKE);
         // The socket is the lane's thread's to watch (it wakes for it and asks for the reader).
         reader.probe_socket(false);
@@ -222,8 +230,8 @@ impl CallerLane for SharedLane {
             reader.probe_socket(probe);
             let state = reader.read_some(super::lane_reader::TURN);
             reader.probe_socket(false);
-            if probe {
-                self.socket_read();
+            if probe && state != LaneState::More {
+                self.socket_read(); // the turn got as far as the socket
             }
             if done(&mut cx) {
                 break true;
@@ -251,22 +259,32 @@ impl CallerLane for SharedLane {
             word.set(CALLER_AWAKE);
         };
         // Give the lane back: a writer that still saw the word set woke nobody else, so what it
-        // put meanwhile is read here (or, should more keep coming, by the lane's thread).
+        // put meanwhile is read here, one short turn (more is the lane's thread's to read).
         word.set(CALLER_NONE);
-        let mut left = true;
-        for _ in 0..LEAVING_TURNS {
-            if reader.read_some(super::lane_reader::TURN) != LaneState::More {
-                left = false;
-                break;
-            }
-        }
-        drop(reader);
+        reader.read_some(LEAVING_TURN);
+        drop(held);
+        Some(answered || done(&mut cx))
+    }
+}
+
+/// The reader as a caller holds it: given back on drop (the caller word cleared, the lane's
+/// thread told it may read the socket again, and nudged should the ring hold more).
+struct Held<'a> {
+    lane: &'a SharedLane,
+    word: &'a CallerWord,
+    reader: Option<MutexGuard<'a, LaneReader>>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.word.set(CALLER_NONE);
+        let more = self.reader.as_mut().is_some_and(|r| !r.ended() && r.ring_has_more());
+        drop(self.reader.take());
         // Paired with the fence in `ask_caller_to_read`.
         fence(Ordering::SeqCst);
-        self.socket_read();
-        if left {
-            self.nudge();
+        self.lane.socket_read();
+        if more {
+            self.lane.nudge();
         }
-        Some(answered || done(&mut cx))
     }
 }

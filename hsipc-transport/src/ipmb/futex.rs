@@ -8,6 +8,15 @@ use std::time::Duration;
 /// word no longer holds `expected` (at once), on a signal, or at the timeout. The caller looks
 /// again at whatever it waits for.
 pub(super) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    wait_op(word, libc::FUTEX_WAIT, expected, timeout);
+}
+
+/// [`wait`] on a word in this process's own memory.
+pub(super) fn wait_private(word: &AtomicU32, expected: u32, timeout: Duration) {
+    wait_op(word, libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG, expected, timeout);
+}
+
+fn wait_op(word: &AtomicU32, op: libc::c_int, expected: u32, timeout: Duration) {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
@@ -18,7 +27,7 @@ pub(super) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
-            libc::FUTEX_WAIT,
+            op,
             expected,
             &ts as *const libc::timespec,
             std::ptr::null::<u32>(),
@@ -29,12 +38,21 @@ pub(super) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 
 /// Wakes whoever sleeps on `word` (in any process that maps it).
 pub(super) fn wake(word: &AtomicU32) {
+    wake_op(word, libc::FUTEX_WAKE);
+}
+
+/// [`wake`] for a word in this process's own memory.
+pub(super) fn wake_private(word: &AtomicU32) {
+    wake_op(word, libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG);
+}
+
+fn wake_op(word: &AtomicU32, op: libc::c_int) {
     // SAFETY: FUTEX_WAKE only uses the address as a key; `word` is live and aligned.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
-            libc::FUTEX_WAKE,
+            op,
             i32::MAX,
             std::ptr::null::<libc::timespec>(),
             std::ptr::null::<u32>(),

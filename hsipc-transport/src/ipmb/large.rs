@@ -332,8 +332,8 @@ impl LargeFrames {
 }
 
 /// Puts a record into the ring (`put`: whether it went), then wakes the reader if it said it
-/// sleeps. (A mark wakes only a caller reading the ring: the socket message that follows it
-/// wakes the reader's thread.)
+/// sleeps, or a caller reading the ring. (A large frame's mark is put by `write` instead: a
+/// caller is woken once the message is in the socket, the reader's thread by the message.)
 fn put_and_wake(
     ring: &mut RingWriter,
     lane_fd: &OwnedFd,

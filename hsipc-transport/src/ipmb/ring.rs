@@ -552,9 +552,12 @@ mod tests {
         let (mut w, r) = pair();
         let word = r.caller_word().unwrap();
         word.set(CALLER_ASLEEP);
+        let (tid_tx, tid) = std::sync::mpsc::channel();
         let sleeper = {
             let word = word.clone();
             std::thread::spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                tid_tx.send(unsafe { libc::gettid() }).unwrap();
                 let t = std::time::Instant::now();
                 // Spurious returns aside, only the writer's wake-up ends this before a minute.
                 while word.word().load(Ordering::SeqCst) == CALLER_ASLEEP && t.elapsed() < Duration::from_secs(60) {
@@ -563,6 +566,15 @@ mod tests {
                 t.elapsed()
             })
         };
+        // The frame comes only once the sleeper sleeps (its one blocking point is the futex), so
+        // that it is the futex wake-up that ends the sleep.
+        let stat = format!("/proc/self/task/{}/stat", tid.recv().unwrap());
+        let asleep = |stat: &str| {
+            std::fs::read_to_string(stat).is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('S')))
+        };
+        while !asleep(&stat) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert!(w.put_frame([b"x", &[]]));
         assert!(!w.wake_reader());
         let slept = sleeper.join().unwrap();
