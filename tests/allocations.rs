@@ -39,7 +39,7 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 /// Allocations per 64 B call, both sides together, that this test lets pass: today's count
-/// (4.1) with some room for noise (a heartbeat or an announce landing in the measured window).
+/// (4.0-4.1) with some room for noise (a heartbeat or an announce landing in the measured window).
 ///
 /// Two on each side, issue 8's goal. The caller allocates the call's oneshot reply channel and
 /// the `Bytes` it gets back (a small payload is copied out of the received frame so as not to
