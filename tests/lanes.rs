@@ -602,11 +602,17 @@ fn a_blocking_caller_reads_its_reply_from_the_lane_itself() {
 
 /// Hub A calls B, whose handler calls an inline method of A back while A's caller waits (and
 /// reads B's lane itself): reports, over 20 calls, how often that inline handler ran on A's
-/// calling thread.
+/// calling thread, and how often A's thread for B's lane was woken meanwhile (rarely, if A's
+/// caller read the lane). A has one worker, which B's calls back must not need.
 fn inline_off_the_caller() {
     let bus = env("HSIPC_BUS");
-    let a = ProcessHub::builder("a").bus(&bus).build().unwrap();
-    let b = ProcessHub::builder("b").bus(&bus).build().unwrap();
+    let (a, b) = loop {
+        let a = ProcessHub::builder("a").bus(&bus).workers(1).build().unwrap();
+        let b = ProcessHub::builder("b").bus(&bus).build().unwrap();
+        if a.id().to_string()[..4] != b.id().to_string()[..4] {
+            break (a, b);
+        }
+    };
     a.serve_inline("a.where", |(): ()| Ok::<_, String>(format!("{:?}", std::thread::current().id()))).unwrap();
     let back = b.clone();
     b.serve("b.ask", move |(): ()| back.call::<_, String>("a.where", ()).map_err(|e| e.to_string())).unwrap();
@@ -616,9 +622,21 @@ fn inline_off_the_caller() {
     for _ in 0..40 {
         a.call::<_, String>("b.ask", ()).unwrap();
     }
+    let reader = format!("hsipc-lane-{}", &b.id().to_string()[..4]);
+    let before = wakeups_of(&reader);
+    // From a worker of A's too (its only one): the call back to A must not wait for it.
+    a.serve("a.outer", {
+        let a = a.clone();
+        move |(): ()| a.call::<_, String>("b.ask", ()).map_err(|e| e.to_string())
+    })
+    .unwrap();
     let me = format!("{:?}", std::thread::current().id());
     let on_caller = (0..20).filter(|_| a.call::<_, String>("b.ask", ()).unwrap() == me).count();
-    report(format!("ON_CALLER {on_caller}"));
+    let woken = wakeups_of(&reader).saturating_sub(before);
+    for _ in 0..20 {
+        a.call::<_, String>("a.outer", ()).unwrap();
+    }
+    report(format!("ON_CALLER {on_caller} {woken}"));
     b.close();
     a.close();
 }
@@ -629,5 +647,9 @@ fn inline_off_the_caller() {
 fn an_inline_handler_does_not_run_on_a_caller_reading_a_lane() {
     let bus = unique_bus("inline-off-caller");
     let mut peer = Peer::spawn("inline_off_the_caller", &bus, "pair", &[]);
-    assert_eq!(peer.expect("ON_CALLER", LONG), "0");
+    let line = peer.expect("ON_CALLER", LONG);
+    let (on_caller, woken) = line.split_once(' ').unwrap();
+    assert_eq!(on_caller, "0", "the inline handler ran on the caller's thread");
+    // The caller read the lane (else this would not test anything): A's thread for it slept.
+    assert!(woken.parse::<u32>().unwrap() < 10, "A's lane thread was woken {woken} times in 20 calls");
 }

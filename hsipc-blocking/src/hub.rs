@@ -108,8 +108,9 @@ impl ProcessHub {
     /// another hub. While it runs, nothing else from the calling hub is read, so a slow one
     /// delays every frame that hub sends here (and a blocking one can stall them for good).
     /// The reading thread may be one of this hub's callers waiting for a reply from that hub
-    /// (it reads the lane itself): then the request goes to a worker instead, so an inline
-    /// handler never runs on an application's thread in the middle of its call.
+    /// (it reads the lane itself): then the handler runs on a thread this hub keeps for that
+    /// (not a worker, which may all be busy), so it never runs on an application's thread in
+    /// the middle of its call.
     ///
     /// ```no_run
     /// # let hub = hsipc_blocking::ProcessHub::new("doc").unwrap();

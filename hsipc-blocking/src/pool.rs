@@ -1,4 +1,4 @@
-//! The worker threads that run a blocking hub's handlers.
+//! The threads that run a blocking hub's handlers.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -14,18 +14,39 @@ enum Job {
     Future(BoxFuture),
 }
 
-/// A fixed set of worker threads, started with the first call served (a hub that serves
-/// nothing starts none). The queue needs no bound of its own: the dispatch policy refuses
-/// calls past `max_pending_calls` before they reach it. Workers end when the pool is dropped.
+/// The threads that run a blocking hub's handlers: the workers, and one thread for inline
+/// handlers whose requests were read by one of the application's threads while it waited in a
+/// call (see [`Runtime::run_aside`]). Each set starts with its first job (a hub that serves
+/// nothing starts none) and ends when the pool is dropped. The queues need no bound of their
+/// own: the dispatch policy refuses calls past `max_pending_calls` before they reach them.
+pub(crate) struct Pool {
+    workers: Threads,
+    aside: Threads,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("workers", &self.workers.count).finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(workers: usize) -> Self {
+        Pool { workers: Threads::new("hsipc-worker", workers), aside: Threads::new("hsipc-inline", 1) }
+    }
+}
+
+/// A fixed set of threads taking jobs from one queue.
 ///
 /// The queue is a deque under a mutex with a condition variable, woken once per job and only
-/// when a worker is idle: a worker waiting for a job sleeps at once and allocates nothing. (A
+/// when a thread is idle: a thread waiting for a job sleeps at once and allocates nothing. (A
 /// channel's receivers spin and yield before they sleep: with the caller, the lane's reader
 /// and the worker on one CPU, each yield is a context switch; crossbeam's channel cost a 64 B
 /// call with a worker about 2 µs that way. flume allocates a waiting hook per blocking wait.)
-pub(crate) struct Pool {
+struct Threads {
+    name: &'static str,
+    count: usize,
     queue: Arc<Queue>,
-    workers: usize,
     started: OnceLock<()>,
 }
 
@@ -36,9 +57,9 @@ struct Queue {
 
 struct QueueState {
     jobs: VecDeque<Job>,
-    /// Workers waiting for a job.
+    /// Threads waiting for a job.
     idle: usize,
-    /// The pool is gone: workers end.
+    /// The pool is gone: the threads end.
     closed: bool,
 }
 
@@ -64,17 +85,11 @@ impl Queue {
     }
 }
 
-impl std::fmt::Debug for Pool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("workers", &self.workers).finish_non_exhaustive()
-    }
-}
-
-impl Pool {
-    pub(crate) fn new(workers: usize) -> Self {
+impl Threads {
+    fn new(name: &'static str, count: usize) -> Self {
         let state = QueueState { jobs: VecDeque::new(), idle: 0, closed: false };
         let queue = Arc::new(Queue { state: Mutex::new(state), ready: Condvar::new() });
-        Pool { queue, workers, started: OnceLock::new() }
+        Threads { name, count, queue, started: OnceLock::new() }
     }
 
     fn submit(&self, job: Job) {
@@ -89,12 +104,12 @@ impl Pool {
     }
 
     fn start(&self) {
-        for i in 0..self.workers {
+        for i in 0..self.count {
             let queue = self.queue.clone();
-            let spawned = std::thread::Builder::new().name(format!("hsipc-worker-{i}")).spawn(move || {
+            let spawned = std::thread::Builder::new().name(format!("{}-{i}", self.name)).spawn(move || {
                 while let Some(job) = queue.next() {
                     // The handler wrappers catch handlers' panics and answer the caller; this
-                    // only keeps the worker alive should anything else panic.
+                    // only keeps the thread alive should anything else panic.
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
                         Job::Blocking(job) => job.run(),
                         Job::Future(task) => futures_lite::future::block_on(task),
@@ -105,13 +120,13 @@ impl Pool {
                 }
             });
             if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot spawn a handler worker");
+                tracing::error!(error = %e, "cannot spawn a handler thread");
             }
         }
     }
 }
 
-impl Drop for Pool {
+impl Drop for Threads {
     fn drop(&mut self) {
         self.queue.lock().closed = true;
         self.queue.ready.notify_all();
@@ -120,11 +135,17 @@ impl Drop for Pool {
 
 impl Runtime for Pool {
     fn spawn(&self, task: BoxFuture) {
-        self.submit(Job::Future(task));
+        self.workers.submit(Job::Future(task));
     }
 
     fn spawn_blocking(&self, job: BlockingJob) {
-        self.submit(Job::Blocking(job));
+        self.workers.submit(Job::Blocking(job));
+    }
+
+    /// On a thread of its own: never behind the workers, which may all be busy (one of them
+    /// may be the very caller that read this request).
+    fn run_aside(&self, job: BlockingJob) {
+        self.aside.submit(Job::Blocking(job));
     }
 
     fn handlers_send_inline(&self) -> bool {

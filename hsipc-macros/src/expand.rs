@@ -310,7 +310,7 @@ fn client_method(m: &MethodDef, blocking: bool) -> TokenStream {
         (None, true) => quote! {
             #docs
             pub fn #ident(&self, #(#params),*) -> ::hsipc::__private::ClientResult<#ret> {
-                ::hsipc::MethodCall::<#ret>::start #start .wait()
+                ::hsipc::MethodCall::<#ret>::call_and_wait #start
             }
         },
         (Some(item), false) => quote! {

@@ -105,7 +105,7 @@ impl Dispatcher for Registry {
             // Not on a thread that reads a lane for a call of its own: that is the application's
             // thread, which may hold a lock the handler takes (see `reading_for_a_call`).
             Handler::Inline(f) if reading_for_a_call() => {
-                self.runtime.spawn_blocking(BlockingJob::new(f, call, handle, slot))
+                self.runtime.run_aside(BlockingJob::new(f, call, handle, slot))
             }
             // Right here, on the thread that read the request; its answer never blocks it.
             Handler::Inline(f) => {

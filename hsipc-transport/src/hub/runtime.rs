@@ -33,6 +33,14 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     /// free. True for thread pools (it saves a thread hop); false for async runtimes, whose
     /// threads must never block in a stalled bus.
     fn handlers_send_inline(&self) -> bool;
+    /// Runs a cheap (inline) handler that cannot run where its request was read: that thread
+    /// is the application's, reading a lane while it waits for a call of its own (a handler
+    /// there could wait for a lock the thread holds). It must not wait behind the workers
+    /// (they may all be busy, one of them with that very call). Default: like
+    /// [`spawn_blocking`](Self::spawn_blocking), for runtimes whose callers never read lanes.
+    fn run_aside(&self, job: BlockingJob) {
+        self.spawn_blocking(job);
+    }
     /// Called on the thread that just ran an inline handler (see `serve_inline`), after it
     /// answered. Default: nothing. (smol uses it when that thread is async-io's own, which
     /// naps after each round of I/O while it expects `block_on` threads to poll: it wakes an

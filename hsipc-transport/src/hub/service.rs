@@ -255,6 +255,21 @@ where
         MethodCall { started: Some(hub.start_call(&method_name(service, method), args, timeout)), _result: PhantomData }
     }
 
+    /// Calls `service.method` on `hub` and blocks the calling thread until the answer arrives:
+    /// [`start`](Self::start) and [`wait`](Self::wait) in one step, which lets the thread read
+    /// the reply from the lane itself (see [`HubCore::call_wait`]). What a blocking client's
+    /// methods do.
+    pub fn call_and_wait<Args: Serialize>(
+        hub: &HubCore,
+        service: &str,
+        method: &str,
+        args: &Args,
+        timeout: Option<Duration>,
+    ) -> ClientResult<R> {
+        let timeout = timeout.unwrap_or_else(|| hub.default_timeout());
+        finish::<R>(hub.call_wait(&method_name(service, method), args, timeout))
+    }
+
     /// Blocks the calling thread until the answer arrives.
     pub fn wait(mut self) -> ClientResult<R> {
         let bytes = match self.started.take() {

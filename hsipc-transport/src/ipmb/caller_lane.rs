@@ -17,12 +17,15 @@
 //! - the lane's thread, woken by the socket while a caller holds the reader (a large frame, the
 //!   writer's end), says so and wakes the caller, which reads the socket too; it waits until the
 //!   caller has (at most [`SOCKET_HANDOVER`], then it looks at the socket again);
-//! - while a caller reads, requests from the lane's peer for inline handlers go to the runtime's
-//!   workers instead (an inline handler would otherwise run on the application's thread, in the
-//!   middle of its call, and could wait for a lock that thread holds);
-//! - a caller that gives the reader back clears the caller word and reads what came while it
-//!   was set (a writer that saw the word set did not wake the lane's thread); should more keep
-//!   coming, it nudges the lane's thread (an eventfd it waits on besides the socket) to go on.
+//! - while a caller reads, requests from the lane's peer for inline handlers go to a thread the
+//!   runtime keeps for them (`Runtime::run_aside`): an inline handler would otherwise run on the
+//!   application's thread, in the middle of its call, and could wait for a lock that thread
+//!   holds; a worker could be the caller itself;
+//! - a caller that gives the reader back clears the caller word, reads a short turn of what
+//!   came while it was set (a writer that saw the word set did not wake the lane's thread), then
+//!   marks the reader asleep and looks at the ring once more (the reader's own handshake with
+//!   writers): should more be there, it nudges the lane's thread (an eventfd it waits on
+//!   besides the socket) to read it.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -267,8 +270,9 @@ impl CallerLane for SharedLane {
     }
 }
 
-/// The reader as a caller holds it: given back on drop (the caller word cleared, the lane's
-/// thread told it may read the socket again, and nudged should the ring hold more).
+/// The reader as a caller holds it: given back on drop (the caller word cleared, the reader
+/// marked asleep for writers to wake its thread, the lane's thread told it may read the
+/// socket again, and nudged should the ring hold more).
 struct Held<'a> {
     lane: &'a SharedLane,
     word: &'a CallerWord,
@@ -278,7 +282,9 @@ struct Held<'a> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.word.set(CALLER_NONE);
-        let more = self.reader.as_mut().is_some_and(|r| !r.ended() && r.ring_has_more());
+        // The reader's "asleep" handshake, now that writers look at it again: a record put
+        // after this is announced to the lane's thread; one put before it is found here.
+        let more = self.reader.as_mut().is_some_and(|r| !r.ended() && !r.ring_sleep());
         drop(self.reader.take());
         // Paired with the fence in `ask_caller_to_read`.
         fence(Ordering::SeqCst);

@@ -1,5 +1,6 @@
-//! Waiting on a word of shared memory, across processes (Linux futexes, not private: the word
-//! is in a mapping both processes share, which the kernel keys by file and offset).
+//! Waiting on a word of memory (Linux futexes): shared ones for a word in a mapping two
+//! processes share (the kernel keys it by file and offset), private ones for a word in this
+//! process's own memory.
 
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;

@@ -205,6 +205,12 @@ impl LaneReader {
         self.ring.as_mut().is_none_or(|ring| ring.has_more().unwrap_or(true))
     }
 
+    /// Marks the reader asleep for the ring's writer to wake (through the socket), then looks
+    /// at the ring once more: whether it is empty (if not, or if corrupt, read on).
+    pub(super) fn ring_sleep(&mut self) -> bool {
+        self.ring.as_mut().is_some_and(|ring| ring.sleep().unwrap_or(false))
+    }
+
     /// Whether the next frame is to come through the socket (its mark met, or its message read
     /// before the mark): it wakes the lane's thread, not a caller.
     pub(super) fn waits_for_socket(&self) -> bool {

@@ -33,8 +33,9 @@
 //! before its request goes out. While the word is marked, the writer wakes nobody through the
 //! socket: it wakes a caller asleep on the word with a futex wake-up (one per sleep, the word
 //! taken back from asleep to awake, as with the reader's mark), and wakes nobody when the caller
-//! is awake. A caller that stops reading clears the word, then looks at `head` once more (the
-//! same pair of flags as above), so a frame the writer put while it still saw the word is read.
+//! is awake. A caller that stops reading clears the word, then marks the reader asleep and looks
+//! at `head` once more (the reader's own pair of flags, above): a frame the writer put while it
+//! still saw the word is found then, and one put later finds the mark and wakes the reader.
 //! The writer says it does this in the control page's `FEATURES` word; a reader whose writer
 //! does not (an older version) never lets a caller read.
 //!
@@ -234,17 +235,7 @@ impl RingWriter {
     /// After a record: wakes a caller that sleeps on the ring; whether a caller reads it (then
     /// nobody else is to be woken).
     pub(super) fn wake_caller(&self) -> bool {
-        let caller = word32(&self.control, CALLER);
-        match caller.load(Ordering::SeqCst) {
-            CALLER_NONE => false,
-            CALLER_ASLEEP => {
-                if caller.swap(CALLER_AWAKE, Ordering::SeqCst) == CALLER_ASLEEP {
-                    super::futex::wake(caller);
-                }
-                true
-            }
-            _ => true,
-        }
+        wake_caller_word(word32(&self.control, CALLER))
     }
 }
 
@@ -433,10 +424,22 @@ impl CallerWord {
 
     /// Wakes the caller if it sleeps (as the writer does after a record).
     pub(super) fn wake(&self) {
-        let word = self.word();
-        if word.load(Ordering::SeqCst) == CALLER_ASLEEP && word.swap(CALLER_AWAKE, Ordering::SeqCst) == CALLER_ASLEEP {
-            super::futex::wake(word);
+        wake_caller_word(self.word());
+    }
+}
+
+/// Wakes a caller asleep on `word`, once (the word taken from asleep to awake); whether a caller
+/// reads the ring at all.
+fn wake_caller_word(word: &AtomicU32) -> bool {
+    match word.load(Ordering::SeqCst) {
+        CALLER_NONE => false,
+        CALLER_ASLEEP => {
+            if word.swap(CALLER_AWAKE, Ordering::SeqCst) == CALLER_ASLEEP {
+                super::futex::wake(word);
+            }
+            true
         }
+        _ => true,
     }
 }
 
