@@ -545,6 +545,22 @@ fn burst_publisher() {
     while command().is_some() {}
 }
 
+/// Two hubs whose lane threads can be told apart: a lane thread is named after its writer's id,
+/// cut to Linux's 15 characters (see [`lane_thread_of`]), so the two ids must differ there.
+fn told_apart(make: impl Fn() -> (ProcessHub, ProcessHub)) -> (ProcessHub, ProcessHub) {
+    loop {
+        let (a, b) = make();
+        if lane_thread_of(&a) != lane_thread_of(&b) {
+            return (a, b);
+        }
+    }
+}
+
+/// The name (as `/proc` shows it) of the threads that read lanes written by `writer`.
+fn lane_thread_of(writer: &ProcessHub) -> String {
+    format!("hsipc-lane-{}", &writer.id().to_string()[..4])
+}
+
 /// The voluntary context switches of this process's threads whose name is `comm`.
 fn wakeups_of(comm: &str) -> u64 {
     std::fs::read_dir("/proc/self/task")
@@ -564,22 +580,19 @@ fn wakeups_of(comm: &str) -> u64 {
 /// lane) is woken during 300 calls, once the lane has its ring.
 fn caller_reads() {
     let bus = env("HSIPC_BUS");
-    // A lane thread is named after its writer's id (cut to Linux's 15 characters): the two hubs'
-    // must differ, so that the client's reader of the server's lane can be told apart.
-    let (server, client) = loop {
-        let server = ProcessHub::builder("server").bus(&bus).build().unwrap();
-        let client = ProcessHub::builder("client").bus(&bus).build().unwrap();
-        if server.id().to_string()[..4] != client.id().to_string()[..4] {
-            break (server, client);
-        }
-    };
+    let (server, client) = told_apart(|| {
+        (
+            ProcessHub::builder("server").bus(&bus).build().unwrap(),
+            ProcessHub::builder("client").bus(&bus).build().unwrap(),
+        )
+    });
     server.serve_inline("calc.echo", |x: u64| Ok::<_, String>(x)).unwrap();
     client.wait_for_service("calc", LONG).unwrap();
     // Enough for the lane to get its ring.
     for i in 0..100u64 {
         assert_eq!(client.call::<_, u64>("calc.echo", i).unwrap(), i);
     }
-    let reader = format!("hsipc-lane-{}", &server.id().to_string()[..4]);
+    let reader = lane_thread_of(&server);
     let before = wakeups_of(&reader);
     for i in 0..300u64 {
         assert_eq!(client.call::<_, u64>("calc.echo", i).unwrap(), i);
@@ -606,13 +619,12 @@ fn a_blocking_caller_reads_its_reply_from_the_lane_itself() {
 /// caller read the lane). A has one worker, which B's calls back must not need.
 fn inline_off_the_caller() {
     let bus = env("HSIPC_BUS");
-    let (a, b) = loop {
-        let a = ProcessHub::builder("a").bus(&bus).workers(1).build().unwrap();
-        let b = ProcessHub::builder("b").bus(&bus).build().unwrap();
-        if a.id().to_string()[..4] != b.id().to_string()[..4] {
-            break (a, b);
-        }
-    };
+    let (a, b) = told_apart(|| {
+        (
+            ProcessHub::builder("a").bus(&bus).workers(1).build().unwrap(),
+            ProcessHub::builder("b").bus(&bus).build().unwrap(),
+        )
+    });
     a.serve_inline("a.where", |(): ()| Ok::<_, String>(format!("{:?}", std::thread::current().id()))).unwrap();
     let back = b.clone();
     b.serve("b.ask", move |(): ()| back.call::<_, String>("a.where", ()).map_err(|e| e.to_string())).unwrap();
@@ -622,7 +634,7 @@ fn inline_off_the_caller() {
     for _ in 0..40 {
         a.call::<_, String>("b.ask", ()).unwrap();
     }
-    let reader = format!("hsipc-lane-{}", &b.id().to_string()[..4]);
+    let reader = lane_thread_of(&b);
     let before = wakeups_of(&reader);
     // From a worker of A's too (its only one): the call back to A must not wait for it.
     a.serve("a.outer", {

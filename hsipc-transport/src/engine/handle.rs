@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -109,15 +109,34 @@ impl Handle {
     /// too many calls); otherwise the outcome arrives by the deadline. Dropping the
     /// [`PendingCall`] first cancels the call at the server.
     pub fn call(&self, method: &str, body: impl Into<Body>, timeout: Duration) -> Result<PendingCall> {
-        let body = body.into();
+        let (state, now, pending) = self.open_call(method, body.into(), timeout)?;
+        self.shared.commit(state, now, SendBy::TryInline);
+        Ok(pending)
+    }
+
+    /// Opens a unary call in the state, not yet sent: the state still locked (committing it
+    /// sends the request), the instant the call started, and the call.
+    fn open_call(
+        &self,
+        method: &str,
+        body: Body,
+        timeout: Duration,
+    ) -> Result<(MutexGuard<'_, State>, Instant, PendingCall)> {
         self.check_len(method.len() + body.len())?;
         let (done, rx) = oneshot::channel();
-        let id = self.with(SendBy::TryInline, |state, now| {
-            let id = state.endpoint.request(now, method, body, CallMode::Unary, timeout)?;
-            state.calls.insert(id, done);
-            Ok(id)
-        })?;
-        Ok(PendingCall::new(self.clone(), id, rx, super::deadline_in(timeout)))
+        let now = Instant::now();
+        let mut state = self.shared.state();
+        state.check_open()?;
+        match state.endpoint.request(now, method, body, CallMode::Unary, timeout) {
+            Ok(id) => {
+                state.calls.insert(id, done);
+                Ok((state, now, PendingCall::new(self.clone(), id, rx, super::deadline_after(now, timeout))))
+            }
+            Err(e) => {
+                self.shared.commit(state, now, SendBy::TryInline);
+                Err(e.into())
+            }
+        }
     }
 
     /// Makes a unary call and waits on this thread for its answer (what a blocking caller
@@ -128,22 +147,8 @@ impl Handle {
     /// while it waits: the reply wakes it directly, with no reader thread in between. Otherwise,
     /// or should the lane's own reader need it back meanwhile, it waits as `wait` does.
     pub fn call_wait(&self, method: &str, body: impl Into<Body>, timeout: Duration) -> Result<Bytes> {
-        let body = body.into();
-        self.check_len(method.len() + body.len())?;
-        let (done, rx) = oneshot::channel();
-        let now = Instant::now();
-        let mut state = self.shared.state();
-        state.check_open()?;
-        let id = match state.endpoint.request(now, method, body, CallMode::Unary, timeout) {
-            Ok(id) => id,
-            Err(e) => {
-                self.shared.commit(state, now, SendBy::TryInline);
-                return Err(e.into());
-            }
-        };
-        state.calls.insert(id, done);
-        let lane = state.endpoint.call_peer(id).and_then(|peer| self.shared.caller_lane(peer));
-        let mut pending = PendingCall::new(self.clone(), id, rx, super::deadline_after(now, timeout));
+        let (state, now, mut pending) = self.open_call(method, body.into(), timeout)?;
+        let lane = state.endpoint.call_peer(pending.id()).and_then(|peer| self.shared.caller_lane(peer));
         let until = pending.deadline();
         // Sends the request (once): with the lane taken first if it can be.
         let mut state = Some(state);

@@ -87,6 +87,11 @@ impl PendingCall {
         PendingCall { outcome: std::sync::Mutex::new(Outcome::Waiting(rx)), deadline, handle, id, done: false }
     }
 
+    /// The call's id.
+    pub(super) fn id(&self) -> RequestId {
+        self.id
+    }
+
     /// When the caller stops waiting.
     pub(super) fn deadline(&self) -> Instant {
         self.deadline

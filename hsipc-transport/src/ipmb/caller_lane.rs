@@ -261,18 +261,14 @@ impl CallerLane for SharedLane {
             word.sleep(until - now);
             word.set(CALLER_AWAKE);
         };
-        // Give the lane back: a writer that still saw the word set woke nobody else, so what it
-        // put meanwhile is read here, one short turn (more is the lane's thread's to read).
-        word.set(CALLER_NONE);
-        reader.read_some(LEAVING_TURN);
         drop(held);
         Some(answered || done(&mut cx))
     }
 }
 
-/// The reader as a caller holds it: given back on drop (the caller word cleared, the reader
-/// marked asleep for writers to wake its thread, the lane's thread told it may read the
-/// socket again, and nudged should the ring hold more).
+/// The reader as a caller holds it: given back on drop (the caller word cleared, a short turn
+/// read of what came meanwhile, the reader marked asleep for writers to wake its thread, the
+/// lane's thread told it may read the socket again, and nudged should the ring hold more).
 struct Held<'a> {
     lane: &'a SharedLane,
     word: &'a CallerWord,
@@ -282,9 +278,16 @@ struct Held<'a> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.word.set(CALLER_NONE);
-        // The reader's "asleep" handshake, now that writers look at it again: a record put
-        // after this is announced to the lane's thread; one put before it is found here.
-        let more = self.reader.as_mut().is_some_and(|r| !r.ended() && !r.ring_sleep());
+        let more = self.reader.as_mut().is_some_and(|r| {
+            // A writer that still saw the word set woke nobody else: what it put meanwhile is
+            // read here, one short turn (not while unwinding; the rest is the lane's thread's).
+            if !std::thread::panicking() {
+                r.read_some(LEAVING_TURN);
+            }
+            // The reader's "asleep" handshake, now that writers look at it again: a record put
+            // after this is announced to the lane's thread; one put before it is found here.
+            !r.ended() && !r.ring_sleep()
+        });
         drop(self.reader.take());
         // Paired with the fence in `ask_caller_to_read`.
         fence(Ordering::SeqCst);
