@@ -23,6 +23,7 @@ fn child_entry() {
         "async_pair" => return async_pair(),
         "held_reader" => return held_reader(),
         "caller_reads" => return caller_reads(),
+        "worker_reads" => return worker_reads(),
         "inline_off_the_caller" => return inline_off_the_caller(),
         _ => {}
     }
@@ -664,4 +665,78 @@ fn an_inline_handler_does_not_run_on_a_caller_reading_a_lane() {
     assert_eq!(on_caller, "0", "the inline handler ran on the caller's thread");
     // The caller read the lane (else this would not test anything): A's thread for it slept.
     assert!(woken.parse::<u32>().unwrap() < 10, "A's lane thread was woken {woken} times in 20 calls");
+}
+
+/// Two hubs in this child: counts how often the server's lane thread (the reader of the
+/// client's lane) is woken during 300 calls to a handler that runs on a worker, once the lane
+/// has its ring.
+fn worker_reads() {
+    let bus = env("HSIPC_BUS");
+    let (server, client) = told_apart(|| {
+        (
+            ProcessHub::builder("server").bus(&bus).build().unwrap(),
+            ProcessHub::builder("client").bus(&bus).build().unwrap(),
+        )
+    });
+    server.serve("calc.echo", |x: u64| Ok::<_, String>(x)).unwrap();
+    client.wait_for_service("calc", LONG).unwrap();
+    for i in 0..100u64 {
+        assert_eq!(client.call::<_, u64>("calc.echo", i).unwrap(), i);
+    }
+    let reader = lane_thread_of(&client);
+    let before = wakeups_of(&reader);
+    for i in 0..300u64 {
+        assert_eq!(client.call::<_, u64>("calc.echo", i).unwrap(), i);
+    }
+    report(format!("WOKEN {}", wakeups_of(&reader).saturating_sub(before)));
+    client.close();
+    server.close();
+}
+
+/// An idle worker reads the lane requests come through: a request for a worker's handler
+/// wakes that worker, not the lane's thread first (which would cost the round trip two
+/// context switches more).
+#[test]
+fn an_idle_worker_reads_requests_from_the_lane_itself() {
+    let bus = unique_bus("worker-reads");
+    let mut peer = Peer::spawn("worker_reads", &bus, "pair", &[]);
+    let woken: u64 = peer.expect("WOKEN", LONG).parse().unwrap();
+    eprintln!("the server's lane thread was woken {woken} times in 300 calls");
+    assert!(woken < 75, "the lane's thread was woken {woken} times for 300 requests");
+}
+
+/// A worker that read a request from the lane gives the lane back before it runs the handler:
+/// a request that comes while the handler runs is served by another worker. Here the first
+/// handler waits until the second has run; were the second request left unread, the first
+/// would give up after a minute and the call would fail.
+#[test]
+fn a_request_that_comes_while_the_reading_worker_runs_a_handler_is_served() {
+    let bus = unique_bus("busy-worker");
+    let server = ProcessHub::builder("server").bus(&bus).workers(2).build().unwrap();
+    let client = ProcessHub::builder("client").bus(&bus).build().unwrap();
+    let (opened, gate) = std::sync::mpsc::sync_channel::<()>(1);
+    let gate = std::sync::Mutex::new(gate);
+    server
+        .serve("gate.wait", move |(): ()| {
+            let gate = gate.lock().unwrap();
+            gate.recv_timeout(LONG).map_err(|_| "the gate was never opened".to_string())
+        })
+        .unwrap();
+    server.serve("gate.open", move |(): ()| opened.send(()).map_err(|e| e.to_string())).unwrap();
+    server.serve("gate.echo", |x: u64| Ok::<_, String>(x)).unwrap();
+    client.wait_for_service("gate", LONG).unwrap();
+    // Warm: the lane gets its ring, and a worker reads it while idle.
+    for i in 0..100u64 {
+        assert_eq!(client.call::<_, u64>("gate.echo", i).unwrap(), i);
+    }
+    for _ in 0..20 {
+        let waiting = std::thread::spawn({
+            let client = client.clone();
+            move || client.call::<_, ()>("gate.wait", ())
+        });
+        client.call::<_, ()>("gate.open", ()).unwrap();
+        waiting.join().unwrap().unwrap();
+    }
+    client.close();
+    server.close();
 }

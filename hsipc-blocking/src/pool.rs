@@ -2,8 +2,13 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
 
-use hsipc_transport::hub::{BlockingJob, BoxFuture, Runtime};
+use hsipc_transport::hub::{AnswersHeld, BlockingJob, BoxFuture, HeldAnswers, IdleLanes, Runtime};
+
+/// How long an idle worker reads a lane at a stretch before it looks again which lane to read.
+const IDLE_READ: Duration = Duration::from_secs(1);
 
 /// One unit of work for a worker.
 enum Job {
@@ -43,11 +48,17 @@ impl Pool {
 /// channel's receivers spin and yield before they sleep: with the caller, the lane's reader
 /// and the worker on one CPU, each yield is a context switch; crossbeam's channel cost a 64 B
 /// call with a worker about 2 µs that way. flume allocates a waiting hook per blocking wait.)
+///
+/// One idle worker at a time waits by reading the lane requests come through instead (see
+/// [`IdleLanes`]): a request then wakes it, not the lane's thread and then a worker. It takes
+/// the first job queued; an idle worker on the condition variable is woken for any beyond.
 struct Threads {
     name: &'static str,
     count: usize,
     queue: Arc<Queue>,
     started: OnceLock<()>,
+    /// For the workers (not the inline handlers' thread): the lane to read while idle.
+    lanes: Arc<OnceLock<IdleLanes>>,
 }
 
 struct Queue {
@@ -57,8 +68,12 @@ struct Queue {
 
 struct QueueState {
     jobs: VecDeque<Job>,
-    /// Threads waiting for a job.
+    /// Threads waiting for a job on the condition variable.
     idle: usize,
+    /// A thread waits for a job by reading a lane.
+    reading: bool,
+    /// Wakes that thread (set while it sleeps on the lane).
+    reader: Option<Waker>,
     /// The pool is gone: the threads end.
     closed: bool,
 }
@@ -68,36 +83,84 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The next job, waiting for one; `None` once the pool is gone.
-    fn next(&self) -> Option<Job> {
+    /// The next job, waiting for one (reading `lanes` meanwhile if nobody else does); `None`
+    /// once the pool is gone. `answers` (what the last job left to send) go once the lane is
+    /// taken, or before this thread runs another job or sleeps otherwise.
+    fn next(&self, lanes: Option<&IdleLanes>, answers: HeldAnswers) -> Option<Job> {
+        let mut answers = Some(answers);
         let mut state = self.lock();
+        // Cleared when a read of the lane ends without work (no lane to read, a large frame
+        // for the lane's thread, the lane's end): the thread then waits for the next job on the
+        // condition variable, and tries the lane again after it.
+        let mut may_read = true;
         loop {
             if let Some(job) = state.jobs.pop_front() {
+                drop(state);
+                drop(answers);
                 return Some(job);
             }
             if state.closed {
                 return None;
             }
+            if let Some(lanes) = lanes.filter(|_| may_read && !state.reading) {
+                state.reading = true;
+                drop(state);
+                let until = Instant::now() + IDLE_READ;
+                let answers = answers.take().unwrap_or_default();
+                let read = lanes.read_until(answers, &mut |cx| self.work_or_wait(cx), until);
+                state = self.lock();
+                state.reading = false;
+                state.reader = None;
+                may_read = read == Some(true) || (read.is_some() && Instant::now() >= until);
+                continue;
+            }
+            if answers.is_some() {
+                drop(state);
+                drop(answers.take());
+                state = self.lock();
+                continue;
+            }
             state.idle += 1;
             state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
             state.idle -= 1;
+            may_read = true;
         }
+    }
+
+    /// For a thread reading a lane: whether a job is queued (or the pool gone); if not, `cx`
+    /// wakes it when one is.
+    fn work_or_wait(&self, cx: &mut Context<'_>) -> bool {
+        let mut state = self.lock();
+        if !state.jobs.is_empty() || state.closed {
+            return true;
+        }
+        if !state.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            state.reader = Some(cx.waker().clone());
+        }
+        false
     }
 }
 
 impl Threads {
     fn new(name: &'static str, count: usize) -> Self {
-        let state = QueueState { jobs: VecDeque::new(), idle: 0, closed: false };
+        let state = QueueState { jobs: VecDeque::new(), idle: 0, reading: false, reader: None, closed: false };
         let queue = Arc::new(Queue { state: Mutex::new(state), ready: Condvar::new() });
-        Threads { name, count, queue, started: OnceLock::new() }
+        Threads { name, count, queue, started: OnceLock::new(), lanes: Arc::default() }
     }
 
     fn submit(&self, job: Job) {
         self.started.get_or_init(|| self.start());
         let mut state = self.queue.lock();
         state.jobs.push_back(job);
-        let wake = state.idle > 0;
+        // A thread reading a lane takes the first job queued (it may be the very thread that
+        // read this request: it sees the job once its turn is over, no wake-up needed).
+        let reader = state.reader.take();
+        let waiting_for_one = usize::from(state.reading);
+        let wake = state.idle > 0 && state.jobs.len() > waiting_for_one;
         drop(state);
+        if let Some(reader) = reader {
+            reader.wake();
+        }
         if wake {
             self.queue.ready.notify_one();
         }
@@ -106,8 +169,13 @@ impl Threads {
     fn start(&self) {
         for i in 0..self.count {
             let queue = self.queue.clone();
+            let lanes = self.lanes.clone();
             let spawned = std::thread::Builder::new().name(format!("{}-{i}", self.name)).spawn(move || {
-                while let Some(job) = queue.next() {
+                let mut answers = HeldAnswers::default();
+                while let Some(job) = queue.next(lanes.get(), answers) {
+                    // The job's answer goes once this thread reads the lane again (see
+                    // `AnswersHeld`), or before it does anything else.
+                    let held = AnswersHeld::start();
                     // The handler wrappers catch handlers' panics and answer the caller; this
                     // only keeps the thread alive should anything else panic.
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
@@ -117,6 +185,7 @@ impl Threads {
                     if ran.is_err() {
                         tracing::error!("a handler job panicked outside its handler");
                     }
+                    answers = held.end();
                 }
             });
             if let Err(e) = spawned {
@@ -128,8 +197,14 @@ impl Threads {
 
 impl Drop for Threads {
     fn drop(&mut self) {
-        self.queue.lock().closed = true;
+        let mut state = self.queue.lock();
+        state.closed = true;
+        let reader = state.reader.take();
+        drop(state);
         self.queue.ready.notify_all();
+        if let Some(reader) = reader {
+            reader.wake();
+        }
     }
 }
 
@@ -150,5 +225,9 @@ impl Runtime for Pool {
 
     fn handlers_send_inline(&self) -> bool {
         true
+    }
+
+    fn idle_lanes(&self, lanes: IdleLanes) {
+        let _ = self.workers.lanes.set(lanes);
     }
 }

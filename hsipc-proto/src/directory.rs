@@ -3,7 +3,9 @@
 //! Learned from announce and goodbye frames; announces double as heartbeats. Service lookup is a
 //! hash map and topic lookup a trie ([`TopicIndex`]), so neither scans every peer.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::fast_map::FastMap as HashMap;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};

@@ -87,6 +87,7 @@ mod directory;
 mod endpoint;
 mod error;
 mod event;
+pub mod fast_map;
 pub mod frame;
 mod id;
 mod stream;

@@ -20,8 +20,8 @@ mod mem;
 mod transport;
 
 pub use engine::{
-    CallContext, Census, Delivery, Dispatcher, Engine, EngineConfig, EventReceiver, Handle, IncomingCall, ItemReceiver,
-    ItemSink, PeerSummary, PendingCall, Publish, Qos, Reject, SessionSender, Stats, Waiter,
+    CallContext, Census, Delivery, Dispatcher, Engine, EngineConfig, EventReceiver, Handle, IdleLanes, IncomingCall,
+    ItemReceiver, ItemSink, PeerSummary, PendingCall, Publish, Qos, Reject, SessionSender, Stats, Waiter,
 };
 pub use error::{Error, Result};
 pub use ingress::Ingress;

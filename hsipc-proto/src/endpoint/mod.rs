@@ -12,7 +12,9 @@ mod pubsub;
 use self::event_credit::{Granted, Owed};
 pub use self::event_credit::{NoCredit, Published};
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::fast_map::FastMap as HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -156,19 +158,19 @@ impl Endpoint {
             request_ids: Counter::default(),
             incoming_ids: Counter::default(),
             subscription_ids: Counter::default(),
-            outgoing: HashMap::new(),
+            outgoing: HashMap::default(),
             parked: BTreeMap::new(),
-            incoming: HashMap::new(),
-            incoming_keys: HashMap::new(),
+            incoming: HashMap::default(),
+            incoming_keys: HashMap::default(),
             services: BTreeSet::new(),
             subscriptions: TopicIndex::new(),
-            subscription_filters: HashMap::new(),
+            subscription_filters: HashMap::default(),
             patterns: BTreeMap::new(),
             reliable_patterns: BTreeMap::new(),
-            granted: HashMap::new(),
-            owed: HashMap::new(),
-            publish_seq_out: HashMap::new(),
-            publish_seq_in: HashMap::new(),
+            granted: HashMap::default(),
+            owed: HashMap::default(),
+            publish_seq_out: HashMap::default(),
+            publish_seq_in: HashMap::default(),
             timers: Timers::default(),
             out: VecDeque::new(),
             arena: Arena::default(),

@@ -30,7 +30,7 @@ pub(crate) trait CallerLane: Send + Sync {
 /// lives while its reader thread runs, and while a caller reading it or a waker it gave out
 /// holds it).
 #[derive(Default)]
-pub(super) struct CallerLanes(std::sync::Mutex<std::collections::HashMap<PeerId, Weak<dyn CallerLane>>>);
+pub(super) struct CallerLanes(std::sync::Mutex<proto::fast_map::FastMap<PeerId, Weak<dyn CallerLane>>>);
 
 impl CallerLanes {
     pub(super) fn offer(&self, peer: PeerId, lane: Weak<dyn CallerLane>) {

@@ -1,6 +1,6 @@
 //! Event credit on the subscriber's side: returning it as the application takes events.
 
-use std::collections::HashMap;
+use proto::fast_map::FastMap as HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -59,7 +59,7 @@ pub(super) struct EventCredit {
 
 impl EventCredit {
     pub(super) fn new(window: u32, wake_clock: Alarm) -> Self {
-        EventCredit { accounts: HashMap::new(), batch: (window / 8).max(1), wake_clock }
+        EventCredit { accounts: HashMap::default(), batch: (window / 8).max(1), wake_clock }
     }
 
     /// A ticket for an event `from` paid for with this hub's credit.

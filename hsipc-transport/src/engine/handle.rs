@@ -13,13 +13,13 @@ use proto::{
     CallMode, CallRef, IncomingId, NoCredit, PeerId, RemoteError, RequestId, SubscriptionId, Topic, TopicFilter,
 };
 
-use super::CallContext;
 use super::item_sink::{ItemSink, SessionSender};
 use super::pending::{PendingCall, Waiter};
 use super::shared::{SendBy, Shared};
 use super::state::{Awaited, Census, State, Stats};
 use super::stream_reader::ItemReceiver;
 use super::subscription::{EventReceiver, Qos, SubscriptionQueue};
+use super::{CallContext, ReadingForACall};
 use crate::error::{Error, Result};
 
 /// How much longer than a stream's idle timeout one blocking read waits before it gives up on
@@ -74,6 +74,17 @@ impl Handle {
         &self.shared
     }
 
+    /// For [`IdleLanes`](super::IdleLanes): the engine, held weakly.
+    pub(super) fn downgrade(&self) -> std::sync::Weak<Shared> {
+        Arc::downgrade(&self.shared)
+    }
+
+    /// A request from `peer` goes to a worker: idle workers read its lane (see
+    /// [`IdleLanes`](super::IdleLanes)).
+    pub(crate) fn served_for(&self, peer: PeerId) {
+        self.shared.served_peer.set(peer);
+    }
+
     /// This hub's peer id.
     pub fn local(&self) -> PeerId {
         self.shared.local
@@ -97,7 +108,11 @@ impl Handle {
     /// Runs `f` on the state, then delivers its events and has its frames sent as `send_by`
     /// says.
     fn with<T>(&self, send_by: SendBy, f: impl FnOnce(&mut State, Instant) -> Result<T>) -> Result<T> {
-        let now = Instant::now();
+        self.with_at(Instant::now(), send_by, f)
+    }
+
+    /// [`with`](Self::with) at `now`, an instant the caller has just read.
+    fn with_at<T>(&self, now: Instant, send_by: SendBy, f: impl FnOnce(&mut State, Instant) -> Result<T>) -> Result<T> {
         let mut state = self.shared.state();
         state.check_open()?;
         let r = f(&mut state, now);
@@ -172,7 +187,11 @@ impl Handle {
                     Poll::Pending => false,
                 }
             };
+            // Requests for inline handlers read meanwhile go elsewhere: this thread is the
+            // application's, in the middle of its call (see `reading_for_a_call`).
+            let reading = ReadingForACall::start();
             lane.read_for(&mut send, &mut answered, until);
+            drop(reading);
             if let Some(r) = answer {
                 return r;
             }
@@ -251,9 +270,18 @@ impl Handle {
         if self.never_block { SendBy::TryInline } else { self.shared.handler_send }
     }
 
+    /// How a final answer is sent: as [`answer_send`](Self::answer_send), but a worker that
+    /// holds its answers (see [`AnswersHeld`](super::AnswersHeld)) sends it after its job.
+    fn final_answer_send(&self) -> SendBy {
+        match self.answer_send() {
+            SendBy::Inline => SendBy::InlineUnlessHeld,
+            other => other,
+        }
+    }
+
     /// Answers a unary call this hub serves.
     pub fn respond(&self, id: IncomingId, result: std::result::Result<Body, RemoteError>) {
-        let r = self.with(self.answer_send(), |state, _| {
+        let r = self.with(self.final_answer_send(), |state, _| {
             state.end_served(id);
             Ok(state.endpoint.respond(id, result)?)
         });
@@ -285,7 +313,7 @@ impl Handle {
 
     /// Ends a stream this hub serves.
     pub fn finish(&self, id: IncomingId, result: std::result::Result<(), RemoteError>) {
-        let _ = self.with(self.answer_send(), |state, _| {
+        let _ = self.with(self.final_answer_send(), |state, _| {
             state.end_served(id);
             Ok(state.endpoint.finish(id, result)?)
         });
@@ -308,17 +336,19 @@ impl Handle {
     /// The publish began at `started`; from `deadline` on, a reliable subscriber without credit
     /// that has given none back for as long (`deadline - started`) is cut off: the event goes to
     /// the others, and that subscriber is told what it lost. One without credit that gave some
-    /// back meanwhile is still reading, and is waited for.
+    /// back meanwhile is still reading, and is waited for. `now` is this attempt's instant
+    /// (`started` itself for the first: one clock read less per event).
     pub fn publish(
         &self,
         topic: &Topic,
         body: impl Into<Body>,
+        now: Instant,
         started: Instant,
         deadline: Instant,
     ) -> Result<Publish> {
         let body = body.into();
         self.check_len(topic.as_str().len() + body.len())?;
-        self.with(SendBy::TryInline, |state, now| {
+        self.with_at(now, SendBy::TryInline, |state, now| {
             if state.backlogged() {
                 let (done, rx) = flume::bounded(1);
                 state.wait_for_room(done, deadline);

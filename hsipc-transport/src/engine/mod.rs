@@ -49,6 +49,7 @@ mod deferred;
 mod dispatch;
 mod event_credit;
 mod handle;
+mod idle_lanes;
 mod item_sink;
 mod pending;
 mod shared;
@@ -67,6 +68,7 @@ use self::alarm::Alarm;
 pub(crate) use self::caller_lane::{CallerLane, ReadingForACall, reading_for_a_call};
 pub use self::dispatch::{CallContext, Dispatcher, IncomingCall, Reject};
 pub use self::handle::{Handle, PeerSummary, Publish};
+pub use self::idle_lanes::{AnswersHeld, HeldAnswers, IdleLanes};
 pub use self::item_sink::{ItemSink, SessionSender};
 pub use self::pending::{PendingCall, Waiter};
 use self::shared::SendBy;
@@ -167,6 +169,11 @@ impl Engine {
     /// A handle to command the engine.
     pub fn handle(&self) -> &Handle {
         &self.handle
+    }
+
+    /// For the runtime's idle workers: the lane to read while they wait (see [`IdleLanes`]).
+    pub fn idle_lanes(&self) -> IdleLanes {
+        IdleLanes::new(self.handle.downgrade())
     }
 
     /// Asks the engine to say goodbye and stop. Returns at once; every open call, stream and

@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub(super) handler_send: SendBy,
     /// Lanes a blocking caller may read itself, by peer (see [`CallerLane`]).
     caller_lanes: CallerLanes,
+    /// The peer whose request a worker last served: the lane idle workers read.
+    pub(super) served_peer: super::idle_lanes::ServedPeer,
 }
 
 impl std::fmt::Debug for Shared {
@@ -69,6 +71,9 @@ pub(crate) enum SendBy {
     /// This thread, if nobody else is sending; it may block in the transport (thread-pool
     /// handlers).
     Inline,
+    /// As `Inline`, unless this thread holds its final answers for later (a worker, see
+    /// [`AnswersHeld`](super::AnswersHeld)).
+    InlineUnlessHeld,
     /// This thread, without ever blocking: whatever cannot go at once (a full lane, a frame for
     /// the bus) goes to the writer, in order (callers, async handlers).
     TryInline,
@@ -109,6 +114,7 @@ impl Shared {
             window,
             handler_send,
             caller_lanes: CallerLanes::default(),
+            served_peer: Default::default(),
         }
     }
 
@@ -193,6 +199,11 @@ impl Shared {
         if queued {
             match send_by {
                 SendBy::Inline => self.send_inline(true),
+                SendBy::InlineUnlessHeld => {
+                    if !super::idle_lanes::hold_answer(self) {
+                        self.send_inline(true)
+                    }
+                }
                 SendBy::TryInline => self.send_inline(false),
                 SendBy::Writer => self.wake_writer(),
             }

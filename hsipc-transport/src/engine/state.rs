@@ -3,7 +3,9 @@
 //! Everything here runs under the state lock and never blocks: what wakes another thread is
 //! recorded as [`Deferred`] work and carried out once the lock is released.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use proto::fast_map::FastMap as HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -171,13 +173,13 @@ impl State {
             liveness: Liveness::new(std::process::id()),
             endpoint,
             config,
-            calls: HashMap::new(),
-            streams: HashMap::new(),
-            callers: HashMap::new(),
-            served: HashMap::new(),
-            blocked_items: HashMap::new(),
-            session_inputs: HashMap::new(),
-            subscriptions: HashMap::new(),
+            calls: HashMap::default(),
+            streams: HashMap::default(),
+            callers: HashMap::default(),
+            served: HashMap::default(),
+            blocked_items: HashMap::default(),
+            session_inputs: HashMap::default(),
+            subscriptions: HashMap::default(),
             watchers: Vec::new(),
             outbound: VecDeque::new(),
             spare_outbound: VecDeque::new(),

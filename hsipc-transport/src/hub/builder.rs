@@ -228,8 +228,9 @@ impl<K: RuntimeKind> HubBuilder<K> {
                 IpmbBus::new(cfg).connector()
             }
         };
-        let registry = Arc::new(Registry::new(runtime, s.max_pending_calls, s.stream_stall_timeout));
+        let registry = Arc::new(Registry::new(runtime.clone(), s.max_pending_calls, s.stream_stall_timeout));
         let engine = Engine::start(s.engine.clone(), connect, new_peer_id(), &s.name, registry.clone())?;
+        runtime.idle_lanes(engine.idle_lanes());
         Ok(HubCore::new(engine, registry, &s))
     }
 }

@@ -199,11 +199,13 @@ impl HubCore {
     /// subscriber has no credit (at most the publish timeout; see [`Handle::publish`]).
     pub fn publish_blocking<T: Serialize>(&self, topic: &str, event: T) -> Result<()> {
         let (topic, body, started, deadline) = self.prepare_publish(topic, event)?;
+        let mut now = started;
         loop {
-            match self.handle().publish(&topic, body.clone(), started, deadline)? {
+            match self.handle().publish(&topic, body.clone(), now, started, deadline)? {
                 Publish::Queued(_) => return Ok(()),
                 Publish::Wait(room) => room.wait()?,
             }
+            now = Instant::now();
         }
     }
 
@@ -216,7 +218,8 @@ impl HubCore {
         async move {
             let (topic, body, started, deadline) = prepared?;
             loop {
-                match core.handle().publish(&topic, body.clone(), started, deadline)? {
+                // Read afresh: the future may be polled long after it was made.
+                match core.handle().publish(&topic, body.clone(), Instant::now(), started, deadline)? {
                     Publish::Queued(_) => return Ok(()),
                     Publish::Wait(room) => room.await?,
                 }

@@ -35,4 +35,5 @@ pub use self::service::{
     ServiceError, Wire, assert_service_error, assert_wire, end_stream, end_stream_blocking, method_sink,
 };
 pub use self::typed::{Event, decode};
+pub use crate::engine::{AnswersHeld, HeldAnswers, IdleLanes};
 pub use futures_core::Stream;

@@ -1,7 +1,7 @@
 //! The handler registry and the dispatch policy: which handler runs a call, whether it may
 //! run at all, and on what.
 
-use std::collections::HashMap;
+use proto::fast_map::FastMap as HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     pub(crate) fn new(runtime: Arc<dyn Runtime>, max_pending: usize, stall: Duration) -> Self {
         Registry {
-            handlers: RwLock::new(HashMap::new()),
+            handlers: RwLock::new(HashMap::default()),
             runtime,
             pending: Arc::new(AtomicUsize::new(0)),
             max_pending,
@@ -101,7 +101,10 @@ impl Dispatcher for Registry {
             .ok_or_else(|| Reject::Busy(format!("{} calls are already being served; retry later", self.max_pending)))?;
         let handle = handle.clone();
         match handler {
-            Handler::Blocking(f) => self.runtime.spawn_blocking(BlockingJob::new(f, call, handle, slot)),
+            Handler::Blocking(f) => {
+                handle.served_for(call.from);
+                self.runtime.spawn_blocking(BlockingJob::new(f, call, handle, slot))
+            }
             // Not on a thread that reads a lane for a call of its own: that is the application's
             // thread, which may hold a lock the handler takes (see `reading_for_a_call`).
             Handler::Inline(f) if reading_for_a_call() => {

@@ -9,7 +9,7 @@ use super::builder::Settings;
 use super::core::HubCore;
 use super::handler::BlockingFn;
 use super::registry::{Slot, wanted};
-use crate::engine::{Handle, IncomingCall};
+use crate::engine::{Handle, IdleLanes, IncomingCall};
 use crate::error::Result;
 
 /// A boxed, sendable future, as handed to [`Runtime::spawn`].
@@ -51,6 +51,11 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     /// Default: threads.
     fn lane_runner(&self) -> Option<crate::ipmb::LaneRunner> {
         None
+    }
+    /// Given once, when the hub starts: how a worker with nothing to do may wait for work by
+    /// reading the lane requests come through (see [`IdleLanes`]). Default: ignored.
+    fn idle_lanes(&self, lanes: IdleLanes) {
+        let _ = lanes;
     }
 }
 

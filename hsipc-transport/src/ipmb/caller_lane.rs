@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use super::lane_reader::{LaneReader, LaneState};
 use super::ring::{CALLER_ASLEEP, CALLER_AWAKE, CALLER_NONE, CallerWord};
-use crate::engine::{CallerLane, ReadingForACall};
+use crate::engine::CallerLane;
 
 /// Messages a leaving caller reads before it leaves the rest to the lane's thread.
 const LEAVING_TURN: usize = 16;
@@ -220,7 +220,6 @@ impl CallerLane for SharedLane {
         if reader.ended() {
             return None;
         }
-        let _reading = ReadingForACall::start();
         word.set(CALLER_AWAKE);
         // The socket is the lane's thread's to watch (it wakes for it and asks for the reader).
         reader.probe_socket(false);

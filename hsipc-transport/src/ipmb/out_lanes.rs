@@ -10,7 +10,9 @@
 //! lane to take some. A lane whose waiting frames make no progress for the stall timeout is
 //! given up: its peer is cut off.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use proto::fast_map::FastMap as HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -67,7 +69,7 @@ pub(super) struct OutLanes {
 
 impl OutLanes {
     pub(super) fn new(stall: Duration) -> Self {
-        OutLanes { lanes: HashMap::new(), stall: stall.max(Duration::from_millis(1)) }
+        OutLanes { lanes: HashMap::default(), stall: stall.max(Duration::from_millis(1)) }
     }
 
     pub(super) fn insert(&mut self, peer: PeerId, fd: OwnedFd) {
