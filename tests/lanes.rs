@@ -22,8 +22,8 @@ fn child_entry() {
         #[cfg(all(feature = "tokio", feature = "smol"))]
         "async_pair" => return async_pair(),
         "held_reader" => return held_reader(),
-        "caller_reads" => return caller_reads(),
-        "worker_reads" => return worker_reads(),
+        "caller_reads" => return lane_wakeups(false),
+        "worker_reads" => return lane_wakeups(true),
         "inline_off_the_caller" => return inline_off_the_caller(),
         _ => {}
     }
@@ -577,9 +577,12 @@ fn wakeups_of(comm: &str) -> u64 {
         .sum()
 }
 
-/// Two hubs in this child: counts how often the client's lane thread (the reader of the server's
-/// lane) is woken during 300 calls, once the lane has its ring.
-fn caller_reads() {
+/// Two hubs in this child: counts how often one lane thread is woken during 300 calls, once
+/// the lane has its ring. With `worker` false the handler is inline and the thread counted is
+/// the client's reader of the server's lane (woken by replies unless the caller reads them);
+/// with `worker` true the handler runs on a worker and the thread counted is the server's
+/// reader of the client's lane (woken by requests unless an idle worker reads them).
+fn lane_wakeups(worker: bool) {
     let bus = env("HSIPC_BUS");
     let (server, client) = told_apart(|| {
         (
@@ -587,13 +590,17 @@ fn caller_reads() {
             ProcessHub::builder("client").bus(&bus).build().unwrap(),
         )
     });
-    server.serve_inline("calc.echo", |x: u64| Ok::<_, String>(x)).unwrap();
+    if worker {
+        server.serve("calc.echo", |x: u64| Ok::<_, String>(x)).unwrap();
+    } else {
+        server.serve_inline("calc.echo", |x: u64| Ok::<_, String>(x)).unwrap();
+    }
     client.wait_for_service("calc", LONG).unwrap();
     // Enough for the lane to get its ring.
     for i in 0..100u64 {
         assert_eq!(client.call::<_, u64>("calc.echo", i).unwrap(), i);
     }
-    let reader = lane_thread_of(&server);
+    let reader = lane_thread_of(if worker { &client } else { &server });
     let before = wakeups_of(&reader);
     for i in 0..300u64 {
         assert_eq!(client.call::<_, u64>("calc.echo", i).unwrap(), i);
@@ -665,32 +672,6 @@ fn an_inline_handler_does_not_run_on_a_caller_reading_a_lane() {
     assert_eq!(on_caller, "0", "the inline handler ran on the caller's thread");
     // The caller read the lane (else this would not test anything): A's thread for it slept.
     assert!(woken.parse::<u32>().unwrap() < 10, "A's lane thread was woken {woken} times in 20 calls");
-}
-
-/// Two hubs in this child: counts how often the server's lane thread (the reader of the
-/// client's lane) is woken during 300 calls to a handler that runs on a worker, once the lane
-/// has its ring.
-fn worker_reads() {
-    let bus = env("HSIPC_BUS");
-    let (server, client) = told_apart(|| {
-        (
-            ProcessHub::builder("server").bus(&bus).build().unwrap(),
-            ProcessHub::builder("client").bus(&bus).build().unwrap(),
-        )
-    });
-    server.serve("calc.echo", |x: u64| Ok::<_, String>(x)).unwrap();
-    client.wait_for_service("calc", LONG).unwrap();
-    for i in 0..100u64 {
-        assert_eq!(client.call::<_, u64>("calc.echo", i).unwrap(), i);
-    }
-    let reader = lane_thread_of(&client);
-    let before = wakeups_of(&reader);
-    for i in 0..300u64 {
-        assert_eq!(client.call::<_, u64>("calc.echo", i).unwrap(), i);
-    }
-    report(format!("WOKEN {}", wakeups_of(&reader).saturating_sub(before)));
-    client.close();
-    server.close();
 }
 
 /// An idle worker reads the lane requests come through: a request for a worker's handler
