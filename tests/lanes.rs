@@ -24,6 +24,7 @@ fn child_entry() {
         "held_reader" => return held_reader(),
         "caller_reads" => return lane_wakeups(false),
         "worker_reads" => return lane_wakeups(true),
+        "caller_first" => return caller_first(),
         "inline_off_the_caller" => return inline_off_the_caller(),
         _ => {}
     }
@@ -562,13 +563,13 @@ fn lane_thread_of(writer: &ProcessHub) -> String {
     format!("hsipc-lane-{}", &writer.id().to_string()[..4])
 }
 
-/// The voluntary context switches of this process's threads whose name is `comm`.
+/// The voluntary context switches of this process's threads whose name starts with `comm`.
 fn wakeups_of(comm: &str) -> u64 {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
         .filter_map(|t| {
             let path = t.ok()?.path();
-            (std::fs::read_to_string(path.join("comm")).ok()?.trim() == comm).then_some(path)
+            std::fs::read_to_string(path.join("comm")).ok()?.trim().starts_with(comm).then_some(path)
         })
         .filter_map(|path| {
             let status = std::fs::read_to_string(path.join("status")).ok()?;
@@ -719,5 +720,86 @@ fn a_request_that_comes_while_the_reading_worker_runs_a_handler_is_served() {
         waiting.join().unwrap().unwrap();
     }
     client.close();
+    server.close();
+}
+
+/// Two hubs in this child: B calls A's handler on a worker until A's idle worker reads B's lane
+/// (reported: how often A's thread for that lane was woken by 100 more calls, rarely if the
+/// worker reads it); then A's application calls B 300 times (reported: how often A's workers
+/// were woken meanwhile, rarely if the caller took the lane over and read its replies itself).
+fn caller_first() {
+    let bus = env("HSIPC_BUS");
+    let (a, b) = told_apart(|| {
+        (ProcessHub::builder("a").bus(&bus).build().unwrap(), ProcessHub::builder("b").bus(&bus).build().unwrap())
+    });
+    a.serve("a.echo", |x: u64| Ok::<_, String>(x)).unwrap();
+    b.serve_inline("b.echo", |x: u64| Ok::<_, String>(x)).unwrap();
+    a.wait_for_service("b", LONG).unwrap();
+    b.wait_for_service("a", LONG).unwrap();
+    for i in 0..100u64 {
+        assert_eq!(b.call::<_, u64>("a.echo", i).unwrap(), i);
+    }
+    let lane_thread = lane_thread_of(&b);
+    let before = wakeups_of(&lane_thread);
+    for i in 0..100u64 {
+        assert_eq!(b.call::<_, u64>("a.echo", i).unwrap(), i);
+    }
+    let lane_woken = wakeups_of(&lane_thread).saturating_sub(before);
+    let before = wakeups_of("hsipc-worker");
+    for i in 0..300u64 {
+        assert_eq!(a.call::<_, u64>("b.echo", i).unwrap(), i);
+    }
+    let workers_woken = wakeups_of("hsipc-worker").saturating_sub(before);
+    report(format!("WOKEN {lane_woken} {workers_woken}"));
+    b.close();
+    a.close();
+}
+
+/// A caller comes before an idle worker: on a hub whose idle worker reads a peer's lane, the
+/// application's calls to that peer take the lane over and read their replies themselves
+/// (else each reply would wake the worker, which would wake the caller).
+#[test]
+fn a_caller_takes_the_lane_over_from_an_idle_worker() {
+    let bus = unique_bus("caller-first");
+    let mut peer = Peer::spawn("caller_first", &bus, "pair", &[]);
+    let line = peer.expect("WOKEN", LONG);
+    let (lane, workers) = line.split_once(' ').unwrap();
+    let (lane, workers): (u64, u64) = (lane.parse().unwrap(), workers.parse().unwrap());
+    eprintln!("A's lane thread woken {lane} times in 100 calls from B; A's workers {workers} times in 300 calls to B");
+    // The worker read B's lane (else this would not test anything).
+    assert!(lane < 25, "A's lane thread was woken {lane} times for 100 requests");
+    assert!(workers < 30, "A's workers were woken {workers} times for 300 replies to A's own calls");
+}
+
+/// A job queued while the worker that reads the lane is busy (here, with an inline handler it
+/// read, which waits for that very job) goes to another worker at once.
+#[test]
+fn a_job_does_not_wait_for_a_busy_reading_worker() {
+    let bus = unique_bus("busy-reader");
+    let server = ProcessHub::builder("server").bus(&bus).workers(4).build().unwrap();
+    let first = ProcessHub::builder("first").bus(&bus).build().unwrap();
+    let second = ProcessHub::builder("second").bus(&bus).build().unwrap();
+    let (signal, signalled) = std::sync::mpsc::sync_channel::<()>(1);
+    let signalled = std::sync::Mutex::new(signalled);
+    server.serve("s.echo", |x: u64| Ok::<_, String>(x)).unwrap();
+    server.serve("s.signal", move |(): ()| signal.send(()).map_err(|e| e.to_string())).unwrap();
+    // Against the rules for inline handlers (it waits), to hold the reading worker up.
+    server
+        .serve_inline("s.wait", move |(): ()| Ok::<_, String>(signalled.lock().unwrap().recv_timeout(LONG).is_ok()))
+        .unwrap();
+    first.wait_for_service("s", LONG).unwrap();
+    second.wait_for_service("s", LONG).unwrap();
+    for i in 0..50u64 {
+        assert_eq!(second.call::<_, u64>("s.echo", i).unwrap(), i);
+    }
+    // `first` last: the server's idle worker reads its lane, and runs `s.wait` when it comes.
+    for i in 0..50u64 {
+        assert_eq!(first.call::<_, u64>("s.echo", i).unwrap(), i);
+    }
+    let waiting = std::thread::spawn(move || first.call::<_, bool>("s.wait", ()));
+    // Whether `s.wait` came before or after it, `s.signal` is served by another worker.
+    second.call::<_, ()>("s.signal", ()).unwrap();
+    assert!(waiting.join().unwrap().unwrap(), "s.wait was never signalled");
+    second.close();
     server.close();
 }

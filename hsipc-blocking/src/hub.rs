@@ -110,7 +110,9 @@ impl ProcessHub {
     /// The reading thread may be one of this hub's callers waiting for a reply from that hub
     /// (it reads the lane itself): then the handler runs on a thread this hub keeps for that
     /// (not a worker, which may all be busy), so it never runs on an application's thread in
-    /// the middle of its call.
+    /// the middle of its call. It may also be an idle worker (one waits for jobs by reading
+    /// the lane requests come through): the handler then runs on it, as on the lane's thread,
+    /// and other jobs go to the other workers meanwhile.
     ///
     /// ```no_run
     /// # let hub = hsipc_blocking::ProcessHub::new("doc").unwrap();

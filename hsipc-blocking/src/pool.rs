@@ -7,8 +7,15 @@ use std::time::{Duration, Instant};
 
 use hsipc_transport::hub::{AnswersHeld, BlockingJob, BoxFuture, HeldAnswers, IdleLanes, Runtime};
 
-/// How long an idle worker reads a lane at a stretch before it looks again which lane to read.
-const IDLE_READ: Duration = Duration::from_secs(1);
+/// How long an idle worker reads a lane at a stretch before it looks again which lane to read
+/// (long: jobs from elsewhere wake it, and an idle hub should not wake for nothing).
+const IDLE_READ: Duration = Duration::from_secs(60);
+
+thread_local! {
+    /// This thread reads a lane while it waits for a job (a job it queues itself, from a
+    /// request it read, it takes itself).
+    static READING_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 /// One unit of work for a worker.
 enum Job {
@@ -43,15 +50,18 @@ impl Pool {
 
 /// A fixed set of threads taking jobs from one queue.
 ///
-/// The queue is a deque under a mutex with a condition variable, woken once per job and only
-/// when a thread is idle: a thread waiting for a job sleeps at once and allocates nothing. (A
+/// The queue is a deque under a mutex with a condition variable, notified at most once per job
+/// and only when a thread waits on it: a thread waiting for a job sleeps at once and allocates
+/// nothing. (A
 /// channel's receivers spin and yield before they sleep: with the caller, the lane's reader
 /// and the worker on one CPU, each yield is a context switch; crossbeam's channel cost a 64 B
 /// call with a worker about 2 µs that way. flume allocates a waiting hook per blocking wait.)
 ///
 /// One idle worker at a time waits by reading the lane requests come through instead (see
-/// [`IdleLanes`]): a request then wakes it, not the lane's thread and then a worker. It takes
-/// the first job queued; an idle worker on the condition variable is woken for any beyond.
+/// [`IdleLanes`]): a request then wakes it, not the lane's thread and then a worker. A job it
+/// queued itself (from a request it read) it takes itself once its turn is over; a job queued
+/// by another thread goes to a worker on the condition variable if one is idle (the reader may
+/// be busy with its turn), and wakes the reader only if none is.
 struct Threads {
     name: &'static str,
     count: usize,
@@ -107,10 +117,8 @@ impl Queue {
                 drop(state);
                 let until = Instant::now() + IDLE_READ;
                 let answers = answers.take().unwrap_or_default();
-                let read = lanes.read_until(answers, &mut |cx| self.work_or_wait(cx), until);
+                let read = self.read_while_idle(lanes, answers, until);
                 state = self.lock();
-                state.reading = false;
-                state.reader = None;
                 may_read = read == Some(true) || (read.is_some() && Instant::now() >= until);
                 continue;
             }
@@ -125,6 +133,25 @@ impl Queue {
             state.idle -= 1;
             may_read = true;
         }
+    }
+
+    /// Reads `lanes` until a job is queued (see [`IdleLanes::read_until`]), marked as the
+    /// reader throughout. A panic in there (engine code; handlers catch their own) is caught:
+    /// the mark is cleared and the worker goes on waiting for jobs.
+    fn read_while_idle(&self, lanes: &IdleLanes, answers: HeldAnswers, until: Instant) -> Option<bool> {
+        READING_HERE.with(|r| r.set(true));
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            lanes.read_until(answers, &mut |cx| self.work_or_wait(cx), until)
+        }));
+        READING_HERE.with(|r| r.set(false));
+        let mut state = self.lock();
+        state.reading = false;
+        state.reader = None;
+        drop(state);
+        read.unwrap_or_else(|_| {
+            tracing::error!("a worker panicked while it read a lane; it waits for jobs on the queue now");
+            None
+        })
     }
 
     /// For a thread reading a lane: whether a job is queued (or the pool gone); if not, `cx`
@@ -152,17 +179,16 @@ impl Threads {
         self.started.get_or_init(|| self.start());
         let mut state = self.queue.lock();
         state.jobs.push_back(job);
-        // A thread reading a lane takes the first job queued (it may be the very thread that
-        // read this request: it sees the job once its turn is over, no wake-up needed).
-        let reader = state.reader.take();
-        let waiting_for_one = usize::from(state.reading);
-        let wake = state.idle > 0 && state.jobs.len() > waiting_for_one;
+        // The reader queued this itself: it sees the job once its turn is over.
+        let reader_takes = READING_HERE.with(|r| r.get()) && state.jobs.len() == 1;
+        let notify = state.idle > 0 && !reader_takes;
+        let reader = if notify || reader_takes { None } else { state.reader.take() };
         drop(state);
+        if notify {
+            self.queue.ready.notify_one();
+        }
         if let Some(reader) = reader {
             reader.wake();
-        }
-        if wake {
-            self.queue.ready.notify_one();
         }
     }
 
@@ -174,8 +200,9 @@ impl Threads {
                 let mut answers = HeldAnswers::default();
                 while let Some(job) = queue.next(lanes.get(), answers) {
                     // The job's answer goes once this thread reads the lane again (see
-                    // `AnswersHeld`), or before it does anything else.
-                    let held = AnswersHeld::start();
+                    // `AnswersHeld`), or before it does anything else; a thread that reads no
+                    // lane sends it at once.
+                    let held = lanes.get().map(|_| AnswersHeld::start());
                     // The handler wrappers catch handlers' panics and answer the caller; this
                     // only keeps the thread alive should anything else panic.
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
@@ -185,7 +212,7 @@ impl Threads {
                     if ran.is_err() {
                         tracing::error!("a handler job panicked outside its handler");
                     }
-                    answers = held.end();
+                    answers = held.map(AnswersHeld::end).unwrap_or_default();
                 }
             });
             if let Err(e) = spawned {

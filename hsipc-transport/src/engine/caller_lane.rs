@@ -11,18 +11,25 @@ use proto::PeerId;
 /// and then wake it (two context switches per round trip instead of four).
 pub(crate) trait CallerLane: Send + Sync {
     /// If nobody reads the lane now and the lane can be waited on: takes it for this thread,
-    /// runs `start` (which sends the request, so no reply can come before the lane is taken),
-    /// then reads it (handing every frame to the engine as its reader would) until `done` says
-    /// yes, `until` passes, or the lane's own reader needs it back; then gives it back.
+    /// runs `start` (a caller sends its request there, so no reply can come before the lane
+    /// is taken), then reads it (handing every frame to the engine as its reader would) until
+    /// `done` says yes, `until` passes, or the lane's own reader needs it back; then gives it
+    /// back.
+    ///
+    /// An `idle` reader (a worker waiting for work, see `IdleLanes`) gives way to callers: it
+    /// does not take the lane while a caller waits for it, and gives it up when one comes (the
+    /// caller waits for that, until `until` at most). A caller does not take a lane from
+    /// another caller or the lane's thread.
     ///
     /// `None` if the lane was not taken (`start` has not run); else whether `done` said yes.
-    /// `done` is polled with a context whose waker wakes this thread should the reply come
-    /// some other way.
+    /// `done` is polled with a context whose waker wakes this thread should what it waits for
+    /// come some other way.
     fn read_for(
         self: Arc<Self>,
         start: &mut dyn FnMut(),
         done: &mut dyn FnMut(&mut Context<'_>) -> bool,
         until: Instant,
+        idle: bool,
     ) -> Option<bool>;
 }
 

@@ -190,7 +190,7 @@ impl Handle {
             // Requests for inline handlers read meanwhile go elsewhere: this thread is the
             // application's, in the middle of its call (see `reading_for_a_call`).
             let reading = ReadingForACall::start();
-            lane.read_for(&mut send, &mut answered, until);
+            lane.read_for(&mut send, &mut answered, until, false);
             drop(reading);
             if let Some(r) = answer {
                 return r;

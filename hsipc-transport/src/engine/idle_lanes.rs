@@ -28,8 +28,9 @@ impl IdleLanes {
         IdleLanes { shared }
     }
 
-    /// Reads the lane of the peer whose request a worker last served, if there is one that
-    /// can be read this way and nobody reads it now, until `work` says yes or `until` passes.
+    /// Reads the lane of the peer whose request was last handed to a worker, if there is one
+    /// that can be read this way and nobody reads it now (nor waits to: a caller comes first),
+    /// until `work` says yes, `until` passes, or a caller wants the lane.
     /// `work` is polled with a context whose waker wakes this thread: wake it when work comes
     /// another way. `None` if no lane was taken (wait some other way); else whether `work` said
     /// yes.
@@ -46,7 +47,9 @@ impl IdleLanes {
             let shared = self.shared.upgrade()?;
             shared.caller_lane(shared.served_peer.get()?)?
         };
-        lane.read_for(&mut || answers.send(), work, until)
+        // Sent without blocking: this thread now reads the lane, and must not wait in a send
+        // (what cannot go at once goes to the writer).
+        lane.read_for(&mut || answers.send(false), work, until, true)
     }
 }
 
@@ -105,7 +108,7 @@ impl AnswersHeld {
 impl Drop for AnswersHeld {
     fn drop(&mut self) {
         HELD.with(|h| h.borrow_mut().0 = false);
-        send_held();
+        send_held(true);
     }
 }
 
@@ -115,24 +118,25 @@ impl Drop for AnswersHeld {
 pub struct HeldAnswers(std::marker::PhantomData<*const ()>);
 
 impl HeldAnswers {
-    /// Sends them now.
-    fn send(&mut self) {
-        send_held();
+    /// Sends them now (waiting for room in the transport if `may_block`, else leaving what
+    /// cannot go at once to the writer).
+    fn send(&mut self, may_block: bool) {
+        send_held(may_block);
     }
 }
 
 impl Drop for HeldAnswers {
     fn drop(&mut self) {
-        self.send();
+        self.send(true);
     }
 }
 
 /// Sends what this thread's jobs left held, keeping the vector.
-fn send_held() {
+fn send_held(may_block: bool) {
     loop {
         // Taken one at a time: sending runs engine code, which may look at `HELD` again.
         let Some(shared) = HELD.with(|h| h.borrow_mut().1.pop()) else { return };
-        shared.send_inline(true);
+        shared.send_inline(may_block);
     }
 }
 

@@ -232,9 +232,11 @@ impl HubCore {
         topic: &str,
         event: T,
     ) -> Result<(Topic, proto::frame::Body, Instant, Instant)> {
+        let (topic, body) = (Topic::new(topic)?, codec::into_body(event)?);
+        // Read after encoding: the first attempt publishes at this instant.
         let started = Instant::now();
         let deadline = crate::engine::deadline_after(started, self.inner.publish_timeout);
-        Ok((Topic::new(topic)?, codec::into_body(event)?, started, deadline))
+        Ok((topic, body, started, deadline))
     }
 
     /// Subscribes to `pattern` with the hub's delivery (reliable unless the builder said

@@ -1,4 +1,5 @@
-//! A lane read by its thread, or by a blocking caller waiting for a reply from the lane's peer.
+//! A lane read by its thread, by a blocking caller waiting for a reply from the lane's peer, or
+//! by an idle worker waiting for requests from it.
 //!
 //! A reader thread per lane costs a round trip two context switches more than it needs: the
 //! reply wakes the lane's thread, which reads it and wakes the caller. So on a hub that reads its
@@ -26,6 +27,14 @@
 //!   marks the reader asleep and looks at the ring once more (the reader's own handshake with
 //!   writers): should more be there, it nudges the lane's thread (an eventfd it waits on
 //!   besides the socket) to read it.
+//!
+//! An idle worker of the hub (see `IdleLanes`) reads a lane the same way while it waits for a
+//! job, with two differences: requests for inline handlers run on it (it is no application
+//! thread), and it gives way to callers. It does not take the reader while a caller waits for
+//! it, and a caller that finds it holding the reader says so (`caller_wants`, then a wake of
+//! the word) and waits on `idle_holds` until it has given the reader back (at most
+//! [`CALLER_HANDOVER`]). Any reader gives the lane up after [`EMPTY_WAKES`] wake-ups in a row
+//! that brought nothing: the word is in memory the writer can change.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -40,9 +49,16 @@ use crate::engine::CallerLane;
 
 /// Messages a leaving caller reads before it leaves the rest to the lane's thread.
 const LEAVING_TURN: usize = 16;
+/// Wake-ups in a row that bring a reader nothing before it gives the lane up: the caller word
+/// lives in memory the writer shares, and a writer that keeps flipping it must not keep a
+/// thread spinning (a real record always comes with its wake-up).
+const EMPTY_WAKES: u32 = 1024;
 /// The longest the lane's thread waits for a caller to read the socket before it looks at the
 /// socket again (a caller busy elsewhere does not leave the socket unwatched for longer).
 const SOCKET_HANDOVER: Duration = Duration::from_millis(100);
+/// The longest a caller waits for an idle worker to give the reader up (one busy with a turn's
+/// inline handlers, say) before it sends its request and waits for the reply as usual.
+const CALLER_HANDOVER: Duration = Duration::from_millis(20);
 
 /// A lane whose reader its thread and waiting callers share.
 pub(super) struct SharedLane {
@@ -52,6 +68,12 @@ pub(super) struct SharedLane {
     /// 1 while the lane's thread, which found the socket readable while a caller held the
     /// reader, waits for the caller to read the socket (a futex word); 0 otherwise.
     wanted: AtomicU32,
+    /// 1 while an idle worker holds the reader (a futex word: a caller waiting for it to give
+    /// the reader up sleeps on it).
+    idle_holds: AtomicU32,
+    /// 1 while an application caller waits for an idle worker to give the reader up (callers
+    /// come first: an idle worker only fills the time nobody waits).
+    caller_wants: AtomicU32,
     /// Wakes the lane's thread (besides its socket): a leaving caller left frames unread.
     nudge: OwnedFd,
     fd: Arc<OwnedFd>,
@@ -166,6 +188,8 @@ pub(super) fn run(reader: LaneReader) {
         reader: Mutex::new(reader),
         word: OnceLock::new(),
         wanted: AtomicU32::new(0),
+        idle_holds: AtomicU32::new(0),
+        caller_wants: AtomicU32::new(0),
         nudge,
         fd,
     });
@@ -200,22 +224,57 @@ pub(super) fn run(reader: LaneReader) {
     }
 }
 
+impl SharedLane {
+    /// Takes the reader for a caller; if an idle worker holds it, asks the worker to give it
+    /// up and waits for that (at most [`CALLER_HANDOVER`], and not past `until`). `None` if it
+    /// cannot be had.
+    fn take_for_caller(&self, word: &CallerWord, until: Instant) -> Option<MutexGuard<'_, LaneReader>> {
+        match self.reader.try_lock() {
+            Ok(reader) => return Some(reader),
+            Err(TryLockError::Poisoned(_)) => return None,
+            Err(TryLockError::WouldBlock) if self.idle_holds.load(Ordering::SeqCst) == 0 => return None,
+            Err(TryLockError::WouldBlock) => {}
+        }
+        self.caller_wants.store(1, Ordering::SeqCst);
+        // Paired with the idle reader's look at `caller_wants` after it marks itself asleep.
+        word.wake();
+        let until = until.min(Instant::now() + CALLER_HANDOVER);
+        while self.idle_holds.load(Ordering::SeqCst) == 1 {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            super::futex::wait_private(&self.idle_holds, 1, until - now);
+        }
+        let reader = self.reader.try_lock().ok();
+        self.caller_wants.store(0, Ordering::SeqCst);
+        reader
+    }
+}
+
 impl CallerLane for SharedLane {
     fn read_for(
         self: Arc<Self>,
         start: &mut dyn FnMut(),
         done: &mut dyn FnMut(&mut Context<'_>) -> bool,
         until: Instant,
+        idle: bool,
     ) -> Option<bool> {
         // Learned by the lane's thread once the lane has a ring whose writer wakes callers.
         let word = self.word.get()?.clone();
-        let reader = match self.reader.try_lock() {
-            Ok(reader) => reader,
-            Err(TryLockError::Poisoned(_)) | Err(TryLockError::WouldBlock) => return None,
+        let reader = if idle {
+            if self.caller_wants.load(Ordering::SeqCst) == 1 {
+                return None;
+            }
+            let reader = self.reader.try_lock().ok()?;
+            self.idle_holds.store(1, Ordering::SeqCst);
+            reader
+        } else {
+            self.take_for_caller(&word, until)?
         };
         // From here the reader is given back through `Held`, whatever happens (a panic in the
         // engine or a handler included): the word cleared, the lane's thread told.
-        let mut held = Held { lane: &self, word: &word, reader: Some(reader) };
+        let mut held = Held { lane: &self, word: &word, reader: Some(reader), idle };
         let reader = held.reader.as_mut()?;
         if reader.ended() {
             return None;
@@ -226,10 +285,12 @@ impl CallerLane for SharedLane {
         start();
         let waker = Waker::from(self.clone());
         let mut cx = Context::from_waker(&waker);
+        let mut empty_wakes = 0;
         let answered = loop {
             // The lane's thread saw the socket readable: this reader reads it, then says so.
             let probe = self.wanted.load(Ordering::SeqCst) == 1;
             reader.probe_socket(probe);
+            let handed = reader.handed();
             let state = reader.read_some(super::lane_reader::TURN);
             reader.probe_socket(false);
             if probe && state != LaneState::More {
@@ -244,12 +305,21 @@ impl CallerLane for SharedLane {
                 LaneState::Drained => {}
             }
             // A large frame's message is not in yet: the lane's thread waits for it.
-            if reader.waits_for_socket() {
+            if reader.waits_for_socket() || self.gives_way(idle) {
+                break false;
+            }
+            empty_wakes = if reader.handed() == handed { empty_wakes + 1 } else { 0 };
+            if empty_wakes > EMPTY_WAKES {
+                tracing::debug!(from = %reader.from(), "woken for nothing again and again; leaving the lane to its thread");
                 break false;
             }
             word.set(CALLER_ASLEEP);
             // Looked at after the word is set: what comes later wakes this thread.
-            if reader.ring_has_more() || self.wanted.load(Ordering::SeqCst) == 1 || done(&mut cx) {
+            if reader.ring_has_more()
+                || self.wanted.load(Ordering::SeqCst) == 1
+                || self.gives_way(idle)
+                || done(&mut cx)
+            {
                 word.set(CALLER_AWAKE);
                 continue;
             }
@@ -265,6 +335,13 @@ impl CallerLane for SharedLane {
     }
 }
 
+impl SharedLane {
+    /// Whether an idle reader is to give the reader up now: a caller wants it.
+    fn gives_way(&self, idle: bool) -> bool {
+        idle && self.caller_wants.load(Ordering::SeqCst) == 1
+    }
+}
+
 /// The reader as a caller holds it: given back on drop (the caller word cleared, a short turn
 /// read of what came meanwhile, the reader marked asleep for writers to wake its thread, the
 /// lane's thread told it may read the socket again, and nudged should the ring hold more).
@@ -272,6 +349,8 @@ struct Held<'a> {
     lane: &'a SharedLane,
     word: &'a CallerWord,
     reader: Option<MutexGuard<'a, LaneReader>>,
+    /// Held by an idle worker (a caller may wait for it to be given up).
+    idle: bool,
 }
 
 impl Drop for Held<'_> {
@@ -288,6 +367,10 @@ impl Drop for Held<'_> {
             !r.ended() && !r.ring_sleep()
         });
         drop(self.reader.take());
+        if self.idle {
+            self.lane.idle_holds.store(0, Ordering::SeqCst);
+            super::futex::wake_private(&self.lane.idle_holds);
+        }
         // Paired with the fence in `ask_caller_to_read`.
         fence(Ordering::SeqCst);
         self.lane.socket_read();

@@ -90,6 +90,8 @@ pub struct LaneReader {
     /// Whether a non-blocking read that finds the ring empty looks at the socket too (always,
     /// but for readers that learn from `poll` that the socket has nothing; see `caller_lane`).
     probe_socket: bool,
+    /// Frames handed on so far (a reader woken for nothing can tell).
+    handed: u64,
 }
 
 impl std::fmt::Debug for LaneReader {
@@ -133,6 +135,7 @@ impl LaneReader {
             in_socket_frame: false,
             stash: None,
             probe_socket: true,
+            handed: 0,
         }
     }
 
@@ -220,6 +223,11 @@ impl LaneReader {
     /// Whether reads that find the ring empty look at the socket (see the field's docs).
     pub(super) fn probe_socket(&mut self, probe: bool) {
         self.probe_socket = probe;
+    }
+
+    /// Frames handed on so far.
+    pub(super) fn handed(&self) -> u64 {
+        self.handed
     }
 
     /// Whether the lane has ended.
@@ -459,6 +467,7 @@ impl LaneReader {
     /// Hands a whole frame to the engine.
     fn hand_on(&mut self, bytes: bytes::Bytes) -> Step {
         self.in_socket_frame = false;
+        self.handed += 1;
         if !self.ingress.deliver(self.from, bytes) {
             // The engine is gone: the writer sees the end at its next frame (see `end`).
             if let Some(ring) = &self.ring {
@@ -529,6 +538,7 @@ impl Drop for LaneReader {
             in_socket_frame: self.in_socket_frame,
             stash: self.stash.take(),
             probe_socket: true,
+            handed: self.handed,
         };
         if let Err(e) = lane::spawn_thread(rest, self.from) {
             // The reader moved into the failed spawn has been dropped, which ended the lane.
