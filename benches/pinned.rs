@@ -24,7 +24,7 @@
 //!   subscribes to `bench/#`, and this process's hub. Async calls are awaited on a
 //!   current-thread runtime in this thread.
 //! - **hsipc blocking+inline / tokio+inline / smol+inline**: the same, with `bench.echo` served by
-//!   `serve_inline` (run on the thread that read the request: one thread wake-up less).
+//!   `serve_inline` (run on the thread that read the request, not handed to a worker or task).
 //! - **hsipc blocking+vec**: the blocking hub with the payload sent as `&[u8]` and received as
 //!   `Vec<u8>` (echo and subscriber typed `Vec<u8>`), against `Bytes` in the same run.
 //!

@@ -102,10 +102,10 @@ impl ProcessHub {
         self.core.serve_blocking(method, move |req, _: &CallContext| handler(req))
     }
 
-    /// A handler declared cheap: it runs right on the thread that read the request (no hop to
-    /// a worker, one thread wake-up less per call) and its answer is written from there. For
-    /// handlers that return at once: no I/O, no waiting, no lock held for long, no call to
-    /// another hub. While it runs, nothing else from the calling hub is read, so a slow one
+    /// A handler declared cheap: it runs right on the thread that read the request (no hand-over
+    /// to a worker, which pays off when many calls come at once) and its answer is written from
+    /// there. For handlers that return at once: no I/O, no waiting, no lock held for long, no
+    /// call to another hub. While it runs, nothing else from the calling hub is read, so a slow one
     /// delays every frame that hub sends here (and a blocking one can stall them for good).
     /// The reading thread may be one of this hub's callers waiting for a reply from that hub
     /// (it reads the lane itself): then the handler runs on a thread this hub keeps for that

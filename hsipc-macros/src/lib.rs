@@ -120,8 +120,8 @@
 //! | `#[hsipc(inline)] fn` | on the thread that read the request | the same | the same |
 //!
 //! `#[hsipc(inline)]` is for plain unary methods that return at once (no I/O, no waiting, no
-//! call to another hub): it saves a thread wake-up per call, and while it runs nothing else from
-//! the calling hub is read.
+//! call to another hub): it saves handing the call to a worker or a task, and while it runs
+//! nothing else from the calling hub is read.
 //!
 //! # Misuse is a compile error
 //!
