@@ -384,7 +384,16 @@ impl LaneReader {
                 Some(Ok(true)) => Step::Read,
                 _ => self.end(true),
             },
-            Received::Message(n, _) if n >= 1 && n <= self.buf.len() && self.buf[0] == WAKE => Step::Read,
+            Received::Message(n, _) if n >= 1 && n <= self.buf.len() && self.buf[0] == WAKE => {
+                // A reader on a thread learns of more from `poll`, which reports a socket that
+                // still holds something at once: it need not read on to `EAGAIN` this turn (one
+                // system call less per wake-up). A reactor's reader must: it is told only of new
+                // data.
+                if self.on_thread {
+                    self.probe_socket = false;
+                }
+                Step::Read
+            }
             Received::Message(n, passed) => {
                 self.stash = Some((n, passed));
                 Step::Read
