@@ -803,3 +803,35 @@ fn a_job_does_not_wait_for_a_busy_reading_worker() {
     second.close();
     server.close();
 }
+
+/// Calls both ways at once between two hubs whose idle workers read each other's lanes, with
+/// callers taking lanes over from those workers and handlers calling back: every call is
+/// answered (no hand-over between a caller and a worker deadlocks or loses a reply).
+#[test]
+fn calls_both_ways_while_idle_workers_and_callers_share_the_lanes() {
+    let bus = unique_bus("both-ways");
+    let a = ProcessHub::builder("a").bus(&bus).workers(2).build().unwrap();
+    let b = ProcessHub::builder("b").bus(&bus).workers(2).build().unwrap();
+    a.serve("a.echo", |x: u64| Ok::<_, String>(x)).unwrap();
+    b.serve("b.echo", |x: u64| Ok::<_, String>(x)).unwrap();
+    // A handler of A's that calls B back from a worker.
+    let back = a.clone();
+    a.serve("a.via_b", move |x: u64| back.call::<_, u64>("b.echo", x).map_err(|e| e.to_string())).unwrap();
+    a.wait_for_service("b", LONG).unwrap();
+    b.wait_for_service("a", LONG).unwrap();
+    let runs: Vec<_> = [(a.clone(), "b.echo"), (b.clone(), "a.echo"), (b.clone(), "a.via_b"), (a.clone(), "b.echo")]
+        .into_iter()
+        .map(|(hub, method)| {
+            std::thread::spawn(move || {
+                for i in 0..500u64 {
+                    assert_eq!(hub.call::<_, u64>(method, i).unwrap(), i, "{method}");
+                }
+            })
+        })
+        .collect();
+    for run in runs {
+        run.join().unwrap();
+    }
+    a.close();
+    b.close();
+}

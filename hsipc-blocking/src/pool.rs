@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use hsipc_transport::hub::{AnswersHeld, BlockingJob, BoxFuture, HeldAnswers, IdleLanes, Runtime};
 
 /// How long an idle worker reads a lane at a stretch before it looks again which lane to read
-/// (long: jobs from elsewhere wake it, and an idle hub should not wake for nothing).
-const IDLE_READ: Duration = Duration::from_secs(60);
+/// (it also looks whenever it wakes; an idle hub should not wake often for nothing).
+const IDLE_READ: Duration = Duration::from_secs(5);
 
 thread_local! {
-    /// This thread reads a lane while it waits for a job (a job it queues itself, from a
-    /// request it read, it takes itself).
-    static READING_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The queue this thread waits on by reading a lane, if it does (a job it queues there
+    /// itself, from a request it read, it takes itself).
+    static READING_FOR: std::cell::Cell<*const Queue> = const { std::cell::Cell::new(std::ptr::null()) };
 }
 
 /// One unit of work for a worker.
@@ -139,11 +139,11 @@ impl Queue {
     /// reader throughout. A panic in there (engine code; handlers catch their own) is caught:
     /// the mark is cleared and the worker goes on waiting for jobs.
     fn read_while_idle(&self, lanes: &IdleLanes, answers: HeldAnswers, until: Instant) -> Option<bool> {
-        READING_HERE.with(|r| r.set(true));
+        READING_FOR.with(|r| r.set(self));
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             lanes.read_until(answers, &mut |cx| self.work_or_wait(cx), until)
         }));
-        READING_HERE.with(|r| r.set(false));
+        READING_FOR.with(|r| r.set(std::ptr::null()));
         let mut state = self.lock();
         state.reading = false;
         state.reader = None;
@@ -179,10 +179,12 @@ impl Threads {
         self.started.get_or_init(|| self.start());
         let mut state = self.queue.lock();
         state.jobs.push_back(job);
-        // The reader queued this itself: it sees the job once its turn is over.
-        let reader_takes = READING_HERE.with(|r| r.get()) && state.jobs.len() == 1;
+        // The reader queued this itself: it sees the job once it has read the frame.
+        let reader_takes = READING_FOR.with(|r| std::ptr::eq(r.get(), &*self.queue)) && state.jobs.len() == 1;
         let notify = state.idle > 0 && !reader_takes;
-        let reader = if notify || reader_takes { None } else { state.reader.take() };
+        // More jobs than threads waiting on the condition variable (a notified one counts as
+        // waiting until it runs): the reader takes one too.
+        let reader = if reader_takes || state.jobs.len() <= state.idle { None } else { state.reader.take() };
         drop(state);
         if notify {
             self.queue.ready.notify_one();

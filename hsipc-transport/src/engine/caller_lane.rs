@@ -18,8 +18,8 @@ pub(crate) trait CallerLane: Send + Sync {
     ///
     /// An `idle` reader (a worker waiting for work, see `IdleLanes`) gives way to callers: it
     /// does not take the lane while a caller waits for it, and gives it up when one comes (the
-    /// caller waits for that, until `until` at most). A caller does not take a lane from
-    /// another caller or the lane's thread.
+    /// caller waits for that, at most 20 ms and not past `until`). A caller does not take a
+    /// lane from another caller or the lane's thread.
     ///
     /// `None` if the lane was not taken (`start` has not run); else whether `done` said yes.
     /// `done` is polled with a context whose waker wakes this thread should what it waits for

@@ -79,7 +79,7 @@ impl Handle {
         Arc::downgrade(&self.shared)
     }
 
-    /// A request from `peer` goes to a worker: idle workers read its lane (see
+    /// A request from `peer` goes to a worker or a task: idle workers read its lane (see
     /// [`IdleLanes`](super::IdleLanes)).
     pub(crate) fn served_for(&self, peer: PeerId) {
         self.shared.served_peer.set(peer);
@@ -164,37 +164,43 @@ impl Handle {
     pub fn call_wait(&self, method: &str, body: impl Into<Body>, timeout: Duration) -> Result<Bytes> {
         let (state, now, mut pending) = self.open_call(method, body.into(), timeout)?;
         let lane = state.endpoint.call_peer(pending.id()).and_then(|peer| self.shared.caller_lane(peer));
+        let Some(lane) = lane else {
+            self.shared.commit(state, now, SendBy::TryInline);
+            return pending.wait();
+        };
+        // The state is unlocked while the lane is taken: that may wait for an idle worker to
+        // give the lane up, which needs this lock to finish its turn. Another thread may send the
+        // request meanwhile (any commit does); its reply is still caught, through `pending`.
+        drop(state);
         let until = pending.deadline();
         // Sends the request (once): with the lane taken first if it can be.
-        let mut state = Some(state);
+        let mut sent = false;
         let mut send = || {
-            if let Some(state) = state.take() {
-                self.shared.commit(state, now, SendBy::TryInline);
+            if !std::mem::replace(&mut sent, true) {
+                self.shared.commit(self.shared.state(), now, SendBy::TryInline);
             }
         };
-        if let Some(lane) = lane {
-            let mut answer = None;
-            // Polled until it is ready, never after (the channel is spent then).
-            let mut answered = |cx: &mut Context<'_>| {
-                if answer.is_some() {
-                    return true;
-                }
-                match Pin::new(&mut pending).poll(cx) {
-                    Poll::Ready(r) => {
-                        answer = Some(r);
-                        true
-                    }
-                    Poll::Pending => false,
-                }
-            };
-            // Requests for inline handlers read meanwhile go elsewhere: this thread is the
-            // application's, in the middle of its call (see `reading_for_a_call`).
-            let reading = ReadingForACall::start();
-            lane.read_for(&mut send, &mut answered, until, false);
-            drop(reading);
-            if let Some(r) = answer {
-                return r;
+        let mut answer = None;
+        // Polled until it is ready, never after (the channel is spent then).
+        let mut answered = |cx: &mut Context<'_>| {
+            if answer.is_some() {
+                return true;
             }
+            match Pin::new(&mut pending).poll(cx) {
+                Poll::Ready(r) => {
+                    answer = Some(r);
+                    true
+                }
+                Poll::Pending => false,
+            }
+        };
+        // Requests for inline handlers read meanwhile go elsewhere: this thread is the
+        // application's, in the middle of its call (see `reading_for_a_call`).
+        let reading = ReadingForACall::start();
+        lane.read_for(&mut send, &mut answered, until, false);
+        drop(reading);
+        if let Some(r) = answer {
+            return r;
         }
         send();
         pending.wait()

@@ -28,12 +28,12 @@ impl IdleLanes {
         IdleLanes { shared }
     }
 
-    /// Reads the lane of the peer whose request was last handed to a worker, if there is one
-    /// that can be read this way and nobody reads it now (nor waits to: a caller comes first),
-    /// until `work` says yes, `until` passes, or a caller wants the lane.
-    /// `work` is polled with a context whose waker wakes this thread: wake it when work comes
-    /// another way. `None` if no lane was taken (wait some other way); else whether `work` said
-    /// yes.
+    /// Reads the lane of the peer whose request was last handed to a worker (or a task), if
+    /// there is one that can be read this way and nobody reads it now (nor waits to: a caller
+    /// comes first), until `work` says yes, `until` passes, a caller wants the lane, or requests
+    /// start coming from another peer. `work` is polled with a context whose waker wakes this
+    /// thread: wake it when work comes another way. `None` if no lane was taken (wait some
+    /// other way); else whether `work` said yes (or the peer changed).
     ///
     /// `answers` (what the worker's last job left, see [`AnswersHeld`]) are sent once the lane
     /// is taken, or at once if it is not.
@@ -43,13 +43,17 @@ impl IdleLanes {
         work: &mut dyn FnMut(&mut Context<'_>) -> bool,
         until: Instant,
     ) -> Option<bool> {
-        let lane = {
+        let (lane, peer, shared) = {
             let shared = self.shared.upgrade()?;
-            shared.caller_lane(shared.served_peer.get()?)?
+            let peer = shared.served_peer.get()?;
+            (shared.caller_lane(peer)?, peer, std::sync::Arc::downgrade(&shared))
         };
+        // Ends too when workers start serving another peer (looked at whenever this wakes).
+        let mut work =
+            |cx: &mut Context<'_>| work(cx) || shared.upgrade().is_none_or(|s| s.served_peer.get() != Some(peer));
         // Sent without blocking: this thread now reads the lane, and must not wait in a send
         // (what cannot go at once goes to the writer).
-        lane.read_for(&mut || answers.send(false), work, until, true)
+        lane.read_for(&mut || answers.send(false), &mut work, until, true)
     }
 }
 
@@ -127,6 +131,13 @@ impl HeldAnswers {
 
 impl Drop for HeldAnswers {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Not sent from here (a panic in the send would abort): the writer sends them.
+            while let Some(shared) = HELD.with(|h| h.borrow_mut().1.pop()) {
+                shared.wake_writer();
+            }
+            return;
+        }
         self.send(true);
     }
 }

@@ -121,7 +121,10 @@ impl Dispatcher for Registry {
                 }
             }
             // The handler gives the slot back before it answers (or when its task is dropped).
-            Handler::Async(f) => self.runtime.spawn(f(call, handle, slot)),
+            Handler::Async(f) => {
+                handle.served_for(call.from);
+                self.runtime.spawn(f(call, handle, slot))
+            }
         }
         Ok(())
     }

@@ -11,10 +11,11 @@
 //!
 //! The lane's thread holds the reader only while it reads, and waits for the socket without it.
 //! Whoever holds the reader reads; the other never waits for it in a way that loses a wake-up:
-//! - the caller takes the reader only if nobody holds it, and only with the ring's writer
-//!   promising futex wake-ups (for every record, marks of large frames included); it gives it
-//!   back when its reply is in, at its deadline, or when a large frame's socket message is not
-//!   in yet when its mark is read (the lane's thread waits for the socket);
+//! - the caller takes the reader only if nobody holds it (or an idle worker, which gives it up,
+//!   see below), and only with the ring's writer promising futex wake-ups (for every record,
+//!   marks of large frames included); it gives it back when its reply is in, at its deadline,
+//!   when a large frame's socket message is not in yet when its mark is read (the lane's thread
+//!   waits for the socket), or after [`EMPTY_WAKES`] wake-ups in a row that brought nothing;
 //! - the lane's thread, woken by the socket while a caller holds the reader (a large frame, the
 //!   writer's end), says so and wakes the caller, which reads the socket too; it waits until the
 //!   caller has (at most [`SOCKET_HANDOVER`], then it looks at the socket again);
@@ -71,7 +72,7 @@ pub(super) struct SharedLane {
     /// 1 while an idle worker holds the reader (a futex word: a caller waiting for it to give
     /// the reader up sleeps on it).
     idle_holds: AtomicU32,
-    /// 1 while an application caller waits for an idle worker to give the reader up (callers
+    /// How many application callers wait for an idle worker to give the reader up (callers
     /// come first: an idle worker only fills the time nobody waits).
     caller_wants: AtomicU32,
     /// Wakes the lane's thread (besides its socket): a leaving caller left frames unread.
@@ -235,10 +236,14 @@ impl SharedLane {
             Err(TryLockError::WouldBlock) if self.idle_holds.load(Ordering::SeqCst) == 0 => return None,
             Err(TryLockError::WouldBlock) => {}
         }
-        self.caller_wants.store(1, Ordering::SeqCst);
+        let now = Instant::now();
+        if now >= until {
+            return None;
+        }
+        let until = until.min(now + CALLER_HANDOVER);
+        self.caller_wants.fetch_add(1, Ordering::SeqCst);
         // Paired with the idle reader's look at `caller_wants` after it marks itself asleep.
         word.wake();
-        let until = until.min(Instant::now() + CALLER_HANDOVER);
         while self.idle_holds.load(Ordering::SeqCst) == 1 {
             let now = Instant::now();
             if now >= until {
@@ -247,7 +252,7 @@ impl SharedLane {
             super::futex::wait_private(&self.idle_holds, 1, until - now);
         }
         let reader = self.reader.try_lock().ok();
-        self.caller_wants.store(0, Ordering::SeqCst);
+        self.caller_wants.fetch_sub(1, Ordering::SeqCst);
         reader
     }
 }
@@ -263,12 +268,18 @@ impl CallerLane for SharedLane {
         // Learned by the lane's thread once the lane has a ring whose writer wakes callers.
         let word = self.word.get()?.clone();
         let reader = if idle {
-            if self.caller_wants.load(Ordering::SeqCst) == 1 {
+            if self.caller_wants.load(Ordering::SeqCst) > 0 {
                 return None;
             }
-            let reader = self.reader.try_lock().ok()?;
+            // Said before the reader is taken: a caller that finds it taken knows to ask.
             self.idle_holds.store(1, Ordering::SeqCst);
-            reader
+            match self.reader.try_lock() {
+                Ok(reader) => reader,
+                Err(_) => {
+                    self.idle_released();
+                    return None;
+                }
+            }
         } else {
             self.take_for_caller(&word, until)?
         };
@@ -286,12 +297,15 @@ impl CallerLane for SharedLane {
         let waker = Waker::from(self.clone());
         let mut cx = Context::from_waker(&waker);
         let mut empty_wakes = 0;
+        // An idle worker looks for its job after every frame: one it queued itself would
+        // otherwise wait for the rest of a turn.
+        let turn = if idle { 1 } else { super::lane_reader::TURN };
         let answered = loop {
             // The lane's thread saw the socket readable: this reader reads it, then says so.
             let probe = self.wanted.load(Ordering::SeqCst) == 1;
             reader.probe_socket(probe);
             let handed = reader.handed();
-            let state = reader.read_some(super::lane_reader::TURN);
+            let state = reader.read_some(turn);
             reader.probe_socket(false);
             if probe && state != LaneState::More {
                 self.socket_read(); // the turn got as far as the socket
@@ -299,13 +313,17 @@ impl CallerLane for SharedLane {
             if done(&mut cx) {
                 break true;
             }
+            // A caller wants the lane.
+            if self.gives_way(idle) {
+                break false;
+            }
             match state {
                 LaneState::Ended => break false,
                 LaneState::More => continue,
                 LaneState::Drained => {}
             }
             // A large frame's message is not in yet: the lane's thread waits for it.
-            if reader.waits_for_socket() || self.gives_way(idle) {
+            if reader.waits_for_socket() {
                 break false;
             }
             empty_wakes = if reader.handed() == handed { empty_wakes + 1 } else { 0 };
@@ -315,11 +333,11 @@ impl CallerLane for SharedLane {
             }
             word.set(CALLER_ASLEEP);
             // Looked at after the word is set: what comes later wakes this thread.
-            if reader.ring_has_more()
-                || self.wanted.load(Ordering::SeqCst) == 1
-                || self.gives_way(idle)
-                || done(&mut cx)
-            {
+            if self.gives_way(idle) {
+                word.set(CALLER_AWAKE);
+                break false;
+            }
+            if reader.ring_has_more() || self.wanted.load(Ordering::SeqCst) == 1 || done(&mut cx) {
                 word.set(CALLER_AWAKE);
                 continue;
             }
@@ -338,7 +356,16 @@ impl CallerLane for SharedLane {
 impl SharedLane {
     /// Whether an idle reader is to give the reader up now: a caller wants it.
     fn gives_way(&self, idle: bool) -> bool {
-        idle && self.caller_wants.load(Ordering::SeqCst) == 1
+        idle && self.caller_wants.load(Ordering::SeqCst) > 0
+    }
+
+    /// An idle reader no longer holds the reader: a caller waiting for that is woken.
+    fn idle_released(&self) {
+        self.idle_holds.store(0, Ordering::SeqCst);
+        // Paired with the caller's raise of `caller_wants` before it looks at `idle_holds`.
+        if self.caller_wants.load(Ordering::SeqCst) > 0 {
+            super::futex::wake_private(&self.idle_holds);
+        }
     }
 }
 
@@ -368,8 +395,7 @@ impl Drop for Held<'_> {
         });
         drop(self.reader.take());
         if self.idle {
-            self.lane.idle_holds.store(0, Ordering::SeqCst);
-            super::futex::wake_private(&self.lane.idle_holds);
+            self.lane.idle_released();
         }
         // Paired with the fence in `ask_caller_to_read`.
         fence(Ordering::SeqCst);
