@@ -25,6 +25,7 @@ fn child_entry() {
         "caller_reads" => return lane_wakeups(false),
         "worker_reads" => return lane_wakeups(true),
         "caller_first" => return caller_first(),
+        "idle_events" => return idle_events(),
         "inline_off_the_caller" => return inline_off_the_caller(),
         _ => {}
     }
@@ -834,4 +835,45 @@ fn calls_both_ways_while_idle_workers_and_callers_share_the_lanes() {
     }
     a.close();
     b.close();
+}
+
+/// Two hubs in this child: the server's idle worker reads the client's lane (after calls to a
+/// handler on a worker); then the client publishes 1500 events one at a time, each woken for
+/// separately. Reported: how often the server's thread for that lane was woken meanwhile.
+fn idle_events() {
+    let bus = env("HSIPC_BUS");
+    let (server, client) = told_apart(|| {
+        (
+            ProcessHub::builder("server").bus(&bus).build().unwrap(),
+            ProcessHub::builder("client").bus(&bus).build().unwrap(),
+        )
+    });
+    server.serve("calc.echo", |x: u64| Ok::<_, String>(x)).unwrap();
+    let events = server.subscribe::<u64>("t/#").unwrap();
+    client.wait_for_service("calc", LONG).unwrap();
+    client.wait_for_subscriber("t/x", LONG).unwrap();
+    for i in 0..100u64 {
+        assert_eq!(client.call::<_, u64>("calc.echo", i).unwrap(), i);
+    }
+    let reader = lane_thread_of(&client);
+    let before = wakeups_of(&reader);
+    for i in 0..1500u64 {
+        client.publish("t/x", i).unwrap();
+        assert_eq!(events.recv_timeout(LONG).unwrap().payload, i);
+    }
+    report(format!("WOKEN {}", wakeups_of(&reader).saturating_sub(before)));
+    client.close();
+    server.close();
+}
+
+/// An idle worker reading a lane is woken by whatever comes (events here, one at a time), and
+/// keeps reading: only wake-ups that bring nothing count against the writer (more than 1024
+/// of them in a row and the worker leaves the lane to its thread).
+#[test]
+fn an_idle_worker_keeps_reading_a_lane_that_brings_events() {
+    let bus = unique_bus("idle-events");
+    let mut peer = Peer::spawn("idle_events", &bus, "pair", &[]);
+    let woken: u64 = peer.expect("WOKEN", LONG).parse().unwrap();
+    eprintln!("the server's lane thread was woken {woken} times for 1500 events");
+    assert!(woken < 300, "the lane's thread was woken {woken} times for 1500 events");
 }

@@ -59,9 +59,10 @@ impl Pool {
 ///
 /// One idle worker at a time waits by reading the lane requests come through instead (see
 /// [`IdleLanes`]): a request then wakes it, not the lane's thread and then a worker. A job it
-/// queued itself (from a request it read) it takes itself once its turn is over; a job queued
-/// by another thread goes to a worker on the condition variable if one is idle (the reader may
-/// be busy with its turn), and wakes the reader only if none is.
+/// queued itself (from a request it read) it takes itself once it has given the lane back; a
+/// job queued by another thread goes to a worker on the condition variable if one is idle (the
+/// reader may be busy: an inline handler it read, say), and wakes the reader too when more
+/// jobs wait than threads there.
 struct Threads {
     name: &'static str,
     count: usize,

@@ -12,7 +12,8 @@ use proto::PeerId;
 pub(crate) trait CallerLane: Send + Sync {
     /// If nobody reads the lane now and the lane can be waited on: takes it for this thread,
     /// runs `start` (a caller sends its request there, so no reply can come before the lane
-    /// is taken), then reads it (handing every frame to the engine as its reader would) until
+    /// is taken; a caller that waits for an idle worker to give the lane up runs it before it
+    /// waits, and catches a reply that comes meanwhile through `done`), then reads it (handing every frame to the engine as its reader would) until
     /// `done` says yes, `until` passes, or the lane's own reader needs it back; then gives it
     /// back.
     ///

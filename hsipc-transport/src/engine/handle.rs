@@ -158,9 +158,10 @@ impl Handle {
     /// does with [`call`](Self::call) and [`PendingCall::wait`], in one step).
     ///
     /// When the answer will come through a direct lane that this thread may read itself (see
-    /// `CallerLane`), the lane is taken before the request goes out, and this thread reads it
-    /// while it waits: the reply wakes it directly, with no reader thread in between. Otherwise,
-    /// or should the lane's own reader need it back meanwhile, it waits as `wait` does.
+    /// `CallerLane`), the lane is taken before the request goes out (or, from an idle worker
+    /// that holds it, right after), and this thread reads it while it waits: the reply wakes it
+    /// directly, with no reader thread in between. Otherwise, or should the lane's own reader
+    /// need it back meanwhile, it waits as `wait` does.
     pub fn call_wait(&self, method: &str, body: impl Into<Body>, timeout: Duration) -> Result<Bytes> {
         let (state, now, mut pending) = self.open_call(method, body.into(), timeout)?;
         let lane = state.endpoint.call_peer(pending.id()).and_then(|peer| self.shared.caller_lane(peer));
@@ -168,16 +169,14 @@ impl Handle {
             self.shared.commit(state, now, SendBy::TryInline);
             return pending.wait();
         };
-        // The state is unlocked while the lane is taken: that may wait for an idle worker to
-        // give the lane up, which needs this lock to finish its turn. Another thread may send the
-        // request meanwhile (any commit does); its reply is still caught, through `pending`.
-        drop(state);
         let until = pending.deadline();
-        // Sends the request (once): with the lane taken first if it can be.
-        let mut sent = false;
+        // Sends the request (once): with the lane taken first if it can be. (If an idle worker
+        // holds the lane, it goes before this thread waits for the worker to give the lane up,
+        // which may need the state lock held here.)
+        let mut state = Some(state);
         let mut send = || {
-            if !std::mem::replace(&mut sent, true) {
-                self.shared.commit(self.shared.state(), now, SendBy::TryInline);
+            if let Some(state) = state.take() {
+                self.shared.commit(state, now, SendBy::TryInline);
             }
         };
         let mut answer = None;

@@ -226,13 +226,21 @@ pub(super) fn run(reader: LaneReader) {
 }
 
 impl SharedLane {
-    /// Takes the reader for a caller; if an idle worker holds it, asks the worker to give it
-    /// up and waits for that (at most [`CALLER_HANDOVER`], and not past `until`). `None` if it
-    /// cannot be had.
-    fn take_for_caller(&self, word: &CallerWord, until: Instant) -> Option<MutexGuard<'_, LaneReader>> {
+    /// Takes the reader for a caller; if an idle worker holds it, runs `start` (the caller's
+    /// request goes out at once: its reply, if it comes before the lane is had, still reaches
+    /// the caller, and the worker may need what the caller holds until then), asks the worker
+    /// to give the reader up and waits for that (at most [`CALLER_HANDOVER`], and not past
+    /// `until`). `None` if it cannot be had.
+    fn take_for_caller(
+        &self,
+        word: &CallerWord,
+        until: Instant,
+        start: &mut dyn FnMut(),
+    ) -> Option<MutexGuard<'_, LaneReader>> {
         match self.reader.try_lock() {
             Ok(reader) => return Some(reader),
-            Err(TryLockError::Poisoned(_)) => return None,
+            // A panic in engine code while the reader was held: the lane's thread reads on too.
+            Err(TryLockError::Poisoned(e)) => return Some(e.into_inner()),
             Err(TryLockError::WouldBlock) if self.idle_holds.load(Ordering::SeqCst) == 0 => return None,
             Err(TryLockError::WouldBlock) => {}
         }
@@ -240,6 +248,7 @@ impl SharedLane {
         if now >= until {
             return None;
         }
+        start();
         let until = until.min(now + CALLER_HANDOVER);
         self.caller_wants.fetch_add(1, Ordering::SeqCst);
         // Paired with the idle reader's look at `caller_wants` after it marks itself asleep.
@@ -251,7 +260,11 @@ impl SharedLane {
             }
             super::futex::wait_private(&self.idle_holds, 1, until - now);
         }
-        let reader = self.reader.try_lock().ok();
+        let reader = match self.reader.try_lock() {
+            Ok(reader) => Some(reader),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
         self.caller_wants.fetch_sub(1, Ordering::SeqCst);
         reader
     }
@@ -275,17 +288,18 @@ impl CallerLane for SharedLane {
             self.idle_holds.store(1, Ordering::SeqCst);
             match self.reader.try_lock() {
                 Ok(reader) => reader,
-                Err(_) => {
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) => {
                     self.idle_released();
                     return None;
                 }
             }
         } else {
-            self.take_for_caller(&word, until)?
+            self.take_for_caller(&word, until, start)?
         };
         // From here the reader is given back through `Held`, whatever happens (a panic in the
         // engine or a handler included): the word cleared, the lane's thread told.
-        let mut held = Held { lane: &self, word: &word, reader: Some(reader), idle };
+        let mut held = Held { lane: &self, word: &word, reader: Some(reader), idle, leaving_turn: true };
         let reader = held.reader.as_mut()?;
         if reader.ended() {
             return None;
@@ -296,7 +310,10 @@ impl CallerLane for SharedLane {
         start();
         let waker = Waker::from(self.clone());
         let mut cx = Context::from_waker(&waker);
-        let mut empty_wakes = 0;
+        // Wake-ups in a row that handed nothing on, and what had been handed on when this last
+        // went to sleep (`None` while it has not slept since).
+        let (mut empty_wakes, mut asleep_at) = (0, None);
+        let mut gave_way = false;
         // An idle worker looks for its job after every frame: one it queued itself would
         // otherwise wait for the rest of a turn.
         let turn = if idle { 1 } else { super::lane_reader::TURN };
@@ -304,17 +321,17 @@ impl CallerLane for SharedLane {
             // The lane's thread saw the socket readable: this reader reads it, then says so.
             let probe = self.wanted.load(Ordering::SeqCst) == 1;
             reader.probe_socket(probe);
-            let handed = reader.handed();
             let state = reader.read_some(turn);
             reader.probe_socket(false);
             if probe && state != LaneState::More {
-                self.socket_read(); // the turn got as far as the socket
+                self.socket_read(); // the turn got as far as the socket (a message of it, at least)
             }
             if done(&mut cx) {
                 break true;
             }
             // A caller wants the lane.
             if self.gives_way(idle) {
+                gave_way = true;
                 break false;
             }
             match state {
@@ -326,7 +343,9 @@ impl CallerLane for SharedLane {
             if reader.waits_for_socket() {
                 break false;
             }
-            empty_wakes = if reader.handed() == handed { empty_wakes + 1 } else { 0 };
+            if let Some(handed) = asleep_at.take() {
+                empty_wakes = if reader.handed() == handed { empty_wakes + 1 } else { 0 };
+            }
             if empty_wakes > EMPTY_WAKES {
                 tracing::debug!(from = %reader.from(), "woken for nothing again and again; leaving the lane to its thread");
                 break false;
@@ -335,6 +354,7 @@ impl CallerLane for SharedLane {
             // Looked at after the word is set: what comes later wakes this thread.
             if self.gives_way(idle) {
                 word.set(CALLER_AWAKE);
+                gave_way = true;
                 break false;
             }
             if reader.ring_has_more() || self.wanted.load(Ordering::SeqCst) == 1 || done(&mut cx) {
@@ -345,9 +365,12 @@ impl CallerLane for SharedLane {
             if now >= until {
                 break false;
             }
+            asleep_at = Some(reader.handed());
             word.sleep(until - now);
             word.set(CALLER_AWAKE);
         };
+        // The caller that wants the lane reads what is there: no leaving turn.
+        held.leaving_turn = !gave_way;
         drop(held);
         Some(answered || done(&mut cx))
     }
@@ -378,6 +401,8 @@ struct Held<'a> {
     reader: Option<MutexGuard<'a, LaneReader>>,
     /// Held by an idle worker (a caller may wait for it to be given up).
     idle: bool,
+    /// Whether to read a short turn before giving it back (not when a caller takes it over).
+    leaving_turn: bool,
 }
 
 impl Drop for Held<'_> {
@@ -386,7 +411,7 @@ impl Drop for Held<'_> {
         let more = self.reader.as_mut().is_some_and(|r| {
             // A writer that still saw the word set woke nobody else: what it put meanwhile is
             // read here, one short turn (not while unwinding; the rest is the lane's thread's).
-            if !std::thread::panicking() {
+            if self.leaving_turn && !std::thread::panicking() {
                 r.read_some(LEAVING_TURN);
             }
             // The reader's "asleep" handshake, now that writers look at it again: a record put

@@ -89,6 +89,8 @@ pub struct LaneReader {
     stash: Option<(usize, Vec<OwnedFd>)>,
     /// Whether a non-blocking read that finds the ring empty looks at the socket too (always,
     /// but for readers that learn from `poll` that the socket has nothing; see `caller_lane`).
+    /// A reader on a thread clears it once it has read a wake-up message: `poll` tells it of
+    /// the rest.
     probe_socket: bool,
     /// Frames handed on so far (a reader woken for nothing can tell).
     handed: u64,
