@@ -612,13 +612,17 @@ fn lane_wakeups(worker: bool) {
     server.close();
 }
 
+/// Runs `role` in a child on a bus of its own and returns what it reports after `WOKEN`.
+fn woken_in_child(role: &str, bus: &str) -> String {
+    let mut peer = Peer::spawn(role, &unique_bus(bus), "pair", &[]);
+    peer.expect("WOKEN", LONG)
+}
+
 /// A blocking caller reads its reply from the lane itself: the lane's reader thread is not
 /// woken once per call (which would cost the round trip two context switches).
 #[test]
 fn a_blocking_caller_reads_its_reply_from_the_lane_itself() {
-    let bus = unique_bus("caller-reads");
-    let mut peer = Peer::spawn("caller_reads", &bus, "pair", &[]);
-    let woken: u64 = peer.expect("WOKEN", LONG).parse().unwrap();
+    let woken: u64 = woken_in_child("caller_reads", "caller-reads").parse().unwrap();
     eprintln!("the client's lane thread was woken {woken} times in 300 calls");
     assert!(woken < 75, "the lane's thread was woken {woken} times for 300 replies");
 }
@@ -681,9 +685,7 @@ fn an_inline_handler_does_not_run_on_a_caller_reading_a_lane() {
 /// context switches more).
 #[test]
 fn an_idle_worker_reads_requests_from_the_lane_itself() {
-    let bus = unique_bus("worker-reads");
-    let mut peer = Peer::spawn("worker_reads", &bus, "pair", &[]);
-    let woken: u64 = peer.expect("WOKEN", LONG).parse().unwrap();
+    let woken: u64 = woken_in_child("worker_reads", "worker-reads").parse().unwrap();
     eprintln!("the server's lane thread was woken {woken} times in 300 calls");
     assert!(woken < 75, "the lane's thread was woken {woken} times for 300 requests");
 }
@@ -761,9 +763,7 @@ fn caller_first() {
 /// (else each reply would wake the worker, which would wake the caller).
 #[test]
 fn a_caller_takes_the_lane_over_from_an_idle_worker() {
-    let bus = unique_bus("caller-first");
-    let mut peer = Peer::spawn("caller_first", &bus, "pair", &[]);
-    let line = peer.expect("WOKEN", LONG);
+    let line = woken_in_child("caller_first", "caller-first");
     let (lane, workers) = line.split_once(' ').unwrap();
     let (lane, workers): (u64, u64) = (lane.parse().unwrap(), workers.parse().unwrap());
     eprintln!("A's lane thread woken {lane} times in 100 calls from B; A's workers {workers} times in 300 calls to B");
@@ -871,9 +871,7 @@ fn idle_events() {
 /// of them in a row and the worker leaves the lane to its thread).
 #[test]
 fn an_idle_worker_keeps_reading_a_lane_that_brings_events() {
-    let bus = unique_bus("idle-events");
-    let mut peer = Peer::spawn("idle_events", &bus, "pair", &[]);
-    let woken: u64 = peer.expect("WOKEN", LONG).parse().unwrap();
+    let woken: u64 = woken_in_child("idle_events", "idle-events").parse().unwrap();
     eprintln!("the server's lane thread was woken {woken} times for 1500 events");
     assert!(woken < 300, "the lane's thread was woken {woken} times for 1500 events");
 }
