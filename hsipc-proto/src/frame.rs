@@ -459,17 +459,17 @@ pub(crate) fn encode_parts(
         return Err(FrameError::TooLarge { len, max: max_len });
     }
     let head_len = if shared.is_some() { len - rest.len() } else { len };
+    // The header is put together on the stack and copied in once (a `put` per field checks
+    // the buffer's room each time).
+    let mut header = [0u8; HEADER_LEN];
+    header[..4].copy_from_slice(&[MAGIC, VERSION, kind as u8, flags]);
+    header[4..8].copy_from_slice(&aux.to_le_bytes());
+    header[8..16].copy_from_slice(&id.to_le_bytes());
+    header[16..24].copy_from_slice(&seq.to_le_bytes());
+    header[24..26].copy_from_slice(&(name.len() as u16).to_le_bytes());
+    header[28..32].copy_from_slice(&(payload_len as u32).to_le_bytes());
     let head = arena.head(head_len, |b| {
-        b.put_u8(MAGIC);
-        b.put_u8(VERSION);
-        b.put_u8(kind as u8);
-        b.put_u8(flags);
-        b.put_u32_le(aux);
-        b.put_u64_le(id);
-        b.put_u64_le(seq);
-        b.put_u16_le(name.len() as u16);
-        b.put_u16_le(0);
-        b.put_u32_le(payload_len as u32);
+        b.put_slice(&header);
         b.put_slice(name);
         b.put_slice(lead);
         if shared.is_none() {

@@ -232,7 +232,7 @@ fn run_clock(shared: &Arc<Shared>, alarm: &Alarm) {
         let now = Instant::now();
         let mut state = shared.state();
         state.awake(now);
-        shared.commit(state, now, SendBy::Writer);
+        shared.commit(state, now, SendBy::TryInline);
     }
     // Goodbye: fail everything open, queue the goodbye, stop dispatching, let the writer finish.
     let now = Instant::now();

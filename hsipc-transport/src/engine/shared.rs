@@ -66,7 +66,8 @@ thread_local! {
 /// Who sends the frames a change to the state produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SendBy {
-    /// The writer thread (threads that must never block or wait: the clock, the readers).
+    /// The writer thread (threads that must never block or wait and must not spend their time
+    /// sending: the readers).
     Writer,
     /// This thread, if nobody else is sending; it may block in the transport (thread-pool
     /// handlers).
@@ -75,7 +76,8 @@ pub(crate) enum SendBy {
     /// [`AnswersHeld`](super::AnswersHeld)).
     InlineUnlessHeld,
     /// This thread, without ever blocking: whatever cannot go at once (a full lane, a frame for
-    /// the bus) goes to the writer, in order (callers, async handlers).
+    /// the bus) goes to the writer, in order (callers, async handlers, the clock: a credit
+    /// return or a heartbeat costs no wake-up of the writer).
     TryInline,
 }
 
@@ -146,6 +148,20 @@ impl Shared {
             return;
         }
         state.input(now, from, bytes);
+        self.commit(state, now, SendBy::Writer);
+    }
+
+    /// Frames from the transport, in their order, under one lock and one commit (called by
+    /// a reader that found several at once).
+    pub(crate) fn input_all(&self, from: PeerId, frames: impl Iterator<Item = Bytes>) {
+        let now = Instant::now();
+        let mut state = self.state();
+        if state.is_closed() {
+            return;
+        }
+        for bytes in frames {
+            state.input(now, from, bytes);
+        }
         self.commit(state, now, SendBy::Writer);
     }
 

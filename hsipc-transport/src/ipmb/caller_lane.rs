@@ -208,6 +208,7 @@ pub(super) fn run(reader: LaneReader) {
         match reader {
             Some(mut reader) => {
                 reader.probe_socket(socket_ready);
+                reader.batch(super::lane_reader::BATCH); // a caller's turn may have set it
                 let state = reader.read_some(super::lane_reader::TURN);
                 lane.learn_word(&reader); // a ring may have come with this turn
                 match state {
@@ -317,6 +318,7 @@ impl CallerLane for SharedLane {
         // An idle worker looks for its job after every frame: one it queued itself would
         // otherwise wait for the rest of a turn.
         let turn = if idle { 1 } else { super::lane_reader::TURN };
+        reader.batch(if idle { 1 } else { super::lane_reader::BATCH });
         let answered = loop {
             // The lane's thread saw the socket readable: this reader reads it, then says so.
             let probe = self.wanted.load(Ordering::SeqCst) == 1;

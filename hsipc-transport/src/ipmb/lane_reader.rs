@@ -48,6 +48,10 @@ impl std::fmt::Debug for LaneRunner {
 /// Most messages [`LaneReader::read_ready`] reads in one turn.
 pub(super) const TURN: usize = 128;
 
+/// Most frames a reader takes from the ring before it hands them on together (one lock of the
+/// engine's state and one commit for them all; see [`LaneReader::batch`]).
+pub(super) const BATCH: usize = 32;
+
 /// What [`LaneReader::read_ready`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LaneState {
@@ -94,6 +98,11 @@ pub struct LaneReader {
     probe_socket: bool,
     /// Frames handed on so far (a reader woken for nothing can tell).
     handed: u64,
+    /// Frames taken from the ring and not handed on yet: a read hands them on before it
+    /// returns, so they are never held past it.
+    held: Vec<bytes::Bytes>,
+    /// Most frames handed on together (1: each on its own).
+    batch: usize,
 }
 
 impl std::fmt::Debug for LaneReader {
@@ -138,6 +147,8 @@ impl LaneReader {
             stash: None,
             probe_socket: true,
             handed: 0,
+            held: Vec::new(),
+            batch: BATCH,
         }
     }
 
@@ -225,6 +236,13 @@ impl LaneReader {
     /// Whether reads that find the ring empty look at the socket (see the field's docs).
     pub(super) fn probe_socket(&mut self, probe: bool) {
         self.probe_socket = probe;
+    }
+
+    /// Hands on at most `most` frames that the ring holds together (one engine commit for
+    /// them all), or each frame on its own with 1 (a reader that looks for other work after
+    /// every frame).
+    pub(super) fn batch(&mut self, most: usize) {
+        self.batch = most.max(1);
     }
 
     /// Frames handed on so far.
@@ -328,36 +346,81 @@ impl LaneReader {
     /// through the socket (read it there), else how reading went.
     fn read_ring(&mut self, wait: bool) -> Option<Step> {
         let from = self.from;
-        let ring = self.ring.as_mut()?;
-        // (A frame over ARENA_FRAME_MAX makes the arena take a buffer large enough for it.)
-        let (record, tell) = match ring.next(arena_with_room(&mut self.arena, ARENA_FRAME_MAX)) {
-            Ok(next) => next,
-            Err(e) => {
-                tracing::warn!(%from, error = %e, "dropping the lane");
-                return Some(self.end(true));
+        loop {
+            let ring = self.ring.as_mut()?;
+            // (A frame over ARENA_FRAME_MAX makes the arena take a buffer large enough for it.)
+            let next = ring.next(arena_with_room(&mut self.arena, ARENA_FRAME_MAX));
+            let record = match next {
+                Ok((record, tell)) => {
+                    if tell {
+                        lane::say_space(&self.fd);
+                    }
+                    record
+                }
+                Err(e) => {
+                    if let Some(ended) = self.hand_on_held() {
+                        return Some(ended);
+                    }
+                    tracing::warn!(%from, error = %e, "dropping the lane");
+                    return Some(self.end(true));
+                }
+            };
+            if let Some(Record::Frame) = record {
+                if self.arena.len() <= self.max_len {
+                    // Frames the ring holds now go on together, up to a batch.
+                    self.held.push(self.arena.split().freeze());
+                    if self.held.len() < self.batch {
+                        continue;
+                    }
+                    return Some(self.hand_on_held().unwrap_or(Step::Read));
+                }
             }
-        };
-        if tell {
-            lane::say_space(&self.fd);
+            // Whatever comes next, the frames before it go first.
+            let handed = !self.held.is_empty();
+            if let Some(ended) = self.hand_on_held() {
+                return Some(ended);
+            }
+            return match record {
+                Some(Record::Frame) => {
+                    tracing::debug!(%from, "ring frame over the maximum message length; dropping the lane");
+                    Some(self.end(true))
+                }
+                Some(Record::Socket) => {
+                    self.in_socket_frame = true;
+                    None
+                }
+                Some(Record::Close) => {
+                    tracing::debug!(%from, "lane closed by its writer (idle)");
+                    Some(self.end(false))
+                }
+                // The next read finds the ring empty (or more in it).
+                None if handed => Some(Step::Read),
+                None => Some(self.ring_empty(wait)),
+            };
         }
-        match record {
-            Some(Record::Frame) if self.arena.len() > self.max_len => {
-                tracing::debug!(%from, "ring frame over the maximum message length; dropping the lane");
-                Some(self.end(true))
+    }
+
+    /// Hands on the frames taken from the ring, if any, together; `Some(Step::Ended)` if the
+    /// engine is gone.
+    fn hand_on_held(&mut self) -> Option<Step> {
+        match self.held.len() {
+            0 => None,
+            1 => {
+                let frame = self.held.pop()?;
+                match self.hand_on(frame) {
+                    Step::Ended => Some(Step::Ended),
+                    _ => None,
+                }
             }
-            Some(Record::Frame) => {
-                let frame = self.arena.split().freeze();
-                Some(self.hand_on(frame))
+            n => {
+                self.in_socket_frame = false;
+                self.handed += n as u64;
+                if self.ingress.deliver_all(self.from, &mut self.held) {
+                    return None;
+                }
+                self.held.clear();
+                Some(self.engine_gone())
             }
-            Some(Record::Socket) => {
-                self.in_socket_frame = true;
-                None
-            }
-            Some(Record::Close) => {
-                tracing::debug!(%from, "lane closed by its writer (idle)");
-                Some(self.end(false))
-            }
-            None => Some(self.ring_empty(wait)),
         }
     }
 
@@ -480,15 +543,19 @@ impl LaneReader {
         self.in_socket_frame = false;
         self.handed += 1;
         if !self.ingress.deliver(self.from, bytes) {
-            // The engine is gone: the writer sees the end at its next frame (see `end`).
-            if let Some(ring) = &self.ring {
-                ring.ended();
-            }
-            lane::shut(&self.fd);
-            self.on_end = None;
-            return Step::Ended;
+            return self.engine_gone();
         }
         Step::Read
+    }
+
+    /// The engine is gone: the writer sees the end at its next frame (see `end`).
+    fn engine_gone(&mut self) -> Step {
+        if let Some(ring) = &self.ring {
+            ring.ended();
+        }
+        lane::shut(&self.fd);
+        self.on_end = None;
+        Step::Ended
     }
 
     /// The lane is over; if `gone`, its writer is taken for departed (unless this hub closes).
@@ -550,6 +617,8 @@ impl Drop for LaneReader {
             stash: self.stash.take(),
             probe_socket: true,
             handed: self.handed,
+            held: Vec::new(),
+            batch: BATCH,
         };
         if let Err(e) = lane::spawn_thread(rest, self.from) {
             // The reader moved into the failed spawn has been dropped, which ended the lane.
