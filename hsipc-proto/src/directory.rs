@@ -132,13 +132,18 @@ impl Directory {
         self.providers.get(service).is_some_and(|s| s.contains(&peer))
     }
 
-    pub(crate) fn subscribers(&self, topic: &crate::topic::Topic) -> smallvec::SmallVec<[PeerId; 4]> {
-        self.topics.matches(topic)
+    pub(crate) fn subscribers(&mut self, topic: &crate::topic::Topic) -> smallvec::SmallVec<[PeerId; 4]> {
+        self.topics.matches_cached(topic)
     }
 
     /// The peers with a reliable subscription matching `topic`.
-    pub(crate) fn reliable_subscribers(&self, topic: &crate::topic::Topic) -> smallvec::SmallVec<[PeerId; 4]> {
-        self.reliable_topics.matches(topic)
+    pub(crate) fn reliable_subscribers(&mut self, topic: &crate::topic::Topic) -> smallvec::SmallVec<[PeerId; 4]> {
+        self.reliable_topics.matches_cached(topic)
+    }
+
+    /// Whether some peer subscribes to a pattern matching `topic`.
+    pub(crate) fn has_subscriber(&self, topic: &crate::topic::Topic) -> bool {
+        self.topics.any_match(topic)
     }
 
     pub(crate) fn get(&self, id: PeerId) -> Option<&Peer> {

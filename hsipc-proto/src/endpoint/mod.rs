@@ -340,7 +340,7 @@ impl Endpoint {
 
     /// Whether some peer (this one included) subscribes to a pattern matching `topic`.
     pub fn has_subscriber(&self, topic: &Topic) -> bool {
-        !self.directory.subscribers(topic).is_empty()
+        self.directory.has_subscriber(topic)
     }
 
     /// Whether some peer (this one included) serves `service`.

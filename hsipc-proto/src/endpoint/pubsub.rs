@@ -117,7 +117,7 @@ impl Endpoint {
             }
             let missed = self.take_unreported(peer);
             if peer == self.local {
-                let subscriptions = self.subscriptions.matches(topic);
+                let subscriptions = self.subscriptions.matches_cached(topic);
                 if subscriptions.is_empty() {
                     if credited {
                         self.events_taken(now, peer, 1);
@@ -163,7 +163,7 @@ impl Endpoint {
         if credited {
             self.credit_used(from);
         }
-        let subscriptions = self.subscriptions.matches(&topic);
+        let subscriptions = self.subscriptions.matches_cached(&topic);
         if subscriptions.is_empty() {
             self.stats.unmatched_events += 1;
             if credited {

@@ -431,7 +431,7 @@ fn arb_filter() -> impl Strategy<Value = TopicFilter> {
 
 /// Checks the index against the reference matcher applied to every entry of `model`.
 fn check_index(
-    index: &TopicIndex<u8>,
+    index: &mut TopicIndex<u8>,
     model: &BTreeSet<(TopicFilter, u8)>,
     topics: &[Topic],
 ) -> Result<(), TestCaseError> {
@@ -445,6 +445,9 @@ fn check_index(
             .into_iter()
             .collect();
         prop_assert_eq!(&index.matches(t).to_vec(), &expected, "topic {}", t);
+        // Twice: the second from the cache, unless the index changed (then never stale).
+        prop_assert_eq!(&index.matches_cached(t).to_vec(), &expected, "topic {} (cached)", t);
+        prop_assert_eq!(&index.matches_cached(t).to_vec(), &expected, "topic {} (cached)", t);
         prop_assert_eq!(index.any_match(t), !expected.is_empty());
         let mut seen = Vec::new();
         index.for_each_match(t, |k| seen.push(*k));
@@ -465,7 +468,7 @@ proptest! {
         for (f, k) in &entries {
             prop_assert_eq!(index.insert(f, *k), model.insert((f.clone(), *k)));
         }
-        check_index(&index, &model, &topics)?;
+        check_index(&mut index, &model, &topics)?;
 
         if !entries.is_empty() {
             for at in &removals {
@@ -473,7 +476,7 @@ proptest! {
                 prop_assert_eq!(index.remove(f, k), model.remove(&(f.clone(), *k)));
             }
         }
-        check_index(&index, &model, &topics)?;
+        check_index(&mut index, &model, &topics)?;
         // No leaked nodes: the same size as an index built from the survivors.
         let mut fresh = TopicIndex::new();
         for (f, k) in &model {

@@ -51,12 +51,16 @@ type Work<'a, K> = SmallVec<[(&'a Node<K>, Option<&'a str>); 8]>;
 pub(crate) struct TopicIndex<K> {
     root: Node<K>,
     len: usize,
+    /// The last topic [`matches_cached`](Self::matches_cached) looked up and its keys; any
+    /// change to the index forgets it. A publisher usually publishes on one topic, or a few,
+    /// again and again.
+    last: Option<(Topic, SmallVec<[K; 4]>)>,
 }
 
 impl<K> TopicIndex<K> {
     /// An empty index.
     pub(crate) fn new() -> Self {
-        Self { root: Node::default(), len: 0 }
+        Self { root: Node::default(), len: 0, last: None }
     }
 
     /// The number of `(filter, key)` entries.
@@ -87,6 +91,7 @@ impl<K> TopicIndex<K> {
 impl<K: Ord> TopicIndex<K> {
     /// Adds the entry `(filter, key)`; returns `false` (and changes nothing) if it was present.
     pub(crate) fn insert(&mut self, filter: &TopicFilter, key: K) -> bool {
+        self.last = None;
         let mut node = &mut self.root;
         let mut multi = false;
         for level in filter.levels() {
@@ -108,6 +113,7 @@ impl<K: Ord> TopicIndex<K> {
     ///
     /// Nodes left without entries or children are freed.
     pub(crate) fn remove(&mut self, filter: &TopicFilter, key: &K) -> bool {
+        self.last = None;
         let (path, multi) = trie_path(filter);
         let Some(node) = self.root.descend_mut(&path) else {
             return false;
@@ -200,6 +206,19 @@ impl<K: Ord + Clone> TopicIndex<K> {
     pub(crate) fn matches(&self, topic: &Topic) -> SmallVec<[K; 4]> {
         let mut keys = SmallVec::new();
         self.for_each_match(topic, |key| keys.push(key.clone()));
+        keys
+    }
+
+    /// As [`matches`](Self::matches), answered from the last lookup when it was for the same
+    /// topic and the index has not changed since.
+    pub(crate) fn matches_cached(&mut self, topic: &Topic) -> SmallVec<[K; 4]> {
+        if let Some((last, keys)) = &self.last {
+            if last == topic {
+                return keys.clone();
+            }
+        }
+        let keys = self.matches(topic);
+        self.last = Some((topic.clone(), keys.clone()));
         keys
     }
 }
