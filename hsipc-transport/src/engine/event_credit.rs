@@ -11,11 +11,28 @@ use super::alarm::Alarm;
 /// One event's claim on its publisher's credit: dropped once every reliable subscription it
 /// went to has taken it (or dropped it), which counts it as taken.
 #[derive(Debug)]
-pub(crate) struct Ticket(Arc<CreditAccount>);
+pub(crate) struct Ticket(Option<Arc<CreditAccount>>);
+
+impl Ticket {
+    /// Counts the event as taken, on a thread that holds none of the engine's locks (a
+    /// subscription's receiver): returns whether that completed a batch, for the caller to
+    /// give the credit back itself ([`Handle::return_event_credit`]) instead of waking the
+    /// clock for it.
+    ///
+    /// [`Handle::return_event_credit`]: super::Handle::return_event_credit
+    pub(crate) fn taken_here(mut self) -> bool {
+        self.0.take().is_some_and(|account| account.count_one())
+    }
+}
 
 impl Drop for Ticket {
+    /// Dropped anywhere (under the engine's locks too): wakes the clock for a batch.
     fn drop(&mut self) {
-        self.0.taken_one();
+        if let Some(account) = self.0.take() {
+            if account.count_one() {
+                account.wake_clock.ring();
+            }
+        }
     }
 }
 
@@ -24,14 +41,26 @@ impl Drop for Ticket {
 /// counts when the last share goes).
 #[derive(Debug)]
 pub(crate) enum Claim {
-    One(#[allow(dead_code)] Ticket),
-    Shared(#[allow(dead_code)] Arc<Ticket>),
+    One(Ticket),
+    Shared(Arc<Ticket>),
+}
+
+impl Claim {
+    /// Counts this share as taken where no engine lock is held (see [`Ticket::taken_here`]):
+    /// whether the caller is to give the credit back. A share that is not the last one
+    /// counts nothing.
+    pub(crate) fn taken_here(self) -> bool {
+        match self {
+            Claim::One(ticket) => ticket.taken_here(),
+            Claim::Shared(shared) => Arc::try_unwrap(shared).is_ok_and(Ticket::taken_here),
+        }
+    }
 }
 
 /// The events one publisher's credit paid for that the application has taken since the engine
-/// last told the protocol. The clock thread hands them over (see `State::return_credit`): a
-/// ticket may drop anywhere, under the state lock too, so it only counts and, now and then,
-/// wakes the clock.
+/// last told the protocol (see `State::return_credit`). A ticket may drop anywhere, under the
+/// state lock too, so it only counts and, now and then, wakes the clock to hand them over; a
+/// subscription's receiver, which holds no lock, hands them over itself.
 #[derive(Debug)]
 pub(crate) struct CreditAccount {
     from: PeerId,
@@ -42,10 +71,9 @@ pub(crate) struct CreditAccount {
 }
 
 impl CreditAccount {
-    fn taken_one(&self) {
-        if self.taken.fetch_add(1, Ordering::Relaxed) + 1 == self.batch {
-            self.wake_clock.ring();
-        }
+    /// Counts one event taken: whether that completes a batch to give back.
+    fn count_one(&self) -> bool {
+        self.taken.fetch_add(1, Ordering::Relaxed) + 1 == self.batch
     }
 }
 
@@ -72,7 +100,7 @@ impl EventCredit {
                 wake_clock: self.wake_clock.clone(),
             })
         });
-        Ticket(account.clone())
+        Ticket(Some(account.clone()))
     }
 
     /// What the application has taken since the last call, per publisher.

@@ -120,6 +120,15 @@ impl Handle {
         r
     }
 
+    /// Gives publishers the credit of the events the application has taken (a subscription's
+    /// receiver does, once a batch is taken, instead of waking the clock). Never blocks.
+    pub(crate) fn return_event_credit(&self) {
+        let _ = self.with(SendBy::TryInline, |state, now| {
+            state.return_credit(now);
+            Ok(())
+        });
+    }
+
     /// Starts a unary call. Fails at once if it cannot start (no such service, too large,
     /// too many calls); otherwise the outcome arrives by the deadline. Dropping the
     /// [`PendingCall`] first cancels the call at the server.

@@ -240,12 +240,8 @@ impl State {
         for w in expired {
             self.deferred.push(Deferred::Done(w.done, Err(Error::Timeout)));
         }
-        let taken: Vec<(PeerId, u32)> = self.credit.taken().collect();
-        for (from, n) in taken {
-            self.endpoint.events_taken(now, from, n);
-        }
         // However few were taken, the publishers hear of it by the next tick.
-        self.endpoint.flush_event_credit();
+        self.return_credit(now);
         self.credit_waiters.expire(now, || Ok(()), &mut self.deferred);
         let full = || {
             let why =
@@ -253,6 +249,15 @@ impl State {
             Err(Error::LocalLimit(why.into()))
         };
         self.room_waiters.expire(now, full, &mut self.deferred);
+    }
+
+    /// Gives the publishers back the credit of every event the application has taken.
+    pub(super) fn return_credit(&mut self, now: Instant) {
+        let taken: Vec<(PeerId, u32)> = self.credit.taken().collect();
+        for (from, n) in taken {
+            self.endpoint.events_taken(now, from, n);
+        }
+        self.endpoint.flush_event_credit();
     }
 
     /// The next instant anything here is due (never more than a minute away).
