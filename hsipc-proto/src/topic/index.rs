@@ -151,7 +151,6 @@ impl<K: Ord> TopicIndex<K> {
     }
 
     /// Whether any filter matches `topic`; stops at the first match.
-    #[allow(dead_code, reason = "used by tests")]
     pub(crate) fn any_match(&self, topic: &Topic) -> bool {
         self.visit(topic, |_| ControlFlow::Break(())).is_break()
     }

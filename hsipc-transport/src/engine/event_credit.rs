@@ -36,7 +36,8 @@ impl Drop for Ticket {
     }
 }
 
-/// A delivery's share of its event's ticket, held only for its drop: the ticket itself when one
+/// A delivery's share of its event's ticket, held for its drop (or counted by the receiver that
+/// takes the delivery, [`Claim::taken_here`]): the ticket itself when one
 /// reliable subscription got the event (no allocation), a shared one when several did (it
 /// counts when the last share goes).
 #[derive(Debug)]
@@ -65,7 +66,8 @@ impl Claim {
 pub(crate) struct CreditAccount {
     from: PeerId,
     taken: AtomicU32,
-    /// Wake the clock when this many are taken.
+    /// Give the credit back when this many are taken (the receiver that completes the batch
+    /// does; a ticket dropped elsewhere wakes the clock for it).
     batch: u32,
     wake_clock: Alarm,
 }

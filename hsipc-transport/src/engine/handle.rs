@@ -121,7 +121,9 @@ impl Handle {
     }
 
     /// Gives publishers the credit of the events the application has taken (a subscription's
-    /// receiver does, once a batch is taken, instead of waking the clock). Never blocks.
+    /// receiver does, once a batch is taken, instead of waking the clock). Never blocks in the
+    /// transport (what a full lane cannot take goes to the writer); it takes the engine's
+    /// locks briefly, so it must not be called with one of them held.
     pub(crate) fn return_event_credit(&self) {
         let _ = self.with(SendBy::TryInline, |state, now| {
             state.return_credit(now);

@@ -7,7 +7,8 @@
 //! served calls) sit in one [`State`] behind a mutex that is never held across I/O, a blocking
 //! wait, or a wake-up of another thread. Four kinds of threads drive it:
 //!
-//! - **The transport's reader** hands each received frame to the engine ([`Ingress::deliver`]):
+//! - **The transport's reader** hands each received frame to the engine ([`Ingress::deliver`];
+//!   frames it finds together, in a lane's ring, go together under one lock and one commit):
 //!   the protocol runs under the lock, and once the lock is released a response wakes its
 //!   caller and a request goes to the [`Dispatcher`]. The reader never blocks in a send (a
 //!   handler served inline runs on it, and answers the way callers send).
@@ -22,7 +23,8 @@
 //!   bus, and it holds no state lock while it does.
 //! - **The clock thread** runs the protocol's timers, the engine's own deadlines (a stream
 //!   sink waiting for credit, `wait_for_service`, a publish waiting for credit), the liveness
-//!   check and the return of event credit. It never does I/O on the bus, so deadlines hold even
+//!   check and the return of event credit for events not taken through a subscription's
+//!   receiver (which gives its credit back itself). It never does I/O on the bus, so deadlines hold even
 //!   when the bus is stalled: a caller is always answered by its deadline, and adapters need no
 //!   timer of their own. It sleeps in `poll` on an eventfd and the peers' pidfds (see `alarm`):
 //!   a peer's death wakes it at once, and an idle hub's clock wakes only for its heartbeat.
@@ -232,7 +234,7 @@ fn run_clock(shared: &Arc<Shared>, alarm: &Alarm) {
         let now = Instant::now();
         let mut state = shared.state();
         state.awake(now);
-        shared.commit(state, now, SendBy::TryInline);
+        shared.commit(state, now, SendBy::Writer);
     }
     // Goodbye: fail everything open, queue the goodbye, stop dispatching, let the writer finish.
     let now = Instant::now();

@@ -66,8 +66,7 @@ thread_local! {
 /// Who sends the frames a change to the state produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SendBy {
-    /// The writer thread (threads that must never block or wait and must not spend their time
-    /// sending: the readers).
+    /// The writer thread (threads that must never block or wait: the clock, the readers).
     Writer,
     /// This thread, if nobody else is sending; it may block in the transport (thread-pool
     /// handlers).
@@ -76,8 +75,8 @@ pub(crate) enum SendBy {
     /// [`AnswersHeld`](super::AnswersHeld)).
     InlineUnlessHeld,
     /// This thread, without ever blocking: whatever cannot go at once (a full lane, a frame for
-    /// the bus) goes to the writer, in order (callers, async handlers, the clock: a credit
-    /// return or a heartbeat costs no wake-up of the writer).
+    /// the bus) goes to the writer, in order (callers, async handlers, a subscription's
+    /// receiver giving credit back).
     TryInline,
 }
 
@@ -161,6 +160,9 @@ impl Shared {
         }
         for bytes in frames {
             state.input(now, from, bytes);
+            // What the frame produced is taken out of the protocol before the next one, as it
+            // would be frame by frame (the protocol bounds its queued outputs).
+            state.drain(now);
         }
         self.commit(state, now, SendBy::Writer);
     }

@@ -103,6 +103,9 @@ pub struct LaneReader {
     held: Vec<bytes::Bytes>,
     /// Most frames handed on together (1: each on its own).
     batch: usize,
+    /// What is left of the current turn ([`read_some`](Self::read_some)): a batch takes no
+    /// more frames than that.
+    turn_left: usize,
 }
 
 impl std::fmt::Debug for LaneReader {
@@ -149,6 +152,7 @@ impl LaneReader {
             handed: 0,
             held: Vec::new(),
             batch: BATCH,
+            turn_left: usize::MAX,
         }
     }
 
@@ -158,22 +162,35 @@ impl LaneReader {
         self.fd.clone()
     }
 
-    /// Reads and hands on what the lane holds now, without waiting: at most `TURN` (128) messages,
-    /// so that a peer that keeps the lane full cannot keep a runtime's thread to itself.
+    /// Reads and hands on what the lane holds now, without waiting: at most `TURN` (128) messages
+    /// (or frames, where the ring's come in batches), so that a peer that keeps the lane full
+    /// cannot keep a runtime's thread to itself.
     pub fn read_ready(&mut self) -> LaneState {
         self.read_some(TURN)
     }
 
-    /// Like [`read_ready`](Self::read_ready), with a turn of at most `most` messages.
+    /// Like [`read_ready`](Self::read_ready), with a turn of at most `most` messages (a batch
+    /// of frames from the ring counts each of its frames).
     pub fn read_some(&mut self, most: usize) -> LaneState {
+        let until = self.handed.saturating_add(most as u64);
+        let mut state = LaneState::More;
         for _ in 0..most {
+            self.turn_left = until.saturating_sub(self.handed).max(1) as usize;
             match self.read_one(false) {
+                Step::Read if self.handed >= until => break,
                 Step::Read => {}
-                Step::WouldBlock => return LaneState::Drained,
-                Step::Ended => return LaneState::Ended,
+                Step::WouldBlock => {
+                    state = LaneState::Drained;
+                    break;
+                }
+                Step::Ended => {
+                    state = LaneState::Ended;
+                    break;
+                }
             }
         }
-        LaneState::More
+        self.turn_left = usize::MAX;
+        state
     }
 
     /// [`read_ready`](Self::read_ready) in the shape reactors retry on (tokio's
@@ -255,7 +272,8 @@ impl LaneReader {
         self.on_end.is_none()
     }
 
-    /// Reads one message (waiting for it if `wait`), and hands on the frame it completes.
+    /// Reads one message (waiting for it if `wait`), and hands on the frame it completes (or
+    /// the frames the ring holds, up to a batch).
     fn read_one(&mut self, wait: bool) -> Step {
         if self.on_end.is_none() {
             return Step::Ended;
@@ -369,7 +387,7 @@ impl LaneReader {
                 if self.arena.len() <= self.max_len {
                     // Frames the ring holds now go on together, up to a batch.
                     self.held.push(self.arena.split().freeze());
-                    if self.held.len() < self.batch {
+                    if self.held.len() < self.batch.min(self.turn_left) {
                         continue;
                     }
                     return Some(self.hand_on_held().unwrap_or(Step::Read));
@@ -619,6 +637,7 @@ impl Drop for LaneReader {
             handed: self.handed,
             held: Vec::new(),
             batch: BATCH,
+            turn_left: usize::MAX,
         };
         if let Err(e) = lane::spawn_thread(rest, self.from) {
             // The reader moved into the failed spawn has been dropped, which ended the lane.
