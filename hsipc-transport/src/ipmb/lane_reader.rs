@@ -645,3 +645,67 @@ impl Drop for LaneReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::engine::{Dispatcher, Engine, EngineConfig, Handle, IncomingCall, Reject};
+    use crate::transport::{Connect, Transport};
+
+    /// Connects through another connector and keeps the engine's ingress, for a reader to use.
+    #[derive(Debug)]
+    struct KeepIngress(Box<dyn Connect>, Arc<Mutex<Option<Ingress>>>);
+
+    impl Connect for KeepIngress {
+        fn connect(
+            self: Box<Self>,
+            local: PeerId,
+            name: &str,
+            ingress: Ingress,
+        ) -> Result<Box<dyn Transport>, crate::transport::TransportError> {
+            *self.1.lock().unwrap() = Some(ingress.clone());
+            self.0.connect(local, name, ingress)
+        }
+    }
+
+    struct NoCalls;
+
+    impl Dispatcher for NoCalls {
+        fn dispatch(&self, _: IncomingCall, _: &Handle) -> Result<(), Reject> {
+            Ok(())
+        }
+    }
+
+    /// A turn counts the frames a ring batch hands on, not the reads: a peer that keeps the
+    /// ring full holds a reader (a runtime's thread, a caller) for at most a turn's frames.
+    #[test]
+    fn a_turn_counts_the_frames_of_a_ring_batch() {
+        let kept = Arc::new(Mutex::new(None));
+        let bus = crate::mem::MemBus::new();
+        let connect = Box::new(KeepIngress(bus.connector(), kept.clone()));
+        let engine = Engine::start(EngineConfig::default(), connect, PeerId(1), "turns", Arc::new(NoCalls)).unwrap();
+        let ingress = kept.lock().unwrap().take().unwrap();
+        let (mine, theirs) = lane::pair().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut reader = LaneReader::new(Arc::new(theirs), PeerId(2), ingress, 1 << 20, stop, Takes::Ring, |_| {});
+        let (mut ring, [data, control]) = ring::RingWriter::new().unwrap();
+        assert!(lane::write_ring(&mine, [&data, &control], ring::RING_SIZE).unwrap());
+        // Frames the protocol drops (they are not frames of its): handed on all the same.
+        for i in 0..100u8 {
+            assert!(ring.put_frame([&[i; 40], &[]]));
+        }
+        // The first read takes the ring; then ten frames, not a whole batch.
+        assert_eq!(reader.read_some(10), LaneState::More);
+        assert_eq!(reader.handed(), 10);
+        // A turn of 3 reads takes 3 frames.
+        assert_eq!(reader.read_some(3), LaneState::More);
+        assert_eq!(reader.handed(), 13);
+        // A long turn takes the rest, a batch at a time, and finds the ring empty.
+        assert_eq!(reader.read_some(TURN), LaneState::Drained);
+        assert_eq!(reader.handed(), 100);
+        drop(mine);
+        drop(engine);
+    }
+}
