@@ -123,7 +123,8 @@ fn read_lane(reader: LaneReader) -> Option<LaneReader> {
     None
 }
 
-/// Messages a reactor waker reads before it leaves the rest of a full lane to a task.
+/// Messages (or frames of a ring batch) a reactor waker reads before it leaves the rest of a
+/// full lane to a task.
 const WAKER_TURN: usize = 32;
 
 /// Nobody reads the lane now; the next wake-up does.

@@ -15,19 +15,20 @@
 //! - **Application threads and tasks** run commands directly; a call that cannot start fails
 //!   at once. They send their own frames when that needs no waiting (a frame into a direct
 //!   lane, see the ipmb transport, whose own queue takes what the lane cannot take now); what
-//!   would wait (the bus) goes to the writer, in order. So a caller never blocks in the transport and saves a thread
-//!   hop whenever it can. Handlers of the blocking hub send their answers themselves (blocking,
-//!   if they must); handlers on an async runtime send the same way callers do, never blocking an
-//!   executor thread.
+//!   would wait (the bus) goes to the writer, in order. So a caller never blocks in the
+//!   transport and saves a thread hop whenever it can. Handlers of the blocking hub send their
+//!   answers themselves (blocking, if they must); handlers on an async runtime send the same
+//!   way callers do, never blocking an executor thread.
 //! - **The writer thread** sends queued frames. It is the only thread that may block in the
 //!   bus, and it holds no state lock while it does.
 //! - **The clock thread** runs the protocol's timers, the engine's own deadlines (a stream
 //!   sink waiting for credit, `wait_for_service`, a publish waiting for credit), the liveness
 //!   check and the return of event credit for events not taken through a subscription's
-//!   receiver (which gives its credit back itself). It never does I/O on the bus, so deadlines hold even
-//!   when the bus is stalled: a caller is always answered by its deadline, and adapters need no
-//!   timer of their own. It sleeps in `poll` on an eventfd and the peers' pidfds (see `alarm`):
-//!   a peer's death wakes it at once, and an idle hub's clock wakes only for its heartbeat.
+//!   receiver (which gives its credit back itself). It never does I/O on the bus, so deadlines
+//!   hold even when the bus is stalled: a caller is always answered by its deadline, and
+//!   adapters need no timer of their own. It sleeps in `poll` on an eventfd and the peers'
+//!   pidfds (see `alarm`): a peer's death wakes it at once, and an idle hub's clock wakes only
+//!   for its heartbeat.
 //!
 //! Sends happen under a second lock, taken only with `try_lock` by everyone but the writer,
 //! and whoever holds it sends everything queued, in order: frames leave in the order the

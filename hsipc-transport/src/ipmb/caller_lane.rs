@@ -48,7 +48,8 @@ use super::lane_reader::{LaneReader, LaneState};
 use super::ring::{CALLER_ASLEEP, CALLER_AWAKE, CALLER_NONE, CallerWord};
 use crate::engine::CallerLane;
 
-/// Messages a leaving caller reads before it leaves the rest to the lane's thread.
+/// Messages (or frames of a ring batch) a leaving caller reads before it leaves the rest to the
+/// lane's thread.
 const LEAVING_TURN: usize = 16;
 /// Wake-ups in a row that bring a reader nothing before it gives the lane up: the caller word
 /// lives in memory the writer shares, and a writer that keeps flipping it must not keep a

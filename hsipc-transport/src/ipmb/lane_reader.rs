@@ -45,7 +45,8 @@ impl std::fmt::Debug for LaneRunner {
     }
 }
 
-/// Most messages [`LaneReader::read_ready`] reads in one turn.
+/// Most messages (or frames, counting each frame of a ring batch) [`LaneReader::read_ready`]
+/// reads in one turn.
 pub(super) const TURN: usize = 128;
 
 /// Most frames a reader takes from the ring before it hands them on together (one lock of the
@@ -678,34 +679,87 @@ mod tests {
         }
     }
 
+    /// An engine that reads its input through `reader_for`'s readers.
+    fn engine(config: EngineConfig) -> (Engine, Ingress) {
+        let kept = Arc::new(Mutex::new(None));
+        let bus = crate::mem::MemBus::new();
+        let connect = Box::new(KeepIngress(bus.connector(), kept.clone()));
+        let engine = Engine::start(config, connect, PeerId(1), "lane-reader", Arc::new(NoCalls)).unwrap();
+        let ingress = kept.lock().unwrap().take().unwrap();
+        (engine, ingress)
+    }
+
+    /// A reader of a lane from peer 2 that has its ring: (the reader, the ring's writer, the
+    /// lane's writing end).
+    fn reader_with_ring(ingress: Ingress) -> (LaneReader, ring::RingWriter, OwnedFd) {
+        let (mine, theirs) = lane::pair().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut reader = LaneReader::new(Arc::new(theirs), PeerId(2), ingress, 1 << 20, stop, Takes::Ring, |_| {});
+        let (ring, [data, control]) = ring::RingWriter::new().unwrap();
+        assert!(lane::write_ring(&mine, [&data, &control], ring::RING_SIZE).unwrap());
+        assert_eq!(reader.read_some(1), LaneState::More, "the ring taken");
+        (reader, ring, mine)
+    }
+
+    /// Ends a test's lane: the writer closes, the reader sees the end (and stops), the engine
+    /// stops.
+    fn end(mut reader: LaneReader, mine: OwnedFd, engine: Engine) {
+        drop(mine);
+        assert_eq!(reader.read_some(TURN), LaneState::Ended);
+        drop(reader);
+        engine.shutdown();
+        engine.stopped().wait().unwrap();
+    }
+
     /// A turn counts the frames a ring batch hands on, not the reads: a peer that keeps the
     /// ring full holds a reader (a runtime's thread, a caller) for at most a turn's frames.
     #[test]
     fn a_turn_counts_the_frames_of_a_ring_batch() {
-        let kept = Arc::new(Mutex::new(None));
-        let bus = crate::mem::MemBus::new();
-        let connect = Box::new(KeepIngress(bus.connector(), kept.clone()));
-        let engine = Engine::start(EngineConfig::default(), connect, PeerId(1), "turns", Arc::new(NoCalls)).unwrap();
-        let ingress = kept.lock().unwrap().take().unwrap();
-        let (mine, theirs) = lane::pair().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut reader = LaneReader::new(Arc::new(theirs), PeerId(2), ingress, 1 << 20, stop, Takes::Ring, |_| {});
-        let (mut ring, [data, control]) = ring::RingWriter::new().unwrap();
-        assert!(lane::write_ring(&mine, [&data, &control], ring::RING_SIZE).unwrap());
+        let (engine, ingress) = engine(EngineConfig::default());
+        let (mut reader, mut ring, mine) = reader_with_ring(ingress);
         // Frames the protocol drops (they are not frames of its): handed on all the same.
         for i in 0..100u8 {
             assert!(ring.put_frame([&[i; 40], &[]]));
         }
-        // The first read takes the ring; then ten frames, not a whole batch.
+        // Ten frames, not a whole batch.
         assert_eq!(reader.read_some(10), LaneState::More);
         assert_eq!(reader.handed(), 10);
-        // A turn of 3 reads takes 3 frames.
         assert_eq!(reader.read_some(3), LaneState::More);
         assert_eq!(reader.handed(), 13);
-        // A long turn takes the rest, a batch at a time, and finds the ring empty.
+        // A turn across a batch's end: a batch, then what is left of the turn.
+        assert_eq!(reader.read_some(40), LaneState::More);
+        assert_eq!(reader.handed(), 53);
+        // A long turn takes the rest and finds the ring empty.
         assert_eq!(reader.read_some(TURN), LaneState::Drained);
         assert_eq!(reader.handed(), 100);
-        drop(mine);
-        drop(engine);
+        end(reader, mine, engine);
+    }
+
+    /// The frames of a batch go through the protocol one by one, each one's outputs taken out
+    /// before the next goes in: the protocol's bound on queued outputs drops none of them.
+    #[test]
+    fn a_batch_of_events_is_not_taken_for_an_overload() {
+        let mut config = EngineConfig::default();
+        config.proto.max_queued_outputs = 2;
+        let (engine, ingress) = engine(config);
+        let filter = proto::topic::TopicFilter::new("t/#").unwrap();
+        let events = engine.handle().subscribe(filter, crate::engine::Qos::KeepLast(100)).unwrap();
+        let (mut reader, mut ring, mine) = reader_with_ring(ingress);
+        for seq in 1..=20u64 {
+            let frame = proto::frame::Frame::new(proto::frame::FrameKind::Publish, 0, 0, seq)
+                .with_name("t/x")
+                .with_payload(bytes::Bytes::from(seq.to_le_bytes().to_vec()))
+                .encode(1 << 20)
+                .unwrap();
+            assert!(ring.put_frame([&frame, &[]]));
+        }
+        assert_eq!(reader.read_some(TURN), LaneState::Drained);
+        assert_eq!(reader.handed(), 20);
+        // Delivered as the read handed them on (no thread in between), all and in order.
+        for seq in 1..=20u64 {
+            let event = events.try_recv().expect("an event for every frame").unwrap();
+            assert_eq!((event.body.as_ref(), event.missed), (&seq.to_le_bytes()[..], 0));
+        }
+        end(reader, mine, engine);
     }
 }
