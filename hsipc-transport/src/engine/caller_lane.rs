@@ -13,9 +13,9 @@ pub(crate) trait CallerLane: Send + Sync {
     /// If nobody reads the lane now and the lane can be waited on: takes it for this thread,
     /// runs `start` (a caller sends its request there, so no reply can come before the lane
     /// is taken; a caller that waits for an idle worker to give the lane up runs it before it
-    /// waits, and catches a reply that comes meanwhile through `done`), then reads it (handing every frame to the engine as its reader would) until
-    /// `done` says yes, `until` passes, or the lane's own reader needs it back; then gives it
-    /// back.
+    /// waits, and catches a reply that comes meanwhile through `done`), then reads it (handing
+    /// every frame to the engine as its reader would) until `done` says yes, `until` passes,
+    /// or the lane's own reader needs it back; then gives it back.
     ///
     /// An `idle` reader (a worker waiting for work, see `IdleLanes`) gives way to callers: it
     /// does not take the lane while a caller waits for it, and gives it up when one comes (the

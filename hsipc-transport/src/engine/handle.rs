@@ -74,11 +74,6 @@ impl Handle {
         &self.shared
     }
 
-    /// For [`IdleLanes`](super::IdleLanes): the engine, held weakly.
-    pub(super) fn downgrade(&self) -> std::sync::Weak<Shared> {
-        Arc::downgrade(&self.shared)
-    }
-
     /// A request from `peer` goes to a worker or a task: idle workers read its lane (see
     /// [`IdleLanes`](super::IdleLanes)).
     pub(crate) fn served_for(&self, peer: PeerId) {

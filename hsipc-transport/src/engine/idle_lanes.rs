@@ -43,11 +43,12 @@ impl IdleLanes {
         work: &mut dyn FnMut(&mut Context<'_>) -> bool,
         until: Instant,
     ) -> Option<bool> {
-        let (lane, peer, shared) = {
+        let (lane, peer) = {
             let shared = self.shared.upgrade()?;
             let peer = shared.served_peer.get()?;
-            (shared.caller_lane(peer)?, peer, std::sync::Arc::downgrade(&shared))
+            (shared.caller_lane(peer)?, peer)
         };
+        let shared = &self.shared;
         // Ends too when workers start serving another peer (looked at whenever this wakes).
         let mut work =
             |cx: &mut Context<'_>| work(cx) || shared.upgrade().is_none_or(|s| s.served_peer.get() != Some(peer));
@@ -110,9 +111,10 @@ impl AnswersHeld {
 }
 
 impl Drop for AnswersHeld {
+    /// Stops holding and sends what was held, as [`HeldAnswers`] does when dropped.
     fn drop(&mut self) {
         HELD.with(|h| h.borrow_mut().0 = false);
-        send_held(true);
+        drop(HeldAnswers::default());
     }
 }
 

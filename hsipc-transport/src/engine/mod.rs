@@ -176,7 +176,7 @@ impl Engine {
 
     /// For the runtime's idle workers: the lane to read while they wait (see [`IdleLanes`]).
     pub fn idle_lanes(&self) -> IdleLanes {
-        IdleLanes::new(self.handle.downgrade())
+        IdleLanes::new(self.handle.shared().weak())
     }
 
     /// Asks the engine to say goodbye and stop. Returns at once; every open call, stream and

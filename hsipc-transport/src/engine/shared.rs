@@ -243,6 +243,11 @@ impl Shared {
         self.me.upgrade()
     }
 
+    /// This engine, held weakly.
+    pub(super) fn weak(&self) -> Weak<Shared> {
+        self.me.clone()
+    }
+
     pub(super) fn dispatcher(&self) -> Option<Arc<dyn Dispatcher>> {
         self.dispatcher.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

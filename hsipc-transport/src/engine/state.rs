@@ -253,8 +253,7 @@ impl State {
 
     /// Gives the publishers back the credit of every event the application has taken.
     pub(super) fn return_credit(&mut self, now: Instant) {
-        let taken: Vec<(PeerId, u32)> = self.credit.taken().collect();
-        for (from, n) in taken {
+        for (from, n) in self.credit.taken() {
             self.endpoint.events_taken(now, from, n);
         }
         self.endpoint.flush_event_credit();

@@ -80,8 +80,9 @@ impl<K> AsyncHub<K> {
 
     /// A handler declared cheap: it runs right on the thread that read the request (no task to
     /// spawn and wake) and its answer is written from there. For handlers that return at once:
-    /// no I/O, no waiting, no lock held for long, no call to another hub. While it runs, nothing else from the calling hub is read, so a slow one
-    /// delays every frame that hub sends here (and a blocking one can stall them for good).
+    /// no I/O, no waiting, no lock held for long, no call to another hub. While it runs,
+    /// nothing else from the calling hub is read, so a slow one delays every frame that hub
+    /// sends here (and a blocking one can stall them for good).
     /// A plain function, not a future: it runs on the thread that read the request (for a call
     /// from this hub itself, the caller's thread). On the smol hub that is inside async-io's
     /// reactor (which reads the lanes), so there it must above all never wait for anything the

@@ -54,9 +54,7 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     }
     /// Given once, when the hub starts: how a worker with nothing to do may wait for work by
     /// reading the lane requests come through (see [`IdleLanes`]). Default: ignored.
-    fn idle_lanes(&self, lanes: IdleLanes) {
-        let _ = lanes;
-    }
+    fn idle_lanes(&self, _lanes: IdleLanes) {}
 }
 
 /// One served call for a blocking handler, as handed to [`Runtime::spawn_blocking`]: its

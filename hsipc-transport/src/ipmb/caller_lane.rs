@@ -93,6 +93,15 @@ fn eventfd() -> io::Result<OwnedFd> {
 }
 
 impl SharedLane {
+    /// The reader, if nobody holds it (one poisoned by a panic in engine code is read on).
+    fn try_take(&self) -> Option<MutexGuard<'_, LaneReader>> {
+        match self.reader.try_lock() {
+            Ok(reader) => Some(reader),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Learns the ring's caller word once the reader has a ring.
     fn learn_word(&self, reader: &LaneReader) {
         if self.word.get().is_none() {
@@ -127,21 +136,14 @@ impl SharedLane {
         // Paired with the fence of a caller that gives the reader back: either it sees the
         // request, or this sees the reader free.
         fence(Ordering::SeqCst);
-        if !matches!(self.reader.try_lock(), Err(TryLockError::WouldBlock)) {
+        if self.try_take().is_some() {
             self.wanted.store(0, Ordering::SeqCst);
             return true;
         }
         if let Some(word) = self.word.get() {
             word.wake();
         }
-        let until = Instant::now() + SOCKET_HANDOVER;
-        while self.wanted.load(Ordering::SeqCst) == 1 {
-            let now = Instant::now();
-            if now >= until {
-                break;
-            }
-            super::futex::wait_private(&self.wanted, 1, until - now);
-        }
+        super::futex::wait_while(&self.wanted, 1, Instant::now() + SOCKET_HANDOVER);
         false
     }
 
@@ -201,12 +203,7 @@ pub(super) fn run(reader: LaneReader) {
     // finds the ring empty need not ask it again.
     let mut socket_ready = true;
     loop {
-        let reader = match lane.reader.try_lock() {
-            Ok(reader) => Some(reader),
-            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
-        };
-        match reader {
+        match lane.try_take() {
             Some(mut reader) => {
                 reader.probe_socket(socket_ready);
                 reader.batch(super::lane_reader::BATCH); // a caller's turn may have set it
@@ -239,12 +236,11 @@ impl SharedLane {
         until: Instant,
         start: &mut dyn FnMut(),
     ) -> Option<MutexGuard<'_, LaneReader>> {
-        match self.reader.try_lock() {
-            Ok(reader) => return Some(reader),
-            // A panic in engine code while the reader was held: the lane's thread reads on too.
-            Err(TryLockError::Poisoned(e)) => return Some(e.into_inner()),
-            Err(TryLockError::WouldBlock) if self.idle_holds.load(Ordering::SeqCst) == 0 => return None,
-            Err(TryLockError::WouldBlock) => {}
+        if let Some(reader) = self.try_take() {
+            return Some(reader);
+        }
+        if self.idle_holds.load(Ordering::SeqCst) == 0 {
+            return None; // another caller or the lane's thread reads it
         }
         let now = Instant::now();
         if now >= until {
@@ -255,18 +251,8 @@ impl SharedLane {
         self.caller_wants.fetch_add(1, Ordering::SeqCst);
         // Paired with the idle reader's look at `caller_wants` after it marks itself asleep.
         word.wake();
-        while self.idle_holds.load(Ordering::SeqCst) == 1 {
-            let now = Instant::now();
-            if now >= until {
-                break;
-            }
-            super::futex::wait_private(&self.idle_holds, 1, until - now);
-        }
-        let reader = match self.reader.try_lock() {
-            Ok(reader) => Some(reader),
-            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
-        };
+        super::futex::wait_while(&self.idle_holds, 1, until);
+        let reader = self.try_take();
         self.caller_wants.fetch_sub(1, Ordering::SeqCst);
         reader
     }
@@ -288,10 +274,9 @@ impl CallerLane for SharedLane {
             }
             // Said before the reader is taken: a caller that finds it taken knows to ask.
             self.idle_holds.store(1, Ordering::SeqCst);
-            match self.reader.try_lock() {
-                Ok(reader) => reader,
-                Err(TryLockError::Poisoned(e)) => e.into_inner(),
-                Err(TryLockError::WouldBlock) => {
+            match self.try_take() {
+                Some(reader) => reader,
+                None => {
                     self.idle_released();
                     return None;
                 }

@@ -2,8 +2,8 @@
 //! processes share (the kernel keys it by file and offset), private ones for a word in this
 //! process's own memory.
 
-use std::sync::atomic::AtomicU32;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 /// Sleeps while `word` holds `expected`, for at most `timeout`: returns when woken, when the
 /// word no longer holds `expected` (at once), on a signal, or at the timeout. The caller looks
@@ -15,6 +15,18 @@ pub(super) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 /// [`wait`] on a word in this process's own memory.
 pub(super) fn wait_private(word: &AtomicU32, expected: u32, timeout: Duration) {
     wait_op(word, libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG, expected, timeout);
+}
+
+/// Sleeps while `word` (in this process's own memory) holds `value`, until `until` at the
+/// latest, however often it is woken meanwhile.
+pub(super) fn wait_while(word: &AtomicU32, value: u32, until: Instant) {
+    while word.load(Ordering::SeqCst) == value {
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        wait_private(word, value, until - now);
+    }
 }
 
 fn wait_op(word: &AtomicU32, op: libc::c_int, expected: u32, timeout: Duration) {
