@@ -25,6 +25,7 @@ fn child_entry() {
         "caller_reads" => return lane_wakeups(false),
         "worker_reads" => return lane_wakeups(true),
         "caller_first" => return caller_first(),
+        "two_clients" => return two_clients(),
         "idle_events" => return idle_events(),
         "inline_off_the_caller" => return inline_off_the_caller(),
         _ => {}
@@ -688,6 +689,55 @@ fn an_idle_worker_reads_requests_from_the_lane_itself() {
     let woken: u64 = woken_in_child("worker_reads", "worker-reads").parse().unwrap();
     eprintln!("the server's lane thread was woken {woken} times in 300 calls");
     assert!(woken < 75, "the lane's thread was woken {woken} times for 300 requests");
+}
+
+/// Three hubs in this child: a server and two clients, which call a handler on the server's
+/// workers in turn. Reported: how often the server's threads for the two clients' lanes were
+/// woken by 300 calls from each (rarely if idle workers read both lanes).
+fn two_clients() {
+    let bus = env("HSIPC_BUS");
+    let (server, first, second) = loop {
+        let (server, first) = told_apart(|| {
+            (
+                ProcessHub::builder("server").bus(&bus).build().unwrap(),
+                ProcessHub::builder("first").bus(&bus).build().unwrap(),
+            )
+        });
+        let second = ProcessHub::builder("second").bus(&bus).build().unwrap();
+        let names = [&server, &first, &second].map(lane_thread_of);
+        if names[2] != names[0] && names[2] != names[1] {
+            break (server, first, second);
+        }
+    };
+    server.serve("calc.echo", |x: u64| Ok::<_, String>(x)).unwrap();
+    first.wait_for_service("calc", LONG).unwrap();
+    second.wait_for_service("calc", LONG).unwrap();
+    // Enough for both lanes to get their rings.
+    for i in 0..100u64 {
+        assert_eq!(first.call::<_, u64>("calc.echo", i).unwrap(), i);
+        assert_eq!(second.call::<_, u64>("calc.echo", i).unwrap(), i);
+    }
+    let readers = [lane_thread_of(&first), lane_thread_of(&second)];
+    let before: u64 = readers.iter().map(|r| wakeups_of(r)).sum();
+    for i in 0..300u64 {
+        assert_eq!(first.call::<_, u64>("calc.echo", i).unwrap(), i);
+        assert_eq!(second.call::<_, u64>("calc.echo", i).unwrap(), i);
+    }
+    let after: u64 = readers.iter().map(|r| wakeups_of(r)).sum();
+    report(format!("WOKEN {}", after.saturating_sub(before)));
+    first.close();
+    second.close();
+    server.close();
+}
+
+/// With several clients, idle workers read the lanes of each (one worker a lane): requests
+/// from clients that call in turn wake the workers that read their lanes, not the lanes'
+/// threads and then a worker each.
+#[test]
+fn idle_workers_read_the_lanes_of_several_clients() {
+    let woken: u64 = woken_in_child("two_clients", "two-clients").parse().unwrap();
+    eprintln!("the server's lane threads were woken {woken} times in 600 calls from two clients");
+    assert!(woken < 150, "the lanes' threads were woken {woken} times for 600 requests");
 }
 
 /// A worker that read a request from the lane gives the lane back before it runs the handler:

@@ -12,9 +12,10 @@ use hsipc_transport::hub::{AnswersHeld, BlockingJob, BoxFuture, HeldAnswers, Idl
 const IDLE_READ: Duration = Duration::from_secs(5);
 
 thread_local! {
-    /// The queue this thread waits on by reading a lane, if it does (a job it queues there
-    /// itself, from a request it read, it takes itself).
-    static READING_FOR: std::cell::Cell<*const Queue> = const { std::cell::Cell::new(std::ptr::null()) };
+    /// The queue this thread waits on by reading a lane, if it does, and the thread's number
+    /// among its workers (a job it queues there itself, from a request it read, it takes
+    /// itself).
+    static READING_FOR: std::cell::Cell<(*const Queue, usize)> = const { std::cell::Cell::new((std::ptr::null(), 0)) };
 }
 
 /// One unit of work for a worker.
@@ -57,12 +58,12 @@ impl Pool {
 /// and the worker on one CPU, each yield is a context switch; crossbeam's channel cost a 64 B
 /// call with a worker about 2 µs that way. flume allocates a waiting hook per blocking wait.)
 ///
-/// One idle worker at a time waits by reading the lane requests come through instead (see
-/// [`IdleLanes`]): a request then wakes it, not the lane's thread and then a worker. A job it
-/// queued itself (from a request it read) it takes itself once it has given the lane back; a
-/// job queued by another thread goes to a worker on the condition variable if one is idle (the
-/// reader may be busy: an inline handler it read, say), and wakes the reader too when more
-/// jobs wait than threads there.
+/// Idle workers wait by reading the lanes requests come through instead, each another
+/// client's (see [`IdleLanes`]): a request then wakes its reader, not the lane's thread and
+/// then a worker. A job a reader queued itself (from a request it read) it takes itself once
+/// it has given the lane back; a job queued by another thread goes to a worker on the
+/// condition variable if one is idle (a reader may be busy: an inline handler it read, say),
+/// and wakes a reader too when more jobs wait than threads there.
 struct Threads {
     name: &'static str,
     count: usize,
@@ -81,10 +82,9 @@ struct QueueState {
     jobs: VecDeque<Job>,
     /// Threads waiting for a job on the condition variable.
     idle: usize,
-    /// A thread waits for a job by reading a lane.
-    reading: bool,
-    /// Wakes that thread (set while it sleeps on the lane).
-    reader: Option<Waker>,
+    /// The threads waiting for a job by reading a lane, by number, each with what wakes it
+    /// (set while it sleeps on its lane). At most one entry per worker.
+    readers: Vec<(usize, Option<Waker>)>,
     /// The pool is gone: the threads end.
     closed: bool,
 }
@@ -94,10 +94,10 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The next job, waiting for one (reading `lanes` meanwhile if nobody else does); `None`
-    /// once the pool is gone. `answers` (what the last job left to send) go once the lane is
-    /// taken, or before this thread runs another job or sleeps otherwise.
-    fn next(&self, lanes: Option<&IdleLanes>, answers: HeldAnswers) -> Option<Job> {
+    /// The next job for worker `me`, waiting for one (reading one of `lanes` meanwhile, if one
+    /// is free); `None` once the pool is gone. `answers` (what the last job left to send) go
+    /// once a lane is taken, or before this thread runs another job or sleeps otherwise.
+    fn next(&self, me: usize, lanes: Option<&IdleLanes>, answers: HeldAnswers) -> Option<Job> {
         let mut answers = Some(answers);
         let mut state = self.lock();
         // Cleared when a read of the lane ends without work (no lane to read, a large frame
@@ -113,12 +113,12 @@ impl Queue {
             if state.closed {
                 return None;
             }
-            if let Some(lanes) = lanes.filter(|_| may_read && !state.reading) {
-                state.reading = true;
+            if let Some(lanes) = lanes.filter(|_| may_read) {
+                state.readers.push((me, None));
                 drop(state);
                 let until = Instant::now() + IDLE_READ;
                 let answers = answers.take().unwrap_or_default();
-                let read = self.read_while_idle(lanes, answers, until);
+                let read = self.read_while_idle(me, lanes, answers, until);
                 state = self.lock();
                 may_read = read == Some(true) || (read.is_some() && Instant::now() >= until);
                 continue;
@@ -139,31 +139,30 @@ impl Queue {
     /// Reads `lanes` until a job is queued (see [`IdleLanes::read_until`]), marked as the
     /// reader throughout. A panic in there (engine code; handlers catch their own) is caught:
     /// the mark is cleared and the worker goes on waiting for jobs.
-    fn read_while_idle(&self, lanes: &IdleLanes, answers: HeldAnswers, until: Instant) -> Option<bool> {
-        READING_FOR.with(|r| r.set(self));
+    fn read_while_idle(&self, me: usize, lanes: &IdleLanes, answers: HeldAnswers, until: Instant) -> Option<bool> {
+        READING_FOR.with(|r| r.set((self, me)));
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            lanes.read_until(answers, &mut |cx| self.work_or_wait(cx), until)
+            lanes.read_until(answers, &mut |cx| self.work_or_wait(me, cx), until)
         }));
-        READING_FOR.with(|r| r.set(std::ptr::null()));
-        let mut state = self.lock();
-        state.reading = false;
-        state.reader = None;
-        drop(state);
+        READING_FOR.with(|r| r.set((std::ptr::null(), 0)));
+        self.lock().readers.retain(|(reader, _)| *reader != me);
         read.unwrap_or_else(|_| {
             tracing::error!("a worker panicked while it read a lane; it waits for jobs on the queue now");
             None
         })
     }
 
-    /// For a thread reading a lane: whether a job is queued (or the pool gone); if not, `cx`
-    /// wakes it when one is.
-    fn work_or_wait(&self, cx: &mut Context<'_>) -> bool {
+    /// For worker `me`, reading a lane: whether a job is queued (or the pool gone); if not,
+    /// `cx` wakes it when one is.
+    fn work_or_wait(&self, me: usize, cx: &mut Context<'_>) -> bool {
         let mut state = self.lock();
         if !state.jobs.is_empty() || state.closed {
             return true;
         }
-        if !state.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            state.reader = Some(cx.waker().clone());
+        if let Some((_, waker)) = state.readers.iter_mut().find(|(reader, _)| *reader == me) {
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
         }
         false
     }
@@ -171,7 +170,7 @@ impl Queue {
 
 impl Threads {
     fn new(name: &'static str, count: usize) -> Self {
-        let state = QueueState { jobs: VecDeque::new(), idle: 0, reading: false, reader: None, closed: false };
+        let state = QueueState { jobs: VecDeque::new(), idle: 0, readers: Vec::new(), closed: false };
         let queue = Arc::new(Queue { state: Mutex::new(state), ready: Condvar::new() });
         Threads { name, count, queue, started: OnceLock::new(), lanes: Arc::default() }
     }
@@ -180,12 +179,18 @@ impl Threads {
         self.started.get_or_init(|| self.start());
         let mut state = self.queue.lock();
         state.jobs.push_back(job);
-        // The reader queued this itself: it sees the job once it has read the frame.
-        let reader_takes = READING_FOR.with(|r| std::ptr::eq(r.get(), &*self.queue)) && state.jobs.len() == 1;
+        // A reader queued this itself: it sees the job once it has read the frame.
+        let (queue, me) = READING_FOR.with(|r| r.get());
+        let from_reader = std::ptr::eq(queue, &*self.queue);
+        let reader_takes = from_reader && state.jobs.len() == 1;
         let notify = state.idle > 0 && !reader_takes;
         // More jobs than threads waiting on the condition variable (a notified one counts as
-        // waiting until it runs): the reader takes one too.
-        let reader = if reader_takes || state.jobs.len() <= state.idle { None } else { state.reader.take() };
+        // waiting until it runs): a reader (another than this thread) takes one too.
+        let reader = if reader_takes || state.jobs.len() <= state.idle {
+            None
+        } else {
+            state.readers.iter_mut().filter(|(reader, _)| !from_reader || *reader != me).find_map(|(_, w)| w.take())
+        };
         drop(state);
         if notify {
             self.queue.ready.notify_one();
@@ -201,7 +206,7 @@ impl Threads {
             let lanes = self.lanes.clone();
             let spawned = std::thread::Builder::new().name(format!("{}-{i}", self.name)).spawn(move || {
                 let mut answers = HeldAnswers::default();
-                while let Some(job) = queue.next(lanes.get(), answers) {
+                while let Some(job) = queue.next(i, lanes.get(), answers) {
                     // The job's answer goes once this thread reads the lane again (see
                     // `AnswersHeld`), or before it does anything else; a thread that reads no
                     // lane sends it at once.
@@ -229,10 +234,10 @@ impl Drop for Threads {
     fn drop(&mut self) {
         let mut state = self.queue.lock();
         state.closed = true;
-        let reader = state.reader.take();
+        let readers: Vec<Waker> = state.readers.iter_mut().filter_map(|(_, w)| w.take()).collect();
         drop(state);
         self.queue.ready.notify_all();
-        if let Some(reader) = reader {
+        for reader in readers {
             reader.wake();
         }
     }

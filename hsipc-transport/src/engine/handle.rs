@@ -77,7 +77,7 @@ impl Handle {
     /// A request from `peer` goes to a worker or a task: idle workers read its lane (see
     /// [`IdleLanes`](super::IdleLanes)).
     pub(crate) fn served_for(&self, peer: PeerId) {
-        self.shared.served_peer.set(peer);
+        self.shared.served_peers.set(peer);
     }
 
     /// This hub's peer id.

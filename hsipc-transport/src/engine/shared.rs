@@ -40,7 +40,7 @@ pub(crate) struct Shared {
     /// Lanes a blocking caller may read itself, by peer (see [`CallerLane`]).
     caller_lanes: CallerLanes,
     /// The peer whose request a worker last served: the lane idle workers read.
-    pub(super) served_peer: super::idle_lanes::ServedPeer,
+    pub(super) served_peers: super::idle_lanes::ServedPeers,
 }
 
 impl std::fmt::Debug for Shared {
@@ -115,7 +115,7 @@ impl Shared {
             window,
             handler_send,
             caller_lanes: CallerLanes::default(),
-            served_peer: Default::default(),
+            served_peers: Default::default(),
         }
     }
 

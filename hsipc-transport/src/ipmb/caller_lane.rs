@@ -272,8 +272,12 @@ impl CallerLane for SharedLane {
             if self.caller_wants.load(Ordering::SeqCst) > 0 {
                 return None;
             }
-            // Said before the reader is taken: a caller that finds it taken knows to ask.
-            self.idle_holds.store(1, Ordering::SeqCst);
+            // Said before the reader is taken: a caller that finds it taken knows to ask. Only
+            // one idle worker at a time says so (the others try other lanes): the mark is the
+            // holder's to clear.
+            if self.idle_holds.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+                return None;
+            }
             match self.try_take() {
                 Some(reader) => reader,
                 None => {
