@@ -55,6 +55,7 @@ mod handle;
 mod idle_lanes;
 mod item_sink;
 mod pending;
+mod send_lock;
 mod shared;
 mod state;
 mod stream_reader;

@@ -11,6 +11,7 @@ use proto::{Dest, Input, PeerId};
 use super::caller_lane::{CallerLane, CallerLanes};
 use super::deferred::Deferred;
 use super::dispatch::Dispatcher;
+use super::send_lock::SendLock;
 use super::state::{Batch, State};
 use crate::transport::Transport;
 
@@ -22,7 +23,7 @@ pub(crate) struct Shared {
     /// deliver in the order they changed the state. Never held while taking the state lock.
     delivery: Mutex<()>,
     /// The send lock: whoever holds it sends everything queued. `None` once closed.
-    transport: Mutex<Option<Box<dyn Transport>>>,
+    transport: SendLock<Option<Box<dyn Transport>>>,
     /// Who runs served calls; taken away at close, so that handler workers end.
     dispatcher: Mutex<Option<Arc<dyn Dispatcher>>>,
     wake_writer: super::alarm::Alarm,
@@ -39,7 +40,7 @@ pub(crate) struct Shared {
     pub(super) handler_send: SendBy,
     /// Lanes a blocking caller may read itself, by peer (see [`CallerLane`]).
     caller_lanes: CallerLanes,
-    /// The peer whose request a worker last served: the lane idle workers read.
+    /// The peers whose requests workers served latest: the lanes idle workers read.
     pub(super) served_peers: super::idle_lanes::ServedPeers,
 }
 
@@ -103,7 +104,7 @@ impl Shared {
             me,
             state: Mutex::new(state),
             delivery: Mutex::new(()),
-            transport: Mutex::new(None),
+            transport: SendLock::new(None),
             dispatcher: Mutex::new(Some(dispatcher)),
             wake_writer,
             wake_clock,
@@ -136,7 +137,7 @@ impl Shared {
     }
 
     pub(super) fn set_transport(&self, t: Box<dyn Transport>) {
-        *self.transport.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+        *self.lock_transport() = Some(t);
     }
 
     /// A frame from the transport (called by its reader thread).
@@ -264,21 +265,15 @@ impl Shared {
         self.wake_clock.ring();
     }
 
-    /// Sends what is queued from this thread, unless another thread is sending (then the
-    /// writer is woken: the sender may already have taken its last batch). Sends one batch at
-    /// most, so a handler's thread is never kept sending other threads' frames; what is queued
-    /// meanwhile goes to the writer. With `may_block` false, a frame the transport cannot take
+    /// Sends what is queued from this thread, unless another thread is sending (then that
+    /// thread sends it once it lets go of the send lock, see [`SendLock`](super::send_lock)). Sends one batch, and
+    /// then at most [`SEND_ROUNDS`] more that other threads left to it (without waiting), so a
+    /// handler's thread is never kept sending other threads' frames for long; what is queued
+    /// after that goes to the writer. With `may_block` false, a frame the transport cannot take
     /// at once (a full lane, a frame for the bus) stops the batch: it and everything after it go
     /// back in front of the queue for the writer, in order (the send lock is held meanwhile).
     pub(super) fn send_inline(&self, may_block: bool) {
-        let mut transport = match self.transport.try_lock() {
-            Ok(t) => t,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                self.wake_writer();
-                return;
-            }
-        };
+        let Some(mut transport) = self.try_lock_transport() else { return };
         let mut batch = self.state().take_outbound();
         match transport.as_deref_mut() {
             Some(t) => {
@@ -300,11 +295,14 @@ impl Shared {
             }
             None => batch.frames.clear(),
         }
-        // Frames kept by the transport (a full lane) are the writer's to finish.
+        // Frames this batch could not send at once, and frames kept by the transport (a full
+        // lane), are the writer's to finish. (Frames queued meanwhile by other threads are sent
+        // when the lock is let go, or by the writer if they woke it.)
+        let stopped = !batch.frames.is_empty();
         let kept = transport.as_ref().is_some_and(|t| t.waiting().is_some());
-        let more = self.finish_batch(batch);
+        self.finish_batch(batch);
         drop(transport);
-        if more || kept {
+        if stopped || kept {
             self.wake_writer();
         }
     }
@@ -313,7 +311,7 @@ impl Shared {
     /// the transport kept (full lanes with room again), then what is queued, then lets the
     /// transport keep house (close idle lanes).
     pub(super) fn send_queued_blocking(&self) {
-        let mut transport = self.transport.lock().unwrap_or_else(|e| e.into_inner());
+        let mut transport = self.lock_transport();
         if let Some(t) = transport.as_deref_mut() {
             t.flush();
         }
@@ -325,11 +323,11 @@ impl Shared {
 
     /// What the transport's kept frames wait for, for the writer to sleep on.
     pub(super) fn transport_waiting(&self) -> Option<crate::transport::Waiting> {
-        self.transport.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|t| t.waiting())
+        self.lock_transport().as_ref().and_then(|t| t.waiting())
     }
 
     pub(super) fn close_transport(&self) {
-        let mut transport = self.transport.lock().unwrap_or_else(|e| e.into_inner());
+        let mut transport = self.lock_transport();
         self.send_all(transport.as_deref_mut());
         if let Some(mut t) = transport.take() {
             t.close();
@@ -354,6 +352,34 @@ impl Shared {
         }
     }
 
+    /// The send lock, waiting for it.
+    fn lock_transport(&self) -> Sending<'_> {
+        Sending { shared: self, guard: Some(self.transport.lock()) }
+    }
+
+    /// The send lock if it is free; if not, its holder sends what this thread queued once it
+    /// lets go (`None`: nothing more to do here).
+    fn try_lock_transport(&self) -> Option<Sending<'_>> {
+        Some(Sending { shared: self, guard: Some(self.transport.try_lock()?) })
+    }
+
+    /// The send lock was let go: sends what threads that found it taken queued meanwhile (they
+    /// left it to the holder; waking the writer would cost them a context switch), at most
+    /// [`SEND_ROUNDS`] rounds in a row on one thread, without waiting; then the writer does.
+    fn after_send_lock(&self) {
+        if !self.transport.asked() {
+            return;
+        }
+        let rounds = ROUNDS.with(|r| r.get());
+        if rounds >= SEND_ROUNDS || std::thread::panicking() {
+            self.wake_writer();
+            return;
+        }
+        ROUNDS.with(|r| r.set(rounds + 1));
+        self.send_inline(false);
+        ROUNDS.with(|r| r.set(rounds));
+    }
+
     /// Hands a batch back (requeueing what was not sent, waking publishers waiting for room);
     /// whether frames are queued.
     fn finish_batch(&self, batch: Batch) -> bool {
@@ -371,6 +397,44 @@ impl Shared {
 
     pub(super) fn is_shut_down(&self) -> bool {
         self.shutdown.load(Ordering::SeqCst)
+    }
+}
+
+/// How many rounds of sending other threads' frames one thread does in a row when it lets go
+/// of the send lock (see [`Shared::after_send_lock`]).
+const SEND_ROUNDS: u8 = 4;
+
+thread_local! {
+    /// The rounds of other threads' frames this thread is sending now.
+    static ROUNDS: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// The engine's send lock (the transport), held. Threads that find it taken leave their frames
+/// to the holder: when it is let go, what they queued is sent (see
+/// [`Shared::after_send_lock`]).
+struct Sending<'a> {
+    shared: &'a Shared,
+    guard: Option<MutexGuard<'a, Option<Box<dyn Transport>>>>,
+}
+
+impl std::ops::Deref for Sending<'_> {
+    type Target = Option<Box<dyn Transport>>;
+
+    fn deref(&self) -> &Self::Target {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Sending<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.guard.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.shared.after_send_lock();
     }
 }
 
