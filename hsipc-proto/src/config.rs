@@ -12,8 +12,13 @@ pub struct Config {
     pub stream_window: u32,
     /// Credit window this endpoint grants each publisher for events to its reliable
     /// subscriptions: how many such events from one publisher may be delivered and not yet taken
-    /// by the application. Announced to every peer. Default 256.
+    /// by the application. Announced to every peer. Default 1024.
     pub event_window: u32,
+    /// The same window in bytes (of event payloads): a publisher may have at most this many
+    /// bytes of such events delivered and not yet taken, whatever their number (an event larger
+    /// than the whole window still goes, once nothing else is outstanding). Announced to every
+    /// peer; 0 bounds nothing (as a peer that announces none). Default 16 MiB.
+    pub event_window_bytes: u64,
     /// Most calls this endpoint may have in flight. Default 10 000.
     pub max_outgoing_calls: usize,
     /// Most calls this endpoint serves at once; more are refused with a "busy" error.
@@ -55,7 +60,8 @@ impl Default for Config {
         Config {
             max_frame_len: 32 << 20,
             stream_window: 64,
-            event_window: 256,
+            event_window: 1024,
+            event_window_bytes: 16 << 20,
             max_outgoing_calls: 10_000,
             max_incoming_calls: 10_000,
             max_queued_outputs: 65_536,

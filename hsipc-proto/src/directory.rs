@@ -30,6 +30,10 @@ pub struct PeerInfo {
     /// The credit it grants each publisher for events to its reliable subscriptions.
     #[serde(default)]
     pub event_window: u32,
+    /// The same credit in bytes of event payloads; 0 (and a peer that announces none) bounds
+    /// nothing.
+    #[serde(default)]
+    pub event_window_bytes: u64,
     /// How many peers the sender knows, itself included: a newcomer has finished discovery
     /// once it knows as many.
     #[serde(default)]

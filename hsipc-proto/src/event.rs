@@ -163,7 +163,8 @@ pub enum Event {
         /// How many events from this publisher to this endpoint were lost before this one.
         missed: u64,
         /// It took one of this endpoint's event credits (a reliable subscription matches it):
-        /// report it with [`events_taken`](crate::Endpoint::events_taken) once taken.
+        /// report it, with `body.len()` bytes, with
+        /// [`events_taken`](crate::Endpoint::events_taken) once taken.
         credited: bool,
     },
     /// A publisher cut this endpoint off (its reliable subscriptions had given no credit back

@@ -3,10 +3,13 @@
 //! none left.
 //!
 //! A subscriber with a reliable subscription grants every publisher a window of
-//! [`Config::event_window`] events (announced in its [`PeerInfo`]). A publish to a topic it
-//! subscribes to reliably takes one credit from that window (the frame says so with
-//! [`Flags::CREDITED`]); the subscriber returns credit ([`FrameKind::EventCredit`]) once the
-//! application has taken the events ([`Endpoint::events_taken`]). A publisher without credit
+//! [`Config::event_window`] events and [`Config::event_window_bytes`] bytes of their payloads
+//! (announced in its [`PeerInfo`]). A publish to a topic it subscribes to reliably takes one
+//! event and its payload's bytes from that window (the frame says so with
+//! [`Flags::CREDITED`]); the subscriber returns credit ([`FrameKind::EventCredit`]: events in
+//! `seq`, bytes in `id`) once the application has taken the events
+//! ([`Endpoint::events_taken`]). An event larger than the whole byte window goes once nothing
+//! else is outstanding. A publisher without credit
 //! for one of the subscribers either waits ([`NoCredit::Refuse`], then publishes again on
 //! [`Event::EventCredit`]) or, at its publish timeout, cuts off the subscribers that have given
 //! no credit back for that long ([`NoCredit::CutOff`]): the others get the event, the subscriber
@@ -50,6 +53,10 @@ pub(super) struct Granted {
     available: u32,
     /// Its window.
     window: u32,
+    /// Bytes of payload it may still be sent (when `window_bytes` is not 0).
+    available_bytes: u64,
+    /// Its window in bytes; 0 bounds nothing.
+    window_bytes: u64,
     /// When it last gave credit back (or was first published to).
     last_credit: Instant,
     /// It had no credit at a publish timeout: events it has no credit for are dropped, not
@@ -68,26 +75,43 @@ pub(super) struct Owed {
     outstanding: u32,
     /// Taken and not yet returned.
     to_return: u32,
+    /// Their payloads' bytes, received and not yet taken.
+    outstanding_bytes: u64,
+    /// Taken and not yet returned.
+    to_return_bytes: u64,
+}
+
+impl Granted {
+    /// Whether an event of `size` payload bytes may go.
+    fn has_room(&self, size: u64) -> bool {
+        self.available > 0
+            && (self.window_bytes == 0 || size <= self.available_bytes || self.available_bytes == self.window_bytes)
+    }
 }
 
 impl Endpoint {
     // Commands
 
     /// The application took `n` credited events from `from` (an [`Event::Published`] with
-    /// `credited`): once enough are taken, their credit goes back to the publisher. Each
-    /// credited event must be reported exactly once, after every subscription it was delivered
-    /// to has taken it (or dropped it).
-    pub fn events_taken(&mut self, now: Instant, from: PeerId, n: u32) {
+    /// `credited`), of `bytes` payload bytes together: once enough are taken (a quarter of the
+    /// window in events or in bytes), their credit goes back to the publisher. Each credited
+    /// event must be reported exactly once, after every subscription it was delivered to has
+    /// taken it (or dropped it).
+    pub fn events_taken(&mut self, now: Instant, from: PeerId, n: u32, bytes: u64) {
         if from == self.local {
-            self.regranted(now, from, n);
+            self.regranted(now, from, n, bytes);
             return;
         }
         let batch = (self.config.event_window / 4).max(1);
+        let batch_bytes = (self.config.event_window_bytes / 4).max(1);
         let Some(owed) = self.owed.get_mut(&from) else { return };
         let n = n.min(owed.outstanding);
+        let bytes = bytes.min(owed.outstanding_bytes);
         owed.outstanding -= n;
         owed.to_return += n;
-        if owed.to_return >= batch {
+        owed.outstanding_bytes -= bytes;
+        owed.to_return_bytes += bytes;
+        if owed.to_return >= batch || (self.config.event_window_bytes > 0 && owed.to_return_bytes >= batch_bytes) {
             self.return_credit(from);
         }
     }
@@ -97,7 +121,8 @@ impl Endpoint {
     /// clock tick), so that a subscriber that reads slowly still gives its publishers credit
     /// and is not taken for a stuck one.
     pub fn flush_event_credit(&mut self) {
-        let owing: Vec<PeerId> = self.owed.iter().filter(|(_, o)| o.to_return > 0).map(|(p, _)| *p).collect();
+        let owing: Vec<PeerId> =
+            self.owed.iter().filter(|(_, o)| o.to_return > 0 || o.to_return_bytes > 0).map(|(p, _)| *p).collect();
         for from in owing {
             self.return_credit(from);
         }
@@ -106,34 +131,38 @@ impl Endpoint {
     fn return_credit(&mut self, from: PeerId) {
         let Some(owed) = self.owed.get_mut(&from) else { return };
         let grant = std::mem::take(&mut owed.to_return);
-        if let Ok(frame) = self.encode(FrameKind::EventCredit, 0, 0, 0, u64::from(grant), &[], &[]) {
+        let bytes = std::mem::take(&mut owed.to_return_bytes);
+        if let Ok(frame) = self.encode(FrameKind::EventCredit, 0, 0, bytes, u64::from(grant), &[], &[]) {
             self.transmit(Dest::Peer(from), frame);
         }
     }
 
     // Private: the publisher's side
 
-    /// Whether a publish may go to reliable subscriber `peer` now (it has credit, or is cut off
-    /// and not waited for); if not, when it last gave credit back.
-    pub(super) fn waits_for(&self, peer: PeerId) -> Option<Instant> {
-        self.granted.get(&peer).filter(|g| g.available == 0 && !g.cut_off).map(|g| g.last_credit)
+    /// Whether a publish of `size` payload bytes may go to reliable subscriber `peer` now (it
+    /// has credit, or is cut off and not waited for); if not, when it last gave credit back.
+    pub(super) fn waits_for(&self, peer: PeerId, size: u64) -> Option<Instant> {
+        self.granted.get(&peer).filter(|g| !g.has_room(size) && !g.cut_off).map(|g| g.last_credit)
     }
 
-    /// Takes a credit of reliable subscriber `peer` for an event on `topic`. `false` if it has
-    /// none: the event is dropped for it (counted), and it is cut off if it was not already.
-    /// Returns whether it was cut off just now as the second value.
-    pub(super) fn take_event_credit(&mut self, now: Instant, peer: PeerId, topic: &Topic) -> (bool, bool) {
-        let window = self.event_window_of(peer);
+    /// Takes a credit of reliable subscriber `peer` for an event on `topic` of `size` payload
+    /// bytes. `false` if it has none: the event is dropped for it (counted), and it is cut off
+    /// if it was not already. Returns whether it was cut off just now as the second value.
+    pub(super) fn take_event_credit(&mut self, now: Instant, peer: PeerId, topic: &Topic, size: u64) -> (bool, bool) {
+        let (window, window_bytes) = self.event_window_of(peer);
         let g = self.granted.entry(peer).or_insert_with(|| Granted {
             available: window,
             window,
+            available_bytes: window_bytes,
+            window_bytes,
             last_credit: now,
             cut_off: false,
             unreported: 0,
             last_dropped: None,
         });
-        if g.available > 0 {
+        if g.has_room(size) {
             g.available -= 1;
+            g.available_bytes = g.available_bytes.saturating_sub(size);
             return (true, false);
         }
         g.unreported += 1;
@@ -182,14 +211,15 @@ impl Endpoint {
     pub(super) fn on_event_credit(&mut self, now: Instant, from: PeerId, f: Frame) -> Result<(), FrameError> {
         let n =
             u32::try_from(f.seq).map_err(|_| FrameError::Violation { peer: from, what: "event credit overflow" })?;
-        self.regranted(now, from, n);
+        self.regranted(now, from, n, f.id);
         Ok(())
     }
 
-    /// Subscriber `peer` gave `n` credits back.
-    fn regranted(&mut self, now: Instant, peer: PeerId, n: u32) {
+    /// Subscriber `peer` gave `n` credits back, and `bytes` of payload.
+    fn regranted(&mut self, now: Instant, peer: PeerId, n: u32, bytes: u64) {
         let Some(g) = self.granted.get_mut(&peer) else { return };
         g.available = g.available.saturating_add(n).min(g.window);
+        g.available_bytes = g.available_bytes.saturating_add(bytes).min(g.window_bytes);
         g.last_credit = now;
         if g.cut_off && g.available >= g.window.div_ceil(2) {
             g.cut_off = false;
@@ -198,11 +228,12 @@ impl Endpoint {
         self.push_event(Event::EventCredit { peer });
     }
 
-    fn event_window_of(&self, peer: PeerId) -> u32 {
+    /// The window `peer` grants: events, and bytes (0: no bound).
+    fn event_window_of(&self, peer: PeerId) -> (u32, u64) {
         if peer == self.local {
-            return self.config.event_window;
+            return (self.config.event_window, self.config.event_window_bytes);
         }
-        self.directory.get(peer).map_or(1, |p| p.info.event_window.max(1))
+        self.directory.get(peer).map_or((1, 0), |p| (p.info.event_window.max(1), p.info.event_window_bytes))
     }
 
     // Private: the subscriber's side
@@ -211,13 +242,14 @@ impl Endpoint {
     /// publisher forgot this endpoint and started afresh, say) is still delivered (nothing is
     /// lost for a publisher's mistake, and the subscription's queue bounds the memory) and
     /// counted; the account stays within the window, so the two sides agree again.
-    pub(super) fn credit_used(&mut self, from: PeerId) {
+    pub(super) fn credit_used(&mut self, from: PeerId, size: u64) {
         let owed = self.owed.entry(from).or_default();
         if owed.outstanding.saturating_add(owed.to_return) >= self.config.event_window {
             self.stats.credit_overruns += 1;
             return;
         }
         owed.outstanding += 1;
+        owed.outstanding_bytes = owed.outstanding_bytes.saturating_add(size);
     }
 
     pub(super) fn on_events_lost(&mut self, from: PeerId, f: Frame) -> Result<(), FrameError> {

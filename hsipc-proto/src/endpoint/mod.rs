@@ -149,6 +149,7 @@ impl Endpoint {
                 patterns: Vec::new(),
                 reliable: Vec::new(),
                 event_window: config.event_window,
+                event_window_bytes: config.event_window_bytes,
                 peers: 1,
             },
             generation: 1,

@@ -83,6 +83,8 @@ impl Endpoint {
             return Err(CommandError::PayloadTooLarge { len, max: self.config.max_frame_len });
         }
         let reliable = self.directory.reliable_subscribers(topic);
+        // What the event costs a reliable subscriber's byte window.
+        let size = body.len() as u64;
         // Those without credit, and of them those still reading (who gave some back since
         // `silent_since`: they are waited for, whatever the mode); the first of those.
         let silent_since = match no_credit {
@@ -90,7 +92,7 @@ impl Endpoint {
             NoCredit::CutOff { silent_since } => Some(silent_since),
         };
         let (mut waiting, mut first_reading) = (0, None::<Instant>);
-        for last_credit in reliable.iter().filter_map(|p| self.waits_for(*p)) {
+        for last_credit in reliable.iter().filter_map(|p| self.waits_for(*p, size)) {
             waiting += 1;
             if silent_since.is_none_or(|s| last_credit > s) {
                 first_reading = Some(first_reading.map_or(last_credit, |f| f.min(last_credit)));
@@ -105,7 +107,7 @@ impl Endpoint {
         for peer in peers {
             let credited = reliable.contains(&peer);
             if credited {
-                let (sent, newly_cut_off) = self.take_event_credit(now, peer, topic);
+                let (sent, newly_cut_off) = self.take_event_credit(now, peer, topic, size);
                 if !sent {
                     self.skip_event(peer);
                     if newly_cut_off {
@@ -120,7 +122,7 @@ impl Endpoint {
                 let subscriptions = self.subscriptions.matches_cached(topic);
                 if subscriptions.is_empty() {
                     if credited {
-                        self.events_taken(now, peer, 1);
+                        self.events_taken(now, peer, 1, size);
                     }
                     continue;
                 }
@@ -160,14 +162,15 @@ impl Endpoint {
         }
         let missed = f.seq - last - 1;
         self.publish_seq_in.insert(from, f.seq);
+        let size = f.payload.len() as u64;
         if credited {
-            self.credit_used(from);
+            self.credit_used(from, size);
         }
         let subscriptions = self.subscriptions.matches_cached(&topic);
         if subscriptions.is_empty() {
             self.stats.unmatched_events += 1;
             if credited {
-                self.events_taken(now, from, 1);
+                self.events_taken(now, from, 1, size);
             }
             return Ok(());
         }

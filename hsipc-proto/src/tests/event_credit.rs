@@ -17,7 +17,7 @@ fn small_window() -> Config {
 /// What one subscriber has received and not yet taken, and what it has taken.
 #[derive(Default)]
 struct Reader {
-    queued: VecDeque<(PeerId, u64, bool)>,
+    queued: VecDeque<(PeerId, u64, bool, u64)>,
     taken: Vec<u64>,
     lost: u64,
 }
@@ -30,7 +30,7 @@ impl Reader {
                 Event::Published { from, body, missed, credited, .. } => {
                     self.lost += missed;
                     let n = std::str::from_utf8(&body).unwrap().parse().unwrap();
-                    self.queued.push_back((from, n, credited));
+                    self.queued.push_back((from, n, credited, body.len() as u64));
                 }
                 Event::EventsLost { missed, .. } => self.lost += missed,
                 _ => {}
@@ -41,10 +41,10 @@ impl Reader {
     /// Takes up to `n` events, returning their credit.
     fn take(&mut self, bus: &mut Bus, i: usize, n: usize) {
         for _ in 0..n {
-            let Some((from, body, credited)) = self.queued.pop_front() else { break };
+            let Some((from, body, credited, size)) = self.queued.pop_front() else { break };
             self.taken.push(body);
             if credited {
-                bus.with(i, |ep, now| ep.events_taken(now, from, 1));
+                bus.with(i, |ep, now| ep.events_taken(now, from, 1, size));
             }
         }
     }
@@ -326,6 +326,139 @@ proptest! {
             if cut_offs == 0 {
                 prop_assert_eq!(reader.lost, 0);
             }
+        }
+    }
+}
+
+/// A byte window of 1000 and room for many events by count.
+const WINDOW_BYTES: u64 = 1000;
+
+fn byte_window() -> Config {
+    Config { event_window: 100, event_window_bytes: WINDOW_BYTES, ..Config::default() }
+}
+
+/// Publishes event `n` with a payload of `size` bytes (`n`, zero-padded).
+fn publish_sized(bus: &mut Bus, n: u64, size: usize, mode: NoCredit) -> Result<crate::Published, CommandError> {
+    let body = format!("{n:0>size$}");
+    bus.with(0, |ep, now| ep.publish(now, &Topic::new("t/x").unwrap(), b(&body), mode))
+}
+
+impl Reader {
+    /// Payload bytes received and not yet taken.
+    fn queued_bytes(&self) -> u64 {
+        self.queued.iter().map(|q| q.3).sum()
+    }
+}
+
+#[test]
+fn the_byte_window_holds_a_publisher_back_by_the_size_of_its_events() {
+    let mut bus = Bus::with_config(2, byte_window());
+    bus.ep(1).subscribe(TopicFilter::new("t/#").unwrap(), true).unwrap();
+    bus.settle();
+    let mut reader = Reader::default();
+    // Three of 300 bytes fit in 1000; the fourth does not, though the count window has room.
+    for n in 0..3 {
+        publish_sized(&mut bus, n, 300, NoCredit::Refuse).unwrap();
+    }
+    assert_eq!(publish_sized(&mut bus, 3, 300, NoCredit::Refuse), refused(1));
+    // A smaller one still fits.
+    publish_sized(&mut bus, 3, 100, NoCredit::Refuse).unwrap();
+    bus.settle();
+    reader.collect(&mut bus, 1);
+    assert_eq!(reader.queued_bytes(), 1000);
+    // Taking one event returns its bytes (300 is over a quarter of the window): room again.
+    reader.take(&mut bus, 1, 1);
+    bus.settle();
+    publish_sized(&mut bus, 4, 300, NoCredit::Refuse).unwrap();
+    assert_eq!(publish_sized(&mut bus, 5, 300, NoCredit::Refuse), refused(1));
+    bus.settle();
+    reader.collect(&mut bus, 1);
+    reader.take(&mut bus, 1, usize::MAX);
+    assert_eq!(reader.taken, [0, 1, 2, 3, 4]);
+    assert_eq!(reader.lost, 0);
+    bus.assert_no_leaks();
+}
+
+#[test]
+fn an_event_larger_than_the_byte_window_goes_once_nothing_is_outstanding() {
+    let mut bus = Bus::with_config(2, byte_window());
+    bus.ep(1).subscribe(TopicFilter::new("t/#").unwrap(), true).unwrap();
+    bus.settle();
+    let mut reader = Reader::default();
+    publish_sized(&mut bus, 0, 2500, NoCredit::Refuse).unwrap();
+    assert_eq!(publish_sized(&mut bus, 1, 2500, NoCredit::Refuse), refused(1));
+    assert_eq!(publish_sized(&mut bus, 1, 10, NoCredit::Refuse), refused(1));
+    bus.settle();
+    reader.collect(&mut bus, 1);
+    reader.take(&mut bus, 1, 1);
+    bus.settle();
+    // Its credit back (the account full again, not more): the next large one goes.
+    publish_sized(&mut bus, 1, 2500, NoCredit::Refuse).unwrap();
+    assert_eq!(publish_sized(&mut bus, 2, 10, NoCredit::Refuse), refused(1));
+    bus.settle();
+    reader.collect(&mut bus, 1);
+    reader.take(&mut bus, 1, usize::MAX);
+    assert_eq!(reader.taken, [0, 1]);
+    bus.assert_no_leaks();
+}
+
+#[test]
+fn a_subscriber_without_a_byte_window_is_held_by_the_count_only() {
+    let mut config = byte_window();
+    config.event_window_bytes = 0;
+    config.event_window = 4;
+    let mut bus = Bus::with_config(2, config);
+    bus.ep(1).subscribe(TopicFilter::new("t/#").unwrap(), true).unwrap();
+    bus.settle();
+    for n in 0..4 {
+        publish_sized(&mut bus, n, 5000, NoCredit::Refuse).unwrap();
+    }
+    assert_eq!(publish_sized(&mut bus, 4, 1, NoCredit::Refuse), refused(1));
+    bus.assert_no_leaks();
+}
+
+proptest! {
+    /// Events of any size, taken at any pace: each reliable subscriber receives every event in
+    /// order, and never holds more than its byte window of them untaken (or one larger event
+    /// alone).
+    #[test]
+    fn the_byte_window_bounds_what_a_subscriber_holds(
+        ops in proptest::collection::vec((op(), 1..1500usize), 1..200)
+    ) {
+        let mut bus = Bus::with_config(3, byte_window());
+        bus.ep(1).subscribe(TopicFilter::new("t/#").unwrap(), true).unwrap();
+        bus.ep(2).subscribe(TopicFilter::new("t/+").unwrap(), true).unwrap();
+        bus.settle();
+        let mut readers = [Reader::default(), Reader::default(), Reader::default()];
+        let mut published = 0u64;
+        for (op, size) in ops {
+            match op {
+                Op::Publish | Op::PublishOrCutOff => match publish_sized(&mut bus, published, size, NoCredit::Refuse) {
+                    Ok(_) => published += 1,
+                    Err(CommandError::NoEventCredit { .. }) => {}
+                    Err(e) => prop_assert!(false, "{}", e),
+                },
+                Op::Take(who, n) => {
+                    readers[who].collect(&mut bus, who);
+                    let held = readers[who].queued_bytes();
+                    prop_assert!(held <= WINDOW_BYTES || readers[who].queued.len() == 1, "{} bytes held", held);
+                    readers[who].take(&mut bus, who, n);
+                }
+                Op::Settle => bus.settle(),
+            }
+        }
+        bus.settle();
+        for _ in 0..3 {
+            for (who, reader) in readers.iter_mut().enumerate().skip(1) {
+                reader.collect(&mut bus, who);
+                reader.take(&mut bus, who, usize::MAX);
+            }
+            bus.settle();
+        }
+        prop_assert!(bus.rejected.is_empty(), "{:?}", bus.rejected);
+        for reader in &readers[1..] {
+            prop_assert_eq!(&reader.taken, &(0..published).collect::<Vec<_>>());
+            prop_assert_eq!(reader.lost, 0);
         }
     }
 }

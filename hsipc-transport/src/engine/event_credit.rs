@@ -2,16 +2,17 @@
 
 use proto::fast_map::FastMap as HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use proto::PeerId;
 
 use super::alarm::Alarm;
 
-/// One event's claim on its publisher's credit: dropped once every reliable subscription it
-/// went to has taken it (or dropped it), which counts it as taken.
+/// One event's claim on its publisher's credit (the event, and its payload's bytes): dropped
+/// once every reliable subscription it went to has taken it (or dropped it), which counts it as
+/// taken.
 #[derive(Debug)]
-pub(crate) struct Ticket(Option<Arc<CreditAccount>>);
+pub(crate) struct Ticket(Option<Arc<CreditAccount>>, u64);
 
 impl Ticket {
     /// Counts the event as taken, on a thread that holds none of the engine's locks (a
@@ -21,7 +22,7 @@ impl Ticket {
     ///
     /// [`Handle::return_event_credit`]: super::Handle::return_event_credit
     pub(crate) fn taken_here(mut self) -> bool {
-        self.0.take().is_some_and(|account| account.count_one())
+        self.0.take().is_some_and(|account| account.count_one(self.1))
     }
 }
 
@@ -29,7 +30,7 @@ impl Drop for Ticket {
     /// Dropped anywhere (under the engine's locks too): wakes the clock for a batch.
     fn drop(&mut self) {
         if let Some(account) = self.0.take() {
-            if account.count_one() {
+            if account.count_one(self.1) {
                 account.wake_clock.ring();
             }
         }
@@ -66,16 +67,22 @@ impl Claim {
 pub(crate) struct CreditAccount {
     from: PeerId,
     taken: AtomicU32,
+    /// The taken events' payload bytes.
+    taken_bytes: AtomicU64,
     /// Give the credit back when this many are taken (the receiver that completes the batch
-    /// does; a ticket dropped elsewhere wakes the clock for it).
+    /// does; a ticket dropped elsewhere wakes the clock for it), or this many bytes.
     batch: u32,
+    batch_bytes: u64,
     wake_clock: Alarm,
 }
 
 impl CreditAccount {
-    /// Counts one event taken: whether that completes a batch to give back.
-    fn count_one(&self) -> bool {
-        self.taken.fetch_add(1, Ordering::Relaxed) + 1 == self.batch
+    /// Counts one event of `size` payload bytes taken: whether that completes a batch to give
+    /// back (by count, or the first event to reach the batch's bytes).
+    fn count_one(&self, size: u64) -> bool {
+        let bytes = self.taken_bytes.fetch_add(size, Ordering::Relaxed);
+        let by_bytes = bytes < self.batch_bytes && bytes.saturating_add(size) >= self.batch_bytes;
+        self.taken.fetch_add(1, Ordering::Relaxed) + 1 == self.batch || by_bytes
     }
 }
 
@@ -84,30 +91,39 @@ pub(super) struct EventCredit {
     /// Per publisher: the events of its this hub's application has taken.
     accounts: HashMap<PeerId, Arc<CreditAccount>>,
     batch: u32,
+    batch_bytes: u64,
     wake_clock: Alarm,
 }
 
 impl EventCredit {
-    pub(super) fn new(window: u32, wake_clock: Alarm) -> Self {
-        EventCredit { accounts: HashMap::default(), batch: (window / 8).max(1), wake_clock }
+    /// Credit for windows of `window` events and `window_bytes` bytes (0: no bound), given back
+    /// an eighth at a time.
+    pub(super) fn new(window: u32, window_bytes: u64, wake_clock: Alarm) -> Self {
+        let batch_bytes = if window_bytes == 0 { u64::MAX } else { (window_bytes / 8).max(1) };
+        EventCredit { accounts: HashMap::default(), batch: (window / 8).max(1), batch_bytes, wake_clock }
     }
 
-    /// A ticket for an event `from` paid for with this hub's credit.
-    pub(super) fn ticket(&mut self, from: PeerId) -> Ticket {
+    /// A ticket for an event `from` paid for with this hub's credit, of `size` payload bytes.
+    pub(super) fn ticket(&mut self, from: PeerId, size: u64) -> Ticket {
         let account = self.accounts.entry(from).or_insert_with(|| {
             Arc::new(CreditAccount {
                 from,
                 taken: AtomicU32::new(0),
+                taken_bytes: AtomicU64::new(0),
                 batch: self.batch,
+                batch_bytes: self.batch_bytes,
                 wake_clock: self.wake_clock.clone(),
             })
         });
-        Ticket(Some(account.clone()))
+        Ticket(Some(account.clone()), size)
     }
 
-    /// What the application has taken since the last call, per publisher.
-    pub(super) fn taken(&self) -> impl Iterator<Item = (PeerId, u32)> + '_ {
-        self.accounts.values().map(|a| (a.from, a.taken.swap(0, Ordering::Relaxed))).filter(|(_, n)| *n > 0)
+    /// What the application has taken since the last call, per publisher: events and bytes.
+    pub(super) fn taken(&self) -> impl Iterator<Item = (PeerId, u32, u64)> + '_ {
+        self.accounts
+            .values()
+            .map(|a| (a.from, a.taken.swap(0, Ordering::Relaxed), a.taken_bytes.swap(0, Ordering::Relaxed)))
+            .filter(|(_, n, _)| *n > 0)
     }
 
     pub(super) fn forget(&mut self, peer: PeerId) {

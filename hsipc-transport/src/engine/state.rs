@@ -169,7 +169,7 @@ pub(crate) struct State {
 impl State {
     pub(super) fn new(endpoint: Endpoint, config: EngineConfig, alarm: super::alarm::Alarm) -> Self {
         State {
-            credit: EventCredit::new(config.proto.event_window, alarm),
+            credit: EventCredit::new(config.proto.event_window, config.proto.event_window_bytes, alarm),
             liveness: Liveness::new(std::process::id()),
             endpoint,
             config,
@@ -253,8 +253,8 @@ impl State {
 
     /// Gives the publishers back the credit of every event the application has taken.
     pub(super) fn return_credit(&mut self, now: Instant) {
-        for (from, n) in self.credit.taken() {
-            self.endpoint.events_taken(now, from, n);
+        for (from, n, bytes) in self.credit.taken() {
+            self.endpoint.events_taken(now, from, n, bytes);
         }
         self.endpoint.flush_event_credit();
     }
@@ -571,13 +571,14 @@ impl State {
                 // subscription it goes to has taken it; if none does, at once.
                 let is_reliable = |s: &SubscriptionId| self.subscriptions.get(s).is_some_and(|q| q.is_reliable());
                 let reliable = if credited { subscriptions.iter().filter(|s| is_reliable(s)).count() } else { 0 };
+                let size = body.len() as u64;
                 if credited && reliable == 0 {
-                    self.endpoint.events_taken(Instant::now(), from, 1);
+                    self.endpoint.events_taken(Instant::now(), from, 1, size);
                 }
                 // One reliable subscription (the usual case) holds the ticket itself; several
                 // share it.
-                let mut one = (reliable == 1).then(|| self.credit.ticket(from));
-                let shared = (reliable > 1).then(|| Arc::new(self.credit.ticket(from)));
+                let mut one = (reliable == 1).then(|| self.credit.ticket(from, size));
+                let shared = (reliable > 1).then(|| Arc::new(self.credit.ticket(from, size)));
                 for sub in subscriptions {
                     let Some(queue) = self.subscriptions.get(&sub) else { continue };
                     let ticket = if queue.is_reliable() {

@@ -53,9 +53,10 @@ impl Clone for Delivery {
 #[non_exhaustive]
 pub enum Qos {
     /// Every event, in order. Each publisher may have at most the subscribing hub's event
-    /// window (`HubBuilder::event_window`, default 256) of its events queued and not yet taken
-    /// in the hub (the credit is the hub's, shared by its subscriptions); beyond that its
-    /// `publish` waits. A hub that gives no credit back for the publisher's whole publish
+    /// window (`HubBuilder::event_window`, default 1024 events, and
+    /// `HubBuilder::event_window_bytes`, default 16 MiB of payloads) of its events queued and
+    /// not yet taken in the hub (the credit is the hub's, shared by its subscriptions); beyond
+    /// that its `publish` waits. A hub that gives no credit back for the publisher's whole publish
     /// timeout is cut off: the other subscribers get the event, every subscription of this hub
     /// reads an [`Error::EventsLost`] after what is already queued for it, and the publisher
     /// does not wait for it again until it has caught up (events meant for it meanwhile are
