@@ -18,6 +18,9 @@ fn child_entry() {
     let Some(role) = common::role() else { return };
     common::watch_parent(Duration::from_secs(120));
     let mut builder = ProcessHub::builder(&env("HSIPC_NAME")).event_window(env_or("HSIPC_WINDOW", 256));
+    if let Ok(bytes) = std::env::var("HSIPC_WINDOW_BYTES") {
+        builder = builder.event_window_bytes(bytes.parse().unwrap());
+    }
     if let Ok(ms) = std::env::var("HSIPC_PUBLISH_TIMEOUT_MS") {
         builder = builder.publish_timeout(Duration::from_millis(ms.parse().unwrap()));
     }
@@ -135,4 +138,32 @@ fn a_subscriber_that_dies_frees_its_publisher_at_once() {
     publisher.send("go");
     stuck.kill();
     assert_eq!(publisher.expect("PUBLISHED", LONG), "cut_off=0 dropped=0");
+}
+
+/// A subscriber's window in bytes holds its publisher back whatever the count: one granting 1024
+/// events but 64 bytes of payloads, and taking none, gets as many events as fit in 64 bytes
+/// before its publisher cuts it off.
+#[test]
+fn a_subscriber_s_byte_window_holds_its_publisher_back() {
+    // The events that fit in 64 bytes (a `u32` is 1 to 5 bytes of CBOR).
+    let mut fit = 0u32;
+    let mut bytes = 0;
+    loop {
+        bytes += hsipc::proto::codec::encode(&fit).unwrap().len();
+        if bytes > 64 {
+            break;
+        }
+        fit += 1;
+    }
+    let bus = unique_bus("reliable-bytes");
+    let env = [("HSIPC_COUNT", "200"), ("HSIPC_WINDOW", "1024"), ("HSIPC_WINDOW_BYTES", "64")];
+    let mut stuck = Peer::ready("stuck", &bus, "stuck", &env);
+    let publisher_env = [("HSIPC_COUNT", "200"), ("HSIPC_PUBLISH_TIMEOUT_MS", "300")];
+    let mut publisher = Peer::ready("publisher", &bus, "pub", &publisher_env);
+    publisher.send("go");
+    let dropped = 200 - fit;
+    assert_eq!(publisher.expect("PUBLISHED", LONG), format!("cut_off=1 dropped={dropped}"));
+    stuck.send("read");
+    let rest = dropped - 1;
+    assert_eq!(stuck.expect("ACCOUNTED", LONG), format!("taken={fit} lost={dropped} trace=from 0,lost 1,lost {rest}"));
 }

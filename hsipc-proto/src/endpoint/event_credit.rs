@@ -221,7 +221,9 @@ impl Endpoint {
         g.available = g.available.saturating_add(n).min(g.window);
         g.available_bytes = g.available_bytes.saturating_add(bytes).min(g.window_bytes);
         g.last_credit = now;
-        if g.cut_off && g.available >= g.window.div_ceil(2) {
+        // Caught up: half its window free again, in events and in bytes.
+        let half_bytes = g.window_bytes == 0 || g.available_bytes >= g.window_bytes.div_ceil(2);
+        if g.cut_off && g.available >= g.window.div_ceil(2) && half_bytes {
             g.cut_off = false;
             self.report_lost(peer);
         }
