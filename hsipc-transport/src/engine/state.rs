@@ -579,14 +579,25 @@ impl State {
                 // share it.
                 let mut one = (reliable == 1).then(|| self.credit.ticket(from, size));
                 let shared = (reliable > 1).then(|| Arc::new(self.credit.ticket(from, size)));
-                for sub in subscriptions {
+                // The last subscription (the only one, usually) takes the topic and the body
+                // themselves: no reference count goes up and down for them.
+                let mut topic_body = Some((topic, body));
+                let last = subscriptions.len().saturating_sub(1);
+                for (i, sub) in subscriptions.into_iter().enumerate() {
                     let Some(queue) = self.subscriptions.get(&sub) else { continue };
                     let ticket = if queue.is_reliable() {
                         one.take().map(Claim::One).or_else(|| shared.clone().map(Claim::Shared))
                     } else {
                         None
                     };
-                    let d = Delivery { from, topic: topic.clone(), body: body.clone(), missed, ticket };
+                    let (topic, body) = match (i == last, &topic_body) {
+                        (false, Some((topic, body))) => (topic.clone(), body.clone()),
+                        _ => match topic_body.take() {
+                            Some(both) => both,
+                            None => continue,
+                        },
+                    };
+                    let d = Delivery { from, topic, body, missed, ticket };
                     self.deferred.push(Deferred::Publish(sub, queue.clone(), d));
                 }
             }
