@@ -24,6 +24,8 @@
 
 #[path = "support/child_proc.rs"]
 mod child_proc;
+#[path = "support/cpus.rs"]
+mod cpus;
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -33,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use child_proc::{Proc, ROLE_ENV};
+use cpus::allowed_cpus;
 
 /// The CPUs a child may run on, comma-separated.
 const CPUS_ENV: &str = "HSIPC_BENCH_CPUS";
@@ -154,30 +157,11 @@ fn spawn(role: &str, bus: &str, server: &str, cpus: &str, span: Duration, k: usi
     Proc::start(cmd, role, bus, server, None, Some(&CHILDREN))
 }
 
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
-    }
-}
-
-/// Lets the calling thread (and every thread it starts later) run on the CPUs in `list`.
+/// Lets the calling thread (and every thread it starts later) run on the CPUs in `list`
+/// (comma-separated).
 fn pin_to(list: &str) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it; pid 0 is the
-    // calling thread.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_ZERO(&mut set);
-        for cpu in list.split(',').filter_map(|c| c.parse().ok()) {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    assert_eq!(rc, 0, "sched_setaffinity to CPUs {list}: {}", std::io::Error::last_os_error());
+    let set: Vec<usize> = list.split(',').filter_map(|c| c.parse().ok()).collect();
+    cpus::pin_to(&set);
 }
 
 /// A bus name no other run uses.
@@ -237,28 +221,30 @@ mod child {
                 let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
                 rt.block_on(async {
                     let hub = hsipc::tokio::ProcessHub::builder("server").bus(bus()).build().expect("server hub");
-                    if inline {
-                        hub.serve_inline("bench.echo", echo).await
-                    } else {
-                        hub.serve("bench.echo", move |b: Bytes| async move { echo(b) }).await
-                    }
-                    .expect("serve");
-                    report("READY");
-                    std::future::pending::<()>().await;
+                    serve_async(&hub, inline).await;
                 });
             }
             _ => smol::block_on(async {
                 let hub = hsipc::smol::ProcessHub::builder("server").bus(bus()).build().expect("server hub");
-                if inline {
-                    hub.serve_inline("bench.echo", echo).await
-                } else {
-                    hub.serve("bench.echo", move |b: Bytes| async move { echo(b) }).await
-                }
-                .expect("serve");
-                report("READY");
-                std::future::pending::<()>().await;
+                serve_async(&hub, inline).await;
             }),
         }
+    }
+
+    /// Serves the echo on an async hub (inline, or as a task), then waits for the end.
+    async fn serve_async<K: hsipc::transport::hub::RuntimeKind>(
+        hub: &hsipc::transport::hub::AsyncHub<K>,
+        inline: bool,
+    ) {
+        let echo = |b: Bytes| Ok::<_, String>(b);
+        if inline {
+            hub.serve_inline("bench.echo", echo).await
+        } else {
+            hub.serve("bench.echo", move |b: Bytes| async move { echo(b) }).await
+        }
+        .expect("serve");
+        report("READY");
+        std::future::pending::<()>().await;
     }
 
     fn client() {

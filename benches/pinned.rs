@@ -54,6 +54,8 @@
 
 #[path = "support/child_proc.rs"]
 mod child_proc;
+#[path = "support/cpus.rs"]
+mod cpus;
 #[path = "support/hub_client.rs"]
 mod hub_client;
 #[path = "support/raw_ipmb.rs"]
@@ -72,6 +74,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use child_proc::{FD_ENV, Proc, ROLE_ENV, mark_all_cloexec, set_cloexec};
+use cpus::allowed_cpus;
 use futures_lite::StreamExt;
 use hsipc::SyncProcessHub;
 use hub_client::Client;
@@ -277,28 +280,9 @@ struct Mode {
     peer_cpu: usize,
 }
 
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
-    }
-}
-
 /// Pins the calling thread (and every thread it starts later) to `cpu`.
 fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it; pid 0 is the
-    // calling thread.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    assert_eq!(rc, 0, "sched_setaffinity to CPU {cpu}: {}", std::io::Error::last_os_error());
+    cpus::pin_to(&[cpu]);
 }
 
 fn cpu_model() -> String {

@@ -279,17 +279,34 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Three endpoints: 0 publishes, 1 and 2 subscribe reliably to what it publishes.
+fn two_reliable_subscribers(config: Config) -> (Bus, [Reader; 3]) {
+    let mut bus = Bus::with_config(3, config);
+    bus.ep(1).subscribe(TopicFilter::new("t/#").unwrap(), true).unwrap();
+    bus.ep(2).subscribe(TopicFilter::new("t/+").unwrap(), true).unwrap();
+    bus.settle();
+    (bus, [Reader::default(), Reader::default(), Reader::default()])
+}
+
+/// The subscribers take everything there is, a few rounds, as credit comes back.
+fn take_all(bus: &mut Bus, readers: &mut [Reader; 3]) {
+    bus.settle();
+    for _ in 0..3 {
+        for (who, reader) in readers.iter_mut().enumerate().skip(1) {
+            reader.collect(bus, who);
+            reader.take(bus, who, usize::MAX);
+        }
+        bus.settle();
+    }
+}
+
 proptest! {
     /// Whatever the interleaving: each reliable subscriber receives the events in order, never
     /// beyond its window, and every event published is either received or reported lost; with
     /// no cut-off, nothing is lost at all.
     #[test]
     fn every_event_is_received_or_reported(ops in proptest::collection::vec(op(), 1..200)) {
-        let mut bus = Bus::with_config(3, small_window());
-        bus.ep(1).subscribe(TopicFilter::new("t/#").unwrap(), true).unwrap();
-        bus.ep(2).subscribe(TopicFilter::new("t/+").unwrap(), true).unwrap();
-        bus.settle();
-        let mut readers = [Reader::default(), Reader::default(), Reader::default()];
+        let (mut bus, mut readers) = two_reliable_subscribers(small_window());
         let (mut published, mut cut_offs) = (0u64, 0);
         for op in ops {
             match op {
@@ -311,14 +328,7 @@ proptest! {
                 Op::Settle => bus.settle(),
             }
         }
-        bus.settle();
-        for _ in 0..3 {
-            for (who, reader) in readers.iter_mut().enumerate().skip(1) {
-                reader.collect(&mut bus, who);
-                reader.take(&mut bus, who, usize::MAX);
-            }
-            bus.settle();
-        }
+        take_all(&mut bus, &mut readers);
         prop_assert!(bus.rejected.is_empty(), "{:?}", bus.rejected);
         for reader in &readers[1..] {
             prop_assert!(reader.taken.windows(2).all(|w| w[0] < w[1]), "out of order: {:?}", reader.taken);
@@ -425,11 +435,7 @@ proptest! {
     fn the_byte_window_bounds_what_a_subscriber_holds(
         ops in proptest::collection::vec((op(), 1..1500usize), 1..200)
     ) {
-        let mut bus = Bus::with_config(3, byte_window());
-        bus.ep(1).subscribe(TopicFilter::new("t/#").unwrap(), true).unwrap();
-        bus.ep(2).subscribe(TopicFilter::new("t/+").unwrap(), true).unwrap();
-        bus.settle();
-        let mut readers = [Reader::default(), Reader::default(), Reader::default()];
+        let (mut bus, mut readers) = two_reliable_subscribers(byte_window());
         let mut published = 0u64;
         for (op, size) in ops {
             match op {
@@ -447,14 +453,7 @@ proptest! {
                 Op::Settle => bus.settle(),
             }
         }
-        bus.settle();
-        for _ in 0..3 {
-            for (who, reader) in readers.iter_mut().enumerate().skip(1) {
-                reader.collect(&mut bus, who);
-                reader.take(&mut bus, who, usize::MAX);
-            }
-            bus.settle();
-        }
+        take_all(&mut bus, &mut readers);
         prop_assert!(bus.rejected.is_empty(), "{:?}", bus.rejected);
         for reader in &readers[1..] {
             prop_assert_eq!(&reader.taken, &(0..published).collect::<Vec<_>>());
