@@ -185,7 +185,9 @@ impl Threads {
         let reader_takes = from_reader && state.jobs.len() == 1;
         let notify = state.idle > 0 && !reader_takes;
         // More jobs than threads waiting on the condition variable (a notified one counts as
-        // waiting until it runs): a reader (another than this thread) takes one too.
+        // waiting until it runs): a reader (another than this thread) takes one too. It may be
+        // one busy with an inline handler it read (its waker stays set while it is awake);
+        // inline handlers never wait, so the job waits for that handler at most.
         let reader = if reader_takes || state.jobs.len() <= state.idle {
             None
         } else {

@@ -62,7 +62,8 @@ pub enum FrameKind {
     Ping = 11,
     /// Answer to [`FrameKind::Ping`].
     Pong = 12,
-    /// Subscriber to publisher: permission to send `seq` more credited events.
+    /// Subscriber to publisher: permission to send `seq` more credited events, and `id` more
+    /// bytes of their payloads (0 from a subscriber that announced no byte window).
     EventCredit = 13,
     /// Publisher to subscriber: events up to sequence `seq` were published to you, and those
     /// not received were dropped because you had no credit (`name` = the topic of the last).

@@ -220,6 +220,11 @@ impl Endpoint {
         let Some(g) = self.granted.get_mut(&peer) else { return };
         g.available = g.available.saturating_add(n).min(g.window);
         g.available_bytes = g.available_bytes.saturating_add(bytes).min(g.window_bytes);
+        // Nothing outstanding by count: nothing by bytes either (a subscriber returns an
+        // event's bytes no later than its count), whatever was lost on the way.
+        if g.available == g.window {
+            g.available_bytes = g.window_bytes;
+        }
         g.last_credit = now;
         // Caught up: half its window free again, in events and in bytes.
         let half_bytes = g.window_bytes == 0 || g.available_bytes >= g.window_bytes.div_ceil(2);

@@ -412,6 +412,30 @@ fn an_event_larger_than_the_byte_window_goes_once_nothing_is_outstanding() {
     bus.assert_no_leaks();
 }
 
+/// Bytes that never come back (a subscriber that returned an event's count without them) are
+/// made good once nothing is outstanding by count: the publisher is not held back for good.
+#[test]
+fn lost_bytes_are_made_good_once_nothing_is_outstanding() {
+    let mut bus = Bus::with_config(2, byte_window());
+    bus.ep(1).subscribe(TopicFilter::new("t/#").unwrap(), true).unwrap();
+    bus.settle();
+    for n in 0..3 {
+        publish_sized(&mut bus, n, 300, NoCredit::Refuse).unwrap();
+    }
+    bus.settle();
+    let _ = bus.events(1);
+    let publisher = super::peer(0);
+    for _ in 0..3 {
+        bus.with(1, |ep, now| ep.events_taken(now, publisher, 1, 0));
+    }
+    bus.ep(1).flush_event_credit();
+    bus.settle();
+    for n in 3..6 {
+        publish_sized(&mut bus, n, 300, NoCredit::Refuse).unwrap();
+    }
+    bus.assert_no_leaks();
+}
+
 #[test]
 fn a_subscriber_without_a_byte_window_is_held_by_the_count_only() {
     let mut config = byte_window();
@@ -460,4 +484,29 @@ proptest! {
             prop_assert_eq!(reader.lost, 0);
         }
     }
+}
+
+/// A peer from before the byte window announces neither it nor (older still) the event window:
+/// its announce decodes, and bounds nothing by bytes.
+#[test]
+fn an_announce_without_a_byte_window_bounds_nothing_by_bytes() {
+    #[derive(serde::Serialize)]
+    struct OldPeerInfo {
+        name: String,
+        pid: u32,
+        services: Vec<String>,
+        patterns: Vec<String>,
+        reliable: Vec<String>,
+        event_window: u32,
+    }
+    let old = OldPeerInfo {
+        name: "old".into(),
+        pid: 1,
+        services: vec![],
+        patterns: vec!["t/#".into()],
+        reliable: vec!["t/#".into()],
+        event_window: 4,
+    };
+    let info: crate::PeerInfo = crate::codec::decode(&crate::codec::encode(&old).unwrap()).unwrap();
+    assert_eq!((info.event_window, info.event_window_bytes, info.peers), (4, 0, 0));
 }

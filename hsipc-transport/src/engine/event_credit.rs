@@ -82,7 +82,9 @@ impl CreditAccount {
     fn count_one(&self, size: u64) -> bool {
         let bytes = self.taken_bytes.fetch_add(size, Ordering::Relaxed);
         let by_bytes = bytes < self.batch_bytes && bytes.saturating_add(size) >= self.batch_bytes;
-        self.taken.fetch_add(1, Ordering::Relaxed) + 1 == self.batch || by_bytes
+        // Released after the bytes: whoever takes the count (`EventCredit::taken`) takes the
+        // bytes with it, never an event's count without its bytes.
+        self.taken.fetch_add(1, Ordering::Release) + 1 == self.batch || by_bytes
     }
 }
 
@@ -119,14 +121,50 @@ impl EventCredit {
     }
 
     /// What the application has taken since the last call, per publisher: events and bytes.
+    /// An event being counted meanwhile may give its bytes now and its count next time (never
+    /// the other way round): bytes without a count are handed on too, not lost.
     pub(super) fn taken(&self) -> impl Iterator<Item = (PeerId, u32, u64)> + '_ {
         self.accounts
             .values()
-            .map(|a| (a.from, a.taken.swap(0, Ordering::Relaxed), a.taken_bytes.swap(0, Ordering::Relaxed)))
-            .filter(|(_, n, _)| *n > 0)
+            .map(|a| {
+                let n = a.taken.swap(0, Ordering::Acquire);
+                (a.from, n, a.taken_bytes.swap(0, Ordering::Relaxed))
+            })
+            .filter(|(_, n, bytes)| *n > 0 || *bytes > 0)
     }
 
     pub(super) fn forget(&mut self, peer: PeerId) {
         self.accounts.remove(&peer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An event counted while its credit is handed over gives its bytes first: they are handed
+    /// on without its count (the count follows), not dropped (a publisher's byte window would
+    /// shrink for good).
+    #[test]
+    fn bytes_taken_without_their_count_are_handed_on() {
+        let mut credit = EventCredit::new(1024, 1 << 20, Alarm::new().unwrap());
+        let ticket = credit.ticket(PeerId(7), 300);
+        let account = ticket.0.clone().unwrap();
+        // The first half of `count_one`: the bytes are in, the count not yet.
+        account.taken_bytes.fetch_add(300, Ordering::Relaxed);
+        assert_eq!(credit.taken().collect::<Vec<_>>(), [(PeerId(7), 0, 300)]);
+        account.taken.fetch_add(1, Ordering::Release);
+        assert_eq!(credit.taken().collect::<Vec<_>>(), [(PeerId(7), 1, 0)]);
+        assert_eq!(credit.taken().count(), 0);
+    }
+
+    #[test]
+    fn a_batch_is_complete_by_count_or_by_bytes() {
+        let mut credit = EventCredit::new(16, 800, Alarm::new().unwrap());
+        // Batches of 2 events or 100 bytes.
+        assert!(!credit.ticket(PeerId(1), 10).taken_here());
+        assert!(credit.ticket(PeerId(1), 10).taken_here(), "the second event completes a batch");
+        let _ = credit.taken().count();
+        assert!(credit.ticket(PeerId(1), 150).taken_here(), "150 bytes complete a batch of 100");
     }
 }

@@ -99,7 +99,7 @@ impl ServedPeers {
     fn get(&self) -> [Option<PeerId>; SERVED_PEERS] {
         let newest = self.next.load(Ordering::Relaxed);
         std::array::from_fn(|i| {
-            let slot = (newest + SERVED_PEERS - 1 - i) % SERVED_PEERS;
+            let slot = newest.wrapping_add(SERVED_PEERS * 2 - 1 - i) % SERVED_PEERS;
             Some(self.slots[slot].load(Ordering::Relaxed)).filter(|p| *p != NONE).map(PeerId)
         })
     }

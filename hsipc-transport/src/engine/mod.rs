@@ -261,8 +261,8 @@ fn run_writer(shared: &Shared, alarm: &Alarm, sent: &flume::Sender<()>) {
         // Read before sending: everything queued before the close (the goodbye) goes out.
         let closing = shared.closed.load(Ordering::SeqCst);
         shared.send_queued_blocking();
-        // A handler may have queued a frame while this thread held the send lock and found it
-        // taken: it woke this thread, so the next loop sends it.
+        // A handler that queued a frame while this thread held the send lock left it to this
+        // thread: it went when the lock was let go (see `send_lock`).
         if closing {
             shared.close_transport();
             let _ = sent.send(());

@@ -32,7 +32,8 @@ impl<T> SendLock<T> {
     }
 
     /// The lock if it is free; if not, asks its holder to act for this thread once it lets go
-    /// (`None`: the holder will).
+    /// (`None`: the holder will). Whoever gets the lock must act for every thread that asked
+    /// before (the engine: take everything queued, after locking).
     pub(super) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
         if let Some(guard) = self.take() {
             return Some(guard);
@@ -41,7 +42,12 @@ impl<T> SendLock<T> {
         // Paired with the fence in `asked`: the holder that lets go after this sees the flag,
         // or this sees the lock free.
         fence(Ordering::SeqCst);
-        self.take()
+        let guard = self.take()?;
+        // Had by the second try: this thread acts for whoever asked so far (they queued before
+        // they asked, and the swap orders that before what this thread takes), so the request
+        // is taken back rather than answered with an empty round after the release.
+        self.asked.swap(false, Ordering::SeqCst);
+        Some(guard)
     }
 
     /// For a thread that has just let go of the lock: whether a thread found it taken since

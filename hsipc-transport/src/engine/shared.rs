@@ -185,8 +185,9 @@ impl Shared {
     }
 
     /// Ends a change to the state: collects its events and frames, releases the lock, then
-    /// wakes whoever waits, dispatches requests, and has the frames sent (by this thread if
-    /// `send_inline` and nobody else is sending, else by the writer).
+    /// wakes whoever waits, dispatches requests, and has the frames sent (as `send_by` says: by
+    /// this thread, or by whoever holds the send lock if another thread is sending, or by the
+    /// writer).
     pub(crate) fn commit(&self, mut state: MutexGuard<'_, State>, now: Instant, send_by: SendBy) {
         state.drain(now);
         let mut deferred = state.take_deferred(SPARE.with(|s| s.deferred.take()));
@@ -375,16 +376,22 @@ impl Shared {
             self.wake_writer();
             return;
         }
+        /// Puts this thread's round count back, also if the send unwinds.
+        struct Round(u8);
+        impl Drop for Round {
+            fn drop(&mut self) {
+                ROUNDS.with(|r| r.set(self.0));
+            }
+        }
         ROUNDS.with(|r| r.set(rounds + 1));
+        let _back = Round(rounds);
         self.send_inline(false);
-        ROUNDS.with(|r| r.set(rounds));
     }
 
-    /// Hands a batch back (requeueing what was not sent, waking publishers waiting for room);
-    /// whether frames are queued.
-    fn finish_batch(&self, batch: Batch) -> bool {
+    /// Hands a batch back (requeueing what was not sent, waking publishers waiting for room).
+    fn finish_batch(&self, batch: Batch) {
         let mut state = self.state();
-        let more = state.batch_done(batch);
+        state.batch_done(batch);
         let mut deferred = state.take_deferred(SPARE.with(|s| s.deferred.take()));
         drop(state);
         for d in deferred.drain(..) {
@@ -392,7 +399,6 @@ impl Shared {
             let _ = d.complete(self);
         }
         SPARE.with(|s| s.deferred.set(deferred));
-        more
     }
 
     pub(super) fn is_shut_down(&self) -> bool {

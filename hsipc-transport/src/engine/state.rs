@@ -313,8 +313,8 @@ impl State {
 
     /// A sender is done with a batch it took; the frames still in it were not sent and go back
     /// in front of the queue, in their order. Wakes publishers waiting for room once the backlog
-    /// has drained, and says whether frames are queued.
-    pub(super) fn batch_done(&mut self, mut batch: Batch) -> bool {
+    /// has drained.
+    pub(super) fn batch_done(&mut self, mut batch: Batch) {
         self.sending = self.sending.saturating_sub(batch.taken);
         self.sending_bytes = self.sending_bytes.saturating_sub(batch.bytes);
         if !batch.frames.is_empty() {
@@ -328,7 +328,6 @@ impl State {
         if self.outbound.len() + self.sending <= self.low_water() && bytes <= self.config.outbound_max_bytes / 8 {
             self.room_waiters.end_all(|| Ok(()), &mut self.deferred);
         }
-        !self.outbound.is_empty()
     }
 
     /// Whether the send backlog is so long that a publisher must wait for it to drain (rather

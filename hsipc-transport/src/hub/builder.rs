@@ -158,11 +158,11 @@ impl<K: RuntimeKind> HubBuilder<K> {
 
     /// Bytes of event payloads from one publisher this hub's reliable subscriptions may have
     /// queued and not yet taken. Default 16 MiB: 1024 events of up to 16 KiB, or 16 of 1 MiB,
-    /// are in flight at once (a 1 MiB event stream still goes at over 10 GiB/s). An event larger than the whole window still goes, once the
-    /// subscriber has taken everything before it. `0` bounds nothing (only the count of
-    /// [`event_window`](Self::event_window) holds; peers from before this setting announce none).
-    /// A subscriber of large events (camera frames of 4 MiB, say) that wants eight in flight
-    /// sets `event_window_bytes(32 << 20)`.
+    /// are in flight at once (a 1 MiB event stream still goes at over 10 GiB/s). An event
+    /// larger than the whole window still goes, once the subscriber has taken everything before
+    /// it. `0` bounds nothing (only the count of [`event_window`](Self::event_window) holds;
+    /// peers from before this setting announce none). A subscriber of large events (camera
+    /// frames of 4 MiB, say) that wants eight in flight sets `event_window_bytes(32 << 20)`.
     pub fn event_window_bytes(mut self, bytes: u64) -> Self {
         self.settings.engine.proto.event_window_bytes = bytes;
         self

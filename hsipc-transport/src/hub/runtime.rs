@@ -53,7 +53,7 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
         None
     }
     /// Given once, when the hub starts: how a worker with nothing to do may wait for work by
-    /// reading the lane requests come through (see [`IdleLanes`]). Default: ignored.
+    /// reading one of the lanes requests come through (see [`IdleLanes`]). Default: ignored.
     fn idle_lanes(&self, _lanes: IdleLanes) {}
 }
 
