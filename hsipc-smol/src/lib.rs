@@ -213,11 +213,12 @@ impl LaneTask {
         // Takes in the readiness that woke this (else the first check below reports it again
         // and costs a read that finds nothing).
         let _ = fd.poll_readable(&mut cx);
+        reader.socket_readable();
         loop {
             match reader.read_some(WAKER_TURN) {
                 LaneState::Drained => match fd.poll_readable(&mut cx) {
                     Poll::Pending => return Turn::Waiting,
-                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Ok(())) => reader.socket_readable(),
                     // The reactor failed: the reader, dropped with the lane, reads on a thread.
                     Poll::Ready(Err(_)) => return Turn::Over,
                 },

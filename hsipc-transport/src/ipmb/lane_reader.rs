@@ -97,6 +97,11 @@ pub struct LaneReader {
     /// A reader on a thread clears it once it has read a wake-up message: `poll` tells it of
     /// the rest.
     probe_socket: bool,
+    /// A reactor tells this reader when the socket is readable ([`socket_readable`]): like a
+    /// reader on a thread, it need not read the socket on to `EAGAIN` after a wake-up message.
+    ///
+    /// [`socket_readable`]: Self::socket_readable
+    told_of_readiness: bool,
     /// Frames handed on so far (a reader woken for nothing can tell).
     handed: u64,
     /// Frames taken from the ring and not handed on yet: a read hands them on before it
@@ -150,6 +155,7 @@ impl LaneReader {
             in_socket_frame: false,
             stash: None,
             probe_socket: true,
+            told_of_readiness: false,
             handed: 0,
             held: Vec::new(),
             batch: BATCH,
@@ -249,6 +255,14 @@ impl LaneReader {
     /// before the mark): it wakes the lane's thread, not a caller.
     pub(super) fn waits_for_socket(&self) -> bool {
         self.in_socket_frame || self.stash.is_some()
+    }
+
+    /// For a reader driven by a reactor: the reactor says the socket is readable, so the next
+    /// read that finds the ring empty looks at it (and, after a wake-up message, not again until
+    /// the reactor says so once more: one `recvmsg` per wake-up, not two).
+    pub fn socket_readable(&mut self) {
+        self.told_of_readiness = true;
+        self.probe_socket = true;
     }
 
     /// Whether reads that find the ring empty look at the socket (see the field's docs).
@@ -470,10 +484,13 @@ impl LaneReader {
             },
             Received::Message(n, _) if n >= 1 && n <= self.buf.len() && self.buf[0] == WAKE => {
                 // A reader on a thread learns of more from `poll`, which reports a socket that
-                // still holds something at once: it need not read on to `EAGAIN` this turn (one
-                // system call less per wake-up). A reactor's reader must: it is told only of new
-                // data.
-                if self.on_thread {
+                // still holds something at once, and a reactor's reader from its reactor: it
+                // need not read on to `EAGAIN` this turn (one system call less per wake-up).
+                // An edge-triggered reactor (tokio) reports only new messages, but every message
+                // is one, and after the ring's records are read a wake-up message left unread
+                // says nothing new: frames that come through the socket are read at their mark
+                // in the ring, and the writer's end is an event of its own.
+                if self.on_thread || self.told_of_readiness {
                     self.probe_socket = false;
                 }
                 Step::Read
@@ -635,6 +652,7 @@ impl Drop for LaneReader {
             in_socket_frame: self.in_socket_frame,
             stash: self.stash.take(),
             probe_socket: true,
+            told_of_readiness: false,
             handed: self.handed,
             held: Vec::new(),
             batch: BATCH,
