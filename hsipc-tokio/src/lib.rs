@@ -120,12 +120,10 @@ fn read_lane(handle: &tokio::runtime::Handle, no_io: &AtomicBool, mut reader: La
     };
     drop(handle.spawn(async move {
         // Ends with the lane, or when the reactor fails (the reader, dropped, reads on a thread).
-        // The closure runs when the reactor says the lane is readable.
-        let read = |reader: &mut LaneReader| {
-            reader.socket_readable();
-            reader.read_step()
-        };
-        while let Ok(true) = fd.async_io(Interest::READABLE, |_| read(&mut reader)).await {
+        // Reads the socket on to EAGAIN (no `socket_readable`): tokio's readiness is
+        // edge-triggered, and two wake-up messages that come before one `epoll_wait` are one
+        // edge; one left unread would stay, and more could pile up until the socket is full.
+        while let Ok(true) = fd.async_io(Interest::READABLE, |_| reader.read_step()).await {
             // A full turn read: the next reads on at once, after other tasks had theirs.
             tokio::task::yield_now().await;
         }

@@ -97,8 +97,9 @@ pub struct LaneReader {
     /// A reader on a thread clears it once it has read a wake-up message: `poll` tells it of
     /// the rest.
     probe_socket: bool,
-    /// A reactor tells this reader when the socket is readable ([`socket_readable`]): like a
-    /// reader on a thread, it need not read the socket on to `EAGAIN` after a wake-up message.
+    /// A level-triggered reactor tells this reader when the socket is readable
+    /// ([`socket_readable`]): like a reader on a thread, it need not read the socket on to
+    /// `EAGAIN` after a wake-up message.
     ///
     /// [`socket_readable`]: Self::socket_readable
     told_of_readiness: bool,
@@ -257,9 +258,11 @@ impl LaneReader {
         self.in_socket_frame || self.stash.is_some()
     }
 
-    /// For a reader driven by a reactor: the reactor says the socket is readable, so the next
-    /// read that finds the ring empty looks at it (and, after a wake-up message, not again until
-    /// the reactor says so once more: one `recvmsg` per wake-up, not two).
+    /// For a reader driven by a level-triggered reactor (one that reports a socket that still
+    /// holds something again at once, as async-io's does): the reactor says the socket is
+    /// readable, so the next read that finds the ring empty looks at it (and, after a wake-up
+    /// message, not again until the reactor says so once more: one `recvmsg` per wake-up, not
+    /// two). Not for an edge-triggered one (tokio): see the wake-up branch of `ring_empty`.
     pub fn socket_readable(&mut self) {
         self.told_of_readiness = true;
         self.probe_socket = true;
@@ -483,13 +486,13 @@ impl LaneReader {
                 _ => self.end(true),
             },
             Received::Message(n, _) if n >= 1 && n <= self.buf.len() && self.buf[0] == WAKE => {
-                // A reader on a thread learns of more from `poll`, which reports a socket that
-                // still holds something at once, and a reactor's reader from its reactor: it
-                // need not read on to `EAGAIN` this turn (one system call less per wake-up).
-                // An edge-triggered reactor (tokio) reports only new messages, but every message
-                // is one, and after the ring's records are read a wake-up message left unread
-                // says nothing new: frames that come through the socket are read at their mark
-                // in the ring, and the writer's end is an event of its own.
+                // A reader on a thread learns of more from `poll`, and one told of readiness by
+                // a level-triggered reactor (async-io re-arms so) from it: either reports a
+                // socket that still holds something at once, so it need not read on to `EAGAIN`
+                // this turn (one system call less per wake-up). An edge-triggered reactor's
+                // reader (tokio) must: two wake-ups that came before one `epoll_wait` are one
+                // edge, and the one left unread would stay (more could pile up, until the
+                // socket is full and the writer's next wake-up is dropped).
                 if self.on_thread || self.told_of_readiness {
                     self.probe_socket = false;
                 }
@@ -727,6 +730,37 @@ mod tests {
         drop(reader);
         engine.shutdown();
         engine.stopped().wait().unwrap();
+    }
+
+    /// Wake-up messages the socket holds once the ring is read: a reader no reactor tells of
+    /// readiness (tokio's, edge-triggered) reads them all, so none piles up; one told by a
+    /// level-triggered reactor (smol's) reads one per readiness and leaves the rest for the
+    /// reactor to report again.
+    #[test]
+    fn wake_up_messages_are_read_on_to_eagain_unless_a_reactor_tells_of_readiness() {
+        let (engine, ingress) = engine(EngineConfig::default());
+        let (mut reader, mut ring, mine) = reader_with_ring(ingress);
+        let unread = |reader: &LaneReader| {
+            let mut buf = [0u8; 16];
+            let mut n = 0;
+            while let lane::Received::Message(..) = lane::receive(&reader.fd(), &mut buf, false) {
+                n += 1;
+            }
+            n
+        };
+        for told in [false, true] {
+            assert!(ring.put_frame([&[1u8; 40], &[]]));
+            lane::write_wake(&mine).unwrap();
+            lane::write_wake(&mine).unwrap();
+            if told {
+                reader.socket_readable();
+            }
+            assert_eq!(reader.read_some(TURN), LaneState::Drained);
+            assert_eq!(unread(&reader), if told { 1 } else { 0 }, "told of readiness: {told}");
+        }
+        // The writer's end, as the reactor would report it.
+        reader.socket_readable();
+        end(reader, mine, engine);
     }
 
     /// A turn counts the frames a ring batch hands on, not the reads: a peer that keeps the
