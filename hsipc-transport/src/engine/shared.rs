@@ -267,12 +267,13 @@ impl Shared {
     }
 
     /// Sends what is queued from this thread, unless another thread is sending (then that
-    /// thread sends it once it lets go of the send lock, see [`SendLock`](super::send_lock)). Sends one batch, and
-    /// then at most [`SEND_ROUNDS`] more that other threads left to it (without waiting), so a
-    /// handler's thread is never kept sending other threads' frames for long; what is queued
-    /// after that goes to the writer. With `may_block` false, a frame the transport cannot take
-    /// at once (a full lane, a frame for the bus) stops the batch: it and everything after it go
-    /// back in front of the queue for the writer, in order (the send lock is held meanwhile).
+    /// thread sends it once it lets go of the send lock, see [`SendLock`]). Sends one batch,
+    /// and then at most [`SEND_ROUNDS`] more that other threads left to it (without waiting),
+    /// so a handler's thread is never kept sending other threads' frames for long; what is
+    /// queued after that goes to the writer. With `may_block` false, a frame the transport
+    /// cannot take at once (a full lane, a frame for the bus) stops the batch: it and
+    /// everything after it go back in front of the queue for the writer, in order (the send
+    /// lock is held meanwhile).
     pub(super) fn send_inline(&self, may_block: bool) {
         let Some(mut transport) = self.try_lock_transport() else { return };
         let mut batch = self.state().take_outbound();
