@@ -142,13 +142,7 @@ impl Shared {
 
     /// A frame from the transport (called by its reader thread).
     pub(crate) fn input(&self, from: PeerId, bytes: Bytes) {
-        let now = Instant::now();
-        let mut state = self.state();
-        if state.is_closed() {
-            return;
-        }
-        state.input(now, from, bytes);
-        self.commit(state, now, SendBy::Writer);
+        self.input_all(from, std::iter::once(bytes));
     }
 
     /// Frames from the transport, in their order, under one lock and one commit (called by

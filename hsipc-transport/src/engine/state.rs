@@ -589,12 +589,8 @@ impl State {
                     } else {
                         None
                     };
-                    let (topic, body) = match (i == last, &topic_body) {
-                        (false, Some((topic, body))) => (topic.clone(), body.clone()),
-                        _ => match topic_body.take() {
-                            Some(both) => both,
-                            None => continue,
-                        },
+                    let Some((topic, body)) = (if i == last { topic_body.take() } else { topic_body.clone() }) else {
+                        continue;
                     };
                     let d = Delivery { from, topic, body, missed, ticket };
                     self.deferred.push(Deferred::Publish(sub, queue.clone(), d));

@@ -439,25 +439,16 @@ impl LaneReader {
     /// Hands on the frames taken from the ring, if any, together; `Some(Step::Ended)` if the
     /// engine is gone.
     fn hand_on_held(&mut self) -> Option<Step> {
-        match self.held.len() {
-            0 => None,
-            1 => {
-                let frame = self.held.pop()?;
-                match self.hand_on(frame) {
-                    Step::Ended => Some(Step::Ended),
-                    _ => None,
-                }
-            }
-            n => {
-                self.in_socket_frame = false;
-                self.handed += n as u64;
-                if self.ingress.deliver_all(self.from, &mut self.held) {
-                    return None;
-                }
-                self.held.clear();
-                Some(self.engine_gone())
-            }
+        if self.held.is_empty() {
+            return None;
         }
+        self.in_socket_frame = false;
+        self.handed += self.held.len() as u64;
+        if self.ingress.deliver_all(self.from, &mut self.held) {
+            return None;
+        }
+        self.held.clear();
+        Some(self.engine_gone())
     }
 
     /// The ring is empty: says the reader sleeps (unless the ring has something after all) and
