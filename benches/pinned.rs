@@ -27,6 +27,11 @@
 //!   `serve_inline` (run on the thread that read the request, not handed to a worker or task).
 //! - **hsipc blocking+vec**: the blocking hub with the payload sent as `&[u8]` and received as
 //!   `Vec<u8>` (echo and subscriber typed `Vec<u8>`), against `Bytes` in the same run.
+//! - **raw socket, tokio / smol both ends** (`socket+tokio`, `socket+smol`; `+task`: the peer
+//!   echoes from a task spawned per request, as an hsipc async handler runs): the raw socket's
+//!   framing with both ends awaiting on the runtime an hsipc client and server of that kind
+//!   use. The floor an async hub stands on: what the runtime's reactor and task wake-ups cost
+//!   against the blocking socket. Round trips and pipelined calls only.
 //!
 //! Metrics (percentiles from raw sample vectors, nearest rank):
 //! - **round trip** p50 / p99 at 64 B, 4 KiB, 64 KiB and 1 MiB: send a payload, wait for it
@@ -52,6 +57,8 @@
 
 #![allow(missing_docs)]
 
+#[path = "support/async_socket.rs"]
+mod async_socket;
 #[path = "support/child_proc.rs"]
 mod child_proc;
 #[path = "support/cpus.rs"]
@@ -72,6 +79,7 @@ use std::sync::{Barrier, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use async_socket::AsyncSocket;
 use bytes::Bytes;
 use child_proc::{FD_ENV, Proc, ROLE_ENV, mark_all_cloexec, set_cloexec};
 use cpus::allowed_cpus;
@@ -133,7 +141,7 @@ fn main() {
         Ok(a) => a,
         Err(e) => {
             eprintln!(
-                "pinned: {e}\nusage: pinned [--quick] [--cpus 1|2|both] [--only socket,ipmb,blocking,tokio,smol,blocking+inline,tokio+inline,smol+inline,blocking+vec]"
+                "pinned: {e}\nusage: pinned [--quick] [--cpus 1|2|both] [--only socket,ipmb,blocking,tokio,smol,blocking+inline,tokio+inline,smol+inline,blocking+vec,socket+tokio,socket+tokio+task,socket+smol,socket+smol+task]"
             );
             std::process::exit(2);
         }
@@ -338,10 +346,13 @@ enum Transport {
     Socket,
     RawIpmb,
     Hub(&'static str),
+    /// A raw socket under an async runtime (see `support/async_socket.rs`): round trips and
+    /// pipelined calls only.
+    AsyncSocket(&'static str),
 }
 
 impl Transport {
-    const ALL: [Transport; 9] = [
+    const ALL: [Transport; 13] = [
         Transport::Socket,
         Transport::RawIpmb,
         Transport::Hub(KINDS[0]),
@@ -351,13 +362,17 @@ impl Transport {
         Transport::Hub(INLINE_KINDS[1]),
         Transport::Hub(INLINE_KINDS[2]),
         Transport::Hub(VEC_KIND),
+        Transport::AsyncSocket(async_socket::KINDS[0]),
+        Transport::AsyncSocket(async_socket::KINDS[1]),
+        Transport::AsyncSocket(async_socket::KINDS[2]),
+        Transport::AsyncSocket(async_socket::KINDS[3]),
     ];
 
     fn key(self) -> &'static str {
         match self {
             Transport::Socket => "socket",
             Transport::RawIpmb => "ipmb",
-            Transport::Hub(kind) => kind,
+            Transport::Hub(kind) | Transport::AsyncSocket(kind) => kind,
         }
     }
 
@@ -374,6 +389,11 @@ impl Transport {
             Transport::Socket => "raw Unix socket".into(),
             Transport::RawIpmb => "raw ipmb".into(),
             Transport::Hub(kind) => format!("hsipc {kind}"),
+            Transport::AsyncSocket(kind) => {
+                let runtime = if kind.contains("tokio") { "tokio" } else { "smol" };
+                let task = if kind.ends_with("+task") { ", echo by a task" } else { "" };
+                format!("raw socket, {runtime} both ends{task}")
+            }
         }
     }
 }
@@ -449,6 +469,7 @@ fn run_transport(t: Transport, mode: &Mode, p: &Params) -> Row {
             Transport::Socket => Box::new(SocketLink::start(mode.peer_cpu)),
             Transport::RawIpmb => Box::new(IpmbLink::start(&what, mode.peer_cpu)),
             Transport::Hub(kind) => Box::new(HubLink::start(&what, kind, mode.peer_cpu)),
+            Transport::AsyncSocket(kind) => Box::new(AsyncSocketLink::start(kind, mode.peer_cpu)),
         };
         measure_all(link.as_mut(), p, &mut row);
     }));
@@ -465,6 +486,15 @@ fn run_transport(t: Transport, mode: &Mode, p: &Params) -> Row {
 }
 
 fn measure_all(link: &mut dyn Link, p: &Params, row: &mut Row) {
+    if let Transport::AsyncSocket(_) = row.transport {
+        // The runtime's floor under a call: no one-way traffic, no events.
+        for (i, &size) in SIZES.iter().enumerate() {
+            row.rt[i] = Cell::Value(roundtrips(link, size, p.rt_warmup[i], p.rt_samples[i], p.budget));
+        }
+        row.pipelined = Cell::Value(link.pipelined(&Bytes::from(vec![TAG_ECHO; SMALL]), p.pipelined_batches, p.budget));
+        (row.stream_small, row.stream_large, row.events) = (Cell::Na, Cell::Na, Cell::Na);
+        return;
+    }
     let mut batch = 1u64;
     handshake(link, &mut batch);
     for (i, &size) in SIZES.iter().enumerate() {
@@ -723,6 +753,49 @@ impl Link for SocketLink {
 
     fn send(&mut self, msg: &Bytes) {
         self.write(msg);
+    }
+
+    fn peer(&mut self) -> &mut Proc {
+        &mut self.peer
+    }
+}
+
+/// A raw socket under an async runtime, both ends (round trips and pipelined calls only).
+struct AsyncSocketLink {
+    socket: AsyncSocket,
+    buf: Vec<u8>,
+    peer: Proc,
+}
+
+impl AsyncSocketLink {
+    fn start(kind: &str, cpu: usize) -> AsyncSocketLink {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: socketpair fills two fds on success.
+        let rc =
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+        assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
+        // SAFETY: fresh fds owned by nothing else.
+        let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let peer = Proc::spawn("async_sock_peer", "", kind, cpu, Some(&theirs));
+        drop(theirs);
+        AsyncSocketLink { socket: AsyncSocket::new(kind, ours), buf: Vec::new(), peer }
+    }
+}
+
+impl Link for AsyncSocketLink {
+    fn echo(&mut self, payload: &Bytes) -> usize {
+        self.socket.exchange(payload, 1, WAIT, &mut self.buf)
+    }
+
+    fn pipelined(&mut self, payload: &Bytes, batches: usize, budget: Duration) -> (u64, Duration) {
+        in_flight_batches(self, batches, budget, |s| {
+            let n = s.socket.exchange(payload, IN_FLIGHT, WAIT, &mut s.buf);
+            assert_eq!(n, payload.len(), "pipelined echo returned a wrong payload");
+        })
+    }
+
+    fn send(&mut self, _: &Bytes) {
+        unreachable!("measure_all sends no one-way messages on an async socket");
     }
 
     fn peer(&mut self) -> &mut Proc {
@@ -1143,6 +1216,7 @@ mod child {
         watch_parent();
         match role {
             "sock_peer" => sock_peer(),
+            "async_sock_peer" => async_sock_peer(),
             "ipmb_bystander" => ipmb_bystander(),
             "ipmb_peer" => ipmb_peer(),
             "hub_bystander" => hub_bystander(),
@@ -1195,6 +1269,16 @@ mod child {
                 counter.take(&buf, 0);
             }
         }
+    }
+
+    fn async_sock_peer() {
+        let fd: RawFd = std::env::var(FD_ENV).ok().and_then(|f| f.parse().ok()).expect("child needs HSIPC_BENCH_FD");
+        // SAFETY: the parent passed us this fd, open and ours alone in this process.
+        let stream = unsafe { UnixStream::from_raw_fd(fd) };
+        set_cloexec(fd, true);
+        report("READY");
+        // Returns at end of file or on an error: the parent is gone.
+        async_socket::serve(&kind(), stream);
     }
 
     fn ipmb_bystander() {
