@@ -241,7 +241,8 @@ impl EventReceiver {
     /// With the queue emptied: the events it dropped at its tail that no later event reported
     /// (a burst's lost end is told when the reader gets there, not with the next burst).
     fn dropped_tail(&self) -> Option<Error> {
-        if !self.rx.is_empty() {
+        // The counter first: it is almost always zero, and looking at the queue takes its lock.
+        if self.refused.load(Ordering::Relaxed) == 0 || !self.rx.is_empty() {
             return None;
         }
         let missed = self.refused.swap(0, Ordering::Relaxed);
