@@ -5,104 +5,232 @@
 //!
 //! Kinds: `socket+tokio`, `socket+tokio+task`, `socket+smol`, `socket+smol+task`. The bench
 //! process awaits each round trip as hsipc's async clients do (a current-thread tokio runtime,
-//! `smol::block_on`); the peer runs the runtime an hsipc peer of that kind runs (tokio's
-//! multi-thread runtime, `smol::block_on` with smol's global executor for tasks). Frames are a
-//! 4-byte little-endian length, then the payload.
+//! `smol::block_on`); the peer runs the runtime an hsipc peer of that kind runs: tokio's
+//! multi-thread runtime, the reading loop a task on its workers (where hsipc's tokio hub reads a
+//! lane), or `smol::block_on` with smol's global executor for the tasks. A `+task` echo is a
+//! detached task that writes its own answer, as an hsipc handler task does.
+//!
+//! As in the blocking socket row: frames are a 4-byte little-endian length, then the payload;
+//! one `write` for a frame up to 64 KiB (two above: length, then payload); reads go through a
+//! 64 KiB buffer (one `read` for a small frame); buffers are reused. A round trip's deadline is
+//! a guard thread's, not a runtime timer per call (which would cost smol a system call or
+//! three per call that the hubs do not pay): past the deadline it shuts the socket down, and
+//! the waiting read fails.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 /// The kinds, as `--only` names them.
 pub(crate) const KINDS: [&str; 4] = ["socket+tokio", "socket+tokio+task", "socket+smol", "socket+smol+task"];
 
-/// The bench process's end: a socket registered with the kind's runtime.
-pub(crate) enum AsyncSocket {
-    Tokio(tokio::runtime::Runtime, tokio::net::UnixStream),
-    Smol(smol::Async<UnixStream>),
+/// Frames up to this size are written in one `write` (length and payload copied together).
+const ONE_WRITE: usize = 64 << 10;
+/// The read buffer's size.
+const READ_BUF: usize = 64 << 10;
+
+/// The bench process's end: a socket registered with the kind's runtime, read through a
+/// buffer.
+pub(crate) struct AsyncSocket {
+    io: Io,
+    scratch: Vec<u8>,
+    buf: Vec<u8>,
+    guard: Guard,
+}
+
+/// The socket, as the kind's runtime holds it.
+enum Io {
+    Tokio {
+        r: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+        w: tokio::net::unix::OwnedWriteHalf,
+        /// Dropped after the socket's halves (declared after them).
+        rt: tokio::runtime::Runtime,
+    },
+    Smol {
+        r: futures_lite::io::BufReader<SmolHalf>,
+        w: SmolHalf,
+    },
+}
+
+/// One half of a smol socket: reads or writes through the shared registration (async-io
+/// implements them for `&Async<T>`, not for an `Arc`).
+#[derive(Clone)]
+struct SmolHalf(Arc<smol::Async<UnixStream>>);
+
+impl futures_lite::AsyncRead for SmolHalf {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut &*self.0).poll_read(cx, buf)
+    }
+}
+
+impl futures_lite::AsyncWrite for SmolHalf {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut &*self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_close(cx)
+    }
 }
 
 impl AsyncSocket {
-    /// Our end of a socket pair whose other end went to a peer of `kind`.
-    pub(crate) fn new(kind: &str, ours: OwnedFd) -> AsyncSocket {
+    /// Our end of a socket pair whose other end went to a peer of `kind`; a round trip that
+    /// takes longer than `wait` fails.
+    pub(crate) fn new(kind: &str, ours: OwnedFd, wait: Duration) -> AsyncSocket {
         let std = UnixStream::from(ours);
         std.set_nonblocking(true).expect("non-blocking socket");
-        if kind.starts_with("socket+tokio") {
+        let guard = Guard::start(&std, wait);
+        let io = if kind.starts_with("socket+tokio") {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
             let s = rt.block_on(async { tokio::net::UnixStream::from_std(std) }).expect("tokio takes the socket");
-            AsyncSocket::Tokio(rt, s)
+            let (r, w) = s.into_split();
+            Io::Tokio { r: tokio::io::BufReader::with_capacity(READ_BUF, r), w, rt }
         } else {
-            AsyncSocket::Smol(smol::Async::new(std).expect("async-io takes the socket"))
+            let s = SmolHalf(Arc::new(smol::Async::new(std).expect("async-io takes the socket")));
+            Io::Smol { r: futures_lite::io::BufReader::with_capacity(READ_BUF, s.clone()), w: s }
+        };
+        AsyncSocket { io, scratch: Vec::new(), buf: Vec::new(), guard }
+    }
+
+    /// Sends `count` frames of `payload`, then reads `count` replies, checking each one's
+    /// length.
+    pub(crate) fn exchange(&mut self, payload: &[u8], count: usize) {
+        let AsyncSocket { io, scratch, buf, guard } = self;
+        guard.started();
+        let r = match io {
+            Io::Tokio { r, w, rt } => rt.block_on(async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                for _ in 0..count {
+                    if payload.len() <= ONE_WRITE {
+                        w.write_all(framed(scratch, payload)).await?;
+                    } else {
+                        w.write_all(&len_of(payload)).await?;
+                        w.write_all(payload).await?;
+                    }
+                }
+                for _ in 0..count {
+                    let mut len = [0u8; 4];
+                    r.read_exact(&mut len).await?;
+                    buf.resize(u32::from_le_bytes(len) as usize, 0);
+                    r.read_exact(buf).await?;
+                    check(buf.len(), payload.len())?;
+                }
+                Ok::<_, std::io::Error>(())
+            }),
+            Io::Smol { r, w } => smol::block_on(async {
+                use smol::io::{AsyncReadExt, AsyncWriteExt};
+                for _ in 0..count {
+                    if payload.len() <= ONE_WRITE {
+                        w.write_all(framed(scratch, payload)).await?;
+                    } else {
+                        w.write_all(&len_of(payload)).await?;
+                        w.write_all(payload).await?;
+                    }
+                }
+                for _ in 0..count {
+                    let mut len = [0u8; 4];
+                    r.read_exact(&mut len).await?;
+                    buf.resize(u32::from_le_bytes(len) as usize, 0);
+                    r.read_exact(buf).await?;
+                    check(buf.len(), payload.len())?;
+                }
+                Ok(())
+            }),
+        };
+        guard.done();
+        if let Err(e) = r {
+            panic!("async socket exchange: {e} (a shut-down socket means the round trip took over the deadline)");
         }
     }
+}
 
-    /// Sends `count` frames of `payload`, then reads `count` replies, within `wait`; returns the
-    /// length of the last reply.
-    pub(crate) fn exchange(&mut self, payload: &[u8], count: usize, wait: Duration, buf: &mut Vec<u8>) -> usize {
-        let n = match self {
-            AsyncSocket::Tokio(rt, s) => rt
-                .block_on(async { tokio::time::timeout(wait, exchange_tokio(s, payload, count, buf)).await })
-                .ok()
-                .and_then(Result::ok),
-            AsyncSocket::Smol(s) => smol::block_on(async {
-                let timeout = async {
-                    smol::Timer::after(wait).await;
-                    Err(std::io::ErrorKind::TimedOut.into())
-                };
-                smol::future::or(exchange_smol(s, payload, count, buf), timeout).await
+/// The reply's length must be the request's.
+fn check(got: usize, sent: usize) -> std::io::Result<()> {
+    if got == sent { Ok(()) } else { Err(std::io::Error::other(format!("echo of {sent} B returned {got} B"))) }
+}
+
+/// A frame's length prefix.
+fn len_of(payload: &[u8]) -> [u8; 4] {
+    (payload.len() as u32).to_le_bytes()
+}
+
+/// `payload` behind its length, in `scratch` (one `write` for a small frame).
+fn framed<'a>(scratch: &'a mut Vec<u8>, payload: &[u8]) -> &'a [u8] {
+    scratch.clear();
+    scratch.extend_from_slice(&len_of(payload));
+    scratch.extend_from_slice(payload);
+    scratch
+}
+
+/// Ends a round trip that overruns its deadline by shutting the socket down (the read then
+/// fails): one thread per link, no timer per call.
+struct Guard {
+    /// When the running exchange started, in ns since `epoch` + 1; 0 when none runs.
+    since: Arc<AtomicU64>,
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Guard {
+    fn start(socket: &UnixStream, wait: Duration) -> Guard {
+        let (since, stop, epoch) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)), Instant::now());
+        let fd = socket.try_clone().expect("socket clone for its guard");
+        let thread = {
+            let (since, stop) = (since.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(Duration::from_millis(100));
+                    let started = since.load(Ordering::Relaxed);
+                    let overdue =
+                        started != 0 && epoch.elapsed().as_nanos() as u64 > started - 1 + wait.as_nanos() as u64;
+                    if overdue {
+                        // SAFETY: `fd` is an open socket this thread owns.
+                        unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+                        return;
+                    }
+                }
             })
-            .ok(),
         };
-        n.expect("async socket exchange failed or timed out")
+        Guard { since, epoch, stop, thread: Some(thread) }
+    }
+
+    fn started(&self) {
+        self.since.store(self.epoch.elapsed().as_nanos() as u64 + 1, Ordering::Relaxed);
+    }
+
+    fn done(&self) {
+        self.since.store(0, Ordering::Relaxed);
     }
 }
 
-async fn exchange_tokio(
-    s: &mut tokio::net::UnixStream,
-    payload: &[u8],
-    count: usize,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<usize> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let frame = framed(payload);
-    for _ in 0..count {
-        s.write_all(&frame).await?;
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
     }
-    for _ in 0..count {
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len).await?;
-        buf.resize(u32::from_le_bytes(len) as usize, 0);
-        s.read_exact(buf).await?;
-    }
-    Ok(buf.len())
 }
 
-async fn exchange_smol(
-    s: &mut smol::Async<UnixStream>,
-    payload: &[u8],
-    count: usize,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<usize> {
-    use smol::io::{AsyncReadExt, AsyncWriteExt};
-    let frame = framed(payload);
-    for _ in 0..count {
-        s.write_all(&frame).await?;
-    }
-    for _ in 0..count {
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len).await?;
-        buf.resize(u32::from_le_bytes(len) as usize, 0);
-        s.read_exact(buf).await?;
-    }
-    Ok(buf.len())
+/// Buffers a peer reuses: a `+task` echo takes one and gives it back once it has answered.
+type Pool = Arc<Mutex<Vec<Vec<u8>>>>;
+
+fn take_buf(pool: &Pool) -> Vec<u8> {
+    pool.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default()
 }
 
-/// `payload` behind its length, in one buffer (one `write` for a small frame).
-fn framed(payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(4 + payload.len());
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    frame.extend_from_slice(payload);
-    frame
+fn give_buf(pool: &Pool, buf: Vec<u8>) {
+    pool.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
 }
 
 /// The peer: echoes every frame on `stream` until end of file, under `kind`'s runtime, from
@@ -110,46 +238,90 @@ fn framed(payload: &[u8]) -> Vec<u8> {
 pub(crate) fn serve(kind: &str, stream: UnixStream) {
     stream.set_nonblocking(true).expect("non-blocking socket");
     let task = kind.ends_with("+task");
-    if kind.starts_with("socket+tokio") {
+    let r = if kind.starts_with("socket+tokio") {
         let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
         rt.block_on(async {
-            let s = tokio::net::UnixStream::from_std(stream).expect("tokio takes the socket");
-            let _ = serve_tokio(s, task).await;
-        });
+            let s = tokio::net::UnixStream::from_std(stream)?;
+            tokio::spawn(serve_tokio(s, task)).await.map_err(std::io::Error::other)?
+        })
     } else {
-        smol::block_on(async {
-            let s = smol::Async::new(stream).expect("async-io takes the socket");
-            let _ = serve_smol(s, task).await;
-        });
+        smol::block_on(serve_smol(smol::Async::new(stream).expect("async-io takes the socket"), task))
+    };
+    if let Err(e) = r {
+        if e.kind() != std::io::ErrorKind::UnexpectedEof {
+            eprintln!("async_sock_peer: {e}");
+        }
     }
 }
 
-async fn serve_tokio(mut s: tokio::net::UnixStream, task: bool) -> std::io::Result<()> {
+/// Reads requests on a tokio worker; answers each there or from a task of its own.
+async fn serve_tokio(s: tokio::net::UnixStream, task: bool) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (r, w) = s.into_split();
+    let mut r = tokio::io::BufReader::with_capacity(READ_BUF, r);
+    let w = Arc::new(tokio::sync::Mutex::new(w));
+    let pool = Pool::default();
     loop {
         let mut len = [0u8; 4];
-        s.read_exact(&mut len).await?;
-        let mut frame = vec![0u8; 4 + u32::from_le_bytes(len) as usize];
+        r.read_exact(&mut len).await?;
+        let mut frame = take_buf(&pool);
+        frame.resize(4 + u32::from_le_bytes(len) as usize, 0);
         frame[..4].copy_from_slice(&len);
-        s.read_exact(&mut frame[4..]).await?;
+        r.read_exact(&mut frame[4..]).await?;
+        let (w, pool) = (w.clone(), pool.clone());
+        let answer = async move {
+            let mut w = w.lock().await;
+            let sent = if frame.len() <= 4 + ONE_WRITE {
+                w.write_all(&frame).await
+            } else {
+                match w.write_all(&frame[..4]).await {
+                    Ok(()) => w.write_all(&frame[4..]).await,
+                    e => e,
+                }
+            };
+            give_buf(&pool, frame);
+            sent
+        };
         if task {
-            frame = tokio::spawn(async move { frame }).await.map_err(std::io::Error::other)?;
+            tokio::spawn(answer);
+        } else {
+            answer.await?;
         }
-        s.write_all(&frame).await?;
     }
 }
 
-async fn serve_smol(mut s: smol::Async<UnixStream>, task: bool) -> std::io::Result<()> {
+/// Reads requests in `block_on`; answers each there or from a task on smol's executor.
+async fn serve_smol(s: smol::Async<UnixStream>, task: bool) -> std::io::Result<()> {
     use smol::io::{AsyncReadExt, AsyncWriteExt};
+    let s = SmolHalf(Arc::new(s));
+    let mut r = futures_lite::io::BufReader::with_capacity(READ_BUF, s.clone());
+    let w = Arc::new(smol::lock::Mutex::new(s));
+    let pool = Pool::default();
     loop {
         let mut len = [0u8; 4];
-        s.read_exact(&mut len).await?;
-        let mut frame = vec![0u8; 4 + u32::from_le_bytes(len) as usize];
+        r.read_exact(&mut len).await?;
+        let mut frame = take_buf(&pool);
+        frame.resize(4 + u32::from_le_bytes(len) as usize, 0);
         frame[..4].copy_from_slice(&len);
-        s.read_exact(&mut frame[4..]).await?;
+        r.read_exact(&mut frame[4..]).await?;
+        let (w, pool) = (w.clone(), pool.clone());
+        let answer = async move {
+            let mut w = w.lock().await;
+            let sent = if frame.len() <= 4 + ONE_WRITE {
+                w.write_all(&frame).await
+            } else {
+                match w.write_all(&frame[..4]).await {
+                    Ok(()) => w.write_all(&frame[4..]).await,
+                    e => e,
+                }
+            };
+            give_buf(&pool, frame);
+            sent
+        };
         if task {
-            frame = smol::spawn(async move { frame }).await;
+            smol::spawn(answer).detach();
+        } else {
+            answer.await?;
         }
-        s.write_all(&frame).await?;
     }
 }

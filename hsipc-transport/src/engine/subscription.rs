@@ -142,7 +142,11 @@ impl SubscriptionQueue {
 
     /// Queues an event, never waiting.
     pub(crate) fn push(&self, mut d: Delivery) -> Result<(), Gone> {
-        d.missed += self.refused.swap(0, Ordering::Relaxed);
+        // Read first: the reader reads this counter for every event, and a swap would take
+        // its cache line from the reader's CPU each time.
+        if self.refused.load(Ordering::Relaxed) != 0 {
+            d.missed += self.refused.swap(0, Ordering::Relaxed);
+        }
         let mut item = Queued::Event(d);
         loop {
             match self.tx.try_send(item) {
