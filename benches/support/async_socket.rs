@@ -81,6 +81,29 @@ impl futures_lite::AsyncWrite for SmolHalf {
     }
 }
 
+/// One exchange, for either runtime (their I/O traits differ; the code does not): `count`
+/// frames out, then `count` replies in, each checked.
+macro_rules! exchange_body {
+    ($r:expr, $w:expr, $scratch:expr, $buf:expr, $payload:expr, $count:expr) => {{
+        for _ in 0..$count {
+            if $payload.len() <= ONE_WRITE {
+                $w.write_all(framed($scratch, $payload)).await?;
+            } else {
+                $w.write_all(&len_of($payload)).await?;
+                $w.write_all($payload).await?;
+            }
+        }
+        for _ in 0..$count {
+            let mut len = [0u8; 4];
+            $r.read_exact(&mut len).await?;
+            $buf.resize(u32::from_le_bytes(len) as usize, 0);
+            $r.read_exact($buf).await?;
+            check($buf.len(), $payload.len())?;
+        }
+        Ok::<_, std::io::Error>(())
+    }};
+}
+
 impl AsyncSocket {
     /// Our end of a socket pair whose other end went to a peer of `kind`; a round trip that
     /// takes longer than `wait` fails.
@@ -108,41 +131,11 @@ impl AsyncSocket {
         let r = match io {
             Io::Tokio { r, w, rt } => rt.block_on(async {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                for _ in 0..count {
-                    if payload.len() <= ONE_WRITE {
-                        w.write_all(framed(scratch, payload)).await?;
-                    } else {
-                        w.write_all(&len_of(payload)).await?;
-                        w.write_all(payload).await?;
-                    }
-                }
-                for _ in 0..count {
-                    let mut len = [0u8; 4];
-                    r.read_exact(&mut len).await?;
-                    buf.resize(u32::from_le_bytes(len) as usize, 0);
-                    r.read_exact(buf).await?;
-                    check(buf.len(), payload.len())?;
-                }
-                Ok::<_, std::io::Error>(())
+                exchange_body!(r, w, scratch, buf, payload, count)
             }),
             Io::Smol { r, w } => smol::block_on(async {
                 use smol::io::{AsyncReadExt, AsyncWriteExt};
-                for _ in 0..count {
-                    if payload.len() <= ONE_WRITE {
-                        w.write_all(framed(scratch, payload)).await?;
-                    } else {
-                        w.write_all(&len_of(payload)).await?;
-                        w.write_all(payload).await?;
-                    }
-                }
-                for _ in 0..count {
-                    let mut len = [0u8; 4];
-                    r.read_exact(&mut len).await?;
-                    buf.resize(u32::from_le_bytes(len) as usize, 0);
-                    r.read_exact(buf).await?;
-                    check(buf.len(), payload.len())?;
-                }
-                Ok(())
+                exchange_body!(r, w, scratch, buf, payload, count)
             }),
         };
         guard.done();
@@ -254,74 +247,55 @@ pub(crate) fn serve(kind: &str, stream: UnixStream) {
     }
 }
 
+/// The peer's loop, for either runtime (their I/O traits differ; the code does not): reads a
+/// frame into a pooled buffer, answers it here or from a task spawned with `$spawn`.
+macro_rules! echo_loop {
+    ($r:expr, $w:expr, $task:expr, $spawn:expr) => {{
+        let (mut r, w, pool) = ($r, $w, Pool::default());
+        loop {
+            let mut len = [0u8; 4];
+            r.read_exact(&mut len).await?;
+            let mut frame = take_buf(&pool);
+            frame.resize(4 + u32::from_le_bytes(len) as usize, 0);
+            frame[..4].copy_from_slice(&len);
+            r.read_exact(&mut frame[4..]).await?;
+            let (w, pool) = (w.clone(), pool.clone());
+            let answer = async move {
+                let mut w = w.lock().await;
+                let sent = if frame.len() <= 4 + ONE_WRITE {
+                    w.write_all(&frame).await
+                } else {
+                    match w.write_all(&frame[..4]).await {
+                        Ok(()) => w.write_all(&frame[4..]).await,
+                        e => e,
+                    }
+                };
+                give_buf(&pool, frame);
+                sent
+            };
+            if $task {
+                $spawn(answer);
+            } else {
+                answer.await?;
+            }
+        }
+    }};
+}
+
 /// Reads requests on a tokio worker; answers each there or from a task of its own.
 async fn serve_tokio(s: tokio::net::UnixStream, task: bool) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (r, w) = s.into_split();
-    let mut r = tokio::io::BufReader::with_capacity(READ_BUF, r);
-    let w = Arc::new(tokio::sync::Mutex::new(w));
-    let pool = Pool::default();
-    loop {
-        let mut len = [0u8; 4];
-        r.read_exact(&mut len).await?;
-        let mut frame = take_buf(&pool);
-        frame.resize(4 + u32::from_le_bytes(len) as usize, 0);
-        frame[..4].copy_from_slice(&len);
-        r.read_exact(&mut frame[4..]).await?;
-        let (w, pool) = (w.clone(), pool.clone());
-        let answer = async move {
-            let mut w = w.lock().await;
-            let sent = if frame.len() <= 4 + ONE_WRITE {
-                w.write_all(&frame).await
-            } else {
-                match w.write_all(&frame[..4]).await {
-                    Ok(()) => w.write_all(&frame[4..]).await,
-                    e => e,
-                }
-            };
-            give_buf(&pool, frame);
-            sent
-        };
-        if task {
-            tokio::spawn(answer);
-        } else {
-            answer.await?;
-        }
-    }
+    let r = tokio::io::BufReader::with_capacity(READ_BUF, r);
+    echo_loop!(r, Arc::new(tokio::sync::Mutex::new(w)), task, |answer| {
+        tokio::spawn(answer);
+    })
 }
 
 /// Reads requests in `block_on`; answers each there or from a task on smol's executor.
 async fn serve_smol(s: smol::Async<UnixStream>, task: bool) -> std::io::Result<()> {
     use smol::io::{AsyncReadExt, AsyncWriteExt};
     let s = SmolHalf(Arc::new(s));
-    let mut r = futures_lite::io::BufReader::with_capacity(READ_BUF, s.clone());
-    let w = Arc::new(smol::lock::Mutex::new(s));
-    let pool = Pool::default();
-    loop {
-        let mut len = [0u8; 4];
-        r.read_exact(&mut len).await?;
-        let mut frame = take_buf(&pool);
-        frame.resize(4 + u32::from_le_bytes(len) as usize, 0);
-        frame[..4].copy_from_slice(&len);
-        r.read_exact(&mut frame[4..]).await?;
-        let (w, pool) = (w.clone(), pool.clone());
-        let answer = async move {
-            let mut w = w.lock().await;
-            let sent = if frame.len() <= 4 + ONE_WRITE {
-                w.write_all(&frame).await
-            } else {
-                match w.write_all(&frame[..4]).await {
-                    Ok(()) => w.write_all(&frame[4..]).await,
-                    e => e,
-                }
-            };
-            give_buf(&pool, frame);
-            sent
-        };
-        if task {
-            smol::spawn(answer).detach();
-        } else {
-            answer.await?;
-        }
-    }
+    let r = futures_lite::io::BufReader::with_capacity(READ_BUF, s.clone());
+    echo_loop!(r, Arc::new(smol::lock::Mutex::new(s)), task, |answer| smol::spawn(answer).detach())
 }
