@@ -79,6 +79,35 @@ impl Deferred {
     }
 }
 
+/// Wakes the readers of the subscriptions a run of deliveries queues events for: each once its
+/// events are queued (see [`SubscriptionQueue::wake_reader`]), the last when this drops.
+#[derive(Default)]
+pub(super) struct ReaderWakes(Option<Arc<SubscriptionQueue>>);
+
+impl ReaderWakes {
+    /// Call before `d` is completed: wakes the readers of the subscription served before, if
+    /// `d` is for another.
+    pub(super) fn before(&mut self, d: &Deferred) {
+        let (Deferred::Publish(_, queue, _) | Deferred::Lost(_, queue, ..)) = d else {
+            return;
+        };
+        if self.0.as_ref().is_some_and(|q| Arc::ptr_eq(q, queue)) {
+            return;
+        }
+        if let Some(done) = self.0.replace(queue.clone()) {
+            done.wake_reader();
+        }
+    }
+}
+
+impl Drop for ReaderWakes {
+    fn drop(&mut self) {
+        if let Some(last) = self.0.take() {
+            last.wake_reader();
+        }
+    }
+}
+
 fn dispatch(shared: &Shared, call: IncomingCall) -> Option<Followup> {
     let id = call.id;
     // For a refusal's message (a handle on the context: no copy of the name per call).

@@ -9,7 +9,7 @@ use proto::frame::WireFrame;
 use proto::{Dest, Input, PeerId};
 
 use super::caller_lane::{CallerLane, CallerLanes};
-use super::deferred::Deferred;
+use super::deferred::{Deferred, ReaderWakes};
 use super::dispatch::Dispatcher;
 use super::send_lock::SendLock;
 use super::state::{Batch, State};
@@ -192,15 +192,20 @@ impl Shared {
         if !deferred.is_empty() {
             let order = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
             drop(state);
+            let mut wakes = ReaderWakes::default();
             for d in deferred.drain(..) {
                 match d {
                     // Requests are handed over after the delivery lock too: a dispatcher or a
                     // runtime may then command the engine (refuse, answer inline) without
                     // taking the two locks in the other order.
                     Deferred::Dispatch(call) => dispatches.push(call),
-                    other => followups.extend(other.complete(self)),
+                    other => {
+                        wakes.before(&other);
+                        followups.extend(other.complete(self));
+                    }
                 }
             }
+            drop(wakes);
             drop(order);
         } else {
             drop(state);
@@ -389,10 +394,13 @@ impl Shared {
         state.batch_done(batch);
         let mut deferred = state.take_deferred(SPARE.with(|s| s.deferred.take()));
         drop(state);
+        let mut wakes = ReaderWakes::default();
         for d in deferred.drain(..) {
             // Only `Done` wake-ups come from here; nothing to follow up.
+            wakes.before(&d);
             let _ = d.complete(self);
         }
+        drop(wakes);
         SPARE.with(|s| s.deferred.set(deferred));
     }
 

@@ -1,9 +1,9 @@
 //! A subscription's bounded queue and what happens when it is full.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -78,8 +78,13 @@ pub enum Qos {
 
 /// The engine's end of one subscription's queue. Pushed to by one thread at a time (the
 /// engine's deliveries are serialized), with no engine lock held.
+///
+/// Pushing wakes nobody: the engine wakes the reader with [`wake_reader`](Self::wake_reader)
+/// once it has queued the events of a whole delivery (a batch read from a lane). A reader
+/// woken per event preempts the delivering thread on its CPU for each one.
 pub(crate) struct SubscriptionQueue {
     tx: flume::Sender<Queued>,
+    signal: Arc<ReaderSignal>,
     qos: Qos,
     /// For [`Qos::KeepLast`]: the engine's own receiver, to take the oldest event out.
     oldest: Option<flume::Receiver<Queued>>,
@@ -105,6 +110,74 @@ pub(crate) enum Queued {
 /// The subscriber dropped its end.
 pub(crate) struct Gone;
 
+/// How the engine wakes a subscription's readers (the queue itself never does): no lock is
+/// held while a reader is woken, so a reader that preempts the waking thread never finds the
+/// lock taken by it.
+///
+/// The readers' side of the pair of flags: a reader registers its waker and arms the signal,
+/// then looks at the queue once more before it sleeps; the engine queues, then wakes what is
+/// registered if the signal is armed. (Queue accesses take the queue's lock: a reader that
+/// found it empty did so before the engine queued, so its arming came first and is seen.)
+#[derive(Debug, Default)]
+struct ReaderSignal {
+    /// A reader registered and may sleep: the next wake-up takes the wakers and wakes them.
+    armed: AtomicBool,
+    /// The readers to wake, each once (a reader that registers again replaces nothing).
+    wakers: Mutex<Vec<Waker>>,
+    /// The engine's end is gone: once the queue is empty, the subscription has ended.
+    closed: AtomicBool,
+}
+
+impl ReaderSignal {
+    fn register(&self, waker: &Waker) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut early = None;
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            // Bounded: the oldest is woken now instead (a spurious wake-up: it looks again).
+            if wakers.len() >= MAX_WAKERS {
+                early = Some(wakers.remove(0));
+            }
+            wakers.push(waker.clone());
+        }
+        drop(wakers);
+        self.armed.store(true, Ordering::SeqCst);
+        if let Some(w) = early {
+            w.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if self.armed.load(Ordering::SeqCst) && self.armed.swap(false, Ordering::SeqCst) {
+            let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+            for w in wakers {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// The most readers a subscription keeps wakers of (threads reading it at once, or tasks that
+/// polled it since the last wake-up).
+const MAX_WAKERS: usize = 16;
+
+/// Unparks the thread it was made on (a blocking reader's waker).
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+thread_local! {
+    /// This thread's waker, made once.
+    static THREAD_WAKER: Waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+}
+
 impl SubscriptionQueue {
     /// A queue as `qos` says; a reliable one holds `reliable_capacity` events at most (credit
     /// keeps each publisher within its window, so this bounds only the unexpected: more
@@ -118,8 +191,22 @@ impl SubscriptionQueue {
         let oldest = matches!(qos, Qos::KeepLast(_)).then(|| rx.clone());
         let evicted = Arc::new(AtomicU64::new(0));
         let refused = Arc::new(AtomicU64::new(0));
-        let queue = SubscriptionQueue { tx, qos, oldest, evicted: evicted.clone(), refused: refused.clone(), dropped };
-        (queue, EventReceiver { rx, evicted, refused, stream: None, subscription: None })
+        let signal = Arc::new(ReaderSignal::default());
+        let queue = SubscriptionQueue {
+            tx,
+            signal: signal.clone(),
+            qos,
+            oldest,
+            evicted: evicted.clone(),
+            refused: refused.clone(),
+            dropped,
+        };
+        (queue, EventReceiver { rx, signal, evicted, refused, subscription: None })
+    }
+
+    /// Wakes the readers that wait: call once the events of a delivery are queued.
+    pub(crate) fn wake_reader(&self) {
+        self.signal.wake();
     }
 
     /// Whether events queued here hold their publisher back.
@@ -183,6 +270,14 @@ impl SubscriptionQueue {
     }
 }
 
+/// The readers end once they have taken what is queued.
+impl Drop for SubscriptionQueue {
+    fn drop(&mut self) {
+        self.signal.closed.store(true, Ordering::SeqCst);
+        self.signal.wake();
+    }
+}
+
 /// The subscriber's end of a subscription's queue: [`Delivery`]s with every loss counted.
 ///
 /// Under [`Qos::KeepLast`], events evicted from the head are counted in the `missed` of
@@ -196,10 +291,10 @@ impl SubscriptionQueue {
 #[derive(Debug)]
 pub struct EventReceiver {
     rx: flume::Receiver<Queued>,
+    signal: Arc<ReaderSignal>,
     evicted: Arc<AtomicU64>,
     /// Events the queue dropped at its tail and no later event has reported yet.
     refused: Arc<AtomicU64>,
-    stream: Option<flume::r#async::RecvStream<'static, Queued>>,
     subscription: Option<(Handle, SubscriptionId)>,
 }
 
@@ -259,10 +354,10 @@ impl EventReceiver {
         if let Some(e) = self.dropped_tail() {
             return Err(e);
         }
-        match self.rx.recv_deadline(deadline) {
-            Ok(q) => self.take(q),
-            Err(flume::RecvTimeoutError::Timeout) => Err(Error::Timeout),
-            Err(flume::RecvTimeoutError::Disconnected) => Err(Error::Closed),
+        match self.wait(Some(deadline)) {
+            Some(Some(q)) => self.take(q),
+            Some(None) => Err(Error::Closed),
+            None => Err(Error::Timeout),
         }
     }
 
@@ -271,14 +366,50 @@ impl EventReceiver {
         if let Some(e) = self.dropped_tail() {
             return Some(Err(e));
         }
-        self.rx.recv().ok().map(|q| self.take(q))
+        self.wait(None).flatten().map(|q| self.take(q))
     }
 
     /// The next event if one is queued.
     pub fn try_recv(&self) -> Option<Result<Delivery>> {
+        match self.queued() {
+            Some(Some(q)) => Some(self.take(q)),
+            _ => self.dropped_tail().map(Err),
+        }
+    }
+
+    /// Blocks this thread until the queue has an item or has ended (`Some`), or until
+    /// `deadline` (`None`).
+    fn wait(&self, deadline: Option<Instant>) -> Option<Option<Queued>> {
+        loop {
+            if let Some(q) = self.queued() {
+                return Some(q);
+            }
+            THREAD_WAKER.with(|w| self.signal.register(w));
+            // Armed: what is queued from now on wakes this thread.
+            if let Some(q) = self.queued() {
+                return Some(q);
+            }
+            match deadline {
+                None => std::thread::park(),
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => std::thread::park_timeout(left),
+                    _ => return self.queued(),
+                },
+            }
+        }
+    }
+
+    /// What the queue holds now: its next item, `Some(None)` once it has ended (the engine's
+    /// end is gone and nothing is left), `None` while it is empty.
+    fn queued(&self) -> Option<Option<Queued>> {
         match self.rx.try_recv() {
-            Ok(q) => Some(self.take(q)),
-            Err(_) => self.dropped_tail().map(Err),
+            Ok(q) => Some(Some(q)),
+            Err(flume::TryRecvError::Disconnected) => Some(None),
+            // Closed after its last push: one more look takes what was queued before.
+            Err(flume::TryRecvError::Empty) if self.signal.closed.load(Ordering::SeqCst) => {
+                Some(self.rx.try_recv().ok())
+            }
+            Err(flume::TryRecvError::Empty) => None,
         }
     }
 }
@@ -292,9 +423,15 @@ impl Stream for EventReceiver {
         if let Some(e) = this.dropped_tail() {
             return Poll::Ready(Some(Err(e)));
         }
-        let rx = &this.rx;
-        let stream = this.stream.get_or_insert_with(|| rx.clone().into_stream());
-        Pin::new(stream).poll_next(cx).map(|q| q.map(|q| this.take(q)))
+        if let Some(q) = this.queued() {
+            return Poll::Ready(q.map(|q| this.take(q)));
+        }
+        this.signal.register(cx.waker());
+        // Armed: what is queued from now on wakes this task.
+        match this.queued() {
+            Some(q) => Poll::Ready(q.map(|q| this.take(q))),
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -359,6 +496,61 @@ mod tests {
         // 0 and 1 (which had missed 3) were evicted: 2 is the head and carries 1 + 4.
         assert_eq!(drain(&rx), [(2, 5), (3, 0)]);
         assert!(matches!(rx.recv_deadline(Instant::now() + Duration::from_millis(1)), Err(Error::Timeout)));
+    }
+
+    #[test]
+    fn a_reader_waiting_on_another_thread_gets_what_a_delivery_queued() {
+        let (q, rx) = SubscriptionQueue::new(Qos::Reliable, 8, Arc::default());
+        let reader = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            (0..3).map(|_| rx.recv_deadline(deadline).map(|d| d.body[0])).collect::<Vec<_>>()
+        });
+        for n in 0..3 {
+            q.push(ev(n, 0)).ok().unwrap();
+        }
+        q.wake_reader();
+        let got: Vec<u8> = reader.join().unwrap().into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(got, [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_waiting_reader_takes_what_is_queued_then_ends_with_the_engine_s_end() {
+        let (q, rx) = SubscriptionQueue::new(Qos::Reliable, 8, Arc::default());
+        let reader = std::thread::spawn(move || {
+            std::iter::from_fn(|| rx.recv()).map(|d| d.unwrap().body[0]).collect::<Vec<_>>()
+        });
+        q.push(ev(7, 0)).ok().unwrap();
+        // No wake-up for the event: the engine's end going wakes the reader, which takes it.
+        drop(q);
+        assert_eq!(reader.join().unwrap(), [7]);
+    }
+
+    #[test]
+    fn an_async_reader_is_woken_by_a_delivery_and_not_by_a_push_alone() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(Default::default()));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let (q, mut rx) = SubscriptionQueue::new(Qos::Reliable, 8, Arc::default());
+        assert!(Pin::new(&mut rx).poll_next(&mut cx).is_pending());
+        q.push(ev(1, 0)).ok().unwrap();
+        q.push(ev(2, 0)).ok().unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "queued, not yet woken");
+        q.wake_reader();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake-up for the delivery");
+        let mut take = || match Pin::new(&mut rx).poll_next(&mut cx) {
+            Poll::Ready(Some(Ok(d))) => d.body[0],
+            other => panic!("expected an event, got {other:?}"),
+        };
+        assert_eq!([take(), take()], [1, 2]);
+        // Nobody armed the signal since: a wake-up finds no reader to wake.
+        q.wake_reader();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
     }
 
     #[test]
