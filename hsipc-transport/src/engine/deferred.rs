@@ -79,31 +79,29 @@ impl Deferred {
     }
 }
 
-/// Wakes the readers of the subscriptions a run of deliveries queues events for: each once its
-/// events are queued (see [`SubscriptionQueue::wake_reader`]), the last when this drops.
+/// Wakes the readers of the subscriptions a run of deliveries queues events for, each once,
+/// when the run is over (when this drops): see [`SubscriptionQueue::wake_reader`].
 #[derive(Default)]
-pub(super) struct ReaderWakes(Option<Arc<SubscriptionQueue>>);
+pub(super) struct ReaderWakes(Vec<Arc<SubscriptionQueue>>);
 
 impl ReaderWakes {
-    /// Call before `d` is completed: wakes the readers of the subscription served before, if
-    /// `d` is for another.
+    /// Call before `d` is completed: notes the subscription it queues for.
     pub(super) fn before(&mut self, d: &Deferred) {
         let (Deferred::Publish(_, queue, _) | Deferred::Lost(_, queue, ..)) = d else {
             return;
         };
-        if self.0.as_ref().is_some_and(|q| Arc::ptr_eq(q, queue)) {
-            return;
-        }
-        if let Some(done) = self.0.replace(queue.clone()) {
-            done.wake_reader();
+        // An event for several subscriptions comes as one delivery each, in turn: the list is
+        // short (the subscriptions one delivery reached), and looked through.
+        if !self.0.iter().any(|q| Arc::ptr_eq(q, queue)) {
+            self.0.push(queue.clone());
         }
     }
 }
 
 impl Drop for ReaderWakes {
     fn drop(&mut self) {
-        if let Some(last) = self.0.take() {
-            last.wake_reader();
+        for queue in self.0.drain(..) {
+            queue.wake_reader();
         }
     }
 }

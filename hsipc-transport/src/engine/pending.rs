@@ -124,11 +124,7 @@ impl PendingCall {
 
 /// Polls `fut` on this thread, parking between polls, until it is ready or `until` passes.
 fn block_until<F: Future + Unpin>(fut: &mut F, until: Instant) -> Option<F::Output> {
-    thread_local! {
-        /// Unparks this thread; made once per thread (a waker per wait would allocate).
-        static UNPARK: Waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    }
-    UNPARK.with(|waker| {
+    with_thread_waker(|waker| {
         let mut cx = Context::from_waker(waker);
         loop {
             if let Poll::Ready(r) = Pin::new(&mut *fut).poll(&mut cx) {
@@ -143,6 +139,19 @@ fn block_until<F: Future + Unpin>(fut: &mut F, until: Instant) -> Option<F::Outp
     })
 }
 
+/// Runs `f` with a waker that unparks this thread: made once per thread (a waker per wait
+/// would allocate), or afresh while the thread's locals are being destroyed.
+pub(super) fn with_thread_waker<R>(f: impl FnOnce(&Waker) -> R) -> R {
+    thread_local! {
+        static UNPARK: Waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    }
+    match UNPARK.try_with(Waker::clone) {
+        Ok(waker) => f(&waker),
+        Err(_) => f(&Waker::from(Arc::new(Unpark(std::thread::current())))),
+    }
+}
+
+/// Unparks the thread it was made on.
 struct Unpark(std::thread::Thread);
 
 impl Wake for Unpark {

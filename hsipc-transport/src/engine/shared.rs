@@ -205,8 +205,8 @@ impl Shared {
                     }
                 }
             }
-            drop(wakes);
             drop(order);
+            drop(wakes);
         } else {
             drop(state);
         }

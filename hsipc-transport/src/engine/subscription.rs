@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -79,9 +79,10 @@ pub enum Qos {
 /// The engine's end of one subscription's queue. Pushed to by one thread at a time (the
 /// engine's deliveries are serialized), with no engine lock held.
 ///
-/// Pushing wakes nobody: the engine wakes the reader with [`wake_reader`](Self::wake_reader)
-/// once it has queued the events of a whole delivery (a batch read from a lane). A reader
-/// woken per event preempts the delivering thread on its CPU for each one.
+/// Pushing wakes nobody (unless the queue is full): the engine wakes the readers with
+/// [`wake_reader`](Self::wake_reader) once it has queued the events of a whole delivery (a
+/// batch read from a lane). A reader woken per event preempts the delivering thread on its CPU
+/// for each one.
 pub(crate) struct SubscriptionQueue {
     tx: flume::Sender<Queued>,
     signal: Arc<ReaderSignal>,
@@ -110,72 +111,66 @@ pub(crate) enum Queued {
 /// The subscriber dropped its end.
 pub(crate) struct Gone;
 
-/// How the engine wakes a subscription's readers (the queue itself never does): no lock is
-/// held while a reader is woken, so a reader that preempts the waking thread never finds the
-/// lock taken by it.
+/// How the engine wakes a subscription's readers (the queue itself never does). The wakers are
+/// taken out of their list before they are woken: a reader that runs at once, on the waking
+/// thread's CPU, never finds the list locked by a thread it preempted.
 ///
-/// The readers' side of the pair of flags: a reader registers its waker and arms the signal,
-/// then looks at the queue once more before it sleeps; the engine queues, then wakes what is
-/// registered if the signal is armed. (Queue accesses take the queue's lock: a reader that
-/// found it empty did so before the engine queued, so its arming came first and is seen.)
+/// A reader that finds the queue empty registers its waker and arms the signal, then looks at
+/// the queue once more before it sleeps; the engine queues, then wakes what is registered if
+/// the signal is armed. Every look at the queue takes the flume channel's lock (flume is built
+/// without its spinning options), so a reader whose second look found the queue empty took
+/// that lock before the engine queued, and its arming is seen by the engine's wake-up.
 #[derive(Debug, Default)]
 struct ReaderSignal {
     /// A reader registered and may sleep: the next wake-up takes the wakers and wakes them.
     armed: AtomicBool,
-    /// The readers to wake, each once (a reader that registers again replaces nothing).
-    wakers: Mutex<Vec<Waker>>,
+    wakers: Mutex<Wakers>,
     /// The engine's end is gone: once the queue is empty, the subscription has ended.
     closed: AtomicBool,
 }
 
+/// Who waits for a subscription: threads (one waker each, however often they wait) and the
+/// one task that polls it (`poll_next` takes it by `&mut`: only its latest waker counts).
+#[derive(Debug, Default)]
+struct Wakers {
+    task: Option<Waker>,
+    thread: Option<Waker>,
+    /// Threads beyond the first, for a receiver read from several threads at once.
+    more_threads: Vec<Waker>,
+}
+
 impl ReaderSignal {
-    fn register(&self, waker: &Waker) {
+    fn register_task(&self, waker: &Waker) {
         let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        let mut early = None;
-        if !wakers.iter().any(|w| w.will_wake(waker)) {
-            // Bounded: the oldest is woken now instead (a spurious wake-up: it looks again).
-            if wakers.len() >= MAX_WAKERS {
-                early = Some(wakers.remove(0));
-            }
-            wakers.push(waker.clone());
+        if !wakers.task.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            wakers.task = Some(waker.clone());
         }
         drop(wakers);
         self.armed.store(true, Ordering::SeqCst);
-        if let Some(w) = early {
-            w.wake();
+    }
+
+    fn register_thread(&self, waker: &Waker) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        let Wakers { thread, more_threads, .. } = &mut *wakers;
+        match thread {
+            None => *thread = Some(waker.clone()),
+            Some(first) if first.will_wake(waker) => {}
+            Some(_) if more_threads.iter().any(|w| w.will_wake(waker)) => {}
+            Some(_) => more_threads.push(waker.clone()),
         }
+        drop(wakers);
+        self.armed.store(true, Ordering::SeqCst);
     }
 
     fn wake(&self) {
         if self.armed.load(Ordering::SeqCst) && self.armed.swap(false, Ordering::SeqCst) {
-            let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
-            for w in wakers {
-                w.wake();
-            }
+            let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+            let (task, thread) = (wakers.task.take(), wakers.thread.take());
+            let more = std::mem::take(&mut wakers.more_threads);
+            drop(wakers);
+            task.into_iter().chain(thread).chain(more).for_each(Waker::wake);
         }
     }
-}
-
-/// The most readers a subscription keeps wakers of (threads reading it at once, or tasks that
-/// polled it since the last wake-up).
-const MAX_WAKERS: usize = 16;
-
-/// Unparks the thread it was made on (a blocking reader's waker).
-struct ThreadWaker(std::thread::Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-thread_local! {
-    /// This thread's waker, made once.
-    static THREAD_WAKER: Waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
 }
 
 impl SubscriptionQueue {
@@ -241,6 +236,9 @@ impl SubscriptionQueue {
                 Err(flume::TrySendError::Disconnected(_)) => return Err(Gone),
                 Err(flume::TrySendError::Full(back)) => {
                     item = back;
+                    // A reader that waits for the rest of the delivery would leave the queue
+                    // full meanwhile: it is woken now, to take what it can alongside.
+                    self.signal.wake();
                     let Some(rx) = &self.oldest else {
                         // Drop-newest: this event and what it had missed count for the next.
                         let missed = match &item {
@@ -384,17 +382,18 @@ impl EventReceiver {
             if let Some(q) = self.queued() {
                 return Some(q);
             }
-            THREAD_WAKER.with(|w| self.signal.register(w));
+            let left = match deadline.map(|d| d.saturating_duration_since(Instant::now())) {
+                Some(left) if left.is_zero() => return None,
+                left => left,
+            };
+            super::pending::with_thread_waker(|w| self.signal.register_thread(w));
             // Armed: what is queued from now on wakes this thread.
             if let Some(q) = self.queued() {
                 return Some(q);
             }
-            match deadline {
+            match left {
                 None => std::thread::park(),
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => std::thread::park_timeout(left),
-                    _ => return self.queued(),
-                },
+                Some(left) => std::thread::park_timeout(left),
             }
         }
     }
@@ -426,7 +425,7 @@ impl Stream for EventReceiver {
         if let Some(q) = this.queued() {
             return Poll::Ready(q.map(|q| this.take(q)));
         }
-        this.signal.register(cx.waker());
+        this.signal.register_task(cx.waker());
         // Armed: what is queued from now on wakes this task.
         match this.queued() {
             Some(q) => Poll::Ready(q.map(|q| this.take(q))),
@@ -498,37 +497,80 @@ mod tests {
         assert!(matches!(rx.recv_deadline(Instant::now() + Duration::from_millis(1)), Err(Error::Timeout)));
     }
 
+    /// How long a woken reader's wait may take here: a reader that is not woken waits out its
+    /// deadline (`WAIT`) and finds the events only then, so it must be back well before.
+    const WAIT: Duration = Duration::from_secs(60);
+
+    fn well_before_the_deadline(started: Instant) {
+        assert!(started.elapsed() < WAIT / 2, "the reader was not woken: it waited out its deadline");
+    }
+
+    /// Until a reader on another thread has armed `rx`'s signal (it is about to sleep).
+    fn until_armed(signal: &ReaderSignal) {
+        let start = Instant::now();
+        while !signal.armed.load(Ordering::SeqCst) {
+            assert!(start.elapsed() < Duration::from_secs(60), "the reader never waited");
+            std::thread::yield_now();
+        }
+    }
+
     #[test]
     fn a_reader_waiting_on_another_thread_gets_what_a_delivery_queued() {
         let (q, rx) = SubscriptionQueue::new(Qos::Reliable, 8, Arc::default());
+        let signal = rx.signal.clone();
+        let started = Instant::now();
         let reader = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            (0..3).map(|_| rx.recv_deadline(deadline).map(|d| d.body[0])).collect::<Vec<_>>()
+            (0..3).map(|_| rx.recv_deadline(started + WAIT).map(|d| d.body[0])).collect::<Vec<_>>()
         });
+        until_armed(&signal);
         for n in 0..3 {
             q.push(ev(n, 0)).ok().unwrap();
         }
         q.wake_reader();
         let got: Vec<u8> = reader.join().unwrap().into_iter().map(|r| r.unwrap()).collect();
+        well_before_the_deadline(started);
         assert_eq!(got, [0, 1, 2]);
     }
 
     #[test]
     fn a_waiting_reader_takes_what_is_queued_then_ends_with_the_engine_s_end() {
         let (q, rx) = SubscriptionQueue::new(Qos::Reliable, 8, Arc::default());
+        let signal = rx.signal.clone();
+        let started = Instant::now();
         let reader = std::thread::spawn(move || {
-            std::iter::from_fn(|| rx.recv()).map(|d| d.unwrap().body[0]).collect::<Vec<_>>()
+            std::iter::from_fn(|| match rx.recv_deadline(started + WAIT) {
+                Ok(d) => Some(d.body[0]),
+                Err(Error::Closed) => None,
+                Err(e) => panic!("{e}"),
+            })
+            .collect::<Vec<_>>()
         });
+        until_armed(&signal);
         q.push(ev(7, 0)).ok().unwrap();
         // No wake-up for the event: the engine's end going wakes the reader, which takes it.
         drop(q);
         assert_eq!(reader.join().unwrap(), [7]);
+        well_before_the_deadline(started);
+    }
+
+    #[test]
+    fn a_full_lossy_queue_wakes_its_reader_before_it_drops() {
+        let (q, rx) = SubscriptionQueue::new(Qos::KeepLast(1), 8, Arc::default());
+        let signal = rx.signal.clone();
+        let started = Instant::now();
+        let reader = std::thread::spawn(move || rx.recv_deadline(started + WAIT).is_ok());
+        until_armed(&signal);
+        q.push(ev(0, 0)).ok().unwrap();
+        // Full: this push wakes the reader, with no `wake_reader`.
+        q.push(ev(1, 0)).ok().unwrap();
+        assert!(reader.join().unwrap());
+        well_before_the_deadline(started);
     }
 
     #[test]
     fn an_async_reader_is_woken_by_a_delivery_and_not_by_a_push_alone() {
         struct Count(std::sync::atomic::AtomicUsize);
-        impl Wake for Count {
+        impl std::task::Wake for Count {
             fn wake(self: Arc<Self>) {
                 self.0.fetch_add(1, Ordering::SeqCst);
             }
