@@ -80,27 +80,39 @@ impl Deferred {
 }
 
 /// Wakes the readers of the subscriptions a run of deliveries queues events for, each once,
-/// when the run is over (when this drops): see [`SubscriptionQueue::wake_reader`].
+/// when the run is over (when this drops): see [`SubscriptionQueue::wake_reader`]. The first
+/// subscription needs no allocation (most deliveries reach one).
 #[derive(Default)]
-pub(super) struct ReaderWakes(Vec<Arc<SubscriptionQueue>>);
+pub(super) struct ReaderWakes {
+    first: Option<Arc<SubscriptionQueue>>,
+    more: Vec<Arc<SubscriptionQueue>>,
+}
 
 impl ReaderWakes {
     /// Call before `d` is completed: notes the subscription it queues for.
     pub(super) fn before(&mut self, d: &Deferred) {
-        let (Deferred::Publish(_, queue, _) | Deferred::Lost(_, queue, ..)) = d else {
-            return;
-        };
+        if let Deferred::Publish(_, queue, _) | Deferred::Lost(_, queue, ..) = d {
+            self.note(queue);
+        }
+    }
+
+    /// Notes that `queue` is pushed to, to wake its readers once the run is over.
+    fn note(&mut self, queue: &Arc<SubscriptionQueue>) {
         // An event for several subscriptions comes as one delivery each, in turn: the list is
         // short (the subscriptions one delivery reached), and looked through.
-        if !self.0.iter().any(|q| Arc::ptr_eq(q, queue)) {
-            self.0.push(queue.clone());
+        let known = |q: &Arc<SubscriptionQueue>| Arc::ptr_eq(q, queue);
+        match &self.first {
+            None => self.first = Some(queue.clone()),
+            Some(q) if known(q) => {}
+            Some(_) if self.more.iter().any(known) => {}
+            Some(_) => self.more.push(queue.clone()),
         }
     }
 }
 
 impl Drop for ReaderWakes {
     fn drop(&mut self) {
-        for queue in self.0.drain(..) {
+        for queue in self.first.take().into_iter().chain(self.more.drain(..)) {
             queue.wake_reader();
         }
     }
@@ -123,4 +135,52 @@ fn dispatch(shared: &Shared, call: IncomingCall) -> Option<Followup> {
         Err(Reject::WrongShape(why)) => RemoteError::new(ErrorCode::BAD_REQUEST, why),
     };
     Some(Followup::Refuse(id, refusal))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Wake, Waker};
+
+    use futures_core::Stream;
+    use proto::{PeerId, Topic};
+
+    use super::*;
+    use crate::engine::subscription::{EventReceiver, Qos};
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A queue, and the wake-ups of a task waiting on its (returned) receiver.
+    fn waited_on() -> (Arc<SubscriptionQueue>, EventReceiver, Arc<Count>) {
+        let (queue, mut rx) = SubscriptionQueue::new(Qos::Reliable, 8, Arc::default());
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        assert!(std::pin::Pin::new(&mut rx).poll_next(&mut Context::from_waker(&waker)).is_pending());
+        (Arc::new(queue), rx, count)
+    }
+
+    fn event() -> Delivery {
+        Delivery { from: PeerId(1), topic: Topic::new("t").unwrap(), body: Bytes::new(), missed: 0, ticket: None }
+    }
+
+    #[test]
+    fn each_subscription_a_run_reached_is_woken_once_when_it_is_over() {
+        let (a, _rx_a, woken_a) = waited_on();
+        let (b, _rx_b, woken_b) = waited_on();
+        let mut wakes = ReaderWakes::default();
+        // An event for two subscriptions comes as a delivery to each, in turn.
+        for queue in [&a, &b, &a, &b, &a, &b] {
+            wakes.note(queue);
+            assert!(queue.push(event()).is_ok());
+        }
+        assert_eq!((woken_a.0.load(Ordering::SeqCst), woken_b.0.load(Ordering::SeqCst)), (0, 0));
+        drop(wakes);
+        assert_eq!((woken_a.0.load(Ordering::SeqCst), woken_b.0.load(Ordering::SeqCst)), (1, 1));
+    }
 }

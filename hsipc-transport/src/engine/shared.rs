@@ -394,13 +394,12 @@ impl Shared {
         state.batch_done(batch);
         let mut deferred = state.take_deferred(SPARE.with(|s| s.deferred.take()));
         drop(state);
-        let mut wakes = ReaderWakes::default();
         for d in deferred.drain(..) {
-            // Only `Done` wake-ups come from here; nothing to follow up.
-            wakes.before(&d);
+            // Only `Done` wake-ups come from here; nothing to follow up (and no event, whose
+            // reader would need waking: events come from `drain`, in `commit`).
+            debug_assert!(!matches!(d, Deferred::Publish(..) | Deferred::Lost(..)));
             let _ = d.complete(self);
         }
-        drop(wakes);
         SPARE.with(|s| s.deferred.set(deferred));
     }
 

@@ -77,7 +77,7 @@ pub enum Qos {
 }
 
 /// The engine's end of one subscription's queue. Pushed to by one thread at a time (the
-/// engine's deliveries are serialized), with no engine lock held.
+/// engine's deliveries are serialized, under its delivery lock), with no state lock held.
 ///
 /// Pushing wakes nobody (unless the queue is full): the engine wakes the readers with
 /// [`wake_reader`](Self::wake_reader) once it has queued the events of a whole delivery (a
@@ -111,7 +111,8 @@ pub(crate) enum Queued {
 /// The subscriber dropped its end.
 pub(crate) struct Gone;
 
-/// How the engine wakes a subscription's readers (the queue itself never does). The wakers are
+/// How the engine wakes a subscription's readers (the queue itself only when it is full or
+/// dropped; see [`SubscriptionQueue::wake_reader`]). The wakers are
 /// taken out of their list before they are woken: a reader that runs at once, on the waking
 /// thread's CPU, never finds the list locked by a thread it preempted.
 ///
@@ -160,6 +161,15 @@ impl ReaderSignal {
         }
         drop(wakers);
         self.armed.store(true, Ordering::SeqCst);
+    }
+
+    fn unregister_thread(&self, waker: &Waker) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        if wakers.thread.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            wakers.thread = wakers.more_threads.pop();
+        } else {
+            wakers.more_threads.retain(|w| !w.will_wake(waker));
+        }
     }
 
     fn wake(&self) {
@@ -229,16 +239,25 @@ impl SubscriptionQueue {
         if self.refused.load(Ordering::Relaxed) != 0 {
             d.missed += self.refused.swap(0, Ordering::Relaxed);
         }
-        let mut item = Queued::Event(d);
+        let mut full = false;
+        let pushed = self.push_item(Queued::Event(d), &mut full);
+        if full {
+            // A reader that waited for the rest of the delivery would leave the queue full
+            // meanwhile: it is woken now (the event placed or counted), to take what it can.
+            self.signal.wake();
+        }
+        pushed
+    }
+
+    /// Queues `item`, making room or dropping as the QoS says; `full` is set if the queue was.
+    fn push_item(&self, mut item: Queued, full: &mut bool) -> Result<(), Gone> {
         loop {
             match self.tx.try_send(item) {
                 Ok(()) => return Ok(()),
                 Err(flume::TrySendError::Disconnected(_)) => return Err(Gone),
                 Err(flume::TrySendError::Full(back)) => {
                     item = back;
-                    // A reader that waits for the rest of the delivery would leave the queue
-                    // full meanwhile: it is woken now, to take what it can alongside.
-                    self.signal.wake();
+                    *full = true;
                     let Some(rx) = &self.oldest else {
                         // Drop-newest: this event and what it had missed count for the next.
                         let missed = match &item {
@@ -383,7 +402,12 @@ impl EventReceiver {
                 return Some(q);
             }
             let left = match deadline.map(|d| d.saturating_duration_since(Instant::now())) {
-                Some(left) if left.is_zero() => return None,
+                Some(left) if left.is_zero() => {
+                    // Given up: this thread's waker goes (a receiver shared by many short-lived
+                    // threads on a quiet topic would otherwise keep one for each).
+                    super::pending::with_thread_waker(|w| self.signal.unregister_thread(w));
+                    return None;
+                }
                 left => left,
             };
             super::pending::with_thread_waker(|w| self.signal.register_thread(w));
@@ -554,7 +578,48 @@ mod tests {
     }
 
     #[test]
-    fn a_full_lossy_queue_wakes_its_reader_before_it_drops() {
+    fn every_thread_waiting_on_a_shared_receiver_is_woken() {
+        let (q, rx) = SubscriptionQueue::new(Qos::Reliable, 8, Arc::default());
+        let (rx, started) = (Arc::new(rx), Instant::now());
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let rx = rx.clone();
+                std::thread::spawn(move || rx.recv_deadline(started + WAIT).map(|d| d.body[0]))
+            })
+            .collect();
+        // Until all three wait.
+        while {
+            let w = rx.signal.wakers.lock().unwrap();
+            w.thread.iter().count() + w.more_threads.len() < 3
+        } {
+            assert!(started.elapsed() < WAIT / 2, "the readers never waited");
+            std::thread::yield_now();
+        }
+        for n in 0..3 {
+            q.push(ev(n, 0)).ok().unwrap();
+        }
+        q.wake_reader();
+        let mut got: Vec<u8> = readers.into_iter().map(|r| r.join().unwrap().unwrap()).collect();
+        well_before_the_deadline(started);
+        got.sort();
+        assert_eq!(got, [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_reader_that_gives_up_leaves_no_waker_behind() {
+        let (_q, rx) = SubscriptionQueue::new(Qos::Reliable, 8, Arc::default());
+        let rx = Arc::new(rx);
+        for _ in 0..3 {
+            let rx = rx.clone();
+            let t = std::thread::spawn(move || rx.recv_deadline(Instant::now() + Duration::from_millis(1)).is_err());
+            assert!(t.join().unwrap(), "nothing was queued: a timeout");
+        }
+        let w = rx.signal.wakers.lock().unwrap();
+        assert!(w.thread.is_none() && w.more_threads.is_empty());
+    }
+
+    #[test]
+    fn a_full_lossy_queue_wakes_its_reader() {
         let (q, rx) = SubscriptionQueue::new(Qos::KeepLast(1), 8, Arc::default());
         let signal = rx.signal.clone();
         let started = Instant::now();
