@@ -145,9 +145,10 @@ pub(super) fn with_thread_waker<R>(f: impl FnOnce(&Waker) -> R) -> R {
     thread_local! {
         static UNPARK: Waker = Waker::from(Arc::new(Unpark(std::thread::current())));
     }
-    match UNPARK.try_with(Waker::clone) {
-        Ok(waker) => f(&waker),
-        Err(_) => f(&Waker::from(Arc::new(Unpark(std::thread::current())))),
+    if UNPARK.try_with(|_| ()).is_ok() {
+        UNPARK.with(f)
+    } else {
+        f(&Waker::from(Arc::new(Unpark(std::thread::current()))))
     }
 }
 

@@ -120,14 +120,14 @@ pub(crate) struct Gone;
 /// the queue once more before it sleeps; the engine queues, then wakes what is registered if
 /// the signal is armed. Every look at the queue takes the flume channel's lock (flume is built
 /// without its spinning options), so a reader whose second look found the queue empty took
-/// that lock before the engine queued, and its arming is seen by the engine's wake-up.
+/// that lock before the engine queued, and its arming is seen by the engine's wake-up. The
+/// engine's end going is the same: flume marks the channel disconnected and takes its lock
+/// before the wake-up, and a reader looks at the mark under that lock after it arms.
 #[derive(Debug, Default)]
 struct ReaderSignal {
     /// A reader registered and may sleep: the next wake-up takes the wakers and wakes them.
     armed: AtomicBool,
     wakers: Mutex<Wakers>,
-    /// The engine's end is gone: once the queue is empty, the subscription has ended.
-    closed: AtomicBool,
 }
 
 /// Who waits for a subscription: threads (one waker each, however often they wait) and the
@@ -239,25 +239,14 @@ impl SubscriptionQueue {
         if self.refused.load(Ordering::Relaxed) != 0 {
             d.missed += self.refused.swap(0, Ordering::Relaxed);
         }
-        let mut full = false;
-        let pushed = self.push_item(Queued::Event(d), &mut full);
-        if full {
-            // A reader that waited for the rest of the delivery would leave the queue full
-            // meanwhile: it is woken now (the event placed or counted), to take what it can.
-            self.signal.wake();
-        }
-        pushed
-    }
-
-    /// Queues `item`, making room or dropping as the QoS says; `full` is set if the queue was.
-    fn push_item(&self, mut item: Queued, full: &mut bool) -> Result<(), Gone> {
+        let (mut item, mut full) = (Queued::Event(d), false);
         loop {
             match self.tx.try_send(item) {
-                Ok(()) => return Ok(()),
+                Ok(()) => break,
                 Err(flume::TrySendError::Disconnected(_)) => return Err(Gone),
                 Err(flume::TrySendError::Full(back)) => {
                     item = back;
-                    *full = true;
+                    full = true;
                     let Some(rx) = &self.oldest else {
                         // Drop-newest: this event and what it had missed count for the next.
                         let missed = match &item {
@@ -266,7 +255,7 @@ impl SubscriptionQueue {
                         };
                         self.refused.fetch_add(missed, Ordering::Relaxed);
                         self.dropped.fetch_add(1, Ordering::Relaxed);
-                        return Ok(());
+                        break;
                     };
                     // Drop-oldest: the loss is reported with the event that becomes the head.
                     // (If the reader took one meanwhile, there is room now and this finds none
@@ -284,13 +273,20 @@ impl SubscriptionQueue {
                 }
             }
         }
+        if full {
+            // A reader that waited for the rest of the delivery would leave the queue full
+            // meanwhile: it is woken now (the event placed or counted), to take what it can.
+            self.signal.wake();
+        }
+        Ok(())
     }
 }
 
-/// The readers end once they have taken what is queued.
+/// The readers end once they have taken what is queued: the channel is disconnected (its only
+/// sender dropped, in place of a sender of nothing), then they are woken.
 impl Drop for SubscriptionQueue {
     fn drop(&mut self) {
-        self.signal.closed.store(true, Ordering::SeqCst);
+        drop(std::mem::replace(&mut self.tx, flume::bounded(0).0));
         self.signal.wake();
     }
 }
@@ -428,10 +424,6 @@ impl EventReceiver {
         match self.rx.try_recv() {
             Ok(q) => Some(Some(q)),
             Err(flume::TryRecvError::Disconnected) => Some(None),
-            // Closed after its last push: one more look takes what was queued before.
-            Err(flume::TryRecvError::Empty) if self.signal.closed.load(Ordering::SeqCst) => {
-                Some(self.rx.try_recv().ok())
-            }
             Err(flume::TryRecvError::Empty) => None,
         }
     }
