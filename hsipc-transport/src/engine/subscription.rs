@@ -406,6 +406,14 @@ impl EventReceiver {
                 }
                 left => left,
             };
+            // Before it sleeps, this thread lets others run once: on a shared CPU the thread
+            // delivering to this queue (a lane's reader) then delivers more meanwhile, without
+            // waking this one (a futex wake and a wait, and two context switches, saved per
+            // delivery); alone on its CPU this returns at once.
+            std::thread::yield_now();
+            if let Some(q) = self.queued() {
+                return Some(q);
+            }
             super::pending::with_thread_waker(|w| self.signal.register_thread(w));
             // Armed: what is queued from now on wakes this thread.
             if let Some(q) = self.queued() {

@@ -207,7 +207,9 @@ pub(super) fn run(reader: LaneReader) {
             Some(mut reader) => {
                 reader.probe_socket(socket_ready);
                 reader.batch(super::lane_reader::BATCH); // a caller's turn may have set it
+                reader.own_thread_reads(true);
                 let state = reader.read_some(super::lane_reader::TURN);
+                reader.own_thread_reads(false);
                 lane.learn_word(&reader); // a ring may have come with this turn
                 match state {
                     LaneState::Ended => return,

@@ -87,6 +87,11 @@ pub struct LaneReader {
     on_thread: bool,
     /// The writer's ring, once it has handed it over: from then on it holds the lane's order.
     ring: Option<RingReader>,
+    /// Read by the lane's own thread (not by a caller or an idle worker that took the reader
+    /// for a while), which gives up its CPU once before it sleeps (see `ring_empty`).
+    yields: bool,
+    /// Frames were handed on since this reader last gave up its CPU before sleeping.
+    yield_owed: bool,
     /// The ring's mark was met: the next frame comes through the socket.
     in_socket_frame: bool,
     /// A message read from the socket before the ring's mark for it was met (its length and
@@ -153,6 +158,8 @@ impl LaneReader {
             pool: None,
             on_thread: false,
             ring: None,
+            yields: false,
+            yield_owed: false,
             in_socket_frame: false,
             stash: None,
             probe_socket: true,
@@ -223,6 +230,7 @@ impl LaneReader {
     /// Reads on this thread until the lane ends, alone.
     pub(super) fn run_alone(mut self) {
         self.on_thread = true;
+        self.yields = true;
         while !matches!(self.read_one(true), Step::Ended) {}
     }
 
@@ -244,6 +252,12 @@ impl LaneReader {
     /// Whether the ring holds more (a corrupt ring says yes: reading it ends the lane).
     pub(super) fn ring_has_more(&mut self) -> bool {
         self.ring.as_mut().is_none_or(|ring| ring.has_more().unwrap_or(true))
+    }
+
+    /// Reads on the lane's own thread from now on (`true`), or for a caller or an idle worker
+    /// (`false`): only the lane's thread gives up its CPU before it sleeps.
+    pub(super) fn own_thread_reads(&mut self, yes: bool) {
+        self.yields = yes;
     }
 
     /// Marks the reader asleep for the ring's writer to wake (through the socket), then looks
@@ -443,6 +457,7 @@ impl LaneReader {
             return None;
         }
         self.in_socket_frame = false;
+        self.yield_owed = true;
         self.handed += self.held.len() as u64;
         if self.ingress.deliver_all(self.from, &mut self.held) {
             return None;
@@ -459,6 +474,18 @@ impl LaneReader {
         if self.stash.is_some() {
             tracing::debug!(%from, "a lane message without its mark in the ring; dropping the lane");
             return self.end(true);
+        }
+        // The lane's thread, having just handed frames on, lets the threads they woke (a
+        // subscriber, a worker) run before it says it sleeps, once: on a shared CPU the writer
+        // then puts more meanwhile, found here without a wake-up message (a system call on
+        // each side and a context switch back); alone on its CPU this returns at once. (Not a
+        // caller or an idle worker reading the lane for a while: they have their own work to
+        // go back to, and a round trip would pay for the yield.)
+        if self.yields && std::mem::take(&mut self.yield_owed) {
+            std::thread::yield_now();
+            if self.ring_has_more() {
+                return Step::Read;
+            }
         }
         match self.ring.as_mut().map(RingReader::sleep) {
             Some(Ok(true)) => {}
@@ -643,6 +670,8 @@ impl Drop for LaneReader {
             pool: self.pool.take(),
             on_thread: true,
             ring: self.ring.take(),
+            yields: false,
+            yield_owed: false,
             in_socket_frame: self.in_socket_frame,
             stash: self.stash.take(),
             probe_socket: true,
