@@ -37,16 +37,11 @@ impl Ingress {
     }
 
     /// Delivers frames from `from` in their order, all under one lock of the engine's state
-    /// (cheaper than one [`deliver`](Self::deliver) each); `frames` is left empty. Returns
-    /// false once the engine is gone (stop reading).
-    pub(crate) fn deliver_all(&self, from: PeerId, frames: &mut Vec<Bytes>) -> bool {
-        match self.shared.upgrade() {
-            Some(shared) => {
-                shared.input_all(from, frames.drain(..));
-                true
-            }
-            None => false,
-        }
+    /// (cheaper than one [`deliver`](Self::deliver) each); `frames` is left empty. `None` once
+    /// the engine is gone (stop reading); else whether they handed on requests or answers
+    /// (woke threads that may read a lane themselves, see `Shared::commit`).
+    pub(crate) fn deliver_all(&self, from: PeerId, frames: &mut Vec<Bytes>) -> Option<bool> {
+        Some(self.shared.upgrade()?.input_all(from, frames.drain(..)))
     }
 
     /// Says that a blocking caller waiting for a reply from `from` may read `lane` itself.

@@ -147,11 +147,13 @@ impl Shared {
 
     /// Frames from the transport, in their order, under one lock and one commit (called by
     /// a reader that found several at once).
-    pub(crate) fn input_all(&self, from: PeerId, frames: impl Iterator<Item = Bytes>) {
+    /// Hands frames from `from` to the protocol, in order, then commits what they produced;
+    /// whether that handed on requests or answers (see [`commit`](Self::commit)).
+    pub(crate) fn input_all(&self, from: PeerId, frames: impl Iterator<Item = Bytes>) -> bool {
         let now = Instant::now();
         let mut state = self.state();
         if state.is_closed() {
-            return;
+            return false;
         }
         for bytes in frames {
             state.input(now, from, bytes);
@@ -159,7 +161,7 @@ impl Shared {
             // would be frame by frame (the protocol bounds its queued outputs).
             state.drain(now);
         }
-        self.commit(state, now, SendBy::Writer);
+        self.commit(state, now, SendBy::Writer)
     }
 
     /// The process id `peer` announced, if known.
@@ -181,19 +183,22 @@ impl Shared {
     /// Ends a change to the state: collects its events and frames, releases the lock, then
     /// wakes whoever waits, dispatches requests, and has the frames sent (as `send_by` says: by
     /// this thread, or by whoever holds the send lock if another thread is sending, or by the
-    /// writer).
-    pub(crate) fn commit(&self, mut state: MutexGuard<'_, State>, now: Instant, send_by: SendBy) {
+    /// writer). Whether it handed requests to the dispatcher or answers to callers: it woke
+    /// threads that may read a lane themselves (a worker, a blocking caller).
+    pub(crate) fn commit(&self, mut state: MutexGuard<'_, State>, now: Instant, send_by: SendBy) -> bool {
         state.drain(now);
         let mut deferred = state.take_deferred(SPARE.with(|s| s.deferred.take()));
         let queued = state.has_outbound();
         let earlier_timer = state.needs_earlier_wake();
         let mut followups = Vec::new();
         let mut dispatches = SPARE.with(|s| s.dispatches.take());
+        let mut answered = false;
         if !deferred.is_empty() {
             let order = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
             drop(state);
             let mut wakes = ReaderWakes::default();
             for d in deferred.drain(..) {
+                answered |= matches!(d, Deferred::Response(..));
                 match d {
                     // Requests are handed over after the delivery lock too: a dispatcher or a
                     // runtime may then command the engine (refuse, answer inline) without
@@ -210,6 +215,7 @@ impl Shared {
         } else {
             drop(state);
         }
+        let mut handed = answered || !dispatches.is_empty();
         followups.extend(dispatches.drain(..).filter_map(|call| Deferred::Dispatch(call).complete(self)));
         SPARE.with(|s| {
             s.deferred.set(deferred);
@@ -235,8 +241,9 @@ impl Shared {
             for f in followups {
                 state.follow_up(f);
             }
-            self.commit(state, now, SendBy::Writer);
+            handed |= self.commit(state, now, SendBy::Writer);
         }
+        handed
     }
 
     /// This engine, while any handle to it lives.

@@ -90,7 +90,8 @@ pub struct LaneReader {
     /// Read by the lane's own thread (not by a caller or an idle worker that took the reader
     /// for a while), which gives up its CPU once before it sleeps (see `ring_empty`).
     yields: bool,
-    /// Frames were handed on since this reader last gave up its CPU before sleeping.
+    /// Frames from the ring were handed on since the ring was last found empty, and the last
+    /// of those deliveries handed on no request or answer.
     yield_owed: bool,
     /// The ring's mark was met: the next frame comes through the socket.
     in_socket_frame: bool,
@@ -457,9 +458,9 @@ impl LaneReader {
             return None;
         }
         self.in_socket_frame = false;
-        self.yield_owed = true;
         self.handed += self.held.len() as u64;
-        if self.ingress.deliver_all(self.from, &mut self.held) {
+        if let Some(calls) = self.ingress.deliver_all(self.from, &mut self.held) {
+            self.yield_owed = !calls;
             return None;
         }
         self.held.clear();
@@ -475,13 +476,17 @@ impl LaneReader {
             tracing::debug!(%from, "a lane message without its mark in the ring; dropping the lane");
             return self.end(true);
         }
-        // The lane's thread, having just handed frames on, lets the threads they woke (a
-        // subscriber, a worker) run before it says it sleeps, once: on a shared CPU the writer
-        // then puts more meanwhile, found here without a wake-up message (a system call on
-        // each side and a context switch back); alone on its CPU this returns at once. (Not a
-        // caller or an idle worker reading the lane for a while: they have their own work to
-        // go back to, and a round trip would pay for the yield.)
-        if self.yields && std::mem::take(&mut self.yield_owed) {
+        // The lane's thread, having just handed frames on (events, credit, stream items), lets
+        // the threads they woke run before it says it sleeps, once: on a shared CPU the writer
+        // puts more meanwhile, found here without a wake-up message (a system call on each side
+        // and a context switch back); alone on its CPU the yield returns at once. It keeps the
+        // reader meanwhile: an idle worker that took it instead would read on one frame at a
+        // time. Not after requests or answers (the worker or the caller they woke is to take
+        // the lane once it has answered or called again, and would find it held), nor on a
+        // caller's or an idle worker's read (they have their own work to go back to, and a
+        // round trip would pay for the yield).
+        let owed = std::mem::take(&mut self.yield_owed);
+        if self.yields && owed {
             std::thread::yield_now();
             if self.ring_has_more() {
                 return Step::Read;
@@ -831,6 +836,30 @@ mod tests {
         for seq in 1..=20u64 {
             let event = events.try_recv().expect("an event for every frame").unwrap();
             assert_eq!((event.body.as_ref(), event.missed), (&seq.to_le_bytes()[..], 0));
+        }
+        end(reader, mine, engine);
+    }
+
+    /// The lane's thread gives up its CPU before it sleeps after events (their readers run
+    /// first), not after a request (the worker it woke is to take the lane back, and would find
+    /// it held).
+    #[test]
+    fn a_yield_is_owed_after_events_not_after_a_request() {
+        use proto::frame::{Frame, FrameKind};
+        let (engine, ingress) = engine(EngineConfig::default());
+        let filter = proto::topic::TopicFilter::new("t/#").unwrap();
+        let _events = engine.handle().subscribe(filter, crate::engine::Qos::KeepLast(10)).unwrap();
+        engine.handle().serve("svc").unwrap();
+        let (mut reader, mut ring, mine) = reader_with_ring(ingress);
+        let event = Frame::new(FrameKind::Publish, 0, 0, 1).with_name("t/x").encode(1 << 20).unwrap();
+        let request =
+            Frame::new(FrameKind::Request, 0, 7, 0).with_name("svc.m").with_aux(60_000).encode(1 << 20).unwrap();
+        for (frame, what, owed) in
+            [(&event, "an event", true), (&request, "a request", false), (&event, "an event", true)]
+        {
+            assert!(ring.put_frame([frame, &[]]));
+            assert_eq!(reader.read_some(1), LaneState::More);
+            assert_eq!(reader.yield_owed, owed, "after {what}");
         }
         end(reader, mine, engine);
     }
