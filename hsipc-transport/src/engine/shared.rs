@@ -146,9 +146,8 @@ impl Shared {
     }
 
     /// Frames from the transport, in their order, under one lock and one commit (called by
-    /// a reader that found several at once).
-    /// Hands frames from `from` to the protocol, in order, then commits what they produced;
-    /// whether that handed on requests or answers (see [`commit`](Self::commit)).
+    /// a reader that found several at once). Whether that handed on requests or answers (see
+    /// [`commit`](Self::commit)); `false` once the engine is closed (nothing was handed on).
     pub(crate) fn input_all(&self, from: PeerId, frames: impl Iterator<Item = Bytes>) -> bool {
         let now = Instant::now();
         let mut state = self.state();

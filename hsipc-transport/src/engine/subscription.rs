@@ -397,6 +397,17 @@ impl EventReceiver {
             if let Some(q) = self.queued() {
                 return Some(q);
             }
+            // Before it sleeps, this thread lets others run once: on a shared CPU the thread
+            // delivering to this queue (a lane's reader) then delivers more meanwhile, without
+            // waking this one (a futex wake and a wait, and two context switches, saved per
+            // delivery); alone on its CPU this returns at once. (Not past the deadline; the
+            // time left is reckoned after it.)
+            if deadline.is_none_or(|d| Instant::now() < d) {
+                std::thread::yield_now();
+                if let Some(q) = self.queued() {
+                    return Some(q);
+                }
+            }
             let left = match deadline.map(|d| d.saturating_duration_since(Instant::now())) {
                 Some(left) if left.is_zero() => {
                     // Given up: this thread's waker goes (a receiver shared by many short-lived
@@ -406,14 +417,6 @@ impl EventReceiver {
                 }
                 left => left,
             };
-            // Before it sleeps, this thread lets others run once: on a shared CPU the thread
-            // delivering to this queue (a lane's reader) then delivers more meanwhile, without
-            // waking this one (a futex wake and a wait, and two context switches, saved per
-            // delivery); alone on its CPU this returns at once.
-            std::thread::yield_now();
-            if let Some(q) = self.queued() {
-                return Some(q);
-            }
             super::pending::with_thread_waker(|w| self.signal.register_thread(w));
             // Armed: what is queued from now on wakes this thread.
             if let Some(q) = self.queued() {

@@ -10,8 +10,8 @@
 //! events, requests), as the lane's thread would.
 //!
 //! The lane's thread holds the reader only while it reads, and waits for the socket without it
-//! (having queued events, it gives up its CPU once with it before it sleeps, see
-//! `LaneReader::ring_empty`).
+//! (having handed on events, credit or stream items, it gives up its CPU once with it before it
+//! sleeps, see `LaneReader::ring_empty`).
 //! Whoever holds the reader reads; the other never waits for it in a way that loses a wake-up:
 //! - the caller takes the reader only if nobody holds it (or an idle worker, which gives it up,
 //!   see below), and only with the ring's writer promising futex wake-ups (for every record,
@@ -313,7 +313,7 @@ impl CallerLane for SharedLane {
         // otherwise wait for the rest of a turn.
         let turn = if idle { 1 } else { super::lane_reader::TURN };
         reader.batch(if idle { 1 } else { super::lane_reader::BATCH });
-        reader.own_thread_reads(false); // (a panic on the lane's thread may have left it set)
+        reader.lent();
         let answered = loop {
             // The lane's thread saw the socket readable: this reader reads it, then says so.
             let probe = self.wanted.load(Ordering::SeqCst) == 1;

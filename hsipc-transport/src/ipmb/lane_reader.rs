@@ -90,9 +90,11 @@ pub struct LaneReader {
     /// Read by the lane's own thread (not by a caller or an idle worker that took the reader
     /// for a while), which gives up its CPU once before it sleeps (see `ring_empty`).
     yields: bool,
-    /// Frames from the ring were handed on since the ring was last found empty, and the last
-    /// of those deliveries handed on no request or answer.
-    yield_owed: bool,
+    /// What was handed on since the ring was last found empty: `None` nothing, `Some(true)`
+    /// only what makes the lane's thread yield before it sleeps (events, credit, stream items
+    /// from the ring), `Some(false)` a request or an answer at least, a frame from the socket
+    /// (not looked into), or a read by a caller or an idle worker (see [`lent`](Self::lent)).
+    yield_owed: Option<bool>,
     /// The ring's mark was met: the next frame comes through the socket.
     in_socket_frame: bool,
     /// A message read from the socket before the ring's mark for it was met (its length and
@@ -160,7 +162,7 @@ impl LaneReader {
             on_thread: false,
             ring: None,
             yields: false,
-            yield_owed: false,
+            yield_owed: None,
             in_socket_frame: false,
             stash: None,
             probe_socket: true,
@@ -255,10 +257,24 @@ impl LaneReader {
         self.ring.as_mut().is_none_or(|ring| ring.has_more().unwrap_or(true))
     }
 
-    /// Reads on the lane's own thread from now on (`true`), or for a caller or an idle worker
-    /// (`false`): only the lane's thread gives up its CPU before it sleeps.
+    /// Reads on the lane's own thread from now on (`true`), or not (`false`): only the lane's
+    /// thread gives up its CPU before it sleeps.
     pub(super) fn own_thread_reads(&mut self, yes: bool) {
         self.yields = yes;
+    }
+
+    /// A caller or an idle worker reads the lane from now on: it does not yield, and what it
+    /// hands on makes no yield owed to the lane's thread (nor does what that thread handed on
+    /// before: the threads it woke may want the lane).
+    pub(super) fn lent(&mut self) {
+        self.yields = false;
+        self.yield_owed = Some(false);
+    }
+
+    /// Notes a delivery: `yields_ok` if it handed on no request or answer. One that did keeps
+    /// the lane's thread from yielding until the ring is next found empty.
+    fn owe_yield(&mut self, yields_ok: bool) {
+        self.yield_owed = Some(self.yield_owed.unwrap_or(true) && yields_ok);
     }
 
     /// Marks the reader asleep for the ring's writer to wake (through the socket), then looks
@@ -459,8 +475,8 @@ impl LaneReader {
         }
         self.in_socket_frame = false;
         self.handed += self.held.len() as u64;
-        if let Some(calls) = self.ingress.deliver_all(self.from, &mut self.held) {
-            self.yield_owed = !calls;
+        if let Some(woke_lane_readers) = self.ingress.deliver_all(self.from, &mut self.held) {
+            self.owe_yield(!woke_lane_readers);
             return None;
         }
         self.held.clear();
@@ -485,7 +501,7 @@ impl LaneReader {
         // the lane once it has answered or called again, and would find it held), nor on a
         // caller's or an idle worker's read (they have their own work to go back to, and a
         // round trip would pay for the yield).
-        let owed = std::mem::take(&mut self.yield_owed);
+        let owed = self.yield_owed.take() == Some(true);
         if self.yields && owed {
             std::thread::yield_now();
             if self.ring_has_more() {
@@ -604,6 +620,7 @@ impl LaneReader {
     fn hand_on(&mut self, bytes: bytes::Bytes) -> Step {
         self.in_socket_frame = false;
         self.handed += 1;
+        self.owe_yield(false);
         if !self.ingress.deliver(self.from, bytes) {
             return self.engine_gone();
         }
@@ -676,7 +693,7 @@ impl Drop for LaneReader {
             on_thread: true,
             ring: self.ring.take(),
             yields: false,
-            yield_owed: false,
+            yield_owed: None,
             in_socket_frame: self.in_socket_frame,
             stash: self.stash.take(),
             probe_socket: true,
@@ -842,25 +859,52 @@ mod tests {
 
     /// The lane's thread gives up its CPU before it sleeps after events (their readers run
     /// first), not after a request (the worker it woke is to take the lane back, and would find
-    /// it held).
+    /// it held), nor when a request came earlier in the run, nor for what a caller reads.
     #[test]
     fn a_yield_is_owed_after_events_not_after_a_request() {
         use proto::frame::{Frame, FrameKind};
         let (engine, ingress) = engine(EngineConfig::default());
         let filter = proto::topic::TopicFilter::new("t/#").unwrap();
-        let _events = engine.handle().subscribe(filter, crate::engine::Qos::KeepLast(10)).unwrap();
+        let events = engine.handle().subscribe(filter, crate::engine::Qos::KeepLast(10)).unwrap();
         engine.handle().serve("svc").unwrap();
         let (mut reader, mut ring, mine) = reader_with_ring(ingress);
-        let event = Frame::new(FrameKind::Publish, 0, 0, 1).with_name("t/x").encode(1 << 20).unwrap();
-        let request =
-            Frame::new(FrameKind::Request, 0, 7, 0).with_name("svc.m").with_aux(60_000).encode(1 << 20).unwrap();
+        let event = |seq: u64| Frame::new(FrameKind::Publish, 0, 0, seq).with_name("t/x").encode(1 << 20).unwrap();
+        let request = |id: u64| {
+            Frame::new(FrameKind::Request, 0, id, 0).with_name("svc.m").with_aux(60_000).encode(1 << 20).unwrap()
+        };
+        let mut put = |frames: &[bytes::Bytes]| {
+            for frame in frames {
+                assert!(ring.put_frame([frame, &[]]));
+            }
+        };
+        reader.batch(1);
+        // Each delivery alone, the ring then found empty (which takes what is owed).
         for (frame, what, owed) in
-            [(&event, "an event", true), (&request, "a request", false), (&event, "an event", true)]
+            [(event(1), "an event", true), (request(1), "a request", false), (event(2), "an event", true)]
         {
-            assert!(ring.put_frame([frame, &[]]));
+            put(&[frame]);
             assert_eq!(reader.read_some(1), LaneState::More);
-            assert_eq!(reader.yield_owed, owed, "after {what}");
+            assert_eq!(reader.yield_owed, Some(owed), "after {what}");
+            assert_eq!(reader.read_some(1), LaneState::Drained);
+            assert_eq!(reader.yield_owed, None, "taken once the ring is found empty");
         }
+        // A request in an earlier delivery counts as much as one in the last.
+        put(&[request(2), event(3)]);
+        assert_eq!(reader.read_some(2), LaneState::More);
+        assert_eq!(reader.yield_owed, Some(false), "after a request, then an event");
+        assert_eq!(reader.read_some(1), LaneState::Drained);
+        // Lent to a caller: what it reads owes the lane's thread no yield.
+        put(&[event(4)]);
+        reader.lent();
+        assert_eq!(reader.read_some(1), LaneState::More);
+        assert_eq!(reader.yield_owed, Some(false), "after an event a caller read");
+        assert_eq!(reader.read_some(1), LaneState::Drained);
+        // Every event reached the subscription.
+        let mut got = 0;
+        while events.try_recv().is_some() {
+            got += 1;
+        }
+        assert_eq!(got, 4);
         end(reader, mine, engine);
     }
 }
