@@ -13,8 +13,9 @@ use proto::{CallRef, ErrorCode, IncomingId, RemoteError, SubscriptionId};
 
 use super::dispatch::{CallContext, IncomingCall, Reject};
 use super::handle::Handle;
+use super::reader_signal::ReaderSignal;
 use super::shared::Shared;
-use super::stream_reader::StreamMsg;
+use super::stream_reader::{ItemSender, StreamMsg};
 use super::subscription::{Delivery, SubscriptionQueue};
 use crate::error::Result;
 
@@ -23,7 +24,7 @@ pub(super) enum Deferred {
     /// Wake a unary caller with its outcome.
     Response(oneshot::Sender<Result<Bytes>>, Result<Bytes>),
     /// Give a stream's or session's reader its next message.
-    Stream(CallRef, flume::Sender<StreamMsg>, StreamMsg),
+    Stream(CallRef, ItemSender, StreamMsg),
     /// Queue an event for a subscription.
     Publish(SubscriptionId, Arc<SubscriptionQueue>, Delivery),
     /// Tell a subscription that a publisher dropped events meant for it.
@@ -55,7 +56,7 @@ impl Deferred {
                 let _ = tx.send(outcome);
             }
             Deferred::Stream(id, tx, msg) => {
-                if tx.try_send(msg).is_err() {
+                if tx.push(msg).is_err() {
                     return Some(Followup::CancelStream(id));
                 }
             }
@@ -79,41 +80,43 @@ impl Deferred {
     }
 }
 
-/// Wakes the readers of the subscriptions a run of deliveries queues events for, each once,
-/// when the run is over (when this drops): see [`SubscriptionQueue::wake_reader`]. The first
-/// subscription needs no allocation (most deliveries reach one).
+/// Wakes the readers of the queues a run of deliveries pushes to (subscriptions' events,
+/// streams' items), each once, when the run is over (when this drops): see
+/// [`ReaderSignal`]. The first queue needs no allocation (most deliveries reach one).
 #[derive(Default)]
 pub(super) struct ReaderWakes {
-    first: Option<Arc<SubscriptionQueue>>,
-    more: Vec<Arc<SubscriptionQueue>>,
+    first: Option<Arc<ReaderSignal>>,
+    more: Vec<Arc<ReaderSignal>>,
 }
 
 impl ReaderWakes {
-    /// Call before `d` is completed: notes the subscription it queues for.
+    /// Call before `d` is completed: notes the queue it pushes to.
     pub(super) fn before(&mut self, d: &Deferred) {
-        if let Deferred::Publish(_, queue, _) | Deferred::Lost(_, queue, ..) = d {
-            self.note(queue);
+        match d {
+            Deferred::Publish(_, queue, _) | Deferred::Lost(_, queue, ..) => self.note(queue.signal()),
+            Deferred::Stream(_, items, _) => self.note(items.signal()),
+            _ => {}
         }
     }
 
-    /// Notes that `queue` is pushed to, to wake its readers once the run is over.
-    fn note(&mut self, queue: &Arc<SubscriptionQueue>) {
+    /// Notes that a queue is pushed to, to wake its readers once the run is over.
+    fn note(&mut self, signal: &Arc<ReaderSignal>) {
         // An event for several subscriptions comes as one delivery each, in turn: the list is
-        // short (the subscriptions one delivery reached), and looked through.
-        let known = |q: &Arc<SubscriptionQueue>| Arc::ptr_eq(q, queue);
+        // short (the queues one delivery reached), and looked through.
+        let known = |s: &Arc<ReaderSignal>| Arc::ptr_eq(s, signal);
         match &self.first {
-            None => self.first = Some(queue.clone()),
-            Some(q) if known(q) => {}
+            None => self.first = Some(signal.clone()),
+            Some(s) if known(s) => {}
             Some(_) if self.more.iter().any(known) => {}
-            Some(_) => self.more.push(queue.clone()),
+            Some(_) => self.more.push(signal.clone()),
         }
     }
 }
 
 impl Drop for ReaderWakes {
     fn drop(&mut self) {
-        for queue in self.first.take().into_iter().chain(self.more.drain(..)) {
-            queue.wake_reader();
+        for signal in self.first.take().into_iter().chain(self.more.drain(..)) {
+            signal.wake();
         }
     }
 }
@@ -139,28 +142,19 @@ fn dispatch(shared: &Shared, call: IncomingCall) -> Option<Followup> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Context, Wake, Waker};
+    use std::task::Context;
 
     use futures_core::Stream;
     use proto::{PeerId, Topic};
 
     use super::*;
+    use crate::engine::reader_signal::counting;
     use crate::engine::subscription::{EventReceiver, Qos};
 
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
     /// A queue, and the wake-ups of a task waiting on its (returned) receiver.
-    fn waited_on() -> (Arc<SubscriptionQueue>, EventReceiver, Arc<Count>) {
+    fn waited_on() -> (Arc<SubscriptionQueue>, EventReceiver, Arc<counting::Count>) {
         let (queue, mut rx) = SubscriptionQueue::new(Qos::Reliable, 8, Arc::default());
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (waker, count) = counting::waker();
         assert!(std::pin::Pin::new(&mut rx).poll_next(&mut Context::from_waker(&waker)).is_pending());
         (Arc::new(queue), rx, count)
     }
@@ -176,11 +170,11 @@ mod tests {
         let mut wakes = ReaderWakes::default();
         // An event for two subscriptions comes as a delivery to each, in turn.
         for queue in [&a, &b, &a, &b, &a, &b] {
-            wakes.note(queue);
+            wakes.note(queue.signal());
             assert!(queue.push(event()).is_ok());
         }
-        assert_eq!((woken_a.0.load(Ordering::SeqCst), woken_b.0.load(Ordering::SeqCst)), (0, 0));
+        assert_eq!((woken_a.get(), woken_b.get()), (0, 0));
         drop(wakes);
-        assert_eq!((woken_a.0.load(Ordering::SeqCst), woken_b.0.load(Ordering::SeqCst)), (1, 1));
+        assert_eq!((woken_a.get(), woken_b.get()), (1, 1));
     }
 }

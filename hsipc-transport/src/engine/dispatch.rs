@@ -26,7 +26,7 @@ pub struct IncomingCall {
     /// What the handler can see of its call while it runs.
     pub context: CallContext,
     /// For a session: the client's messages (see [`IncomingCall::take_input`]).
-    pub(crate) input: Option<flume::Receiver<super::stream_reader::StreamMsg>>,
+    pub(crate) input: Option<super::stream_reader::ItemSource>,
 }
 
 impl IncomingCall {

@@ -229,13 +229,13 @@ impl Handle {
     ) -> Result<(RequestId, ItemReceiver)> {
         self.check_len(method.len() + body.len())?;
         // Credit bounds the items in flight to one window; +1 for the end.
-        let (items, rx) = flume::bounded(self.shared.window as usize + 1);
+        let (items, source) = super::stream_reader::item_queue(self.shared.window as usize + 1);
         let id = self.with(SendBy::TryInline, |state, now| {
             let id = state.endpoint.request(now, method, body, mode, timeout)?;
             state.streams.insert(id, items);
             Ok(id)
         })?;
-        Ok((id, ItemReceiver::new(self.clone(), id.into(), rx, timeout.min(proto::MAX_TIMEOUT) + STREAM_BACKSTOP)))
+        Ok((id, ItemReceiver::new(self.clone(), id.into(), source, timeout.min(proto::MAX_TIMEOUT) + STREAM_BACKSTOP)))
     }
 
     /// Opens a session on `method` with the encoded first message `body`: the sending half, and

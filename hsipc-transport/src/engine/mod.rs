@@ -55,6 +55,7 @@ mod handle;
 mod idle_lanes;
 mod item_sink;
 mod pending;
+mod reader_signal;
 mod send_lock;
 mod shared;
 mod state;

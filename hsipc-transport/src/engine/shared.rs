@@ -401,9 +401,9 @@ impl Shared {
         let mut deferred = state.take_deferred(SPARE.with(|s| s.deferred.take()));
         drop(state);
         for d in deferred.drain(..) {
-            // Only `Done` wake-ups come from here; nothing to follow up (and no event, whose
-            // reader would need waking: events come from `drain`, in `commit`).
-            debug_assert!(!matches!(d, Deferred::Publish(..) | Deferred::Lost(..)));
+            // Only `Done` wake-ups come from here; nothing to follow up (and no event or stream
+            // item, whose reader would need waking: they come from `drain`, in `commit`).
+            debug_assert!(!matches!(d, Deferred::Publish(..) | Deferred::Lost(..) | Deferred::Stream(..)));
             let _ = d.complete(self);
         }
         SPARE.with(|s| s.deferred.set(deferred));

@@ -20,7 +20,7 @@ use super::EngineConfig;
 use super::deferred::{Deferred, Followup};
 use super::dispatch::{CallContext, IncomingCall};
 use super::event_credit::{Claim, EventCredit};
-use super::stream_reader::StreamMsg;
+use super::stream_reader::{ItemSender, StreamMsg};
 use super::subscription::{Delivery, SubscriptionQueue};
 use super::waiters::Waiters;
 use crate::error::{Error, Result};
@@ -126,7 +126,7 @@ pub(crate) struct State {
     liveness: Liveness,
     config: EngineConfig,
     pub(super) calls: HashMap<RequestId, oneshot::Sender<Result<Bytes>>>,
-    pub(super) streams: HashMap<RequestId, flume::Sender<StreamMsg>>,
+    pub(super) streams: HashMap<RequestId, ItemSender>,
     /// Each known peer's name and pid, shared by the contexts of its calls (no copy per call).
     callers: HashMap<PeerId, (Arc<str>, u32)>,
     /// Calls being served, with the context their handler sees.
@@ -135,7 +135,7 @@ pub(crate) struct State {
     /// sessions it opened.
     blocked_items: HashMap<CallRef, BlockedItem>,
     /// The client's messages of each session this hub serves, for its handler to read.
-    session_inputs: HashMap<IncomingId, flume::Sender<StreamMsg>>,
+    session_inputs: HashMap<IncomingId, ItemSender>,
     pub(super) subscriptions: HashMap<SubscriptionId, Arc<SubscriptionQueue>>,
     watchers: Vec<Watcher>,
     outbound: VecDeque<(Dest, WireFrame)>,
@@ -535,7 +535,7 @@ impl State {
                 self.served.insert(id, context.clone());
                 let input = (mode == CallMode::Session).then(|| {
                     // Credit bounds the client's messages in flight to one window; +1 for the end.
-                    let (tx, rx) = flume::bounded(self.config.proto.stream_window as usize + 1);
+                    let (tx, rx) = super::stream_reader::item_queue(self.config.proto.stream_window as usize + 1);
                     self.session_inputs.insert(id, tx);
                     rx
                 });

@@ -1,6 +1,7 @@
 //! The reading end of a server stream: what every adapter's response stream is built on.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use futures_core::Stream;
 use proto::CallRef;
 
 use super::Handle;
+use super::reader_signal::ReaderSignal;
 use crate::error::{Error, Result};
 
 /// What a stream's reader receives.
@@ -18,6 +20,73 @@ pub(crate) enum StreamMsg {
     Item(Bytes),
     /// The stream ended: cleanly, or with why it failed.
     End(Result<()>),
+}
+
+/// A stream's queue of `capacity` messages: the engine's end and the reader's. Credit bounds
+/// the items in flight to one window, so `capacity` is the window and one more for the end.
+pub(super) fn item_queue(capacity: usize) -> (ItemSender, ItemSource) {
+    let (tx, rx) = flume::bounded(capacity);
+    let signal = Arc::new(ReaderSignal::default());
+    (ItemSender(Arc::new(Sending { tx, signal: signal.clone() })), ItemSource { rx, signal })
+}
+
+/// The engine's end of a stream's queue (cloned into each delivery). Pushing wakes nobody: the
+/// engine wakes the reader through [`signal`](Self::signal) once a delivery is over (see
+/// `ReaderWakes`), and when the last clone drops (the queue's end).
+#[derive(Clone)]
+pub(crate) struct ItemSender(Arc<Sending>);
+
+struct Sending {
+    tx: flume::Sender<StreamMsg>,
+    signal: Arc<ReaderSignal>,
+}
+
+/// The stream's reader is gone, or the queue is full (the peer broke the credit contract).
+pub(super) struct Refused;
+
+impl ItemSender {
+    /// Queues a message, never waiting.
+    pub(super) fn push(&self, msg: StreamMsg) -> std::result::Result<(), Refused> {
+        self.0.tx.try_send(msg).map_err(|_| Refused)
+    }
+
+    /// What wakes the reader.
+    pub(super) fn signal(&self) -> &Arc<ReaderSignal> {
+        &self.0.signal
+    }
+}
+
+/// The reader ends once it has taken what is queued: the channel is disconnected (its only
+/// sender dropped, in place of a sender of nothing), then it is woken.
+impl Drop for Sending {
+    fn drop(&mut self) {
+        drop(std::mem::replace(&mut self.tx, flume::bounded(0).0));
+        self.signal.wake();
+    }
+}
+
+/// The reader's end of a stream's queue, before it is an [`ItemReceiver`].
+pub(crate) struct ItemSource {
+    rx: flume::Receiver<StreamMsg>,
+    signal: Arc<ReaderSignal>,
+}
+
+impl ItemSource {
+    /// What the queue holds now: its next message, `Some(None)` once it has ended (the
+    /// engine's end gone with nothing left), `None` while it is empty.
+    fn queued(&self) -> Option<Option<StreamMsg>> {
+        match self.rx.try_recv() {
+            Ok(msg) => Some(Some(msg)),
+            Err(flume::TryRecvError::Disconnected) => Some(None),
+            Err(flume::TryRecvError::Empty) => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ItemSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ItemSource").field("queued", &self.rx.len()).finish()
+    }
 }
 
 /// The items of a server-streaming call, in order, then its end.
@@ -31,16 +100,15 @@ pub(crate) enum StreamMsg {
 pub struct ItemReceiver {
     handle: Handle,
     id: CallRef,
-    rx: flume::Receiver<StreamMsg>,
-    stream: Option<flume::r#async::RecvStream<'static, StreamMsg>>,
+    queue: ItemSource,
     /// Backstop for one blocking wait, should the engine fail to end the stream.
     backstop: Duration,
     ended: bool,
 }
 
 impl ItemReceiver {
-    pub(super) fn new(handle: Handle, id: CallRef, rx: flume::Receiver<StreamMsg>, backstop: Duration) -> Self {
-        ItemReceiver { handle, id, rx, stream: None, backstop, ended: false }
+    pub(super) fn new(handle: Handle, id: CallRef, source: ItemSource, backstop: Duration) -> Self {
+        ItemReceiver { handle, id, queue: source, backstop, ended: false }
     }
 
     /// Whether the stream has ended (cleanly, with an error, or cancelled).
@@ -53,13 +121,13 @@ impl ItemReceiver {
         if self.ended {
             return Ok(None);
         }
-        match self.rx.recv_deadline(super::deadline_in(self.backstop)) {
-            Ok(msg) => self.take(msg),
-            Err(flume::RecvTimeoutError::Timeout) => {
+        match self.wait(self.backstop) {
+            Some(Some(msg)) => self.take(msg),
+            None => {
                 self.cancel();
                 Err(Error::Timeout)
             }
-            Err(flume::RecvTimeoutError::Disconnected) => {
+            Some(None) => {
                 self.ended = true;
                 Err(Error::Closed)
             }
@@ -83,14 +151,21 @@ impl ItemReceiver {
         if self.ended {
             return Ok(None);
         }
-        match self.rx.recv_deadline(super::deadline_in(timeout)) {
-            Ok(msg) => self.take(msg),
-            Err(flume::RecvTimeoutError::Timeout) => Err(Error::Timeout),
-            Err(flume::RecvTimeoutError::Disconnected) => {
+        match self.wait(timeout) {
+            Some(Some(msg)) => self.take(msg),
+            None => Err(Error::Timeout),
+            Some(None) => {
                 self.ended = true;
                 Err(Error::Closed)
             }
         }
+    }
+
+    /// Blocks this thread for the next message (`Some(Some)`), the queue's end (`Some(None)`:
+    /// the engine's end gone with nothing left), or at most `timeout` (`None`).
+    fn wait(&self, timeout: Duration) -> Option<Option<StreamMsg>> {
+        let queue = &self.queue;
+        queue.signal.wait_on_thread(Some(super::deadline_in(timeout)), || queue.queued())
     }
 
     /// Accounts for one message taken from the channel.
@@ -116,9 +191,8 @@ impl Stream for ItemReceiver {
         if this.ended {
             return Poll::Ready(None);
         }
-        let rx = &this.rx;
-        let stream = this.stream.get_or_insert_with(|| rx.clone().into_stream());
-        match Pin::new(stream).poll_next(cx) {
+        let queue = &this.queue;
+        match queue.signal.poll_task(cx, || queue.queued()) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 this.ended = true;
@@ -132,5 +206,47 @@ impl Stream for ItemReceiver {
 impl Drop for ItemReceiver {
     fn drop(&mut self) {
         self.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::reader_signal::counting;
+
+    /// A push wakes no reader (the engine wakes it once a delivery is over); the wake-up of a
+    /// delivery does, and so does the engine's end going (the last clone of its sender).
+    #[test]
+    fn a_push_wakes_no_reader_a_delivery_and_the_end_do() {
+        let (tx, source) = item_queue(4);
+        let (waker, count) = counting::waker();
+        let mut cx = Context::from_waker(&waker);
+        let woken = || count.get();
+        let is_item = |p: Poll<Option<StreamMsg>>| matches!(p, Poll::Ready(Some(StreamMsg::Item(_))));
+        assert!(source.signal.poll_task(&mut cx, || source.queued()).is_pending());
+        assert!(tx.push(StreamMsg::Item(Bytes::from_static(b"1"))).is_ok());
+        assert!(tx.push(StreamMsg::Item(Bytes::from_static(b"2"))).is_ok());
+        assert_eq!(woken(), 0, "a push alone");
+        tx.signal().wake();
+        assert_eq!(woken(), 1, "the delivery's wake-up");
+        assert!(is_item(source.signal.poll_task(&mut cx, || source.queued())));
+        assert!(is_item(source.signal.poll_task(&mut cx, || source.queued())));
+        assert!(source.signal.poll_task(&mut cx, || source.queued()).is_pending());
+        let clone = tx.clone();
+        drop(tx);
+        assert_eq!(woken(), 1, "a clone of the sender still lives");
+        drop(clone);
+        assert_eq!(woken(), 2, "the end");
+        assert!(matches!(source.signal.poll_task(&mut cx, || source.queued()), Poll::Ready(None)));
+    }
+
+    /// The queue holds its capacity, no more: the engine's push past it is refused (the
+    /// stream is then cancelled), never waits.
+    #[test]
+    fn a_full_queue_refuses_a_push() {
+        let (tx, _source) = item_queue(2);
+        assert!(tx.push(StreamMsg::Item(Bytes::new())).is_ok());
+        assert!(tx.push(StreamMsg::End(Ok(()))).is_ok());
+        assert!(tx.push(StreamMsg::Item(Bytes::new())).is_err());
     }
 }

@@ -1,9 +1,9 @@
 //! A subscription's bounded queue and what happens when it is full.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -12,6 +12,7 @@ use proto::{PeerId, SubscriptionId, Topic};
 
 use super::Handle;
 use super::event_credit::Claim;
+use super::reader_signal::ReaderSignal;
 use crate::error::{Error, Result};
 
 /// One event delivered to a subscription.
@@ -79,8 +80,8 @@ pub enum Qos {
 /// The engine's end of one subscription's queue. Pushed to by one thread at a time (the
 /// engine's deliveries are serialized, under its delivery lock), with no state lock held.
 ///
-/// Pushing wakes nobody (unless the queue is full): the engine wakes the readers with
-/// [`wake_reader`](Self::wake_reader) once it has queued the events of a whole delivery (a
+/// Pushing wakes nobody (unless the queue is full): the engine wakes the readers through
+/// [`signal`](Self::signal) once it has queued the events of a whole delivery (a
 /// batch read from a lane). A reader woken per event preempts the delivering thread on its CPU
 /// for each one.
 pub(crate) struct SubscriptionQueue {
@@ -111,78 +112,6 @@ pub(crate) enum Queued {
 /// The subscriber dropped its end.
 pub(crate) struct Gone;
 
-/// How the engine wakes a subscription's readers (the queue itself only when it is full or
-/// dropped; see [`SubscriptionQueue::wake_reader`]). The wakers are
-/// taken out of their list before they are woken: a reader that runs at once, on the waking
-/// thread's CPU, never finds the list locked by a thread it preempted.
-///
-/// A reader that finds the queue empty registers its waker and arms the signal, then looks at
-/// the queue once more before it sleeps; the engine queues, then wakes what is registered if
-/// the signal is armed. Every look at the queue takes the flume channel's lock (flume is built
-/// without its spinning options), so a reader whose second look found the queue empty took
-/// that lock before the engine queued, and its arming is seen by the engine's wake-up. The
-/// engine's end going is the same: flume marks the channel disconnected and takes its lock
-/// before the wake-up, and a reader looks at the mark under that lock after it arms.
-#[derive(Debug, Default)]
-struct ReaderSignal {
-    /// A reader registered and may sleep: the next wake-up takes the wakers and wakes them.
-    armed: AtomicBool,
-    wakers: Mutex<Wakers>,
-}
-
-/// Who waits for a subscription: threads (one waker each, however often they wait) and the
-/// one task that polls it (`poll_next` takes it by `&mut`: only its latest waker counts).
-#[derive(Debug, Default)]
-struct Wakers {
-    task: Option<Waker>,
-    thread: Option<Waker>,
-    /// Threads beyond the first, for a receiver read from several threads at once.
-    more_threads: Vec<Waker>,
-}
-
-impl ReaderSignal {
-    fn register_task(&self, waker: &Waker) {
-        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        if !wakers.task.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            wakers.task = Some(waker.clone());
-        }
-        drop(wakers);
-        self.armed.store(true, Ordering::SeqCst);
-    }
-
-    fn register_thread(&self, waker: &Waker) {
-        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        let Wakers { thread, more_threads, .. } = &mut *wakers;
-        match thread {
-            None => *thread = Some(waker.clone()),
-            Some(first) if first.will_wake(waker) => {}
-            Some(_) if more_threads.iter().any(|w| w.will_wake(waker)) => {}
-            Some(_) => more_threads.push(waker.clone()),
-        }
-        drop(wakers);
-        self.armed.store(true, Ordering::SeqCst);
-    }
-
-    fn unregister_thread(&self, waker: &Waker) {
-        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        if wakers.thread.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            wakers.thread = wakers.more_threads.pop();
-        } else {
-            wakers.more_threads.retain(|w| !w.will_wake(waker));
-        }
-    }
-
-    fn wake(&self) {
-        if self.armed.load(Ordering::SeqCst) && self.armed.swap(false, Ordering::SeqCst) {
-            let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-            let (task, thread) = (wakers.task.take(), wakers.thread.take());
-            let more = std::mem::take(&mut wakers.more_threads);
-            drop(wakers);
-            task.into_iter().chain(thread).chain(more).for_each(Waker::wake);
-        }
-    }
-}
-
 impl SubscriptionQueue {
     /// A queue as `qos` says; a reliable one holds `reliable_capacity` events at most (credit
     /// keeps each publisher within its window, so this bounds only the unexpected: more
@@ -209,9 +138,10 @@ impl SubscriptionQueue {
         (queue, EventReceiver { rx, signal, evicted, refused, subscription: None })
     }
 
-    /// Wakes the readers that wait: call once the events of a delivery are queued.
-    pub(crate) fn wake_reader(&self) {
-        self.signal.wake();
+    /// What wakes its readers: the engine wakes it once the events of a delivery are queued
+    /// (see `ReaderWakes`).
+    pub(crate) fn signal(&self) -> &Arc<ReaderSignal> {
+        &self.signal
     }
 
     /// Whether events queued here hold their publisher back.
@@ -393,40 +323,7 @@ impl EventReceiver {
     /// Blocks this thread until the queue has an item or has ended (`Some`), or until
     /// `deadline` (`None`).
     fn wait(&self, deadline: Option<Instant>) -> Option<Option<Queued>> {
-        loop {
-            if let Some(q) = self.queued() {
-                return Some(q);
-            }
-            // Before it sleeps, this thread lets others run once: on a shared CPU the thread
-            // delivering to this queue (a lane's reader) then delivers more meanwhile, without
-            // waking this one (a futex wake and a wait, and two context switches, saved per
-            // delivery); alone on its CPU this returns at once. (Not past the deadline; the
-            // time left is reckoned after it.)
-            if deadline.is_none_or(|d| Instant::now() < d) {
-                std::thread::yield_now();
-                if let Some(q) = self.queued() {
-                    return Some(q);
-                }
-            }
-            let left = match deadline.map(|d| d.saturating_duration_since(Instant::now())) {
-                Some(left) if left.is_zero() => {
-                    // Given up: this thread's waker goes (a receiver shared by many short-lived
-                    // threads on a quiet topic would otherwise keep one for each).
-                    super::pending::with_thread_waker(|w| self.signal.unregister_thread(w));
-                    return None;
-                }
-                left => left,
-            };
-            super::pending::with_thread_waker(|w| self.signal.register_thread(w));
-            // Armed: what is queued from now on wakes this thread.
-            if let Some(q) = self.queued() {
-                return Some(q);
-            }
-            match left {
-                None => std::thread::park(),
-                Some(left) => std::thread::park_timeout(left),
-            }
-        }
+        self.signal.wait_on_thread(deadline, || self.queued())
     }
 
     /// What the queue holds now: its next item, `Some(None)` once it has ended (the engine's
@@ -449,15 +346,8 @@ impl Stream for EventReceiver {
         if let Some(e) = this.dropped_tail() {
             return Poll::Ready(Some(Err(e)));
         }
-        if let Some(q) = this.queued() {
-            return Poll::Ready(q.map(|q| this.take(q)));
-        }
-        this.signal.register_task(cx.waker());
-        // Armed: what is queued from now on wakes this task.
-        match this.queued() {
-            Some(q) => Poll::Ready(q.map(|q| this.take(q))),
-            None => Poll::Pending,
-        }
+        let queued = this.signal.poll_task(cx, || this.queued());
+        queued.map(|q| q.map(|q| this.take(q)))
     }
 }
 
@@ -553,7 +443,7 @@ mod tests {
         for n in 0..3 {
             q.push(ev(n, 0)).ok().unwrap();
         }
-        q.wake_reader();
+        q.signal().wake();
         let got: Vec<u8> = reader.join().unwrap().into_iter().map(|r| r.unwrap()).collect();
         well_before_the_deadline(started);
         assert_eq!(got, [0, 1, 2]);
@@ -601,7 +491,7 @@ mod tests {
         for n in 0..3 {
             q.push(ev(n, 0)).ok().unwrap();
         }
-        q.wake_reader();
+        q.signal().wake();
         let mut got: Vec<u8> = readers.into_iter().map(|r| r.join().unwrap().unwrap()).collect();
         well_before_the_deadline(started);
         got.sort();
@@ -629,7 +519,7 @@ mod tests {
         let reader = std::thread::spawn(move || rx.recv_deadline(started + WAIT).is_ok());
         until_armed(&signal);
         q.push(ev(0, 0)).ok().unwrap();
-        // Full: this push wakes the reader, with no `wake_reader`.
+        // Full: this push wakes the reader, with no wake-up of a delivery.
         q.push(ev(1, 0)).ok().unwrap();
         assert!(reader.join().unwrap());
         well_before_the_deadline(started);
@@ -637,30 +527,23 @@ mod tests {
 
     #[test]
     fn an_async_reader_is_woken_by_a_delivery_and_not_by_a_push_alone() {
-        struct Count(std::sync::atomic::AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        let count = Arc::new(Count(Default::default()));
-        let waker = Waker::from(count.clone());
+        let (waker, count) = crate::engine::reader_signal::counting::waker();
         let mut cx = Context::from_waker(&waker);
         let (q, mut rx) = SubscriptionQueue::new(Qos::Reliable, 8, Arc::default());
         assert!(Pin::new(&mut rx).poll_next(&mut cx).is_pending());
         q.push(ev(1, 0)).ok().unwrap();
         q.push(ev(2, 0)).ok().unwrap();
-        assert_eq!(count.0.load(Ordering::SeqCst), 0, "queued, not yet woken");
-        q.wake_reader();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake-up for the delivery");
+        assert_eq!(count.get(), 0, "queued, not yet woken");
+        q.signal().wake();
+        assert_eq!(count.get(), 1, "one wake-up for the delivery");
         let mut take = || match Pin::new(&mut rx).poll_next(&mut cx) {
             Poll::Ready(Some(Ok(d))) => d.body[0],
             other => panic!("expected an event, got {other:?}"),
         };
         assert_eq!([take(), take()], [1, 2]);
         // Nobody armed the signal since: a wake-up finds no reader to wake.
-        q.wake_reader();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        q.signal().wake();
+        assert_eq!(count.get(), 1);
     }
 
     #[test]
