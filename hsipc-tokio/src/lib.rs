@@ -118,6 +118,10 @@ fn read_lane(handle: &tokio::runtime::Handle, no_io: &AtomicBool, mut reader: La
         }
         return Some(reader);
     };
+    // A reader woken per few stream items or events preempts their writer on a shared CPU,
+    // and costs it a wake-up message each time: it yields the worker's CPU once first (a
+    // scheduling hint, not a wait; as the lane's thread of a blocking hub does).
+    reader.yield_before_sleep();
     drop(handle.spawn(async move {
         // Ends with the lane, or when the reactor fails (the reader, dropped, reads on a thread).
         // Reads the socket on to EAGAIN (no `socket_readable`): tokio's readiness is

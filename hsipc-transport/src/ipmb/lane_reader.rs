@@ -263,6 +263,15 @@ impl LaneReader {
         self.yields = yes;
     }
 
+    /// Has this reader give up its thread's CPU once before it says it sleeps, after it handed
+    /// on events, credit or stream items (not requests or answers), as the lane's own thread
+    /// does (see `ring_empty`): on a CPU it shares with the writer, the writer puts more
+    /// meanwhile, found without a wake-up message. For a reader run by a runtime's worker
+    /// (tokio's); not for one that runs holding a lock other threads need (async-io's reactor).
+    pub fn yield_before_sleep(&mut self) {
+        self.yields = true;
+    }
+
     /// A caller or an idle worker reads the lane from now on: it does not yield, and what it
     /// hands on makes no yield owed to the lane's thread (nor does what that thread handed on
     /// before: the threads it woke may want the lane).
