@@ -43,6 +43,9 @@
 //! - **calls/s with 64 in flight**: raw transports send 64 requests, then read 64 replies;
 //!   async hubs poll 64 call futures on one task; the blocking hub has no way to start a call
 //!   without waiting for it, so 64 threads call at once.
+//! - **server stream items/s** (hubs only): the bench process calls `bench.items`, a
+//!   server-streaming method whose handler sends N items of 64 B as fast as the stream's
+//!   credit lets it; rate = items read / (call to last item).
 //! - **events/s delivered**: 64 B events (publish for hsipc, one-way messages for raw) in
 //!   batches of 1000 ending with a marker; each batch waits for the peer's report before the
 //!   next, so a subscription queue (1024) never overflows; time counts from each batch's
@@ -251,6 +254,8 @@ struct Params {
     stream_large: u64,
     /// Event batches, at most.
     event_batches: u64,
+    /// Items of one server stream.
+    stream_items: u64,
 }
 
 impl Params {
@@ -265,6 +270,7 @@ impl Params {
                 stream_small: 5_000,
                 stream_large: 16,
                 event_batches: 5,
+                stream_items: 5_000,
             }
         } else {
             Params {
@@ -276,6 +282,7 @@ impl Params {
                 stream_small: 300_000,
                 stream_large: 1_024,
                 event_batches: 300,
+                stream_items: 300_000,
             }
         }
     }
@@ -441,6 +448,8 @@ struct Row {
     /// (calls, elapsed)
     pipelined: Cell<(u64, Duration)>,
     events: Cell<Flow>,
+    /// (items, elapsed)
+    server_stream: Cell<(u64, Duration)>,
     error: Option<String>,
 }
 
@@ -452,6 +461,7 @@ fn run_transport(t: Transport, mode: &Mode, p: &Params) -> Row {
         stream_large: Cell::Missing,
         pipelined: Cell::Missing,
         events: Cell::Missing,
+        server_stream: Cell::Missing,
         error: None,
     };
     // What the transport cannot carry is n/a, whatever happens below.
@@ -466,6 +476,10 @@ fn run_transport(t: Transport, mode: &Mode, p: &Params) -> Row {
     if let Transport::AsyncSocket(_) = t {
         // The runtime's floor under a call: no one-way traffic, no events.
         (row.stream_small, row.stream_large, row.events) = (Cell::Na, Cell::Na, Cell::Na);
+    }
+    // Only hubs have server streams (and the `Vec<u8>` row's would measure the hub again).
+    if !matches!(t, Transport::Hub(kind) if kind != VEC_KIND) {
+        row.server_stream = Cell::Na;
     }
     let result = catch_unwind(AssertUnwindSafe(|| {
         let what = format!("{}-c{}", t.key().replace('+', "-"), mode.cpus);
@@ -514,6 +528,9 @@ fn measure_all(link: &mut dyn Link, p: &Params, row: &mut Row) {
         row.stream_large = Cell::Value(stream(link, MIB, p.stream_large, p.budget, &mut batch));
     }
     row.events = Cell::Value(events(link, p.event_batches, p.budget, &mut batch));
+    if let Cell::Missing = row.server_stream {
+        row.server_stream = Cell::Value(link.server_stream(p.stream_items));
+    }
 }
 
 /// The bench process's end of one transport, with its peer process.
@@ -525,6 +542,12 @@ trait Link {
     fn pipelined(&mut self, payload: &Bytes, batches: usize, budget: Duration) -> (u64, Duration);
     /// Sends one one-way message (publishes one event).
     fn send(&mut self, msg: &Bytes);
+    /// Reads a server stream of `items` 64 B items: (items read, from the call to the last).
+    /// Only hubs have them.
+    fn server_stream(&mut self, items: u64) -> (u64, Duration) {
+        let _ = items;
+        unreachable!("only hubs are asked for a server stream")
+    }
     /// The process that receives, for its reports.
     fn peer(&mut self) -> &mut Proc;
 }
@@ -912,12 +935,32 @@ impl Link for HubLink {
         }
     }
 
+    fn server_stream(&mut self, items: u64) -> (u64, Duration) {
+        self.hub.server_stream(1_000);
+        self.hub.server_stream(items)
+    }
+
     fn peer(&mut self) -> &mut Proc {
         &mut self.peer
     }
 }
 
 impl Client {
+    /// Reads `items` items of `bench.items`, for [`HubLink`]: (items read, elapsed).
+    fn server_stream(&self, items: u64) -> (u64, Duration) {
+        let start = Instant::now();
+        let read = match self {
+            Client::Blocking(h) => {
+                let stream = h.call_stream::<_, Bytes>("bench.items", items).expect("bench.items");
+                stream.map(|item| assert_eq!(item.expect("a stream item").len(), SMALL)).count() as u64
+            }
+            Client::Tokio(rt, h) => rt.block_on(read_stream(h.call_stream::<_, Bytes>("bench.items", items))),
+            Client::Smol(h) => smol::block_on(read_stream(h.call_stream::<_, Bytes>("bench.items", items))),
+        };
+        assert_eq!(read, items, "bench.items ended early");
+        (read, start.elapsed())
+    }
+
     /// Up to `batches` batches of [`IN_FLIGHT`] calls of `bench.echo`, for [`HubLink`].
     fn pipelined(&self, payload: &Bytes, batches: usize, budget: Duration) -> (u64, Duration) {
         match self {
@@ -926,6 +969,20 @@ impl Client {
             Client::Smol(h) => smol::block_on(pipelined_async(|| h.call("bench.echo", payload), batches, budget)),
         }
     }
+}
+
+/// Reads an async hub's response stream to its end: the items read.
+async fn read_stream<S>(call: impl Future<Output = hsipc::Result<S>>) -> u64
+where
+    S: futures_lite::Stream<Item = hsipc::Result<Bytes>> + Unpin,
+{
+    let mut stream = call.await.expect("bench.items");
+    let mut read = 0;
+    while let Some(item) = stream.next().await {
+        assert_eq!(item.expect("a stream item").len(), SMALL);
+        read += 1;
+    }
+    read
 }
 
 /// Polls all of `futs` on the current task until every one is done.
@@ -1097,8 +1154,9 @@ fn render(mode: &Mode, p: &Params, rows: &[Row]) -> String {
     };
     out += &format!("## {} CPU{} ({place})\n\n", mode.cpus, if mode.cpus == 1 { "" } else { "s" });
     out += "| transport | round trip 64 B p50 / p99 | 4 KiB p50 / p99 | 64 KiB p50 / p99 | 1 MiB p50 / p99 \
-            | one-way 64 B (msg/s) | one-way 1 MiB (GiB/s) | calls/s, 64 in flight | events/s delivered (64 B) |\n";
-    out += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+            | one-way 64 B (msg/s) | one-way 1 MiB (GiB/s) | calls/s, 64 in flight | events/s delivered (64 B) \
+            | server stream items/s (64 B) |\n";
+    out += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for row in rows {
         let mut cols = vec![row.transport.name()];
         for rt in &row.rt {
@@ -1114,6 +1172,7 @@ fn render(mode: &Mode, p: &Params, rows: &[Row]) -> String {
             if row.transport.key().starts_with("blocking") { format!("{s} (64 threads)") } else { s }
         }));
         cols.push(cell(row, &row.events, |f| flow_cell(f, |f| fmt_rate(f.per_sec()))));
+        cols.push(cell(row, &row.server_stream, |&(items, d)| fmt_rate(items as f64 / d.as_secs_f64().max(1e-9))));
         out += &format!("| {} |\n", cols.join(" | "));
     }
 
@@ -1147,6 +1206,9 @@ fn render(mode: &Mode, p: &Params, rows: &[Row]) -> String {
         notes.push(format!("round trips timed {}", counts.join("/")));
         if let Cell::Value((calls, _)) = row.pipelined {
             notes.push(format!("{calls} pipelined calls"));
+        }
+        if let Cell::Value((items, _)) = row.server_stream {
+            notes.push(format!("{items} server stream items"));
         }
         for (what, c) in
             [("one-way 64 B", &row.stream_small), ("one-way 1 MiB", &row.stream_large), ("events", &row.events)]
@@ -1328,6 +1390,18 @@ mod child {
         }
     }
 
+    /// Serves `bench.items`: `n` items of 64 B, each sent as soon as the stream's credit lets it.
+    fn serve_items_blocking(hub: &SyncProcessHub) {
+        hub.serve_stream("bench.items", |n: u64, sink: &hsipc::blocking::StreamSink<Bytes>| {
+            let item = Bytes::from(vec![0u8; SMALL]);
+            for _ in 0..n {
+                sink.send(&item).map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        })
+        .expect("serve bench.items");
+    }
+
     /// Serves `bench.echo` and counts the events of `bench/#`, with a hub of this child's kind.
     /// The event loop waits without a timeout of its own (a timer per event would cost the
     /// async hubs a measurable share); `watch_parent` bounds it.
@@ -1338,6 +1412,7 @@ mod child {
         match super::base_kind(&kind) {
             "blocking" if kind == super::VEC_KIND => {
                 let hub = hub("server");
+                serve_items_blocking(&hub);
                 hub.serve("bench.echo", |v: Vec<u8>| Ok::<Vec<u8>, String>(v)).expect("serve bench.echo");
                 let events = hub.subscribe::<Vec<u8>>("bench/#").expect("subscribe");
                 report("READY");
@@ -1350,6 +1425,7 @@ mod child {
             }
             "blocking" => {
                 let hub = hub("server");
+                serve_items_blocking(&hub);
                 let echo = |b: Bytes| Ok::<Bytes, String>(b);
                 if inline {
                     hub.serve_inline("bench.echo", echo).expect("serve bench.echo");
@@ -1364,6 +1440,15 @@ mod child {
             }
             "tokio" => tokio::runtime::Runtime::new().expect("tokio runtime").block_on(async {
                 let hub = hsipc::tokio::ProcessHub::builder("server").bus(bus()).build().expect("server hub joins");
+                hub.serve_stream("bench.items", |n: u64, sink: hsipc::tokio::StreamSink<Bytes>| async move {
+                    let item = Bytes::from(vec![0u8; SMALL]);
+                    for _ in 0..n {
+                        sink.send(&item).await.map_err(|e| e.to_string())?;
+                    }
+                    Ok::<(), String>(())
+                })
+                .await
+                .expect("serve bench.items");
                 if inline {
                     hub.serve_inline("bench.echo", |b: Bytes| Ok::<Bytes, String>(b)).await.expect("serve");
                 } else {
@@ -1377,6 +1462,15 @@ mod child {
             }),
             _ => smol::block_on(async {
                 let hub = hsipc::smol::ProcessHub::builder("server").bus(bus()).build().expect("server hub joins");
+                hub.serve_stream("bench.items", |n: u64, sink: hsipc::smol::StreamSink<Bytes>| async move {
+                    let item = Bytes::from(vec![0u8; SMALL]);
+                    for _ in 0..n {
+                        sink.send(&item).await.map_err(|e| e.to_string())?;
+                    }
+                    Ok::<(), String>(())
+                })
+                .await
+                .expect("serve bench.items");
                 if inline {
                     hub.serve_inline("bench.echo", |b: Bytes| Ok::<Bytes, String>(b)).await.expect("serve");
                 } else {
