@@ -1412,7 +1412,6 @@ mod child {
         match super::base_kind(&kind) {
             "blocking" if kind == super::VEC_KIND => {
                 let hub = hub("server");
-                serve_items_blocking(&hub);
                 hub.serve("bench.echo", |v: Vec<u8>| Ok::<Vec<u8>, String>(v)).expect("serve bench.echo");
                 let events = hub.subscribe::<Vec<u8>>("bench/#").expect("subscribe");
                 report("READY");

@@ -27,6 +27,7 @@ use std::time::Instant;
 pub(crate) struct ReaderSignal {
     /// A reader registered and may sleep: the next wake-up takes the wakers and wakes them.
     pub(super) armed: AtomicBool,
+    /// Who to wake.
     pub(super) wakers: Mutex<Wakers>,
 }
 
@@ -34,7 +35,9 @@ pub(crate) struct ReaderSignal {
 /// that polls it (a receiver is polled by `&mut`: only its latest waker counts).
 #[derive(Debug, Default)]
 pub(super) struct Wakers {
+    /// The task that polled the receiver last.
     pub(super) task: Option<Waker>,
+    /// The first thread waiting.
     pub(super) thread: Option<Waker>,
     /// Threads beyond the first, for a receiver read from several threads at once.
     pub(super) more_threads: Vec<Waker>,
@@ -83,8 +86,9 @@ impl ReaderSignal {
         }
     }
 
-    /// Blocks this thread until `queued` gives something, or until `deadline` (`None`).
-    /// `queued` looks at the queue (taking the channel's lock) without waiting.
+    /// Blocks this thread until `queued` gives something; `None` once `deadline` has passed
+    /// (no deadline: waits as long as it takes). `queued` looks at the queue (taking the
+    /// channel's lock) without waiting.
     pub(super) fn wait_on_thread<T>(
         &self,
         deadline: Option<Instant>,
@@ -124,6 +128,13 @@ impl ReaderSignal {
                 Some(left) => std::thread::park_timeout(left),
             }
         }
+    }
+
+    /// The receiver is dropped: the waker of the task that polled it last goes (it would keep
+    /// that task alive until the engine's end of the queue goes).
+    pub(super) fn forget_task(&self) {
+        let task = self.wakers.lock().unwrap_or_else(|e| e.into_inner()).task.take();
+        drop(task);
     }
 
     /// Polls from a task: what `queued` gives, or `Pending` with the task's waker registered.

@@ -1,4 +1,6 @@
-//! The reading end of a server stream: what every adapter's response stream is built on.
+//! A stream's queue: the engine's end, which it fills with the items of a server stream (at
+//! the client) or a session's messages from the client (at the server), and the reading end,
+//! [`ItemReceiver`], that every adapter's response stream and session reader is built on.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -36,8 +38,11 @@ pub(super) fn item_queue(capacity: usize) -> (ItemSender, ItemSource) {
 #[derive(Clone)]
 pub(crate) struct ItemSender(Arc<Sending>);
 
+/// What the clones of an [`ItemSender`] share.
 struct Sending {
+    /// The queue (only this holds its sender: it disconnects when the last clone drops).
     tx: flume::Sender<StreamMsg>,
+    /// What wakes the reader.
     signal: Arc<ReaderSignal>,
 }
 
@@ -57,7 +62,9 @@ impl ItemSender {
 }
 
 /// The reader ends once it has taken what is queued: the channel is disconnected (its only
-/// sender dropped, in place of a sender of nothing), then it is woken.
+/// sender dropped, in place of a sender of nothing), then it is woken. (The last clone may
+/// drop under the engine's locks, as a stream's end is decided there: this wake-up, one per
+/// stream, is the one that can come under them.)
 impl Drop for Sending {
     fn drop(&mut self) {
         drop(std::mem::replace(&mut self.tx, flume::bounded(0).0));
@@ -67,7 +74,9 @@ impl Drop for Sending {
 
 /// The reader's end of a stream's queue, before it is an [`ItemReceiver`].
 pub(crate) struct ItemSource {
+    /// The queue.
     rx: flume::Receiver<StreamMsg>,
+    /// What the engine wakes the reader with.
     signal: Arc<ReaderSignal>,
 }
 
@@ -206,6 +215,7 @@ impl Stream for ItemReceiver {
 impl Drop for ItemReceiver {
     fn drop(&mut self) {
         self.cancel();
+        self.queue.signal.forget_task();
     }
 }
 
@@ -238,6 +248,36 @@ mod tests {
         drop(clone);
         assert_eq!(woken(), 2, "the end");
         assert!(matches!(source.signal.poll_task(&mut cx, || source.queued()), Poll::Ready(None)));
+    }
+
+    /// The end wakes the reader only once the queue has ended: a reader it wakes finds the
+    /// end, never an open and empty queue (it would go back to sleep, for good).
+    #[test]
+    fn the_reader_the_end_wakes_finds_the_end() {
+        struct SeesEnd(flume::Receiver<StreamMsg>, std::sync::atomic::AtomicBool);
+        impl std::task::Wake for SeesEnd {
+            fn wake(self: Arc<Self>) {
+                self.1.store(self.0.is_disconnected(), std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let (tx, source) = item_queue(4);
+        let sees = Arc::new(SeesEnd(source.rx.clone(), Default::default()));
+        let waker = std::task::Waker::from(sees.clone());
+        assert!(source.signal.poll_task(&mut Context::from_waker(&waker), || source.queued()).is_pending());
+        drop(tx);
+        assert!(sees.1.load(std::sync::atomic::Ordering::SeqCst), "woken, and the queue had ended");
+    }
+
+    /// A dropped receiver leaves no task waker behind (it would keep the task alive until the
+    /// engine's end of the queue goes).
+    #[test]
+    fn a_dropped_receiver_s_task_waker_goes() {
+        let (_tx, source) = item_queue(4);
+        let (waker, _count) = counting::waker();
+        assert!(source.signal.poll_task(&mut Context::from_waker(&waker), || source.queued()).is_pending());
+        assert!(source.signal.wakers.lock().unwrap().task.is_some());
+        source.signal.forget_task();
+        assert!(source.signal.wakers.lock().unwrap().task.is_none());
     }
 
     /// The queue holds its capacity, no more: the engine's push past it is refused (the

@@ -356,6 +356,7 @@ impl Drop for EventReceiver {
         if let Some((handle, id)) = self.subscription.take() {
             handle.unsubscribe(id);
         }
+        self.signal.forget_task();
     }
 }
 
