@@ -162,6 +162,7 @@ pub(super) mod counting {
     pub(in crate::engine) struct Count(AtomicUsize);
 
     impl Count {
+        /// The wake-ups so far.
         pub(in crate::engine) fn get(&self) -> usize {
             self.0.load(Ordering::SeqCst)
         }

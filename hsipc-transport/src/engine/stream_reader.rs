@@ -268,18 +268,6 @@ mod tests {
         assert!(sees.1.load(std::sync::atomic::Ordering::SeqCst), "woken, and the queue had ended");
     }
 
-    /// A dropped receiver leaves no task waker behind (it would keep the task alive until the
-    /// engine's end of the queue goes).
-    #[test]
-    fn a_dropped_receiver_s_task_waker_goes() {
-        let (_tx, source) = item_queue(4);
-        let (waker, _count) = counting::waker();
-        assert!(source.signal.poll_task(&mut Context::from_waker(&waker), || source.queued()).is_pending());
-        assert!(source.signal.wakers.lock().unwrap().task.is_some());
-        source.signal.forget_task();
-        assert!(source.signal.wakers.lock().unwrap().task.is_none());
-    }
-
     /// The queue holds its capacity, no more: the engine's push past it is refused (the
     /// stream is then cancelled), never waits.
     #[test]

@@ -526,6 +526,18 @@ mod tests {
         well_before_the_deadline(started);
     }
 
+    /// A dropped receiver leaves no task waker behind (it would keep the task alive until the
+    /// engine's end of the queue goes).
+    #[test]
+    fn a_dropped_receiver_s_task_waker_goes() {
+        let (waker, _count) = crate::engine::reader_signal::counting::waker();
+        let (q, mut rx) = SubscriptionQueue::new(Qos::Reliable, 8, Arc::default());
+        assert!(Pin::new(&mut rx).poll_next(&mut Context::from_waker(&waker)).is_pending());
+        assert!(q.signal().wakers.lock().unwrap().task.is_some());
+        drop(rx);
+        assert!(q.signal().wakers.lock().unwrap().task.is_none());
+    }
+
     #[test]
     fn an_async_reader_is_woken_by_a_delivery_and_not_by_a_push_alone() {
         let (waker, count) = crate::engine::reader_signal::counting::waker();

@@ -87,8 +87,9 @@ pub struct LaneReader {
     on_thread: bool,
     /// The writer's ring, once it has handed it over: from then on it holds the lane's order.
     ring: Option<RingReader>,
-    /// Read by the lane's own thread (not by a caller or an idle worker that took the reader
-    /// for a while), which gives up its CPU once before it sleeps (see `ring_empty`).
+    /// Read by the lane's own thread, or by a runtime's worker ([`yield_before_sleep`](Self::yield_before_sleep)),
+    /// which give up their CPU once before they sleep (see `ring_empty`); not by a caller or an
+    /// idle worker that took the reader for a while.
     yields: bool,
     /// What was handed on since the ring was last found empty: `None` nothing, `Some(true)`
     /// only what makes the lane's thread yield before it sleeps (events, credit, stream items
@@ -257,8 +258,9 @@ impl LaneReader {
         self.ring.as_mut().is_none_or(|ring| ring.has_more().unwrap_or(true))
     }
 
-    /// Reads on the lane's own thread from now on (`true`), or not (`false`): only the lane's
-    /// thread gives up its CPU before it sleeps.
+    /// Reads on the lane's own thread from now on (`true`), or not (`false`): of the threads
+    /// that read a lane shared with callers, only the lane's own gives up its CPU before it
+    /// sleeps.
     pub(super) fn own_thread_reads(&mut self, yes: bool) {
         self.yields = yes;
     }
@@ -272,9 +274,10 @@ impl LaneReader {
         self.yields = true;
     }
 
-    /// A caller or an idle worker reads the lane from now on: it does not yield, and what it
-    /// hands on makes no yield owed to the lane's thread (nor does what that thread handed on
-    /// before: the threads it woke may want the lane).
+    /// A caller or an idle worker reads the lane from now on: it does not yield, and what the
+    /// lane's thread handed on before owes none (the threads it woke may want the lane). (What
+    /// the caller hands on after it first finds the ring empty is noted as usual: an answer or
+    /// request among it still rules a yield out.)
     pub(super) fn lent(&mut self) {
         self.yields = false;
         self.yield_owed = Some(false);
@@ -501,7 +504,8 @@ impl LaneReader {
             tracing::debug!(%from, "a lane message without its mark in the ring; dropping the lane");
             return self.end(true);
         }
-        // The lane's thread, having just handed frames on (events, credit, stream items), lets
+        // The lane's thread (or a runtime's worker, see `yield_before_sleep`), having just
+        // handed frames on (events, credit, stream items), lets
         // the threads they woke run before it says it sleeps, once: on a shared CPU the writer
         // puts more meanwhile, found here without a wake-up message (a system call on each side
         // and a context switch back); alone on its CPU the yield returns at once. It keeps the
