@@ -1402,6 +1402,21 @@ mod child {
         .expect("serve bench.items");
     }
 
+    /// [`serve_items_blocking`] for an async hub, whose `StreamSink` type is given.
+    macro_rules! serve_items_async {
+        ($hub:expr, $sink:ty) => {
+            $hub.serve_stream("bench.items", |n: u64, sink: $sink| async move {
+                let item = Bytes::from(vec![0u8; SMALL]);
+                for _ in 0..n {
+                    sink.send(&item).await.map_err(|e| e.to_string())?;
+                }
+                Ok::<(), String>(())
+            })
+            .await
+            .expect("serve bench.items")
+        };
+    }
+
     /// Serves `bench.echo` and counts the events of `bench/#`, with a hub of this child's kind.
     /// The event loop waits without a timeout of its own (a timer per event would cost the
     /// async hubs a measurable share); `watch_parent` bounds it.
@@ -1439,15 +1454,7 @@ mod child {
             }
             "tokio" => tokio::runtime::Runtime::new().expect("tokio runtime").block_on(async {
                 let hub = hsipc::tokio::ProcessHub::builder("server").bus(bus()).build().expect("server hub joins");
-                hub.serve_stream("bench.items", |n: u64, sink: hsipc::tokio::StreamSink<Bytes>| async move {
-                    let item = Bytes::from(vec![0u8; SMALL]);
-                    for _ in 0..n {
-                        sink.send(&item).await.map_err(|e| e.to_string())?;
-                    }
-                    Ok::<(), String>(())
-                })
-                .await
-                .expect("serve bench.items");
+                serve_items_async!(hub, hsipc::tokio::StreamSink<Bytes>);
                 if inline {
                     hub.serve_inline("bench.echo", |b: Bytes| Ok::<Bytes, String>(b)).await.expect("serve");
                 } else {
@@ -1461,15 +1468,7 @@ mod child {
             }),
             _ => smol::block_on(async {
                 let hub = hsipc::smol::ProcessHub::builder("server").bus(bus()).build().expect("server hub joins");
-                hub.serve_stream("bench.items", |n: u64, sink: hsipc::smol::StreamSink<Bytes>| async move {
-                    let item = Bytes::from(vec![0u8; SMALL]);
-                    for _ in 0..n {
-                        sink.send(&item).await.map_err(|e| e.to_string())?;
-                    }
-                    Ok::<(), String>(())
-                })
-                .await
-                .expect("serve bench.items");
+                serve_items_async!(hub, hsipc::smol::StreamSink<Bytes>);
                 if inline {
                     hub.serve_inline("bench.echo", |b: Bytes| Ok::<Bytes, String>(b)).await.expect("serve");
                 } else {
