@@ -5,9 +5,11 @@
 //! CPUs, a futex wake and a context switch pair per message). So the engine pushes without
 //! waking anybody, notes the queues a delivery (a batch read from a lane) reached, and wakes
 //! each once when the delivery is over, after its lock (`ReaderWakes`).
+//!
+//! [`queue`] makes such a queue: a bounded flume channel with a [`ReaderSignal`] beside it.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -89,11 +91,7 @@ impl ReaderSignal {
     /// Blocks this thread until `queued` gives something; `None` once `deadline` has passed
     /// (no deadline: waits as long as it takes). `queued` looks at the queue (taking the
     /// channel's lock) without waiting.
-    pub(super) fn wait_on_thread<T>(
-        &self,
-        deadline: Option<Instant>,
-        mut queued: impl FnMut() -> Option<T>,
-    ) -> Option<T> {
+    fn wait_on_thread<T>(&self, deadline: Option<Instant>, mut queued: impl FnMut() -> Option<T>) -> Option<T> {
         loop {
             if let Some(q) = queued() {
                 return Some(q);
@@ -132,13 +130,13 @@ impl ReaderSignal {
 
     /// The receiver is dropped: the waker of the task that polled it last goes (it would keep
     /// that task alive until the engine's end of the queue goes).
-    pub(super) fn forget_task(&self) {
+    fn forget_task(&self) {
         let task = self.wakers.lock().unwrap_or_else(|e| e.into_inner()).task.take();
         drop(task);
     }
 
     /// Polls from a task: what `queued` gives, or `Pending` with the task's waker registered.
-    pub(super) fn poll_task<T>(&self, cx: &mut Context<'_>, mut queued: impl FnMut() -> Option<T>) -> Poll<T> {
+    fn poll_task<T>(&self, cx: &mut Context<'_>, mut queued: impl FnMut() -> Option<T>) -> Poll<T> {
         if let Some(q) = queued() {
             return Poll::Ready(q);
         }
@@ -148,6 +146,97 @@ impl ReaderSignal {
             Some(q) => Poll::Ready(q),
             None => Poll::Pending,
         }
+    }
+}
+
+/// A bounded queue of `capacity` messages whose readers the engine wakes through its
+/// [`ReaderSignal`], not per message: the engine's end and the reader's.
+pub(super) fn queue<T>(capacity: usize) -> (QueueSender<T>, QueueReceiver<T>) {
+    let (tx, rx) = flume::bounded(capacity);
+    let signal = Arc::new(ReaderSignal::default());
+    (QueueSender { tx, signal: signal.clone() }, QueueReceiver { rx, signal })
+}
+
+/// The engine's end of a [`queue`]. Pushing wakes nobody: the engine wakes the readers through
+/// [`signal`](Self::signal) once a delivery is over (see `ReaderWakes`). Dropping it ends the
+/// queue: the channel is disconnected (its only sender dropped, in place of a sender of
+/// nothing), then the readers are woken, and take what is left before they see the end.
+#[derive(Debug)]
+pub(crate) struct QueueSender<T> {
+    /// The channel (only this holds its sender).
+    tx: flume::Sender<T>,
+    /// What wakes the readers.
+    signal: Arc<ReaderSignal>,
+}
+
+impl<T> QueueSender<T> {
+    /// Queues a message, never waiting and waking nobody.
+    pub(super) fn try_send(&self, msg: T) -> Result<(), flume::TrySendError<T>> {
+        self.tx.try_send(msg)
+    }
+
+    /// What wakes the readers.
+    pub(crate) fn signal(&self) -> &Arc<ReaderSignal> {
+        &self.signal
+    }
+}
+
+impl<T> Drop for QueueSender<T> {
+    fn drop(&mut self) {
+        drop(std::mem::replace(&mut self.tx, flume::bounded(0).0));
+        self.signal.wake();
+    }
+}
+
+/// The readers' end of a [`queue`].
+#[derive(Debug)]
+pub(crate) struct QueueReceiver<T> {
+    /// The channel.
+    rx: flume::Receiver<T>,
+    /// What the engine wakes the readers with.
+    pub(super) signal: Arc<ReaderSignal>,
+}
+
+impl<T> QueueReceiver<T> {
+    /// What the queue holds now: its next message, `Some(None)` once it has ended (the
+    /// engine's end gone with nothing left), `None` while it is empty.
+    pub(super) fn try_take(&self) -> Option<Option<T>> {
+        match self.rx.try_recv() {
+            Ok(msg) => Some(Some(msg)),
+            Err(flume::TryRecvError::Disconnected) => Some(None),
+            Err(flume::TryRecvError::Empty) => None,
+        }
+    }
+
+    /// Blocks this thread for the next message or the end (yielding its CPU once before it
+    /// sleeps, see `ReaderSignal::wait_on_thread`); `None` once `deadline` has passed (no
+    /// deadline: waits as long as it takes).
+    pub(super) fn wait(&self, deadline: Option<Instant>) -> Option<Option<T>> {
+        self.signal.wait_on_thread(deadline, || self.try_take())
+    }
+
+    /// From a task: the next message or the end, or `Pending` with the task's waker
+    /// registered.
+    pub(super) fn poll(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        self.signal.poll_task(cx, || self.try_take())
+    }
+
+    /// Whether nothing is queued.
+    pub(super) fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// The channel itself, for the engine to take the oldest message out of a full queue.
+    pub(super) fn channel(&self) -> flume::Receiver<T> {
+        self.rx.clone()
+    }
+}
+
+/// A dropped reader's task waker goes with it (it would keep the task alive until the
+/// engine's end of the queue goes).
+impl<T> Drop for QueueReceiver<T> {
+    fn drop(&mut self) {
+        self.signal.forget_task();
     }
 }
 

@@ -12,7 +12,7 @@ use futures_core::Stream;
 use proto::CallRef;
 
 use super::Handle;
-use super::reader_signal::ReaderSignal;
+use super::reader_signal::{QueueReceiver, QueueSender, ReaderSignal};
 use crate::error::{Error, Result};
 
 /// What a stream's reader receives.
@@ -27,76 +27,32 @@ pub(crate) enum StreamMsg {
 /// A stream's queue of `capacity` messages: the engine's end and the reader's. Credit bounds
 /// the items in flight to one window, so `capacity` is the window and one more for the end.
 pub(super) fn item_queue(capacity: usize) -> (ItemSender, ItemSource) {
-    let (tx, rx) = flume::bounded(capacity);
-    let signal = Arc::new(ReaderSignal::default());
-    (ItemSender(Arc::new(Sending { tx, signal: signal.clone() })), ItemSource { rx, signal })
+    let (tx, rx) = super::reader_signal::queue(capacity);
+    (ItemSender(Arc::new(tx)), rx)
 }
 
-/// The engine's end of a stream's queue (cloned into each delivery). Pushing wakes nobody: the
-/// engine wakes the reader through [`signal`](Self::signal) once a delivery is over (see
-/// `ReaderWakes`), and when the last clone drops (the queue's end).
+/// The engine's end of a stream's queue, cloned into each delivery; the queue ends when the
+/// last clone drops (see [`QueueSender`]).
 #[derive(Clone)]
-pub(crate) struct ItemSender(Arc<Sending>);
-
-/// What the clones of an [`ItemSender`] share.
-struct Sending {
-    /// The queue (only this holds its sender: it disconnects when the last clone drops).
-    tx: flume::Sender<StreamMsg>,
-    /// What wakes the reader.
-    signal: Arc<ReaderSignal>,
-}
+pub(crate) struct ItemSender(Arc<QueueSender<StreamMsg>>);
 
 /// The stream's reader is gone, or the queue is full (the peer broke the credit contract).
 pub(super) struct Refused;
 
 impl ItemSender {
-    /// Queues a message, never waiting.
+    /// Queues a message, never waiting and waking nobody.
     pub(super) fn push(&self, msg: StreamMsg) -> std::result::Result<(), Refused> {
-        self.0.tx.try_send(msg).map_err(|_| Refused)
+        self.0.try_send(msg).map_err(|_| Refused)
     }
 
     /// What wakes the reader.
     pub(super) fn signal(&self) -> &Arc<ReaderSignal> {
-        &self.0.signal
-    }
-}
-
-/// The reader ends once it has taken what is queued: the channel is disconnected (its only
-/// sender dropped, in place of a sender of nothing), then it is woken. (The last clone may
-/// drop under the engine's locks, as a stream's end is decided there: this wake-up, one per
-/// stream, is the one that can come under them.)
-impl Drop for Sending {
-    fn drop(&mut self) {
-        drop(std::mem::replace(&mut self.tx, flume::bounded(0).0));
-        self.signal.wake();
+        self.0.signal()
     }
 }
 
 /// The reader's end of a stream's queue, before it is an [`ItemReceiver`].
-pub(crate) struct ItemSource {
-    /// The queue.
-    rx: flume::Receiver<StreamMsg>,
-    /// What the engine wakes the reader with.
-    signal: Arc<ReaderSignal>,
-}
-
-impl ItemSource {
-    /// What the queue holds now: its next message, `Some(None)` once it has ended (the
-    /// engine's end gone with nothing left), `None` while it is empty.
-    fn queued(&self) -> Option<Option<StreamMsg>> {
-        match self.rx.try_recv() {
-            Ok(msg) => Some(Some(msg)),
-            Err(flume::TryRecvError::Disconnected) => Some(None),
-            Err(flume::TryRecvError::Empty) => None,
-        }
-    }
-}
-
-impl std::fmt::Debug for ItemSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ItemSource").field("queued", &self.rx.len()).finish()
-    }
-}
+pub(crate) type ItemSource = QueueReceiver<StreamMsg>;
 
 /// The items of a server-streaming call, in order, then its end.
 ///
@@ -173,8 +129,7 @@ impl ItemReceiver {
     /// Blocks this thread for the next message (`Some(Some)`), the queue's end (`Some(None)`:
     /// the engine's end gone with nothing left), or at most `timeout` (`None`).
     fn wait(&self, timeout: Duration) -> Option<Option<StreamMsg>> {
-        let queue = &self.queue;
-        queue.signal.wait_on_thread(Some(super::deadline_in(timeout)), || queue.queued())
+        self.queue.wait(Some(super::deadline_in(timeout)))
     }
 
     /// Accounts for one message taken from the channel.
@@ -200,8 +155,7 @@ impl Stream for ItemReceiver {
         if this.ended {
             return Poll::Ready(None);
         }
-        let queue = &this.queue;
-        match queue.signal.poll_task(cx, || queue.queued()) {
+        match this.queue.poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 this.ended = true;
@@ -215,7 +169,6 @@ impl Stream for ItemReceiver {
 impl Drop for ItemReceiver {
     fn drop(&mut self) {
         self.cancel();
-        self.queue.signal.forget_task();
     }
 }
 
@@ -233,21 +186,21 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         let woken = || count.get();
         let is_item = |p: Poll<Option<StreamMsg>>| matches!(p, Poll::Ready(Some(StreamMsg::Item(_))));
-        assert!(source.signal.poll_task(&mut cx, || source.queued()).is_pending());
+        assert!(source.poll(&mut cx).is_pending());
         assert!(tx.push(StreamMsg::Item(Bytes::from_static(b"1"))).is_ok());
         assert!(tx.push(StreamMsg::Item(Bytes::from_static(b"2"))).is_ok());
         assert_eq!(woken(), 0, "a push alone");
         tx.signal().wake();
         assert_eq!(woken(), 1, "the delivery's wake-up");
-        assert!(is_item(source.signal.poll_task(&mut cx, || source.queued())));
-        assert!(is_item(source.signal.poll_task(&mut cx, || source.queued())));
-        assert!(source.signal.poll_task(&mut cx, || source.queued()).is_pending());
+        assert!(is_item(source.poll(&mut cx)));
+        assert!(is_item(source.poll(&mut cx)));
+        assert!(source.poll(&mut cx).is_pending());
         let clone = tx.clone();
         drop(tx);
         assert_eq!(woken(), 1, "a clone of the sender still lives");
         drop(clone);
         assert_eq!(woken(), 2, "the end");
-        assert!(matches!(source.signal.poll_task(&mut cx, || source.queued()), Poll::Ready(None)));
+        assert!(matches!(source.poll(&mut cx), Poll::Ready(None)));
     }
 
     /// The end wakes the reader only once the queue has ended: a reader it wakes finds the
@@ -261,9 +214,9 @@ mod tests {
             }
         }
         let (tx, source) = item_queue(4);
-        let sees = Arc::new(SeesEnd(source.rx.clone(), Default::default()));
+        let sees = Arc::new(SeesEnd(source.channel(), Default::default()));
         let waker = std::task::Waker::from(sees.clone());
-        assert!(source.signal.poll_task(&mut Context::from_waker(&waker), || source.queued()).is_pending());
+        assert!(source.poll(&mut Context::from_waker(&waker)).is_pending());
         drop(tx);
         assert!(sees.1.load(std::sync::atomic::Ordering::SeqCst), "woken, and the queue had ended");
     }

@@ -12,7 +12,7 @@ use proto::{PeerId, SubscriptionId, Topic};
 
 use super::Handle;
 use super::event_credit::Claim;
-use super::reader_signal::ReaderSignal;
+use super::reader_signal::{QueueReceiver, QueueSender, ReaderSignal};
 use crate::error::{Error, Result};
 
 /// One event delivered to a subscription.
@@ -85,8 +85,8 @@ pub enum Qos {
 /// batch read from a lane). A reader woken per event preempts the delivering thread on its CPU
 /// for each one.
 pub(crate) struct SubscriptionQueue {
-    tx: flume::Sender<Queued>,
-    signal: Arc<ReaderSignal>,
+    /// The queue (its end, when this drops, ends the readers' once they have taken the rest).
+    tx: QueueSender<Queued>,
     qos: Qos,
     /// For [`Qos::KeepLast`]: the engine's own receiver, to take the oldest event out.
     oldest: Option<flume::Receiver<Queued>>,
@@ -117,31 +117,22 @@ impl SubscriptionQueue {
     /// keeps each publisher within its window, so this bounds only the unexpected: more
     /// publishers bursting at once than it has room for, or events that took no credit).
     pub(crate) fn new(qos: Qos, reliable_capacity: usize, dropped: Arc<AtomicU64>) -> (Self, EventReceiver) {
-        let (tx, rx) = match qos {
+        let (tx, rx) = super::reader_signal::queue(match qos {
             // Full, it drops the newest and counts them, as `DropNewest` does.
-            Qos::Reliable => flume::bounded(reliable_capacity.max(1)),
-            Qos::KeepLast(n) | Qos::DropNewest(n) => flume::bounded(n.max(1)),
-        };
-        let oldest = matches!(qos, Qos::KeepLast(_)).then(|| rx.clone());
+            Qos::Reliable => reliable_capacity.max(1),
+            Qos::KeepLast(n) | Qos::DropNewest(n) => n.max(1),
+        });
+        let oldest = matches!(qos, Qos::KeepLast(_)).then(|| rx.channel());
         let evicted = Arc::new(AtomicU64::new(0));
         let refused = Arc::new(AtomicU64::new(0));
-        let signal = Arc::new(ReaderSignal::default());
-        let queue = SubscriptionQueue {
-            tx,
-            signal: signal.clone(),
-            qos,
-            oldest,
-            evicted: evicted.clone(),
-            refused: refused.clone(),
-            dropped,
-        };
-        (queue, EventReceiver { rx, signal, evicted, refused, subscription: None })
+        let queue = SubscriptionQueue { tx, qos, oldest, evicted: evicted.clone(), refused: refused.clone(), dropped };
+        (queue, EventReceiver { queue: rx, evicted, refused, subscription: None })
     }
 
     /// What wakes its readers: the engine wakes it once the events of a delivery are queued
     /// (see `ReaderWakes`).
     pub(crate) fn signal(&self) -> &Arc<ReaderSignal> {
-        &self.signal
+        self.tx.signal()
     }
 
     /// Whether events queued here hold their publisher back.
@@ -206,18 +197,9 @@ impl SubscriptionQueue {
         if full {
             // A reader that waited for the rest of the delivery would leave the queue full
             // meanwhile: it is woken now (the event placed or counted), to take what it can.
-            self.signal.wake();
+            self.tx.signal().wake();
         }
         Ok(())
-    }
-}
-
-/// The readers end once they have taken what is queued: the channel is disconnected (its only
-/// sender dropped, in place of a sender of nothing), then they are woken.
-impl Drop for SubscriptionQueue {
-    fn drop(&mut self) {
-        drop(std::mem::replace(&mut self.tx, flume::bounded(0).0));
-        self.signal.wake();
     }
 }
 
@@ -233,8 +215,8 @@ impl Drop for SubscriptionQueue {
 /// Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct EventReceiver {
-    rx: flume::Receiver<Queued>,
-    signal: Arc<ReaderSignal>,
+    /// The queue (a dropped receiver's task waker goes with it).
+    queue: QueueReceiver<Queued>,
     evicted: Arc<AtomicU64>,
     /// Events the queue dropped at its tail and no later event has reported yet.
     refused: Arc<AtomicU64>,
@@ -284,7 +266,7 @@ impl EventReceiver {
     /// (a burst's lost end is told when the reader gets there, not with the next burst).
     fn dropped_tail(&self) -> Option<Error> {
         // The counter first: it is almost always zero, and looking at the queue takes its lock.
-        if self.refused.load(Ordering::Relaxed) == 0 || !self.rx.is_empty() {
+        if self.refused.load(Ordering::Relaxed) == 0 || !self.queue.is_empty() {
             return None;
         }
         let missed = self.refused.swap(0, Ordering::Relaxed);
@@ -297,7 +279,7 @@ impl EventReceiver {
         if let Some(e) = self.dropped_tail() {
             return Err(e);
         }
-        match self.wait(Some(deadline)) {
+        match self.queue.wait(Some(deadline)) {
             Some(Some(q)) => self.take(q),
             Some(None) => Err(Error::Closed),
             None => Err(Error::Timeout),
@@ -309,30 +291,14 @@ impl EventReceiver {
         if let Some(e) = self.dropped_tail() {
             return Some(Err(e));
         }
-        self.wait(None).flatten().map(|q| self.take(q))
+        self.queue.wait(None).flatten().map(|q| self.take(q))
     }
 
     /// The next event if one is queued.
     pub fn try_recv(&self) -> Option<Result<Delivery>> {
-        match self.queued() {
+        match self.queue.try_take() {
             Some(Some(q)) => Some(self.take(q)),
             _ => self.dropped_tail().map(Err),
-        }
-    }
-
-    /// Blocks this thread until the queue has an item or has ended (`Some`), or until
-    /// `deadline` (`None`).
-    fn wait(&self, deadline: Option<Instant>) -> Option<Option<Queued>> {
-        self.signal.wait_on_thread(deadline, || self.queued())
-    }
-
-    /// What the queue holds now: its next item, `Some(None)` once it has ended (the engine's
-    /// end is gone and nothing is left), `None` while it is empty.
-    fn queued(&self) -> Option<Option<Queued>> {
-        match self.rx.try_recv() {
-            Ok(q) => Some(Some(q)),
-            Err(flume::TryRecvError::Disconnected) => Some(None),
-            Err(flume::TryRecvError::Empty) => None,
         }
     }
 }
@@ -346,7 +312,7 @@ impl Stream for EventReceiver {
         if let Some(e) = this.dropped_tail() {
             return Poll::Ready(Some(Err(e)));
         }
-        let queued = this.signal.poll_task(cx, || this.queued());
+        let queued = this.queue.poll(cx);
         queued.map(|q| q.map(|q| this.take(q)))
     }
 }
@@ -356,7 +322,6 @@ impl Drop for EventReceiver {
         if let Some((handle, id)) = self.subscription.take() {
             handle.unsubscribe(id);
         }
-        self.signal.forget_task();
     }
 }
 
@@ -375,7 +340,7 @@ mod tests {
 
     /// The events queued now (not a tail report, which only an empty queue gives).
     fn drain(rx: &EventReceiver) -> Vec<(u8, u64)> {
-        std::iter::from_fn(|| (!rx.rx.is_empty()).then(|| rx.try_recv()).flatten())
+        std::iter::from_fn(|| (!rx.queue.is_empty()).then(|| rx.try_recv()).flatten())
             .map(|d| d.unwrap())
             .map(|d| (d.body[0], d.missed))
             .collect()
@@ -435,7 +400,7 @@ mod tests {
     #[test]
     fn a_reader_waiting_on_another_thread_gets_what_a_delivery_queued() {
         let (q, rx) = SubscriptionQueue::new(Qos::Reliable, 8, Arc::default());
-        let signal = rx.signal.clone();
+        let signal = rx.queue.signal.clone();
         let started = Instant::now();
         let reader = std::thread::spawn(move || {
             (0..3).map(|_| rx.recv_deadline(started + WAIT).map(|d| d.body[0])).collect::<Vec<_>>()
@@ -453,7 +418,7 @@ mod tests {
     #[test]
     fn a_waiting_reader_takes_what_is_queued_then_ends_with_the_engine_s_end() {
         let (q, rx) = SubscriptionQueue::new(Qos::Reliable, 8, Arc::default());
-        let signal = rx.signal.clone();
+        let signal = rx.queue.signal.clone();
         let started = Instant::now();
         let reader = std::thread::spawn(move || {
             std::iter::from_fn(|| match rx.recv_deadline(started + WAIT) {
@@ -483,7 +448,7 @@ mod tests {
             .collect();
         // Until all three wait.
         while {
-            let w = rx.signal.wakers.lock().unwrap();
+            let w = rx.queue.signal.wakers.lock().unwrap();
             w.thread.iter().count() + w.more_threads.len() < 3
         } {
             assert!(started.elapsed() < WAIT / 2, "the readers never waited");
@@ -508,14 +473,14 @@ mod tests {
             let t = std::thread::spawn(move || rx.recv_deadline(Instant::now() + Duration::from_millis(1)).is_err());
             assert!(t.join().unwrap(), "nothing was queued: a timeout");
         }
-        let w = rx.signal.wakers.lock().unwrap();
+        let w = rx.queue.signal.wakers.lock().unwrap();
         assert!(w.thread.is_none() && w.more_threads.is_empty());
     }
 
     #[test]
     fn a_full_lossy_queue_wakes_its_reader() {
         let (q, rx) = SubscriptionQueue::new(Qos::KeepLast(1), 8, Arc::default());
-        let signal = rx.signal.clone();
+        let signal = rx.queue.signal.clone();
         let started = Instant::now();
         let reader = std::thread::spawn(move || rx.recv_deadline(started + WAIT).is_ok());
         until_armed(&signal);

@@ -209,9 +209,8 @@ pub(super) fn run(reader: LaneReader) {
             Some(mut reader) => {
                 reader.probe_socket(socket_ready);
                 reader.batch(super::lane_reader::BATCH); // a caller's turn may have set it
-                reader.own_thread_reads(true);
+                reader.yield_before_sleep(); // a caller's or idle worker's read may have cleared it
                 let state = reader.read_some(super::lane_reader::TURN);
-                reader.own_thread_reads(false);
                 lane.learn_word(&reader); // a ring may have come with this turn
                 match state {
                     LaneState::Ended => return,

@@ -234,7 +234,7 @@ impl LaneReader {
     /// Reads on this thread until the lane ends, alone.
     pub(super) fn run_alone(mut self) {
         self.on_thread = true;
-        self.yields = true;
+        self.yield_before_sleep();
         while !matches!(self.read_one(true), Step::Ended) {}
     }
 
@@ -258,18 +258,12 @@ impl LaneReader {
         self.ring.as_mut().is_none_or(|ring| ring.has_more().unwrap_or(true))
     }
 
-    /// Reads on the lane's own thread from now on (`true`), or not (`false`): of the threads
-    /// that read a lane shared with callers, only the lane's own gives up its CPU before it
-    /// sleeps.
-    pub(super) fn own_thread_reads(&mut self, yes: bool) {
-        self.yields = yes;
-    }
-
     /// Has this reader give up its thread's CPU once before it says it sleeps, after it handed
-    /// on events, credit or stream items (not requests or answers), as the lane's own thread
-    /// does (see `ring_empty`): on a CPU it shares with the writer, the writer puts more
-    /// meanwhile, found without a wake-up message. For a reader run by a runtime's worker
-    /// (tokio's); not for one that runs holding a lock other threads need (async-io's reactor).
+    /// on events, credit or stream items (not requests or answers; see `ring_empty`): on a CPU
+    /// it shares with the writer, the writer puts more meanwhile, found without a wake-up
+    /// message. For the lane's own thread (which sets it again after a caller or an idle worker
+    /// had the reader, see `lent`) and a runtime's worker (tokio's); not for a
+    /// reader that runs holding a lock other threads need (async-io's reactor).
     pub fn yield_before_sleep(&mut self) {
         self.yields = true;
     }
@@ -505,10 +499,10 @@ impl LaneReader {
             return self.end(true);
         }
         // The lane's thread (or a runtime's worker, see `yield_before_sleep`), having just
-        // handed frames on (events, credit, stream items), lets
-        // the threads they woke run before it says it sleeps, once: on a shared CPU the writer
-        // puts more meanwhile, found here without a wake-up message (a system call on each side
-        // and a context switch back); alone on its CPU the yield returns at once. It keeps the
+        // handed frames on (events, credit, stream items), lets the threads they woke run
+        // before it says it sleeps, once: on a shared CPU the writer puts more meanwhile,
+        // found here without a wake-up message (a system call on each side and a context
+        // switch back); alone on its CPU the yield returns at once. It keeps the
         // reader meanwhile: an idle worker that took it instead would read on one frame at a
         // time. Not after requests or answers (the worker or the caller they woke is to take
         // the lane once it has answered or called again, and would find it held), nor on a
