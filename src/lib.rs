@@ -38,9 +38,11 @@
 //! The layers underneath are re-exported for those who need them: [`proto`] (the sans-IO
 //! protocol core) and [`transport`] (transports, the engine and the hub layer).
 
-/// Binary payloads: `Bytes` travels as one CBOR byte string, copied whole (a `Vec<u8>` or a
-/// `&[u8]` works too, but serde hands it over one byte at a time: ten to twenty times slower
-/// for payloads of kilobytes and more).
+/// Binary payloads: a `Bytes` travels as one CBOR byte string, and its buffer is not copied on
+/// the way out; received, a large one points into the memory the two hubs share. A `Vec<u8>`
+/// or `&[u8]` payload takes the same path (one copy to decode into a `Vec`); a `Vec<u8>`
+/// *inside* a struct goes through serde one byte at a time, so put large blobs in a `Bytes`
+/// field. See the README's "Binary payloads".
 pub use bytes::Bytes;
 pub use futures_core::Stream;
 pub use hsipc_macros::{service, service_impl, service_trait};

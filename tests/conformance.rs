@@ -1122,6 +1122,44 @@ fn publish_from_a_thread<K: Kit>(hub: &K::Hub, topic: &'static str, count: u32) 
     })
 }
 
+/// Byte slices of 16 KiB and more are lent to their frames rather than copied (see
+/// `codec::with_body`): each arrives as it was when it was sent, though the sender overwrites
+/// it the moment its call or publish returns (a frame still queued then must have taken a
+/// copy), and frames around the lending threshold arrive whole.
+async fn lent_bytes_arrive_as_they_were_sent<K: Kit>(net: Net) {
+    let bus = Bus::new(net);
+    let server = K::build("server", &bus, &Cfg::default());
+    let client = K::build("client", &bus, &Cfg::default());
+    K::serve(&server, "bytes.echo", |v: Vec<u8>| Ok(v)).await.unwrap();
+    let mut events = K::subscribe::<Vec<u8>>(&server, "bytes/#").await.unwrap();
+    K::wait_for_service(&client, "bytes", LONG).await.unwrap();
+    until_subscribed::<K>(&client, &["bytes/#"]).await;
+    let sizes = [16 * 1024 - 1, 16 * 1024, 300_000, 1 << 20];
+    for (i, len) in sizes.into_iter().enumerate() {
+        let data: Vec<u8> = (0..len).map(|j| (j % 251) as u8 ^ i as u8).collect();
+        assert_eq!(K::call::<_, Vec<u8>>(&client, "bytes.echo", &data[..]).await.unwrap(), data, "{len} bytes");
+    }
+    let (client_thread, rounds) = (client.clone(), 24u8);
+    let publisher = std::thread::spawn(move || {
+        K::run(async move {
+            let mut data = vec![0u8; 1 << 20];
+            for round in 0..rounds {
+                data.fill(round);
+                K::publish(&client_thread, "bytes/x", &data[..]).await.unwrap();
+                data.fill(0xff);
+            }
+        })
+    });
+    for round in 0..rounds {
+        let ev = K::next_event(&mut events).await.unwrap();
+        assert_eq!(ev.payload.len(), 1 << 20);
+        assert!(ev.payload.iter().all(|b| *b == round), "event {round} was changed after it was sent");
+    }
+    publisher.join().unwrap();
+    drop(events);
+    settle::<K>(&[&server, &client]).await;
+}
+
 /// A reliable subscriber with a window of 8 reads 300 events published without pause: all
 /// arrive, in order, none missed (the publisher was held back by the subscriber's credit).
 async fn reliable_subscription_loses_nothing<K: Kit>(net: Net) {
@@ -1348,6 +1386,7 @@ macro_rules! suite {
             overflow_drop_newest,
             overflow_drop_oldest,
             reliable_subscription_loses_nothing,
+            lent_bytes_arrive_as_they_were_sent,
             inline_handler,
             stuck_reliable_subscriber_is_cut_off,
             dropped_server_fails_calls_with_peer_lost,

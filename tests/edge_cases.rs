@@ -267,3 +267,137 @@ fn a_tokio_runtime_without_io_still_reads_lanes() {
         server.close().await;
     });
 }
+
+/// A transport over a [`MemBus`] that keeps every frame it is handed while `hold` is set (as
+/// a lane that is full keeps them), and writes them once it is cleared; `kept` counts the
+/// large ones.
+#[derive(Debug)]
+struct Holding {
+    bus: MemBus,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    kept: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[derive(Debug)]
+struct HoldingTransport {
+    inner: Box<dyn hsipc::transport::Transport>,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    kept: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    queue: Vec<(hsipc::PeerId, hsipc::proto::frame::WireFrame)>,
+}
+
+impl hsipc::transport::Connect for Holding {
+    fn connect(
+        self: Box<Self>,
+        local: hsipc::PeerId,
+        name: &str,
+        ingress: hsipc::transport::Ingress,
+    ) -> Result<Box<dyn hsipc::transport::Transport>, hsipc::transport::TransportError> {
+        let inner = self.bus.connector().connect(local, name, ingress)?;
+        Ok(Box::new(HoldingTransport { inner, hold: self.hold, kept: self.kept, queue: Vec::new() }))
+    }
+}
+
+impl hsipc::transport::Transport for HoldingTransport {
+    fn send(
+        &mut self,
+        to: hsipc::PeerId,
+        frame: &hsipc::proto::frame::WireFrame,
+    ) -> Result<(), hsipc::transport::TransportError> {
+        use std::sync::atomic::Ordering;
+        if self.hold.load(Ordering::SeqCst) || !self.queue.is_empty() {
+            if frame.len() >= 16 * 1024 {
+                self.kept.fetch_add(1, Ordering::SeqCst);
+            }
+            self.queue.push((to, frame.clone()));
+            return Ok(());
+        }
+        self.inner.send(to, frame)
+    }
+
+    fn try_send(
+        &mut self,
+        to: hsipc::PeerId,
+        frame: &hsipc::proto::frame::WireFrame,
+    ) -> Result<bool, hsipc::transport::TransportError> {
+        self.send(to, frame).map(|()| true)
+    }
+
+    fn flush(&mut self) {
+        if self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        for (to, frame) in std::mem::take(&mut self.queue) {
+            let _ = self.inner.send(to, &frame);
+        }
+    }
+
+    fn waiting(&self) -> Option<hsipc::transport::Waiting> {
+        let until = std::time::Instant::now() + Duration::from_millis(1);
+        (!self.queue.is_empty()).then(|| hsipc::transport::Waiting::new(Vec::new(), Vec::new(), until))
+    }
+
+    fn broadcast(&mut self, frame: &hsipc::proto::frame::WireFrame) -> Result<(), hsipc::transport::TransportError> {
+        self.inner.broadcast(frame)
+    }
+
+    fn max_frame_len(&self) -> usize {
+        self.inner.max_frame_len()
+    }
+
+    fn close(&mut self) {
+        self.inner.close()
+    }
+}
+
+/// A borrowed byte slice is lent to its frame, not copied (see `codec::with_body`); a frame
+/// still kept by the transport when the publish or call returns takes a copy then, so what
+/// arrives is what was sent, though the sender overwrote its buffer at once.
+#[test]
+fn a_lent_payload_kept_past_its_call_arrives_as_it_was_sent() {
+    use std::sync::atomic::Ordering;
+    let bus = MemBus::new();
+    let (hold, kept) = (std::sync::Arc::default(), std::sync::Arc::default());
+    let holding = Holding { bus: bus.clone(), hold: std::sync::Arc::clone(&hold), kept: std::sync::Arc::clone(&kept) };
+    let server = hsipc::SyncProcessHub::builder("server").transport(bus.connector()).build().unwrap();
+    let client = hsipc::SyncProcessHub::builder("client").transport(Box::new(holding)).build().unwrap();
+    server.serve("bytes.echo", |v: Vec<u8>| Ok::<_, String>(v)).unwrap();
+    let events = server.subscribe::<Vec<u8>>("bytes/#").unwrap();
+    client.wait_for_service("bytes", WAIT).unwrap();
+    client.wait_for_subscriber("bytes/x", WAIT).unwrap();
+
+    let mut data = vec![1u8; 1 << 20];
+    hold.store(true, Ordering::SeqCst);
+    client.publish("bytes/x", &data[..]).unwrap();
+    data.fill(0xff);
+    // Kept by the transport (or, had another thread been sending, queued for it meanwhile).
+    until(|| kept.load(Ordering::SeqCst) == 1);
+    hold.store(false, Ordering::SeqCst);
+    let ev = events.recv_timeout(WAIT).unwrap();
+    assert!(ev.payload.len() == 1 << 20 && ev.payload.iter().all(|b| *b == 1), "the event as it was published");
+
+    // A call started and left to run (a tokio hub's call is on its way once `call` returns):
+    // its request is kept, and the buffer overwritten.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let holding = Holding { bus: bus.clone(), hold: std::sync::Arc::clone(&hold), kept: std::sync::Arc::clone(&kept) };
+    let caller =
+        rt.block_on(async { hsipc::tokio::ProcessHub::builder("caller").transport(Box::new(holding)).build() });
+    let caller = caller.unwrap();
+    rt.block_on(caller.wait_for_service("bytes", WAIT)).unwrap();
+    let mut data = vec![2u8; 100_000];
+    hold.store(true, Ordering::SeqCst);
+    let call = caller.call::<_, Vec<u8>>("bytes.echo", &data[..]);
+    data.fill(0xff);
+    until(|| kept.load(Ordering::SeqCst) == 2);
+    hold.store(false, Ordering::SeqCst);
+    assert_eq!(rt.block_on(call).unwrap(), vec![2u8; 100_000], "the request as it was sent");
+}
+
+/// Waits until `cond` holds, for at most [`WAIT`].
+fn until(cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "not within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

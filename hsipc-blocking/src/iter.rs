@@ -89,7 +89,7 @@ impl<Item: Serialize> StreamSink<Item> {
     /// Fails with [`Error::Cancelled`](crate::Error::Cancelled) once the caller has
     /// cancelled, dropped the stream or died: return from the handler then.
     pub fn send(&self, item: &Item) -> Result<()> {
-        self.sink.send(codec::encode_body(item)?)
+        codec::with_body(item, |body| self.sink.send(body))?
     }
 
     /// The call being served: caller, deadline, cancellation.
@@ -116,7 +116,7 @@ impl<Out: Serialize, In: DeserializeOwned> Session<Out, In> {
     /// Sends one message, blocking while the server has granted no credit (at most the hub's
     /// stream stall timeout). Fails once the session is over.
     pub fn send(&self, msg: &Out) -> Result<()> {
-        self.sender.send(codec::encode_body(msg)?)
+        codec::with_body(msg, |body| self.sender.send(body))?
     }
 
     /// Ends this end's sending half; the server's messages can still be read.

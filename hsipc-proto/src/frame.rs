@@ -21,9 +21,12 @@
 //! ```
 //! All integers are little-endian.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::FrameError;
+use crate::lent::{self, Lent, LentBytes};
 
 /// First byte of every frame.
 pub const MAGIC: u8 = 0xB5;
@@ -244,7 +247,106 @@ impl Frame {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WireFrame {
     head: Bytes,
-    body: Bytes,
+    body: Rest,
+}
+
+/// The pieces of a [`WireFrame`], readable while this lives (see [`WireFrame::pieces`]).
+pub struct Pieces<'a> {
+    head: &'a [u8],
+    body: RestBytes<'a>,
+}
+
+impl std::fmt::Debug for Pieces<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pieces").field("head", &self.head.len()).field("body", &self.body.len()).finish()
+    }
+}
+
+impl Pieces<'_> {
+    /// The pieces, in order (the second may be empty).
+    pub fn get(&self) -> [&[u8]; 2] {
+        [self.head, &self.body]
+    }
+}
+
+/// A body's bytes after its lead: a shared buffer, or a slice the application lends for the
+/// length of a call (see `lent`).
+#[derive(Clone)]
+enum Rest {
+    Shared(Bytes),
+    Lent(Arc<Lent>),
+}
+
+impl Default for Rest {
+    fn default() -> Self {
+        Rest::Shared(Bytes::new())
+    }
+}
+
+impl Rest {
+    fn len(&self) -> usize {
+        match self {
+            Rest::Shared(b) => b.len(),
+            Rest::Lent(l) => l.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn bytes(&self) -> RestBytes<'_> {
+        match self {
+            Rest::Shared(b) => RestBytes::Shared(b),
+            Rest::Lent(l) => RestBytes::Lent(l.bytes()),
+        }
+    }
+
+    /// As one shared buffer: a clone of a shared one, a copy of a lent one.
+    fn to_shared(&self) -> Bytes {
+        match self {
+            Rest::Shared(b) => b.clone(),
+            Rest::Lent(l) => Bytes::copy_from_slice(&l.bytes()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Rest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rest::Shared(b) => b.fmt(f),
+            Rest::Lent(l) => l.fmt(f),
+        }
+    }
+}
+
+impl PartialEq for Rest {
+    fn eq(&self, other: &Rest) -> bool {
+        match (self, other) {
+            // One lock, taken once (twice would wait for itself).
+            (Rest::Lent(a), Rest::Lent(b)) if Arc::ptr_eq(a, b) => true,
+            _ => *self.bytes() == *other.bytes(),
+        }
+    }
+}
+
+impl Eq for Rest {}
+
+/// A [`Rest`]'s bytes, held (under its lock, for a lent one) while this lives.
+enum RestBytes<'a> {
+    Shared(&'a Bytes),
+    Lent(LentBytes<'a>),
+}
+
+impl std::ops::Deref for RestBytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            RestBytes::Shared(b) => b,
+            RestBytes::Lent(l) => l,
+        }
+    }
 }
 
 /// A payload on its way into a frame: a few leading bytes (a CBOR head, say) kept inline, then
@@ -262,18 +364,52 @@ pub struct WireFrame {
 pub struct Body {
     lead: [u8; LEAD_MAX],
     lead_len: u8,
-    rest: Bytes,
+    rest: Rest,
 }
 
 /// The most leading bytes a [`Body`] keeps inline (the longest CBOR head).
-const LEAD_MAX: usize = 9;
+pub(crate) const LEAD_MAX: usize = 9;
 
 impl Body {
     /// `lead` (at most 9 bytes; `None` if longer), then `rest`.
     pub fn with_lead(lead: &[u8], rest: Bytes) -> Option<Body> {
+        Body::lead_then(lead, Rest::Shared(rest))
+    }
+
+    fn lead_then(lead: &[u8], rest: Rest) -> Option<Body> {
         let mut body = Body { lead: [0; LEAD_MAX], lead_len: lead.len() as u8, rest };
         body.lead.get_mut(..lead.len())?.copy_from_slice(lead);
         Some(body)
+    }
+
+    /// Runs `f` with a body of `lead` (at most 9 bytes; `None` if longer) then `data`, lent
+    /// rather than copied: a frame made of the body while `f` runs, and written meanwhile, is
+    /// written from `data` itself. A frame (or body) that is still held when `f` returns reads a
+    /// copy of `data` from then on. So a large borrowed payload costs one copy (into the
+    /// transport) instead of two.
+    ///
+    /// ```
+    /// use hsipc_proto::frame::Body;
+    /// let data = vec![5u8; 100_000];
+    /// let kept = Body::lend(&[0x5a, 0, 1, 0x86, 0xa0], &data, |body| {
+    ///     assert_eq!(body.len(), 5 + 100_000);
+    ///     body // kept past the loan: it takes a copy
+    /// })
+    /// .unwrap();
+    /// drop(data);
+    /// assert_eq!(kept.to_bytes().len(), 100_005);
+    /// ```
+    pub fn lend<R>(lead: &[u8], data: &[u8], f: impl FnOnce(Body) -> R) -> Option<R> {
+        if lead.len() > LEAD_MAX {
+            return None;
+        }
+        Some(lent::lend(data, |lent| f(Body::lead_then(lead, Rest::Lent(lent)).unwrap_or_default())))
+    }
+
+    /// [`lend`](Self::lend) with the first `n` bytes of `lead` (all nine at most) leading.
+    pub(crate) fn lend_after<R>(lead: &[u8; LEAD_MAX], n: usize, data: &[u8], f: impl FnOnce(Body) -> R) -> R {
+        let lead = &lead[..n.min(LEAD_MAX)];
+        lent::lend(data, |lent| f(Body::lead_then(lead, Rest::Lent(lent)).unwrap_or_default()))
     }
 
     /// Its length in bytes.
@@ -293,17 +429,26 @@ impl Body {
     /// The bytes after the lead (for tests of what is shared and what is copied).
     #[cfg(test)]
     pub(crate) fn rest(&self) -> &Bytes {
-        &self.rest
+        match &self.rest {
+            Rest::Shared(b) => b,
+            Rest::Lent(_) => panic!("a lent body"),
+        }
+    }
+
+    /// Whether the bytes after the lead are lent (for tests).
+    #[cfg(test)]
+    pub(crate) fn is_lent(&self) -> bool {
+        matches!(self.rest, Rest::Lent(_))
     }
 
     /// The body as one buffer: no copy when it has no leading bytes.
     pub fn to_bytes(&self) -> Bytes {
         if self.lead_len == 0 {
-            return self.rest.clone();
+            return self.rest.to_shared();
         }
         let mut b = BytesMut::with_capacity(self.len());
         b.put_slice(self.lead());
-        b.put_slice(&self.rest);
+        b.put_slice(&self.rest.bytes());
         b.freeze()
     }
 }
@@ -311,7 +456,7 @@ impl Body {
 impl From<Bytes> for Body {
     /// A body already in one buffer.
     fn from(rest: Bytes) -> Self {
-        Body { lead: [0; LEAD_MAX], lead_len: 0, rest }
+        Body { lead: [0; LEAD_MAX], lead_len: 0, rest: Rest::Shared(rest) }
     }
 }
 
@@ -330,9 +475,11 @@ impl WireFrame {
         self.len() == 0
     }
 
-    /// The pieces, in order (the second may be empty).
-    pub fn pieces(&self) -> [&Bytes; 2] {
-        [&self.head, &self.body]
+    /// The pieces, in order (the second may be empty), readable while the returned
+    /// [`Pieces`] lives. Let it go soon: a lent body's lender waits for it before its call
+    /// returns.
+    pub fn pieces(&self) -> Pieces<'_> {
+        Pieces { head: &self.head, body: self.body.bytes() }
     }
 
     /// The frame for keeping (in a queue that may hold it long): a small head is copied out of
@@ -350,7 +497,7 @@ impl WireFrame {
         }
         let mut b = BytesMut::with_capacity(self.len());
         b.put_slice(&self.head);
-        b.put_slice(&self.body);
+        b.put_slice(&self.body.bytes());
         b.freeze()
     }
 }
@@ -358,7 +505,7 @@ impl WireFrame {
 impl From<Bytes> for WireFrame {
     /// A frame already in one buffer.
     fn from(frame: Bytes) -> Self {
-        WireFrame { head: frame, body: Bytes::new() }
+        WireFrame { head: frame, body: Rest::default() }
     }
 }
 
@@ -444,22 +591,20 @@ pub(crate) fn encode_parts(
     max_len: usize,
 ) -> Result<WireFrame, FrameError> {
     let (lead, rest) = match payload {
-        Payload::Copied(p) => (p, &[][..]),
-        Payload::Shared(b) => (b.lead(), &b.rest[..]),
+        Payload::Copied(p) => (p, None),
+        Payload::Shared(b) => (b.lead(), Some(&b.rest)),
     };
-    let shared = match payload {
-        Payload::Shared(b) if b.rest.len() > INLINE_PAYLOAD => Some(&b.rest),
-        _ => None,
-    };
+    let rest_len = rest.map_or(0, Rest::len);
+    let shared = rest.filter(|_| rest_len > INLINE_PAYLOAD);
     if name.len() > MAX_NAME_LEN {
         return Err(FrameError::NameTooLong { len: name.len() });
     }
-    let payload_len = lead.len() + rest.len();
+    let payload_len = lead.len() + rest_len;
     let len = HEADER_LEN + name.len() + payload_len;
     if len > max_len || payload_len > u32::MAX as usize {
         return Err(FrameError::TooLarge { len, max: max_len });
     }
-    let head_len = if shared.is_some() { len - rest.len() } else { len };
+    let head_len = if shared.is_some() { len - rest_len } else { len };
     // The header is put together on the stack and copied in once (a `put` per field checks
     // the buffer's room each time).
     let mut header = [0u8; HEADER_LEN];
@@ -473,8 +618,8 @@ pub(crate) fn encode_parts(
         b.put_slice(&header);
         b.put_slice(name);
         b.put_slice(lead);
-        if shared.is_none() {
-            b.put_slice(rest);
+        if let (None, Some(rest)) = (shared, rest) {
+            b.put_slice(&rest.bytes());
         }
     });
     Ok(WireFrame { head, body: shared.cloned().unwrap_or_default() })

@@ -90,6 +90,7 @@ mod event;
 pub mod fast_map;
 pub mod frame;
 mod id;
+mod lent;
 mod stream;
 mod timer;
 pub mod topic;

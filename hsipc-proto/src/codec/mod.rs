@@ -95,6 +95,29 @@ pub fn into_body<T: Serialize>(value: T) -> Result<Body, CodecError> {
     }
 }
 
+/// Like [`into_body`], for a value the caller holds on to while `f` runs: a borrowed byte
+/// slice (`&[u8]` or `&Vec<u8>`) of 16 KiB or more is lent to the body rather than copied into
+/// it (see [`Body::lend`]): a frame made of the body and written while `f` runs is written
+/// from the caller's memory, and one still held when `f` returns takes a copy then. Anything
+/// else is encoded as [`into_body`] does.
+///
+/// ```
+/// let data = vec![7u8; 100_000];
+/// let expected = hsipc_proto::codec::encode(&data).unwrap();
+/// let same = hsipc_proto::codec::with_body(&data[..], |body| body.to_bytes() == expected).unwrap();
+/// assert!(same);
+/// ```
+pub fn with_body<T: Serialize, R>(value: T, f: impl FnOnce(Body) -> R) -> Result<R, CodecError> {
+    match whole_bytes::as_lendable(&value) {
+        Some(data) if data.len() >= LEND_MIN => Ok(whole_bytes::lend(data, f)),
+        _ => into_body(value).map(f),
+    }
+}
+
+/// A borrowed byte slice at least this large is lent to a frame ([`with_body`]); a smaller
+/// one is copied (a copy of a few kilobytes costs less than the loan's lock and allocation).
+const LEND_MIN: usize = 16 * 1024;
+
 /// The room [`encode`] starts with: enough for most messages at once (a 64 B payload must not
 /// regrow).
 const SMALL: usize = 256;
@@ -206,6 +229,21 @@ mod tests {
         let body = into_body(slice).unwrap();
         assert_ne!(body.rest().as_ptr(), b.as_ptr(), "a borrowed slice is copied");
         assert_eq!(body.to_bytes(), encode(slice).unwrap());
+    }
+
+    #[test]
+    fn a_large_borrowed_slice_is_lent_a_small_one_or_an_owned_one_is_not() {
+        let v = vec![9u8; LEND_MIN];
+        let expected = encode(&v).unwrap();
+        for lent in [with_body(&v[..], |b| (b.is_lent(), b.to_bytes())), with_body(&v, |b| (b.is_lent(), b.to_bytes()))]
+        {
+            assert_eq!(lent.unwrap(), (true, expected.clone()));
+        }
+        let small = &v[..LEND_MIN - 1];
+        assert_eq!(with_body(small, |b| b.is_lent()).unwrap(), false);
+        assert_eq!(with_body(Bytes::from(v.clone()), |b| b.is_lent()).unwrap(), false, "a Bytes is shared");
+        assert_eq!(with_body(v, |b| b.is_lent()).unwrap(), false, "a Vec given up is moved");
+        assert_eq!(with_body((1u8, 2u8), |b| b.to_bytes()).unwrap(), encode(&(1u8, 2u8)).unwrap());
     }
 
     #[test]

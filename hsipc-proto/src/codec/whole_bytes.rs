@@ -49,6 +49,28 @@ pub(super) fn as_bytes<T: ?Sized>(value: &T) -> Option<&[u8]> {
     }
 }
 
+/// The contents of `value` if it is a borrowed byte slice (`&[u8]` or `&Vec<u8>`): what the
+/// caller keeps, and so may lend rather than copy.
+pub(super) fn as_lendable<T: ?Sized>(value: &T) -> Option<&[u8]> {
+    let id = typeid::of::<T>();
+    let ptr = value as *const T as *const u8;
+    // SAFETY: as in `as_bytes`: the type ids are equal, so `T` is that type.
+    if id == typeid::of::<&[u8]>() {
+        Some(unsafe { *(ptr as *const &[u8]) })
+    } else if id == typeid::of::<&Vec<u8>>() {
+        Some(unsafe { *(ptr as *const &Vec<u8>) })
+    } else {
+        None
+    }
+}
+
+/// Runs `f` with `data` as a CBOR byte string in a [`Body`] that borrows `data` (see
+/// [`Body::lend`]).
+pub(super) fn lend<R>(data: &[u8], f: impl FnOnce(Body) -> R) -> R {
+    let (head, n) = head(data.len());
+    Body::lend_after(&head, n, data, f)
+}
+
 /// The `Bytes` itself if `value` is one (or a reference to one): shared, not copied.
 pub(super) fn as_shared<T: ?Sized>(value: &T) -> Option<&Bytes> {
     let id = typeid::of::<T>();

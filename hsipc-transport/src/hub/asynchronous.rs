@@ -438,7 +438,7 @@ pub struct Session<Out, In> {
 impl<Out: Serialize, In: DeserializeOwned> Session<Out, In> {
     /// Sends one message from a thread, blocking while the server has granted no credit.
     pub fn send_blocking(&self, msg: &Out) -> Result<()> {
-        self.sender.send(codec::encode_body(msg)?)
+        codec::with_body(msg, |body| self.sender.send(body))?
     }
 
     /// The server's next message, blocking the calling thread: `None` once the server has ended

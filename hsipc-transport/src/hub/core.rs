@@ -162,14 +162,15 @@ impl HubCore {
     /// Opens a session on `method` with the encoded first message: the sending half, and the
     /// reader of the server's messages (each may take at most `timeout` while the reader waits).
     /// Like every request here, `first` is taken by value so that a `Vec<u8>` or `Bytes` is
-    /// moved into the frame, not copied (a reference works too, and is encoded).
+    /// moved into the frame, not copied (a reference works too, and is encoded; a borrowed byte
+    /// slice of 16 KiB or more is lent to the frame while this runs, see `codec::with_body`).
     pub fn open_session<Req: Serialize>(
         &self,
         method: &str,
         first: Req,
         timeout: Duration,
     ) -> Result<(SessionSender, ItemReceiver)> {
-        self.handle().open_session(method, codec::into_body(first)?, timeout, self.stall_timeout())
+        codec::with_body(first, |body| self.handle().open_session(method, body, timeout, self.stall_timeout()))?
     }
 
     /// Stops serving `method`; withdraws its service from the bus with its last method.
@@ -182,31 +183,36 @@ impl HubCore {
 
     /// Starts a unary call with an encoded request.
     pub fn start_call<Req: Serialize>(&self, method: &str, req: Req, timeout: Duration) -> Result<PendingCall> {
-        self.handle().call(method, codec::into_body(req)?, timeout)
+        codec::with_body(req, |body| self.handle().call(method, body, timeout))?
     }
 
     /// Makes a unary call and waits for its answer on this thread (see [`Handle::call_wait`]).
     pub fn call_wait<Req: Serialize>(&self, method: &str, req: Req, timeout: Duration) -> Result<bytes::Bytes> {
-        self.handle().call_wait(method, codec::into_body(req)?, timeout)
+        codec::with_body(req, |body| self.handle().call_wait(method, body, timeout))?
     }
 
     /// Starts a server-streaming call with an encoded request.
     pub fn start_stream<Req: Serialize>(&self, method: &str, req: Req, timeout: Duration) -> Result<ItemReceiver> {
-        self.handle().call_stream(method, codec::into_body(req)?, timeout)
+        codec::with_body(req, |body| self.handle().call_stream(method, body, timeout))?
     }
 
     /// Publishes `event` on `topic`, blocking while the send backlog is long or a reliable
     /// subscriber has no credit (at most the publish timeout; see [`Handle::publish`]).
     pub fn publish_blocking<T: Serialize>(&self, topic: &str, event: T) -> Result<()> {
-        let (topic, body, started, deadline) = self.prepare_publish(topic, event)?;
-        let mut now = started;
-        loop {
-            match self.handle().publish(&topic, body.clone(), now, started, deadline)? {
-                Publish::Queued(_) => return Ok(()),
-                Publish::Wait(room) => room.wait()?,
+        let topic = Topic::new(topic)?;
+        codec::with_body(event, |body| {
+            // Read after encoding: the first attempt publishes at this instant.
+            let started = Instant::now();
+            let deadline = crate::engine::deadline_after(started, self.inner.publish_timeout);
+            let mut now = started;
+            loop {
+                match self.handle().publish(&topic, body.clone(), now, started, deadline)? {
+                    Publish::Queued(_) => return Ok(()),
+                    Publish::Wait(room) => room.wait()?,
+                }
+                now = Instant::now();
             }
-            now = Instant::now();
-        }
+        })?
     }
 
     /// Publishes `event` on `topic`, waiting (without blocking a thread) while the send backlog

@@ -71,7 +71,7 @@ pub(super) fn wrap(
     data.extend_from_slice(&from.0.to_le_bytes());
     if frame.len() <= INLINE_MAX {
         data.push(INLINE);
-        for piece in frame.pieces() {
+        for piece in frame.pieces().get() {
             data.extend_from_slice(piece);
         }
         return Ok(ipmb::Message::new(selector, Msg { format: FORMAT, data }));
@@ -84,7 +84,7 @@ pub(super) fn wrap(
     })?;
     let buf = region.map(..).map_err(|e| TransportError::SharedMemory(Box::new(e)))?;
     let mut at = 0;
-    for piece in frame.pieces() {
+    for piece in frame.pieces().get() {
         buf[at..at + piece.len()].copy_from_slice(piece);
         at += piece.len();
     }

@@ -144,8 +144,9 @@ pub(super) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// many chunks the frame has written in all (all of them: the frame is through).
 pub(super) fn write_chunks(fd: &OwnedFd, frame: &WireFrame, from: usize) -> io::Result<usize> {
     let total = chunk_count(frame);
+    let pieces = frame.pieces();
     for i in from..total {
-        let chunk = span(frame, i * CHUNK, ((i + 1) * CHUNK).min(frame.len()));
+        let chunk = span(pieces.get(), i * CHUNK, ((i + 1) * CHUNK).min(frame.len()));
         match send_gather(fd, if i + 1 < total { MORE } else { LAST }, chunk, &[]) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(i),
@@ -160,9 +161,8 @@ pub(super) fn chunk_count(frame: &WireFrame) -> usize {
     frame.len().div_ceil(CHUNK).max(1)
 }
 
-/// Bytes `start..end` of `frame`, as the part in each of its pieces.
-fn span(frame: &WireFrame, start: usize, end: usize) -> [&[u8]; 2] {
-    let [head, body] = frame.pieces();
+/// Bytes `start..end` of a frame in `pieces`, as the part in each piece.
+fn span([head, body]: [&[u8]; 2], start: usize, end: usize) -> [&[u8]; 2] {
     let cut =
         |from: usize, to: usize, piece: &'_ [u8]| -> (usize, usize) { (from.min(piece.len()), to.min(piece.len())) };
     let (a, b) = cut(start, end, head);

@@ -245,7 +245,7 @@ impl LargeFrames {
         self.ring_full = false;
         if let Way::Ring = how.way {
             let Some(ring) = &mut self.ring else { unreachable!("a frame goes into a ring only once there is one") };
-            let went = put_and_wake(ring, lane_fd, |ring| ring.put_frame(frame.pieces().map(|p| &p[..])))?;
+            let went = put_and_wake(ring, lane_fd, |ring| ring.put_frame(frame.pieces().get()))?;
             self.ring_full = !went;
             return Ok(usize::from(went));
         }

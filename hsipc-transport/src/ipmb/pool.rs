@@ -134,7 +134,7 @@ impl SendPool {
         }
         self.runs[start] = units as u16;
         let mut at = start * UNIT;
-        for piece in frame.pieces() {
+        for piece in frame.pieces().get() {
             // SAFETY: the run lies within the mapping (start + units <= UNITS, and the pieces add
             // up to the frame's length), it was free (the reader holds nothing in it), and
             // `piece` is a separate allocation.

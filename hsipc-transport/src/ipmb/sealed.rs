@@ -35,7 +35,7 @@ const REQUIRED_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_WRITE;
 /// Writes `frame` into a new memfd and seals it.
 pub(super) fn seal(frame: &WireFrame) -> io::Result<OwnedFd> {
     let fd = shm::memfd(c"hsipc-frame")?;
-    for piece in frame.pieces() {
+    for piece in frame.pieces().get() {
         write_all(&fd, piece)?;
     }
     shm::add_seals(&fd, REQUIRED_SEALS | libc::F_SEAL_GROW | libc::F_SEAL_SEAL)?;
