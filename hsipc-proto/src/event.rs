@@ -159,7 +159,7 @@ pub enum Event {
         /// The event body.
         body: Bytes,
         /// The local subscriptions it matches.
-        subscriptions: Vec<SubscriptionId>,
+        subscriptions: Matches,
         /// How many events from this publisher to this endpoint were lost before this one.
         missed: u64,
         /// It took one of this endpoint's event credits (a reliable subscription matches it):
@@ -214,4 +214,32 @@ pub enum Event {
         /// Why.
         reason: LeaveReason,
     },
+}
+
+/// The local subscriptions an event matches: a few, held inline (an event matching up to four
+/// costs no allocation for them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Matches(smallvec::SmallVec<[SubscriptionId; 4]>);
+
+impl Matches {
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The subscriptions, in no particular order.
+    pub fn iter(&self) -> std::slice::Iter<'_, SubscriptionId> {
+        self.0.iter()
+    }
+}
+
+impl From<smallvec::SmallVec<[SubscriptionId; 4]>> for Matches {
+    fn from(ids: smallvec::SmallVec<[SubscriptionId; 4]>) -> Self {
+        Matches(ids)
+    }
 }

@@ -106,6 +106,6 @@ pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10 *
 pub use directory::{Peer, PeerInfo};
 pub use endpoint::{Endpoint, NoCredit, Published, Stats, TableSizes, service_of};
 pub use error::{CallError, CommandError, ErrorCode, FrameError, RemoteError};
-pub use event::{CallMode, CancelReason, Dest, Event, Input, LeaveReason, Output, Transmit};
+pub use event::{CallMode, CancelReason, Dest, Event, Input, LeaveReason, Matches, Output, Transmit};
 pub use id::{CallRef, IncomingId, MethodName, PeerId, RequestId, SubscriptionId};
 pub use topic::{Topic, TopicError, TopicFilter};

@@ -133,7 +133,7 @@ impl Endpoint {
                     from,
                     topic,
                     body,
-                    subscriptions: subscriptions.into_vec(),
+                    subscriptions: subscriptions.into(),
                     missed,
                     credited,
                 });
@@ -174,7 +174,7 @@ impl Endpoint {
             }
             return Ok(());
         }
-        let subscriptions = subscriptions.into_vec();
+        let subscriptions = subscriptions.into();
         self.push_event(Event::Published { from, topic, body: f.payload, subscriptions, missed, credited });
         Ok(())
     }

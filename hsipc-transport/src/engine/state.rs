@@ -582,7 +582,7 @@ impl State {
                 // themselves: no reference count goes up and down for them.
                 let mut topic_body = Some((topic, body));
                 let last = subscriptions.len().saturating_sub(1);
-                for (i, sub) in subscriptions.into_iter().enumerate() {
+                for (i, &sub) in subscriptions.iter().enumerate() {
                     let Some(queue) = self.subscriptions.get(&sub) else { continue };
                     let ticket = if queue.is_reliable() {
                         one.take().map(Claim::One).or_else(|| shared.clone().map(Claim::Shared))
