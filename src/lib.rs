@@ -38,9 +38,11 @@
 //! The layers underneath are re-exported for those who need them: [`proto`] (the sans-IO
 //! protocol core) and [`transport`] (transports, the engine and the hub layer).
 
-/// Binary payloads: a `Bytes` travels as one CBOR byte string, and its buffer is not copied on
-/// the way out; received, a large one points into the memory the two hubs share. A `Vec<u8>`
-/// or `&[u8]` payload takes the same path (one copy to decode into a `Vec`); a `Vec<u8>`
+/// Binary payloads: a `Bytes` travels as one CBOR byte string; one over 512 bytes is not copied
+/// before it is written to the other process (once, into memory the two hubs share, for 16 KiB
+/// and more), and received, a large one points into that memory. A `Vec<u8>` or `&[u8]`
+/// payload skips serde too (a `&[u8]` under 16 KiB, or one sent through an async hub's
+/// `publish` or `send`, is copied once first; decoding into a `Vec` is one copy); a `Vec<u8>`
 /// *inside* a struct goes through serde one byte at a time, so put large blobs in a `Bytes`
 /// field. See the README's "Binary payloads".
 pub use bytes::Bytes;

@@ -1123,9 +1123,10 @@ fn publish_from_a_thread<K: Kit>(hub: &K::Hub, topic: &'static str, count: u32) 
 }
 
 /// Byte slices of 16 KiB and more are lent to their frames rather than copied (see
-/// `codec::with_body`): each arrives as it was when it was sent, though the sender overwrites
-/// it the moment its call or publish returns (a frame still queued then must have taken a
-/// copy), and frames around the lending threshold arrive whole.
+/// `codec::with_body`): frames around the lending threshold arrive whole, and events arrive as
+/// they were published though the sender overwrites its buffer the moment each publish
+/// returns. (Whether a frame is still queued then depends on timing here, and seldom is:
+/// `edge_cases::a_lent_payload_kept_past_its_call_arrives_as_it_was_sent` keeps one for sure.)
 async fn lent_bytes_arrive_as_they_were_sent<K: Kit>(net: Net) {
     let bus = Bus::new(net);
     let server = K::build("server", &bus, &Cfg::default());

@@ -325,6 +325,9 @@ impl PartialEq for Rest {
         match (self, other) {
             // One lock, taken once (twice would wait for itself).
             (Rest::Lent(a), Rest::Lent(b)) if Arc::ptr_eq(a, b) => true,
+            // Never two locks at once (two threads comparing in opposite orders would wait for
+            // each other): one side is read out first.
+            (Rest::Lent(_), _) => self.to_shared()[..] == *other.bytes(),
             _ => *self.bytes() == *other.bytes(),
         }
     }
@@ -476,8 +479,11 @@ impl WireFrame {
     }
 
     /// The pieces, in order (the second may be empty), readable while the returned
-    /// [`Pieces`] lives. Let it go soon: a lent body's lender waits for it before its call
-    /// returns.
+    /// [`Pieces`] lives. For a body lent by the application (see [`Body::lend`]) it is a lock
+    /// guard, shared with the other frames of that body (the frames of one publish to several
+    /// peers, say): hold one at a time on a thread (a second would wait for the first), never
+    /// across a blocking write or while waiting for another lock, and let it go soon (the
+    /// lender waits for it before its call returns).
     pub fn pieces(&self) -> Pieces<'_> {
         Pieces { head: &self.head, body: self.body.bytes() }
     }

@@ -78,6 +78,12 @@ impl std::ops::Deref for LentBytes<'_> {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// The copies the loans of this thread made when they ended.
+    static COPIES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Lends `data` to `f` as a [`Lent`]; when `f` returns (or unwinds), whatever still holds the
 /// `Lent` reads a copy of `data` from then on.
 pub(crate) fn lend<R>(data: &[u8], f: impl FnOnce(Arc<Lent>) -> R) -> R {
@@ -93,9 +99,13 @@ pub(crate) fn lend<R>(data: &[u8], f: impl FnOnce(Arc<Lent>) -> R) -> R {
             // its reads before this), and one that reads next finds the copy.
             let mut source = self.lent.source.lock().unwrap_or_else(|e| e.into_inner());
             // Only this loan holds it: nobody can read it any more (a holder is needed to
-            // clone it), and it goes with the loan. Else a copy takes the slice's place.
+            // clone it), and it goes with the loan. Else a copy takes the slice's place. (No
+            // `Weak` to a `Lent` may exist: one upgraded after this count would read the slice.)
+            debug_assert_eq!(Arc::weak_count(&self.lent), 0, "a Weak to a Lent");
             if Arc::strong_count(&self.lent) > 1 {
                 *source = Source::Copied(Bytes::copy_from_slice(self.data));
+                #[cfg(test)]
+                COPIES.with(|c| c.set(c.get() + 1));
             }
         }
     }
@@ -124,9 +134,35 @@ mod tests {
         assert_eq!(kept.len(), 100_000);
 
         let data = vec![1u8; 10];
-        let mut seen = None;
-        lend(&data, |lent| seen = Some(Arc::downgrade(&lent)));
-        assert!(seen.unwrap().upgrade().is_none(), "let go within the loan: gone with it, never copied");
+        let copies = COPIES.with(|c| c.get());
+        lend(&data, |lent| drop(lent.clone()));
+        assert_eq!(COPIES.with(|c| c.get()), copies, "let go within the loan: never copied");
+    }
+
+    /// The loan does not end while a reader holds the bytes: its end waits for the reader.
+    #[test]
+    fn the_loan_ends_only_once_a_reader_has_let_go() {
+        let data = vec![9u8; 1000];
+        let ended = std::sync::atomic::AtomicBool::new(false);
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let reader = lend(&data, |lent| {
+                let ended = &ended;
+                let reader = s.spawn(move || {
+                    let bytes = lent.bytes();
+                    held_tx.send(()).unwrap();
+                    // However long it holds them (a while, to give a wrong loan time to end),
+                    // the slice stays lent.
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    assert!(!ended.load(std::sync::atomic::Ordering::SeqCst), "the loan ended under a reader");
+                    bytes[999]
+                });
+                held_rx.recv().unwrap();
+                reader
+            });
+            ended.store(true, std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(reader.join().unwrap(), 9);
+        });
     }
 
     #[test]

@@ -80,7 +80,11 @@ pub type BusError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// A frame to send comes as a [`WireFrame`]: a header and, for a large payload, the payload
 /// as a second piece that is the application's own buffer. Write the pieces one after the
 /// other (`writev`, or one copy each into shared memory) rather than joining them first; the
-/// receiving side gets the frame as one buffer.
+/// receiving side gets the frame as one buffer. [`WireFrame::pieces`] may hold a lock (a
+/// borrowed slice the application lends for the length of its call): hold the pieces of one
+/// frame at a time, only across non-blocking writes or copies, and never while waiting for a
+/// lock. A frame kept to be written later is cloned (`WireFrame::detached`): that is safe at
+/// any time.
 ///
 /// Peers are named by hsipc [`PeerId`], never by a bus-specific address, so a transport can
 /// route a frame over the bus, over a direct peer-to-peer link it set up, or over a network,
