@@ -517,12 +517,7 @@ impl Transport for IpmbTransport {
         // Only a lane can take a frame without waiting; the bus (and opening a lane) is the
         // writer's job.
         match self.lanes.outgoing.try_write(to, frame) {
-            Ok(sent) => {
-                if sent {
-                    self.lanes.outgoing.touch(to);
-                }
-                Ok(sent)
-            }
+            Ok(sent) => Ok(sent),
             Err(source) => Err(self.lane_broken(to, source)),
         }
     }

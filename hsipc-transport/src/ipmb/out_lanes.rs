@@ -123,7 +123,7 @@ impl OutLanes {
         lane.push(frame)
     }
 
-    /// Writes `frame` from a thread that must not wait: on a lane, it goes now or waits in the
+    /// Writes `frame`, for `peer` alone, from a thread that must not wait: on a lane, it goes now or waits in the
     /// lane's queue, unless too much waits there already. `Ok(false)` if it did not go (no lane
     /// to `peer`, or a full queue: the engine's writer takes it).
     pub(super) fn try_write(&mut self, peer: PeerId, frame: &WireFrame) -> io::Result<bool> {
@@ -139,13 +139,15 @@ impl OutLanes {
                 return Ok(false);
             }
         }
+        // A frame for this peer alone: the lane is in use (no clock read per frame: the idle
+        // check, about once a second, dates the use).
+        lane.used = true;
         lane.push(frame).map(|()| true)
     }
 
     /// Notes that a frame for `peer` alone is going into its lane (the lane is in use).
     pub(super) fn touch(&mut self, peer: PeerId) {
         if let Some(lane) = self.lanes.get_mut(&peer) {
-            // No clock read per frame: the idle check (about once a second) dates the use.
             lane.used = true;
         }
     }
