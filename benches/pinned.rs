@@ -22,7 +22,9 @@
 //! - **hsipc blocking / tokio / smol**: a bystander hub (controller), a peer process with a hub
 //!   of the same kind that serves `bench.echo` (`Bytes` in, the same `Bytes` out) and
 //!   subscribes to `bench/#`, and this process's hub. Async calls are awaited on a
-//!   current-thread runtime in this thread.
+//!   current-thread runtime in this thread (tokio) or `smol::block_on`, the round trips of a size
+//!   one after another in one task, as an application's task makes them (one `block_on` per
+//!   call would time async-io's hand-over of its reactor thread at each call instead).
 //! - **hsipc blocking+inline / tokio+inline / smol+inline**: the same, with `bench.echo` served by
 //!   `serve_inline` (run on the thread that read the request, not handed to a worker or task).
 //! - **hsipc blocking+vec**: the blocking hub with the payload sent as `&[u8]` and received as
@@ -30,7 +32,7 @@
 //! - **raw socket, tokio / smol both ends** (`socket+tokio`, `socket+smol`; `+task`: the peer
 //!   echoes from a task spawned per request, as an hsipc async handler runs): the raw socket's
 //!   framing with both ends awaiting on the runtime an hsipc client and server of that kind
-//!   use. The floor an async hub stands on: what the runtime's reactor and task wake-ups cost
+//!   use (round trips of a size in one task, as the hubs' are). The floor an async hub stands on: what the runtime's reactor and task wake-ups cost
 //!   against the blocking socket. Round trips and pipelined calls only.
 //!
 //! Metrics (percentiles from raw sample vectors, nearest rank):
@@ -82,7 +84,7 @@ use std::sync::{Barrier, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use async_socket::AsyncSocket;
+use async_socket::{AsyncSocket, Sampling};
 use bytes::Bytes;
 use child_proc::{FD_ENV, Proc, ROLE_ENV, mark_all_cloexec, set_cloexec};
 use cpus::allowed_cpus;
@@ -537,6 +539,11 @@ fn measure_all(link: &mut dyn Link, p: &Params, row: &mut Row) {
 trait Link {
     /// One round trip; returns the length of the reply.
     fn echo(&mut self, payload: &Bytes) -> usize;
+    /// Round trips of `payload`, as many as `samples` asks, timed into it. Default: one
+    /// [`echo`](Self::echo) after another; an async client makes them in one task.
+    fn round_trips(&mut self, payload: &Bytes, samples: &mut dyn Sampling) {
+        echo_each(self, payload, samples);
+    }
     /// Up to `batches` batches of [`IN_FLIGHT`] calls with all of a batch in flight at once,
     /// stopping early once over `budget`: (calls made, time taken).
     fn pipelined(&mut self, payload: &Bytes, batches: usize, budget: Duration) -> (u64, Duration);
@@ -554,18 +561,48 @@ trait Link {
 
 fn roundtrips(link: &mut dyn Link, size: usize, warmup: usize, samples: usize, budget: Duration) -> Vec<Duration> {
     let payload = Bytes::from(vec![TAG_ECHO; size]);
-    for _ in 0..warmup {
-        assert_eq!(link.echo(&payload), size, "echo of {size} B returned a wrong payload");
-    }
-    let mut out = Vec::with_capacity(samples);
-    let end = Instant::now() + budget;
-    while out.len() < samples && (out.len() < MIN_SAMPLES || Instant::now() < end) {
+    let mut s = Samples { size, warmup, want: samples, budget, end: None, out: Vec::with_capacity(samples) };
+    link.round_trips(&payload, &mut s);
+    s.out
+}
+
+/// Round trips as [`Link::echo`] makes them, one after another, as many as `samples` asks.
+fn echo_each<L: Link + ?Sized>(link: &mut L, payload: &Bytes, samples: &mut dyn Sampling) {
+    while samples.more() {
         let start = Instant::now();
-        let n = link.echo(&payload);
-        out.push(start.elapsed());
-        assert_eq!(n, size, "echo of {size} B returned a wrong payload");
+        let n = link.echo(payload);
+        samples.record(start, n);
     }
-    out
+}
+
+/// The round trips of one size: `warmup` untimed, then up to `want` timed, stopping once over
+/// `budget` (after [`MIN_SAMPLES`]).
+struct Samples {
+    size: usize,
+    warmup: usize,
+    want: usize,
+    budget: Duration,
+    /// When the timed round trips are to stop; set once the warm-up is over.
+    end: Option<Instant>,
+    out: Vec<Duration>,
+}
+
+impl Sampling for Samples {
+    fn more(&mut self) -> bool {
+        let n = self.out.len();
+        self.warmup > 0 || (n < self.want && (n < MIN_SAMPLES || self.end.is_none_or(|end| Instant::now() < end)))
+    }
+
+    fn record(&mut self, start: Instant, len: usize) {
+        let elapsed = start.elapsed();
+        assert_eq!(len, self.size, "echo of {} B returned a wrong payload", self.size);
+        if self.warmup > 0 {
+            self.warmup -= 1;
+        } else {
+            self.end.get_or_insert_with(|| Instant::now() + self.budget);
+            self.out.push(elapsed);
+        }
+    }
 }
 
 /// The pipelined metric of a raw transport: `one` sends [`IN_FLIGHT`] requests, then reads
@@ -812,6 +849,10 @@ impl Link for AsyncSocketLink {
         payload.len()
     }
 
+    fn round_trips(&mut self, payload: &Bytes, samples: &mut dyn Sampling) {
+        self.socket.round_trips(payload, samples);
+    }
+
     fn pipelined(&mut self, payload: &Bytes, batches: usize, budget: Duration) -> (u64, Duration) {
         in_flight_batches(self, batches, budget, |s| s.socket.exchange(payload, IN_FLIGHT))
     }
@@ -920,6 +961,22 @@ impl Link for HubLink {
                 back.len()
             }
             hub => hub.echo(payload).len(),
+        }
+    }
+
+    fn round_trips(&mut self, payload: &Bytes, samples: &mut dyn Sampling) {
+        /// One round trip after another in this task.
+        async fn each<F: Future<Output = hsipc::Result<Bytes>>>(samples: &mut dyn Sampling, call: impl Fn() -> F) {
+            while samples.more() {
+                let start = Instant::now();
+                let back = call().await.expect("bench.echo failed");
+                samples.record(start, back.len());
+            }
+        }
+        match &self.hub {
+            Client::Tokio(rt, h) => rt.block_on(each(samples, || h.call("bench.echo", payload))),
+            Client::Smol(h) => smol::block_on(each(samples, || h.call("bench.echo", payload))),
+            Client::Blocking(_) => echo_each(self, payload, samples),
         }
     }
 

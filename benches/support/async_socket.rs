@@ -145,6 +145,48 @@ impl AsyncSocket {
     }
 }
 
+/// What decides how many round trips to make, and keeps their times.
+pub(crate) trait Sampling {
+    /// Whether to make another round trip.
+    fn more(&mut self) -> bool;
+    /// A round trip that started at `start` brought back `len` bytes.
+    fn record(&mut self, start: Instant, len: usize);
+}
+
+impl AsyncSocket {
+    /// Round trips of `payload` one after another in one task, as many as `samples` asks.
+    pub(crate) fn round_trips(&mut self, payload: &[u8], samples: &mut dyn Sampling) {
+        let AsyncSocket { io, scratch, buf, guard } = self;
+        let r = match io {
+            Io::Tokio { r, w, rt } => rt.block_on(async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                while samples.more() {
+                    let start = Instant::now();
+                    guard.started();
+                    exchange_body!(r, w, scratch, buf, payload, 1)?;
+                    guard.done();
+                    samples.record(start, payload.len());
+                }
+                Ok::<_, std::io::Error>(())
+            }),
+            Io::Smol { r, w } => smol::block_on(async {
+                use smol::io::{AsyncReadExt, AsyncWriteExt};
+                while samples.more() {
+                    let start = Instant::now();
+                    guard.started();
+                    exchange_body!(r, w, scratch, buf, payload, 1)?;
+                    guard.done();
+                    samples.record(start, payload.len());
+                }
+                Ok::<_, std::io::Error>(())
+            }),
+        };
+        if let Err(e) = r {
+            panic!("async socket round trip: {e} (a shut-down socket means the round trip took over the deadline)");
+        }
+    }
+}
+
 /// The reply's length must be the request's.
 fn check(got: usize, sent: usize) -> std::io::Result<()> {
     if got == sent { Ok(()) } else { Err(std::io::Error::other(format!("echo of {sent} B returned {got} B"))) }
