@@ -145,6 +145,21 @@ impl AsyncSocket {
     }
 }
 
+/// Round trips of one frame each, one after another, as many as `$samples` asks (either
+/// runtime, as [`exchange_body`]).
+macro_rules! each_round_trip {
+    ($samples:expr, $guard:expr, $r:expr, $w:expr, $scratch:expr, $buf:expr, $payload:expr) => {{
+        while $samples.more() {
+            let start = Instant::now();
+            $guard.started();
+            exchange_body!($r, $w, $scratch, $buf, $payload, 1)?;
+            $guard.done();
+            $samples.record(start, $payload.len());
+        }
+        Ok::<_, std::io::Error>(())
+    }};
+}
+
 /// What decides how many round trips to make, and keeps their times.
 pub(crate) trait Sampling {
     /// Whether to make another round trip.
@@ -160,25 +175,11 @@ impl AsyncSocket {
         let r = match io {
             Io::Tokio { r, w, rt } => rt.block_on(async {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                while samples.more() {
-                    let start = Instant::now();
-                    guard.started();
-                    exchange_body!(r, w, scratch, buf, payload, 1)?;
-                    guard.done();
-                    samples.record(start, payload.len());
-                }
-                Ok::<_, std::io::Error>(())
+                each_round_trip!(samples, guard, r, w, scratch, buf, payload)
             }),
             Io::Smol { r, w } => smol::block_on(async {
                 use smol::io::{AsyncReadExt, AsyncWriteExt};
-                while samples.more() {
-                    let start = Instant::now();
-                    guard.started();
-                    exchange_body!(r, w, scratch, buf, payload, 1)?;
-                    guard.done();
-                    samples.record(start, payload.len());
-                }
-                Ok::<_, std::io::Error>(())
+                each_round_trip!(samples, guard, r, w, scratch, buf, payload)
             }),
         };
         if let Err(e) = r {
