@@ -240,9 +240,9 @@ mod tests {
             assert_eq!(lent.unwrap(), (true, expected.clone()));
         }
         let small = &v[..LEND_MIN - 1];
-        assert_eq!(with_body(small, |b| b.is_lent()).unwrap(), false);
-        assert_eq!(with_body(Bytes::from(v.clone()), |b| b.is_lent()).unwrap(), false, "a Bytes is shared");
-        assert_eq!(with_body(v, |b| b.is_lent()).unwrap(), false, "a Vec given up is moved");
+        assert!(!with_body(small, |b| b.is_lent()).unwrap());
+        assert!(!with_body(Bytes::from(v.clone()), |b| b.is_lent()).unwrap(), "a Bytes is shared");
+        assert!(!with_body(v, |b| b.is_lent()).unwrap(), "a Vec given up is moved");
         assert_eq!(with_body((1u8, 2u8), |b| b.to_bytes()).unwrap(), encode(&(1u8, 2u8)).unwrap());
     }
 
