@@ -24,7 +24,8 @@
 //!   subscribes to `bench/#`, and this process's hub. Async calls are awaited on a
 //!   current-thread runtime in this thread (tokio) or `smol::block_on`, the round trips of a size
 //!   one after another in one task, as an application's task makes them (one `block_on` per
-//!   call would time async-io's hand-over of its reactor thread at each call instead).
+//!   call would time async-io's hand-over of its reactor thread at each call instead), and
+//!   their one-way messages and events are published from one task too.
 //! - **hsipc blocking+inline / tokio+inline / smol+inline**: the same, with `bench.echo` served by
 //!   `serve_inline` (run on the thread that read the request, not handed to a worker or task).
 //! - **hsipc blocking+vec**: the blocking hub with the payload sent as `&[u8]` and received as
@@ -549,6 +550,11 @@ trait Link {
     fn pipelined(&mut self, payload: &Bytes, batches: usize, budget: Duration) -> (u64, Duration);
     /// Sends one one-way message (publishes one event).
     fn send(&mut self, msg: &Bytes);
+    /// Sends `msg` again and again while `go_on` says so (asked before each). Default: one
+    /// [`send`](Self::send) after another; an async client publishes them from one task.
+    fn send_while(&mut self, msg: &Bytes, go_on: &mut dyn FnMut() -> bool) {
+        send_each(self, msg, go_on);
+    }
     /// Reads a server stream of `items` 64 B items: (items read, from the call to the last).
     /// Only hubs have them.
     fn server_stream(&mut self, items: u64) -> (u64, Duration) {
@@ -575,6 +581,13 @@ fn echo_each<L: Link + ?Sized>(link: &mut L, payload: &Bytes, samples: &mut dyn 
     }
 }
 
+/// One-way messages as [`Link::send`] sends them, one after another while `go_on` says so.
+fn send_each<L: Link + ?Sized>(link: &mut L, msg: &Bytes, go_on: &mut dyn FnMut() -> bool) {
+    while go_on() {
+        link.send(msg);
+    }
+}
+
 /// The round trips of one size: `warmup` untimed, then up to `want` timed, stopping once over
 /// `budget` (after [`MIN_SAMPLES`]).
 struct Samples {
@@ -582,7 +595,8 @@ struct Samples {
     warmup: usize,
     want: usize,
     budget: Duration,
-    /// When the timed round trips are to stop; set once the warm-up is over.
+    /// When the timed round trips are to stop; set once the warm-up is over (or at the first
+    /// timed one, without a warm-up).
     end: Option<Instant>,
     out: Vec<Duration>,
 }
@@ -598,6 +612,9 @@ impl Sampling for Samples {
         assert_eq!(len, self.size, "echo of {} B returned a wrong payload", self.size);
         if self.warmup > 0 {
             self.warmup -= 1;
+            if self.warmup == 0 {
+                self.end = Some(Instant::now() + self.budget);
+            }
         } else {
             self.end.get_or_insert_with(|| Instant::now() + self.budget);
             self.out.push(elapsed);
@@ -689,13 +706,12 @@ fn stream(link: &mut dyn Link, size: usize, max: u64, budget: Duration, batch: &
     let start_ns = mono_ns();
     let end = Instant::now() + budget;
     let mut sent = 0u64;
-    while sent + 1 < max {
-        link.send(&data);
-        sent += 1;
-        if sent % check_every == 0 && Instant::now() >= end {
-            break;
-        }
-    }
+    link.send_while(&data, &mut || {
+        let over = sent > 0 && sent % check_every == 0 && Instant::now() >= end;
+        let go_on = sent + 1 < max && !over;
+        sent += u64::from(go_on);
+        go_on
+    });
     link.send(&mark);
     sent += 1;
     let r = await_report(link, b, Instant::now() + WAIT)
@@ -721,9 +737,12 @@ fn events(link: &mut dyn Link, batches: u64, budget: Duration, batch: &mut u64) 
         let b = *batch;
         *batch += 1;
         let start_ns = mono_ns();
-        for _ in 1..EVENT_BATCH {
-            link.send(&data);
-        }
+        let mut left = EVENT_BATCH - 1;
+        link.send_while(&data, &mut || {
+            let go_on = left > 0;
+            left = left.saturating_sub(1);
+            go_on
+        });
         link.send(&tagged(TAG_MARK, b, SMALL));
         let r = await_report(link, b, Instant::now() + WAIT)
             .unwrap_or_else(|| panic!("events: batch {b} was never reported"));
@@ -989,6 +1008,20 @@ impl Link for HubLink {
         match &self.hub {
             Client::Blocking(h) if self.vec => h.publish("bench/t", &msg[..]).expect("publish"),
             hub => hub.publish(msg),
+        }
+    }
+
+    fn send_while(&mut self, msg: &Bytes, go_on: &mut dyn FnMut() -> bool) {
+        /// One publish after another in this task.
+        async fn each<F: Future<Output = hsipc::Result<()>>>(go_on: &mut dyn FnMut() -> bool, publish: impl Fn() -> F) {
+            while go_on() {
+                publish().await.expect("publish");
+            }
+        }
+        match &self.hub {
+            Client::Tokio(rt, h) => rt.block_on(each(go_on, || h.publish("bench/t", msg))),
+            Client::Smol(h) => smol::block_on(each(go_on, || h.publish("bench/t", msg))),
+            Client::Blocking(_) => send_each(self, msg, go_on),
         }
     }
 
