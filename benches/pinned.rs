@@ -33,8 +33,9 @@
 //! - **raw socket, tokio / smol both ends** (`socket+tokio`, `socket+smol`; `+task`: the peer
 //!   echoes from a task spawned per request, as an hsipc async handler runs): the raw socket's
 //!   framing with both ends awaiting on the runtime an hsipc client and server of that kind
-//!   use (round trips of a size in one task, as the hubs' are). The floor an async hub stands on: what the runtime's reactor and task wake-ups cost
-//!   against the blocking socket. Round trips and pipelined calls only.
+//!   use (round trips of a size in one task, as the hubs' are). The floor an async hub stands
+//!   on: what the runtime's reactor and task wake-ups cost against the blocking socket. Round
+//!   trips and pipelined calls only.
 //!
 //! Metrics (percentiles from raw sample vectors, nearest rank):
 //! - **round trip** p50 / p99 at 64 B, 4 KiB, 64 KiB and 1 MiB: send a payload, wait for it

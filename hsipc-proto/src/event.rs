@@ -238,8 +238,23 @@ impl Matches {
     }
 }
 
-impl From<smallvec::SmallVec<[SubscriptionId; 4]>> for Matches {
-    fn from(ids: smallvec::SmallVec<[SubscriptionId; 4]>) -> Self {
+impl Matches {
+    /// The matches the topic index found.
+    pub(crate) fn new(ids: smallvec::SmallVec<[SubscriptionId; 4]>) -> Self {
         Matches(ids)
+    }
+
+    /// The subscriptions as a slice.
+    pub fn as_slice(&self) -> &[SubscriptionId] {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a Matches {
+    type Item = &'a SubscriptionId;
+    type IntoIter = std::slice::Iter<'a, SubscriptionId>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
     }
 }

@@ -1,6 +1,7 @@
 //! Services and publish/subscribe: serving, subscribing, publishing, receiving events.
 
 use super::*;
+use crate::event::Matches;
 
 impl Endpoint {
     // Commands
@@ -133,7 +134,7 @@ impl Endpoint {
                     from,
                     topic,
                     body,
-                    subscriptions: subscriptions.into(),
+                    subscriptions: Matches::new(subscriptions),
                     missed,
                     credited,
                 });
@@ -174,7 +175,7 @@ impl Endpoint {
             }
             return Ok(());
         }
-        let subscriptions = subscriptions.into();
+        let subscriptions = Matches::new(subscriptions);
         self.push_event(Event::Published { from, topic, body: f.payload, subscriptions, missed, credited });
         Ok(())
     }

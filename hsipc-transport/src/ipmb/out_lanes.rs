@@ -123,9 +123,9 @@ impl OutLanes {
         lane.push(frame)
     }
 
-    /// Writes `frame`, for `peer` alone, from a thread that must not wait: on a lane, it goes now or waits in the
-    /// lane's queue, unless too much waits there already. `Ok(false)` if it did not go (no lane
-    /// to `peer`, or a full queue: the engine's writer takes it).
+    /// Writes `frame`, for `peer` alone, from a thread that must not wait: on a lane, it goes
+    /// now or waits in the lane's queue, unless too much waits there already. `Ok(false)` if
+    /// it did not go (no lane to `peer`, or a full queue: the engine's writer takes it).
     pub(super) fn try_write(&mut self, peer: PeerId, frame: &WireFrame) -> io::Result<bool> {
         let Some(lane) = self.lanes.get_mut(&peer) else { return Ok(false) };
         if lane.large.declined() {
@@ -380,6 +380,25 @@ mod tests {
         }
         assert!(got.iter().zip(&frames).all(|(a, b)| a[..] == b[..]));
         assert!(lanes.waiting().is_none());
+    }
+
+    /// A frame for the lane's peer alone marks the lane used (so the idle check keeps it); a
+    /// broadcast's copy, written with `write`, does not (a lane kept busy only by announces
+    /// is idle).
+    #[test]
+    fn only_frames_for_the_peer_alone_mark_a_lane_used() {
+        let (mine, _theirs) = lane::pair().unwrap();
+        let mut lanes = OutLanes::new(Duration::from_secs(3600));
+        let peer = PeerId(7);
+        lanes.insert(peer, mine);
+        let frame = WireFrame::from(Bytes::from_static(b"frame"));
+        lanes.write(peer, &frame).unwrap();
+        assert!(!lanes.lanes[&peer].used, "a broadcast's copy");
+        assert!(lanes.try_write(peer, &frame).unwrap());
+        assert!(lanes.lanes[&peer].used, "a frame from a thread that must not wait");
+        lanes.lanes.get_mut(&peer).unwrap().used = false;
+        lanes.touch(peer);
+        assert!(lanes.lanes[&peer].used, "a frame the writer sends to the peer alone");
     }
 
     #[test]
