@@ -1139,6 +1139,10 @@ async fn lent_bytes_arrive_as_they_were_sent<K: Kit>(net: Net) {
     for (i, len) in sizes.into_iter().enumerate() {
         let data: Vec<u8> = (0..len).map(|j| (j % 251) as u8 ^ i as u8).collect();
         assert_eq!(K::call::<_, Vec<u8>>(&client, "bytes.echo", &data[..]).await.unwrap(), data, "{len} bytes");
+        // A hub's own service and its own subscription take the frame in process.
+        assert_eq!(K::call::<_, Vec<u8>>(&server, "bytes.echo", &data[..]).await.unwrap(), data, "{len} B, own");
+        K::publish(&server, "bytes/own", &data[..]).await.unwrap();
+        assert_eq!(K::next_event(&mut events).await.unwrap().payload, data, "{len} B event, own");
     }
     let (client_thread, rounds) = (client.clone(), 24u8);
     let publisher = std::thread::spawn(move || {
