@@ -276,6 +276,17 @@ struct Holding {
     bus: MemBus,
     hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
     kept: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tap: Option<Tap>,
+}
+
+/// Hands a clone of each large frame that the thread `on` sends itself to a reader on another
+/// thread, and waits until that reader holds its pieces (as a transport's own thread would).
+#[derive(Debug)]
+struct Tap {
+    on: std::thread::ThreadId,
+    to_reader: std::sync::mpsc::Sender<hsipc::proto::frame::WireFrame>,
+    held: std::sync::mpsc::Receiver<()>,
+    tapped: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -284,6 +295,7 @@ struct HoldingTransport {
     hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
     kept: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     queue: Vec<(hsipc::PeerId, hsipc::proto::frame::WireFrame)>,
+    tap: Option<Tap>,
 }
 
 impl hsipc::transport::Connect for Holding {
@@ -294,7 +306,7 @@ impl hsipc::transport::Connect for Holding {
         ingress: hsipc::transport::Ingress,
     ) -> Result<Box<dyn hsipc::transport::Transport>, hsipc::transport::TransportError> {
         let inner = self.bus.connector().connect(local, name, ingress)?;
-        Ok(Box::new(HoldingTransport { inner, hold: self.hold, kept: self.kept, queue: Vec::new() }))
+        Ok(Box::new(HoldingTransport { inner, hold: self.hold, kept: self.kept, queue: Vec::new(), tap: self.tap }))
     }
 }
 
@@ -320,6 +332,17 @@ impl hsipc::transport::Transport for HoldingTransport {
         to: hsipc::PeerId,
         frame: &hsipc::proto::frame::WireFrame,
     ) -> Result<bool, hsipc::transport::TransportError> {
+        if let Some(tap) = self.tap.as_ref().filter(|t| t.on == std::thread::current().id()) {
+            if frame.len() >= 16 * 1024 {
+                tap.to_reader.send(frame.clone()).unwrap();
+                tap.held.recv().unwrap();
+                tap.tapped.store(true, std::sync::atomic::Ordering::SeqCst);
+                // Written later, by the engine's writer (writing it now would wait here for the
+                // reader to let go, not in the publish's loan).
+                self.queue.push((to, frame.clone()));
+                return Ok(true);
+            }
+        }
         self.send(to, frame).map(|()| true)
     }
 
@@ -358,7 +381,8 @@ fn a_lent_payload_kept_past_its_call_arrives_as_it_was_sent() {
     use std::sync::atomic::Ordering;
     let bus = MemBus::new();
     let (hold, kept) = (std::sync::Arc::default(), std::sync::Arc::default());
-    let holding = Holding { bus: bus.clone(), hold: std::sync::Arc::clone(&hold), kept: std::sync::Arc::clone(&kept) };
+    let holding =
+        Holding { bus: bus.clone(), hold: std::sync::Arc::clone(&hold), kept: std::sync::Arc::clone(&kept), tap: None };
     let server = hsipc::SyncProcessHub::builder("server").transport(bus.connector()).build().unwrap();
     let client = hsipc::SyncProcessHub::builder("client").transport(Box::new(holding)).build().unwrap();
     server.serve("bytes.echo", |v: Vec<u8>| Ok::<_, String>(v)).unwrap();
@@ -379,7 +403,8 @@ fn a_lent_payload_kept_past_its_call_arrives_as_it_was_sent() {
     // A call started and left to run (a tokio hub's call is on its way once `call` returns):
     // its request is kept, and the buffer overwritten.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let holding = Holding { bus: bus.clone(), hold: std::sync::Arc::clone(&hold), kept: std::sync::Arc::clone(&kept) };
+    let holding =
+        Holding { bus: bus.clone(), hold: std::sync::Arc::clone(&hold), kept: std::sync::Arc::clone(&kept), tap: None };
     let caller =
         rt.block_on(async { hsipc::tokio::ProcessHub::builder("caller").transport(Box::new(holding)).build() });
     let caller = caller.unwrap();
@@ -391,6 +416,64 @@ fn a_lent_payload_kept_past_its_call_arrives_as_it_was_sent() {
     until(|| kept.load(Ordering::SeqCst) == 2);
     hold.store(false, Ordering::SeqCst);
     assert_eq!(rt.block_on(call).unwrap(), vec![2u8; 100_000], "the request as it was sent");
+}
+
+/// A lent payload read by another thread (a transport's own, say): the publish does not
+/// return while that thread holds the bytes, and once it has returned (and the buffer is gone)
+/// the frame reads a copy of what was sent, never freed memory.
+#[test]
+fn a_lent_payload_read_on_another_thread_holds_its_publish_until_let_go() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc::channel;
+    let bus = MemBus::new();
+    let (to_reader, frames) = channel::<hsipc::proto::frame::WireFrame>();
+    let (held_tx, held) = channel();
+    let (gone_tx, gone) = channel();
+    let (returned, tapped) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let reader = {
+        let returned = Arc::clone(&returned);
+        std::thread::spawn(move || {
+            let frame = frames.recv().unwrap();
+            let while_lent = {
+                let pieces = frame.pieces();
+                held_tx.send(()).unwrap();
+                // However long it holds them (a while, to give a wrong loan time to end), the
+                // publish stays in its loan.
+                std::thread::sleep(Duration::from_millis(50));
+                assert!(!returned.load(Ordering::SeqCst), "the publish returned while its bytes were held");
+                pieces.get()[1].to_vec()
+            };
+            gone.recv().unwrap();
+            (while_lent, frame.pieces().get()[1].to_vec())
+        })
+    };
+    let tap = Tap { on: std::thread::current().id(), to_reader, held, tapped: Arc::clone(&tapped) };
+    let holding = Holding { bus: bus.clone(), hold: Arc::default(), kept: Arc::default(), tap: Some(tap) };
+    let server = hsipc::SyncProcessHub::builder("server").transport(bus.connector()).build().unwrap();
+    let client = hsipc::SyncProcessHub::builder("client").transport(Box::new(holding)).build().unwrap();
+    let events = server.subscribe::<Vec<u8>>("bytes/#").unwrap();
+    client.wait_for_subscriber("bytes/x", WAIT).unwrap();
+    // Until this thread wrote its frame itself (had the writer thread held the transport, the
+    // frame was left to it, and a copy made when the publish returned): a few tries at most.
+    let mut published = 0;
+    while !tapped.load(Ordering::SeqCst) {
+        assert!(published < 100, "the publishing thread never sent its own frame");
+        let mut data = vec![5u8; 1 << 20];
+        client.publish("bytes/x", &data[..]).unwrap();
+        returned.store(true, Ordering::SeqCst);
+        data.fill(0xff);
+        drop(data);
+        published += 1;
+    }
+    gone_tx.send(()).unwrap();
+    let (while_lent, after) = reader.join().unwrap();
+    assert!(while_lent.len() == 1 << 20 && while_lent.iter().all(|b| *b == 5), "read in the loan");
+    assert_eq!(after, while_lent, "read after the buffer was freed: the copy");
+    for _ in 0..published {
+        let ev = events.recv_timeout(WAIT).unwrap();
+        assert!(ev.payload.len() == 1 << 20 && ev.payload.iter().all(|b| *b == 5));
+    }
 }
 
 /// Waits until `cond` holds, for at most [`WAIT`].
