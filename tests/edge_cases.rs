@@ -279,14 +279,24 @@ struct Holding {
     tap: Option<Tap>,
 }
 
-/// Hands a clone of each large frame that the thread `on` sends itself to a reader on another
-/// thread, and waits until that reader holds its pieces (as a transport's own thread would).
+/// Hands a clone of each large frame to a reader on another thread, and waits until that
+/// reader holds its pieces (as a transport's own thread would); the frame is then written later,
+/// by the engine's writer (writing it at once would wait for the reader to let go here).
 #[derive(Debug)]
 struct Tap {
-    on: std::thread::ThreadId,
     to_reader: std::sync::mpsc::Sender<hsipc::proto::frame::WireFrame>,
     held: std::sync::mpsc::Receiver<()>,
-    tapped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HoldingTransport {
+    /// Whether `frame` went to the tap's reader (and is kept to be written later).
+    fn tapped(&mut self, to: hsipc::PeerId, frame: &hsipc::proto::frame::WireFrame) -> bool {
+        let Some(tap) = self.tap.as_ref().filter(|_| frame.len() >= 16 * 1024) else { return false };
+        tap.to_reader.send(frame.clone()).unwrap();
+        tap.held.recv().unwrap();
+        self.queue.push((to, frame.clone()));
+        true
+    }
 }
 
 #[derive(Debug)]
@@ -317,6 +327,9 @@ impl hsipc::transport::Transport for HoldingTransport {
         frame: &hsipc::proto::frame::WireFrame,
     ) -> Result<(), hsipc::transport::TransportError> {
         use std::sync::atomic::Ordering;
+        if self.tapped(to, frame) {
+            return Ok(());
+        }
         if self.hold.load(Ordering::SeqCst) || !self.queue.is_empty() {
             if frame.len() >= 16 * 1024 {
                 self.kept.fetch_add(1, Ordering::SeqCst);
@@ -332,17 +345,6 @@ impl hsipc::transport::Transport for HoldingTransport {
         to: hsipc::PeerId,
         frame: &hsipc::proto::frame::WireFrame,
     ) -> Result<bool, hsipc::transport::TransportError> {
-        if let Some(tap) = self.tap.as_ref().filter(|t| t.on == std::thread::current().id()) {
-            if frame.len() >= 16 * 1024 {
-                tap.to_reader.send(frame.clone()).unwrap();
-                tap.held.recv().unwrap();
-                tap.tapped.store(true, std::sync::atomic::Ordering::SeqCst);
-                // Written later, by the engine's writer (writing it now would wait here for the
-                // reader to let go, not in the publish's loan).
-                self.queue.push((to, frame.clone()));
-                return Ok(true);
-            }
-        }
         self.send(to, frame).map(|()| true)
     }
 
@@ -419,61 +421,77 @@ fn a_lent_payload_kept_past_its_call_arrives_as_it_was_sent() {
 }
 
 /// A lent payload read by another thread (a transport's own, say): the publish does not
-/// return while that thread holds the bytes, and once it has returned (and the buffer is gone)
-/// the frame reads a copy of what was sent, never freed memory.
+/// return while that thread holds the bytes still lent, and once it has returned (and the
+/// buffer is overwritten and freed) the frame reads a copy of what was sent, never freed memory.
 #[test]
 fn a_lent_payload_read_on_another_thread_holds_its_publish_until_let_go() {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::mpsc::channel;
     let bus = MemBus::new();
     let (to_reader, frames) = channel::<hsipc::proto::frame::WireFrame>();
     let (held_tx, held) = channel();
     let (gone_tx, gone) = channel();
-    let (returned, tapped) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (read_tx, read) = channel();
+    let returned = Arc::new(AtomicBool::new(false));
+    // Where the buffer of the publish under way starts: a body read from there is still lent.
+    let lent_at = Arc::new(AtomicUsize::new(0));
     let reader = {
-        let returned = Arc::clone(&returned);
+        let (returned, lent_at) = (Arc::clone(&returned), Arc::clone(&lent_at));
         std::thread::spawn(move || {
-            let frame = frames.recv().unwrap();
-            let while_lent = {
-                let pieces = frame.pieces();
-                held_tx.send(()).unwrap();
-                // However long it holds them (a while, to give a wrong loan time to end), the
-                // publish stays in its loan.
-                std::thread::sleep(Duration::from_millis(50));
-                assert!(!returned.load(Ordering::SeqCst), "the publish returned while its bytes were held");
-                pieces.get()[1].to_vec()
-            };
-            gone.recv().unwrap();
-            (while_lent, frame.pieces().get()[1].to_vec())
+            for frame in frames {
+                let (still_lent, while_held) = {
+                    let pieces = frame.pieces();
+                    held_tx.send(()).unwrap();
+                    let body = pieces.get()[1];
+                    let still_lent = body.as_ptr() as usize == lent_at.load(Ordering::SeqCst);
+                    if still_lent {
+                        // However long it holds them (a while, to give a wrong loan time to
+                        // end), the publish stays in its loan.
+                        std::thread::sleep(Duration::from_millis(50));
+                        assert!(!returned.load(Ordering::SeqCst), "the publish returned while its bytes were held");
+                    }
+                    (still_lent, body.to_vec())
+                };
+                gone.recv().unwrap();
+                read_tx.send((still_lent, while_held, frame.pieces().get()[1].to_vec())).unwrap();
+            }
         })
     };
-    let tap = Tap { on: std::thread::current().id(), to_reader, held, tapped: Arc::clone(&tapped) };
+    let tap = Tap { to_reader, held };
     let holding = Holding { bus: bus.clone(), hold: Arc::default(), kept: Arc::default(), tap: Some(tap) };
     let server = hsipc::SyncProcessHub::builder("server").transport(bus.connector()).build().unwrap();
     let client = hsipc::SyncProcessHub::builder("client").transport(Box::new(holding)).build().unwrap();
     let events = server.subscribe::<Vec<u8>>("bytes/#").unwrap();
     client.wait_for_subscriber("bytes/x", WAIT).unwrap();
-    // Until this thread wrote its frame itself (had the writer thread held the transport, the
-    // frame was left to it, and a copy made when the publish returned): a few tries at most.
+    // Until the reader held a frame while it was still lent (had the writer thread sent the
+    // frame after the publish returned, it already read a copy): a few tries at most.
     let mut published = 0;
-    while !tapped.load(Ordering::SeqCst) {
-        assert!(published < 100, "the publishing thread never sent its own frame");
+    loop {
+        assert!(published < 100, "the reader never held a frame still lent");
         let mut data = vec![5u8; 1 << 20];
+        lent_at.store(data.as_ptr() as usize, Ordering::SeqCst);
+        returned.store(false, Ordering::SeqCst);
         client.publish("bytes/x", &data[..]).unwrap();
         returned.store(true, Ordering::SeqCst);
         data.fill(0xff);
         drop(data);
+        gone_tx.send(()).unwrap();
         published += 1;
+        let (still_lent, while_held, after) = read.recv_timeout(WAIT).unwrap();
+        assert!(while_held.len() == 1 << 20 && while_held.iter().all(|b| *b == 5), "read while held");
+        assert_eq!(after, while_held, "read after the buffer was freed: the copy");
+        if still_lent {
+            break;
+        }
     }
-    gone_tx.send(()).unwrap();
-    let (while_lent, after) = reader.join().unwrap();
-    assert!(while_lent.len() == 1 << 20 && while_lent.iter().all(|b| *b == 5), "read in the loan");
-    assert_eq!(after, while_lent, "read after the buffer was freed: the copy");
     for _ in 0..published {
         let ev = events.recv_timeout(WAIT).unwrap();
         assert!(ev.payload.len() == 1 << 20 && ev.payload.iter().all(|b| *b == 5));
     }
+    // The reader's failures reach this thread through `read`; it ends with the client's
+    // transport.
+    drop(reader);
 }
 
 /// Waits until `cond` holds, for at most [`WAIT`].
