@@ -385,32 +385,13 @@ impl Body {
         Some(body)
     }
 
-    /// Runs `f` with a body of `lead` (at most 9 bytes; `None` if longer) then `data`, lent
-    /// rather than copied: a frame made of the body while `f` runs, and written meanwhile, is
-    /// written from `data` itself. A frame (or body) that is still held when `f` returns reads a
-    /// copy of `data` from then on. So a large borrowed payload costs one copy (into the
-    /// transport) instead of two.
-    ///
-    /// ```
-    /// use hsipc_proto::frame::Body;
-    /// let data = vec![5u8; 100_000];
-    /// let kept = Body::lend(&[0x5a, 0, 1, 0x86, 0xa0], &data, |body| {
-    ///     assert_eq!(body.len(), 5 + 100_000);
-    ///     body // kept past the loan: it takes a copy
-    /// })
-    /// .unwrap();
-    /// drop(data);
-    /// assert_eq!(kept.to_bytes().len(), 100_005);
-    /// ```
-    pub fn lend<R>(lead: &[u8], data: &[u8], f: impl FnOnce(Body) -> R) -> Option<R> {
-        if lead.len() > LEAD_MAX {
-            return None;
-        }
-        Some(lent::lend(data, |lent| f(Body::lead_then(lead, Rest::Lent(lent)).unwrap_or_default())))
-    }
-
-    /// [`lend`](Self::lend) with the first `n` bytes of `lead` (all nine at most) leading.
-    pub(crate) fn lend_after<R>(lead: &[u8; LEAD_MAX], n: usize, data: &[u8], f: impl FnOnce(Body) -> R) -> R {
+    /// Runs `f` with a body of the first `n` bytes of `lead` (all nine at most) then `data`,
+    /// lent rather than copied (see `lent`): a frame made of the body while `f` runs, and
+    /// written meanwhile, is written from `data` itself; a frame (or body) still held when `f`
+    /// returns reads a copy of `data` from then on. So a large borrowed payload costs one copy
+    /// (into the transport) instead of two. Applications reach it through
+    /// [`codec::with_body`](crate::codec::with_body).
+    pub(crate) fn lend<R>(lead: &[u8; LEAD_MAX], n: usize, data: &[u8], f: impl FnOnce(Body) -> R) -> R {
         let lead = &lead[..n.min(LEAD_MAX)];
         lent::lend(data, |lent| f(Body::lead_then(lead, Rest::Lent(lent)).unwrap_or_default()))
     }
@@ -479,7 +460,8 @@ impl WireFrame {
     }
 
     /// The pieces, in order (the second may be empty), readable while the returned
-    /// [`Pieces`] lives. For a body lent by the application (see [`Body::lend`]) it is a lock
+    /// [`Pieces`] lives. For a body lent by the application (see
+    /// [`codec::with_body`](crate::codec::with_body)) it is a lock
     /// guard, shared with the other frames of that body (the frames of one publish to several
     /// peers, say): hold one at a time on a thread (a second would wait for the first), never
     /// across a blocking write or while waiting for another lock, and let it go soon (the

@@ -97,7 +97,7 @@ pub fn into_body<T: Serialize>(value: T) -> Result<Body, CodecError> {
 
 /// Like [`into_body`], for a value the caller holds on to while `f` runs: a borrowed byte
 /// slice (`&[u8]` or `&Vec<u8>`) of 16 KiB or more is lent to the body rather than copied into
-/// it (see [`Body::lend`]): a frame made of the body and written while `f` runs is written
+/// it: a frame made of the body and written while `f` runs is written
 /// from the caller's memory, and one still held when `f` returns takes a copy then. Anything
 /// else is encoded as [`into_body`] does.
 ///

@@ -65,10 +65,10 @@ pub(super) fn as_lendable<T: ?Sized>(value: &T) -> Option<&[u8]> {
 }
 
 /// Runs `f` with `data` as a CBOR byte string in a [`Body`] that borrows `data` (see
-/// [`Body::lend`]).
+/// `Body::lend`).
 pub(super) fn lend<R>(data: &[u8], f: impl FnOnce(Body) -> R) -> R {
     let (head, n) = head(data.len());
-    Body::lend_after(&head, n, data, f)
+    Body::lend(&head, n, data, f)
 }
 
 /// The `Bytes` itself if `value` is one (or a reference to one): shared, not copied.

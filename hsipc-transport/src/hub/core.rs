@@ -201,9 +201,7 @@ impl HubCore {
     pub fn publish_blocking<T: Serialize>(&self, topic: &str, event: T) -> Result<()> {
         let topic = Topic::new(topic)?;
         codec::with_body(event, |body| {
-            // Read after encoding: the first attempt publishes at this instant.
-            let started = Instant::now();
-            let deadline = crate::engine::deadline_after(started, self.inner.publish_timeout);
+            let (started, deadline) = self.publish_clock();
             let mut now = started;
             loop {
                 match self.handle().publish(&topic, body.clone(), now, started, deadline)? {
@@ -239,10 +237,15 @@ impl HubCore {
         event: T,
     ) -> Result<(Topic, proto::frame::Body, Instant, Instant)> {
         let (topic, body) = (Topic::new(topic)?, codec::into_body(event)?);
-        // Read after encoding: the first attempt publishes at this instant.
-        let started = Instant::now();
-        let deadline = crate::engine::deadline_after(started, self.inner.publish_timeout);
+        let (started, deadline) = self.publish_clock();
         Ok((topic, body, started, deadline))
+    }
+
+    /// A publish's start and deadline, read once its event is encoded: the first attempt
+    /// publishes at the start.
+    fn publish_clock(&self) -> (Instant, Instant) {
+        let started = Instant::now();
+        (started, crate::engine::deadline_after(started, self.inner.publish_timeout))
     }
 
     /// Subscribes to `pattern` with the hub's delivery (reliable unless the builder said
