@@ -222,30 +222,17 @@ pub enum Event {
 pub struct Matches(smallvec::SmallVec<[SubscriptionId; 4]>);
 
 impl Matches {
-    /// How many.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The subscriptions, in no particular order.
-    pub fn iter(&self) -> std::slice::Iter<'_, SubscriptionId> {
-        self.0.iter()
-    }
-}
-
-impl Matches {
     /// The matches the topic index found.
     pub(crate) fn new(ids: smallvec::SmallVec<[SubscriptionId; 4]>) -> Self {
         Matches(ids)
     }
+}
 
-    /// The subscriptions as a slice.
-    pub fn as_slice(&self) -> &[SubscriptionId] {
+impl std::ops::Deref for Matches {
+    /// The subscriptions, in no particular order.
+    type Target = [SubscriptionId];
+
+    fn deref(&self) -> &[SubscriptionId] {
         &self.0
     }
 }

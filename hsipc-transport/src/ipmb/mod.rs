@@ -516,10 +516,8 @@ impl Transport for IpmbTransport {
         self.check_open(frame)?;
         // Only a lane can take a frame without waiting; the bus (and opening a lane) is the
         // writer's job.
-        match self.lanes.outgoing.try_write(to, frame) {
-            Ok(sent) => Ok(sent),
-            Err(source) => Err(self.lane_broken(to, source)),
-        }
+        let written = self.lanes.outgoing.try_write(to, frame);
+        written.map_err(|source| self.lane_broken(to, source))
     }
 
     fn tick(&mut self) {
