@@ -344,8 +344,8 @@ impl hsipc::transport::Transport for HoldingTransport {
         &mut self,
         to: hsipc::PeerId,
         frame: &hsipc::proto::frame::WireFrame,
-    ) -> Result<bool, hsipc::transport::TransportError> {
-        self.send(to, frame).map(|()| true)
+    ) -> Result<hsipc::transport::Sent, hsipc::transport::TransportError> {
+        self.send(to, frame).map(|()| hsipc::transport::Sent::Now)
     }
 
     fn flush(&mut self) {

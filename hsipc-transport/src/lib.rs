@@ -17,6 +17,7 @@ mod ingress;
 pub mod ipmb;
 mod liveness;
 mod mem;
+mod send_lock;
 mod transport;
 
 pub use engine::{
@@ -28,4 +29,4 @@ pub use ingress::Ingress;
 pub use ipmb::{IpmbBus, IpmbConfig};
 pub use mem::{MemBus, MemTransport};
 pub use proto;
-pub use transport::{BusError, Connect, Transport, TransportError, Waiting};
+pub use transport::{BusError, Connect, PeerSender, Sent, Transport, TransportError, Waiting};

@@ -9,7 +9,7 @@ use proto::PeerId;
 use proto::frame::WireFrame;
 
 use crate::ingress::Ingress;
-use crate::transport::{Connect, Transport, TransportError};
+use crate::transport::{Connect, Sent, Transport, TransportError};
 
 /// A bus in memory. Clone it to give every hub the same bus.
 #[derive(Clone, Debug, Default)]
@@ -78,9 +78,9 @@ impl Transport for MemTransport {
         Ok(())
     }
 
-    fn try_send(&mut self, to: PeerId, frame: &WireFrame) -> Result<bool, TransportError> {
+    fn try_send(&mut self, to: PeerId, frame: &WireFrame) -> Result<Sent, TransportError> {
         // Delivery in memory never waits for the receiver.
-        self.send(to, frame).map(|()| true)
+        self.send(to, frame).map(|()| Sent::Now)
     }
 
     fn broadcast(&mut self, frame: &WireFrame) -> Result<(), TransportError> {

@@ -97,12 +97,15 @@ pub trait Transport: Send + fmt::Debug + 'static {
     /// it on [`flush`](Self::flush), so that one slow peer does not hold up frames to others;
     /// it must then say so through [`waiting`](Self::waiting).
     fn send(&mut self, to: PeerId, frame: &WireFrame) -> Result<(), TransportError>;
-    /// Sends one frame to one peer only if that needs no waiting: `Ok(true)` if it went,
-    /// `Ok(false)` if it would have had to wait (then nothing was sent, and the engine's writer
-    /// sends it with [`send`](Self::send), in order). The default never sends here.
-    fn try_send(&mut self, to: PeerId, frame: &WireFrame) -> Result<bool, TransportError> {
+    /// Sends one frame to one peer only if that needs no waiting, or hands it to that peer's
+    /// own path ([`Sent::Queued`]): the engine then lets go of its send lock and writes it
+    /// through [`PeerSender::send_queued`], so that threads sending to different peers write
+    /// at the same time (a copy into shared memory, a wake-up message), each under its peer's
+    /// lock alone. [`Sent::NotNow`] if it would have had to wait (nothing was sent, and the
+    /// engine sends it with [`send`](Self::send), in order). The default never sends here.
+    fn try_send(&mut self, to: PeerId, frame: &WireFrame) -> Result<Sent, TransportError> {
         let _ = (to, frame);
-        Ok(false)
+        Ok(Sent::NotNow)
     }
     /// Writes frames [`send`](Self::send) kept, as far as that goes without waiting.
     fn flush(&mut self) {}
@@ -127,6 +130,32 @@ pub trait Transport: Send + fmt::Debug + 'static {
     }
     /// Stops receiving and releases the bus. Idempotent.
     fn close(&mut self);
+}
+
+/// What [`Transport::try_send`] did with a frame.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Sent {
+    /// It went (or the transport keeps it, and says so through
+    /// [`waiting`](Transport::waiting)).
+    Now,
+    /// It waits, in order, in its peer's own queue: write it with
+    /// [`PeerSender::send_queued`] once the engine's send lock is let go.
+    Queued(std::sync::Arc<dyn PeerSender>),
+    /// Not sent: it would have had to wait.
+    NotNow,
+}
+
+/// One peer's own path out of a transport, written through `&self` by whichever thread
+/// queued a frame for it (see [`Sent::Queued`]), with no lock held but the peer's own.
+///
+/// Frames go in the order they were queued, whoever writes them: a thread that finds another
+/// writing to the same peer leaves its frames to it.
+pub trait PeerSender: Send + Sync + fmt::Debug {
+    /// Writes what is queued for this peer, as far as that goes without waiting, and never
+    /// blocks. `true` if frames are left for the transport's [`flush`](Transport::flush) (the
+    /// engine then wakes its writer).
+    fn send_queued(&self) -> bool;
 }
 
 /// What a transport's kept frames wait for (see [`Transport::waiting`]).

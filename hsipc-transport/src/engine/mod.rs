@@ -32,7 +32,11 @@
 //!
 //! Sends happen under a second lock, taken only with `try_lock` by everyone but the writer,
 //! and whoever holds it sends everything queued, in order: frames leave in the order the
-//! protocol produced them, and no thread ever waits for another one's send.
+//! protocol produced them, and no thread ever waits for another one's send. A frame for a peer
+//! with a path of its own (a direct lane) is only handed to that path under this lock (a push,
+//! no system call, no copy; see [`Sent::Queued`](crate::Sent::Queued)); the thread writes it
+//! once it has let go ([`PeerSender`](crate::PeerSender), through `&self`, under that peer's
+//! lock alone), so threads answering different peers copy and wake at the same time.
 //!
 //! Over direct lanes a unary call wakes four threads: the server's lane reader, the handler, the
 //! client's lane reader, the caller (the caller and the handler write into the lanes
@@ -56,7 +60,7 @@ mod idle_lanes;
 mod item_sink;
 mod pending;
 mod reader_signal;
-mod send_lock;
+
 mod shared;
 mod state;
 mod stream_reader;

@@ -11,9 +11,11 @@ use proto::{Dest, Input, PeerId};
 use super::caller_lane::{CallerLane, CallerLanes};
 use super::deferred::{Deferred, ReaderWakes};
 use super::dispatch::Dispatcher;
-use super::send_lock::SendLock;
 use super::state::{Batch, State};
-use crate::transport::Transport;
+use crate::send_lock::SendLock;
+use smallvec::SmallVec;
+
+use crate::transport::{PeerSender, Sent, Transport};
 
 pub(crate) struct Shared {
     /// This engine, for handles given to the dispatcher.
@@ -282,13 +284,34 @@ impl Shared {
     pub(super) fn send_inline(&self, may_block: bool) {
         let Some(mut transport) = self.try_lock_transport() else { return };
         let mut batch = self.state().take_outbound();
+        // Peers whose own path took frames: written once the send lock is let go.
+        let mut handed: SmallVec<[Arc<dyn PeerSender>; 2]> = SmallVec::new();
+        // Whether a frame went the way that may wait (and may leave frames kept).
+        let mut waited = false;
         match transport.as_deref_mut() {
             Some(t) => {
                 while let Some((dest, frame)) = batch.frames.pop_front() {
-                    let went = match (dest, may_block) {
-                        (_, true) => send_one(t, dest, &frame).map(|()| true),
-                        (Dest::Peer(p), false) => t.try_send(p, &frame),
-                        (Dest::All, false) => Ok(false),
+                    let went = match dest {
+                        Dest::Peer(p) => match t.try_send(p, &frame) {
+                            Ok(Sent::Now) => Ok(true),
+                            Ok(Sent::Queued(peer)) => {
+                                if !handed.iter().any(|h| Arc::ptr_eq(h, &peer)) {
+                                    handed.push(peer);
+                                }
+                                Ok(true)
+                            }
+                            Ok(Sent::NotNow) if may_block => {
+                                waited = true;
+                                t.send(p, &frame).map(|()| true)
+                            }
+                            Ok(Sent::NotNow) => Ok(false),
+                            Err(e) => Err(e),
+                        },
+                        Dest::All if may_block => {
+                            waited = true;
+                            t.broadcast(&frame).map(|()| true)
+                        }
+                        Dest::All => Ok(false),
                     };
                     match went {
                         Ok(true) => {}
@@ -304,12 +327,19 @@ impl Shared {
         }
         // Frames this batch could not send at once, and frames kept by the transport (a full
         // lane), are the writer's to finish. (Frames queued meanwhile by other threads are sent
-        // when the lock is let go, or by the writer if they woke it.)
+        // when the lock is let go, or by the writer if they woke it.) Frames handed to a peer's
+        // own path say so when they are written (below).
         let stopped = !batch.frames.is_empty();
-        let kept = transport.as_ref().is_some_and(|t| t.waiting().is_some());
+        let kept = waited && transport.as_ref().is_some_and(|t| t.waiting().is_some());
         self.finish_batch(batch);
         drop(transport);
-        if stopped || kept {
+        // Each peer's frames are written under that peer's lock alone: threads sending to
+        // different peers write at the same time.
+        let mut left = false;
+        for peer in handed {
+            left |= peer.send_queued();
+        }
+        if stopped || kept || left {
             self.wake_writer();
         }
     }

@@ -60,7 +60,7 @@ use proto::PeerId;
 use proto::frame::WireFrame;
 
 use crate::ingress::Ingress;
-use crate::transport::{Connect, Transport, TransportError, Waiting};
+use crate::transport::{Connect, Sent, Transport, TransportError, Waiting};
 
 pub use envelope::INLINE_MAX;
 pub use lane_reader::{LaneReader, LaneRunner, LaneState};
@@ -271,7 +271,7 @@ impl Connect for IpmbBus {
                 next_idle_check: Instant::now(),
                 other_users: HashSet::new(),
                 declined: Default::default(),
-                outgoing: out_lanes::OutLanes::new(cfg.lane_stall_timeout),
+                outgoing: out_lanes::OutLanes::new(cfg.lane_stall_timeout, ingress.clone()),
                 dead: PeersUntil::default(),
                 dead_for: cfg.lane_stall_timeout,
                 incoming,
@@ -432,6 +432,13 @@ impl IpmbTransport {
         TransportError::Io { what: "writing into a direct lane", source }
     }
 
+    /// Cuts off the peers whose lane a write outside the engine's send lock found broken.
+    fn settle_broken_lanes(&mut self) {
+        for (peer, source) in self.lanes.outgoing.take_broken() {
+            self.lane_broken(peer, source);
+        }
+    }
+
     fn send_msg(&mut self, msg: ipmb::Message<Msg>) -> Result<(), TransportError> {
         match catch_unwind(AssertUnwindSafe(|| self.sender.send(msg))) {
             Ok(Ok(())) => Ok(()),
@@ -512,15 +519,20 @@ impl Transport for IpmbTransport {
         self.send_to(ipmb::Selector::unicast(peer_label(to)), frame)
     }
 
-    fn try_send(&mut self, to: PeerId, frame: &WireFrame) -> Result<bool, TransportError> {
+    fn try_send(&mut self, to: PeerId, frame: &WireFrame) -> Result<Sent, TransportError> {
         self.check_open(frame)?;
         // Only a lane can take a frame without waiting; the bus (and opening a lane) is the
-        // writer's job.
-        let written = self.lanes.outgoing.try_write(to, frame);
-        written.map_err(|source| self.lane_broken(to, source))
+        // writer's job. The lane takes it into its queue; the thread writes it once it has let
+        // go of the engine's send lock.
+        match self.lanes.outgoing.try_queue(to, frame) {
+            Ok(Some(lane)) => Ok(Sent::Queued(lane)),
+            Ok(None) => Ok(Sent::NotNow),
+            Err(source) => Err(self.lane_broken(to, source)),
+        }
     }
 
     fn tick(&mut self) {
+        self.settle_broken_lanes();
         let now = Instant::now();
         let mut broken = Vec::new();
         for peer in self.lanes.outgoing.close_declined(&mut broken) {
@@ -550,6 +562,7 @@ impl Transport for IpmbTransport {
     }
 
     fn flush(&mut self) {
+        self.settle_broken_lanes();
         for (peer, source) in self.lanes.outgoing.flush() {
             self.lane_broken(peer, source);
         }

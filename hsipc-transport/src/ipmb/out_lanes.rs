@@ -9,12 +9,26 @@
 //! to the engine's writer (whose queue holds publishers back), and the writer waits for that
 //! lane to take some. A lane whose waiting frames make no progress for the stall timeout is
 //! given up: its peer is cut off.
+//!
+//! # Each peer's lane is written under its own lock
+//!
+//! Threads that produce frames hand them to their peer's lane under the engine's send lock
+//! ([`OutLanes::try_queue`]: a push into the lane's queue, no system call, no copy), and write
+//! them once they have let go of it ([`PeerLane::write_handed`], the transport's
+//! [`PeerSender`]): the copy into the ring or the pool, and the message that wakes the reader,
+//! happen under that lane's lock alone, so threads that answer different peers write at the same
+//! time. The order of each peer's frames is the order they were handed over in (under the
+//! engine's send lock), whoever writes them: a thread that finds the lane's lock taken leaves
+//! its frames to the holder ([`SendLock`]), and a writer under the engine's send lock (the
+//! engine's writer thread, a broadcast) takes what was handed over before it writes its own.
 
 use std::collections::VecDeque;
 
 use proto::fast_map::FastMap as HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use proto::PeerId;
@@ -22,29 +36,190 @@ use proto::frame::WireFrame;
 
 use super::lane;
 use super::large::{How, LargeFrames};
+use crate::ingress::Ingress;
+use crate::send_lock::SendLock;
+use crate::transport::PeerSender;
 
 /// Most bytes that wait for one lane before its writers wait (a larger frame still goes, alone).
 const MAX_WAITING_BYTES: usize = 64 << 20;
 /// Most frames that wait for one lane before its writers wait.
 const MAX_WAITING_FRAMES: usize = 8192;
+/// How many times in a row a thread writes frames other threads handed to a lane meanwhile
+/// before it leaves the rest to the engine's writer.
+const WRITE_ROUNDS: usize = 4;
 
-/// One peer's lane and what waits for it.
+/// One peer's lane: what threads handed to it, and the lane itself under its own lock.
+pub(crate) struct PeerLane {
+    peer: PeerId,
+    /// Frames handed over (under the engine's send lock) and not yet taken by a writer, oldest
+    /// first. Held only to push or take.
+    handed: Mutex<Handed>,
+    /// The lane: whoever holds it writes.
+    lane: SendLock<OutLane>,
+    /// Whether a frame for this peer alone went in since the last idle check.
+    used: AtomicBool,
+    /// No longer written: removed (closed, broken or stalled). What is handed to it is dropped.
+    gone: AtomicBool,
+    /// A write outside the engine's send lock found the lane broken: the error, for the
+    /// transport to cut the peer off with (the engine was told at once).
+    broken: Mutex<Option<io::Error>>,
+    /// Frames and bytes waiting in the lane (mirrors, for the bound on what is handed over).
+    waiting_frames: AtomicUsize,
+    waiting_bytes: AtomicUsize,
+    /// The reader's hub declined the lane: frames go to the engine's writer until it is closed.
+    declined: AtomicBool,
+    /// To tell the engine at once that the peer is gone when a write finds the lane broken.
+    ingress: Ingress,
+}
+
+/// Frames handed to a lane, and their bytes.
+#[derive(Default)]
+struct Handed {
+    frames: VecDeque<WireFrame>,
+    bytes: usize,
+}
+
+impl std::fmt::Debug for PeerLane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerLane").field("peer", &self.peer).finish_non_exhaustive()
+    }
+}
+
+impl PeerSender for PeerLane {
+    fn send_queued(&self) -> bool {
+        self.write_handed()
+    }
+}
+
+impl PeerLane {
+    fn handed(&self) -> MutexGuard<'_, Handed> {
+        self.handed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `frame` must wait for room (a frame alone always has room).
+    fn is_full(&self, frame: &WireFrame, handed: &Handed) -> bool {
+        let frames = handed.frames.len() + self.waiting_frames.load(Ordering::Relaxed);
+        let bytes = handed.bytes + self.waiting_bytes.load(Ordering::Relaxed);
+        frames > 0 && (bytes + frame.len() > MAX_WAITING_BYTES || frames >= MAX_WAITING_FRAMES)
+    }
+
+    /// Writes what was handed to the lane, as far as it takes it now, without ever waiting (a
+    /// thread that finds the lane being written leaves its frames to that thread). `true` if
+    /// frames are left for the engine's writer: the lane is full (the writer polls it), or
+    /// other threads kept handing frames over for [`WRITE_ROUNDS`] rounds. A broken lane is
+    /// marked for the transport, and the engine is told at once that the peer is gone.
+    pub(crate) fn write_handed(&self) -> bool {
+        for _ in 0..WRITE_ROUNDS {
+            let Some(mut lane) = self.lane.try_lock() else { return false };
+            let written = self.take_handed(&mut lane).and_then(|()| lane.flush(Instant::now()));
+            let full = !lane.waiting.is_empty();
+            self.mirror(&lane);
+            drop(lane);
+            if let Err(e) = written {
+                self.break_off(e);
+                return false;
+            }
+            if !self.lane.asked() {
+                return full;
+            }
+        }
+        true
+    }
+
+    /// Takes what was handed over into the lane (written, or queued behind what waits), before
+    /// anything else is written. Dropped if the lane is gone.
+    fn take_handed(&self, lane: &mut OutLane) -> io::Result<()> {
+        // Swapped for the lane's empty queue, so that handing over allocates nothing once the
+        // two have grown.
+        let mut frames = std::mem::take(&mut lane.spare);
+        {
+            let mut handed = self.handed();
+            if handed.frames.is_empty() {
+                lane.spare = frames;
+                return Ok(());
+            }
+            handed.bytes = 0;
+            std::mem::swap(&mut handed.frames, &mut frames);
+        }
+        let gone = self.gone.load(Ordering::Relaxed);
+        let mut written = Ok(());
+        for frame in frames.drain(..) {
+            if !gone && written.is_ok() {
+                written = lane.push(&frame);
+            }
+        }
+        lane.spare = frames;
+        written
+    }
+
+    /// The lane, waiting for its lock (the engine's writer, under the engine's send lock), with
+    /// what was handed over taken in first. Let go with [`release`](Self::release).
+    fn hold(&self) -> io::Result<MutexGuard<'_, OutLane>> {
+        if let Some(e) = self.take_broken() {
+            return Err(e);
+        }
+        let mut lane = self.lane.lock();
+        self.take_handed(&mut lane)?;
+        Ok(lane)
+    }
+
+    /// Lets go of the lane held with [`hold`](Self::hold) (or [`peek`](Self::peek)), writing
+    /// what threads that found it taken handed over meanwhile (what that leaves, the engine's
+    /// writer finds through `waiting`).
+    fn release(&self, lane: MutexGuard<'_, OutLane>) {
+        self.mirror(&lane);
+        drop(lane);
+        if self.lane.asked() {
+            self.write_handed();
+        }
+    }
+
+    /// Runs `f` on the lane, waiting for its lock, without taking in what was handed over.
+    fn peek<R>(&self, f: impl FnOnce(&mut OutLane) -> R) -> R {
+        let mut lane = self.lane.lock();
+        let r = f(&mut lane);
+        self.release(lane);
+        r
+    }
+
+    /// Keeps the mirrors of what waits in the lane up to date.
+    fn mirror(&self, lane: &OutLane) {
+        self.waiting_frames.store(lane.waiting.len(), Ordering::Relaxed);
+        self.waiting_bytes.store(lane.waiting_bytes, Ordering::Relaxed);
+        self.declined.store(lane.large.declined(), Ordering::Relaxed);
+    }
+
+    /// A write outside the engine's send lock found the lane broken: it is given up, the
+    /// transport cuts the peer off (see [`OutLanes::take_broken`]), and the engine hears now.
+    fn break_off(&self, e: io::Error) {
+        tracing::debug!(peer = %self.peer, error = %e, "lane broken: the peer is gone or stuck");
+        self.gone.store(true, Ordering::Relaxed);
+        *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+        self.ingress.peer_lost(self.peer);
+    }
+
+    fn take_broken(&self) -> Option<io::Error> {
+        self.broken.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// One peer's lane and what waits for it (under the lane's lock).
 struct OutLane {
     fd: OwnedFd,
     /// Frames accepted and not yet fully written, oldest first.
     waiting: VecDeque<Outgoing>,
     /// Chunks of the first waiting frame already written.
     written: usize,
+    /// An empty queue to swap for what is handed over (see [`PeerLane::take_handed`]).
+    spare: VecDeque<WireFrame>,
     /// How large frames go.
     large: LargeFrames,
     waiting_bytes: usize,
     /// When the waiting frames last made progress (or began to wait).
     progress: Instant,
     /// When a frame for this peer alone (not its copy of a broadcast) last went in, as dated
-    /// by the idle check that saw [`used`](Self::used) (so never earlier than the use).
+    /// by the idle check that saw [`PeerLane::used`] (so never earlier than the use).
     last_used: Instant,
-    /// Whether such a frame went in since the last idle check.
-    used: bool,
 }
 
 impl Drop for OutLane {
@@ -63,13 +238,14 @@ struct Outgoing {
 
 /// The lanes this hub writes.
 pub(super) struct OutLanes {
-    lanes: HashMap<PeerId, OutLane>,
+    lanes: HashMap<PeerId, Arc<PeerLane>>,
     stall: Duration,
+    ingress: Ingress,
 }
 
 impl OutLanes {
-    pub(super) fn new(stall: Duration) -> Self {
-        OutLanes { lanes: HashMap::default(), stall: stall.max(Duration::from_millis(1)) }
+    pub(super) fn new(stall: Duration, ingress: Ingress) -> Self {
+        OutLanes { lanes: HashMap::default(), stall: stall.max(Duration::from_millis(1)), ingress }
     }
 
     pub(super) fn insert(&mut self, peer: PeerId, fd: OwnedFd) {
@@ -78,13 +254,27 @@ impl OutLanes {
             fd,
             waiting: VecDeque::new(),
             written: 0,
+            spare: VecDeque::new(),
             large: LargeFrames::default(),
             waiting_bytes: 0,
             progress: now,
             last_used: now,
-            used: false,
         };
-        self.lanes.insert(peer, lane);
+        let lane = PeerLane {
+            peer,
+            handed: Mutex::default(),
+            lane: SendLock::new(lane),
+            used: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+            broken: Mutex::new(None),
+            waiting_frames: AtomicUsize::new(0),
+            waiting_bytes: AtomicUsize::new(0),
+            declined: AtomicBool::new(false),
+            ingress: self.ingress.clone(),
+        };
+        if let Some(old) = self.lanes.insert(peer, Arc::new(lane)) {
+            old.gone.store(true, Ordering::Relaxed);
+        }
     }
 
     pub(super) fn contains(&self, peer: PeerId) -> bool {
@@ -99,13 +289,32 @@ impl OutLanes {
         self.lanes.keys().copied().collect()
     }
 
-    /// Forgets a lane (its peer sees the end once every copy of the fd is closed).
+    /// Forgets a lane (its peer sees the end once every copy of the fd is closed); what is
+    /// handed to it and not written yet is dropped.
     pub(super) fn remove(&mut self, peer: PeerId) {
-        self.lanes.remove(&peer);
+        if let Some(lane) = self.lanes.remove(&peer) {
+            lane.gone.store(true, Ordering::Relaxed);
+        }
     }
 
     pub(super) fn clear(&mut self) {
-        self.lanes.clear();
+        for (_, lane) in self.lanes.drain() {
+            lane.gone.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The lanes a write outside the engine's send lock found broken, taken out (the engine
+    /// was told already): their peers are to be cut off.
+    pub(super) fn take_broken(&mut self) -> Vec<(PeerId, io::Error)> {
+        let mut broken = Vec::new();
+        self.lanes.retain(|peer, lane| match lane.take_broken() {
+            Some(e) => {
+                broken.push((*peer, e));
+                false
+            }
+            None => true,
+        });
+        broken
     }
 
     /// Writes `frame` into `peer`'s lane, or queues it behind what waits there. When too much
@@ -114,42 +323,89 @@ impl OutLanes {
     /// cut off.
     pub(super) fn write(&mut self, peer: PeerId, frame: &WireFrame) -> io::Result<()> {
         let stall = self.stall;
-        let Some(lane) = self.lanes.get_mut(&peer) else {
+        let Some(peer_lane) = self.lanes.get(&peer) else {
             return Err(io::Error::new(io::ErrorKind::NotConnected, "no lane to that peer"));
         };
-        while lane.is_full(frame) {
-            lane.wait_for_room(stall)?;
+        let mut lane = peer_lane.hold()?;
+        let mut written = Ok(());
+        while written.is_ok() && lane.is_full(frame) {
+            written = lane.wait_for_room(stall);
         }
-        lane.push(frame)
+        let written = written.and_then(|()| lane.push(frame));
+        peer_lane.release(lane);
+        written
     }
 
-    /// Writes `frame`, for `peer` alone, from a thread that must not wait: on a lane, it goes
-    /// now or waits in the lane's queue, unless too much waits there already. `Ok(false)` if
-    /// it did not go (no lane to `peer`, or a full queue: the engine's writer takes it).
-    pub(super) fn try_write(&mut self, peer: PeerId, frame: &WireFrame) -> io::Result<bool> {
-        let Some(lane) = self.lanes.get_mut(&peer) else { return Ok(false) };
-        if lane.large.declined() {
+    /// Hands `frame`, for `peer` alone, to its lane from a thread that must not wait: write it
+    /// with [`PeerLane::write_handed`] once the engine's send lock is let go. `Ok(None)` if it
+    /// was not taken (no lane to `peer`, or a full queue: the engine's writer takes it); `Err`
+    /// if a write found the lane broken (its peer is to be cut off).
+    pub(super) fn try_queue(&mut self, peer: PeerId, frame: &WireFrame) -> io::Result<Option<Arc<PeerLane>>> {
+        let Some(lane) = self.lanes.get(&peer) else { return Ok(None) };
+        if let Some(e) = lane.take_broken() {
+            return Err(e);
+        }
+        if lane.declined.load(Ordering::Relaxed) {
             // To be closed: the writer sends what comes meanwhile, and closes it once the
             // reader has taken all (a peer kept busy from other threads would keep it open).
-            return Ok(false);
+            return Ok(None);
         }
-        if lane.is_full(frame) {
-            lane.flush(Instant::now())?;
-            if lane.is_full(frame) {
-                return Ok(false);
+        if lane.is_full(frame, &lane.handed()) {
+            // Room made now (the reader has taken some meanwhile) keeps the frame off the
+            // writer; a lane being written by another thread is not waited for.
+            if let Some(mut held) = lane.lane.try_lock() {
+                let written = lane.take_handed(&mut held).and_then(|()| held.flush(Instant::now()));
+                lane.release(held);
+                written?;
             }
+        }
+        {
+            let mut handed = lane.handed();
+            if lane.is_full(frame, &handed) {
+                return Ok(None);
+            }
+            handed.bytes += frame.len();
+            handed.frames.push_back(frame.clone());
         }
         // A frame for this peer alone: the lane is in use (no clock read per frame: the idle
         // check, about once a second, dates the use).
-        lane.used = true;
-        lane.push(frame).map(|()| true)
+        lane.used.store(true, Ordering::Relaxed);
+        Ok(Some(lane.clone()))
     }
 
     /// Notes that a frame for `peer` alone is going into its lane (the lane is in use).
     pub(super) fn touch(&mut self, peer: PeerId) {
-        if let Some(lane) = self.lanes.get_mut(&peer) {
-            lane.used = true;
+        if let Some(lane) = self.lanes.get(&peer) {
+            lane.used.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Runs `f` on every lane, held (what was handed over taken in first), and removes those
+    /// for which it says so; lanes found broken on the way are added to `broken` (and removed).
+    fn sweep(
+        &mut self,
+        broken: &mut Vec<(PeerId, io::Error)>,
+        mut f: impl FnMut(PeerId, &PeerLane, &mut OutLane, &mut Vec<(PeerId, io::Error)>) -> bool,
+    ) -> Vec<PeerId> {
+        let mut removed = Vec::new();
+        self.lanes.retain(|peer, peer_lane| {
+            let mut lane = match peer_lane.hold() {
+                Ok(lane) => lane,
+                Err(e) => {
+                    broken.push((*peer, e));
+                    peer_lane.gone.store(true, Ordering::Relaxed);
+                    return false;
+                }
+            };
+            let remove = f(*peer, peer_lane, &mut lane, broken);
+            if remove {
+                peer_lane.gone.store(true, Ordering::Relaxed);
+                removed.push(*peer);
+            }
+            peer_lane.release(lane);
+            !remove
+        });
+        removed
     }
 
     /// Closes the lanes no frame for their peer alone has used for `idle` (nothing waits in
@@ -158,46 +414,34 @@ impl OutLanes {
     /// adds to `broken` the lanes found broken on the way (their peers are to be cut off).
     pub(super) fn close_idle(&mut self, idle: Duration, broken: &mut Vec<(PeerId, io::Error)>) -> Vec<PeerId> {
         let now = Instant::now();
-        let mut closed = Vec::new();
-        self.lanes.retain(|peer, l| {
-            if std::mem::take(&mut l.used) {
+        self.sweep(broken, |peer, peer_lane, l, broken| {
+            if peer_lane.used.swap(false, Ordering::Relaxed) {
                 l.last_used = now;
             }
             let unused = l.waiting.is_empty() && now.saturating_duration_since(l.last_used) >= idle;
             // A lane with no room for the closing message stays until the next look.
-            let close = unused && closes(*peer, l, broken);
-            if close {
-                closed.push(*peer);
-            }
-            !close
-        });
-        closed
+            unused && closes(peer, l, broken)
+        })
     }
 
     /// Closes the lanes whose reader's hub declined them, once nothing waits in them (their
     /// reader reads until the closing message). Returns their peers, whose frames go through the
     /// bus from now on; adds to `broken` the lanes found broken on the way.
     pub(super) fn close_declined(&mut self, broken: &mut Vec<(PeerId, io::Error)>) -> Vec<PeerId> {
-        let mut closed = Vec::new();
-        self.lanes.retain(|peer, l| {
+        self.sweep(broken, |peer, _, l, broken| {
             if !l.large.heard() {
                 let _ = l.large.read_back(&l.fd); // a reader that is gone shows in the next write
             }
-            let close = l.large.declined() && l.waiting.is_empty() && closes(*peer, l, broken);
-            if close {
-                closed.push(*peer);
-            }
-            !close
-        });
-        closed
+            l.large.declined() && l.waiting.is_empty() && closes(peer, l, broken)
+        })
     }
 
     /// Gives back the pages of lane pools beyond their first megabytes, for lanes whose pool
     /// has had no frame for `quiet`.
     pub(super) fn trim_pools(&mut self, quiet: Duration) {
         let now = Instant::now();
-        for lane in self.lanes.values_mut() {
-            lane.large.trim_if_quiet(now, quiet);
+        for lane in self.lanes.values() {
+            lane.peek(|l| l.large.trim_if_quiet(now, quiet));
         }
     }
 
@@ -205,33 +449,54 @@ impl OutLanes {
     /// or made no progress for the stall timeout (their reader is stuck).
     pub(super) fn flush(&mut self) -> Vec<(PeerId, io::Error)> {
         let now = Instant::now();
+        let stall = self.stall;
         let mut failed = Vec::new();
-        for (peer, lane) in &mut self.lanes {
+        self.sweep(&mut failed, |peer, _, lane, failed| {
             if let Err(e) = lane.flush(now) {
-                failed.push((*peer, e));
-            } else if !lane.waiting.is_empty() && now >= lane.progress + self.stall {
-                failed.push((*peer, io::Error::new(io::ErrorKind::TimedOut, "the lane's reader is stuck")));
+                failed.push((peer, e));
+                true
+            } else if !lane.waiting.is_empty() && now >= lane.progress + stall {
+                failed.push((peer, io::Error::new(io::ErrorKind::TimedOut, "the lane's reader is stuck")));
+                true
+            } else {
+                false
             }
-        }
+        });
         failed
     }
 
     /// The lanes with frames waiting, to poll for room (writable: room in the socket;
-    /// readable: the reader says it made room in the ring), and when the first of them stalls.
+    /// readable: the reader says it made room in the ring), and when the first of them stalls
+    /// (now, if frames handed over are left unwritten).
     pub(super) fn waiting(&self) -> Option<(Vec<RawFd>, Vec<RawFd>, Instant)> {
-        let full: Vec<&OutLane> = self.lanes.values().filter(|l| !l.waiting.is_empty()).collect();
-        let until = full.iter().map(|l| l.progress + self.stall).min()?;
-        let fds = |ring: bool| full.iter().filter(|l| l.large.ring_full() == ring).map(|l| l.fd.as_raw_fd()).collect();
-        Some((fds(false), fds(true), until))
+        let (mut writable, mut readable, mut until) = (Vec::new(), Vec::new(), None::<Instant>);
+        for peer_lane in self.lanes.values() {
+            let handed = !peer_lane.handed().frames.is_empty();
+            let (fd, stalls) = peer_lane.peek(|lane| {
+                let fd = (!lane.waiting.is_empty()).then(|| (lane.fd.as_raw_fd(), lane.large.ring_full()));
+                (fd, lane.progress + self.stall)
+            });
+            let at = match (handed, fd) {
+                (true, _) => Instant::now(),
+                (false, Some(_)) => stalls,
+                (false, None) => continue,
+            };
+            until = Some(until.map_or(at, |u| u.min(at)));
+            match fd {
+                Some((fd, true)) => readable.push(fd),
+                Some((fd, false)) => writable.push(fd),
+                None => {}
+            }
+        }
+        Some((writable, readable, until?))
     }
 
     /// At close: writes what waits, waiting for room until `deadline` at most.
     pub(super) fn drain(&mut self, deadline: Instant) {
         loop {
-            // A broken lane takes nothing more (and would wake `poll` at once, forever).
-            for (peer, _) in self.flush() {
-                self.lanes.remove(&peer);
-            }
+            // A broken lane takes nothing more (and would wake `poll` at once, forever): `flush`
+            // took it out.
+            let _ = self.flush();
             let Some((writable, readable, _)) = self.waiting() else { return };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -341,12 +606,29 @@ mod tests {
     use super::super::sealed;
     use super::*;
 
+    /// Lanes whose engine is gone (nobody hears of a broken lane).
+    fn lanes_for_tests(stall: Duration) -> OutLanes {
+        OutLanes::new(stall, Ingress::new(std::sync::Weak::new()))
+    }
+
+    /// Hands `frame` to `peer`'s lane and writes it as a thread that must not wait does:
+    /// whether the lane took it.
+    fn hand(lanes: &mut OutLanes, peer: PeerId, frame: &WireFrame) -> bool {
+        match lanes.try_queue(peer, frame).unwrap() {
+            Some(lane) => {
+                lane.write_handed();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A lane whose reader does not read: frames wait without blocking the writer, in order,
     /// and go through once the reader reads.
     #[test]
     fn a_full_lane_queues_without_blocking_and_keeps_order() {
         let (mine, theirs) = lane::pair().unwrap();
-        let mut lanes = OutLanes::new(Duration::from_secs(3600));
+        let mut lanes = lanes_for_tests(Duration::from_secs(3600));
         let peer = PeerId(7);
         lanes.insert(peer, mine);
         let frames: Vec<WireFrame> = (0..64u8).map(|i| WireFrame::from(Bytes::from(vec![i; 100_000]))).collect();
@@ -356,7 +638,7 @@ mod tests {
         assert!(lanes.waiting().is_some(), "a lane holds far less than 6 MB: some must wait");
         // A frame from a thread that must not wait queues behind them.
         let last = WireFrame::from(Bytes::from_static(b"last"));
-        assert!(lanes.try_write(peer, &last).unwrap());
+        assert!(hand(&mut lanes, peer, &last));
         let frames: Vec<Bytes> = frames.into_iter().chain([last]).map(|f| f.to_bytes()).collect();
         // Read everything while flushing: the frames arrive whole and in order.
         let mut got = Vec::new();
@@ -388,23 +670,91 @@ mod tests {
     #[test]
     fn only_frames_for_the_peer_alone_mark_a_lane_used() {
         let (mine, _theirs) = lane::pair().unwrap();
-        let mut lanes = OutLanes::new(Duration::from_secs(3600));
+        let mut lanes = lanes_for_tests(Duration::from_secs(3600));
         let peer = PeerId(7);
         lanes.insert(peer, mine);
         let frame = WireFrame::from(Bytes::from_static(b"frame"));
         lanes.write(peer, &frame).unwrap();
-        assert!(!lanes.lanes[&peer].used, "a broadcast's copy");
-        assert!(lanes.try_write(peer, &frame).unwrap());
-        assert!(lanes.lanes[&peer].used, "a frame from a thread that must not wait");
-        lanes.lanes.get_mut(&peer).unwrap().used = false;
+        let used = |lanes: &OutLanes| lanes.lanes[&peer].used.load(Ordering::Relaxed);
+        assert!(!used(&lanes), "a broadcast's copy");
+        assert!(hand(&mut lanes, peer, &frame));
+        assert!(used(&lanes), "a frame from a thread that must not wait");
+        lanes.lanes[&peer].used.store(false, Ordering::Relaxed);
         lanes.touch(peer);
-        assert!(lanes.lanes[&peer].used, "a frame the writer sends to the peer alone");
+        assert!(used(&lanes), "a frame the writer sends to the peer alone");
+    }
+
+    /// Reads one small frame from a lane's reading end, waiting for it (10 s at most): its
+    /// bytes.
+    fn read_one(fd: &OwnedFd) -> Vec<u8> {
+        let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; the fd stays open (borrowed).
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 10_000) }, 1, "no frame came");
+        let mut buf = vec![0u8; lane::CHUNK + 1];
+        match lane::receive(fd, &mut buf, false) {
+            lane::Received::Message(n, _) => buf[1..n].to_vec(),
+            _ => panic!("no frame"),
+        }
+    }
+
+    /// Each peer's lane is written under its own lock: while one thread holds one peer's lane
+    /// (as a thread writing a large frame into it does), another hands a frame to a second
+    /// peer and writes it itself, without waiting; a frame it hands to the held peer is
+    /// written by the holder once it lets go, after what the holder wrote, and nothing waits.
+    #[test]
+    fn a_thread_writes_its_peers_lane_while_another_peers_lane_is_held() {
+        let (p, q) = (PeerId(7), PeerId(8));
+        let (mine_p, theirs_p) = lane::pair().unwrap();
+        let (mine_q, theirs_q) = lane::pair().unwrap();
+        let mut lanes = lanes_for_tests(Duration::from_secs(3600));
+        lanes.insert(p, mine_p);
+        lanes.insert(q, mine_q);
+        let frame = |b: &'static [u8]| WireFrame::from(Bytes::from_static(b));
+        let lane_p = lanes.lanes[&p].clone();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            lane_p.peek(|lane| {
+                lane.push(&WireFrame::from(Bytes::from_static(b"first"))).unwrap();
+                held_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+            });
+        });
+        held_rx.recv().unwrap();
+        // Another peer's lane: handed over and written by this thread, now.
+        assert!(hand(&mut lanes, q, &frame(b"to q")));
+        assert_eq!(read_one(&theirs_q), b"to q");
+        // The held peer's lane: handed over, left to the holder; this thread does not wait.
+        let handed = lanes.try_queue(p, &frame(b"second")).unwrap().expect("the lane takes it");
+        assert!(!handed.write_handed(), "nothing is left for the engine's writer");
+        go_tx.send(()).unwrap();
+        holder.join().unwrap();
+        assert_eq!(read_one(&theirs_p), b"first");
+        assert_eq!(read_one(&theirs_p), b"second", "written by the holder as it let go");
+        assert!(lanes.waiting().is_none());
+    }
+
+    /// What threads handed to a lane goes before what the engine's writer writes into it later
+    /// (a broadcast's copy), though nobody wrote the handed frames yet.
+    #[test]
+    fn handed_frames_go_before_a_later_write() {
+        let (mine, theirs) = lane::pair().unwrap();
+        let mut lanes = lanes_for_tests(Duration::from_secs(3600));
+        let peer = PeerId(7);
+        lanes.insert(peer, mine);
+        let frame = |b: &'static [u8]| WireFrame::from(Bytes::from_static(b));
+        let handed = lanes.try_queue(peer, &frame(b"handed")).unwrap().unwrap();
+        assert!(lanes.waiting().is_some(), "the writer is told that handed frames wait");
+        lanes.write(peer, &frame(b"written")).unwrap();
+        assert!(!handed.write_handed());
+        assert_eq!(read_one(&theirs), b"handed");
+        assert_eq!(read_one(&theirs), b"written");
     }
 
     #[test]
     fn a_lane_that_makes_no_progress_is_given_up_at_its_stall_timeout() {
         let (mine, _theirs) = lane::pair().unwrap();
-        let mut lanes = OutLanes::new(Duration::from_millis(1));
+        let mut lanes = lanes_for_tests(Duration::from_millis(1));
         lanes.insert(PeerId(7), mine);
         let big = WireFrame::from(Bytes::from(vec![0u8; 1 << 20]));
         lanes.write(PeerId(7), &big).unwrap();
@@ -429,7 +779,7 @@ mod tests {
         /// A lane to peer 7 that never stalls, and its reading end.
         fn lane() -> (OutLanes, PeerId, TestReader) {
             let (mine, theirs) = lane::pair().unwrap();
-            let mut lanes = OutLanes::new(Duration::from_secs(3600));
+            let mut lanes = lanes_for_tests(Duration::from_secs(3600));
             lanes.insert(PeerId(7), mine);
             (lanes, PeerId(7), TestReader { fd: theirs, pool: None, held: Vec::new() })
         }

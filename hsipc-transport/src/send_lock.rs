@@ -16,25 +16,25 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 
 /// A mutex whose holder is told, once it has let go, that threads found it taken meanwhile.
 #[derive(Debug, Default)]
-pub(super) struct SendLock<T> {
+pub(crate) struct SendLock<T> {
     inner: Mutex<T>,
     asked: AtomicBool,
 }
 
 impl<T> SendLock<T> {
-    pub(super) fn new(value: T) -> Self {
+    pub(crate) fn new(value: T) -> Self {
         SendLock { inner: Mutex::new(value), asked: AtomicBool::new(false) }
     }
 
     /// Waits for the lock (a poisoned one is taken all the same: the transport stays usable).
-    pub(super) fn lock(&self) -> MutexGuard<'_, T> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The lock if it is free; if not, asks its holder to act for this thread once it lets go
     /// (`None`: the holder will). Whoever gets the lock must act for every thread that asked
     /// before (the engine: take everything queued, after locking).
-    pub(super) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+    pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
         if let Some(guard) = self.take() {
             return Some(guard);
         }
@@ -53,7 +53,7 @@ impl<T> SendLock<T> {
     /// For a thread that has just let go of the lock: whether a thread found it taken since
     /// the last time this said yes (then act for it: take the lock again, with
     /// [`try_lock`](Self::try_lock)). Says yes to one thread only.
-    pub(super) fn asked(&self) -> bool {
+    pub(crate) fn asked(&self) -> bool {
         // Paired with the fence in `try_lock`.
         fence(Ordering::SeqCst);
         self.asked.load(Ordering::Relaxed) && self.asked.swap(false, Ordering::SeqCst)
