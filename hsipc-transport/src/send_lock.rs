@@ -1,7 +1,8 @@
-//! The engine's send lock: a thread that finds it taken leaves its frames to the holder.
+//! A send lock whose holder acts for the threads that found it taken: the engine's send lock
+//! (the transport), and each direct lane's own lock (see `ipmb::out_lanes`).
 //!
 //! Threads that produce frames send them themselves (a handler its answer, a caller its
-//! request), one at a time under this lock. One that finds the lock taken used to wake the
+//! request), one at a time under such a lock. One that finds the lock taken used to wake the
 //! writer thread to send its frames: a context switch, and on two CPUs a wake-up across them.
 //! Now it asks the holder instead ([`SendLock::try_lock`] sets a flag), and the holder, once it
 //! has let go, sees the request ([`SendLock::asked`]) and sends what was queued meanwhile.

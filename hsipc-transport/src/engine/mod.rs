@@ -32,7 +32,9 @@
 //!
 //! Sends happen under a second lock, taken only with `try_lock` by everyone but the writer,
 //! and whoever holds it sends everything queued, in order: frames leave in the order the
-//! protocol produced them, and no thread ever waits for another one's send. A frame for a peer
+//! protocol produced them, and no thread that must not wait ever waits for another one's send
+//! (the writer, and a blocking handler whose frame must wait for room, may wait for a peer's
+//! lane while another thread writes into it). A frame for a peer
 //! with a path of its own (a direct lane) is only handed to that path under this lock (a push,
 //! no system call, no copy; see [`Sent::Queued`](crate::Sent::Queued)); the thread writes it
 //! once it has let go ([`PeerSender`](crate::PeerSender), through `&self`, under that peer's
@@ -60,7 +62,6 @@ mod idle_lanes;
 mod item_sink;
 mod pending;
 mod reader_signal;
-
 mod shared;
 mod state;
 mod stream_reader;

@@ -285,15 +285,20 @@ impl Shared {
         let Some(mut transport) = self.try_lock_transport() else { return };
         let mut batch = self.state().take_outbound();
         // Peers whose own path took frames: written once the send lock is let go.
-        let mut handed: SmallVec<[Arc<dyn PeerSender>; 2]> = SmallVec::new();
-        // Whether a frame went the way that may wait (and may leave frames kept).
+        let mut handed: SmallVec<[Arc<dyn PeerSender>; 4]> = SmallVec::new();
+        // Whether a frame went a way that may leave it kept by the transport (a direct send, or
+        // one that may wait).
         let mut waited = false;
         match transport.as_deref_mut() {
             Some(t) => {
                 while let Some((dest, frame)) = batch.frames.pop_front() {
                     let went = match dest {
                         Dest::Peer(p) => match t.try_send(p, &frame) {
-                            Ok(Sent::Now) => Ok(true),
+                            Ok(Sent::Now) => {
+                                // It may be kept by the transport (see `kept` below).
+                                waited = true;
+                                Ok(true)
+                            }
                             Ok(Sent::Queued(peer)) => {
                                 if !handed.iter().any(|h| Arc::ptr_eq(h, &peer)) {
                                     handed.push(peer);
@@ -325,16 +330,17 @@ impl Shared {
             }
             None => batch.frames.clear(),
         }
-        // Frames this batch could not send at once, and frames kept by the transport (a full
-        // lane), are the writer's to finish. (Frames queued meanwhile by other threads are sent
-        // when the lock is let go, or by the writer if they woke it.) Frames handed to a peer's
-        // own path say so when they are written (below).
+        // Frames this batch could not send at once, and frames a direct send left kept by the
+        // transport (a full lane), are the writer's to finish. (Frames queued meanwhile by other
+        // threads are sent when the lock is let go, or by the writer if they woke it.) Frames
+        // handed to a peer's own path say so when they are written (below).
         let stopped = !batch.frames.is_empty();
         let kept = waited && transport.as_ref().is_some_and(|t| t.waiting().is_some());
         self.finish_batch(batch);
-        drop(transport);
+        transport.unlock_first();
         // Each peer's frames are written under that peer's lock alone: threads sending to
-        // different peers write at the same time.
+        // different peers write at the same time. This thread's own go first, then what other
+        // threads left to it while it held the send lock.
         let mut left = false;
         for peer in handed {
             left |= peer.send_queued();
@@ -342,6 +348,7 @@ impl Shared {
         if stopped || kept || left {
             self.wake_writer();
         }
+        self.after_send_lock();
     }
 
     /// The writer's send: waits for the send lock (held only briefly by handlers), writes what
@@ -475,10 +482,19 @@ impl std::ops::DerefMut for Sending<'_> {
     }
 }
 
+impl Sending<'_> {
+    /// Lets go of the send lock without sending what other threads left to this one yet: the
+    /// caller does, with [`Shared::after_send_lock`], once it has written its own frames.
+    fn unlock_first(mut self) {
+        drop(self.guard.take());
+    }
+}
+
 impl Drop for Sending<'_> {
     fn drop(&mut self) {
-        drop(self.guard.take());
-        self.shared.after_send_lock();
+        if self.guard.take().is_some() {
+            self.shared.after_send_lock();
+        }
     }
 }
 

@@ -271,7 +271,7 @@ impl Connect for IpmbBus {
                 next_idle_check: Instant::now(),
                 other_users: HashSet::new(),
                 declined: Default::default(),
-                outgoing: out_lanes::OutLanes::new(cfg.lane_stall_timeout, ingress.clone()),
+                outgoing: out_lanes::OutLanes::new(cfg.lane_stall_timeout),
                 dead: PeersUntil::default(),
                 dead_for: cfg.lane_stall_timeout,
                 incoming,
@@ -432,7 +432,9 @@ impl IpmbTransport {
         TransportError::Io { what: "writing into a direct lane", source }
     }
 
-    /// Cuts off the peers whose lane a write outside the engine's send lock found broken.
+    /// Cuts off the peers whose lane a write outside the engine's send lock found broken (that
+    /// write woke the engine's writer, which comes here through `flush` or `tick`), and tells
+    /// the engine they are gone.
     fn settle_broken_lanes(&mut self) {
         for (peer, source) in self.lanes.outgoing.take_broken() {
             self.lane_broken(peer, source);

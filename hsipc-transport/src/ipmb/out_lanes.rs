@@ -36,7 +36,6 @@ use proto::frame::WireFrame;
 
 use super::lane;
 use super::large::{How, LargeFrames};
-use crate::ingress::Ingress;
 use crate::send_lock::SendLock;
 use crate::transport::PeerSender;
 
@@ -58,18 +57,20 @@ pub(crate) struct PeerLane {
     lane: SendLock<OutLane>,
     /// Whether a frame for this peer alone went in since the last idle check.
     used: AtomicBool,
-    /// No longer written: removed (closed, broken or stalled). What is handed to it is dropped.
+    /// No longer written: removed (closed, broken or stalled), or found broken by a write
+    /// outside the engine's send lock. What is handed to it is dropped.
     gone: AtomicBool,
     /// A write outside the engine's send lock found the lane broken: the error, for the
-    /// transport to cut the peer off with (the engine was told at once).
+    /// transport to cut the peer off with (the engine's writer is woken to do it).
     broken: Mutex<Option<io::Error>>,
+    /// Frames handed over were left unwritten after [`WRITE_ROUNDS`], or the lane was found
+    /// broken: the engine's writer is to come (see [`OutLanes::waiting`]).
+    left: AtomicBool,
     /// Frames and bytes waiting in the lane (mirrors, for the bound on what is handed over).
     waiting_frames: AtomicUsize,
     waiting_bytes: AtomicUsize,
     /// The reader's hub declined the lane: frames go to the engine's writer until it is closed.
     declined: AtomicBool,
-    /// To tell the engine at once that the peer is gone when a write finds the lane broken.
-    ingress: Ingress,
 }
 
 /// Frames handed to a lane, and their bytes.
@@ -105,24 +106,32 @@ impl PeerLane {
 
     /// Writes what was handed to the lane, as far as it takes it now, without ever waiting (a
     /// thread that finds the lane being written leaves its frames to that thread). `true` if
-    /// frames are left for the engine's writer: the lane is full (the writer polls it), or
-    /// other threads kept handing frames over for [`WRITE_ROUNDS`] rounds. A broken lane is
-    /// marked for the transport, and the engine is told at once that the peer is gone.
+    /// the engine's writer is to come: the lane is full (the writer polls it), other threads
+    /// kept handing frames over for [`WRITE_ROUNDS`] rounds, or the lane broke (the writer
+    /// has the transport cut the peer off).
     pub(crate) fn write_handed(&self) -> bool {
         for _ in 0..WRITE_ROUNDS {
             let Some(mut lane) = self.lane.try_lock() else { return false };
+            if self.gone.load(Ordering::Acquire) {
+                // Removed, or broken: nothing more goes in.
+                let dropped = std::mem::take(&mut *self.handed());
+                drop(lane);
+                drop(dropped);
+                return false;
+            }
             let written = self.take_handed(&mut lane).and_then(|()| lane.flush(Instant::now()));
             let full = !lane.waiting.is_empty();
             self.mirror(&lane);
             drop(lane);
             if let Err(e) = written {
                 self.break_off(e);
-                return false;
+                return true;
             }
             if !self.lane.asked() {
                 return full;
             }
         }
+        self.left.store(true, Ordering::Release);
         true
     }
 
@@ -138,10 +147,13 @@ impl PeerLane {
                 lane.spare = frames;
                 return Ok(());
             }
-            handed.bytes = 0;
+            // Counted as waiting in the lane from now (the mirrors are made exact after the
+            // write), so that what is handed over meanwhile stays within the bound.
+            self.waiting_frames.fetch_add(handed.frames.len(), Ordering::Relaxed);
+            self.waiting_bytes.fetch_add(std::mem::take(&mut handed.bytes), Ordering::Relaxed);
             std::mem::swap(&mut handed.frames, &mut frames);
         }
-        let gone = self.gone.load(Ordering::Relaxed);
+        let gone = self.gone.load(Ordering::Acquire);
         let mut written = Ok(());
         for frame in frames.drain(..) {
             if !gone && written.is_ok() {
@@ -152,14 +164,18 @@ impl PeerLane {
         written
     }
 
-    /// The lane, waiting for its lock (the engine's writer, under the engine's send lock), with
-    /// what was handed over taken in first. Let go with [`release`](Self::release).
+    /// The lane, waiting for its lock (under the engine's send lock: the engine's writer, a
+    /// thread whose frame must wait for room), with what was handed over taken in first. Let go
+    /// with [`release`](Self::release). `Err` if the lane broke: it is to be removed (the
+    /// guard is dropped without serving threads that asked meanwhile; what they handed over
+    /// goes with the lane).
     fn hold(&self) -> io::Result<MutexGuard<'_, OutLane>> {
         if let Some(e) = self.take_broken() {
             return Err(e);
         }
         let mut lane = self.lane.lock();
         self.take_handed(&mut lane)?;
+        self.left.store(false, Ordering::Relaxed);
         Ok(lane)
     }
 
@@ -189,13 +205,13 @@ impl PeerLane {
         self.declined.store(lane.large.declined(), Ordering::Relaxed);
     }
 
-    /// A write outside the engine's send lock found the lane broken: it is given up, the
-    /// transport cuts the peer off (see [`OutLanes::take_broken`]), and the engine hears now.
+    /// A write outside the engine's send lock found the lane broken: it is given up, and the
+    /// transport cuts the peer off (and tells the engine) under the send lock, once the
+    /// engine's writer comes (see [`OutLanes::take_broken`]); this thread's caller wakes it.
     fn break_off(&self, e: io::Error) {
-        tracing::debug!(peer = %self.peer, error = %e, "lane broken: the peer is gone or stuck");
-        self.gone.store(true, Ordering::Relaxed);
         *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-        self.ingress.peer_lost(self.peer);
+        self.gone.store(true, Ordering::Release);
+        self.left.store(true, Ordering::Release);
     }
 
     fn take_broken(&self) -> Option<io::Error> {
@@ -240,12 +256,11 @@ struct Outgoing {
 pub(super) struct OutLanes {
     lanes: HashMap<PeerId, Arc<PeerLane>>,
     stall: Duration,
-    ingress: Ingress,
 }
 
 impl OutLanes {
-    pub(super) fn new(stall: Duration, ingress: Ingress) -> Self {
-        OutLanes { lanes: HashMap::default(), stall: stall.max(Duration::from_millis(1)), ingress }
+    pub(super) fn new(stall: Duration) -> Self {
+        OutLanes { lanes: HashMap::default(), stall: stall.max(Duration::from_millis(1)) }
     }
 
     pub(super) fn insert(&mut self, peer: PeerId, fd: OwnedFd) {
@@ -270,10 +285,10 @@ impl OutLanes {
             waiting_frames: AtomicUsize::new(0),
             waiting_bytes: AtomicUsize::new(0),
             declined: AtomicBool::new(false),
-            ingress: self.ingress.clone(),
+            left: AtomicBool::new(false),
         };
         if let Some(old) = self.lanes.insert(peer, Arc::new(lane)) {
-            old.gone.store(true, Ordering::Relaxed);
+            old.gone.store(true, Ordering::Release);
         }
     }
 
@@ -293,18 +308,18 @@ impl OutLanes {
     /// handed to it and not written yet is dropped.
     pub(super) fn remove(&mut self, peer: PeerId) {
         if let Some(lane) = self.lanes.remove(&peer) {
-            lane.gone.store(true, Ordering::Relaxed);
+            lane.gone.store(true, Ordering::Release);
         }
     }
 
     pub(super) fn clear(&mut self) {
         for (_, lane) in self.lanes.drain() {
-            lane.gone.store(true, Ordering::Relaxed);
+            lane.gone.store(true, Ordering::Release);
         }
     }
 
-    /// The lanes a write outside the engine's send lock found broken, taken out (the engine
-    /// was told already): their peers are to be cut off.
+    /// The lanes a write outside the engine's send lock found broken, taken out: their peers
+    /// are to be cut off (and the engine told).
     pub(super) fn take_broken(&mut self) -> Vec<(PeerId, io::Error)> {
         let mut broken = Vec::new();
         self.lanes.retain(|peer, lane| match lane.take_broken() {
@@ -342,8 +357,12 @@ impl OutLanes {
     /// if a write found the lane broken (its peer is to be cut off).
     pub(super) fn try_queue(&mut self, peer: PeerId, frame: &WireFrame) -> io::Result<Option<Arc<PeerLane>>> {
         let Some(lane) = self.lanes.get(&peer) else { return Ok(None) };
-        if let Some(e) = lane.take_broken() {
-            return Err(e);
+        if lane.gone.load(Ordering::Acquire) {
+            // Broken (a lane in the map is gone only so): its peer is to be cut off.
+            return match lane.take_broken() {
+                Some(e) => Err(e),
+                None => Ok(None),
+            };
         }
         if lane.declined.load(Ordering::Relaxed) {
             // To be closed: the writer sends what comes meanwhile, and closes it once the
@@ -393,13 +412,13 @@ impl OutLanes {
                 Ok(lane) => lane,
                 Err(e) => {
                     broken.push((*peer, e));
-                    peer_lane.gone.store(true, Ordering::Relaxed);
+                    peer_lane.gone.store(true, Ordering::Release);
                     return false;
                 }
             };
             let remove = f(*peer, peer_lane, &mut lane, broken);
             if remove {
-                peer_lane.gone.store(true, Ordering::Relaxed);
+                peer_lane.gone.store(true, Ordering::Release);
                 removed.push(*peer);
             }
             peer_lane.release(lane);
@@ -467,24 +486,29 @@ impl OutLanes {
 
     /// The lanes with frames waiting, to poll for room (writable: room in the socket;
     /// readable: the reader says it made room in the ring), and when the first of them stalls
-    /// (now, if frames handed over are left unwritten).
+    /// (now, if frames handed over were left unwritten or a lane was found broken). Only lanes
+    /// with frames waiting are locked.
     pub(super) fn waiting(&self) -> Option<(Vec<RawFd>, Vec<RawFd>, Instant)> {
         let (mut writable, mut readable, mut until) = (Vec::new(), Vec::new(), None::<Instant>);
         for peer_lane in self.lanes.values() {
-            let handed = !peer_lane.handed().frames.is_empty();
-            let (fd, stalls) = peer_lane.peek(|lane| {
-                let fd = (!lane.waiting.is_empty()).then(|| (lane.fd.as_raw_fd(), lane.large.ring_full()));
-                (fd, lane.progress + self.stall)
-            });
-            let at = match (handed, fd) {
+            let left = peer_lane.left.load(Ordering::Acquire);
+            let fd = if peer_lane.waiting_frames.load(Ordering::Relaxed) > 0 {
+                peer_lane.peek(|lane| {
+                    (!lane.waiting.is_empty())
+                        .then(|| (lane.fd.as_raw_fd(), lane.large.ring_full(), lane.progress + self.stall))
+                })
+            } else {
+                None
+            };
+            let at = match (left, fd) {
                 (true, _) => Instant::now(),
-                (false, Some(_)) => stalls,
+                (false, Some((_, _, stalls))) => stalls,
                 (false, None) => continue,
             };
             until = Some(until.map_or(at, |u| u.min(at)));
             match fd {
-                Some((fd, true)) => readable.push(fd),
-                Some((fd, false)) => writable.push(fd),
+                Some((fd, true, _)) => readable.push(fd),
+                Some((fd, false, _)) => writable.push(fd),
                 None => {}
             }
         }
@@ -606,9 +630,8 @@ mod tests {
     use super::super::sealed;
     use super::*;
 
-    /// Lanes whose engine is gone (nobody hears of a broken lane).
     fn lanes_for_tests(stall: Duration) -> OutLanes {
-        OutLanes::new(stall, Ingress::new(std::sync::Weak::new()))
+        OutLanes::new(stall)
     }
 
     /// Hands `frame` to `peer`'s lane and writes it as a thread that must not wait does:
@@ -734,6 +757,31 @@ mod tests {
         assert!(lanes.waiting().is_none());
     }
 
+    /// What waits for one lane stays within its bound also while a writer is taking in what
+    /// was handed over (the frames count as waiting from the moment they are taken).
+    #[test]
+    fn frames_handed_over_stay_within_the_bound_while_a_writer_takes_them_in() {
+        let (mine, _theirs) = lane::pair().unwrap();
+        let mut lanes = lanes_for_tests(Duration::from_secs(3600));
+        let peer = PeerId(7);
+        lanes.insert(peer, mine);
+        let small = WireFrame::from(Bytes::from_static(b"small"));
+        let lane = lanes.lanes[&peer].clone();
+        // Held meanwhile (as by a thread writing into it): nothing handed over is written yet.
+        let mut held = lane.lane.lock();
+        for _ in 0..MAX_WAITING_FRAMES {
+            assert!(lanes.try_queue(peer, &small).unwrap().is_some());
+        }
+        assert!(lanes.try_queue(peer, &small).unwrap().is_none(), "full");
+        lane.take_handed(&mut held).unwrap();
+        // Written as far as the lane takes them, the rest waiting in it, and the mirrors not
+        // made exact yet.
+        assert!(lanes.try_queue(peer, &small).unwrap().is_none(), "still full while taken in");
+        lane.release(held);
+        let waiting = lane.waiting_frames.load(Ordering::Relaxed) + lane.handed().frames.len();
+        assert!(waiting <= MAX_WAITING_FRAMES, "{waiting} frames wait");
+    }
+
     /// What threads handed to a lane goes before what the engine's writer writes into it later
     /// (a broadcast's copy), though nobody wrote the handed frames yet.
     #[test]
@@ -744,7 +792,7 @@ mod tests {
         lanes.insert(peer, mine);
         let frame = |b: &'static [u8]| WireFrame::from(Bytes::from_static(b));
         let handed = lanes.try_queue(peer, &frame(b"handed")).unwrap().unwrap();
-        assert!(lanes.waiting().is_some(), "the writer is told that handed frames wait");
+        assert!(lanes.waiting().is_none(), "handed frames are their thread's to write, not the writer's");
         lanes.write(peer, &frame(b"written")).unwrap();
         assert!(!handed.write_handed());
         assert_eq!(read_one(&theirs), b"handed");
