@@ -119,7 +119,10 @@ impl PeerLane {
                 drop(dropped);
                 return false;
             }
-            let written = self.take_handed(&mut lane).and_then(|()| lane.flush(Instant::now()));
+            let mut written = self.take_handed(&mut lane);
+            if written.is_ok() && !lane.waiting.is_empty() {
+                written = lane.flush(Instant::now());
+            }
             let full = !lane.waiting.is_empty();
             self.mirror(&lane);
             drop(lane);
@@ -369,7 +372,9 @@ impl OutLanes {
             // reader has taken all (a peer kept busy from other threads would keep it open).
             return Ok(None);
         }
-        if lane.is_full(frame, &lane.handed()) {
+        let mut handed = lane.handed();
+        if lane.is_full(frame, &handed) {
+            drop(handed);
             // Room made now (the reader has taken some meanwhile) keeps the frame off the
             // writer; a lane being written by another thread is not waited for.
             if let Some(mut held) = lane.lane.try_lock() {
@@ -377,15 +382,14 @@ impl OutLanes {
                 lane.release(held);
                 written?;
             }
-        }
-        {
-            let mut handed = lane.handed();
+            handed = lane.handed();
             if lane.is_full(frame, &handed) {
                 return Ok(None);
             }
-            handed.bytes += frame.len();
-            handed.frames.push_back(frame.clone());
         }
+        handed.bytes += frame.len();
+        handed.frames.push_back(frame.clone());
+        drop(handed);
         // A frame for this peer alone: the lane is in use (no clock read per frame: the idle
         // check, about once a second, dates the use).
         lane.used.store(true, Ordering::Relaxed);
