@@ -337,18 +337,20 @@ impl Shared {
         let stopped = !batch.frames.is_empty();
         let kept = waited && transport.as_ref().is_some_and(|t| t.waiting().is_some());
         self.finish_batch(batch);
-        transport.unlock_first();
+        let _then_others = transport.unlock_first();
+        if stopped || kept {
+            self.wake_writer();
+        }
         // Each peer's frames are written under that peer's lock alone: threads sending to
-        // different peers write at the same time. This thread's own go first, then what other
-        // threads left to it while it held the send lock.
+        // different peers write at the same time. This thread's own go first, then (as
+        // `_then_others` drops) what other threads left to it while it held the send lock.
         let mut left = false;
         for peer in handed {
             left |= peer.send_queued();
         }
-        if stopped || kept || left {
+        if left {
             self.wake_writer();
         }
-        self.after_send_lock();
     }
 
     /// The writer's send: waits for the send lock (held only briefly by handlers), writes what
@@ -482,11 +484,23 @@ impl std::ops::DerefMut for Sending<'_> {
     }
 }
 
-impl Sending<'_> {
-    /// Lets go of the send lock without sending what other threads left to this one yet: the
-    /// caller does, with [`Shared::after_send_lock`], once it has written its own frames.
-    fn unlock_first(mut self) {
+impl<'a> Sending<'a> {
+    /// Lets go of the send lock without sending what other threads left to this one yet: that
+    /// happens when the returned guard drops (also on unwind), once this thread has written its
+    /// own frames.
+    fn unlock_first(mut self) -> ActLater<'a> {
         drop(self.guard.take());
+        ActLater(self.shared)
+    }
+}
+
+/// Sends what other threads left to this one while it held the send lock, when it drops (see
+/// [`Sending::unlock_first`]).
+struct ActLater<'a>(&'a Shared);
+
+impl Drop for ActLater<'_> {
+    fn drop(&mut self) {
+        self.0.after_send_lock();
     }
 }
 

@@ -113,11 +113,12 @@ impl PeerLane {
         for _ in 0..WRITE_ROUNDS {
             let Some(mut lane) = self.lane.try_lock() else { return false };
             if self.gone.load(Ordering::Acquire) {
-                // Removed, or broken: nothing more goes in.
+                // Removed, or broken: nothing more goes in. A break not yet settled still needs
+                // the engine's writer.
                 let dropped = std::mem::take(&mut *self.handed());
                 drop(lane);
                 drop(dropped);
-                return false;
+                return self.broken.lock().unwrap_or_else(|e| e.into_inner()).is_some();
             }
             let mut written = self.take_handed(&mut lane);
             if written.is_ok() && !lane.waiting.is_empty() {
@@ -125,11 +126,12 @@ impl PeerLane {
             }
             let full = !lane.waiting.is_empty();
             self.mirror(&lane);
-            drop(lane);
             if let Err(e) = written {
+                // Marked before the lane is let go: no other thread writes after the failure.
                 self.break_off(e);
                 return true;
             }
+            drop(lane);
             if !self.lane.asked() {
                 return full;
             }
@@ -188,8 +190,10 @@ impl PeerLane {
     fn release(&self, lane: MutexGuard<'_, OutLane>) {
         self.mirror(&lane);
         drop(lane);
-        if self.lane.asked() {
-            self.write_handed();
+        if self.lane.asked() && self.write_handed() {
+            // The threads it acted for returned thinking their frames were written: the
+            // engine's writer is to come (see `OutLanes::waiting`).
+            self.left.store(true, Ordering::Release);
         }
     }
 
@@ -381,6 +385,10 @@ impl OutLanes {
                 let written = lane.take_handed(&mut held).and_then(|()| held.flush(Instant::now()));
                 lane.release(held);
                 written?;
+                if lane.gone.load(Ordering::Acquire) {
+                    // Broken while it acted for other threads.
+                    return lane.take_broken().map_or(Ok(None), Err);
+                }
             }
             handed = lane.handed();
             if lane.is_full(frame, &handed) {
@@ -495,7 +503,6 @@ impl OutLanes {
     pub(super) fn waiting(&self) -> Option<(Vec<RawFd>, Vec<RawFd>, Instant)> {
         let (mut writable, mut readable, mut until) = (Vec::new(), Vec::new(), None::<Instant>);
         for peer_lane in self.lanes.values() {
-            let left = peer_lane.left.load(Ordering::Acquire);
             let fd = if peer_lane.waiting_frames.load(Ordering::Relaxed) > 0 {
                 peer_lane.peek(|lane| {
                     (!lane.waiting.is_empty())
@@ -504,6 +511,8 @@ impl OutLanes {
             } else {
                 None
             };
+            // After the look (whose release may act for other threads and leave frames).
+            let left = peer_lane.left.load(Ordering::Acquire);
             let at = match (left, fd) {
                 (true, _) => Instant::now(),
                 (false, Some((_, _, stalls))) => stalls,
@@ -759,6 +768,42 @@ mod tests {
         assert_eq!(read_one(&theirs_p), b"first");
         assert_eq!(read_one(&theirs_p), b"second", "written by the holder as it let go");
         assert!(lanes.waiting().is_none());
+    }
+
+    /// A holder that writes, as it lets go, frames other threads handed over meanwhile and cannot
+    /// write them all (the lane is full) marks the lane for the engine's writer: the threads it
+    /// acted for have returned, and nobody else would wake the writer.
+    #[test]
+    fn a_holder_that_acts_for_others_and_leaves_frames_calls_the_writer() {
+        let (mine, _theirs) = lane::pair().unwrap();
+        let mut lanes = lanes_for_tests(Duration::from_secs(3600));
+        let peer = PeerId(7);
+        lanes.insert(peer, mine);
+        let lane = lanes.lanes[&peer].clone();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let lane = lane.clone();
+            std::thread::spawn(move || {
+                lane.peek(|_| {
+                    held_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                })
+            })
+        };
+        held_rx.recv().unwrap();
+        // Far more than a lane holds, handed over while the lane is held: left to the holder.
+        for i in 0..64u8 {
+            let frame = WireFrame::from(Bytes::from(vec![i; 100_000]));
+            let handed = lanes.try_queue(peer, &frame).unwrap().expect("the lane takes it");
+            assert!(!handed.write_handed(), "left to the holder");
+        }
+        assert!(!lane.left.load(Ordering::Acquire));
+        go_tx.send(()).unwrap();
+        holder.join().unwrap();
+        assert!(lane.left.load(Ordering::Acquire), "the writer is called");
+        let (_, _, until) = lanes.waiting().expect("frames wait");
+        assert!(until <= Instant::now(), "the writer comes at once");
     }
 
     /// What waits for one lane stays within its bound also while a writer is taking in what
