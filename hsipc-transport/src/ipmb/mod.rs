@@ -558,8 +558,12 @@ impl Transport for IpmbTransport {
                 }
             }
         }
+        // A lane found broken by both sweeps is cut off once.
+        let mut seen = HashSet::new();
         for (peer, source) in broken {
-            self.lane_broken(peer, source);
+            if seen.insert(peer) {
+                self.lane_broken(peer, source);
+            }
         }
     }
 

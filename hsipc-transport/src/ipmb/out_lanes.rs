@@ -539,6 +539,12 @@ impl OutLanes {
             if left.is_zero() {
                 return;
             }
+            if writable.is_empty() && readable.is_empty() {
+                // Only frames handed over are left (the next flush takes them in): no fd to
+                // wait on.
+                std::thread::yield_now();
+                continue;
+            }
             let poll = |events| move |&fd: &RawFd| libc::pollfd { fd, events, revents: 0 };
             let mut polls: Vec<libc::pollfd> =
                 writable.iter().map(poll(libc::POLLOUT)).chain(readable.iter().map(poll(libc::POLLIN))).collect();
