@@ -43,6 +43,23 @@ static GLOBAL: Counting = Counting;
 /// the tests of a file on threads of one process.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Two blocking hubs named `a` and `b` on a bus of this test's own, and this test's turn to
+/// count (held while the guard lives).
+fn two_hubs(tag: &str, a: &str, b: &str) -> (std::sync::MutexGuard<'static, ()>, SyncProcessHub, SyncProcessHub) {
+    let alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let bus = format!("t-alloc-{tag}-{}", std::process::id());
+    let a = SyncProcessHub::builder(a).bus(&bus).build().unwrap();
+    let b = SyncProcessHub::builder(b).bus(&bus).build().unwrap();
+    (alone, a, b)
+}
+
+/// The allocations `n` operations made, per operation, all of them made by `run`.
+fn allocations_per(n: u64, run: impl FnOnce()) -> f64 {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    run();
+    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64
+}
+
 /// Allocations per 64 B call, both sides together, that this test lets pass: today's count
 /// (4.0-4.1) with some room for noise (a heartbeat or an announce landing in the measured window).
 ///
@@ -55,10 +72,7 @@ const MOST_PER_CALL: f64 = 4.5;
 
 #[test]
 fn a_64_byte_call_costs_a_bounded_number_of_allocations() {
-    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let bus = format!("t-alloc-{}", std::process::id());
-    let server = SyncProcessHub::builder("server").bus(&bus).build().unwrap();
-    let client = SyncProcessHub::builder("client").bus(&bus).build().unwrap();
+    let (_alone, server, client) = two_hubs("call", "server", "client");
     server.serve("bench.echo", |b: Bytes| Ok::<_, String>(b)).unwrap();
     client.wait_for_service("bench", Duration::from_secs(10)).unwrap();
     let payload = Bytes::from(vec![7u8; 64]);
@@ -67,12 +81,12 @@ fn a_64_byte_call_costs_a_bounded_number_of_allocations() {
         let _: Bytes = client.call("bench.echo", &payload).unwrap();
     }
     let calls = 2000u64;
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..calls {
-        let back: Bytes = client.call("bench.echo", &payload).unwrap();
-        assert_eq!(back.len(), 64);
-    }
-    let per_call = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / calls as f64;
+    let per_call = allocations_per(calls, || {
+        for _ in 0..calls {
+            let back: Bytes = client.call("bench.echo", &payload).unwrap();
+            assert_eq!(back.len(), 64);
+        }
+    });
     eprintln!("allocations per 64 B call, both sides together: {per_call:.1}");
     assert!(per_call <= MOST_PER_CALL, "a 64 B call now costs {per_call:.1} allocations");
     client.close();
@@ -90,10 +104,7 @@ const MOST_PER_EVENT: f64 = 2.5;
 
 #[test]
 fn a_64_byte_event_costs_a_bounded_number_of_allocations() {
-    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let bus = format!("t-alloc-ev-{}", std::process::id());
-    let publisher = SyncProcessHub::builder("publisher").bus(&bus).build().unwrap();
-    let subscriber = SyncProcessHub::builder("subscriber").bus(&bus).build().unwrap();
+    let (_alone, publisher, subscriber) = two_hubs("ev", "publisher", "subscriber");
     let events = subscriber.subscribe::<Bytes>("ev/#").unwrap();
     publisher.wait_for_subscriber("ev/x", Duration::from_secs(10)).unwrap();
     let payload = Bytes::from(vec![7u8; 64]);
@@ -115,9 +126,7 @@ fn a_64_byte_event_costs_a_bounded_number_of_allocations() {
     // Warm up: the lane and its ring are opened, tables and queues reach their size.
     run(2000);
     let n = 20_000u64;
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    run(n);
-    let per_event = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64;
+    let per_event = allocations_per(n, || run(n));
     eprintln!("allocations per 64 B event, both sides together: {per_event:.2}");
     assert!(per_event <= MOST_PER_EVENT, "a 64 B event now costs {per_event:.2} allocations");
     drop(events);

@@ -7,14 +7,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use proto::frame::WireFrame;
 use proto::{Dest, Input, PeerId};
+use smallvec::SmallVec;
 
 use super::caller_lane::{CallerLane, CallerLanes};
 use super::deferred::{Deferred, ReaderWakes};
 use super::dispatch::Dispatcher;
 use super::state::{Batch, State};
 use crate::send_lock::SendLock;
-use smallvec::SmallVec;
-
 use crate::transport::{PeerSender, Sent, Transport};
 
 pub(crate) struct Shared {
@@ -288,7 +287,7 @@ impl Shared {
         let mut handed: SmallVec<[Arc<dyn PeerSender>; 4]> = SmallVec::new();
         // Whether a frame went a way that may leave it kept by the transport (a direct send, or
         // one that may wait).
-        let mut waited = false;
+        let mut may_keep = false;
         match transport.as_deref_mut() {
             Some(t) => {
                 while let Some((dest, frame)) = batch.frames.pop_front() {
@@ -296,7 +295,7 @@ impl Shared {
                         Dest::Peer(p) => match t.try_send(p, &frame) {
                             Ok(Sent::Now) => {
                                 // It may be kept by the transport (see `kept` below).
-                                waited = true;
+                                may_keep = true;
                                 Ok(true)
                             }
                             Ok(Sent::Queued(peer)) => {
@@ -306,14 +305,14 @@ impl Shared {
                                 Ok(true)
                             }
                             Ok(Sent::NotNow) if may_block => {
-                                waited = true;
+                                may_keep = true;
                                 t.send(p, &frame).map(|()| true)
                             }
                             Ok(Sent::NotNow) => Ok(false),
                             Err(e) => Err(e),
                         },
                         Dest::All if may_block => {
-                            waited = true;
+                            may_keep = true;
                             t.broadcast(&frame).map(|()| true)
                         }
                         Dest::All => Ok(false),
@@ -335,7 +334,7 @@ impl Shared {
         // threads are sent when the lock is let go, or by the writer if they woke it.) Frames
         // handed to a peer's own path say so when they are written (below).
         let stopped = !batch.frames.is_empty();
-        let kept = waited && transport.as_ref().is_some_and(|t| t.waiting().is_some());
+        let kept = may_keep && transport.as_ref().is_some_and(|t| t.waiting().is_some());
         self.finish_batch(batch);
         let _then_others = transport.unlock_first();
         if stopped || kept {

@@ -558,12 +558,8 @@ impl Transport for IpmbTransport {
                 }
             }
         }
-        // A lane found broken by both sweeps is cut off once.
-        let mut seen = HashSet::new();
         for (peer, source) in broken {
-            if seen.insert(peer) {
-                self.lane_broken(peer, source);
-            }
+            self.lane_broken(peer, source);
         }
     }
 

@@ -364,13 +364,6 @@ impl OutLanes {
     /// if a write found the lane broken (its peer is to be cut off).
     pub(super) fn try_queue(&mut self, peer: PeerId, frame: &WireFrame) -> io::Result<Option<Arc<PeerLane>>> {
         let Some(lane) = self.lanes.get(&peer) else { return Ok(None) };
-        if lane.gone.load(Ordering::Acquire) {
-            // Broken (a lane in the map is gone only so): its peer is to be cut off.
-            return match lane.take_broken() {
-                Some(e) => Err(e),
-                None => Ok(None),
-            };
-        }
         if lane.declined.load(Ordering::Relaxed) {
             // To be closed: the writer sends what comes meanwhile, and closes it once the
             // reader has taken all (a peer kept busy from other threads would keep it open).
@@ -380,20 +373,19 @@ impl OutLanes {
         if lane.is_full(frame, &handed) {
             drop(handed);
             // Room made now (the reader has taken some meanwhile) keeps the frame off the
-            // writer; a lane being written by another thread is not waited for.
-            if let Some(mut held) = lane.lane.try_lock() {
-                let written = lane.take_handed(&mut held).and_then(|()| held.flush(Instant::now()));
-                lane.release(held);
-                written?;
-                if lane.gone.load(Ordering::Acquire) {
-                    // Broken while it acted for other threads.
-                    return lane.take_broken().map_or(Ok(None), Err);
-                }
-            }
+            // writer; a lane being written by another thread is not waited for, and what this
+            // leaves the writer is told of (see `write_handed`).
+            lane.write_handed();
             handed = lane.handed();
-            if lane.is_full(frame, &handed) {
-                return Ok(None);
-            }
+        }
+        if lane.gone.load(Ordering::Acquire) {
+            // Broken (a lane in the map is gone only so), maybe by the write just above: its
+            // peer is to be cut off.
+            drop(handed);
+            return lane.take_broken().map_or(Ok(None), Err);
+        }
+        if lane.is_full(frame, &handed) {
+            return Ok(None);
         }
         handed.bytes += frame.len();
         handed.frames.push_back(frame.clone());
@@ -412,7 +404,8 @@ impl OutLanes {
     }
 
     /// Runs `f` on every lane, held (what was handed over taken in first), and removes those
-    /// for which it says so; lanes found broken on the way are added to `broken` (and removed).
+    /// it closed (it says so) and those it found broken (it adds them to `broken`, as this does
+    /// lanes found broken on the way). Returns the peers of the lanes it closed.
     fn sweep(
         &mut self,
         broken: &mut Vec<(PeerId, io::Error)>,
@@ -428,9 +421,13 @@ impl OutLanes {
                     return false;
                 }
             };
-            let remove = f(*peer, peer_lane, &mut lane, broken);
+            let before = broken.len();
+            let closed = f(*peer, peer_lane, &mut lane, broken);
+            let remove = closed || broken.len() > before;
             if remove {
                 peer_lane.gone.store(true, Ordering::Release);
+            }
+            if closed {
                 removed.push(*peer);
             }
             peer_lane.release(lane);
@@ -485,13 +482,10 @@ impl OutLanes {
         self.sweep(&mut failed, |peer, _, lane, failed| {
             if let Err(e) = lane.flush(now) {
                 failed.push((peer, e));
-                true
             } else if !lane.waiting.is_empty() && now >= lane.progress + stall {
                 failed.push((peer, io::Error::new(io::ErrorKind::TimedOut, "the lane's reader is stuck")));
-                true
-            } else {
-                false
             }
+            false
         });
         failed
     }
@@ -556,7 +550,7 @@ impl OutLanes {
 }
 
 /// Writes a lane's closing message: whether it went (no room: not now); a lane found broken is
-/// added to `broken` (and stays, for its peer to be cut off).
+/// added to `broken` (the sweep removes it, and its peer is to be cut off).
 fn closes(peer: PeerId, lane: &mut OutLane, broken: &mut Vec<(PeerId, io::Error)>) -> bool {
     match lane.large.write_close(&lane.fd) {
         Ok(went) => went,
@@ -653,6 +647,14 @@ mod tests {
         OutLanes::new(stall)
     }
 
+    /// Lanes that never stall, with one lane to peer 7, and that lane's reading end.
+    fn one_lane() -> (OutLanes, PeerId, OwnedFd) {
+        let (mine, theirs) = lane::pair().unwrap();
+        let mut lanes = lanes_for_tests(Duration::from_secs(3600));
+        lanes.insert(PeerId(7), mine);
+        (lanes, PeerId(7), theirs)
+    }
+
     /// Hands `frame` to `peer`'s lane and writes it as a thread that must not wait does:
     /// whether the lane took it.
     fn hand(lanes: &mut OutLanes, peer: PeerId, frame: &WireFrame) -> bool {
@@ -669,10 +671,7 @@ mod tests {
     /// and go through once the reader reads.
     #[test]
     fn a_full_lane_queues_without_blocking_and_keeps_order() {
-        let (mine, theirs) = lane::pair().unwrap();
-        let mut lanes = lanes_for_tests(Duration::from_secs(3600));
-        let peer = PeerId(7);
-        lanes.insert(peer, mine);
+        let (mut lanes, peer, theirs) = one_lane();
         let frames: Vec<WireFrame> = (0..64u8).map(|i| WireFrame::from(Bytes::from(vec![i; 100_000]))).collect();
         for f in &frames {
             lanes.write(peer, f).unwrap();
@@ -711,10 +710,7 @@ mod tests {
     /// is idle).
     #[test]
     fn only_frames_for_the_peer_alone_mark_a_lane_used() {
-        let (mine, _theirs) = lane::pair().unwrap();
-        let mut lanes = lanes_for_tests(Duration::from_secs(3600));
-        let peer = PeerId(7);
-        lanes.insert(peer, mine);
+        let (mut lanes, peer, _theirs) = one_lane();
         let frame = WireFrame::from(Bytes::from_static(b"frame"));
         lanes.write(peer, &frame).unwrap();
         let used = |lanes: &OutLanes| lanes.lanes[&peer].used.load(Ordering::Relaxed);
@@ -781,10 +777,7 @@ mod tests {
     /// acted for have returned, and nobody else would wake the writer.
     #[test]
     fn a_holder_that_acts_for_others_and_leaves_frames_calls_the_writer() {
-        let (mine, _theirs) = lane::pair().unwrap();
-        let mut lanes = lanes_for_tests(Duration::from_secs(3600));
-        let peer = PeerId(7);
-        lanes.insert(peer, mine);
+        let (mut lanes, peer, _theirs) = one_lane();
         let lane = lanes.lanes[&peer].clone();
         let (held_tx, held_rx) = std::sync::mpsc::channel();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
@@ -816,10 +809,7 @@ mod tests {
     /// was handed over (the frames count as waiting from the moment they are taken).
     #[test]
     fn frames_handed_over_stay_within_the_bound_while_a_writer_takes_them_in() {
-        let (mine, _theirs) = lane::pair().unwrap();
-        let mut lanes = lanes_for_tests(Duration::from_secs(3600));
-        let peer = PeerId(7);
-        lanes.insert(peer, mine);
+        let (mut lanes, peer, _theirs) = one_lane();
         let small = WireFrame::from(Bytes::from_static(b"small"));
         let lane = lanes.lanes[&peer].clone();
         // Held meanwhile (as by a thread writing into it): nothing handed over is written yet.
@@ -841,10 +831,7 @@ mod tests {
     /// (a broadcast's copy), though nobody wrote the handed frames yet.
     #[test]
     fn handed_frames_go_before_a_later_write() {
-        let (mine, theirs) = lane::pair().unwrap();
-        let mut lanes = lanes_for_tests(Duration::from_secs(3600));
-        let peer = PeerId(7);
-        lanes.insert(peer, mine);
+        let (mut lanes, peer, theirs) = one_lane();
         let frame = |b: &'static [u8]| WireFrame::from(Bytes::from_static(b));
         let handed = lanes.try_queue(peer, &frame(b"handed")).unwrap().unwrap();
         assert!(lanes.waiting().is_none(), "handed frames are their thread's to write, not the writer's");
@@ -881,10 +868,8 @@ mod tests {
     impl TestReader {
         /// A lane to peer 7 that never stalls, and its reading end.
         fn lane() -> (OutLanes, PeerId, TestReader) {
-            let (mine, theirs) = lane::pair().unwrap();
-            let mut lanes = lanes_for_tests(Duration::from_secs(3600));
-            lanes.insert(PeerId(7), mine);
-            (lanes, PeerId(7), TestReader { fd: theirs, pool: None, held: Vec::new() })
+            let (lanes, peer, theirs) = one_lane();
+            (lanes, peer, TestReader { fd: theirs, pool: None, held: Vec::new() })
         }
 
         /// Reads every frame, flushing `lanes` until nothing waits in them.
