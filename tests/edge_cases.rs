@@ -502,3 +502,45 @@ fn until(cond: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// Hands the hub's ingress out, as a transport's reader holds it.
+#[derive(Debug)]
+struct Stash {
+    bus: MemBus,
+    ingress: std::sync::Arc<std::sync::Mutex<Option<hsipc::transport::Ingress>>>,
+}
+
+impl hsipc::transport::Connect for Stash {
+    fn connect(
+        self: Box<Self>,
+        local: hsipc::PeerId,
+        name: &str,
+        ingress: hsipc::transport::Ingress,
+    ) -> Result<Box<dyn hsipc::transport::Transport>, hsipc::transport::TransportError> {
+        *self.ingress.lock().unwrap() = Some(ingress.clone());
+        self.bus.connector().connect(local, name, ingress)
+    }
+}
+
+/// A transport whose reader fails for good closes its hub: what waits fails with `Closed` at
+/// once (not at its deadline), and so does what comes next, instead of a hub that hears
+/// nothing.
+#[test]
+fn a_transport_that_can_no_longer_receive_closes_its_hub() {
+    let bus = MemBus::new();
+    let ingress = std::sync::Arc::default();
+    let stash = Stash { bus: bus.clone(), ingress: std::sync::Arc::clone(&ingress) };
+    let hub = hsipc::SyncProcessHub::builder("deaf").transport(Box::new(stash)).build().unwrap();
+    let events = hub.subscribe::<u32>("never/#").unwrap();
+    let long = Duration::from_secs(60);
+    let waiting = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        (events.recv_timeout(long).map(|e| e.payload), started.elapsed())
+    });
+    let ingress = ingress.lock().unwrap().clone().expect("connected");
+    ingress.failed("the test's reader gave up");
+    let (got, waited) = waiting.join().unwrap();
+    assert!(matches!(got, Err(Error::Closed)), "{got:?}");
+    assert!(waited < long / 2, "ended well before its deadline: {waited:?}");
+    until(|| matches!(hub.publish("never/x", 1u32), Err(Error::Closed)));
+}

@@ -18,6 +18,16 @@ pub enum Input {
         /// The frame's bytes (payloads are sliced from it, not copied).
         bytes: Bytes,
     },
+    /// A frame received from a peer whose bytes that peer may still change: they lie in
+    /// shared memory it writes (a transport's shared pool). Decoded with
+    /// [`Frame::decode_shared`](crate::frame::Frame::decode_shared): what the protocol parses is
+    /// copied out first; the payload is passed on as is.
+    SharedFrame {
+        /// The peer that sent it, as the transport knows it.
+        from: PeerId,
+        /// The frame's bytes.
+        bytes: Bytes,
+    },
     /// The transport learned that a peer is gone (e.g. its process exited).
     PeerLost(PeerId),
 }

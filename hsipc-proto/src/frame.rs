@@ -194,6 +194,25 @@ impl Frame {
 
     /// Parses one frame. Never panics; any malformed input gives a [`FrameError`].
     pub fn decode(buf: Bytes, max_len: usize) -> Result<Frame, FrameError> {
+        Self::decode_as(buf, max_len, false)
+    }
+
+    /// Parses one frame whose bytes another process may still change (it lies in shared
+    /// memory that process writes): the header and the name are copied out before they are
+    /// checked, so that what is checked is what is used, and the frame keeps no reference to
+    /// them. The payload stays where it is (no copy): its bytes are the sender's to leave alone.
+    ///
+    /// ```
+    /// use hsipc_proto::frame::{Frame, FrameKind};
+    /// let bytes = Frame::new(FrameKind::Publish, 0, 1, 2).with_name("a/b").encode(1 << 20).unwrap();
+    /// let frame = Frame::decode_shared(bytes.clone(), 1 << 20).unwrap();
+    /// assert_eq!(frame, Frame::decode(bytes, 1 << 20).unwrap());
+    /// ```
+    pub fn decode_shared(buf: Bytes, max_len: usize) -> Result<Frame, FrameError> {
+        Self::decode_as(buf, max_len, true)
+    }
+
+    fn decode_as(buf: Bytes, max_len: usize, shared: bool) -> Result<Frame, FrameError> {
         let len = buf.len();
         if len > max_len {
             return Err(FrameError::TooLarge { len, max: max_len });
@@ -201,7 +220,9 @@ impl Frame {
         if len < HEADER_LEN {
             return Err(FrameError::Truncated { len });
         }
-        let h = &buf[..HEADER_LEN];
+        // Read once, into a copy: every field below comes from the same bytes.
+        let mut h = [0u8; HEADER_LEN];
+        h.copy_from_slice(&buf[..HEADER_LEN]);
         if h[0] != MAGIC {
             return Err(FrameError::BadMagic(h[0]));
         }
@@ -224,7 +245,12 @@ impl Frame {
             return Err(FrameError::LengthMismatch { declared, actual: len });
         }
         let name_end = HEADER_LEN + name_len;
-        let name = buf.slice(HEADER_LEN..name_end);
+        let name = if shared {
+            // Checked as copied: the sender cannot change it afterwards.
+            Bytes::copy_from_slice(&buf[HEADER_LEN..name_end])
+        } else {
+            buf.slice(HEADER_LEN..name_end)
+        };
         if std::str::from_utf8(&name).is_err() {
             return Err(FrameError::NameNotUtf8);
         }
@@ -626,6 +652,21 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_frame_keeps_its_payload_in_place_and_its_name_in_a_copy() {
+        let payload = Bytes::from(vec![5u8; 4096]);
+        let bytes = Frame::new(FrameKind::Publish, 0, 1, 2).with_name("t/x").with_payload(payload).encode(MAX).unwrap();
+        let within = |p: *const u8| bytes.as_ptr_range().contains(&p);
+        let shared = Frame::decode_shared(bytes.clone(), MAX).unwrap();
+        assert_eq!(shared, Frame::decode(bytes.clone(), MAX).unwrap());
+        assert!(within(shared.payload.as_ptr()), "the payload is not copied");
+        assert!(!within(shared.name().as_ptr()), "the name is a copy: the sender cannot change it");
+        // The same checks hold.
+        let mut bad = bytes.to_vec();
+        bad[HEADER_LEN] = 0xff;
+        assert_eq!(Frame::decode_shared(Bytes::from(bad), MAX), Err(FrameError::NameNotUtf8));
+    }
+
+    #[test]
     fn small_heads_are_cut_from_one_buffer_that_is_taken_back_when_free() {
         let mut arena = Arena::default();
         let a = small(&mut arena, 1);
@@ -687,7 +728,9 @@ mod tests {
             let i = idx % v.len();
             v[i] = val;
             v.truncate(v.len().saturating_sub(cut % 8));
-            let _ = Frame::decode(Bytes::from(v), MAX);
+            let v = Bytes::from(v);
+            // A shared frame is judged exactly as one in memory of its own.
+            prop_assert_eq!(Frame::decode_shared(v.clone(), MAX), Frame::decode(v, MAX));
         }
     }
 

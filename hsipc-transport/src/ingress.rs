@@ -36,6 +36,20 @@ impl Ingress {
         }
     }
 
+    /// Delivers a frame from `from` whose bytes `from` may still change: they lie in shared
+    /// memory it writes (a pool both map). What the protocol parses (the frame's header and
+    /// name) is copied out before it is checked; the payload is handed on as is, without a
+    /// copy. Returns false once the engine is gone (stop reading).
+    pub fn deliver_shared(&self, from: PeerId, bytes: Bytes) -> bool {
+        match self.shared.upgrade() {
+            Some(shared) => {
+                shared.input_shared(from, bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Delivers frames from `from` in their order, all under one lock of the engine's state
     /// (cheaper than one [`deliver`](Self::deliver) each); `frames` is left empty. `None` once
     /// the engine is gone (stop reading); else whether they handed on requests or answers
@@ -48,6 +62,18 @@ impl Ingress {
     pub(crate) fn offer_caller_lane(&self, from: PeerId, lane: std::sync::Weak<dyn crate::engine::CallerLane>) {
         if let Some(shared) = self.shared.upgrade() {
             shared.offer_caller_lane(from, lane);
+        }
+    }
+
+    /// The transport can no longer receive (its reader failed for good): rather than a hub that
+    /// silently hears nothing (its calls would only time out), the engine closes, as after
+    /// [`Engine::shutdown`](crate::Engine::shutdown): every open call, stream and wait
+    /// fails with [`Error::Closed`](crate::Error::Closed) at once, and so does what the
+    /// application does with the hub next. `why` is logged as an error.
+    pub fn failed(&self, why: &str) {
+        tracing::error!(why, "the transport can no longer receive: the hub closes; make a new one to go on");
+        if let Some(shared) = self.shared.upgrade() {
+            shared.begin_shutdown();
         }
     }
 

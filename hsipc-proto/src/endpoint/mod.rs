@@ -204,25 +204,35 @@ impl Endpoint {
                 Ok(())
             }
             Input::Frame { from, bytes } => {
-                let frame = match Frame::decode(bytes, self.config.max_frame_len) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        self.stats.bad_frames += 1;
-                        return Err(e);
-                    }
-                };
-                if self.out.len() >= self.config.max_queued_outputs {
-                    self.stats.overloaded += 1;
-                    return Err(FrameError::Overloaded);
-                }
-                let r = self.on_frame(now, from, frame);
-                match &r {
-                    Ok(()) => self.stats.frames_in += 1,
-                    Err(_) => self.stats.bad_frames += 1,
-                }
-                r
+                let decoded = Frame::decode(bytes, self.config.max_frame_len);
+                self.on_decoded(now, from, decoded)
+            }
+            Input::SharedFrame { from, bytes } => {
+                let decoded = Frame::decode_shared(bytes, self.config.max_frame_len);
+                self.on_decoded(now, from, decoded)
             }
         }
+    }
+
+    /// Handles a frame as decoded (or the reason it could not be).
+    fn on_decoded(&mut self, now: Instant, from: PeerId, decoded: Result<Frame, FrameError>) -> Result<(), FrameError> {
+        let frame = match decoded {
+            Ok(f) => f,
+            Err(e) => {
+                self.stats.bad_frames += 1;
+                return Err(e);
+            }
+        };
+        if self.out.len() >= self.config.max_queued_outputs {
+            self.stats.overloaded += 1;
+            return Err(FrameError::Overloaded);
+        }
+        let r = self.on_frame(now, from, frame);
+        match &r {
+            Ok(()) => self.stats.frames_in += 1,
+            Err(_) => self.stats.bad_frames += 1,
+        }
+        r
     }
 
     /// Runs every timer due at `now`: call deadlines, the heartbeat and peer expiry.

@@ -189,10 +189,7 @@ impl Engine {
     /// Asks the engine to say goodbye and stop. Returns at once; every open call, stream and
     /// wait fails with [`Error::Closed`](crate::Error::Closed) shortly after. Idempotent.
     pub fn shutdown(&self) {
-        let shared = self.handle.shared();
-        if !shared.shutdown.swap(true, Ordering::SeqCst) {
-            shared.wake_clock();
-        }
+        self.handle.shared().begin_shutdown();
     }
 
     /// Completes once the engine has stopped: the goodbye was sent (or the bus was stalled

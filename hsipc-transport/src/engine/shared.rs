@@ -146,17 +146,27 @@ impl Shared {
         self.input_all(from, std::iter::once(bytes));
     }
 
+    /// A frame from the transport whose bytes the sender may still change (see
+    /// [`Ingress::deliver_shared`](crate::Ingress::deliver_shared)).
+    pub(crate) fn input_shared(&self, from: PeerId, bytes: Bytes) {
+        self.input_each(std::iter::once(Input::SharedFrame { from, bytes }));
+    }
+
     /// Frames from the transport, in their order, under one lock and one commit (called by
     /// a reader that found several at once). Whether that handed on requests or answers (see
     /// [`commit`](Self::commit)); `false` once the engine is closed (nothing was handed on).
     pub(crate) fn input_all(&self, from: PeerId, frames: impl Iterator<Item = Bytes>) -> bool {
+        self.input_each(frames.map(|bytes| Input::Frame { from, bytes }))
+    }
+
+    fn input_each(&self, frames: impl Iterator<Item = Input>) -> bool {
         let now = Instant::now();
         let mut state = self.state();
         if state.is_closed() {
             return false;
         }
-        for bytes in frames {
-            state.input(now, from, bytes);
+        for input in frames {
+            state.input(now, input);
             // What the frame produced is taken out of the protocol before the next one, as it
             // would be frame by frame (the protocol bounds its queued outputs).
             state.drain(now);
@@ -445,6 +455,13 @@ impl Shared {
             let _ = d.complete(self);
         }
         SPARE.with(|s| s.deferred.set(deferred));
+    }
+
+    /// Has the engine say goodbye and stop (the clock thread does it); idempotent.
+    pub(crate) fn begin_shutdown(&self) {
+        if !self.shutdown.swap(true, Ordering::SeqCst) {
+            self.wake_clock();
+        }
     }
 
     pub(super) fn is_shut_down(&self) -> bool {

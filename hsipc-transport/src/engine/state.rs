@@ -210,8 +210,13 @@ impl State {
         if self.closed { Err(Error::Closed) } else { Ok(()) }
     }
 
-    pub(super) fn input(&mut self, now: Instant, from: PeerId, bytes: Bytes) {
-        if let Err(e) = self.endpoint.handle_input(now, Input::Frame { from, bytes }) {
+    /// A frame from a peer (an [`Input::Frame`] or [`Input::SharedFrame`]).
+    pub(super) fn input(&mut self, now: Instant, input: Input) {
+        let from = match &input {
+            Input::Frame { from, .. } | Input::SharedFrame { from, .. } => *from,
+            Input::PeerLost(peer) => *peer,
+        };
+        if let Err(e) = self.endpoint.handle_input(now, input) {
             tracing::debug!(%from, error = %e, "dropped a frame");
         }
     }
@@ -428,7 +433,7 @@ impl State {
             }
             let local = self.endpoint.local();
             for bytes in std::mem::take(&mut self.looped_back) {
-                self.input(now, local, bytes);
+                self.input(now, Input::Frame { from: local, bytes });
             }
         }
         if self.closed {

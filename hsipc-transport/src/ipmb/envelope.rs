@@ -26,6 +26,9 @@ pub const INLINE_MAX: usize = 120 * 1024;
 
 const INLINE: u8 = 0;
 const REGION: u8 = 1;
+/// Where a region's buffer starts in its file: after ipmb's header (a reference count, `u32`,
+/// and the buffer's size, `u64`; ipmb 0.8's `MemoryRegion` layout).
+const REGION_HEADER: u64 = 12;
 const LANE: u8 = 2;
 const LANE_CLOSED: u8 = 3;
 
@@ -136,16 +139,54 @@ pub(super) fn unwrap(mut msg: ipmb::Message<Msg>, max_len: usize) -> Result<Rece
                 return Err(Unwrap::Malformed("region frame over the maximum message length"));
             }
             let len = len as usize;
-            let Some(region) = msg.memory_regions.first_mut() else {
+            let Some(region) = msg.memory_regions.first() else {
                 return Err(Unwrap::Malformed("region envelope without a region"));
             };
             if region.buffer_size() < len as u64 {
                 return Err(Unwrap::Malformed("region smaller than the frame"));
             }
-            let buf = region.map(..len).map_err(|_| Unwrap::Malformed("region cannot be mapped"))?;
-            // Copy out: the region stays writable by the sender, so never parse it in place.
-            Ok(Received::Frame(from, Bytes::copy_from_slice(buf)))
+            // Read, not mapped: the region's file is the sender's, unsealed, and its size is only
+            // what the sender's header says, so a mapping could reach past its end (a `SIGBUS`
+            // here) or change while it is parsed. A file shorter than the frame is an error.
+            // SAFETY: the region (and its fd) lives as long as `msg`, past this read.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(region.object().as_raw()) };
+            let frame = super::sealed::read_at(fd, REGION_HEADER, len)
+                .map_err(|_| Unwrap::Malformed("region file shorter than the frame"))?;
+            Ok(Received::Frame(from, frame))
         }
         _ => Err(Unwrap::Malformed("unknown envelope kind")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn large_frame() -> (WireFrame, Bytes) {
+        let bytes: Bytes = (0..INLINE_MAX + 1000).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
+        (WireFrame::from(bytes.clone()), bytes)
+    }
+
+    #[test]
+    fn a_large_frame_goes_in_a_region_and_comes_out_whole() {
+        let (frame, bytes) = large_frame();
+        let msg = wrap(ipmb::Selector::unicast("x"), PeerId(7), &frame).unwrap();
+        assert_eq!(msg.memory_regions.len(), 1);
+        match unwrap(msg, 1 << 30) {
+            Ok(Received::Frame(from, got)) => assert_eq!((from, got), (PeerId(7), bytes)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_region_file_shorter_than_its_header_says_is_malformed_not_a_crash() {
+        let (frame, _) = large_frame();
+        let msg = wrap(ipmb::Selector::unicast("x"), PeerId(7), &frame).unwrap();
+        // The sender cuts its file short after sending (ipmb's regions are not sealed): reading
+        // the frame out of a mapping would raise SIGBUS.
+        let fd = msg.memory_regions[0].object().as_raw();
+        // SAFETY: an fd the message owns, open until it drops.
+        assert_eq!(unsafe { libc::ftruncate(fd, 4096) }, 0);
+        assert_eq!(unwrap(msg, 1 << 30).unwrap_err(), Unwrap::Malformed("region file shorter than the frame"));
     }
 }

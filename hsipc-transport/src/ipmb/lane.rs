@@ -485,8 +485,15 @@ pub(super) fn is_lane_socket(fd: &OwnedFd) -> bool {
         && alen as usize == std::mem::size_of::<libc::sa_family_t>()
 }
 
-/// The user id of the process that made the socket pair behind `fd`.
-pub(super) fn maker_uid(fd: &OwnedFd) -> io::Result<u32> {
+/// The process that made the socket pair behind `fd`: its user id and process id (as this
+/// process's pid namespace sees it).
+pub(super) struct Maker {
+    pub(super) uid: u32,
+    pub(super) pid: u32,
+}
+
+/// Who made the socket pair behind `fd` (`SO_PEERCRED`: set by the kernel, not the peer).
+pub(super) fn maker(fd: &OwnedFd) -> io::Result<Maker> {
     // SAFETY: an all-zero ucred is valid; getsockopt fills it and its length.
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -503,7 +510,7 @@ pub(super) fn maker_uid(fd: &OwnedFd) -> io::Result<u32> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(cred.uid)
+    Ok(Maker { uid: cred.uid, pid: u32::try_from(cred.pid).unwrap_or(0) })
 }
 
 /// The effective user id of process `pid` (from `/proc/<pid>/status`), if it can be read.

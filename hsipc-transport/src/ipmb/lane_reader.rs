@@ -615,7 +615,8 @@ impl LaneReader {
             _ => None,
         };
         match frame {
-            Some(frame) => self.hand_on(frame),
+            // The writer keeps its mapping of the pool writable: what is parsed is copied out.
+            Some(frame) => self.hand_on_as(frame, true),
             None => {
                 tracing::debug!(%from, "malformed pooled-frame message; dropping the lane");
                 self.end(true)
@@ -625,10 +626,18 @@ impl LaneReader {
 
     /// Hands a whole frame to the engine.
     fn hand_on(&mut self, bytes: bytes::Bytes) -> Step {
+        self.hand_on_as(bytes, false)
+    }
+
+    /// Hands a whole frame to the engine; `shared`: its bytes lie in memory the writer may
+    /// still change (see [`Ingress::deliver_shared`]).
+    fn hand_on_as(&mut self, bytes: bytes::Bytes, shared: bool) -> Step {
         self.in_socket_frame = false;
         self.handed += 1;
         self.owe_yield(false);
-        if !self.ingress.deliver(self.from, bytes) {
+        let delivered =
+            if shared { self.ingress.deliver_shared(self.from, bytes) } else { self.ingress.deliver(self.from, bytes) };
+        if !delivered {
             return self.engine_gone();
         }
         Step::Read

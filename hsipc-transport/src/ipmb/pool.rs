@@ -254,8 +254,11 @@ struct PooledFrame {
 
 impl AsRef<[u8]> for PooledFrame {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: within the mapping (checked in `frame`), which lives while `pool` does; the
-        // writer does not write this run until it is released, after this frame is gone.
+        // SAFETY: within the mapping (checked in `frame`), which lives while `pool` does. An
+        // honest writer does not write this run until it is released, after this frame is gone;
+        // a hostile one (of the same user: see `pool`) could, so nothing here parses these bytes
+        // in place: the frame's header and name are copied out before they are checked
+        // (`Ingress::deliver_shared`), and only the payload is read where it lies.
         unsafe { std::slice::from_raw_parts(self.pool.data.base().add(self.offset), self.len) }
     }
 }

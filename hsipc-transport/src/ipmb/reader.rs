@@ -101,7 +101,9 @@ pub(super) fn spawn(
                         continue;
                     }
                     Err(_) => {
-                        tracing::error!("ipmb panicked in recv; this hub no longer receives");
+                        // ipmb's state may be poisoned (a retry would panic again): nothing more
+                        // comes from the bus, so the hub closes instead of going deaf.
+                        ingress.failed("ipmb panicked while receiving from the bus (a malformed message?)");
                         return;
                     }
                 };
@@ -124,7 +126,7 @@ pub(super) fn spawn(
                         // off and came back): that one's last frames, and its end, go first.
                         await_lane_end(&mut lane_ends, from);
                         // Every earlier frame from `from` has been delivered: read its lane now.
-                        match accept_lane(from, fd, &limits, &lanes, &stop) {
+                        match accept_lane(from, ingress.peer_pid(from), fd, &limits, &lanes, &stop) {
                             Some((fd, takes)) => {
                                 lanes_accepted += 1;
                                 let number = lanes_accepted;
@@ -204,6 +206,7 @@ struct Limits {
 /// [`MAX_DECLINED_LANES`] declined at once, offers are refused too.
 fn accept_lane(
     from: PeerId,
+    announced_pid: Option<u32>,
     fd: std::os::fd::OwnedFd,
     limits: &Limits,
     lanes: &IncomingLanes,
@@ -218,17 +221,26 @@ fn accept_lane(
     }
     // The shared pool only between processes of one user (see `pool`).
     let mut takes = if limits.takes_pooled { Takes::Ring } else { Takes::Sealed };
-    match lane::maker_uid(&fd) {
-        Ok(maker) if maker == lane::own_uid() => {}
-        Ok(_) if limits.uid.is_none() => takes = Takes::Sealed,
-        Ok(maker) => {
-            tracing::warn!(%from, uid = maker, "refused a lane offered by another user's process");
-            return None;
-        }
+    let maker = match lane::maker(&fd) {
+        Ok(maker) => maker,
         Err(e) => {
             tracing::warn!(%from, error = %e, "cannot read a lane's credentials");
             return None;
         }
+    };
+    // Only the process that announced `from` may open its lane: another process (of any user)
+    // that claimed its peer id on the bus would otherwise have its frames taken for that
+    // peer's, and that peer's own frames on the bus dropped while its lane lasts.
+    if let Some(pid) = announced_pid.filter(|pid| *pid != maker.pid) {
+        tracing::warn!(%from, announced = pid, maker = maker.pid, "refused a lane made by another process than the peer it claims to come from");
+        return None;
+    }
+    if maker.uid != lane::own_uid() {
+        if limits.uid.is_some() {
+            tracing::warn!(%from, uid = maker.uid, "refused a lane offered by another user's process");
+            return None;
+        }
+        takes = Takes::Sealed;
     }
     let mut lanes = lanes.lock().unwrap_or_else(|e| e.into_inner());
     // Checked under the lock `close` drains: no lane is accepted after it.
@@ -323,17 +335,35 @@ mod tests {
         let lanes = IncomingLanes::default();
         let stop = AtomicBool::new(false);
         let theirs = lane_made_by(65534);
-        assert_eq!(lane::maker_uid(&theirs).unwrap(), 65534);
+        assert_eq!(lane::maker(&theirs).unwrap().uid, 65534);
         let own = Limits { uid: Some(lane::own_uid()), max_lanes: 8, takes_pooled: true };
         let takes = |r: Option<(Arc<OwnedFd>, Takes)>| r.map(|(_, t)| t);
-        assert_eq!(takes(accept_lane(PeerId(1), theirs, &own, &lanes, &stop)), None);
+        assert_eq!(takes(accept_lane(PeerId(1), None, theirs, &own, &lanes, &stop)), None);
         // Allowed across users: taken, but sealed frames only (no shared pool across users).
         let across = Limits { uid: None, ..own };
-        assert_eq!(takes(accept_lane(PeerId(1), lane_made_by(65534), &across, &lanes, &stop)), Some(Takes::Sealed));
+        assert_eq!(
+            takes(accept_lane(PeerId(1), None, lane_made_by(65534), &across, &lanes, &stop)),
+            Some(Takes::Sealed)
+        );
         // This user's: taken, with the pool and the ring.
-        assert_eq!(takes(accept_lane(PeerId(2), lane_made_by(0), &across, &lanes, &stop)), Some(Takes::Ring));
+        assert_eq!(takes(accept_lane(PeerId(2), None, lane_made_by(0), &across, &lanes, &stop)), Some(Takes::Ring));
         let no_pools = Limits { uid: Some(lane::own_uid()), max_lanes: 8, takes_pooled: false };
-        assert_eq!(takes(accept_lane(PeerId(3), lane_made_by(0), &no_pools, &lanes, &stop)), Some(Takes::Sealed));
+        assert_eq!(takes(accept_lane(PeerId(3), None, lane_made_by(0), &no_pools, &lanes, &stop)), Some(Takes::Sealed));
+    }
+
+    /// A lane offered in a peer's name by another process than the one that announced that
+    /// peer (a bus member claiming another's peer id) is refused; the announcer's own is taken.
+    #[test]
+    fn a_lane_made_by_another_process_than_the_announced_peer_is_refused() {
+        let lanes = IncomingLanes::default();
+        let stop = AtomicBool::new(false);
+        let limits = Limits { uid: Some(lane::own_uid()), max_lanes: 8, takes_pooled: true };
+        let me = std::process::id();
+        let (_mine, theirs) = lane::pair().unwrap();
+        assert_eq!(lane::maker(&theirs).unwrap().pid, me);
+        assert!(accept_lane(PeerId(1), Some(me + 1), theirs, &limits, &lanes, &stop).is_none());
+        let (_mine, theirs) = lane::pair().unwrap();
+        assert!(accept_lane(PeerId(1), Some(me), theirs, &limits, &lanes, &stop).is_some());
     }
 
     /// Beyond its most lanes a hub declines offers (reads them until their writer closes them),
@@ -347,7 +377,7 @@ mod tests {
         let mut said = Vec::new();
         for i in 0..(2 + MAX_DECLINED_LANES + 1) {
             let (_mine, theirs) = lane::pair().unwrap();
-            match accept_lane(PeerId(i as u64), theirs, &limits, &lanes, &stop) {
+            match accept_lane(PeerId(i as u64), None, theirs, &limits, &lanes, &stop) {
                 Some((fd, takes)) => {
                     kept.push(fd);
                     said.push(Some(takes));
@@ -362,6 +392,6 @@ mod tests {
         // lanes alive do not count against it).
         kept.remove(0);
         let (_mine, theirs) = lane::pair().unwrap();
-        assert_eq!(accept_lane(PeerId(99), theirs, &limits, &lanes, &stop).map(|(_, t)| t), Some(Takes::Ring));
+        assert_eq!(accept_lane(PeerId(99), None, theirs, &limits, &lanes, &stop).map(|(_, t)| t), Some(Takes::Ring));
     }
 }

@@ -310,6 +310,12 @@ impl RingReader {
             let left = self.head - self.tail;
             match header[4] {
                 WRAP => {
+                    // A writer wraps only a record that does not fit before the ring's end, never
+                    // at its start: a wrap there would skip the whole ring, and a writer moving
+                    // `head` on could keep the reader in this loop.
+                    if at == 0 {
+                        return Err(Corrupt("a wrap at the ring's start"));
+                    }
                     let skip = (RING_SIZE - at) as u64;
                     if skip > left {
                         return Err(Corrupt("a wrap past the head"));
@@ -608,6 +614,12 @@ mod tests {
         let (mut w, mut r) = pair();
         w.write_header(0, 100, FRAME);
         word64(&w.control, HEAD).store(64, Ordering::SeqCst);
+        assert!(r.next(&mut out).is_err());
+        // A wrap at the ring's start, which would skip the whole ring (and, with the head kept
+        // moving, keep the reader looping).
+        let (mut w, mut r) = pair();
+        w.write_header(0, 0, WRAP);
+        word64(&w.control, HEAD).store(RING_SIZE as u64, Ordering::SeqCst);
         assert!(r.next(&mut out).is_err());
         // An unknown kind.
         let (mut w, mut r) = pair();

@@ -18,7 +18,7 @@
 
 use std::ffi::c_void;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use bytes::Bytes;
 use proto::frame::WireFrame;
@@ -119,13 +119,21 @@ pub(super) fn check_sealed(fd: &OwnedFd, required: libc::c_int) -> Result<(), Ma
 
 /// The first `len` bytes of the file `fd`, read into memory.
 fn read_whole(fd: &OwnedFd, len: usize) -> Result<Bytes, MapError> {
+    read_at(fd.as_fd(), 0, len)
+}
+
+/// `len` bytes of the file `fd` from `offset`, read into memory (a file shorter than that is
+/// an error, not a `SIGBUS` as touching a mapping past its end would be).
+pub(super) fn read_at(fd: BorrowedFd<'_>, offset: u64, len: usize) -> Result<Bytes, MapError> {
     let mut buf = bytes::BytesMut::zeroed(len);
     let mut done = 0;
     while done < len {
         let rest = &mut buf[done..];
+        let Ok(at) = libc::off_t::try_from(offset + done as u64) else {
+            return Err(MapError::TooSmall { size: done as u64, len });
+        };
         // SAFETY: `rest` is valid for writes of its length; the fd is open.
-        let n =
-            unsafe { libc::pread(fd.as_raw_fd(), rest.as_mut_ptr() as *mut c_void, rest.len(), done as libc::off_t) };
+        let n = unsafe { libc::pread(fd.as_raw_fd(), rest.as_mut_ptr() as *mut c_void, rest.len(), at) };
         match n {
             n if n > 0 => done += n as usize,
             0 => return Err(MapError::TooSmall { size: done as u64, len }),
