@@ -261,12 +261,12 @@ impl Endpoint {
 
     pub(super) fn on_events_lost(&mut self, from: PeerId, f: Frame) -> Result<(), FrameError> {
         let topic = Topic::new(f.name()).map_err(FrameError::BadTopic)?;
-        let last = self.publish_seq_in.entry(from).or_insert(0);
-        if f.seq <= *last {
+        let Some(last) = self.publisher_seq(from) else { return Ok(()) };
+        if f.seq <= last {
             return Ok(());
         }
-        let missed = f.seq - *last;
-        *last = f.seq;
+        let missed = f.seq - last;
+        self.publish_seq_in.insert(from, f.seq);
         // Credit is this endpoint's, not one subscription's: every subscription may have lost
         // events, whichever topic they were on.
         let subscriptions = self.subscription_filters.keys().copied().collect();

@@ -8,6 +8,8 @@ mod call;
 mod event_credit;
 mod peers;
 mod pubsub;
+#[cfg(test)]
+pub(crate) use pubsub::MAX_UNKNOWN_PUBLISHERS;
 
 use self::event_credit::{Granted, Owed};
 pub use self::event_credit::{NoCredit, Published};
@@ -40,7 +42,9 @@ pub struct Stats {
     pub frames_out: u64,
     /// Frames rejected as malformed or in violation of the protocol.
     pub bad_frames: u64,
-    /// Responses, items or credit for calls that are not open (late, after a timeout or cancel).
+    /// Responses, items or credit for calls that are not open (late, after a timeout or
+    /// cancel), and events from yet another peer not in the directory while
+    /// 1024 such peers are tracked already.
     pub late_or_unknown: u64,
     /// Duplicated requests, stream items or events, dropped.
     pub duplicates: u64,
@@ -389,6 +393,7 @@ impl Endpoint {
             subscriptions: self.subscription_filters.len() + self.subscriptions.len(),
             timers: self.timers.len().saturating_sub(usize::from(!self.closed)),
             queued: self.out.len(),
+            publishers: self.publish_seq_in.len(),
         }
     }
 
@@ -497,6 +502,8 @@ pub struct TableSizes {
     pub timers: usize,
     /// Outputs not yet drained.
     pub queued: usize,
+    /// Publishers whose events this endpoint tracks (their sequence numbers).
+    pub publishers: usize,
 }
 
 /// The service part of a method name: everything before the last `.`.

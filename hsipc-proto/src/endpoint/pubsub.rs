@@ -152,10 +152,29 @@ impl Endpoint {
         Ok(done)
     }
 
+    /// The last sequence number seen from publisher `from` (0 for a new one), if this endpoint
+    /// keeps its sequence (and credit): any peer it tracks already or knows, and up to
+    /// [`MAX_UNKNOWN_PUBLISHERS`] besides the peers it knows. A publisher announces itself before
+    /// it publishes, so only ids no peer announced (a bus member making them up) go beyond:
+    /// their events are dropped and counted, rather than each adding to this endpoint's tables
+    /// for good (nothing ends a peer that never announced itself).
+    pub(super) fn publisher_seq(&mut self, from: PeerId) -> Option<u64> {
+        if let Some(last) = self.publish_seq_in.get(&from) {
+            return Some(*last);
+        }
+        let admitted = from == self.local
+            || self.directory.get(from).is_some()
+            || self.publish_seq_in.len() < self.directory.len() + MAX_UNKNOWN_PUBLISHERS;
+        if !admitted {
+            self.stats.late_or_unknown += 1;
+        }
+        admitted.then_some(0)
+    }
+
     pub(super) fn on_publish(&mut self, now: Instant, from: PeerId, f: Frame) -> Result<(), FrameError> {
         let topic = Topic::new(f.name()).map_err(FrameError::BadTopic)?;
+        let Some(last) = self.publisher_seq(from) else { return Ok(()) };
         let credited = f.flags.has(Flags::CREDITED);
-        let last = self.publish_seq_in.get(&from).copied().unwrap_or(0);
         if f.seq <= last {
             // A copy: the publisher spent no credit on it.
             self.stats.duplicates += 1;
@@ -193,6 +212,10 @@ impl Endpoint {
         changed
     }
 }
+
+/// Most publishers not in the directory whose events an endpoint tracks at once, beyond the
+/// peers it knows (see [`Endpoint::publisher_seq`]).
+pub(crate) const MAX_UNKNOWN_PUBLISHERS: usize = 1024;
 
 /// Counts one more user of `key`; whether it is the first.
 fn count_up(counts: &mut BTreeMap<String, usize>, key: &str) -> bool {

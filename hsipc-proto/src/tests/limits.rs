@@ -93,3 +93,32 @@ fn degenerate_settings_are_raised_to_working_ones() {
     bus.ep(0).cancel(id).unwrap();
     bus.assert_no_leaks();
 }
+
+#[test]
+fn events_from_made_up_peers_do_not_grow_the_tables_without_bound() {
+    use crate::endpoint::MAX_UNKNOWN_PUBLISHERS;
+    use crate::{Input, PeerId};
+    let mut bus = Bus::new(2);
+    bus.ep(1).subscribe(TopicFilter::new("#").unwrap(), false).unwrap();
+    bus.settle();
+    // A bus member making up peer ids: each event claims another publisher no peer announced.
+    let extra = 100;
+    for i in 0..MAX_UNKNOWN_PUBLISHERS + extra {
+        let bytes = Frame::new(FrameKind::Publish, 0, 0, 1).with_name("t").encode(1 << 20).unwrap();
+        let from = PeerId(1_000_000 + i as u64);
+        bus.with(1, |ep, now| ep.handle_input(now, Input::Frame { from, bytes })).unwrap();
+        if i % 64 == 0 {
+            bus.settle();
+        }
+    }
+    bus.settle();
+    let sizes = bus.ep(1).table_sizes();
+    assert!(sizes.publishers <= MAX_UNKNOWN_PUBLISHERS + 2, "{sizes:?}");
+    assert!(bus.ep(1).stats().late_or_unknown >= extra as u64 - 2, "the rest are counted");
+    // A peer that announced itself is heard as before.
+    bus.with(0, |ep, now| ep.publish(now, &Topic::new("t").unwrap(), b("e"), NoCredit::Refuse)).unwrap();
+    bus.settle();
+    let heard = bus.events(1).iter().any(|e| matches!(e, Event::Published { from, .. } if *from == peer(0)));
+    assert!(heard, "the announced publisher's event arrives");
+    bus.assert_no_leaks();
+}
