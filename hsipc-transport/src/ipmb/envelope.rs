@@ -44,6 +44,15 @@ pub(super) enum Received {
     LaneClosed(PeerId),
 }
 
+impl Received {
+    /// The peer it came from.
+    pub(super) fn from(&self) -> PeerId {
+        match self {
+            Received::Frame(from, _) | Received::Lane(from, _) | Received::LaneClosed(from) => *from,
+        }
+    }
+}
+
 /// The notice that `from` closed its lane to the receiver (the message needs a carrier fd to
 /// travel, as every message between two ipmb clients does).
 pub(super) fn lane_closed(selector: ipmb::Selector, from: PeerId) -> ipmb::Message<Msg> {

@@ -728,45 +728,9 @@ impl Drop for LaneReader {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
+    use super::super::test_engine::engine;
     use super::*;
-    use crate::engine::{Dispatcher, Engine, EngineConfig, Handle, IncomingCall, Reject};
-    use crate::transport::{Connect, Transport};
-
-    /// Connects through another connector and keeps the engine's ingress, for a reader to use.
-    #[derive(Debug)]
-    struct KeepIngress(Box<dyn Connect>, Arc<Mutex<Option<Ingress>>>);
-
-    impl Connect for KeepIngress {
-        fn connect(
-            self: Box<Self>,
-            local: PeerId,
-            name: &str,
-            ingress: Ingress,
-        ) -> Result<Box<dyn Transport>, crate::transport::TransportError> {
-            *self.1.lock().unwrap() = Some(ingress.clone());
-            self.0.connect(local, name, ingress)
-        }
-    }
-
-    struct NoCalls;
-
-    impl Dispatcher for NoCalls {
-        fn dispatch(&self, _: IncomingCall, _: &Handle) -> Result<(), Reject> {
-            Ok(())
-        }
-    }
-
-    /// An engine that reads its input through `reader_for`'s readers.
-    fn engine(config: EngineConfig) -> (Engine, Ingress) {
-        let kept = Arc::new(Mutex::new(None));
-        let bus = crate::mem::MemBus::new();
-        let connect = Box::new(KeepIngress(bus.connector(), kept.clone()));
-        let engine = Engine::start(config, connect, PeerId(1), "lane-reader", Arc::new(NoCalls)).unwrap();
-        let ingress = kept.lock().unwrap().take().unwrap();
-        (engine, ingress)
-    }
+    use crate::engine::{Engine, EngineConfig};
 
     /// A reader of a lane from peer 2 that has its ring: (the reader, the ring's writer, the
     /// lane's writing end).

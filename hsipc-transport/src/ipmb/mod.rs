@@ -47,6 +47,8 @@ mod reader;
 mod ring;
 mod sealed;
 mod shm;
+#[cfg(test)]
+mod test_engine;
 
 use std::collections::HashSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

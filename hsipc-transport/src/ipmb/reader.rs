@@ -71,122 +71,254 @@ pub(super) fn spawn(
         lane_runner,
     } = setup;
     let limits = Limits { uid: (!across_users).then_some(lane::own_uid()), max_lanes, takes_pooled };
+    let mut bus = BusReader::new(local, ingress, max_len, stop, lanes, limits, lane_runner);
     std::thread::Builder::new()
         .name("hsipc-ipmb-reader".into())
         .spawn(move || {
-            // Peers whose frames now come through their lane (with the lane's number): their bus
-            // messages are copies. A lane's reader takes its peer out again when the lane ends,
-            // unless a newer lane from that peer has taken its place.
-            let laned: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, u64>>> = Arc::default();
-            let mut lanes_accepted = 0u64;
-            // Per lane being read: disconnected once its reader has ended (a closed lane's
-            // notice on the bus waits for that, so that the lane's last frames go first).
-            let mut lane_ends: std::collections::HashMap<PeerId, flume::Receiver<()>> = Default::default();
             let mut next_sweep = Instant::now();
             // Senders heard from: a new one may come with a new ipmb connection to mark.
             let mut heard: std::collections::HashSet<PeerId> = std::collections::HashSet::new();
-            while !stop.load(Ordering::Relaxed) {
+            while !bus.stop.load(Ordering::Relaxed) {
                 if Instant::now() >= next_sweep {
                     sweeper.sweep();
                     next_sweep = Instant::now() + CLOEXEC_SWEEP;
                 }
-                let received = catch_unwind(AssertUnwindSafe(|| receiver.recv(Some(timeout))));
+                let wait = bus.recv_timeout(timeout);
+                let received = catch_unwind(AssertUnwindSafe(|| receiver.recv(Some(wait))));
                 let msg = match received {
-                    Ok(Ok(msg)) => msg,
+                    Ok(Ok(msg)) => Some(msg),
                     // A timeout only means "nothing yet": the loop never ends on one.
-                    Ok(Err(ipmb::RecvError::Timeout)) => continue,
+                    Ok(Err(ipmb::RecvError::Timeout)) => None,
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "ipmb recv failed; retrying");
                         std::thread::sleep(Duration::from_millis(10));
-                        continue;
+                        None
                     }
                     Err(_) => {
                         // ipmb's state may be poisoned (a retry would panic again): nothing more
                         // comes from the bus, so the hub closes instead of going deaf.
-                        ingress.failed("ipmb panicked while receiving from the bus (a malformed message?)");
+                        bus.ingress.failed("ipmb panicked while receiving from the bus (a malformed message?)");
                         return;
                     }
                 };
-                let unwrapped = envelope::unwrap(msg, max_len);
-                if let Ok(Received::Frame(from, _) | Received::Lane(from, _)) = &unwrapped {
-                    if heard.len() < MAX_HEARD && heard.insert(*from) {
-                        next_sweep = Instant::now();
-                    }
-                }
-                match unwrapped {
-                    Ok(Received::Frame(from, _))
-                        if from == local || laned.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&from) => {}
-                    Ok(Received::Frame(from, bytes)) => {
-                        if !ingress.deliver(from, bytes) {
-                            return; // the engine is gone
+                let went_on = match msg.map(|msg| envelope::unwrap(msg, bus.max_len)) {
+                    Some(Ok(received)) => {
+                        let from = received.from();
+                        if heard.len() < MAX_HEARD && heard.insert(from) {
+                            next_sweep = Instant::now();
                         }
+                        bus.take(received, Instant::now())
                     }
-                    Ok(Received::Lane(from, fd)) => {
-                        // A new lane from a peer whose last one is still being read (it was cut
-                        // off and came back): that one's last frames, and its end, go first.
-                        await_lane_end(&mut lane_ends, from);
-                        // Every earlier frame from `from` has been delivered: read its lane now.
-                        match accept_lane(from, ingress.peer_pid(from), fd, &limits, &lanes, &stop) {
-                            Some((fd, takes)) => {
-                                lanes_accepted += 1;
-                                let number = lanes_accepted;
-                                let ended = laned.clone();
-                                let (end_tx, end_rx) = flume::bounded::<()>(1);
-                                lane_ends.retain(|_, rx| !rx.is_disconnected());
-                                lane_ends.insert(from, end_rx);
-                                let on_end = move |peer| {
-                                    let mut laned = ended.lock().unwrap_or_else(|e| e.into_inner());
-                                    if laned.get(&peer) == Some(&number) {
-                                        laned.remove(&peer);
-                                    }
-                                    drop(end_tx);
-                                };
-                                // Marked before the reader starts: its first frame may follow at once.
-                                laned.lock().unwrap_or_else(|e| e.into_inner()).insert(from, number);
-                                let reader = LaneReader::new(
-                                    fd.clone(),
-                                    from,
-                                    ingress.clone(),
-                                    max_len,
-                                    stop.clone(),
-                                    takes,
-                                    on_end,
-                                );
-                                // On the hub's runtime if it takes it, else on a thread.
-                                let left = match &lane_runner {
-                                    Some(runner) => runner.run(reader),
-                                    None => Some(reader),
-                                };
-                                let started = left.map_or(Ok(()), |reader| lane::spawn_thread(reader, from));
-                                if let Err(e) = started {
-                                    tracing::warn!(%from, error = %e, "cannot start a lane reader");
-                                    laned.lock().unwrap_or_else(|e| e.into_inner()).remove(&from);
-                                    lane::shut(&fd); // the sender sees the end instead of a silent lane
-                                }
-                            }
-                            None => tracing::warn!(%from, "refused a lane; what that peer writes into it is lost"),
-                        }
+                    Some(Err(envelope::Unwrap::Foreign)) | None => true,
+                    Some(Err(envelope::Unwrap::Malformed(why))) => {
+                        tracing::debug!(why, "dropped a malformed message");
+                        true
                     }
-                    Ok(Received::LaneClosed(from)) => {
-                        // Its frames come through the bus from now on, after the lane's last
-                        // ones: wait (briefly) for the lane's reader to have handed them over.
-                        await_lane_end(&mut lane_ends, from);
-                        laned.lock().unwrap_or_else(|e| e.into_inner()).remove(&from);
-                    }
-                    Err(envelope::Unwrap::Foreign) => {}
-                    Err(envelope::Unwrap::Malformed(why)) => {
-                        tracing::debug!(why, "dropped a malformed message")
-                    }
+                };
+                if !went_on || !bus.release_due(Instant::now()) {
+                    return; // the engine is gone
                 }
             }
         })
         .map_err(|source| TransportError::Io { what: "spawning the ipmb reader thread", source })
 }
 
-/// Waits (at most [`LANE_END_WAIT`]) for the reader of `from`'s lane, if one runs, to end.
-fn await_lane_end(lane_ends: &mut std::collections::HashMap<PeerId, flume::Receiver<()>>, from: PeerId) {
-    if let Some(end) = lane_ends.remove(&from) {
-        let _ = end.recv_timeout(LANE_END_WAIT);
+/// Most messages, and bytes of frames, held back for one peer while the bus reader waits for
+/// the end of that peer's previous lane; beyond, it stops waiting (as at [`LANE_END_WAIT`]).
+const MAX_HELD_MESSAGES: usize = 1024;
+const MAX_HELD_BYTES: usize = 16 << 20;
+/// How often the bus reader looks whether a lane it waits for has ended.
+const HELD_POLL: Duration = Duration::from_millis(2);
+
+/// One peer's messages held back: a lane offer or a closed lane's notice that waits for the
+/// peer's previous lane to be read to its end (its last frames go first), and every message
+/// from that peer after it. Other peers' messages are handled meanwhile.
+struct Held {
+    /// Disconnected once the previous lane's reader has ended.
+    end: flume::Receiver<()>,
+    /// When the bus reader stops waiting, as if the lane had ended.
+    until: Instant,
+    msgs: std::collections::VecDeque<Received>,
+    bytes: usize,
+}
+
+impl Held {
+    fn push(&mut self, msg: Received) {
+        if let Received::Frame(_, bytes) = &msg {
+            self.bytes += bytes.len();
+        }
+        self.msgs.push_back(msg);
+    }
+
+    fn is_full(&self) -> bool {
+        self.msgs.len() > MAX_HELD_MESSAGES || self.bytes > MAX_HELD_BYTES
+    }
+}
+
+/// The bus reader's state: the lanes it started, and what it holds back.
+struct BusReader {
+    local: PeerId,
+    ingress: Ingress,
+    max_len: usize,
+    stop: Arc<AtomicBool>,
+    lanes: IncomingLanes,
+    limits: Limits,
+    lane_runner: Option<LaneRunner>,
+    /// Peers whose frames now come through their lane (with the lane's number): their bus
+    /// messages are copies. A lane's reader takes its peer out again when the lane ends,
+    /// unless a newer lane from that peer has taken its place.
+    laned: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, u64>>>,
+    lanes_accepted: u64,
+    /// Per lane being read: disconnected once its reader has ended (a closed lane's notice, or
+    /// a new lane, from its peer waits for that, so that the lane's last frames go first).
+    lane_ends: std::collections::HashMap<PeerId, flume::Receiver<()>>,
+    held: std::collections::HashMap<PeerId, Held>,
+}
+
+impl BusReader {
+    fn new(
+        local: PeerId,
+        ingress: Ingress,
+        max_len: usize,
+        stop: Arc<AtomicBool>,
+        lanes: IncomingLanes,
+        limits: Limits,
+        lane_runner: Option<LaneRunner>,
+    ) -> Self {
+        BusReader {
+            local,
+            ingress,
+            max_len,
+            stop,
+            lanes,
+            limits,
+            lane_runner,
+            laned: Arc::default(),
+            lanes_accepted: 0,
+            lane_ends: Default::default(),
+            held: Default::default(),
+        }
+    }
+
+    /// How long the next `recv` may wait: briefly while a lane's end is awaited.
+    fn recv_timeout(&self, timeout: Duration) -> Duration {
+        if self.held.is_empty() { timeout } else { timeout.min(HELD_POLL) }
+    }
+
+    /// Takes a message from the bus: handled now, or held behind what waits for its peer's
+    /// lane to end. `false` once the engine is gone.
+    fn take(&mut self, msg: Received, now: Instant) -> bool {
+        let from = msg.from();
+        if let Some(held) = self.held.get_mut(&from) {
+            held.push(msg);
+            // Too much waits: the reader stops waiting for the lane (as at the deadline).
+            return !held.is_full() || self.release(from);
+        }
+        if let Some(end) = self.live_lane_end(&msg) {
+            let mut held = Held { end, until: now + LANE_END_WAIT, msgs: Default::default(), bytes: 0 };
+            held.push(msg);
+            self.held.insert(from, held);
+            return true;
+        }
+        self.handle(msg)
+    }
+
+    /// For a lane offer or a closed lane's notice from a peer whose lane is still being read
+    /// (it was cut off and came back, or its last frames are not all read): that lane's end,
+    /// to wait for.
+    fn live_lane_end(&mut self, msg: &Received) -> Option<flume::Receiver<()>> {
+        let (Received::Lane(from, _) | Received::LaneClosed(from)) = msg else { return None };
+        let end = self.lane_ends.remove(from)?;
+        (!end.is_disconnected()).then_some(end)
+    }
+
+    /// Handles what waited for lanes that have ended meanwhile (or for too long). `false` once
+    /// the engine is gone.
+    fn release_due(&mut self, now: Instant) -> bool {
+        if self.held.is_empty() {
+            return true;
+        }
+        let due: Vec<PeerId> =
+            self.held.iter().filter(|(_, h)| h.end.is_disconnected() || now >= h.until).map(|(p, _)| *p).collect();
+        due.into_iter().all(|peer| self.release(peer))
+    }
+
+    /// Handles `peer`'s held messages in order, until one must wait for the end of a lane an
+    /// earlier one opened (the rest is held again). `false` once the engine is gone.
+    fn release(&mut self, peer: PeerId) -> bool {
+        let Some(Held { mut msgs, .. }) = self.held.remove(&peer) else { return true };
+        while let Some(msg) = msgs.pop_front() {
+            if let Some(end) = self.live_lane_end(&msg) {
+                let mut held = Held { end, until: Instant::now() + LANE_END_WAIT, msgs: Default::default(), bytes: 0 };
+                held.push(msg);
+                msgs.into_iter().for_each(|m| held.push(m));
+                self.held.insert(peer, held);
+                return true;
+            }
+            if !self.handle(msg) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Handles a message that waits for nothing. `false` once the engine is gone.
+    fn handle(&mut self, msg: Received) -> bool {
+        match msg {
+            Received::Frame(from, _)
+                if from == self.local || self.laned.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&from) =>
+            {
+                true
+            }
+            Received::Frame(from, bytes) => self.ingress.deliver(from, bytes),
+            Received::Lane(from, fd) => {
+                // Every earlier frame from `from` has been delivered: read its lane now.
+                self.start_lane(from, fd);
+                true
+            }
+            Received::LaneClosed(from) => {
+                // Its frames come through the bus from now on, after the lane's last ones.
+                self.laned.lock().unwrap_or_else(|e| e.into_inner()).remove(&from);
+                true
+            }
+        }
+    }
+
+    /// Checks a lane offered by `from` and, if taken, starts its reader.
+    fn start_lane(&mut self, from: PeerId, fd: std::os::fd::OwnedFd) {
+        let announced = self.ingress.peer_pid(from);
+        let Some((fd, takes)) = accept_lane(from, announced, fd, &self.limits, &self.lanes, &self.stop) else {
+            tracing::warn!(%from, "refused a lane; what that peer writes into it is lost");
+            return;
+        };
+        self.lanes_accepted += 1;
+        let number = self.lanes_accepted;
+        let ended = self.laned.clone();
+        let (end_tx, end_rx) = flume::bounded::<()>(1);
+        self.lane_ends.retain(|_, rx| !rx.is_disconnected());
+        self.lane_ends.insert(from, end_rx);
+        let on_end = move |peer| {
+            let mut laned = ended.lock().unwrap_or_else(|e| e.into_inner());
+            if laned.get(&peer) == Some(&number) {
+                laned.remove(&peer);
+            }
+            drop(end_tx);
+        };
+        // Marked before the reader starts: its first frame may follow at once.
+        self.laned.lock().unwrap_or_else(|e| e.into_inner()).insert(from, number);
+        let reader =
+            LaneReader::new(fd.clone(), from, self.ingress.clone(), self.max_len, self.stop.clone(), takes, on_end);
+        // On the hub's runtime if it takes it, else on a thread.
+        let left = match &self.lane_runner {
+            Some(runner) => runner.run(reader),
+            None => Some(reader),
+        };
+        let started = left.map_or(Ok(()), |reader| lane::spawn_thread(reader, from));
+        if let Err(e) = started {
+            tracing::warn!(%from, error = %e, "cannot start a lane reader");
+            self.laned.lock().unwrap_or_else(|e| e.into_inner()).remove(&from);
+            lane::shut(&fd); // the sender sees the end instead of a silent lane
+        }
     }
 }
 
@@ -364,6 +496,65 @@ mod tests {
         assert!(accept_lane(PeerId(1), Some(me + 1), theirs, &limits, &lanes, &stop).is_none());
         let (_mine, theirs) = lane::pair().unwrap();
         assert!(accept_lane(PeerId(1), Some(me), theirs, &limits, &lanes, &stop).is_some());
+    }
+
+    fn publish(seq: u64) -> bytes::Bytes {
+        proto::frame::Frame::new(proto::frame::FrameKind::Publish, 0, 0, seq).with_name("t/x").encode(1 << 20).unwrap()
+    }
+
+    fn bus_reader(ingress: Ingress) -> BusReader {
+        let limits = Limits { uid: Some(lane::own_uid()), max_lanes: 8, takes_pooled: true };
+        let stop = Arc::new(AtomicBool::new(false));
+        BusReader::new(PeerId(1), ingress, 1 << 20, stop, IncomingLanes::default(), limits, None)
+    }
+
+    /// While a peer's closed lane is still being read, its notice (and what follows it from
+    /// that peer) waits for the lane's end; other peers' messages go on meanwhile, and the
+    /// peer's own follow in their order once the lane has ended.
+    #[test]
+    fn a_peer_whose_lane_ends_late_holds_back_only_its_own_messages() {
+        let (engine, ingress) = super::super::test_engine::engine(crate::engine::EngineConfig::default());
+        let filter = proto::topic::TopicFilter::new("t/#").unwrap();
+        let events = engine.handle().subscribe(filter, crate::engine::Qos::KeepLast(100)).unwrap();
+        let mut bus = bus_reader(ingress);
+        let (slow, other) = (PeerId(2), PeerId(3));
+        // `slow`'s lane is being read (its reader has not ended).
+        let (lane_end, end) = flume::bounded::<()>(1);
+        bus.lane_ends.insert(slow, end);
+        let now = Instant::now();
+        assert!(bus.take(Received::LaneClosed(slow), now));
+        assert!(bus.take(Received::Frame(slow, publish(1)), now));
+        assert!(bus.take(Received::Frame(other, publish(1)), now));
+        assert!(bus.release_due(now));
+        // The other peer's event came through, though `slow`'s was taken first.
+        let first = events.try_recv().expect("the other peer's event").unwrap();
+        assert_eq!(first.from, other);
+        assert!(events.try_recv().is_none(), "`slow`'s event waits for its lane's end");
+        drop(lane_end);
+        assert!(bus.release_due(now));
+        assert_eq!(events.try_recv().expect("`slow`'s event, once its lane ended").unwrap().from, slow);
+        assert!(bus.held.is_empty());
+
+        // A lane that does not end is waited for until the deadline, and no longer.
+        let (_lane_end, end) = flume::bounded::<()>(1);
+        bus.lane_ends.insert(slow, end);
+        assert!(bus.take(Received::LaneClosed(slow), now));
+        assert!(bus.take(Received::Frame(slow, publish(2)), now));
+        assert!(bus.release_due(now + LANE_END_WAIT / 2));
+        assert!(events.try_recv().is_none());
+        assert!(bus.release_due(now + LANE_END_WAIT));
+        assert_eq!(events.try_recv().unwrap().unwrap().from, slow);
+
+        // Nor beyond what may be held for one peer.
+        let (_lane_end, end) = flume::bounded::<()>(1);
+        bus.lane_ends.insert(slow, end);
+        assert!(bus.take(Received::LaneClosed(slow), now));
+        for seq in 3..3 + MAX_HELD_MESSAGES as u64 {
+            assert!(bus.take(Received::Frame(slow, publish(seq)), now));
+        }
+        assert!(bus.held.is_empty(), "released once full");
+        assert_eq!(events.try_recv().unwrap().unwrap().from, slow);
+        engine.shutdown();
     }
 
     /// Beyond its most lanes a hub declines offers (reads them until their writer closes them),
