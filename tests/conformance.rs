@@ -861,6 +861,36 @@ async fn closed_hub_refuses_everything<K: Kit>(net: Net) {
     settle::<K>(&[&server, &client]).await;
 }
 
+/// A caller that keeps calls open takes three quarters of the server's places at most: the
+/// others still get one.
+async fn one_caller_leaves_the_others_a_share<K: Kit>(net: Net) {
+    let bus = Bus::new(net);
+    let server = K::build("server", &bus, &Cfg { max_pending: Some(4), ..Cfg::default() });
+    let greedy = K::build("greedy", &bus, &Cfg::default());
+    let other = K::build("other", &bus, &Cfg::default());
+    let (hold, probe) = hold();
+    K::serve_hold(&server, "hold.wait", hold).await.unwrap();
+    K::wait_for_service(&greedy, "hold", LONG).await.unwrap();
+    K::wait_for_service(&other, "hold", LONG).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(K::start_call::<_, u32>(&greedy, "hold.wait", (), TIMEOUT));
+        probe.started().await;
+    }
+    match K::call::<_, u32>(&greedy, "hold.wait", ()).await {
+        Err(Error::ServerBusy(why)) => assert!(why.contains("one caller"), "{why}"),
+        r => panic!("{r:?}"),
+    }
+    let theirs = K::start_call::<_, u32>(&other, "hold.wait", (), TIMEOUT);
+    probe.started().await;
+    probe.release_all();
+    for call in held {
+        assert_eq!(call.await.unwrap(), 1);
+    }
+    assert_eq!(theirs.await.unwrap(), 1);
+    settle::<K>(&[&server, &greedy, &other]).await;
+}
+
 async fn server_busy<K: Kit>(net: Net) {
     let bus = Bus::new(net);
     let server = K::build("server", &bus, &Cfg { max_pending: Some(1), ..Cfg::default() });
@@ -1383,6 +1413,7 @@ macro_rules! suite {
             invalid_topics_and_names,
             closed_hub_refuses_everything,
             server_busy,
+            one_caller_leaves_the_others_a_share,
             timeout_cancels_the_handler,
             dropping_a_stream_cancels_the_server,
             stream_error_reaches_the_reader,

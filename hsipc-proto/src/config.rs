@@ -21,7 +21,8 @@ pub struct Config {
     pub event_window_bytes: u64,
     /// Most calls this endpoint may have in flight. Default 10 000.
     pub max_outgoing_calls: usize,
-    /// Most calls this endpoint serves at once; more are refused with a "busy" error.
+    /// Most calls this endpoint serves at once; more are refused with a "busy" error. One
+    /// caller may hold three quarters of them at most (the rest are for the others).
     /// Default 10 000.
     pub max_incoming_calls: usize,
     /// Most outputs (frames and events) queued for the driver. Default 65 536.

@@ -314,8 +314,18 @@ impl Endpoint {
             self.send_error(from, f.id, ErrorCode::NO_SUCH_SERVICE, &msg);
             return Ok(());
         }
-        if self.incoming.len() >= self.config.max_incoming_calls {
-            let msg = format!("`{}` is serving its limit of {} calls", self.info.name, self.config.max_incoming_calls);
+        let max = self.config.max_incoming_calls;
+        if self.incoming.len() >= max {
+            let msg = format!("`{}` is serving its limit of {max} calls", self.info.name);
+            self.send_error(from, f.id, ErrorCode::BUSY, &msg);
+            return Ok(());
+        }
+        // One caller holding the whole table (streams and sessions it keeps open, say) would
+        // leave every other caller busy: a quarter of it is for the others.
+        let share = max - max / 4;
+        if self.incoming_per_peer.get(&from).is_some_and(|n| *n >= share) {
+            let msg =
+                format!("`{}` is serving {share} calls from this caller, its most from one caller", self.info.name);
             self.send_error(from, f.id, ErrorCode::BUSY, &msg);
             return Ok(());
         }
@@ -339,6 +349,7 @@ impl Endpoint {
         }
         self.incoming.insert(id, Incoming { peer: from, remote_id: f.id, mode, deadline: timer, send, recv });
         self.incoming_keys.insert((from, f.id), id);
+        *self.incoming_per_peer.entry(from).or_insert(0) += 1;
         if mode == CallMode::Session {
             let window = u64::from(self.config.stream_window);
             if let Ok(frame) = self.encode(FrameKind::Credit, Flags::TO_CALLER, 0, f.id, window, &[], &[]) {
@@ -586,6 +597,12 @@ impl Endpoint {
             return false;
         };
         self.incoming_keys.remove(&(inc.peer, inc.remote_id));
+        if let Some(n) = self.incoming_per_peer.get_mut(&inc.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.incoming_per_peer.remove(&inc.peer);
+            }
+        }
         if let Some(d) = inc.deadline {
             self.timers.cancel(d, Timer::Incoming(id));
         }

@@ -118,6 +118,8 @@ pub struct Endpoint {
     parked: BTreeMap<RequestId, Parked>,
     incoming: HashMap<IncomingId, Incoming>,
     incoming_keys: HashMap<(PeerId, u64), IncomingId>,
+    /// How many calls each peer has open here (for its share of the incoming table).
+    incoming_per_peer: HashMap<PeerId, usize>,
     services: BTreeSet<String>,
     subscriptions: TopicIndex<SubscriptionId>,
     subscription_filters: HashMap<SubscriptionId, (TopicFilter, bool)>,
@@ -167,6 +169,7 @@ impl Endpoint {
             parked: BTreeMap::new(),
             incoming: HashMap::default(),
             incoming_keys: HashMap::default(),
+            incoming_per_peer: HashMap::default(),
             services: BTreeSet::new(),
             subscriptions: TopicIndex::new(),
             subscription_filters: HashMap::default(),
@@ -389,7 +392,7 @@ impl Endpoint {
     pub fn table_sizes(&self) -> TableSizes {
         TableSizes {
             outgoing: self.outgoing.len() + self.parked.len(),
-            incoming: self.incoming.len() + self.incoming_keys.len(),
+            incoming: self.incoming.len() + self.incoming_keys.len() + self.incoming_per_peer.len(),
             subscriptions: self.subscription_filters.len() + self.subscriptions.len(),
             timers: self.timers.len().saturating_sub(usize::from(!self.closed)),
             queued: self.out.len(),
@@ -494,7 +497,7 @@ impl Endpoint {
 pub struct TableSizes {
     /// Outgoing calls open.
     pub outgoing: usize,
-    /// Incoming calls open (counted in both of their maps).
+    /// Incoming calls open (counted in both of their maps), and the peers they come from.
     pub incoming: usize,
     /// Local subscriptions (counted in both of their maps).
     pub subscriptions: usize,

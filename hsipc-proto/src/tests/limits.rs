@@ -122,3 +122,30 @@ fn events_from_made_up_peers_do_not_grow_the_tables_without_bound() {
     assert!(heard, "the announced publisher's event arrives");
     bus.assert_no_leaks();
 }
+
+#[test]
+fn one_caller_cannot_take_the_whole_incoming_table() {
+    let config = Config { max_incoming_calls: 8, ..Config::default() };
+    let mut bus = Bus::with_config(3, config);
+    bus.ep(2).serve("calc").unwrap();
+    bus.settle();
+    let now = bus.now;
+    // Caller 0 keeps streams open (it never cancels them): three quarters of the table at most.
+    let greedy: Vec<RequestId> =
+        (0..8).map(|_| bus.ep(0).request(now, "calc.s", b(""), CallMode::ServerStream, SECOND).unwrap()).collect();
+    bus.settle();
+    assert_eq!(requests(&mut bus, 2).len(), 6);
+    let ev = bus.events(0);
+    for id in &greedy[6..] {
+        assert!(
+            matches!(stream_end(&ev, *id), Some(Err(CallError::Remote(RemoteError { code: ErrorCode::BUSY, .. })))),
+            "refused as busy"
+        );
+    }
+    assert!(greedy[..6].iter().all(|id| stream_end(&ev, *id).is_none()), "the first six are served");
+    // Another caller is served meanwhile.
+    let other = bus.ep(1).request(now, "calc.s", b(""), CallMode::ServerStream, SECOND).unwrap();
+    bus.settle();
+    assert_eq!(requests(&mut bus, 2).len(), 1);
+    assert!(stream_end(&bus.events(1), other).is_none(), "not refused");
+}

@@ -114,8 +114,9 @@ impl<K: RuntimeKind> HubBuilder<K> {
     }
 
     /// Served calls accepted and not yet answered (running or queued) before more are
-    /// refused with [`Error::ServerBusy`](crate::Error::ServerBusy) at their callers.
-    /// Default 1024.
+    /// refused with [`Error::ServerBusy`](crate::Error::ServerBusy) at their callers. One
+    /// caller may have three quarters of them at most: a caller that keeps streams or
+    /// sessions open (or floods the hub) leaves the others a quarter. Default 1024.
     pub fn max_pending_calls(mut self, n: usize) -> Self {
         self.settings.max_pending_calls = n.max(1);
         self

@@ -3,10 +3,10 @@
 
 use proto::fast_map::FastMap as HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use proto::CallMode;
+use proto::{CallMode, PeerId};
 
 use super::handler::Handler;
 use super::runtime::{BlockingJob, Runtime};
@@ -17,8 +17,7 @@ use crate::error::{Error, Result};
 pub(crate) struct Registry {
     handlers: RwLock<HashMap<String, (Handler, CallMode)>>,
     runtime: Arc<dyn Runtime>,
-    pending: Arc<AtomicUsize>,
-    max_pending: usize,
+    pending: Arc<Pending>,
     pub(crate) stall: Duration,
 }
 
@@ -33,8 +32,7 @@ impl Registry {
         Registry {
             handlers: RwLock::new(HashMap::default()),
             runtime,
-            pending: Arc::new(AtomicUsize::new(0)),
-            max_pending,
+            pending: Arc::new(Pending::new(max_pending)),
             stall,
         }
     }
@@ -80,8 +78,9 @@ fn service_of(method: &str) -> Result<&str> {
 
 impl Dispatcher for Registry {
     /// The dispatch policy, the same on every hub: an unknown method is refused with
-    /// `NoSuchMethod`; past `max_pending_calls` a call is refused as busy; a call whose
-    /// caller has given up by the time a worker takes it is skipped.
+    /// `NoSuchMethod`; past `max_pending_calls`, or past three quarters of them from one
+    /// caller, a call is refused as busy; a call whose caller has given up by the time a worker
+    /// takes it is skipped.
     fn dispatch(&self, call: IncomingCall, handle: &Handle) -> std::result::Result<(), Reject> {
         let (handler, mode) = self.get(call.method()).ok_or(Reject::NoSuchMethod)?;
         if mode != call.mode {
@@ -97,8 +96,7 @@ impl Dispatcher for Registry {
                 shape(call.mode)
             )));
         }
-        let slot = Slot::take(&self.pending, self.max_pending)
-            .ok_or_else(|| Reject::Busy(format!("{} calls are already being served; retry later", self.max_pending)))?;
+        let slot = Slot::take(&self.pending, call.from).map_err(Reject::Busy)?;
         let handle = handle.clone();
         match handler {
             Handler::Blocking(f) => {
@@ -137,19 +135,64 @@ pub(crate) fn wanted(call: &IncomingCall) -> bool {
     !(call.context.is_cancelled() || stale)
 }
 
+/// The calls in progress, in all and per caller: one caller may hold three quarters of the
+/// `max_pending_calls` places at most, so that one that keeps streams or sessions open (or
+/// floods the hub) leaves the others a quarter.
+struct Pending {
+    all: AtomicUsize,
+    max: usize,
+    per_caller: Mutex<HashMap<PeerId, usize>>,
+}
+
+impl Pending {
+    fn new(max: usize) -> Self {
+        Pending { all: AtomicUsize::new(0), max, per_caller: Mutex::default() }
+    }
+
+    fn per_caller(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, usize>> {
+        self.per_caller.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// One of the `max_pending_calls` places; given back just before the call is answered (or
 /// abandoned), so that a caller holding its answer never finds its place still taken.
-pub(crate) struct Slot(Arc<AtomicUsize>);
+pub(crate) struct Slot {
+    pending: Arc<Pending>,
+    caller: PeerId,
+}
 
 impl Slot {
-    fn take(pending: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
-        pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
-        Some(Slot(pending.clone()))
+    /// A place for a call from `caller`, or why there is none (for the caller's `ServerBusy`).
+    fn take(pending: &Arc<Pending>, caller: PeerId) -> std::result::Result<Slot, String> {
+        let max = pending.max;
+        if pending.all.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_err() {
+            return Err(format!("{max} calls are already being served; retry later"));
+        }
+        let share = max - max / 4;
+        let mut per_caller = pending.per_caller();
+        let held = per_caller.entry(caller).or_insert(0);
+        if *held >= share {
+            drop(per_caller);
+            pending.all.fetch_sub(1, Ordering::AcqRel);
+            return Err(format!(
+                "this caller has {share} calls in progress here, the most one caller may have of the {max}; retry later"
+            ));
+        }
+        *held += 1;
+        Ok(Slot { pending: pending.clone(), caller })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut per_caller = self.pending.per_caller();
+        if let Some(held) = per_caller.get_mut(&self.caller) {
+            *held -= 1;
+            if *held == 0 {
+                per_caller.remove(&self.caller);
+            }
+        }
+        drop(per_caller);
+        self.pending.all.fetch_sub(1, Ordering::AcqRel);
     }
 }
