@@ -380,7 +380,7 @@ impl Endpoint {
         let outcome = if f.kind == FrameKind::Response {
             Ok(f.payload)
         } else {
-            let msg = String::from_utf8_lossy(&f.payload).into_owned();
+            let msg = text_of(&f.payload);
             Err(CallError::from_remote(ErrorCode(f.aux), msg, &o.method))
         };
         match outcome {
@@ -446,7 +446,7 @@ impl Endpoint {
         self.disarm(id, o.deadline);
         let received = o.recv.as_ref().map_or(0, RecvHalf::received);
         let outcome = if f.flags.has(Flags::ERROR) {
-            let msg = String::from_utf8_lossy(&f.payload).into_owned();
+            let msg = text_of(&f.payload);
             Err(CallError::from_remote(ErrorCode(f.aux), msg, &o.method))
         } else if f.seq != received {
             // The server sent more items than arrived: the missing ones were lost.
@@ -629,4 +629,10 @@ impl Endpoint {
             self.transmit(Dest::Peer(peer), frame);
         }
     }
+}
+
+/// An error message's text: copied out of the payload before it is checked (a payload may lie
+/// in memory its sender still writes, see `Frame::decode_shared`), invalid UTF-8 replaced.
+fn text_of(payload: &[u8]) -> String {
+    String::from_utf8(payload.to_vec()).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }

@@ -43,8 +43,8 @@ pub struct Stats {
     /// Frames rejected as malformed or in violation of the protocol.
     pub bad_frames: u64,
     /// Responses, items or credit for calls that are not open (late, after a timeout or
-    /// cancel), and events from yet another peer not in the directory while
-    /// 1024 such peers are tracked already.
+    /// cancel), and events from a peer no one announced once as many such publishers as 1024
+    /// beyond the peers known are tracked already.
     pub late_or_unknown: u64,
     /// Duplicated requests, stream items or events, dropped.
     pub duplicates: u64,

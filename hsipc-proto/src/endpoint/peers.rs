@@ -18,6 +18,15 @@ impl Endpoint {
         }
         let info: PeerInfo = codec::decode(&f.payload).map_err(FrameError::BadAnnounce)?;
         let (name, pid, their_count) = (info.name.clone(), info.pid, info.peers as usize);
+        // A peer id is one hub's, in one process for good: an announce that moves it to another
+        // process is another bus member claiming it (whose lanes would then pass for that
+        // peer's), not news.
+        if self.directory.get(from).is_some_and(|known| known.info.pid != 0 && known.info.pid != pid) {
+            return Err(FrameError::Violation {
+                peer: from,
+                what: "an announce moved a known peer to another process",
+            });
+        }
         let learned = self.directory.learn(now, from, f.seq, info);
         match learned {
             Learned::New => self.push_event(Event::PeerJoined { peer: from, name, pid }),

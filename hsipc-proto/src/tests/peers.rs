@@ -189,3 +189,28 @@ fn a_parked_call_times_out_or_is_cancelled_cleanly() {
     );
     bus.assert_no_leaks();
 }
+
+/// A peer id stays with the process that announced it: an announce that moves it to another
+/// process (a bus member claiming it) is refused, and the peer stays as it was.
+#[test]
+fn an_announce_that_moves_a_known_peer_to_another_process_is_refused() {
+    let mut bus = Bus::new(2);
+    bus.settle();
+    assert_eq!(bus.ep(1).peer(peer(0)).map(|p| p.info.pid), Some(1000));
+    let forged = crate::PeerInfo {
+        name: "node0".into(),
+        pid: 4242,
+        services: vec!["stolen".into()],
+        patterns: Vec::new(),
+        reliable: Vec::new(),
+        event_window: 1,
+        event_window_bytes: 0,
+        peers: 2,
+    };
+    let payload = crate::codec::encode(&forged).unwrap();
+    let bytes = Frame::new(FrameKind::Announce, 0, 0, u64::MAX).with_payload(payload).encode(1 << 20).unwrap();
+    let r = bus.with(1, |ep, now| ep.handle_input(now, crate::Input::Frame { from: peer(0), bytes }));
+    assert!(matches!(r, Err(crate::FrameError::Violation { .. })), "{r:?}");
+    assert_eq!(bus.ep(1).peer(peer(0)).map(|p| p.info.pid), Some(1000), "still the announcing process");
+    assert!(!bus.ep(1).has_provider("stolen"));
+}

@@ -164,19 +164,21 @@ pub(crate) struct Slot {
 impl Slot {
     /// A place for a call from `caller`, or why there is none (for the caller's `ServerBusy`).
     fn take(pending: &Arc<Pending>, caller: PeerId) -> std::result::Result<Slot, String> {
-        let max = pending.max;
-        if pending.all.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_err() {
-            return Err(format!("{max} calls are already being served; retry later"));
-        }
-        let share = max - max / 4;
+        let (max, share) = (pending.max, pending.max - pending.max / 4);
+        // The caller's share first: a caller refused for it never takes a place meanwhile
+        // (one flooding the hub would otherwise fill the quarter kept for the others).
         let mut per_caller = pending.per_caller();
         let held = per_caller.entry(caller).or_insert(0);
         if *held >= share {
-            drop(per_caller);
-            pending.all.fetch_sub(1, Ordering::AcqRel);
             return Err(format!(
                 "this caller has {share} calls in progress here, the most one caller may have of the {max}; retry later"
             ));
+        }
+        if pending.all.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_err() {
+            if *held == 0 {
+                per_caller.remove(&caller);
+            }
+            return Err(format!("{max} calls are already being served; retry later"));
         }
         *held += 1;
         Ok(Slot { pending: pending.clone(), caller })

@@ -123,10 +123,13 @@ pub(super) fn spawn(
         .map_err(|source| TransportError::Io { what: "spawning the ipmb reader thread", source })
 }
 
-/// Most messages, and bytes of frames, held back for one peer while the bus reader waits for
-/// the end of that peer's previous lane; beyond, it stops waiting (as at [`LANE_END_WAIT`]).
+/// Most messages held back for one peer while the bus reader waits for the end of that peer's
+/// previous lane, and most bytes of frames and lane offers (each an open fd) held for all
+/// peers together; beyond, the reader stops waiting for the lane of the peer whose message went
+/// over (as at [`LANE_END_WAIT`]).
 const MAX_HELD_MESSAGES: usize = 1024;
 const MAX_HELD_BYTES: usize = 16 << 20;
+const MAX_HELD_LANES: usize = 16;
 /// How often the bus reader looks whether a lane it waits for has ended.
 const HELD_POLL: Duration = Duration::from_millis(2);
 
@@ -139,19 +142,23 @@ struct Held {
     /// When the bus reader stops waiting, as if the lane had ended.
     until: Instant,
     msgs: std::collections::VecDeque<Received>,
+    /// Bytes of the frames among `msgs`, and how many are lane offers.
     bytes: usize,
+    lanes: usize,
 }
 
 impl Held {
-    fn push(&mut self, msg: Received) {
-        if let Received::Frame(_, bytes) = &msg {
-            self.bytes += bytes.len();
-        }
-        self.msgs.push_back(msg);
+    fn new(end: flume::Receiver<()>, until: Instant) -> Self {
+        Held { end, until, msgs: Default::default(), bytes: 0, lanes: 0 }
     }
 
-    fn is_full(&self) -> bool {
-        self.msgs.len() > MAX_HELD_MESSAGES || self.bytes > MAX_HELD_BYTES
+    fn push(&mut self, msg: Received) {
+        match &msg {
+            Received::Frame(_, bytes) => self.bytes += bytes.len(),
+            Received::Lane(..) => self.lanes += 1,
+            Received::LaneClosed(_) => {}
+        }
+        self.msgs.push_back(msg);
     }
 }
 
@@ -173,6 +180,9 @@ struct BusReader {
     /// a new lane, from its peer waits for that, so that the lane's last frames go first).
     lane_ends: std::collections::HashMap<PeerId, flume::Receiver<()>>,
     held: std::collections::HashMap<PeerId, Held>,
+    /// Bytes of frames and lane offers held, for all peers together.
+    held_bytes: usize,
+    held_lanes: usize,
 }
 
 impl BusReader {
@@ -197,6 +207,8 @@ impl BusReader {
             lanes_accepted: 0,
             lane_ends: Default::default(),
             held: Default::default(),
+            held_bytes: 0,
+            held_lanes: 0,
         }
     }
 
@@ -209,18 +221,28 @@ impl BusReader {
     /// lane to end. `false` once the engine is gone.
     fn take(&mut self, msg: Received, now: Instant) -> bool {
         let from = msg.from();
-        if let Some(held) = self.held.get_mut(&from) {
-            held.push(msg);
-            // Too much waits: the reader stops waiting for the lane (as at the deadline).
-            return !held.is_full() || self.release(from);
+        if let Some(held) = self.held.remove(&from) {
+            return self.hold(from, held, [msg]);
         }
         if let Some(end) = self.live_lane_end(&msg) {
-            let mut held = Held { end, until: now + LANE_END_WAIT, msgs: Default::default(), bytes: 0 };
-            held.push(msg);
-            self.held.insert(from, held);
-            return true;
+            return self.hold(from, Held::new(end, now + LANE_END_WAIT), [msg]);
         }
         self.handle(msg)
+    }
+
+    /// Holds `msgs` back for `peer`, after what `held` has; if that is too much (for the peer,
+    /// or for all together), stops waiting for the peer's lane and handles them now. `false`
+    /// once the engine is gone.
+    fn hold(&mut self, peer: PeerId, mut held: Held, msgs: impl IntoIterator<Item = Received>) -> bool {
+        let (bytes, lanes) = (held.bytes, held.lanes);
+        msgs.into_iter().for_each(|m| held.push(m));
+        self.held_bytes += held.bytes - bytes;
+        self.held_lanes += held.lanes - lanes;
+        let full = held.msgs.len() >= MAX_HELD_MESSAGES
+            || self.held_bytes > MAX_HELD_BYTES
+            || self.held_lanes > MAX_HELD_LANES;
+        self.held.insert(peer, held);
+        !full || self.release(peer)
     }
 
     /// For a lane offer or a closed lane's notice from a peer whose lane is still being read
@@ -246,14 +268,14 @@ impl BusReader {
     /// Handles `peer`'s held messages in order, until one must wait for the end of a lane an
     /// earlier one opened (the rest is held again). `false` once the engine is gone.
     fn release(&mut self, peer: PeerId) -> bool {
-        let Some(Held { mut msgs, .. }) = self.held.remove(&peer) else { return true };
+        let Some(Held { mut msgs, bytes, lanes, .. }) = self.held.remove(&peer) else { return true };
+        self.held_bytes -= bytes;
+        self.held_lanes -= lanes;
         while let Some(msg) = msgs.pop_front() {
             if let Some(end) = self.live_lane_end(&msg) {
-                let mut held = Held { end, until: Instant::now() + LANE_END_WAIT, msgs: Default::default(), bytes: 0 };
-                held.push(msg);
-                msgs.into_iter().for_each(|m| held.push(m));
-                self.held.insert(peer, held);
-                return true;
+                // Held again only within the bounds (a message this takes out is not held again).
+                let held = Held::new(end, Instant::now() + LANE_END_WAIT);
+                return self.hold(peer, held, std::iter::once(msg).chain(msgs));
             }
             if !self.handle(msg) {
                 return false;
@@ -363,7 +385,9 @@ fn accept_lane(
     // Only the process that announced `from` may open its lane: another process (of any user)
     // that claimed its peer id on the bus would otherwise have its frames taken for that
     // peer's, and that peer's own frames on the bus dropped while its lane lasts.
-    if let Some(pid) = announced_pid.filter(|pid| *pid != maker.pid) {
+    // (A maker in a pid namespace this process cannot see reads as pid 0: not checked, as
+    // before; its user still is.)
+    if let Some(pid) = announced_pid.filter(|pid| maker.pid != 0 && *pid != maker.pid) {
         tracing::warn!(%from, announced = pid, maker = maker.pid, "refused a lane made by another process than the peer it claims to come from");
         return None;
     }
@@ -518,9 +542,11 @@ mod tests {
         let events = engine.handle().subscribe(filter, crate::engine::Qos::KeepLast(100)).unwrap();
         let mut bus = bus_reader(ingress);
         let (slow, other) = (PeerId(2), PeerId(3));
-        // `slow`'s lane is being read (its reader has not ended).
+        // `slow`'s lane is being read (its reader has not ended): its bus frames are copies
+        // until the closed lane's notice is handled (a frame handled before it is dropped).
         let (lane_end, end) = flume::bounded::<()>(1);
         bus.lane_ends.insert(slow, end);
+        bus.laned.lock().unwrap().insert(slow, 1);
         let now = Instant::now();
         assert!(bus.take(Received::LaneClosed(slow), now));
         assert!(bus.take(Received::Frame(slow, publish(1)), now));
@@ -554,6 +580,43 @@ mod tests {
         }
         assert!(bus.held.is_empty(), "released once full");
         assert_eq!(events.try_recv().unwrap().unwrap().from, slow);
+        assert_eq!((bus.held_bytes, bus.held_lanes), (0, 0));
+        engine.shutdown();
+    }
+
+    /// A held lane offer, once released, starts its lane; a closed lane's notice after it
+    /// then waits for that lane's end in turn, with what follows it.
+    #[test]
+    fn a_released_lane_offer_starts_its_lane_and_what_follows_waits_for_it() {
+        let (engine, ingress) = super::super::test_engine::engine(crate::engine::EngineConfig::default());
+        let filter = proto::topic::TopicFilter::new("t/#").unwrap();
+        let events = engine.handle().subscribe(filter, crate::engine::Qos::KeepLast(100)).unwrap();
+        let mut bus = bus_reader(ingress);
+        let peer = PeerId(2);
+        let (old_lane, end) = flume::bounded::<()>(1);
+        bus.lane_ends.insert(peer, end);
+        let (mine, theirs) = lane::pair().unwrap();
+        let now = Instant::now();
+        assert!(bus.take(Received::Lane(peer, theirs), now));
+        assert!(bus.take(Received::LaneClosed(peer), now));
+        assert!(bus.take(Received::Frame(peer, publish(1)), now));
+        assert_eq!(bus.held_lanes, 1);
+        drop(old_lane);
+        assert!(bus.release_due(now));
+        // The new lane is read now, and the notice waits for its end.
+        assert!(bus.laned.lock().unwrap().contains_key(&peer), "the offered lane was started");
+        assert_eq!(bus.held.get(&peer).map(|h| h.msgs.len()), Some(2), "the notice and the frame wait again");
+        assert!(events.try_recv().is_none());
+        // The writer closes the lane: its reader ends, and what waited goes on.
+        drop(mine);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !bus.held.is_empty() {
+            assert!(Instant::now() < deadline, "the lane's reader did not end");
+            std::thread::sleep(Duration::from_millis(1));
+            assert!(bus.release_due(now), "released by the end alone (`now` is before any deadline)");
+        }
+        assert_eq!(events.try_recv().expect("the frame after the notice").unwrap().from, peer);
+        assert_eq!((bus.held_bytes, bus.held_lanes), (0, 0));
         engine.shutdown();
     }
 
