@@ -120,6 +120,9 @@ pub struct Endpoint {
     incoming_keys: HashMap<(PeerId, u64), IncomingId>,
     /// How many calls each peer has open here (for its share of the incoming table).
     incoming_per_peer: HashMap<PeerId, usize>,
+    /// The processes of the latest departed peers, oldest first: a peer id is one hub's for
+    /// good, so an announce bringing one back from another process is refused.
+    departed: VecDeque<(PeerId, u32)>,
     services: BTreeSet<String>,
     subscriptions: TopicIndex<SubscriptionId>,
     subscription_filters: HashMap<SubscriptionId, (TopicFilter, bool)>,
@@ -170,6 +173,7 @@ impl Endpoint {
             incoming: HashMap::default(),
             incoming_keys: HashMap::default(),
             incoming_per_peer: HashMap::default(),
+            departed: VecDeque::new(),
             services: BTreeSet::new(),
             subscriptions: TopicIndex::new(),
             subscription_filters: HashMap::default(),

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// How many departed peers' processes an endpoint remembers (see `on_announce`).
+const MAX_DEPARTED: usize = 1024;
+
 impl Endpoint {
     /// Ends discovery now: the transport knows that no other peer was on the bus when this one
     /// joined, so there is nobody to wait for. Calls parked for a provider fail with
@@ -19,13 +22,14 @@ impl Endpoint {
         let info: PeerInfo = codec::decode(&f.payload).map_err(FrameError::BadAnnounce)?;
         let (name, pid, their_count) = (info.name.clone(), info.pid, info.peers as usize);
         // A peer id is one hub's, in one process for good: an announce that moves it to another
-        // process is another bus member claiming it (whose lanes would then pass for that
-        // peer's), not news.
-        if self.directory.get(from).is_some_and(|known| known.info.pid != 0 && known.info.pid != pid) {
-            return Err(FrameError::Violation {
-                peer: from,
-                what: "an announce moved a known peer to another process",
-            });
+        // process (while it is known, or after it left) is another bus member claiming it
+        // (whose lanes would then pass for that peer's), not news.
+        let known_pid = match self.directory.get(from) {
+            Some(known) => Some(known.info.pid),
+            None => self.departed.iter().find(|(id, _)| *id == from).map(|(_, pid)| *pid),
+        };
+        if known_pid.is_some_and(|known| known != 0 && known != pid) {
+            return Err(FrameError::Violation { peer: from, what: "an announce moved a peer to another process" });
         }
         let learned = self.directory.learn(now, from, f.seq, info);
         match learned {
@@ -53,6 +57,12 @@ impl Endpoint {
     // Private
 
     pub(super) fn peer_gone(&mut self, peer: PeerId, reason: LeaveReason) {
+        if let Some(gone) = self.directory.get(peer) {
+            if self.departed.len() >= MAX_DEPARTED {
+                self.departed.pop_front();
+            }
+            self.departed.push_back((peer, gone.info.pid));
+        }
         let known = self.directory.remove(peer);
         let calls: Vec<RequestId> = self.outgoing.iter().filter(|(_, o)| o.peer == peer).map(|(id, _)| *id).collect();
         for id in calls {

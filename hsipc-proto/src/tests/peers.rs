@@ -209,8 +209,19 @@ fn an_announce_that_moves_a_known_peer_to_another_process_is_refused() {
     };
     let payload = crate::codec::encode(&forged).unwrap();
     let bytes = Frame::new(FrameKind::Announce, 0, 0, u64::MAX).with_payload(payload).encode(1 << 20).unwrap();
-    let r = bus.with(1, |ep, now| ep.handle_input(now, crate::Input::Frame { from: peer(0), bytes }));
+    let forge = |bus: &mut Bus| {
+        let bytes = bytes.clone();
+        bus.with(1, |ep, now| ep.handle_input(now, crate::Input::Frame { from: peer(0), bytes }))
+    };
+    let r = forge(&mut bus);
     assert!(matches!(r, Err(crate::FrameError::Violation { .. })), "{r:?}");
     assert_eq!(bus.ep(1).peer(peer(0)).map(|p| p.info.pid), Some(1000), "still the announcing process");
     assert!(!bus.ep(1).has_provider("stolen"));
+    // Nor after the peer left (a goodbye, forged or not): its id stays with its process.
+    let goodbye = Frame::new(FrameKind::Goodbye, 0, 0, 0).encode(1 << 20).unwrap();
+    bus.with(1, |ep, now| ep.handle_input(now, crate::Input::Frame { from: peer(0), bytes: goodbye })).unwrap();
+    assert!(bus.ep(1).peer(peer(0)).is_none());
+    let r = forge(&mut bus);
+    assert!(matches!(r, Err(crate::FrameError::Violation { .. })), "{r:?}");
+    assert!(bus.ep(1).peer(peer(0)).is_none() && !bus.ep(1).has_provider("stolen"));
 }

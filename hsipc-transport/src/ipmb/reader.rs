@@ -123,11 +123,14 @@ pub(super) fn spawn(
         .map_err(|source| TransportError::Io { what: "spawning the ipmb reader thread", source })
 }
 
-/// Most messages held back for one peer while the bus reader waits for the end of that peer's
-/// previous lane, and most bytes of frames and lane offers (each an open fd) held for all
-/// peers together; beyond, the reader stops waiting for the lane of the peer whose message went
-/// over (as at [`LANE_END_WAIT`]).
+/// Most messages and lane offers (each an open fd) held back for one peer while the bus reader
+/// waits for the end of that peer's previous lane (a peer that keeps to the protocol has one
+/// offer waiting at a time), and most bytes of frames and lane offers held for all peers
+/// together. Beyond a peer's own bound the reader stops waiting for that peer's lane (as at
+/// [`LANE_END_WAIT`]); beyond the bound for all, for the lane of the peer holding the most, so
+/// that one peer's flood does not cut short another's wait.
 const MAX_HELD_MESSAGES: usize = 1024;
+const MAX_HELD_PEER_LANES: usize = 2;
 const MAX_HELD_BYTES: usize = 16 << 20;
 const MAX_HELD_LANES: usize = 16;
 /// How often the bus reader looks whether a lane it waits for has ended.
@@ -230,19 +233,31 @@ impl BusReader {
         self.handle(msg)
     }
 
-    /// Holds `msgs` back for `peer`, after what `held` has; if that is too much (for the peer,
-    /// or for all together), stops waiting for the peer's lane and handles them now. `false`
-    /// once the engine is gone.
+    /// Holds `msgs` back for `peer`, after what `held` has; if that is too much for the peer,
+    /// stops waiting for its lane and handles them now, and while too much is held for all
+    /// together, does so for the peer holding the most. `false` once the engine is gone.
     fn hold(&mut self, peer: PeerId, mut held: Held, msgs: impl IntoIterator<Item = Received>) -> bool {
         let (bytes, lanes) = (held.bytes, held.lanes);
         msgs.into_iter().for_each(|m| held.push(m));
         self.held_bytes += held.bytes - bytes;
         self.held_lanes += held.lanes - lanes;
-        let full = held.msgs.len() >= MAX_HELD_MESSAGES
-            || self.held_bytes > MAX_HELD_BYTES
-            || self.held_lanes > MAX_HELD_LANES;
+        let full = held.msgs.len() >= MAX_HELD_MESSAGES || held.lanes > MAX_HELD_PEER_LANES;
         self.held.insert(peer, held);
-        !full || self.release(peer)
+        if full && !self.release(peer) {
+            return false;
+        }
+        while self.held_bytes > MAX_HELD_BYTES || self.held_lanes > MAX_HELD_LANES {
+            let most = if self.held_bytes > MAX_HELD_BYTES {
+                self.held.iter().max_by_key(|(_, h)| h.bytes)
+            } else {
+                self.held.iter().max_by_key(|(_, h)| h.lanes)
+            };
+            let Some(most) = most.map(|(p, _)| *p) else { break };
+            if !self.release(most) {
+                return false;
+            }
+        }
+        true
     }
 
     /// For a lane offer or a closed lane's notice from a peer whose lane is still being read
@@ -581,6 +596,48 @@ mod tests {
         assert!(bus.held.is_empty(), "released once full");
         assert_eq!(events.try_recv().unwrap().unwrap().from, slow);
         assert_eq!((bus.held_bytes, bus.held_lanes), (0, 0));
+        engine.shutdown();
+    }
+
+    /// One peer's flood while it is held stops the wait for its own lane, not another's.
+    #[test]
+    fn a_flood_from_one_held_peer_releases_that_peer_not_another() {
+        let (engine, ingress) = super::super::test_engine::engine(crate::engine::EngineConfig::default());
+        let filter = proto::topic::TopicFilter::new("t/#").unwrap();
+        let events = engine.handle().subscribe(filter, crate::engine::Qos::KeepLast(100)).unwrap();
+        let mut bus = bus_reader(ingress);
+        let (flood, quiet) = (PeerId(2), PeerId(3));
+        let mut lanes_open = Vec::new();
+        for peer in [flood, quiet] {
+            let (lane_end, end) = flume::bounded::<()>(1);
+            lanes_open.push(lane_end);
+            bus.lane_ends.insert(peer, end);
+            bus.laned.lock().unwrap().insert(peer, 1);
+        }
+        let now = Instant::now();
+        // The flooding peer fills what may be held for all, short of the bound.
+        assert!(bus.take(Received::LaneClosed(flood), now));
+        let frame = |seq: u64, len: usize| {
+            proto::frame::Frame::new(proto::frame::FrameKind::Publish, 0, 0, seq)
+                .with_name("t/x")
+                .with_payload(bytes::Bytes::from(vec![0u8; len]))
+                .encode(2 << 20)
+                .unwrap()
+        };
+        for seq in 1..=(MAX_HELD_BYTES / (1 << 20)) as u64 {
+            assert!(bus.take(Received::Frame(flood, frame(seq, (1 << 20) - 4096)), now));
+        }
+        assert!(bus.held.contains_key(&flood));
+        // Another peer's wait then goes over it: the peer holding the most is let go.
+        assert!(bus.take(Received::LaneClosed(quiet), now));
+        assert!(bus.take(Received::Frame(quiet, frame(1, 128 << 10)), now));
+        assert!(!bus.held.contains_key(&flood), "the flooding peer's wait was cut short");
+        assert!(bus.held.contains_key(&quiet), "the other still waits for its lane");
+        assert!(bus.held_bytes <= MAX_HELD_BYTES);
+        assert!(events.try_recv().is_some_and(|e| e.unwrap().from == flood));
+        drop(lanes_open);
+        assert!(bus.release_due(now));
+        assert!(bus.held.is_empty());
         engine.shutdown();
     }
 
