@@ -541,10 +541,16 @@ mod tests {
         proto::frame::Frame::new(proto::frame::FrameKind::Publish, 0, 0, seq).with_name("t/x").encode(1 << 20).unwrap()
     }
 
-    fn bus_reader(ingress: Ingress) -> BusReader {
+    /// A bus reader handing frames to an engine subscribed to `t/#`: the engine, its events,
+    /// the reader.
+    fn bus_reader() -> (crate::engine::Engine, crate::engine::EventReceiver, BusReader) {
+        let (engine, ingress) = super::super::test_engine::engine(crate::engine::EngineConfig::default());
+        let filter = proto::topic::TopicFilter::new("t/#").unwrap();
+        let events = engine.handle().subscribe(filter, crate::engine::Qos::KeepLast(100)).unwrap();
         let limits = Limits { uid: Some(lane::own_uid()), max_lanes: 8, takes_pooled: true };
         let stop = Arc::new(AtomicBool::new(false));
-        BusReader::new(PeerId(1), ingress, 1 << 20, stop, IncomingLanes::default(), limits, None)
+        let bus = BusReader::new(PeerId(1), ingress, 2 << 20, stop, IncomingLanes::default(), limits, None);
+        (engine, events, bus)
     }
 
     /// While a peer's closed lane is still being read, its notice (and what follows it from
@@ -552,10 +558,7 @@ mod tests {
     /// peer's own follow in their order once the lane has ended.
     #[test]
     fn a_peer_whose_lane_ends_late_holds_back_only_its_own_messages() {
-        let (engine, ingress) = super::super::test_engine::engine(crate::engine::EngineConfig::default());
-        let filter = proto::topic::TopicFilter::new("t/#").unwrap();
-        let events = engine.handle().subscribe(filter, crate::engine::Qos::KeepLast(100)).unwrap();
-        let mut bus = bus_reader(ingress);
+        let (engine, events, mut bus) = bus_reader();
         let (slow, other) = (PeerId(2), PeerId(3));
         // `slow`'s lane is being read (its reader has not ended): its bus frames are copies
         // until the closed lane's notice is handled (a frame handled before it is dropped).
@@ -602,10 +605,7 @@ mod tests {
     /// One peer's flood while it is held stops the wait for its own lane, not another's.
     #[test]
     fn a_flood_from_one_held_peer_releases_that_peer_not_another() {
-        let (engine, ingress) = super::super::test_engine::engine(crate::engine::EngineConfig::default());
-        let filter = proto::topic::TopicFilter::new("t/#").unwrap();
-        let events = engine.handle().subscribe(filter, crate::engine::Qos::KeepLast(100)).unwrap();
-        let mut bus = bus_reader(ingress);
+        let (engine, events, mut bus) = bus_reader();
         let (flood, quiet) = (PeerId(2), PeerId(3));
         let mut lanes_open = Vec::new();
         for peer in [flood, quiet] {
@@ -645,10 +645,7 @@ mod tests {
     /// then waits for that lane's end in turn, with what follows it.
     #[test]
     fn a_released_lane_offer_starts_its_lane_and_what_follows_waits_for_it() {
-        let (engine, ingress) = super::super::test_engine::engine(crate::engine::EngineConfig::default());
-        let filter = proto::topic::TopicFilter::new("t/#").unwrap();
-        let events = engine.handle().subscribe(filter, crate::engine::Qos::KeepLast(100)).unwrap();
-        let mut bus = bus_reader(ingress);
+        let (engine, events, mut bus) = bus_reader();
         let peer = PeerId(2);
         let (old_lane, end) = flume::bounded::<()>(1);
         bus.lane_ends.insert(peer, end);
