@@ -72,3 +72,14 @@ impl Default for Config {
         }
     }
 }
+
+/// The most of `max` places (calls served at once) one caller may hold: three quarters, so that
+/// a caller that keeps calls open (or floods a server) leaves the others a quarter. At least one.
+///
+/// ```
+/// assert_eq!(hsipc_proto::caller_share(1024), 768);
+/// assert_eq!(hsipc_proto::caller_share(1), 1);
+/// ```
+pub fn caller_share(max: usize) -> usize {
+    max - max / 4
+}

@@ -98,7 +98,7 @@ pub mod topic;
 #[cfg(test)]
 mod tests;
 
-pub use config::Config;
+pub use config::{Config, caller_share};
 
 /// The longest timeout a call can have (about ten years); a longer one (`Duration::MAX`, say)
 /// is taken as this, so that no deadline overflows the clock.

@@ -25,15 +25,14 @@ impl Ingress {
         Ingress { shared }
     }
 
+    /// Runs `f` on the engine: `false` once the engine is gone.
+    fn to_engine(&self, f: impl FnOnce(&Shared)) -> bool {
+        self.shared.upgrade().map(|shared| f(&shared)).is_some()
+    }
+
     /// Delivers a frame from `from`. Returns false once the engine is gone (stop reading).
     pub fn deliver(&self, from: PeerId, bytes: Bytes) -> bool {
-        match self.shared.upgrade() {
-            Some(shared) => {
-                shared.input(from, bytes);
-                true
-            }
-            None => false,
-        }
+        self.to_engine(|shared| shared.input(from, bytes))
     }
 
     /// Delivers a frame from `from` whose bytes `from` may still change: they lie in shared
@@ -41,13 +40,7 @@ impl Ingress {
     /// name) is copied out before it is checked; the payload is handed on as is, without a
     /// copy. Returns false once the engine is gone (stop reading).
     pub fn deliver_shared(&self, from: PeerId, bytes: Bytes) -> bool {
-        match self.shared.upgrade() {
-            Some(shared) => {
-                shared.input_shared(from, bytes);
-                true
-            }
-            None => false,
-        }
+        self.to_engine(|shared| shared.input_shared(from, bytes))
     }
 
     /// Delivers frames from `from` in their order, all under one lock of the engine's state
@@ -60,9 +53,7 @@ impl Ingress {
 
     /// Says that a blocking caller waiting for a reply from `from` may read `lane` itself.
     pub(crate) fn offer_caller_lane(&self, from: PeerId, lane: std::sync::Weak<dyn crate::engine::CallerLane>) {
-        if let Some(shared) = self.shared.upgrade() {
-            shared.offer_caller_lane(from, lane);
-        }
+        self.to_engine(|shared| shared.offer_caller_lane(from, lane));
     }
 
     /// The transport can no longer receive (its reader failed for good): rather than a hub that
@@ -72,9 +63,7 @@ impl Ingress {
     /// application does with the hub next. `why` is logged as an error.
     pub fn failed(&self, why: &str) {
         tracing::error!(why, "the transport can no longer receive: the hub closes; make a new one to go on");
-        if let Some(shared) = self.shared.upgrade() {
-            shared.begin_shutdown();
-        }
+        self.to_engine(Shared::begin_shutdown);
     }
 
     /// The process id a peer announced, if it is known.
@@ -84,12 +73,6 @@ impl Ingress {
 
     /// Reports that a peer is gone. Returns false once the engine is gone.
     pub fn peer_lost(&self, peer: PeerId) -> bool {
-        match self.shared.upgrade() {
-            Some(shared) => {
-                shared.peer_lost(peer);
-                true
-            }
-            None => false,
-        }
+        self.to_engine(|shared| shared.peer_lost(peer))
     }
 }

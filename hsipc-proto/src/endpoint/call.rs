@@ -322,7 +322,7 @@ impl Endpoint {
         }
         // One caller holding the whole table (streams and sessions it keeps open, say) would
         // leave every other caller busy: a quarter of it is for the others.
-        let share = max - max / 4;
+        let share = crate::caller_share(max);
         if self.incoming_per_peer.get(&from).is_some_and(|n| *n >= share) {
             let msg =
                 format!("`{}` is serving {share} calls from this caller, its most from one caller", self.info.name);

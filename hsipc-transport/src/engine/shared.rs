@@ -149,24 +149,26 @@ impl Shared {
     /// A frame from the transport whose bytes the sender may still change (see
     /// [`Ingress::deliver_shared`](crate::Ingress::deliver_shared)).
     pub(crate) fn input_shared(&self, from: PeerId, bytes: Bytes) {
-        self.input_each(std::iter::once(Input::SharedFrame { from, bytes }));
+        self.input_frames(from, std::iter::once(bytes), true);
     }
 
     /// Frames from the transport, in their order, under one lock and one commit (called by
     /// a reader that found several at once). Whether that handed on requests or answers (see
     /// [`commit`](Self::commit)); `false` once the engine is closed (nothing was handed on).
     pub(crate) fn input_all(&self, from: PeerId, frames: impl Iterator<Item = Bytes>) -> bool {
-        self.input_each(frames.map(|bytes| Input::Frame { from, bytes }))
+        self.input_frames(from, frames, false)
     }
 
-    fn input_each(&self, frames: impl Iterator<Item = Input>) -> bool {
+    /// [`input_all`](Self::input_all); `shared`: their bytes lie in memory the sender may
+    /// still change.
+    fn input_frames(&self, from: PeerId, frames: impl Iterator<Item = Bytes>, shared: bool) -> bool {
         let now = Instant::now();
         let mut state = self.state();
         if state.is_closed() {
             return false;
         }
-        for input in frames {
-            state.input(now, input);
+        for bytes in frames {
+            state.input(now, from, bytes, shared);
             // What the frame produced is taken out of the protocol before the next one, as it
             // would be frame by frame (the protocol bounds its queued outputs).
             state.drain(now);

@@ -210,12 +210,10 @@ impl State {
         if self.closed { Err(Error::Closed) } else { Ok(()) }
     }
 
-    /// A frame from a peer (an [`Input::Frame`] or [`Input::SharedFrame`]).
-    pub(super) fn input(&mut self, now: Instant, input: Input) {
-        let from = match &input {
-            Input::Frame { from, .. } | Input::SharedFrame { from, .. } => *from,
-            Input::PeerLost(peer) => *peer,
-        };
+    /// A frame from a peer; `shared`: its bytes lie in memory the peer may still change (an
+    /// [`Input::SharedFrame`]).
+    pub(super) fn input(&mut self, now: Instant, from: PeerId, bytes: Bytes, shared: bool) {
+        let input = if shared { Input::SharedFrame { from, bytes } } else { Input::Frame { from, bytes } };
         if let Err(e) = self.endpoint.handle_input(now, input) {
             tracing::debug!(%from, error = %e, "dropped a frame");
         }
@@ -433,7 +431,7 @@ impl State {
             }
             let local = self.endpoint.local();
             for bytes in std::mem::take(&mut self.looped_back) {
-                self.input(now, Input::Frame { from: local, bytes });
+                self.input(now, local, bytes, false);
             }
         }
         if self.closed {

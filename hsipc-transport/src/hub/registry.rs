@@ -2,7 +2,6 @@
 //! run at all, and on what.
 
 use proto::fast_map::FastMap as HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -136,21 +135,26 @@ pub(crate) fn wanted(call: &IncomingCall) -> bool {
 }
 
 /// The calls in progress, in all and per caller: one caller may hold three quarters of the
-/// `max_pending_calls` places at most, so that one that keeps streams or sessions open (or
-/// floods the hub) leaves the others a quarter.
+/// `max_pending_calls` places at most ([`proto::caller_share`]), so that one that keeps streams
+/// or sessions open (or floods the hub) leaves the others a quarter.
 struct Pending {
-    all: AtomicUsize,
     max: usize,
-    per_caller: Mutex<HashMap<PeerId, usize>>,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    all: usize,
+    per_caller: HashMap<PeerId, usize>,
 }
 
 impl Pending {
     fn new(max: usize) -> Self {
-        Pending { all: AtomicUsize::new(0), max, per_caller: Mutex::default() }
+        Pending { max, counts: Mutex::default() }
     }
 
-    fn per_caller(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, usize>> {
-        self.per_caller.lock().unwrap_or_else(|e| e.into_inner())
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -164,37 +168,33 @@ pub(crate) struct Slot {
 impl Slot {
     /// A place for a call from `caller`, or why there is none (for the caller's `ServerBusy`).
     fn take(pending: &Arc<Pending>, caller: PeerId) -> std::result::Result<Slot, String> {
-        let (max, share) = (pending.max, pending.max - pending.max / 4);
-        // The caller's share first: a caller refused for it never takes a place meanwhile
-        // (one flooding the hub would otherwise fill the quarter kept for the others).
-        let mut per_caller = pending.per_caller();
-        let held = per_caller.entry(caller).or_insert(0);
-        if *held >= share {
+        let (max, share) = (pending.max, proto::caller_share(pending.max));
+        let mut counts = pending.counts();
+        let held = counts.per_caller.get(&caller).copied().unwrap_or(0);
+        // The caller's share first: a caller refused for it never takes a place meanwhile.
+        if held >= share {
             return Err(format!(
                 "this caller has {share} calls in progress here, the most one caller may have of the {max}; retry later"
             ));
         }
-        if pending.all.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_err() {
-            if *held == 0 {
-                per_caller.remove(&caller);
-            }
+        if counts.all >= max {
             return Err(format!("{max} calls are already being served; retry later"));
         }
-        *held += 1;
+        counts.all += 1;
+        counts.per_caller.insert(caller, held + 1);
         Ok(Slot { pending: pending.clone(), caller })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut per_caller = self.pending.per_caller();
-        if let Some(held) = per_caller.get_mut(&self.caller) {
+        let mut counts = self.pending.counts();
+        counts.all -= 1;
+        if let Some(held) = counts.per_caller.get_mut(&self.caller) {
             *held -= 1;
             if *held == 0 {
-                per_caller.remove(&self.caller);
+                counts.per_caller.remove(&self.caller);
             }
         }
-        drop(per_caller);
-        self.pending.all.fetch_sub(1, Ordering::AcqRel);
     }
 }

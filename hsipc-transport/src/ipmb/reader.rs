@@ -183,9 +183,6 @@ struct BusReader {
     /// a new lane, from its peer waits for that, so that the lane's last frames go first).
     lane_ends: std::collections::HashMap<PeerId, flume::Receiver<()>>,
     held: std::collections::HashMap<PeerId, Held>,
-    /// Bytes of frames and lane offers held, for all peers together.
-    held_bytes: usize,
-    held_lanes: usize,
 }
 
 impl BusReader {
@@ -210,9 +207,12 @@ impl BusReader {
             lanes_accepted: 0,
             lane_ends: Default::default(),
             held: Default::default(),
-            held_bytes: 0,
-            held_lanes: 0,
         }
+    }
+
+    /// What is held for all peers together: bytes of frames, and lane offers.
+    fn held_totals(&self) -> (usize, usize) {
+        self.held.values().fold((0, 0), |(bytes, lanes), h| (bytes + h.bytes, lanes + h.lanes))
     }
 
     /// How long the next `recv` may wait: briefly while a lane's end is awaited.
@@ -237,27 +237,26 @@ impl BusReader {
     /// stops waiting for its lane and handles them now, and while too much is held for all
     /// together, does so for the peer holding the most. `false` once the engine is gone.
     fn hold(&mut self, peer: PeerId, mut held: Held, msgs: impl IntoIterator<Item = Received>) -> bool {
-        let (bytes, lanes) = (held.bytes, held.lanes);
         msgs.into_iter().for_each(|m| held.push(m));
-        self.held_bytes += held.bytes - bytes;
-        self.held_lanes += held.lanes - lanes;
         let full = held.msgs.len() >= MAX_HELD_MESSAGES || held.lanes > MAX_HELD_PEER_LANES;
         self.held.insert(peer, held);
         if full && !self.release(peer) {
             return false;
         }
-        while self.held_bytes > MAX_HELD_BYTES || self.held_lanes > MAX_HELD_LANES {
-            let most = if self.held_bytes > MAX_HELD_BYTES {
+        loop {
+            let (bytes, lanes) = self.held_totals();
+            let most = if bytes > MAX_HELD_BYTES {
                 self.held.iter().max_by_key(|(_, h)| h.bytes)
-            } else {
+            } else if lanes > MAX_HELD_LANES {
                 self.held.iter().max_by_key(|(_, h)| h.lanes)
+            } else {
+                return true;
             };
-            let Some(most) = most.map(|(p, _)| *p) else { break };
+            let Some(most) = most.map(|(p, _)| *p) else { return true };
             if !self.release(most) {
                 return false;
             }
         }
-        true
     }
 
     /// For a lane offer or a closed lane's notice from a peer whose lane is still being read
@@ -283,9 +282,7 @@ impl BusReader {
     /// Handles `peer`'s held messages in order, until one must wait for the end of a lane an
     /// earlier one opened (the rest is held again). `false` once the engine is gone.
     fn release(&mut self, peer: PeerId) -> bool {
-        let Some(Held { mut msgs, bytes, lanes, .. }) = self.held.remove(&peer) else { return true };
-        self.held_bytes -= bytes;
-        self.held_lanes -= lanes;
+        let Some(Held { mut msgs, .. }) = self.held.remove(&peer) else { return true };
         while let Some(msg) = msgs.pop_front() {
             if let Some(end) = self.live_lane_end(&msg) {
                 // Held again only within the bounds (a message this takes out is not held again).
@@ -598,7 +595,7 @@ mod tests {
         }
         assert!(bus.held.is_empty(), "released once full");
         assert_eq!(events.try_recv().unwrap().unwrap().from, slow);
-        assert_eq!((bus.held_bytes, bus.held_lanes), (0, 0));
+        assert_eq!(bus.held_totals(), (0, 0));
         engine.shutdown();
     }
 
@@ -633,7 +630,7 @@ mod tests {
         assert!(bus.take(Received::Frame(quiet, frame(1, 128 << 10)), now));
         assert!(!bus.held.contains_key(&flood), "the flooding peer's wait was cut short");
         assert!(bus.held.contains_key(&quiet), "the other still waits for its lane");
-        assert!(bus.held_bytes <= MAX_HELD_BYTES);
+        assert!(bus.held_totals().0 <= MAX_HELD_BYTES);
         assert!(events.try_recv().is_some_and(|e| e.unwrap().from == flood));
         drop(lanes_open);
         assert!(bus.release_due(now));
@@ -654,7 +651,7 @@ mod tests {
         assert!(bus.take(Received::Lane(peer, theirs), now));
         assert!(bus.take(Received::LaneClosed(peer), now));
         assert!(bus.take(Received::Frame(peer, publish(1)), now));
-        assert_eq!(bus.held_lanes, 1);
+        assert_eq!(bus.held_totals().1, 1);
         drop(old_lane);
         assert!(bus.release_due(now));
         // The new lane is read now, and the notice waits for its end.
@@ -670,7 +667,7 @@ mod tests {
             assert!(bus.release_due(now), "released by the end alone (`now` is before any deadline)");
         }
         assert_eq!(events.try_recv().expect("the frame after the notice").unwrap().from, peer);
-        assert_eq!((bus.held_bytes, bus.held_lanes), (0, 0));
+        assert_eq!(bus.held_totals(), (0, 0));
         engine.shutdown();
     }
 
