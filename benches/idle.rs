@@ -9,8 +9,9 @@
 //!
 //! The figure is CPU milliseconds per second of wall time (`getrusage`, user + system, for the
 //! whole process: both hubs, their engine, ipmb and lane threads), next to the baseline of the
-//! same process with no hub. Each hub wakes on its heartbeat (every 250 ms), its liveness check
-//! (every 100 ms) and its reader's poll timeout; nothing spins.
+//! same process with no hub. Each hub wakes for its heartbeat (every 250 ms: its clock and writer
+//! send it, its peer's bus reader and lane reader take it) and once a second for its bus
+//! reader's fallback timeout; nothing spins. `tests/idle.rs` counts the wake-ups.
 
 use std::time::{Duration, Instant};
 

@@ -11,9 +11,11 @@
 //!   `MemoryRegion` (one copy in, one copy out), up to [`IpmbConfig::max_message_len`]; above
 //!   that the send is refused with [`TransportError::TooLarge`] before ipmb sees it.
 //! - **`recv` cannot be woken, and a `send` can wait for a blocked `recv`.** The reader thread
-//!   calls `recv` with a short timeout, so it never holds ipmb's lock for long, notices
-//!   shutdown promptly, and never ends on a timeout. Our own goodbye (a multicast that also
-//!   reaches us) wakes it at once on close.
+//!   calls `recv` with a timeout (1 s), never ends on one, and takes its periodic work (the
+//!   close-on-exec sweep, messages held for a lane's end) from whatever wakes it. Our own
+//!   goodbye (a multicast that also reaches us) wakes it at once on close; the timeout bounds
+//!   the wait only when no goodbye can go, and how long a `send` that must rejoin the bus
+//!   after the controller died waits for the reader to let go of ipmb's lock.
 //! - **One slow reader stalls the whole bus.** The reader hands each frame to the engine,
 //!   which never waits for the application: responses go to callers, requests to handlers,
 //!   events to bounded subscription queues (whose overflow is counted), so the socket is
@@ -83,7 +85,10 @@ pub struct IpmbConfig {
     /// The largest frame sent or accepted (frames above [`INLINE_MAX`] travel in shared memory).
     /// Default 32 MiB.
     pub max_message_len: usize,
-    /// How long `recv` waits before the reader checks for shutdown. Default 100 ms.
+    /// How long the bus reader waits for a message before it looks whether the hub is closing.
+    /// A closing hub's goodbye reaches its own reader and wakes it at once; this bounds the wait
+    /// only when the goodbye cannot go (a broken bus). An idle hub's reader wakes this often
+    /// beside its peers' heartbeats. Default 1 s.
     pub recv_timeout: Duration,
     /// How long joining the bus may take. Default 5 s.
     pub join_timeout: Duration,
@@ -130,7 +135,7 @@ impl IpmbConfig {
         IpmbConfig {
             bus: bus.into(),
             max_message_len: 32 << 20,
-            recv_timeout: Duration::from_millis(100),
+            recv_timeout: Duration::from_secs(1),
             join_timeout: Duration::from_secs(5),
             direct_lanes: true,
             max_lanes: 64,
