@@ -544,3 +544,41 @@ fn a_transport_that_can_no_longer_receive_closes_its_hub() {
     assert!(waited < long / 2, "ended well before its deadline: {waited:?}");
     until(|| matches!(hub.publish("never/x", 1u32), Err(Error::Closed)));
 }
+
+/// A hub reuses the context of an answered call for a later one only when nothing holds it:
+/// a context a handler keeps goes on describing its own call (method, caller, deadline, not
+/// cancelled) however many calls come after it.
+#[test]
+fn a_context_a_handler_keeps_goes_on_describing_its_own_call() {
+    let bus = MemBus::new();
+    let (server, client) = pair(&bus);
+    let other = hsipc::SyncProcessHub::builder("other").transport(bus.connector()).build().unwrap();
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let k = kept.clone();
+    server
+        .serve_with_context("ctx.keep", move |n: u32, ctx: &hsipc::CallContext| {
+            if n % 10 == 0 {
+                k.lock().unwrap().push((n, ctx.clone()));
+            }
+            Ok::<_, String>(n)
+        })
+        .unwrap();
+    server
+        .serve_with_context("ctx.other", |n: u32, ctx: &hsipc::CallContext| Ok::<_, String>(n + ctx.caller_pid()))
+        .unwrap();
+    client.wait_for_service("ctx", WAIT).unwrap();
+    other.wait_for_service("ctx", WAIT).unwrap();
+    for n in 0..100u32 {
+        assert_eq!(client.call::<_, u32>("ctx.keep", n).unwrap(), n);
+        let _: u32 = other.call("ctx.other", n).unwrap();
+    }
+    let kept = kept.lock().unwrap();
+    assert_eq!(kept.len(), 10);
+    for (n, ctx) in kept.iter() {
+        assert_eq!((ctx.method(), ctx.caller_name()), ("ctx.keep", "client"), "call {n}");
+        assert_eq!(ctx.caller(), client.id(), "call {n}");
+        assert!(!ctx.is_cancelled(), "call {n}");
+    }
+    let deadlines: std::collections::HashSet<_> = kept.iter().map(|(_, ctx)| ctx.deadline()).collect();
+    assert_eq!(deadlines.len(), 10, "each kept context has its own call's deadline");
+}

@@ -123,17 +123,17 @@ impl Drop for ReaderWakes {
 
 fn dispatch(shared: &Shared, call: IncomingCall) -> Option<Followup> {
     let id = call.id;
-    // For a refusal's message (a handle on the context: no copy of the name per call).
-    let context = call.context.clone();
+    // For a refusal's message (names up to 23 bytes are held inline, longer ones shared: no
+    // copy per call). Not the context: an inline handler answers within `dispatch`, and the
+    // engine keeps the context for a later call only if nothing else holds it then.
+    let method = call.context.method_name().clone();
     let verdict = match (shared.dispatcher(), shared.this()) {
         (Some(d), Some(me)) => d.dispatch(call, &Handle::new(me)),
         _ => Err(Reject::Busy("the hub is closing".into())),
     };
     let refusal = match verdict {
         Ok(()) => return None,
-        Err(Reject::NoSuchMethod) => {
-            RemoteError::new(ErrorCode::NO_SUCH_METHOD, format!("no handler for `{}`", context.method()))
-        }
+        Err(Reject::NoSuchMethod) => RemoteError::new(ErrorCode::NO_SUCH_METHOD, format!("no handler for `{method}`")),
         Err(Reject::Busy(why)) => RemoteError::new(ErrorCode::BUSY, why),
         Err(Reject::WrongShape(why)) => RemoteError::new(ErrorCode::BAD_REQUEST, why),
     };

@@ -89,13 +89,29 @@ struct ContextInner {
 }
 
 impl CallContext {
+    /// A context for a new call: `spare` (one that nobody else holds any more, see
+    /// [`into_spare`](Self::into_spare)) filled in again if given, else a new one. Reusing a
+    /// spare saves a served call its context's allocation.
     pub(super) fn new(
+        spare: Option<CallContext>,
         method: MethodName,
         caller: PeerId,
         caller_name: Arc<str>,
         caller_pid: u32,
         deadline: Instant,
     ) -> Self {
+        if let Some(mut spare) = spare {
+            if let Some(inner) = Arc::get_mut(&mut spare.inner) {
+                inner.method = method;
+                inner.caller = caller;
+                inner.caller_name = caller_name;
+                inner.caller_pid = caller_pid;
+                inner.deadline = deadline;
+                // No listener is left (nobody else holds the context): the event is as new.
+                *inner.cancelled.get_mut() = false;
+                return spare;
+            }
+        }
         CallContext {
             inner: Arc::new(ContextInner {
                 method,
@@ -109,8 +125,19 @@ impl CallContext {
         }
     }
 
+    /// This context, to be filled in again for a later call, if nothing else holds it (its
+    /// handler, a sink, a listener): the engine's copy was the last.
+    pub(super) fn into_spare(mut self) -> Option<CallContext> {
+        Arc::get_mut(&mut self.inner).is_some().then_some(self)
+    }
+
     /// The method called (`service.method`).
     pub fn method(&self) -> &str {
+        &self.inner.method
+    }
+
+    /// The method called, as the protocol holds it.
+    pub(super) fn method_name(&self) -> &MethodName {
         &self.inner.method
     }
 
@@ -193,5 +220,37 @@ impl CallContext {
     pub(super) fn cancel(&self) {
         self.inner.cancelled.store(true, Ordering::Release);
         self.inner.on_cancel.notify(usize::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(spare: Option<CallContext>, method: &str, caller: u64) -> CallContext {
+        let method = MethodName::new(method);
+        CallContext::new(spare, method, PeerId(caller), Arc::from("caller"), 7, Instant::now())
+    }
+
+    #[test]
+    fn a_context_is_spare_only_once_nothing_else_holds_it() {
+        let ctx = context(None, "a.b", 1);
+        let held = ctx.clone();
+        assert!(ctx.into_spare().is_none(), "a handler still holds it");
+        assert!(held.into_spare().is_some(), "the last holder");
+    }
+
+    #[test]
+    fn a_spare_context_is_filled_in_as_new() {
+        let first = context(None, "a.b", 1);
+        first.cancel();
+        let spare = first.into_spare().unwrap();
+        let again = context(Some(spare), "c.d", 2);
+        assert_eq!((again.method(), again.caller(), again.is_cancelled()), ("c.d", PeerId(2), false));
+        // A cancel of the new call still reaches a listener of it.
+        let waiter = again.clone();
+        let t = std::thread::spawn(move || waiter.wait_cancelled(Duration::from_secs(60)));
+        again.cancel();
+        assert!(t.join().unwrap());
     }
 }

@@ -33,6 +33,10 @@ pub(super) const MAX_WATCHERS: usize = 4096;
 /// (see `WireFrame::detached`): up to here, at most this many small buffers stay alive.
 const KEEP_SHARED: usize = 16;
 
+/// Most contexts of answered calls kept for later calls (each about a hundred bytes): as many
+/// as calls are commonly served at once.
+const MAX_SPARE_CONTEXTS: usize = 64;
+
 /// A served stream's item waiting for the reader's credit.
 struct BlockedItem {
     body: Body,
@@ -131,6 +135,8 @@ pub(crate) struct State {
     callers: HashMap<PeerId, (Arc<str>, u32)>,
     /// Calls being served, with the context their handler sees.
     pub(super) served: HashMap<IncomingId, CallContext>,
+    /// Contexts of calls served and answered, that nobody held any more, for later calls.
+    spare_contexts: Vec<CallContext>,
     /// Items waiting for their reader's credit: of streams and sessions this hub serves, and of
     /// sessions it opened.
     blocked_items: HashMap<CallRef, BlockedItem>,
@@ -177,6 +183,7 @@ impl State {
             streams: HashMap::default(),
             callers: HashMap::default(),
             served: HashMap::default(),
+            spare_contexts: Vec::new(),
             blocked_items: HashMap::default(),
             session_inputs: HashMap::default(),
             subscriptions: HashMap::default(),
@@ -534,7 +541,7 @@ impl State {
             }
             Event::RequestReceived { id, from, method, body, deadline, mode } => {
                 let (name, pid) = self.peer_identity(from);
-                let context = CallContext::new(method, from, name, pid, deadline);
+                let context = CallContext::new(self.spare_contexts.pop(), method, from, name, pid, deadline);
                 self.served.insert(id, context.clone());
                 let input = (mode == CallMode::Session).then(|| {
                     // Credit bounds the client's messages in flight to one window; +1 for the end.
@@ -679,7 +686,11 @@ impl State {
 
     /// Ends a served call: it no longer needs its context or a parked item.
     pub(super) fn end_served(&mut self, id: IncomingId) {
-        self.served.remove(&id);
+        if let Some(spare) = self.served.remove(&id).and_then(CallContext::into_spare) {
+            if self.spare_contexts.len() < MAX_SPARE_CONTEXTS {
+                self.spare_contexts.push(spare);
+            }
+        }
         self.session_inputs.remove(&id);
         if let Some(b) = self.blocked_items.remove(&CallRef::Incoming(id)) {
             self.deferred.push(Deferred::Done(b.done, Err(Error::Cancelled)));

@@ -70,7 +70,9 @@ where
         }))
         .unwrap_or_else(|_| Err(RemoteError::handler(PANICKED)));
         drop(slot);
-        handle.respond(call.id, result);
+        let id = call.id;
+        drop(call); // before the answer: the engine may then keep the context for a later call
+        handle.respond(id, result);
     })
 }
 
@@ -111,6 +113,7 @@ where
             let run = |req| async move { encode_response(f(req, ctx).await.map_err(|e| e.to_string())) };
             let result = serve_async(&call, run).await;
             drop(slot);
+            drop(call); // before the answer: the engine may then keep the context for a later call
             match result {
                 Some(r) => handle.respond(id, r),
                 None => handle.abandon(id),
