@@ -40,7 +40,7 @@
 //! Metrics (percentiles from raw sample vectors, nearest rank):
 //! - **round trip** p50 / p99 at 64 B, 4 KiB, 64 KiB and 1 MiB: send a payload, wait for it
 //!   to come back.
-//! - **one-way, unpaced**: send N messages (64 B, and 1 MiB) as fast as the sender can, the last
+//! - **one-way, unpaced**: send N messages (64 B, 4 KiB, 64 KiB, 1 MiB) as fast as the sender can, the last
 //!   one a marker; the peer timestamps each message it receives (`CLOCK_MONOTONIC`, shared by
 //!   both processes). Rate = messages delivered / (last delivery - first send). What was not
 //!   delivered is reported as lost.
@@ -252,10 +252,8 @@ struct Params {
     budget: Duration,
     /// Batches of [`IN_FLIGHT`] calls, at most.
     pipelined_batches: usize,
-    /// One-way 64 B messages, at most.
-    stream_small: u64,
-    /// One-way 1 MiB messages, at most.
-    stream_large: u64,
+    /// One-way messages of each of [`SIZES`], at most.
+    stream: [u64; 4],
     /// Event batches, at most.
     event_batches: u64,
     /// Items of one server stream.
@@ -271,8 +269,7 @@ impl Params {
                 rt_warmup: [50, 20, 10, 3],
                 budget: Duration::from_millis(500),
                 pipelined_batches: 30,
-                stream_small: 5_000,
-                stream_large: 16,
+                stream: [5_000, 2_000, 400, 16],
                 event_batches: 5,
                 stream_items: 5_000,
             }
@@ -283,8 +280,7 @@ impl Params {
                 rt_warmup: [1_000, 300, 100, 20],
                 budget: Duration::from_secs(5),
                 pipelined_batches: 3_000,
-                stream_small: 300_000,
-                stream_large: 1_024,
+                stream: [300_000, 100_000, 16_000, 1_024],
                 event_batches: 300,
                 stream_items: 300_000,
             }
@@ -447,8 +443,8 @@ impl Flow {
 struct Row {
     transport: Transport,
     rt: [Cell<Vec<Duration>>; 4],
-    stream_small: Cell<Flow>,
-    stream_large: Cell<Flow>,
+    /// One-way, at each of [`SIZES`].
+    stream: [Cell<Flow>; 4],
     /// (calls, elapsed)
     pipelined: Cell<(u64, Duration)>,
     events: Cell<Flow>,
@@ -461,8 +457,7 @@ fn run_transport(t: Transport, mode: &Mode, p: &Params) -> Row {
     let mut row = Row {
         transport: t,
         rt: Default::default(),
-        stream_small: Cell::Missing,
-        stream_large: Cell::Missing,
+        stream: Default::default(),
         pipelined: Cell::Missing,
         events: Cell::Missing,
         server_stream: Cell::Missing,
@@ -471,15 +466,13 @@ fn run_transport(t: Transport, mode: &Mode, p: &Params) -> Row {
     // What the transport cannot carry is n/a, whatever happens below.
     for (i, &size) in SIZES.iter().enumerate() {
         if size > t.max_payload() {
-            row.rt[i] = Cell::Na;
+            (row.rt[i], row.stream[i]) = (Cell::Na, Cell::Na);
         }
-    }
-    if MIB > t.max_payload() {
-        row.stream_large = Cell::Na;
     }
     if let Transport::AsyncSocket(_) = t {
         // The runtime's floor under a call: no one-way traffic, no events.
-        (row.stream_small, row.stream_large, row.events) = (Cell::Na, Cell::Na, Cell::Na);
+        row.stream.iter_mut().for_each(|c| *c = Cell::Na);
+        row.events = Cell::Na;
     }
     // Only hubs have server streams (and the `Vec<u8>` row's would measure the hub again).
     if !matches!(t, Transport::Hub(kind) if kind != VEC_KIND) {
@@ -527,9 +520,10 @@ fn measure_all(link: &mut dyn Link, p: &Params, row: &mut Row) {
         Transport::Hub(VEC_KIND) => Cell::Na,
         _ => Cell::Value(link.pipelined(&Bytes::from(vec![TAG_ECHO; SMALL]), p.pipelined_batches, p.budget)),
     };
-    row.stream_small = Cell::Value(stream(link, SMALL, p.stream_small, p.budget, &mut batch));
-    if MIB <= row.transport.max_payload() {
-        row.stream_large = Cell::Value(stream(link, MIB, p.stream_large, p.budget, &mut batch));
+    for (i, &size) in SIZES.iter().enumerate() {
+        if size <= row.transport.max_payload() {
+            row.stream[i] = Cell::Value(stream(link, size, p.stream[i], p.budget, &mut batch));
+        }
     }
     row.events = Cell::Value(events(link, p.event_batches, p.budget, &mut batch));
     if let Cell::Missing = row.server_stream {
@@ -1245,9 +1239,9 @@ fn render(mode: &Mode, p: &Params, rows: &[Row]) -> String {
     };
     out += &format!("## {} CPU{} ({place})\n\n", mode.cpus, if mode.cpus == 1 { "" } else { "s" });
     out += "| transport | round trip 64 B p50 / p99 | 4 KiB p50 / p99 | 64 KiB p50 / p99 | 1 MiB p50 / p99 \
-            | one-way 64 B (msg/s) | one-way 1 MiB (GiB/s) | calls/s, 64 in flight | events/s delivered (64 B) \
-            | server stream items/s (64 B) |\n";
-    out += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+            | one-way 64 B (msg/s) | one-way 4 KiB (GiB/s) | one-way 64 KiB (GiB/s) | one-way 1 MiB (GiB/s) \
+            | calls/s, 64 in flight | events/s delivered (64 B) | server stream items/s (64 B) |\n";
+    out += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for row in rows {
         let mut cols = vec![row.transport.name()];
         for rt in &row.rt {
@@ -1256,8 +1250,10 @@ fn render(mode: &Mode, p: &Params, rows: &[Row]) -> String {
                 format!("{} / {}", fmt_us(percentile(&s, 0.50)), fmt_us(percentile(&s, 0.99)))
             }));
         }
-        cols.push(cell(row, &row.stream_small, |f| flow_cell(f, |f| fmt_rate(f.per_sec()))));
-        cols.push(cell(row, &row.stream_large, |f| flow_cell(f, |f| format!("{:.2}", f.gib_per_sec()))));
+        cols.push(cell(row, &row.stream[0], |f| flow_cell(f, |f| fmt_rate(f.per_sec()))));
+        for flow in &row.stream[1..] {
+            cols.push(cell(row, flow, |f| flow_cell(f, |f| format!("{:.2}", f.gib_per_sec()))));
+        }
         cols.push(cell(row, &row.pipelined, |&(calls, d)| {
             let s = fmt_rate(calls as f64 / d.as_secs_f64().max(1e-9));
             if row.transport.key().starts_with("blocking") { format!("{s} (64 threads)") } else { s }
@@ -1301,9 +1297,8 @@ fn render(mode: &Mode, p: &Params, rows: &[Row]) -> String {
         if let Cell::Value((items, _)) = row.server_stream {
             notes.push(format!("{items} server stream items"));
         }
-        for (what, c) in
-            [("one-way 64 B", &row.stream_small), ("one-way 1 MiB", &row.stream_large), ("events", &row.events)]
-        {
+        let one_way = ["one-way 64 B", "one-way 4 KiB", "one-way 64 KiB", "one-way 1 MiB"].into_iter().zip(&row.stream);
+        for (what, c) in one_way.chain([("events", &row.events)]) {
             if let Cell::Value(f) = c {
                 let mut s = format!("{what}: {} of {} delivered", f.delivered, f.sent);
                 if f.missed > 0 {
