@@ -195,7 +195,7 @@ fn bystander() {
 ///   when dropped.
 /// - `endless` streams numbers until a send fails (reports `SEND_FAILED <tag> <error>
 ///   after=<items sent>`), or reports `DROPPED <tag>` if its future is dropped instead.
-async fn async_server<K>(hub: &AsyncHub<K>) {
+async fn async_server<K: hsipc::transport::hub::RuntimeKind>(hub: &AsyncHub<K>) {
     let cmds = commands();
     let svc = env("HSIPC_SVC");
     hub.serve(&format!("{svc}.add"), |(a, b): (i64, i64)| async move { Ok::<_, String>(a + b) }).await.unwrap();

@@ -52,7 +52,7 @@ async fn async_session_round(hub: &hsipc::transport::hub::AsyncHub<impl Send + S
     assert!(session.next().await.is_none(), "the end is None");
 }
 
-async fn serve_running_sum(hub: &hsipc::transport::hub::AsyncHub<impl Send + Sync + 'static>) {
+async fn serve_running_sum(hub: &hsipc::transport::hub::AsyncHub<impl hsipc::transport::hub::RuntimeKind>) {
     hub.serve_session("sum.running", |start: u32, mut s: ServerSession<u32, u32>| async move {
         let mut sum = start;
         while let Some(n) = s.next().await {

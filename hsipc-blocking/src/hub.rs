@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hsipc_transport::hub::{HasCore, HubCore, Runtime, RuntimeKind, Service, Settings};
+use hsipc_transport::hub::{BoxingSpawner, HasCore, HubCore, Runtime, RuntimeKind, Service, Settings};
 use hsipc_transport::proto::PeerId;
 use hsipc_transport::{CallContext, Census, PeerSummary, Result};
 use serde::Serialize;
@@ -24,9 +24,14 @@ pub struct Threads;
 
 impl RuntimeKind for Threads {
     type Hub = ProcessHub;
+    type Spawner = BoxingSpawner;
 
     fn runtime(settings: &Settings) -> Result<Arc<dyn Runtime>> {
         Ok(Arc::new(Pool::new(settings.workers)))
+    }
+
+    fn spawner(runtime: &Arc<dyn Runtime>) -> BoxingSpawner {
+        BoxingSpawner(runtime.clone())
     }
 }
 
@@ -44,8 +49,15 @@ pub struct ProcessHub {
 }
 
 impl HasCore for ProcessHub {
+    type Spawner = BoxingSpawner;
+
     fn core(&self) -> &HubCore {
         &self.core
+    }
+
+    /// Async methods of a service run on the worker threads, each driven to completion there.
+    fn spawner(&self) -> BoxingSpawner {
+        BoxingSpawner(self.core.runtime().clone())
     }
 }
 
@@ -172,7 +184,7 @@ impl ProcessHub {
     /// under its service name. Plain methods run on the worker threads, and so do async ones
     /// (each driven to completion on its worker).
     pub fn register_service<S: Service>(&self, service: S) -> Result<()> {
-        service.register(&self.core)
+        service.register(self)
     }
 
     /// Serves a session `method`: a full-duplex, ordered channel with each client that opens

@@ -246,6 +246,10 @@ impl Drop for Threads {
 }
 
 impl Runtime for Pool {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn spawn(&self, task: BoxFuture) {
         self.workers.submit(Job::Future(task));
     }

@@ -111,8 +111,11 @@ fn service_struct(def: &ServiceDef) -> TokenStream {
                 &self.name
             }
 
-            fn register(self, hub: &::hsipc::__private::HubCore) -> ::hsipc::Result<()> {
+            fn register<__H: ::hsipc::__private::HasCore>(self, __hsipc_hub: &__H) -> ::hsipc::Result<()> {
                 let Self { imp, name } = self;
+                let hub = ::hsipc::__private::HasCore::core(__hsipc_hub);
+                let __hsipc_spawner = ::hsipc::__private::HasCore::spawner(__hsipc_hub);
+                let _ = &__hsipc_spawner;
                 #(#registrations)*
                 ::core::result::Result::Ok(())
             }
@@ -141,7 +144,7 @@ fn registration(m: &MethodDef) -> TokenStream {
     let method = quote!(&::std::format!("{}.{}", name, #wire));
     let body = if let Some((to_server, to_client)) = &m.session {
         quote! {
-            hub.serve_async_session(#method, move |#pattern: #req_ty, __hsipc_sink: ::hsipc::__private::ItemSink, __hsipc_input: ::hsipc::__private::ItemReceiver| {
+            hub.serve_async_session(#method, ::core::clone::Clone::clone(&__hsipc_spawner), move |#pattern: #req_ty, __hsipc_sink: ::hsipc::__private::ItemSink, __hsipc_input: ::hsipc::__private::ItemReceiver| {
                 let __hsipc_imp = __hsipc_imp.clone();
                 async move {
                     let __hsipc_ctx = ::core::clone::Clone::clone(__hsipc_sink.context());
@@ -154,7 +157,7 @@ fn registration(m: &MethodDef) -> TokenStream {
     } else {
         match (&m.stream_item, m.is_async) {
             (None, true) => quote! {
-                hub.serve_async(#method, move |#pattern: #req_ty, __hsipc_ctx: ::hsipc::CallContext| {
+                hub.serve_async(#method, ::core::clone::Clone::clone(&__hsipc_spawner), move |#pattern: #req_ty, __hsipc_ctx: ::hsipc::CallContext| {
                     let __hsipc_imp = __hsipc_imp.clone();
                     async move {
                         let _ = &__hsipc_ctx;
@@ -175,7 +178,7 @@ fn registration(m: &MethodDef) -> TokenStream {
                 })?;
             },
             (Some(item), true) => quote! {
-                hub.serve_async_stream(#method, move |#pattern: #req_ty, __hsipc_sink: ::hsipc::__private::ItemSink| {
+                hub.serve_async_stream(#method, ::core::clone::Clone::clone(&__hsipc_spawner), move |#pattern: #req_ty, __hsipc_sink: ::hsipc::__private::ItemSink| {
                     let __hsipc_imp = __hsipc_imp.clone();
                     async move {
                         let __hsipc_ctx = ::core::clone::Clone::clone(__hsipc_sink.context());

@@ -29,7 +29,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
-use hsipc_transport::hub::{BlockingJob, BoxFuture, Runtime, RuntimeKind, Settings};
+use std::future::Future;
+
+use hsipc_transport::hub::{BlockingJob, BoxFuture, Runtime, RuntimeKind, Settings, Spawner};
 use hsipc_transport::ipmb::{LaneReader, LaneRunner, LaneState};
 use smol::Async;
 
@@ -51,9 +53,26 @@ pub struct Smol;
 
 impl RuntimeKind for Smol {
     type Hub = ProcessHub;
+    type Spawner = SmolSpawner;
 
     fn runtime(_: &Settings) -> Result<Arc<dyn Runtime>> {
         Ok(Arc::new(SmolRuntime))
+    }
+
+    fn spawner(_: &Arc<dyn Runtime>) -> SmolSpawner {
+        SmolSpawner
+    }
+}
+
+/// Spawns a smol hub's async handlers on smol's global executor, each call's task one
+/// allocation.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub struct SmolSpawner;
+
+impl Spawner for SmolSpawner {
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
+        smol::spawn(task).detach();
     }
 }
 
@@ -61,6 +80,10 @@ impl RuntimeKind for Smol {
 struct SmolRuntime;
 
 impl Runtime for SmolRuntime {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn spawn(&self, task: BoxFuture) {
         smol::spawn(task).detach();
     }

@@ -33,7 +33,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use hsipc_transport::hub::{BlockingJob, BoxFuture, Runtime, RuntimeKind, Settings};
+use std::future::Future;
+
+use hsipc_transport::hub::{BlockingJob, BoxFuture, BoxingSpawner, Runtime, RuntimeKind, Settings, Spawner};
 use hsipc_transport::ipmb::{LaneReader, LaneRunner};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -57,6 +59,7 @@ pub struct Tokio;
 
 impl RuntimeKind for Tokio {
     type Hub = ProcessHub;
+    type Spawner = TokioSpawner;
 
     fn runtime(_: &Settings) -> Result<Arc<dyn Runtime>> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
@@ -66,6 +69,34 @@ impl RuntimeKind for Tokio {
         })?;
         Ok(Arc::new(TokioRuntime(handle)))
     }
+
+    fn spawner(runtime: &Arc<dyn Runtime>) -> TokioSpawner {
+        match runtime.as_any().downcast_ref::<TokioRuntime>() {
+            Some(tokio) => TokioSpawner::Handle(tokio.0.clone()),
+            None => TokioSpawner::Boxing(BoxingSpawner(runtime.clone())),
+        }
+    }
+}
+
+/// Spawns a tokio hub's async handlers on the runtime the hub was created in, each call's
+/// task one allocation.
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub enum TokioSpawner {
+    /// The hub's runtime.
+    Handle(tokio::runtime::Handle),
+    /// A runtime of another kind (not made by [`Tokio`]): tasks are boxed.
+    Boxing(BoxingSpawner),
+}
+
+impl Spawner for TokioSpawner {
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
+        match self {
+            // As in `TokioRuntime::spawn`: once the runtime is shut down the task is dropped.
+            TokioSpawner::Handle(handle) => drop(handle.spawn(task)),
+            TokioSpawner::Boxing(boxing) => boxing.spawn(task),
+        }
+    }
 }
 
 /// Spawns on the runtime the hub was created in, from any thread.
@@ -73,6 +104,10 @@ impl RuntimeKind for Tokio {
 struct TokioRuntime(tokio::runtime::Handle);
 
 impl Runtime for TokioRuntime {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn spawn(&self, task: BoxFuture) {
         // Once the runtime is shut down the task is dropped, which drops the handler: its
         // call is then answered by its caller's deadline or by this hub's close.

@@ -103,75 +103,6 @@ impl<K> AsyncHub<K> {
         self.core.serve_inline(method, move |req, _: &crate::CallContext| handler(req))
     }
 
-    /// Serves `method` (`"service.method"`): each call runs `handler`'s future as a task. An
-    /// `Err` reaches the caller as [`Error::Remote`] with its message. The future is dropped
-    /// when the caller cancels, dies or its deadline passes.
-    ///
-    /// The service becomes visible to the bus with its first method: register all of a
-    /// service's methods before telling clients it is up.
-    pub async fn serve<Req, Resp, E, F, Fut>(&self, method: &str, handler: F) -> Result<()>
-    where
-        Req: DeserializeOwned + Send + 'static,
-        Resp: Serialize + 'static,
-        E: Display + 'static,
-        F: Fn(Req) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = std::result::Result<Resp, E>> + Send + 'static,
-    {
-        self.core.serve_async(method, move |req, _ctx| handler(req))
-    }
-
-    /// Like [`serve`](Self::serve), with the call's [`CallContext`] (caller, deadline,
-    /// cancellation) given to the handler.
-    pub async fn serve_with_context<Req, Resp, E, F, Fut>(&self, method: &str, handler: F) -> Result<()>
-    where
-        Req: DeserializeOwned + Send + 'static,
-        Resp: Serialize + 'static,
-        E: Display + 'static,
-        F: Fn(Req, CallContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = std::result::Result<Resp, E>> + Send + 'static,
-    {
-        self.core.serve_async(method, handler)
-    }
-
-    /// Serves a streaming `method`: the handler sends items through its [`StreamSink`], whose
-    /// `send().await` waits for the reader's credit (a slow reader slows the handler, never
-    /// bloats memory), and returns when the stream is complete.
-    pub async fn serve_stream<Req, Item, E, F, Fut>(&self, method: &str, handler: F) -> Result<()>
-    where
-        Req: DeserializeOwned + Send + 'static,
-        Item: Serialize + 'static,
-        E: Display + 'static,
-        F: Fn(Req, StreamSink<Item>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
-    {
-        self.core.serve_async_stream(method, move |req, sink| handler(req, StreamSink::new(sink)))
-    }
-
-    /// Serves every method of a `#[hsipc::service]` service (`CalculatorService::new(imp)`),
-    /// under its service name. Async methods run as tasks, plain ones on the runtime's
-    /// blocking pool.
-    pub async fn register_service<S: Service>(&self, service: S) -> Result<()> {
-        service.register(&self.core)
-    }
-
-    /// Serves a session `method`: a full-duplex, ordered channel with each client that opens
-    /// one. The handler gets the client's first message and its [`ServerSession`], sends with
-    /// `send(&msg).await` and reads the client's messages as a [`Stream`] (which ends when the
-    /// client closes its half or drops its session); returning ends the session.
-    pub async fn serve_session<Req, In, Out, E, F, Fut>(&self, method: &str, handler: F) -> Result<()>
-    where
-        Req: DeserializeOwned + Send + 'static,
-        In: DeserializeOwned + 'static,
-        Out: Serialize + 'static,
-        E: Display + 'static,
-        F: Fn(Req, ServerSession<In, Out>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
-    {
-        self.core.serve_async_session(method, move |req, sink, input| {
-            handler(req, ServerSession { sink: StreamSink::new(sink), input, _in: PhantomData })
-        })
-    }
-
     /// Opens a session on `method` with a first message: send with `send(&msg).await`, read the
     /// server's messages as a [`Stream`] (its end is `None`, not an error). Each message may
     /// take at most the default timeout to come while this end waits. Dropping the session
@@ -288,6 +219,84 @@ impl<K> AsyncHub<K> {
     /// on any clone of this hub fail the same way.
     pub async fn close(&self) {
         let _ = self.core.close().await;
+    }
+}
+
+/// Serving with async handlers: each call's task is spawned with its future's own type, on the
+/// runtime of the hub's kind.
+impl<K: RuntimeKind> AsyncHub<K> {
+    /// How this hub spawns its async handlers.
+    fn task_spawner(&self) -> K::Spawner {
+        K::spawner(self.core.runtime())
+    }
+
+    /// Serves `method` (`"service.method"`): each call runs `handler`'s future as a task. An
+    /// `Err` reaches the caller as [`Error::Remote`] with its message. The future is dropped
+    /// when the caller cancels, dies or its deadline passes.
+    ///
+    /// The service becomes visible to the bus with its first method: register all of a
+    /// service's methods before telling clients it is up.
+    pub async fn serve<Req, Resp, E, F, Fut>(&self, method: &str, handler: F) -> Result<()>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + 'static,
+        E: Display + 'static,
+        F: Fn(Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Resp, E>> + Send + 'static,
+    {
+        self.core.serve_async(method, self.task_spawner(), move |req, _ctx| handler(req))
+    }
+
+    /// Like [`serve`](Self::serve), with the call's [`CallContext`] (caller, deadline,
+    /// cancellation) given to the handler.
+    pub async fn serve_with_context<Req, Resp, E, F, Fut>(&self, method: &str, handler: F) -> Result<()>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + 'static,
+        E: Display + 'static,
+        F: Fn(Req, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Resp, E>> + Send + 'static,
+    {
+        self.core.serve_async(method, self.task_spawner(), handler)
+    }
+
+    /// Serves a streaming `method`: the handler sends items through its [`StreamSink`], whose
+    /// `send().await` waits for the reader's credit (a slow reader slows the handler, never
+    /// bloats memory), and returns when the stream is complete.
+    pub async fn serve_stream<Req, Item, E, F, Fut>(&self, method: &str, handler: F) -> Result<()>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Item: Serialize + 'static,
+        E: Display + 'static,
+        F: Fn(Req, StreamSink<Item>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+    {
+        self.core.serve_async_stream(method, self.task_spawner(), move |req, sink| handler(req, StreamSink::new(sink)))
+    }
+
+    /// Serves every method of a `#[hsipc::service]` service (`CalculatorService::new(imp)`),
+    /// under its service name. Async methods run as tasks, plain ones on the runtime's
+    /// blocking pool.
+    pub async fn register_service<S: Service>(&self, service: S) -> Result<()> {
+        service.register(self)
+    }
+
+    /// Serves a session `method`: a full-duplex, ordered channel with each client that opens
+    /// one. The handler gets the client's first message and its [`ServerSession`], sends with
+    /// `send(&msg).await` and reads the client's messages as a [`Stream`] (which ends when the
+    /// client closes its half or drops its session); returning ends the session.
+    pub async fn serve_session<Req, In, Out, E, F, Fut>(&self, method: &str, handler: F) -> Result<()>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        In: DeserializeOwned + 'static,
+        Out: Serialize + 'static,
+        E: Display + 'static,
+        F: Fn(Req, ServerSession<In, Out>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+    {
+        self.core.serve_async_session(method, self.task_spawner(), move |req, sink, input| {
+            handler(req, ServerSession { sink: StreamSink::new(sink), input, _in: PhantomData })
+        })
     }
 }
 

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use super::builder::Settings;
 use super::handler::{self, Handler};
 use super::registry::Registry;
+use super::runtime::Spawner;
 use crate::engine::{
     CallContext, Census, Engine, EventReceiver, Handle, ItemReceiver, ItemSink, PeerSummary, PendingCall, Publish, Qos,
     SessionSender, Waiter,
@@ -38,6 +39,11 @@ struct Inner {
 }
 
 impl HubCore {
+    /// The runtime this hub's handlers run on.
+    pub fn runtime(&self) -> &Arc<dyn super::runtime::Runtime> {
+        self.inner.registry.runtime()
+    }
+
     pub(crate) fn new(engine: Engine, registry: Arc<Registry>, settings: &Settings) -> Self {
         HubCore {
             inner: Arc::new(Inner {
@@ -115,26 +121,28 @@ impl HubCore {
 
     /// Serves `method` with an async handler, spawned as a task (on the blocking hub, driven
     /// on a worker thread).
-    pub fn serve_async<Req, Resp, E, F, Fut>(&self, method: &str, f: F) -> Result<()>
+    pub fn serve_async<S, Req, Resp, E, F, Fut>(&self, method: &str, spawner: S, f: F) -> Result<()>
     where
+        S: Spawner,
         Req: DeserializeOwned + Send + 'static,
         Resp: Serialize + 'static,
         E: Display + 'static,
         F: Fn(Req, CallContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<Resp, E>> + Send + 'static,
     {
-        self.register(method, handler::async_unary(f), CallMode::Unary)
+        self.register(method, handler::async_unary(spawner, f), CallMode::Unary)
     }
 
     /// Serves a streaming `method` with an async handler.
-    pub fn serve_async_stream<Req, E, F, Fut>(&self, method: &str, f: F) -> Result<()>
+    pub fn serve_async_stream<S, Req, E, F, Fut>(&self, method: &str, spawner: S, f: F) -> Result<()>
     where
+        S: Spawner,
         Req: DeserializeOwned + Send + 'static,
         E: Display + 'static,
         F: Fn(Req, ItemSink) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
     {
-        self.register(method, handler::async_stream(f, self.stall_timeout()), CallMode::ServerStream)
+        self.register(method, handler::async_stream(spawner, f, self.stall_timeout()), CallMode::ServerStream)
     }
 
     /// Serves a session `method` with a blocking handler: it gets the first message, its sink
@@ -149,14 +157,15 @@ impl HubCore {
     }
 
     /// Serves a session `method` with an async handler.
-    pub fn serve_async_session<Req, E, F, Fut>(&self, method: &str, f: F) -> Result<()>
+    pub fn serve_async_session<S, Req, E, F, Fut>(&self, method: &str, spawner: S, f: F) -> Result<()>
     where
+        S: Spawner,
         Req: DeserializeOwned + Send + 'static,
         E: Display + 'static,
         F: Fn(Req, ItemSink, ItemReceiver) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
     {
-        self.register(method, handler::async_session(f, self.stall_timeout()), CallMode::Session)
+        self.register(method, handler::async_session(spawner, f, self.stall_timeout()), CallMode::Session)
     }
 
     /// Opens a session on `method` with the encoded first message: the sending half, and the

@@ -17,15 +17,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::registry::{Slot, wanted};
-use super::runtime::BoxFuture;
+use super::runtime::Spawner;
 use crate::engine::{CallContext, Handle, IncomingCall, ItemReceiver, ItemSink};
 
 /// Runs one call to completion on a worker thread and answers it through the handle. The
 /// call's [`Slot`] is given back just before the answer goes out, so a caller that has its
 /// answer never finds the place still taken.
 pub(crate) type BlockingFn = dyn Fn(IncomingCall, &Handle, Slot) + Send + Sync;
-/// Makes the task that serves one call (giving its [`Slot`] back before answering).
-type AsyncFn = dyn Fn(IncomingCall, Handle, Slot) -> BoxFuture + Send + Sync;
+/// Spawns the task that serves one call (giving its [`Slot`] back before answering).
+type AsyncFn = dyn Fn(IncomingCall, Handle, Slot) + Send + Sync;
 
 /// A type-erased handler, as the registry keeps it.
 #[derive(Clone)]
@@ -96,8 +96,9 @@ where
 }
 
 /// An async unary handler.
-pub(crate) fn async_unary<Req, Resp, E, F, Fut>(f: F) -> Handler
+pub(crate) fn async_unary<S, Req, Resp, E, F, Fut>(spawner: S, f: F) -> Handler
 where
+    S: Spawner,
     Req: DeserializeOwned + Send + 'static,
     Resp: Serialize + 'static,
     E: std::fmt::Display + 'static,
@@ -107,7 +108,7 @@ where
     let f = Arc::new(f);
     Handler::Async(Arc::new(move |call: IncomingCall, handle: Handle, slot: Slot| {
         let f = f.clone();
-        Box::pin(async move {
+        spawner.spawn(async move {
             let id = call.id;
             let ctx = call.context.clone();
             let run = |req| async move { encode_response(f(req, ctx).await.map_err(|e| e.to_string())) };
@@ -123,8 +124,9 @@ where
 }
 
 /// An async streaming handler: it gets the call's [`ItemSink`].
-pub(crate) fn async_stream<Req, E, F, Fut>(f: F, stall: Duration) -> Handler
+pub(crate) fn async_stream<S, Req, E, F, Fut>(spawner: S, f: F, stall: Duration) -> Handler
 where
+    S: Spawner,
     Req: DeserializeOwned + Send + 'static,
     E: std::fmt::Display + 'static,
     F: Fn(Req, ItemSink) -> Fut + Send + Sync + 'static,
@@ -133,7 +135,7 @@ where
     let f = Arc::new(f);
     Handler::Async(Arc::new(move |call: IncomingCall, handle: Handle, slot: Slot| {
         let f = f.clone();
-        Box::pin(async move {
+        spawner.spawn(async move {
             let id = call.id;
             let sink = handle.item_sink(id, stall, call.context.clone());
             let run = |req| async move { f(req, sink).await.map_err(|e| RemoteError::handler(e.to_string())) };
@@ -206,8 +208,9 @@ where
 }
 
 /// An async session handler.
-pub(crate) fn async_session<Req, E, F, Fut>(f: F, stall: Duration) -> Handler
+pub(crate) fn async_session<S, Req, E, F, Fut>(spawner: S, f: F, stall: Duration) -> Handler
 where
+    S: Spawner,
     Req: DeserializeOwned + Send + 'static,
     E: std::fmt::Display + 'static,
     F: Fn(Req, ItemSink, ItemReceiver) -> Fut + Send + Sync + 'static,
@@ -217,7 +220,7 @@ where
     Handler::Async(Arc::new(move |mut call: IncomingCall, handle: Handle, slot: Slot| {
         let f = f.clone();
         let input = call.take_input(&handle);
-        Box::pin(async move {
+        spawner.spawn(async move {
             let id = call.id;
             let sink = handle.item_sink(id, stall, call.context.clone());
             let run = |req| async move {

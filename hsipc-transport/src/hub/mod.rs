@@ -29,7 +29,7 @@ pub use self::asynchronous::{
 };
 pub use self::builder::{DEFAULT_BUS, HubBuilder, Settings};
 pub use self::core::HubCore;
-pub use self::runtime::{BlockingJob, BoxFuture, Runtime, RuntimeKind};
+pub use self::runtime::{BlockingJob, BoxFuture, BoxingSpawner, Runtime, RuntimeKind, Spawner};
 pub use self::service::{
     ClientError, ClientErrorOf, ClientResult, HasCore, MethodCall, MethodIter, MethodResult, MethodStream, Service,
     ServiceError, Wire, assert_service_error, assert_wire, end_stream, end_stream_blocking, method_sink,

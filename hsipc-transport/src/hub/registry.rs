@@ -27,6 +27,11 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
+    /// The runtime handlers run on.
+    pub(crate) fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
     pub(crate) fn new(runtime: Arc<dyn Runtime>, max_pending: usize, stall: Duration) -> Self {
         Registry {
             handlers: RwLock::new(HashMap::default()),
@@ -120,7 +125,7 @@ impl Dispatcher for Registry {
             // The handler gives the slot back before it answers (or when its task is dropped).
             Handler::Async(f) => {
                 handle.served_for(call.from);
-                self.runtime.spawn(f(call, handle, slot))
+                f(call, handle, slot)
             }
         }
         Ok(())

@@ -22,6 +22,8 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 /// So there is no `sleep` or `now` here (quinn's `Runtime` needs them because its timers
 /// live in the runtime; ours live in the engine).
 pub trait Runtime: Send + Sync + fmt::Debug + 'static {
+    /// This runtime as `Any`, for its kind's [`RuntimeKind::spawner`] to find its own type.
+    fn as_any(&self) -> &dyn std::any::Any;
     /// Spawns an async handler as a task. Called with no engine lock held, on the thread that
     /// delivered the request; must not block.
     fn spawn(&self, task: BoxFuture);
@@ -96,6 +98,30 @@ impl fmt::Debug for BlockingJob {
 pub trait RuntimeKind: Sized + 'static {
     /// The hub type [`HubBuilder::build`](super::HubBuilder::build) returns.
     type Hub: From<HubCore>;
+    /// How this kind's hubs spawn their async handlers.
+    type Spawner: Spawner;
     /// Makes the runtime for one hub (tokio: a handle on the current runtime).
     fn runtime(settings: &Settings) -> Result<Arc<dyn Runtime>>;
+    /// The spawner for a hub whose runtime [`runtime`](Self::runtime) made.
+    fn spawner(runtime: &Arc<dyn Runtime>) -> Self::Spawner;
+}
+
+/// Spawns a hub's async handlers with their futures' own types: a call's task is then one
+/// allocation, where a [`BoxFuture`] handed to [`Runtime::spawn`] costs two (the box, then the
+/// runtime's task around it). Each kind of hub has one ([`RuntimeKind::Spawner`]).
+pub trait Spawner: Clone + Send + Sync + 'static {
+    /// Spawns `task` on the hub's runtime. Called on the thread that delivered the request, with
+    /// no engine lock held; must not block.
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F);
+}
+
+/// The spawner of a runtime known only as a [`Runtime`]: each task is boxed and handed to
+/// [`Runtime::spawn`].
+#[derive(Clone, Debug)]
+pub struct BoxingSpawner(pub Arc<dyn Runtime>);
+
+impl Spawner for BoxingSpawner {
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
+        self.0.spawn(Box::pin(task));
+    }
 }

@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 
 use super::asynchronous::{AsyncHub, StreamSink};
 use super::core::HubCore;
+use super::runtime::{RuntimeKind, Spawner};
 use crate::engine::{ItemReceiver, ItemSink, PendingCall};
 use crate::error::{Error, Result};
 
@@ -36,20 +37,32 @@ pub trait Service: Send + 'static {
     /// The name its methods are served under (`name.method`).
     fn name(&self) -> &str;
     /// Registers every method of the service on `hub` and announces the service.
-    fn register(self, hub: &HubCore) -> Result<()>;
+    fn register<H: HasCore>(self, hub: &H) -> Result<()>;
 }
 
-/// A hub that generated clients can use: every hub type implements it. Its method is for
+/// A hub that generated code can use: every hub type implements it. Its items are for
 /// generated code, not part of the API.
 pub trait HasCore: Clone + Send + Sync + 'static {
+    /// How the hub spawns async handlers.
+    #[doc(hidden)]
+    type Spawner: Spawner;
     /// The hub's core.
     #[doc(hidden)]
     fn core(&self) -> &HubCore;
+    /// The hub's spawner for async handlers.
+    #[doc(hidden)]
+    fn spawner(&self) -> Self::Spawner;
 }
 
-impl<K: 'static> HasCore for AsyncHub<K> {
+impl<K: RuntimeKind> HasCore for AsyncHub<K> {
+    type Spawner = K::Spawner;
+
     fn core(&self) -> &HubCore {
         &self.core
+    }
+
+    fn spawner(&self) -> K::Spawner {
+        K::spawner(self.core.runtime())
     }
 }
 
