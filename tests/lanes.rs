@@ -43,11 +43,15 @@ fn child_entry() {
     let stall = std::env::var("HSIPC_LANE_STALL_MS").ok();
     let no_pools = std::env::var("HSIPC_NO_LANE_POOLS").is_ok();
     let max_in = std::env::var("HSIPC_MAX_IN_LANES").ok();
-    if idle.is_some() || stall.is_some() || no_pools || max_in.is_some() {
+    let max_out = std::env::var("HSIPC_MAX_OUT_LANES").ok();
+    if idle.is_some() || stall.is_some() || no_pools || max_in.is_some() || max_out.is_some() {
         let mut cfg = hsipc::transport::ipmb::IpmbConfig::new(env("HSIPC_BUS"));
         cfg.lane_pools = !no_pools;
         if let Some(n) = max_in {
             cfg.max_incoming_lanes = n.parse().unwrap();
+        }
+        if let Some(n) = max_out {
+            cfg.max_lanes = n.parse().unwrap();
         }
         if let Some(ms) = idle {
             cfg.lane_idle_timeout = Duration::from_millis(ms.parse().unwrap());
@@ -62,6 +66,9 @@ fn child_entry() {
         "bystander" => {}
         "server" => {
             hub.serve("calc.add", |(a, b): (i64, i64)| Ok::<_, String>(a + b)).unwrap();
+            if let Ok(svc) = std::env::var("HSIPC_SVC") {
+                hub.serve(&format!("{svc}.add"), |(a, b): (i64, i64)| Ok::<_, String>(a + b)).unwrap();
+            }
             hub.serve("calc.echo", |v: Vec<u8>| Ok::<_, String>(v)).unwrap();
             hub.serve("calc.echo_bytes", |v: bytes::Bytes| Ok::<_, String>(v)).unwrap();
             // Where a large request was read: in the client's pool, a sealed memfd, or memory.
@@ -92,6 +99,7 @@ fn child_entry() {
                 report(format!("WHERE {}", hub.call::<_, String>("calc.where", big).unwrap()));
             }
             "again" => again(&hub),
+            cmd if cmd.starts_with("add ") => add(&hub, &cmd[4..]),
             "flood" => flood(&hub),
             "recover" => recover(&hub),
             "quit" => break,
@@ -350,6 +358,19 @@ fn again(hub: &ProcessHub) {
     report(format!("AGAIN {}", results.join(",")));
 }
 
+/// Calls `svc.add` a few times; reports how they went.
+fn add(hub: &ProcessHub, svc: &str) {
+    hub.wait_for_service(svc, LONG).unwrap();
+    let results: Vec<String> = (0..20)
+        .map(|i| match hub.call_timeout::<_, i64>(&format!("{svc}.add"), (i, i), Duration::from_secs(5)) {
+            Ok(v) if v == 2 * i => "ok".to_string(),
+            Ok(v) => format!("wrong:{v}"),
+            Err(e) => kind(&e).to_string(),
+        })
+        .collect();
+    report(format!("ADDED {}", results.join(",")));
+}
+
 #[test]
 fn calls_move_to_a_lane_keep_their_order_and_outlive_the_bus_controller() {
     let bus = unique_bus("lanes");
@@ -398,6 +419,50 @@ fn a_lane_beyond_the_most_is_declined_and_its_peer_goes_through_the_bus() {
     server.send("quit");
     first.send("quit");
     second.send("quit");
+}
+
+/// A hub that has opened its most lanes reaches further peers through the bus: its calls to
+/// them go on, and no more of them read a lane from it. (Hubs open lanes to each other as they
+/// meet: the two servers read one from each other, and one of them reads the caller's.)
+#[test]
+fn a_hub_at_its_most_lanes_reaches_further_peers_through_the_bus() {
+    let bus = unique_bus("most-out");
+    let mut first = Peer::ready("server", &bus, "first", &[("HSIPC_SVC", "first")]);
+    let mut second = Peer::ready("server", &bus, "second", &[("HSIPC_SVC", "second")]);
+    let mut caller = Peer::ready("caller", &bus, "caller", &[("HSIPC_MAX_OUT_LANES", "1")]);
+    let calls = |caller: &mut Peer| {
+        for svc in ["first", "second", "first", "second"] {
+            caller.send(&format!("add {svc}"));
+            let added = caller.expect("ADDED", LONG);
+            assert!(added.split(',').all(|r| r == "ok"), "calls to {svc}: {added}");
+        }
+    };
+    // Lanes the two servers read: one from each other, and the caller's one.
+    let read_by_servers = |first: &mut Peer, second: &mut Peer| {
+        let deadline = std::time::Instant::now() + LONG;
+        loop {
+            let n: Vec<usize> = [&mut *first, &mut *second]
+                .into_iter()
+                .map(|p| {
+                    p.send("lanes");
+                    p.expect("LANES", LONG).parse().unwrap()
+                })
+                .collect();
+            if n.iter().sum::<usize>() >= 3 || std::time::Instant::now() >= deadline {
+                return n;
+            }
+        }
+    };
+    calls(&mut caller);
+    let n = read_by_servers(&mut first, &mut second);
+    assert_eq!(n.iter().sum::<usize>(), 3, "lanes read by the servers: {n:?}");
+    // A lane beyond its most would have been offered with the first call to its server.
+    calls(&mut caller);
+    let n = read_by_servers(&mut first, &mut second);
+    assert_eq!(n.iter().sum::<usize>(), 3, "lanes read by the servers after more calls: {n:?}");
+    first.send("quit");
+    second.send("quit");
+    caller.send("quit");
 }
 
 /// A hub that refuses shared pools gets large frames in memfds sealed against writes.
