@@ -61,11 +61,21 @@ fn child_entry() {
         }
         builder = builder.transport(hsipc::transport::ipmb::IpmbBus::new(cfg).connector());
     }
+    if let Ok(ms) = std::env::var("HSIPC_HEARTBEAT_MS") {
+        let ms: u64 = ms.parse().unwrap();
+        builder = builder.heartbeat(Duration::from_millis(ms), Duration::from_millis(ms * 6));
+    }
     let hub = builder.build().unwrap();
     match role.as_str() {
         "bystander" => {}
         "server" => {
             hub.serve("calc.add", |(a, b): (i64, i64)| Ok::<_, String>(a + b)).unwrap();
+            hub.serve("calc.sleep", |ms: u64| {
+                report("SLEEPING");
+                std::thread::sleep(Duration::from_millis(ms));
+                Ok::<_, String>(ms)
+            })
+            .unwrap();
             if let Ok(svc) = std::env::var("HSIPC_SVC") {
                 hub.serve(&format!("{svc}.add"), |(a, b): (i64, i64)| Ok::<_, String>(a + b)).unwrap();
             }
@@ -100,6 +110,14 @@ fn child_entry() {
             }
             "again" => again(&hub),
             cmd if cmd.starts_with("add ") => add(&hub, &cmd[4..]),
+            "sleep" => {
+                let r = hub.call_timeout::<_, u64>("calc.sleep", 120_000u64, Duration::from_secs(120));
+                report(format!("SLEPT {}", r.map_or_else(|e| kind(&e).to_string(), |v| v.to_string())));
+            }
+            "sever" => {
+                sever();
+                report("SEVERED");
+            }
             "flood" => flood(&hub),
             "recover" => recover(&hub),
             "quit" => break,
@@ -107,6 +125,20 @@ fn child_entry() {
         }
     }
     hub.close();
+}
+
+/// Shuts down both directions of every socket of this process (its lanes and its bus
+/// connections) without closing any fd or exiting: its peers see the ends of its lanes while
+/// its process lives on (no pidfd fires) and sends nothing more (no goodbye, no heartbeat).
+fn sever() {
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let is_socket = std::fs::read_link(entry.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        if fd > 2 && is_socket {
+            // SAFETY: shutdown takes any fd; on a socket it ends both directions, nothing more.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+    }
 }
 
 /// Threads that read a lane in this process.
@@ -462,6 +494,35 @@ fn a_hub_at_its_most_lanes_reaches_further_peers_through_the_bus() {
     assert_eq!(n.iter().sum::<usize>(), 3, "lanes read by the servers after more calls: {n:?}");
     first.send("quit");
     second.send("quit");
+    caller.send("quit");
+}
+
+/// The end of a peer's lane is taken for its death at once: a call in flight to a server whose
+/// lanes end while its process lives on (so its process id says nothing) fails with `PeerLost`
+/// well before the caller's next heartbeat (20 s apart; writing it into the lane would find the
+/// end too), its peer timeout (six heartbeats), its lanes' stall timeout (60 s) or the call's
+/// (120 s).
+#[test]
+fn the_end_of_a_peers_lane_is_its_death_seen_at_once() {
+    let bus = unique_bus("lane-end");
+    let slow_heartbeat = ("HSIPC_HEARTBEAT_MS", "20000");
+    let _controller = Peer::ready("bystander", &bus, "controller", &[slow_heartbeat]);
+    let mut server = Peer::ready("server", &bus, "server", &[slow_heartbeat]);
+    // A lane that stays full is cut off after its stall timeout: far beyond the bound here.
+    let mut caller = Peer::ready("caller", &bus, "caller", &[slow_heartbeat, ("HSIPC_LANE_STALL_MS", "60000")]);
+    caller.send("again"); // the lanes both ways are open
+    let again = caller.expect("AGAIN", LONG);
+    assert!(again.split(',').all(|r| r == "ok"), "calls before: {again}");
+    caller.send("sleep");
+    server.expect("SLEEPING", LONG);
+    let severed = std::time::Instant::now();
+    server.send("sever");
+    server.expect("SEVERED", LONG);
+    let slept = caller.expect("SLEPT", LONG);
+    let after = severed.elapsed();
+    eprintln!("the caller took the server for gone {after:?} after its lanes ended");
+    assert_eq!(slept, "peer_lost");
+    assert!(after < Duration::from_secs(10), "the caller learned of the end after {after:?}");
     caller.send("quit");
 }
 
