@@ -19,6 +19,8 @@ fn child_entry() {
     match role.as_str() {
         "burst_subscriber" => return burst_subscriber(),
         "burst_publisher" => return burst_publisher(),
+        "switching_subscriber" => return switching_subscriber(),
+        "switching_publisher" => return switching_publisher(),
         #[cfg(all(feature = "tokio", feature = "smol"))]
         "async_pair" => return async_pair(),
         "held_reader" => return held_reader(),
@@ -526,6 +528,20 @@ fn the_end_of_a_peers_lane_is_its_death_seen_at_once() {
     caller.send("quit");
 }
 
+/// Order is kept across every switch of lanes: a publisher whose lane closes in each pause of
+/// its bursts (and a new one opens with the next) delivers every event, in order.
+#[test]
+fn events_keep_their_order_across_switches_to_new_lanes() {
+    let bus = unique_bus("switching");
+    let mut subscriber = Peer::ready("switching_subscriber", &bus, "subscriber", &[]);
+    let _publisher = Peer::ready("switching_publisher", &bus, "publisher", &[]);
+    let got = subscriber.expect("GOT", LONG);
+    eprintln!("{got}");
+    let (head, lanes) = got.rsplit_once(" lanes=").unwrap();
+    assert_eq!(head, format!("{SWITCHED_EVENTS} missed=0 in_order=true"));
+    assert!(lanes.parse::<usize>().unwrap() > 1, "the events never switched lanes: {got}");
+}
+
 /// A hub that refuses shared pools gets large frames in memfds sealed against writes.
 #[test]
 fn a_hub_that_refuses_shared_pools_gets_large_frames_sealed() {
@@ -670,6 +686,70 @@ fn burst_publisher() {
     report("READY");
     for i in 0..20_000u32 {
         hub.publish("burst/n", i).unwrap();
+    }
+    report("PUBLISHED");
+    while command().is_some() {}
+}
+
+/// Events a switching publisher sends.
+const SWITCHED_EVENTS: u32 = 20_000;
+
+/// Reads the switching publisher's events: whether they came complete and in order, and how
+/// many lanes carried them (each lane from a blocking hub has a reading thread of its own).
+fn switching_subscriber() {
+    let hub = ProcessHub::builder(&env("HSIPC_NAME")).build().unwrap();
+    let events = hub.subscribe::<u32>("switch/#").unwrap();
+    report("READY");
+    let mut lanes = std::collections::HashSet::new();
+    let (mut count, mut missed, mut in_order) = (0u32, 0u64, true);
+    for event in events {
+        let event = event.unwrap();
+        missed += event.missed;
+        in_order &= event.payload == count;
+        count += 1;
+        if count % 100 == 0 {
+            lanes.extend(lane_thread_ids());
+        }
+        if event.payload == SWITCHED_EVENTS - 1 {
+            break;
+        }
+    }
+    report(format!("GOT {count} missed={missed} in_order={in_order} lanes={}", lanes.len()));
+    while command().is_some() {}
+}
+
+/// The ids of the threads reading a lane in this process.
+fn lane_thread_ids() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            name.starts_with("hsipc-lane").then(|| t.file_name().to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// Publishes numbered events in bursts with pauses longer than its lanes' idle timeout: each
+/// pause closes the lane (its last events may still be in it), and the next burst goes through
+/// a new lane, offered over the bus after the old one's closing notice: the subscriber must read
+/// the old lane to its end before it takes anything from the new one.
+fn switching_publisher() {
+    let mut cfg = hsipc::transport::ipmb::IpmbConfig::new(env("HSIPC_BUS"));
+    cfg.lane_idle_timeout = Duration::from_millis(2);
+    // The writer closes idle lanes when it wakes, as for a heartbeat: every 10 ms here.
+    let hub = ProcessHub::builder(&env("HSIPC_NAME"))
+        .transport(hsipc::transport::ipmb::IpmbBus::new(cfg).connector())
+        .heartbeat(Duration::from_millis(10), Duration::from_secs(10))
+        .build()
+        .unwrap();
+    hub.wait_for_subscriber("switch/n", LONG).unwrap();
+    report("READY");
+    for i in 0..SWITCHED_EVENTS {
+        hub.publish("switch/n", i).unwrap();
+        if i % 1000 == 999 {
+            std::thread::sleep(Duration::from_millis(40)); // idle: the lane closes
+        }
     }
     report("PUBLISHED");
     while command().is_some() {}
