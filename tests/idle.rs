@@ -24,6 +24,14 @@ const WINDOW: Duration = Duration::from_secs(3);
 const WAKES_PER_SECOND_PER_HUB: f64 = 2.5;
 const SLACK: u64 = 6;
 
+/// Held by each test for its whole run: the threads counted are the process's, and `cargo test`
+/// runs the tests of a file on threads of one process (nextest runs each in its own).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The id of the calling thread.
 fn own_tid() -> String {
     // SAFETY: gettid takes no arguments and cannot fail.
@@ -73,6 +81,7 @@ fn assert_idle(kind: &str) {
 
 #[test]
 fn two_idle_blocking_hubs_sleep() {
+    let _alone = alone();
     let bus = common::unique_bus("idle-blocking");
     let build = |name: &str| {
         hsipc::blocking::ProcessHub::builder(name).bus(&bus).heartbeat(HEARTBEAT, PEER_TIMEOUT).build().expect("hub")
@@ -88,6 +97,7 @@ fn two_idle_blocking_hubs_sleep() {
 
 #[test]
 fn two_idle_tokio_hubs_sleep() {
+    let _alone = alone();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let bus = common::unique_bus("idle-tokio");
     let (a, b) = rt.block_on(async {
@@ -109,6 +119,7 @@ fn two_idle_tokio_hubs_sleep() {
 
 #[test]
 fn two_idle_smol_hubs_sleep() {
+    let _alone = alone();
     let bus = common::unique_bus("idle-smol");
     let (a, b) = smol::block_on(async {
         let build = |name: &str| {
@@ -125,4 +136,28 @@ fn two_idle_smol_hubs_sleep() {
         a.close().await;
         b.close().await;
     });
+}
+
+/// A hub's close does not wait out its bus reader's one-second fallback: its goodbye comes back
+/// to its reader, which then looks for the close's stop often. So `close` returns well before
+/// that second, the hub has left the bus and its name is free, even on a bus where nothing else
+/// would wake the reader (no peer, heartbeats far apart).
+#[test]
+fn a_closed_hub_has_left_its_quiet_bus_when_close_returns() {
+    let _alone = alone();
+    let bus = common::unique_bus("idle-close");
+    for round in 0..10 {
+        let hub = hsipc::blocking::ProcessHub::builder("alone")
+            .bus(&bus)
+            .heartbeat(HEARTBEAT, PEER_TIMEOUT)
+            .build()
+            .unwrap_or_else(|e| panic!("round {round}: the name was still taken: {e}"));
+        let start = Instant::now();
+        hub.close();
+        let took = start.elapsed();
+        eprintln!("round {round}: close took {took:?}");
+        // Well before the reader's fallback (1 s), which a close used to wait out about one
+        // time in ten when its reader took the goodbye before the stop flag was set.
+        assert!(took < Duration::from_millis(500), "round {round}: close took {took:?}");
+    }
 }

@@ -24,8 +24,10 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     /// This runtime as `Any`, for its kind's [`RuntimeKind::spawner`] to find its own type.
     fn as_any(&self) -> &dyn std::any::Any;
-    /// Spawns an async handler as a task. Called with no engine lock held, on the thread that
-    /// delivered the request; must not block.
+    /// Spawns a boxed future as a task. Called with no engine lock held, on the thread that
+    /// delivered the request; must not block. Async handlers reach it only through a
+    /// [`BoxingSpawner`] (the blocking hub's); the tokio and smol hubs spawn theirs with their
+    /// own [`Spawner`], unboxed.
     fn spawn(&self, task: BoxFuture);
     /// Runs a blocking handler where blocking is allowed (a worker thread), by calling
     /// [`BlockingJob::run`] there. Must not block the caller. The job is handed over unboxed:

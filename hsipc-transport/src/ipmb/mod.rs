@@ -11,11 +11,13 @@
 //!   `MemoryRegion` (one copy in, one copy out), up to [`IpmbConfig::max_message_len`]; above
 //!   that the send is refused with [`TransportError::TooLarge`] before ipmb sees it.
 //! - **`recv` cannot be woken, and a `send` can wait for a blocked `recv`.** The reader thread
-//!   calls `recv` with a timeout (1 s), never ends on one, and takes its periodic work (the
-//!   close-on-exec sweep, messages held for a lane's end) from whatever wakes it. Our own
-//!   goodbye (a multicast that also reaches us) wakes it at once on close; the timeout bounds
-//!   the wait only when no goodbye can go, and how long a `send` that must rejoin the bus
-//!   after the controller died waits for the reader to let go of ipmb's lock.
+//!   calls `recv` with a timeout (1 s) and never ends on one; the close-on-exec sweep (due
+//!   every second) rides on whatever wakes it, and while messages are held for a lane's end it
+//!   waits 2 ms at a time. Our own goodbye (a multicast that also reaches us) comes back as the
+//!   hub closes: from then on the reader waits 5 ms at a time, so it sees the close's stop flag
+//!   (set just after the goodbye went) at once. The timeout bounds the wait only when no
+//!   goodbye can go, and how long a `send` that must rejoin the bus after the controller died
+//!   waits for the reader to let go of ipmb's lock.
 //! - **One slow reader stalls the whole bus.** The reader hands each frame to the engine,
 //!   which never waits for the application: responses go to callers, requests to handlers,
 //!   events to bounded subscription queues (whose overflow is counted), so the socket is
@@ -86,9 +88,9 @@ pub struct IpmbConfig {
     /// Default 32 MiB.
     pub max_message_len: usize,
     /// How long the bus reader waits for a message before it looks whether the hub is closing.
-    /// A closing hub's goodbye reaches its own reader and wakes it at once; this bounds the wait
-    /// only when the goodbye cannot go (a broken bus). An idle hub's reader wakes this often
-    /// beside its peers' heartbeats. Default 1 s.
+    /// A closing hub's goodbye comes back to its own reader, which then looks often; this bounds
+    /// the wait only when the goodbye cannot go (a broken bus). An idle hub's reader wakes this
+    /// often beside its peers' heartbeats. Default 1 s.
     pub recv_timeout: Duration,
     /// How long joining the bus may take. Default 5 s.
     pub join_timeout: Duration,
@@ -616,7 +618,8 @@ impl Transport for IpmbTransport {
             lane::shut(&fd);
         }
         if let Some(reader) = self.reader.take() {
-            // The reader wakes within one recv timeout (at once if our goodbye reached it).
+            // The reader sees `stop` within a few ms once our goodbye came back to it, else within
+            // one recv timeout.
             // It is never joined from itself (if it held the engine's last reference).
             if reader.thread().id() != std::thread::current().id() {
                 let _ = reader.join();

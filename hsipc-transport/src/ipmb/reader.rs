@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use proto::PeerId;
+use proto::frame::{Frame, FrameKind};
 
 use super::envelope::Received;
 use super::lane::Takes;
@@ -135,6 +136,10 @@ const MAX_HELD_BYTES: usize = 16 << 20;
 const MAX_HELD_LANES: usize = 16;
 /// How often the bus reader looks whether a lane it waits for has ended.
 const HELD_POLL: Duration = Duration::from_millis(2);
+/// After its own goodbye came back, how often the bus reader looks whether its hub's close
+/// has stopped it (the close sets the flag just after the goodbye went), and for how long.
+const CLOSING_POLL: Duration = Duration::from_millis(5);
+const CLOSING_WATCH: Duration = Duration::from_secs(2);
 
 /// One peer's messages held back: a lane offer or a closed lane's notice that waits for the
 /// peer's previous lane to be read to its end (its last frames go first), and every message
@@ -183,6 +188,8 @@ struct BusReader {
     /// a new lane, from its peer waits for that, so that the lane's last frames go first).
     lane_ends: std::collections::HashMap<PeerId, flume::Receiver<()>>,
     held: std::collections::HashMap<PeerId, Held>,
+    /// Until when the reader looks for its stop flag often: its own goodbye came back.
+    closing_until: Option<Instant>,
 }
 
 impl BusReader {
@@ -207,6 +214,7 @@ impl BusReader {
             lanes_accepted: 0,
             lane_ends: Default::default(),
             held: Default::default(),
+            closing_until: None,
         }
     }
 
@@ -215,8 +223,11 @@ impl BusReader {
         self.held.values().fold((0, 0), |(bytes, lanes), h| (bytes + h.bytes, lanes + h.lanes))
     }
 
-    /// How long the next `recv` may wait: briefly while a lane's end is awaited.
+    /// How long the next `recv` may wait: briefly while a lane's end is awaited, or while this
+    /// hub closes.
     fn recv_timeout(&self, timeout: Duration) -> Duration {
+        let closing = self.closing_until.is_some_and(|until| Instant::now() < until);
+        let timeout = if closing { timeout.min(CLOSING_POLL) } else { timeout };
         if self.held.is_empty() { timeout } else { timeout.min(HELD_POLL) }
     }
 
@@ -299,9 +310,17 @@ impl BusReader {
     /// Handles a message that waits for nothing. `false` once the engine is gone.
     fn handle(&mut self, msg: Received) -> bool {
         match msg {
-            Received::Frame(from, _)
-                if from == self.local || self.laned.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&from) =>
-            {
+            // Our own multicast, back. Our goodbye means the hub is closing: the close stops this
+            // reader just after it went, so look for that often for a while (a peer that forges
+            // our goodbye costs this reader a few hundred short waits, nothing more).
+            Received::Frame(from, bytes) if from == self.local => {
+                let goodbye = Frame::decode(bytes, self.max_len).is_ok_and(|f| f.kind == FrameKind::Goodbye);
+                if goodbye {
+                    self.closing_until = Some(Instant::now() + CLOSING_WATCH);
+                }
+                true
+            }
+            Received::Frame(from, _) if self.laned.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&from) => {
                 true
             }
             Received::Frame(from, bytes) => self.ingress.deliver(from, bytes),
