@@ -41,6 +41,9 @@ const LEAST_MESSAGE: usize = 512;
 pub(super) struct How {
     way: Way,
     marked: bool,
+    /// The ring's memfds, handed to the reader before this frame (the first frame after the
+    /// ring was made while frames waited in the lane; see [`LargeFrames::prepare_behind`]).
+    ring_offer: Option<[OwnedFd; 2]>,
 }
 
 /// The way a frame goes.
@@ -63,7 +66,8 @@ impl How {
     /// How many parts `frame` takes this way (as far as it is decided): its mark, then its lane
     /// messages (or its ring record).
     pub(super) fn parts(&self, frame: &WireFrame) -> usize {
-        usize::from(self.marked)
+        usize::from(self.ring_offer.is_some())
+            + usize::from(self.marked)
             + match &self.way {
                 Way::Ring | Way::SealLater | Way::Sealed(_) => 1,
                 Way::Chunks => lane::chunk_count(frame),
@@ -91,33 +95,38 @@ pub(super) struct LargeFrames {
     /// The last write stopped at a full ring (wait for the reader to say it made room, not for
     /// room in the socket).
     ring_full: bool,
-    /// Frames that found nothing waiting in the lane while it had no ring (saturating): the first
-    /// [`LOOKS`] look for what the reader said, and the ring comes after [`RING_AFTER`].
-    frames: u8,
+    /// Frames prepared while the lane had no ring (saturating): the first [`LOOKS`] look for
+    /// what the reader said, then one in [`LATER_LOOKS`], and the ring comes after
+    /// [`RING_AFTER`].
+    frames: u32,
     /// A ring made but not handed over yet (the socket had no room), with the memfds to hand
     /// over: handed over next time.
     unsent_ring: Option<(RingWriter, [OwnedFd; 2])>,
+    /// A ring made while frames waited: its memfds, for the next frame to hand over ahead of
+    /// itself (see [`prepare_behind`](Self::prepare_behind)).
+    ring_offer: Option<[OwnedFd; 2]>,
 }
 
-/// Frames that look for what a lane's reader takes, at most, until it has said it (a reader of
-/// an earlier version never does; each look is a system call).
-const LOOKS: u8 = 64;
+/// Frames that look for what a lane's reader takes, until it has said it (a reader of an earlier
+/// version never does; each look is a system call).
+const LOOKS: u32 = 64;
+/// Past the first [`LOOKS`], one frame in this many looks again, whether or not frames wait in
+/// the lane: a reader that answered late (its thread first ran after a burst of frames, on a busy
+/// CPU) still gets its ring (behind the frames that wait: see
+/// [`prepare_behind`](LargeFrames::prepare_behind)). Such a lane used to go without one for its
+/// whole life.
+const LATER_LOOKS: u32 = 256;
 /// Frames a lane carries through the socket before it gets a ring: a lane that carries a call or
 /// two does not pay for one.
-const RING_AFTER: u8 = 16;
+const RING_AFTER: u32 = 16;
 
 impl LargeFrames {
-    /// Before a frame is written with nothing waiting ahead of it: learns what the reader
-    /// takes (if it has not said yet), and hands it the ring if it takes one. The ring's message
-    /// goes through the socket in order: from it on, the ring holds the lane's order.
+    /// Before a frame is written with nothing waiting ahead of it: hands the reader the ring if
+    /// it takes one (see [`prepare`](Self::prepare) for how the writer learns that). The ring's
+    /// message goes through the socket in order: from it on, the ring holds the lane's order.
     pub(super) fn prepare_lane(&mut self, lane_fd: &OwnedFd) -> io::Result<()> {
         if self.ring.is_some() {
             return Ok(());
-        }
-        self.frames = self.frames.saturating_add(1);
-        if !self.heard() && self.frames <= LOOKS {
-            // A reader that is gone shows in the next write.
-            let _ = self.read_back(lane_fd);
         }
         if self.takes != Takes::Ring || self.no_ring || self.frames < RING_AFTER {
             return Ok(());
@@ -140,15 +149,44 @@ impl LargeFrames {
         Ok(())
     }
 
+    /// Before a frame is queued behind others: makes the ring if the reader takes one, for the
+    /// next frame to hand over ahead of itself, in order (behind the frames that wait, which go
+    /// through the socket without it). A lane busy from its start (a burst that keeps more
+    /// frames waiting than its socket holds, on a busy CPU) would otherwise never have nothing
+    /// waiting, and go without a ring for as long as the burst lasts.
+    pub(super) fn prepare_behind(&mut self) {
+        if self.ring.is_some() || self.takes != Takes::Ring || self.no_ring || self.frames < RING_AFTER {
+            return;
+        }
+        match self.unsent_ring.take().map_or_else(RingWriter::new, Ok) {
+            Ok((ring, memfds)) => {
+                self.ring = Some(ring);
+                self.ring_offer = Some(memfds);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot make a lane ring; small frames go through the socket");
+                self.no_ring = true;
+            }
+        }
+    }
+
     /// Decides how `frame` goes (and copies it into the pool, if that is the way).
     pub(super) fn prepare(&mut self, lane_fd: &OwnedFd, frame: &WireFrame) -> How {
+        if self.ring.is_none() {
+            self.frames = self.frames.saturating_add(1);
+            if !self.heard() && (self.frames <= LOOKS || self.frames % LATER_LOOKS == 0) {
+                // Learns what the reader takes. A reader that is gone shows in the next write.
+                let _ = self.read_back(lane_fd);
+            }
+        }
         // Once there is a ring, a frame goes into it, or through the socket with its mark.
         let ring = self.ring.is_some();
+        let ring_offer = self.ring_offer.take();
         if ring && frame.len() <= ring::RING_FRAME_MAX {
-            return How { way: Way::Ring, marked: false };
+            return How { way: Way::Ring, marked: false, ring_offer };
         }
         let way = if frame.len() < pool::POOLED_MIN { Way::Chunks } else { self.large(lane_fd, frame) };
-        How { way, marked: ring }
+        How { way, marked: ring, ring_offer }
     }
 
     fn large(&mut self, lane_fd: &OwnedFd, frame: &WireFrame) -> Way {
@@ -243,6 +281,36 @@ impl LargeFrames {
         from: usize,
     ) -> io::Result<usize> {
         self.ring_full = false;
+        if let Some([data, control]) = &how.ring_offer {
+            // The ring's message first (part 0), in the lane's order: the reader reads the ring
+            // from it on. The memfds close with `how`, once the frame is written.
+            if from == 0 {
+                match lane::write_ring(lane_fd, [data, control], ring::RING_SIZE) {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(0), // no room in the socket now
+                    Err(e) if too_many_fds(&e) => {
+                        // The ring cannot be handed over: this frame and those behind it go
+                        // through the socket, as before it was made (nothing of it is written).
+                        (self.ring, self.no_ring, how.ring_offer) = (None, true, None);
+                        return self.write(lane_fd, frame, how, 0);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut rest =
+                How { way: std::mem::replace(&mut how.way, Way::Chunks), marked: how.marked, ring_offer: None };
+            let written = self.write(lane_fd, frame, &mut rest, from.saturating_sub(1));
+            how.way = rest.way;
+            return Ok(1 + written?);
+        }
+        if self.ring.is_none() && (how.marked || matches!(how.way, Way::Ring)) {
+            // Prepared for a ring that could not be handed over (above); nothing of it written.
+            debug_assert_eq!(from, 0);
+            how.marked = false;
+            if let Way::Ring = how.way {
+                how.way = Way::Chunks;
+            }
+        }
         if let Way::Ring = how.way {
             let Some(ring) = &mut self.ring else { unreachable!("a frame goes into a ring only once there is one") };
             let went = put_and_wake(ring, lane_fd, |ring| ring.put_frame(frame.pieces().get()))?;

@@ -572,6 +572,8 @@ impl OutLane {
     fn push(&mut self, frame: &WireFrame) -> io::Result<()> {
         if self.waiting.is_empty() {
             self.large.prepare_lane(&self.fd)?;
+        } else {
+            self.large.prepare_behind();
         }
         let mut how = self.large.prepare(&self.fd, frame);
         if self.waiting.is_empty() {
@@ -640,6 +642,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::super::pool::{self, RecvPool};
+    use super::super::ring;
     use super::super::sealed;
     use super::*;
 
@@ -855,6 +858,73 @@ mod tests {
         let failed = lanes.flush();
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].1.kind(), io::ErrorKind::TimedOut);
+    }
+
+    /// A lane whose reader says it takes a ring only once frames already wait (its thread ran
+    /// late) gets the ring behind them, while frames still wait, not at a moment with nothing
+    /// waiting (which a steady burst never has): the socket brings the frames that waited, then
+    /// the ring, and the ring the rest, every frame once and in order.
+    #[test]
+    fn a_ring_is_handed_over_behind_frames_that_wait() {
+        let (mut lanes, peer, theirs) = one_lane();
+        let frame = |i: u32| {
+            let mut bytes = vec![0u8; 4096];
+            bytes[..4].copy_from_slice(&i.to_le_bytes());
+            WireFrame::from(Bytes::from(bytes))
+        };
+        let n = 3000u32;
+        // Far more than the socket holds: frames wait from early on, and the reader (nobody
+        // reads yet) has said nothing.
+        for i in 0..300 {
+            lanes.write(peer, &frame(i)).unwrap();
+        }
+        assert!(lanes.waiting().is_some(), "frames wait");
+        lane::say(&theirs, lane::Takes::Ring);
+        for i in 300..n {
+            lanes.write(peer, &frame(i)).unwrap();
+        }
+        // Read: chunks from the socket until the ring comes, then the ring (and the socket when
+        // the ring marks a frame there; these frames never need it).
+        let (mut got, mut through_socket) = (Vec::new(), 0);
+        let (mut buf, mut chunk) = (vec![0u8; lane::CHUNK + 1], Vec::new());
+        let mut ring: Option<ring::RingReader> = None;
+        let mut out = bytes::BytesMut::new();
+        let first = |b: &[u8]| u32::from_le_bytes(b[..4].try_into().unwrap());
+        while got.len() < n as usize {
+            assert!(lanes.flush().is_empty());
+            if let Some(r) = &mut ring {
+                loop {
+                    let (record, tell) = r.next(&mut out).unwrap();
+                    if tell {
+                        lane::say_space(&theirs);
+                    }
+                    match record {
+                        Some(ring::Record::Frame) => got.push(first(&out.split())),
+                        None => break,
+                        Some(other) => panic!("unexpected ring record {:?}", std::mem::discriminant(&other)),
+                    }
+                }
+                continue;
+            }
+            while let lane::Received::Message(len, passed) = lane::receive(&theirs, &mut buf, false) {
+                match buf[0] {
+                    lane::RING => {
+                        ring = Some(ring::RingReader::map(&passed[0], &passed[1]).unwrap());
+                        break;
+                    }
+                    flag => {
+                        chunk.extend_from_slice(&buf[1..len]);
+                        if flag == lane::LAST {
+                            got.push(first(&std::mem::take(&mut chunk)));
+                            through_socket += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(ring.is_some(), "no ring came");
+        assert!(through_socket < n - 1000, "the ring came only after {through_socket} frames");
+        assert_eq!(got, (0..n).collect::<Vec<u32>>(), "every frame once, in order");
     }
 
     /// A lane's reading end, for tests: frames as (how they came, length, first byte).
