@@ -181,35 +181,37 @@ fn echo_client(kind: &str) {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 let hub = hsipc::ProcessHub::builder("client").bus(&bus).build().unwrap();
-                hub.wait_for_service("bench", Duration::from_secs(10)).await.unwrap();
-                for _ in 0..200 {
-                    let _: Bytes = hub.call("bench.echo", &payload).await.unwrap();
-                }
-                let before = go();
-                for _ in 0..CALLS {
-                    let back: Bytes = hub.call("bench.echo", &payload).await.unwrap();
-                    assert_eq!(back.len(), 64);
-                }
-                done(before);
+                async_calls(&hub, &payload, go, done).await;
                 hub.close().await;
             });
         }
         "smol" => smol::block_on(async {
             let hub = hsipc::smol::ProcessHub::builder("client").bus(&bus).build().unwrap();
-            hub.wait_for_service("bench", Duration::from_secs(10)).await.unwrap();
-            for _ in 0..200 {
-                let _: Bytes = hub.call("bench.echo", &payload).await.unwrap();
-            }
-            let before = go();
-            for _ in 0..CALLS {
-                let back: Bytes = hub.call("bench.echo", &payload).await.unwrap();
-                assert_eq!(back.len(), 64);
-            }
-            done(before);
+            async_calls(&hub, &payload, go, done).await;
             hub.close().await;
         }),
         other => panic!("unknown hub kind {other}"),
     }
+}
+
+/// An async client's calls, on either runtime: warm-up, then [`CALLS`] counted ones between
+/// `go` and `done`.
+async fn async_calls<K: hsipc::transport::hub::RuntimeKind>(
+    hub: &hsipc::transport::hub::AsyncHub<K>,
+    payload: &Bytes,
+    go: impl Fn() -> u64,
+    done: impl Fn(u64),
+) {
+    hub.wait_for_service("bench", Duration::from_secs(10)).await.unwrap();
+    for _ in 0..200 {
+        let _: Bytes = hub.call("bench.echo", payload).await.unwrap();
+    }
+    let before = go();
+    for _ in 0..CALLS {
+        let back: Bytes = hub.call("bench.echo", payload).await.unwrap();
+        assert_eq!(back.len(), 64);
+    }
+    done(before);
 }
 
 /// Entry point of child processes; does nothing in the parent.
