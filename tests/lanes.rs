@@ -708,14 +708,19 @@ fn burst_publisher() {
     while command().is_some() {}
 }
 
-/// Pins this process to CPU 0 (both of a test's processes then share it, as on a busy machine).
-fn on_cpu_zero() {
-    // SAFETY: an all-zero cpu_set_t is valid; CPU_SET and sched_setaffinity only write it and
-    // this process's affinity.
+/// Pins this process to the first CPU it may run on (both of a test's processes then share it,
+/// as on a busy machine).
+fn on_one_cpu() {
+    // SAFETY: an all-zero cpu_set_t is valid; sched_getaffinity and sched_setaffinity only
+    // read and write it and this process's affinity, and CPU_ISSET/CPU_SET stay within it.
     unsafe {
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(libc::sched_getaffinity(0, size, &mut allowed), 0);
+        let first = (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &allowed)).unwrap();
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+        libc::CPU_SET(first, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size, &set), 0);
     }
 }
 
@@ -725,7 +730,7 @@ const COLD_EVENTS: u32 = 40_000;
 /// Reads a cold publisher's events: whether they came complete and in order, and whether the
 /// lane they came through had its ring halfway through (this process maps a ring read-only).
 fn cold_subscriber() {
-    on_cpu_zero();
+    on_one_cpu();
     let hub = ProcessHub::builder(&env("HSIPC_NAME")).build().unwrap();
     let events = hub.subscribe::<(u32, bytes::Bytes)>("cold/#").unwrap();
     report("READY");
@@ -754,7 +759,7 @@ fn cold_subscriber() {
 /// wait in the lane than its socket holds, from its first frames on, while the subscriber's
 /// reader has not yet said that it takes a ring.
 fn cold_publisher() {
-    on_cpu_zero();
+    on_one_cpu();
     let hub = ProcessHub::builder(&env("HSIPC_NAME")).build().unwrap();
     hub.wait_for_subscriber("cold/n", LONG).unwrap();
     report("READY");

@@ -890,7 +890,9 @@ mod tests {
         let mut ring: Option<ring::RingReader> = None;
         let mut out = bytes::BytesMut::new();
         let first = |b: &[u8]| u32::from_le_bytes(b[..4].try_into().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(60);
         while got.len() < n as usize {
+            assert!(Instant::now() < deadline, "{} of {n} frames came", got.len());
             assert!(lanes.flush().is_empty());
             if let Some(r) = &mut ring {
                 loop {
