@@ -10,6 +10,7 @@ use crate::topic::Topic;
 
 /// Input from the transport.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Input {
     /// A frame received from a peer.
     Frame {
@@ -30,6 +31,17 @@ pub enum Input {
     },
     /// The transport learned that a peer is gone (e.g. its process exited).
     PeerLost(PeerId),
+    /// The transport found that a peer broke the protocol beneath the frames: a malformed
+    /// message in the connection it reads from that peer alone (a transport's direct lane, say),
+    /// which it has dropped. The peer is cut off as a lost one is (it is known again from its
+    /// next announce), but what it had open fails with [`CallError::Protocol`]`(why)` rather
+    /// than [`CallError::PeerLost`]: the peer misbehaved, it did not die.
+    PeerBroke {
+        /// The peer.
+        peer: PeerId,
+        /// What it did, for the application's error: "its lane carried …".
+        why: &'static str,
+    },
 }
 
 /// Where a frame goes.
@@ -90,6 +102,7 @@ pub enum CancelReason {
 
 /// Why a peer left the directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LeaveReason {
     /// It said goodbye.
     Goodbye,
@@ -97,6 +110,9 @@ pub enum LeaveReason {
     Expired,
     /// The transport reported it gone ([`Input::PeerLost`]).
     Lost,
+    /// The transport found it broke the protocol beneath the frames ([`Input::PeerBroke`]),
+    /// and why.
+    Broke(&'static str),
 }
 
 /// Something the application should know. Events are past-tense facts.

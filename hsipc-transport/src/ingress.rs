@@ -75,4 +75,15 @@ impl Ingress {
     pub fn peer_lost(&self, peer: PeerId) -> bool {
         self.to_engine(|shared| shared.peer_lost(peer))
     }
+
+    /// Reports that a peer broke the transport's own protocol (a malformed message in a
+    /// connection only that peer writes: `why` says what, as "its lane carried …"), and that
+    /// the transport has dropped that connection. The peer is cut off as a lost one is, until
+    /// its next announce, but its open calls fail with
+    /// [`Error::Protocol`](crate::Error::Protocol) naming `why`, not with
+    /// [`Error::PeerLost`](crate::Error::PeerLost): it misbehaved, it did not die. Returns
+    /// false once the engine is gone.
+    pub fn peer_broke(&self, peer: PeerId, why: &'static str) -> bool {
+        self.to_engine(|shared| shared.peer_broke(peer, why))
+    }
 }

@@ -200,6 +200,7 @@ pub fn kind(e: &hsipc::Error) -> &'static str {
         Closed => "closed",
         Cancelled => "cancelled",
         Transport(_) => "transport",
+        Protocol(_) => "protocol",
         _ => "other",
     }
 }

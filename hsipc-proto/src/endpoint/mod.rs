@@ -59,6 +59,9 @@ pub struct Stats {
     /// Credited events received beyond the window granted to their publisher (delivered
     /// anyway; the two sides' accounts had drifted apart).
     pub credit_overruns: u64,
+    /// Peers cut off because the transport found they broke the protocol beneath the frames
+    /// ([`Input::PeerBroke`]).
+    pub peers_broke: u64,
 }
 
 /// A call this endpoint made.
@@ -211,6 +214,13 @@ impl Endpoint {
             Input::PeerLost(peer) => {
                 if peer != self.local {
                     self.peer_gone(peer, LeaveReason::Lost);
+                }
+                Ok(())
+            }
+            Input::PeerBroke { peer, why } => {
+                if peer != self.local {
+                    self.stats.peers_broke += 1;
+                    self.peer_gone(peer, LeaveReason::Broke(why));
                 }
                 Ok(())
             }
@@ -498,6 +508,7 @@ impl Endpoint {
 
 /// Sizes of an endpoint's internal tables, for leak checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TableSizes {
     /// Outgoing calls open.
     pub outgoing: usize,

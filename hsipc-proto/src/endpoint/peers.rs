@@ -64,16 +64,21 @@ impl Endpoint {
             self.departed.push_back((peer, gone.info.pid));
         }
         let known = self.directory.remove(peer);
+        // A peer that broke the protocol did not die: what it had open says so.
+        let (failed, cancelled) = match reason {
+            LeaveReason::Broke(why) => (CallError::Protocol(why), CancelReason::Broken(CallError::Protocol(why))),
+            _ => (CallError::PeerLost, CancelReason::PeerLost),
+        };
         let calls: Vec<RequestId> = self.outgoing.iter().filter(|(_, o)| o.peer == peer).map(|(id, _)| *id).collect();
         for id in calls {
             if let Some(o) = self.outgoing.remove(&id) {
                 self.disarm(id, o.deadline);
-                self.finish_outgoing(id, o.mode, Err(CallError::PeerLost));
+                self.finish_outgoing(id, o.mode, Err(failed.clone()));
             }
         }
         let served: Vec<IncomingId> = self.incoming.iter().filter(|(_, i)| i.peer == peer).map(|(id, _)| *id).collect();
         for id in served {
-            self.drop_incoming(id, CancelReason::PeerLost);
+            self.drop_incoming(id, cancelled.clone());
         }
         self.publish_seq_out.remove(&peer);
         self.publish_seq_in.remove(&peer);

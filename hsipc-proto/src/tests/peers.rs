@@ -70,6 +70,40 @@ fn a_transport_reported_loss_fails_calls_at_once() {
     bus.assert_no_leaks();
 }
 
+/// A peer the transport found breaking the protocol (a malformed message in its lane) is cut
+/// off as a lost one is, but its calls fail as a violation, not as a death; it is known again
+/// from its next announce.
+#[test]
+fn a_peer_that_broke_the_protocol_beneath_the_frames_is_blamed_and_cut_off() {
+    let mut bus = calc_bus(2);
+    bus.ep(0).serve("back").unwrap();
+    bus.settle();
+    let now = bus.now;
+    let id = bus.ep(0).request(now, "calc.slow", b(""), CallMode::Unary, 60 * SECOND).unwrap();
+    bus.ep(1).request(now, "back.m", b(""), CallMode::Unary, 60 * SECOND).unwrap();
+    bus.settle();
+    let served = requests(&mut bus, 0);
+    assert_eq!(served.len(), 1, "peer 1's call is open at peer 0");
+    let why = "its lane carried a message of an unknown kind";
+    bus.ep(0).handle_input(now, crate::Input::PeerBroke { peer: peer(1), why }).unwrap();
+    let ev = bus.events(0);
+    assert_eq!(response(&ev, id), Some(Err(CallError::Protocol(why))));
+    assert!(ev.contains(&Event::PeerLeft { peer: peer(1), reason: LeaveReason::Broke(why) }));
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::IncomingCancelled { reason: CancelReason::Broken(CallError::Protocol(w)), .. } if *w == why)),
+        "the call peer 1 had open here is dropped as broken: {ev:?}"
+    );
+    assert_eq!(bus.ep(0).stats().peers_broke, 1);
+    assert!(!bus.ep(0).has_provider("calc"));
+    // Its next announce makes it known again.
+    bus.run_for(5 * SECOND);
+    assert!(bus.ep(0).has_provider("calc"), "peer 1 is known again");
+    // Nothing of peer 1's is left here (peer 1 itself was told nothing: its side is the
+    // transport's to end).
+    let left = bus.ep(0).table_sizes();
+    assert_eq!((left.outgoing, left.incoming), (0, 0), "{left:?}");
+}
+
 #[test]
 fn close_says_goodbye_and_fails_everything_open() {
     let mut bus = calc_bus(2);

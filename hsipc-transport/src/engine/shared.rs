@@ -183,12 +183,22 @@ impl Shared {
 
     /// The transport learned that a peer is gone.
     pub(crate) fn peer_lost(&self, peer: PeerId) {
+        self.peer_gone(Input::PeerLost(peer));
+    }
+
+    /// The transport found that a peer broke the protocol beneath the frames, and dropped
+    /// what it read from it (see [`Ingress::peer_broke`](crate::Ingress::peer_broke)).
+    pub(crate) fn peer_broke(&self, peer: PeerId, why: &'static str) {
+        self.peer_gone(Input::PeerBroke { peer, why });
+    }
+
+    fn peer_gone(&self, input: Input) {
         let now = Instant::now();
         let mut state = self.state();
         if state.is_closed() {
             return;
         }
-        let _ = state.endpoint.handle_input(now, Input::PeerLost(peer));
+        let _ = state.endpoint.handle_input(now, input);
         self.commit(state, now, SendBy::Writer);
     }
 

@@ -15,11 +15,11 @@ use bytes::BytesMut;
 use proto::PeerId;
 
 use super::lane::{
-    self, ARENA, ARENA_FRAME_MAX, CHUNK, CLOSE, LAST, POOL, POOLED, RING, Received, SEALED, Takes, WAKE,
+    self, ARENA, ARENA_FRAME_MAX, CHUNK, CLOSE, LAST, MORE, POOL, POOLED, RING, Received, SEALED, Takes, WAKE,
 };
 use super::pool::RecvPool;
 use super::ring::{self, Record, RingReader};
-use super::sealed;
+use super::sealed::{self, MapError};
 use crate::ingress::Ingress;
 
 /// Runs lane readers on an async runtime: takes the reader and drives it (waiting for
@@ -135,6 +135,17 @@ enum Step {
     Read,
     WouldBlock,
     Ended,
+}
+
+/// How a lane ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// Its writer closed it (idle), and lives on.
+    Closed,
+    /// Its writer is gone (end of file), or this hub can no longer read it.
+    Gone,
+    /// Its writer broke the lane's protocol: what it did.
+    Broke(&'static str),
 }
 
 impl LaneReader {
@@ -343,33 +354,32 @@ impl LaneReader {
             None => match lane::receive(&self.fd, &mut self.buf, wait) {
                 Received::Message(n, passed) => (n, passed),
                 Received::WouldBlock => return Step::WouldBlock,
-                Received::Ended => return self.end(true), // end of file: the sender is gone
+                Received::Ended => return self.end(End::Gone), // end of file: the sender is gone
             },
         };
-        let from = self.from;
         if n > self.buf.len() {
-            tracing::debug!(%from, "oversized lane message; dropping the lane");
-            return self.end(true);
+            return self.broke("its lane carried a message over the largest a lane message may be");
         }
         if self.buf[0] == WAKE {
             return Step::Read; // the ring has frames: read on
         }
         match self.buf[0] {
             _ if !self.frame.is_empty() && self.buf[0] > CLOSE => {
-                tracing::debug!(%from, "a frame's chunks cut short; dropping the lane");
-                return self.end(true);
+                return self.broke("its lane cut a frame's chunks short");
             }
             SEALED => return self.read_sealed(n, passed),
             POOL => return self.take_pool(n, passed),
             POOLED => return self.read_pooled(n),
             RING => return self.take_ring(n, passed),
-            _ => {}
+            LAST | MORE | CLOSE => {}
+            _ => return self.broke("its lane carried a message of an unknown kind"),
         }
+        let from = self.from;
         let buf = &self.buf;
         if buf[0] == CLOSE {
             // Idle, closed by its writer, which lives on: no departure to report.
             tracing::debug!(%from, "lane closed by its writer (idle)");
-            return self.end(false);
+            return self.end(End::Closed);
         }
         let bytes = if buf[0] == LAST && self.frame.is_empty() && n - 1 <= ARENA_FRAME_MAX {
             let arena = arena_with_room(&mut self.arena, n - 1);
@@ -378,8 +388,7 @@ impl LaneReader {
         } else {
             self.frame.extend_from_slice(&buf[1..n]);
             if self.frame.len() > self.max_len {
-                tracing::debug!(%from, "lane frame over the maximum message length; dropping the lane");
-                return self.end(true);
+                return self.broke("its lane carried a frame over the largest message this hub takes");
             }
             (buf[0] == LAST).then(|| std::mem::take(&mut self.frame).freeze())
         };
@@ -396,21 +405,22 @@ impl LaneReader {
             (Ok(len), [memfd]) if self.takes != Takes::Declined => {
                 let len = u64::from_le_bytes(len);
                 if len > self.max_len as u64 {
-                    tracing::debug!(%from, len, "sealed frame over the maximum message length; dropping the lane");
-                    return self.end(true);
+                    return self.broke("its lane carried a sealed frame over the largest message this hub takes");
                 }
                 match sealed::map(memfd, len as usize) {
                     Ok(bytes) => bytes,
+                    Err(MapError::Io(e)) => {
+                        tracing::warn!(%from, error = %e, "cannot read a sealed frame; dropping the lane");
+                        return self.end(End::Gone);
+                    }
                     Err(e) => {
-                        tracing::warn!(%from, error = %e, "bad sealed frame; dropping the lane");
-                        return self.end(true);
+                        tracing::warn!(%from, error = %e, "bad sealed frame");
+                        return self
+                            .broke("its lane carried a sealed frame in a memfd not sealed or shorter than said");
                     }
                 }
             }
-            _ => {
-                tracing::debug!(%from, "malformed sealed-frame message; dropping the lane");
-                return self.end(true);
-            }
+            _ => return self.broke("its lane carried a malformed or unasked-for sealed-frame message"),
         };
         self.hand_on(frame)
     }
@@ -434,8 +444,8 @@ impl LaneReader {
                     if let Some(ended) = self.hand_on_held() {
                         return Some(ended);
                     }
-                    tracing::warn!(%from, error = %e, "dropping the lane");
-                    return Some(self.end(true));
+                    tracing::warn!(%from, error = %e, "corrupt lane ring");
+                    return Some(self.broke("its lane's ring was corrupt"));
                 }
             };
             if let Some(Record::Frame) = record {
@@ -455,8 +465,7 @@ impl LaneReader {
             }
             return match record {
                 Some(Record::Frame) => {
-                    tracing::debug!(%from, "ring frame over the maximum message length; dropping the lane");
-                    Some(self.end(true))
+                    Some(self.broke("its lane's ring carried a frame over the largest message this hub takes"))
                 }
                 Some(Record::Socket) => {
                     self.in_socket_frame = true;
@@ -464,7 +473,7 @@ impl LaneReader {
                 }
                 Some(Record::Close) => {
                     tracing::debug!(%from, "lane closed by its writer (idle)");
-                    Some(self.end(false))
+                    Some(self.end(End::Closed))
                 }
                 // The next read finds the ring empty (or more in it).
                 None if handed => Some(Step::Read),
@@ -493,10 +502,8 @@ impl LaneReader {
     /// looks at the socket, waiting there if `wait`. What it finds is a wake-up, the writer's
     /// end, or a message whose mark the ring shows next (kept for it).
     fn ring_empty(&mut self, wait: bool) -> Step {
-        let from = self.from;
         if self.stash.is_some() {
-            tracing::debug!(%from, "a lane message without its mark in the ring; dropping the lane");
-            return self.end(true);
+            return self.broke("its lane carried a message without its mark in the ring");
         }
         // The lane's thread (or a runtime's worker, see `yield_before_sleep`), having just
         // handed frames on (events, credit, stream items), lets the threads they woke run
@@ -518,7 +525,11 @@ impl LaneReader {
         match self.ring.as_mut().map(RingReader::sleep) {
             Some(Ok(true)) => {}
             Some(Ok(false)) => return Step::Read, // more came after all
-            _ => return self.end(true),
+            Some(Err(e)) => {
+                tracing::warn!(from = %self.from, error = %e, "corrupt lane ring");
+                return self.broke("its lane's ring was corrupt");
+            }
+            None => return self.end(End::Gone),
         }
         if !wait && !self.probe_socket {
             // Whoever reads knows the socket has nothing (or is not the one to read it).
@@ -529,7 +540,8 @@ impl LaneReader {
             // The writer is gone: what it put in the ring before goes first.
             Received::Ended => match self.ring.as_mut().map(RingReader::has_more) {
                 Some(Ok(true)) => Step::Read,
-                _ => self.end(true),
+                Some(Err(_)) => self.broke("its lane's ring was corrupt"),
+                _ => self.end(End::Gone),
             },
             Received::Message(n, _) if n >= 1 && n <= self.buf.len() && self.buf[0] == WAKE => {
                 // A reader on a thread learns of more from `poll`, and one told of readiness by
@@ -558,23 +570,25 @@ impl LaneReader {
         let (Ok(size), [data, control], true) = (<[u8; 8]>::try_from(&self.buf[1..n]), &passed[..], asked) else {
             if asked && passed.len() < 2 {
                 tracing::warn!(%from, "a lane's ring came without its fds (is this process out of fds?); dropping the lane");
-            } else {
-                tracing::debug!(%from, "malformed or unasked-for ring message; dropping the lane");
+                return self.end(End::Gone);
             }
-            return self.end(true);
+            return self.broke("its lane carried a malformed or unasked-for ring message");
         };
         if u64::from_le_bytes(size) != ring::RING_SIZE as u64 {
-            tracing::debug!(%from, "a ring of another size; dropping the lane");
-            return self.end(true);
+            return self.broke("its lane carried a ring of another size");
         }
         match RingReader::map(data, control) {
             Ok(ring) => {
                 self.ring = Some(ring);
                 Step::Read
             }
+            Err(MapError::Io(e)) => {
+                tracing::warn!(%from, error = %e, "cannot map a lane ring; dropping the lane");
+                self.end(End::Gone)
+            }
             Err(e) => {
-                tracing::warn!(%from, error = %e, "bad lane ring; dropping the lane");
-                self.end(true)
+                tracing::warn!(%from, error = %e, "bad lane ring");
+                self.broke("its lane carried a ring in memfds not sealed or shorter than said")
             }
         }
     }
@@ -584,31 +598,32 @@ impl LaneReader {
         let from = self.from;
         let pooled = self.takes.pooled();
         let (Ok(size), [data, board], true) = (<[u8; 8]>::try_from(&self.buf[1..n]), &passed[..], pooled) else {
-            tracing::debug!(%from, "malformed or unasked-for pool message; dropping the lane");
-            return self.end(true);
+            return self.broke("its lane carried a malformed or unasked-for pool message");
         };
         match RecvPool::map(data, board, u64::from_le_bytes(size)) {
             Ok(pool) => {
                 self.pool = Some(pool);
                 Step::Read
             }
+            Err(MapError::Io(e)) => {
+                tracing::warn!(%from, error = %e, "cannot map a lane pool; dropping the lane");
+                self.end(End::Gone)
+            }
             Err(e) => {
-                tracing::warn!(%from, error = %e, "bad lane pool; dropping the lane");
-                self.end(true)
+                tracing::warn!(%from, error = %e, "bad lane pool");
+                self.broke("its lane carried a pool in memfds not sealed or shorter than said")
             }
         }
     }
 
     /// Hands on a frame in the writer's pool (released when the last reference to it drops).
     fn read_pooled(&mut self, n: usize) -> Step {
-        let from = self.from;
         let frame = match (<[u8; 16]>::try_from(&self.buf[1..n]), &self.pool) {
             (Ok(place), Some(pool)) => {
                 let offset = u64::from_le_bytes(place[..8].try_into().unwrap_or_default());
                 let len = u64::from_le_bytes(place[8..].try_into().unwrap_or_default());
                 if len > self.max_len as u64 {
-                    tracing::debug!(%from, len, "pooled frame over the maximum message length; dropping the lane");
-                    return self.end(true);
+                    return self.broke("its lane carried a pooled frame over the largest message this hub takes");
                 }
                 pool.frame(offset, len)
             }
@@ -617,10 +632,7 @@ impl LaneReader {
         match frame {
             // The writer keeps its mapping of the pool writable: what is parsed is copied out.
             Some(frame) => self.hand_on_as(frame, true),
-            None => {
-                tracing::debug!(%from, "malformed pooled-frame message; dropping the lane");
-                self.end(true)
-            }
+            None => self.broke("its lane carried a malformed pooled-frame message, or one before its pool"),
         }
     }
 
@@ -653,11 +665,19 @@ impl LaneReader {
         Step::Ended
     }
 
-    /// The lane is over; if `gone`, its writer is taken for departed (unless this hub closes).
-    fn end(&mut self, gone: bool) -> Step {
+    /// The peer broke the lane's protocol (`why`, for the errors of its calls): the lane ends,
+    /// and the peer is cut off (see [`Ingress::peer_broke`]).
+    fn broke(&mut self, why: &'static str) -> Step {
+        tracing::warn!(from = %self.from, why, "a peer broke the lane protocol: its lane is dropped and the peer cut off");
+        self.end(End::Broke(why))
+    }
+
+    /// The lane is over, as `how` says (unless this hub closes, a writer gone or broken is
+    /// reported).
+    fn end(&mut self, how: End) -> Step {
         let Some(on_end) = self.on_end.take() else { return Step::Ended };
         let from = self.from;
-        if gone {
+        if how != End::Closed {
             // The sender sees the end at once (instead of filling a lane nobody reads); a writer
             // that puts frames into the ring sees it at its next frame, which tries to wake this.
             if let Some(ring) = &self.ring {
@@ -666,9 +686,18 @@ impl LaneReader {
             lane::shut(&self.fd);
         }
         on_end(from);
-        if gone && !self.stop.load(Ordering::Relaxed) {
-            tracing::debug!(%from, "lane closed: the peer is gone");
-            self.ingress.peer_lost(from);
+        if self.stop.load(Ordering::Relaxed) {
+            return Step::Ended;
+        }
+        match how {
+            End::Closed => {}
+            End::Gone => {
+                tracing::debug!(%from, "lane closed: the peer is gone");
+                self.ingress.peer_lost(from);
+            }
+            End::Broke(why) => {
+                self.ingress.peer_broke(from, why);
+            }
         }
         Step::Ended
     }
@@ -691,7 +720,7 @@ impl Drop for LaneReader {
         let Some(on_end) = self.on_end.take() else { return };
         if self.on_thread || self.stop.load(Ordering::Relaxed) {
             self.on_end = Some(on_end);
-            self.end(true);
+            self.end(End::Gone);
             return;
         }
         let rest = LaneReader {
@@ -750,6 +779,38 @@ mod tests {
         drop(mine);
         assert_eq!(reader.read_some(TURN), LaneState::Ended);
         drop(reader);
+        engine.shutdown();
+        engine.stopped().wait().unwrap();
+    }
+
+    /// A lane message of a kind no writer sends ends the lane and cuts its writer off as one
+    /// that broke the protocol: its open calls fail with a protocol error that says what it
+    /// did (not `PeerLost`: it did not die), and the writer sees its lane's end.
+    #[test]
+    fn a_message_of_an_unknown_kind_cuts_its_writer_off_as_a_violation() {
+        use std::os::fd::AsRawFd;
+        use std::time::Duration;
+        let (engine, ingress, server) = super::super::test_engine::engine_and_server();
+        let long = Duration::from_secs(60);
+        engine.handle().watch_service("svc", long).unwrap().wait().unwrap();
+        let call = engine.handle().call("svc.m", bytes::Bytes::new(), long).unwrap();
+        let (mine, theirs) = lane::pair().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut reader = LaneReader::new(Arc::new(theirs), PeerId(2), ingress, 1 << 20, stop, Takes::Ring, |_| {});
+        let message = [0xEEu8, 1, 2, 3];
+        // SAFETY: sends the bytes of a live array on a socket this test owns.
+        let sent = unsafe { libc::send(mine.as_raw_fd(), message.as_ptr().cast(), message.len(), 0) };
+        assert_eq!(sent, 4);
+        assert_eq!(reader.read_some(TURN), LaneState::Ended);
+        match call.wait() {
+            Err(crate::Error::Protocol(message)) => assert!(message.contains("unknown kind"), "{message}"),
+            other => panic!("the call ended with {other:?}"),
+        }
+        assert_eq!(engine.handle().stats().protocol.peers_broke, 1);
+        // The writer's next message finds the lane's end.
+        assert!(lane::write_close(&mine).is_err(), "the lane was shut");
+        drop(reader);
+        server.shutdown();
         engine.shutdown();
         engine.stopped().wait().unwrap();
     }

@@ -35,8 +35,21 @@ impl Dispatcher for NoCalls {
 
 /// An engine (peer 1) whose input a test's reader hands over through the ingress returned.
 pub(super) fn engine(config: EngineConfig) -> (Engine, Ingress) {
-    let kept = Arc::new(Mutex::new(None));
+    engine_on(&crate::mem::MemBus::new(), config)
+}
+
+/// [`engine`], and beside it on the same bus peer 2, serving `svc` and never answering.
+pub(super) fn engine_and_server() -> (Engine, Ingress, Engine) {
     let bus = crate::mem::MemBus::new();
+    let (engine, ingress) = engine_on(&bus, EngineConfig::default());
+    let server = Engine::start(EngineConfig::default(), bus.connector(), PeerId(2), "test-server", Arc::new(NoCalls));
+    let server = server.unwrap();
+    server.handle().serve("svc").unwrap();
+    (engine, ingress, server)
+}
+
+fn engine_on(bus: &crate::mem::MemBus, config: EngineConfig) -> (Engine, Ingress) {
+    let kept = Arc::new(Mutex::new(None));
     let connect = Box::new(KeepIngress(bus.connector(), kept.clone()));
     let engine = Engine::start(config, connect, PeerId(1), "test-reader", Arc::new(NoCalls)).unwrap();
     let ingress = kept.lock().unwrap().take().unwrap();
