@@ -29,6 +29,19 @@ pub enum Input {
         /// The frame's bytes.
         bytes: Bytes,
     },
+    /// A [`SharedFrame`](Input::SharedFrame) that stands for another frame of its fan-out (see
+    /// [`FanOut`](crate::frame::FanOut)): the frames of one publish to several peers differ only
+    /// in their flags and sequence number, so a transport may hand every receiver the one copy
+    /// it made of the first, with the receiver's own flags and sequence number beside it.
+    /// Decoded with [`Frame::decode_shared_stamped`](crate::frame::Frame::decode_shared_stamped).
+    StampedFrame {
+        /// The peer that sent it, as the transport knows it.
+        from: PeerId,
+        /// The frame's bytes, as the first frame of the fan-out had them.
+        bytes: Bytes,
+        /// This receiver's flags and sequence number.
+        stamp: crate::frame::Stamp,
+    },
     /// The transport learned that a peer is gone (e.g. its process exited).
     PeerLost(PeerId),
     /// The transport found that a peer broke the protocol beneath the frames: a malformed

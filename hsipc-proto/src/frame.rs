@@ -212,6 +212,23 @@ impl Frame {
         Self::decode_as(buf, max_len, true)
     }
 
+    /// [`decode_shared`](Self::decode_shared), for a frame that stands for another of its
+    /// fan-out (see [`FanOut`]): the frame decoded has `stamp`'s flags and sequence number in
+    /// place of its own.
+    ///
+    /// ```
+    /// use hsipc_proto::frame::{Frame, FrameKind, Stamp};
+    /// let bytes = Frame::new(FrameKind::Publish, 0, 0, 1).with_name("a/b").encode(1 << 20).unwrap();
+    /// let frame = Frame::decode_shared_stamped(bytes, 1 << 20, Stamp { flags: 0, seq: 9 }).unwrap();
+    /// assert_eq!(frame.seq, 9);
+    /// ```
+    pub fn decode_shared_stamped(buf: Bytes, max_len: usize, stamp: Stamp) -> Result<Frame, FrameError> {
+        let mut frame = Self::decode_as(buf, max_len, true)?;
+        frame.flags = Flags(stamp.flags);
+        frame.seq = stamp.seq;
+        Ok(frame)
+    }
+
     fn decode_as(buf: Bytes, max_len: usize, shared: bool) -> Result<Frame, FrameError> {
         let len = buf.len();
         if len > max_len {
@@ -274,6 +291,60 @@ impl Frame {
 pub struct WireFrame {
     head: Bytes,
     body: Rest,
+    fan_out: Option<FanOut>,
+}
+
+/// Bodies from this size on are shared by the frames of a fan-out (see [`FanOut`]): smaller
+/// ones cost less copied once per peer.
+pub const FAN_OUT_MIN: usize = 16 * 1024;
+
+/// What the frames of one fan-out share: an event published to several peers is one frame per
+/// peer, the same but for their flags and sequence number (see [`Stamp`]). A transport may keep
+/// here, once, what it made of their common bytes (a copy in memory every receiver maps, say),
+/// for the other frames to use instead of making it again. Not part of the frame's bytes: frames
+/// compare equal whatever theirs holds.
+///
+/// ```
+/// use hsipc_proto::frame::FanOut;
+/// let shared = FanOut::default();
+/// let (a, b) = (shared.clone(), shared);
+/// assert_eq!(a.get_or_make(|| Some(7u32)), Some(&7));
+/// assert_eq!(b.get_or_make(|| Some(8u32)), Some(&7), "made once, for every frame");
+/// ```
+#[derive(Clone, Default)]
+pub struct FanOut(Arc<std::sync::OnceLock<Option<Box<dyn std::any::Any + Send + Sync>>>>);
+
+impl FanOut {
+    /// What is kept here: made by `make` for the first frame that asks (another asking
+    /// meanwhile waits for it), the same for every frame of the fan-out after. `None` if `make`
+    /// made nothing, or made something of another type.
+    pub fn get_or_make<T: std::any::Any + Send + Sync>(&self, make: impl FnOnce() -> Option<T>) -> Option<&T> {
+        let kept = self.0.get_or_init(|| make().map(|t| Box::new(t) as Box<dyn std::any::Any + Send + Sync>));
+        kept.as_ref()?.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for FanOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanOut").field("made", &self.0.get().is_some()).finish()
+    }
+}
+
+impl PartialEq for FanOut {
+    fn eq(&self, _: &FanOut) -> bool {
+        true
+    }
+}
+
+impl Eq for FanOut {}
+
+/// The header fields the frames of one fan-out differ in (see [`FanOut`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// The frame's flags.
+    pub flags: u8,
+    /// The frame's sequence number.
+    pub seq: u64,
 }
 
 /// The pieces of a [`WireFrame`], readable while this lives (see [`WireFrame::pieces`]).
@@ -501,7 +572,38 @@ impl WireFrame {
     /// alive no more than its own bytes. The body is shared as before.
     pub fn detached(&self) -> WireFrame {
         let head = if self.head.len() <= Arena::MOST { Bytes::copy_from_slice(&self.head) } else { self.head.clone() };
-        WireFrame { head, body: self.body.clone() }
+        WireFrame { head, body: self.body.clone(), fan_out: self.fan_out.clone() }
+    }
+
+    /// What the frames of this one's fan-out share, if it is one of several frames of one
+    /// publish (with a body of [`FAN_OUT_MIN`] bytes or more).
+    pub fn fan_out(&self) -> Option<&FanOut> {
+        self.fan_out.as_ref()
+    }
+
+    /// The frame, one of the fan-out that shares `fan_out` (the protocol marks the frames of a
+    /// publish to several peers so; a transport's tests may too).
+    pub fn with_fan_out(mut self, fan_out: Option<&FanOut>) -> WireFrame {
+        self.fan_out = fan_out.cloned();
+        self
+    }
+
+    /// The frame's flags and sequence number (`None` for a frame shorter than a header).
+    pub fn stamp(&self) -> Option<Stamp> {
+        let h = self.head.get(..HEADER_LEN)?;
+        let seq = u64::from_le_bytes(h[16..24].try_into().ok()?);
+        Some(Stamp { flags: h[3], seq })
+    }
+
+    /// Whether `head` (another frame's first piece) is this frame's, but for the flags and the
+    /// sequence number (see [`Stamp`]).
+    pub fn same_head_but_stamp(&self, head: &[u8]) -> bool {
+        let mine = &self.head[..];
+        mine.len() == head.len()
+            && mine.len() >= HEADER_LEN
+            && mine[..3] == head[..3]
+            && mine[4..16] == head[4..16]
+            && mine[24..] == head[24..]
     }
 
     /// The frame as one buffer: no copy when it is in one piece.
@@ -519,7 +621,7 @@ impl WireFrame {
 impl From<Bytes> for WireFrame {
     /// A frame already in one buffer.
     fn from(frame: Bytes) -> Self {
-        WireFrame { head: frame, body: Rest::default() }
+        WireFrame { head: frame, body: Rest::default(), fan_out: None }
     }
 }
 
@@ -636,7 +738,7 @@ pub(crate) fn encode_parts(
             b.put_slice(&rest.bytes());
         }
     });
-    Ok(WireFrame { head, body: shared.cloned().unwrap_or_default() })
+    Ok(WireFrame { head, body: shared.cloned().unwrap_or_default(), fan_out: None })
 }
 
 #[cfg(test)]

@@ -43,6 +43,15 @@ impl Ingress {
         self.to_engine(|shared| shared.input_shared(from, bytes))
     }
 
+    /// [`deliver_shared`](Self::deliver_shared), for a frame that stands for another of its
+    /// fan-out (see [`FanOut`](proto::frame::FanOut)): it is decoded with `stamp`'s flags and
+    /// sequence number in place of its own. A transport hands every receiver of a large event
+    /// the one copy of it it made, and each its own stamp. Returns false once the engine is
+    /// gone (stop reading).
+    pub(crate) fn deliver_stamped(&self, from: PeerId, bytes: Bytes, stamp: proto::frame::Stamp) -> bool {
+        self.to_engine(|shared| shared.input_stamped(from, bytes, stamp))
+    }
+
     /// Delivers frames from `from` in their order, all under one lock of the engine's state
     /// (cheaper than one [`deliver`](Self::deliver) each); `frames` is left empty. `None` once
     /// the engine is gone (stop reading); else whether they handed on requests or answers

@@ -232,6 +232,10 @@ impl Endpoint {
                 let decoded = Frame::decode_shared(bytes, self.config.max_frame_len);
                 self.on_decoded(now, from, decoded)
             }
+            Input::StampedFrame { from, bytes, stamp } => {
+                let decoded = Frame::decode_shared_stamped(bytes, self.config.max_frame_len, stamp);
+                self.on_decoded(now, from, decoded)
+            }
         }
     }
 

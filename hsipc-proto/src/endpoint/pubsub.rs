@@ -104,6 +104,9 @@ impl Endpoint {
             let recheck_at = silent_since.map(|s| now + first.saturating_duration_since(s));
             return Err(CommandError::NoEventCredit { subscribers: waiting, recheck_at });
         }
+        // A large body sent to several peers: their frames share what a transport makes of it.
+        let remote = peers.iter().filter(|p| **p != self.local).count();
+        let fan_out = (remote >= 2 && body.len() >= crate::frame::FAN_OUT_MIN).then(crate::frame::FanOut::default);
         let mut done = Published::default();
         for peer in peers {
             let credited = reliable.contains(&peer);
@@ -145,7 +148,7 @@ impl Endpoint {
             *seq += 1;
             let seq = *seq;
             let flags = if credited { Flags::CREDITED } else { 0 };
-            let frame = self.encode(FrameKind::Publish, flags, 0, 0, seq, name, &body)?;
+            let frame = self.encode(FrameKind::Publish, flags, 0, 0, seq, name, &body)?.with_fan_out(fan_out.as_ref());
             self.transmit(Dest::Peer(peer), frame);
             done.peers += 1;
         }

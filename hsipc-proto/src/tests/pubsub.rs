@@ -82,3 +82,41 @@ fn local_subscribers_see_local_publishes_and_unsubscribe_stops_delivery() {
     assert_eq!(bus.ep(0).table_sizes().subscriptions, 0);
     bus.assert_no_leaks();
 }
+
+/// A large event published to several peers goes out as one frame each that share a
+/// [`FanOut`](crate::frame::FanOut) and differ only in their stamps; any of them, decoded with
+/// another's stamp, is that other frame. A small event, or one to a single peer, shares nothing.
+#[test]
+fn the_frames_of_a_large_event_to_several_peers_share_their_fan_out() {
+    use crate::frame::{FAN_OUT_MIN, Frame, WireFrame};
+    let mut bus = Bus::new(4);
+    for i in 1..4 {
+        bus.ep(i).subscribe(TopicFilter::new("t/#").unwrap(), i == 2).unwrap();
+    }
+    bus.settle();
+    let frames_of = |bus: &mut Bus, topic: &str, body: Bytes| -> Vec<WireFrame> {
+        bus.with(0, |ep, now| ep.publish(now, &Topic::new(topic).unwrap(), body, NoCredit::Refuse)).unwrap();
+        let mut frames = Vec::new();
+        while let Some(out) = bus.ep(0).poll_output() {
+            if let crate::Output::Transmit(t) = out {
+                frames.push(t.frame);
+            }
+        }
+        frames
+    };
+    let large = frames_of(&mut bus, "t/large", Bytes::from(vec![7u8; FAN_OUT_MIN]));
+    assert_eq!(large.len(), 3);
+    let made = large.iter().filter_map(|f| f.fan_out()?.get_or_make(|| Some(large.len()))).collect::<Vec<_>>();
+    assert_eq!(made, vec![&3, &3, &3], "one fan-out, made once");
+    let first = large[0].to_bytes();
+    for frame in &large {
+        assert!(large[0].same_head_but_stamp(frame.pieces().get()[0]));
+        let stamp = frame.stamp().unwrap();
+        let stamped = Frame::decode_shared_stamped(first.clone(), 1 << 20, stamp).unwrap();
+        assert_eq!(stamped, Frame::decode(frame.to_bytes(), 1 << 20).unwrap());
+    }
+    // The reliable subscriber's frame is credited: the stamps differ in their flags.
+    assert!(large.iter().any(|f| f.stamp() != large[0].stamp()));
+    let small = frames_of(&mut bus, "t/small", Bytes::from(vec![7u8; FAN_OUT_MIN - 1]));
+    assert!(small.len() == 3 && small.iter().all(|f| f.fan_out().is_none()));
+}

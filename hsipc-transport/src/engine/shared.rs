@@ -12,7 +12,7 @@ use smallvec::SmallVec;
 use super::caller_lane::{CallerLane, CallerLanes};
 use super::deferred::{Deferred, ReaderWakes};
 use super::dispatch::Dispatcher;
-use super::state::{Batch, State};
+use super::state::{Batch, Landed, State};
 use crate::send_lock::SendLock;
 use crate::transport::{PeerSender, Sent, Transport};
 
@@ -149,26 +149,32 @@ impl Shared {
     /// A frame from the transport whose bytes the sender may still change (see
     /// [`Ingress::deliver_shared`](crate::Ingress::deliver_shared)).
     pub(crate) fn input_shared(&self, from: PeerId, bytes: Bytes) {
-        self.input_frames(from, std::iter::once(bytes), true);
+        self.input_frames(from, std::iter::once(bytes), Landed::Shared);
+    }
+
+    /// A frame from the transport that stands for another of its fan-out, with that one's
+    /// stamp (see [`Ingress::deliver_stamped`](crate::Ingress::deliver_stamped)).
+    pub(crate) fn input_stamped(&self, from: PeerId, bytes: Bytes, stamp: proto::frame::Stamp) {
+        self.input_frames(from, std::iter::once(bytes), Landed::Stamped(stamp));
     }
 
     /// Frames from the transport, in their order, under one lock and one commit (called by
     /// a reader that found several at once). Whether that handed on requests or answers (see
     /// [`commit`](Self::commit)); `false` once the engine is closed (nothing was handed on).
     pub(crate) fn input_all(&self, from: PeerId, frames: impl Iterator<Item = Bytes>) -> bool {
-        self.input_frames(from, frames, false)
+        self.input_frames(from, frames, Landed::Own)
     }
 
     /// [`input_all`](Self::input_all); `shared`: their bytes lie in memory the sender may
     /// still change.
-    fn input_frames(&self, from: PeerId, frames: impl Iterator<Item = Bytes>, shared: bool) -> bool {
+    fn input_frames(&self, from: PeerId, frames: impl Iterator<Item = Bytes>, landed: Landed) -> bool {
         let now = Instant::now();
         let mut state = self.state();
         if state.is_closed() {
             return false;
         }
         for bytes in frames {
-            state.input(now, from, bytes, shared);
+            state.input(now, from, bytes, landed);
             // What the frame produced is taken out of the protocol before the next one, as it
             // would be frame by frame (the protocol bounds its queued outputs).
             state.drain(now);

@@ -26,6 +26,18 @@ use super::waiters::Waiters;
 use crate::error::{Error, Result};
 use crate::liveness::Liveness;
 
+/// Where a received frame's bytes lie.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Landed {
+    /// In memory of this process's own.
+    Own,
+    /// In memory the sender may still change (an [`Input::SharedFrame`]).
+    Shared,
+    /// As [`Landed::Shared`], and the frame stands for another of its fan-out, whose flags and
+    /// sequence number these are (an [`Input::StampedFrame`]).
+    Stamped(proto::frame::Stamp),
+}
+
 /// Most `wait_for_service` callers waiting at once.
 pub(super) const MAX_WATCHERS: usize = 4096;
 
@@ -217,10 +229,13 @@ impl State {
         if self.closed { Err(Error::Closed) } else { Ok(()) }
     }
 
-    /// A frame from a peer; `shared`: its bytes lie in memory the peer may still change (an
-    /// [`Input::SharedFrame`]).
-    pub(super) fn input(&mut self, now: Instant, from: PeerId, bytes: Bytes, shared: bool) {
-        let input = if shared { Input::SharedFrame { from, bytes } } else { Input::Frame { from, bytes } };
+    /// A frame from a peer, landed where `landed` says.
+    pub(super) fn input(&mut self, now: Instant, from: PeerId, bytes: Bytes, landed: Landed) {
+        let input = match landed {
+            Landed::Own => Input::Frame { from, bytes },
+            Landed::Shared => Input::SharedFrame { from, bytes },
+            Landed::Stamped(stamp) => Input::StampedFrame { from, bytes, stamp },
+        };
         if let Err(e) = self.endpoint.handle_input(now, input) {
             tracing::debug!(%from, error = %e, "dropped a frame");
         }
@@ -438,7 +453,7 @@ impl State {
             }
             let local = self.endpoint.local();
             for bytes in std::mem::take(&mut self.looped_back) {
-                self.input(now, local, bytes, false);
+                self.input(now, local, bytes, Landed::Own);
             }
         }
         if self.closed {

@@ -27,11 +27,15 @@
 //! - `RING`: the writer's ring (two fds: data and control) for the small frames that follow
 //!   (see `ring`); from then on the ring holds the lane's order (with the closing message), and
 //!   each frame that still goes through the socket (with its pool offer, if any) has its mark
-//!   there; `WAKE`: the writer wakes a reader that said it sleeps.
+//!   there; `WAKE`: the writer wakes a reader that said it sleeps;
+//! - `FAN_POOL`: the writer's hub's fan-out pool (one fd, sealed against writes: see
+//!   `fan_pool`), sent after `POOL`; `FANNED`: a large event published to several peers, as the
+//!   place of its one copy in that pool and this lane's sequence number and flags.
 //!
 //! The reader writes back on the same socket pair, first thing ([`Takes`], a byte or two): that
 //! it takes sealed frames, or sealed and pooled ones, or those and a ring (followed by "pooled",
-//! so that a writer of the version before rings, which knows no "ring", goes by that), or that
+//! so that a writer of the version before rings, which knows no "ring", goes by that), or all
+//! those and fan-out frames (followed by "ring" and "pooled", for the same reason), or that
 //! its hub declines the lane (it reads its most lanes; it reads what comes until the writer
 //! closes the lane, as after an idle close, and the writer's frames go through the bus from
 //! then on). A reader that says nothing (an earlier version) gets only chunks. Later, a reader
@@ -68,6 +72,15 @@ pub(super) const RING: u8 = 6;
 /// The first byte of a lane message: wake up, the ring has frames (sent to a reader that said
 /// it sleeps).
 pub(super) const WAKE: u8 = 7;
+/// The first byte of a lane message: the writer's hub's fan-out pool (see `fan_pool`), its data
+/// passed with this message; the rest of the message is its size, 8 bytes little-endian. Sent
+/// after the lane's pool (whose board the fan-out pool's runs are marked released on).
+pub(super) const FAN_POOL: u8 = 8;
+/// The first byte of a lane message: a frame in the writer's hub's fan-out pool, standing for
+/// this lane's frame of a fan-out; the rest of the message is its offset and its length, 8 bytes
+/// little-endian each, then this lane's frame's sequence number (8 bytes little-endian) and
+/// flags (1 byte), which the frame is decoded with (see `Ingress::deliver_stamped`).
+pub(super) const FANNED: u8 = 9;
 /// What a reader with a ring says back when it has made room in it for a writer that wants some.
 const SPACE: u8 = 7;
 /// What a lane's reader takes besides chunks. The reader says it once, first thing, with a
@@ -84,6 +97,8 @@ pub(super) enum Takes {
     Pooled,
     /// Chunks, sealed and pooled frames, and small frames through a ring.
     Ring,
+    /// All of [`Takes::Ring`], and frames in the writer's hub's fan-out pool.
+    Fan,
     /// Nothing more: the hub declines the lane, and reads chunks until the writer closes it.
     Declined,
 }
@@ -98,17 +113,41 @@ impl Takes {
             Takes::Pooled => 3,
             Takes::Declined => 4,
             Takes::Ring => 6,
+            Takes::Fan => 8,
         }
     }
 
     /// Whether the reader takes pooled frames.
     pub(super) fn pooled(self) -> bool {
-        matches!(self, Takes::Pooled | Takes::Ring)
+        matches!(self, Takes::Pooled | Takes::Ring | Takes::Fan)
     }
 
     /// Whether the reader takes sealed frames.
     pub(super) fn sealed(self) -> bool {
-        matches!(self, Takes::Sealed | Takes::Pooled | Takes::Ring)
+        matches!(self, Takes::Sealed | Takes::Pooled | Takes::Ring | Takes::Fan)
+    }
+
+    /// Whether the reader takes a ring.
+    pub(super) fn ring(self) -> bool {
+        matches!(self, Takes::Ring | Takes::Fan)
+    }
+
+    /// Whether the reader takes frames in the fan-out pool.
+    pub(super) fn fan(self) -> bool {
+        self == Takes::Fan
+    }
+
+    /// What a reader takes, having said `self` and then `said`: a reader says what it takes
+    /// and then what earlier versions know of it ("fan", "ring", "pooled"), and the most it
+    /// said stands.
+    pub(super) fn then(self, said: Takes) -> Takes {
+        let rank = |t: Takes| match t {
+            Takes::Pooled => 1,
+            Takes::Ring => 2,
+            Takes::Fan => 3,
+            _ => 0,
+        };
+        if rank(self) > rank(said) && rank(said) > 0 { self } else { said }
     }
 
     fn from_code(code: u8) -> Option<Takes> {
@@ -117,6 +156,7 @@ impl Takes {
             3 => Some(Takes::Pooled),
             4 => Some(Takes::Declined),
             6 => Some(Takes::Ring),
+            8 => Some(Takes::Fan),
             _ => None,
         }
     }
@@ -213,6 +253,23 @@ pub(super) fn write_pooled(fd: &OwnedFd, offset: u64, len: usize) -> io::Result<
     body[..8].copy_from_slice(&offset.to_le_bytes());
     body[8..].copy_from_slice(&(len as u64).to_le_bytes());
     sent(send_gather(fd, POOLED, [&body, &[]], &[]))
+}
+
+/// One non-blocking attempt to hand the writer's hub's fan-out pool to the reader: `Ok(false)`
+/// if the lane has no room now.
+pub(super) fn write_fan_pool(fd: &OwnedFd, memfd: &OwnedFd, size: usize) -> io::Result<bool> {
+    sent(send_gather(fd, FAN_POOL, [&(size as u64).to_le_bytes(), &[]], &[memfd]))
+}
+
+/// One non-blocking attempt to send the place of a frame in the writer's hub's fan-out pool, with
+/// this lane's stamp: `Ok(false)` if the lane has no room now.
+pub(super) fn write_fanned(fd: &OwnedFd, offset: u64, len: usize, stamp: proto::frame::Stamp) -> io::Result<bool> {
+    let mut body = [0u8; 25];
+    body[..8].copy_from_slice(&offset.to_le_bytes());
+    body[8..16].copy_from_slice(&(len as u64).to_le_bytes());
+    body[16..24].copy_from_slice(&stamp.seq.to_le_bytes());
+    body[24] = stamp.flags;
+    sent(send_gather(fd, FANNED, [&body, &[]], &[]))
 }
 
 /// `Ok(false)` for a send that would have had to wait.
@@ -374,9 +431,12 @@ pub(super) fn receive(fd: &OwnedFd, buf: &mut [u8], wait: bool) -> Received {
 /// cannot take is lost: the writer then takes fewer of its fast paths, nothing more).
 pub(super) fn say(fd: &OwnedFd, takes: Takes) {
     say_byte(fd, takes.code());
-    if takes == Takes::Ring {
-        // A writer of the version before rings goes by the last code it knows ("pooled"); one
-        // of this version keeps "ring" (see `read_back`), whichever of the two it reads first.
+    // A writer of a version before fan-out pools goes by the last code it knows ("ring"), one
+    // before rings by "pooled"; one of this version keeps the most said (see `Takes::then`).
+    if takes == Takes::Fan {
+        say_byte(fd, Takes::Ring.code());
+    }
+    if takes.ring() {
         say_byte(fd, Takes::Pooled.code());
     }
 }
@@ -406,7 +466,7 @@ fn say_byte(fd: &OwnedFd, what: u8) {
 /// number of messages (taking in its `SPACE` messages too). `Err` if the reader's end is gone.
 pub(super) fn read_back(fd: &OwnedFd) -> io::Result<Option<Takes>> {
     let mut buf = [0u8; 16];
-    let mut said = None;
+    let mut said: Option<Takes> = None;
     for _ in 0..256 {
         // SAFETY: `buf` is valid for writes of its length.
         let n =
@@ -424,8 +484,8 @@ pub(super) fn read_back(fd: &OwnedFd) -> io::Result<Option<Takes>> {
         }
         if n == 1 {
             said = match (said, Takes::from_code(buf[0])) {
-                (Some(Takes::Ring), Some(Takes::Pooled)) => said,
-                (_, new) => new.or(said),
+                (Some(before), Some(new)) => Some(before.then(new)),
+                (before, new) => new.or(before),
             };
         }
     }

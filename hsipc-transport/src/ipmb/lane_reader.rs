@@ -13,9 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::BytesMut;
 use proto::PeerId;
+use proto::frame::Stamp;
 
+use super::fan_pool::RecvFanPool;
 use super::lane::{
-    self, ARENA, ARENA_FRAME_MAX, CHUNK, CLOSE, LAST, MORE, POOL, POOLED, RING, Received, SEALED, Takes, WAKE,
+    self, ARENA, ARENA_FRAME_MAX, CHUNK, CLOSE, FAN_POOL, FANNED, LAST, MORE, POOL, POOLED, RING, Received, SEALED,
+    Takes, WAKE,
 };
 use super::pool::RecvPool;
 use super::ring::{self, Record, RingReader};
@@ -83,6 +86,8 @@ pub struct LaneReader {
     takes: Takes,
     /// The writer's pool, once it has handed it over.
     pool: Option<Arc<RecvPool>>,
+    /// The writer's hub's fan-out pool, once handed over.
+    fan: Option<Arc<RecvFanPool>>,
     /// Reading on a thread already (a dropped reader does not move to another one).
     on_thread: bool,
     /// The writer's ring, once it has handed it over: from then on it holds the lane's order.
@@ -137,6 +142,18 @@ enum Step {
     Ended,
 }
 
+/// Where a frame handed on lies.
+#[derive(Clone, Copy, Debug)]
+enum Lies {
+    /// In this process's own memory.
+    Own,
+    /// In memory its writer may still change (see [`Ingress::deliver_shared`]).
+    Shared,
+    /// In the writer's fan-out pool, standing for this lane's frame with this stamp (see
+    /// [`Ingress::deliver_stamped`]).
+    Fanned(Stamp),
+}
+
 /// How a lane ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum End {
@@ -171,6 +188,7 @@ impl LaneReader {
             arena: BytesMut::new(),
             takes,
             pool: None,
+            fan: None,
             on_thread: false,
             ring: None,
             yields: false,
@@ -371,6 +389,8 @@ impl LaneReader {
             POOL => return self.take_pool(n, passed),
             POOLED => return self.read_pooled(n),
             RING => return self.take_ring(n, passed),
+            FAN_POOL => return self.take_fan_pool(n, passed),
+            FANNED => return self.read_fanned(n),
             LAST | MORE | CLOSE => {}
             _ => return self.broke("its lane carried a message of an unknown kind"),
         }
@@ -566,7 +586,7 @@ impl LaneReader {
     /// Maps the ring the writer hands over (see `ring`).
     fn take_ring(&mut self, n: usize, passed: Vec<OwnedFd>) -> Step {
         let from = self.from;
-        let asked = self.takes == Takes::Ring && self.ring.is_none();
+        let asked = self.takes.ring() && self.ring.is_none();
         let (Ok(size), [data, control], true) = (<[u8; 8]>::try_from(&self.buf[1..n]), &passed[..], asked) else {
             if asked && passed.len() < 2 {
                 tracing::warn!(%from, "a lane's ring came without its fds (is this process out of fds?); dropping the lane");
@@ -631,24 +651,70 @@ impl LaneReader {
         };
         match frame {
             // The writer keeps its mapping of the pool writable: what is parsed is copied out.
-            Some(frame) => self.hand_on_as(frame, true),
+            Some(frame) => self.hand_on_as(frame, Lies::Shared),
             None => self.broke("its lane carried a malformed pooled-frame message, or one before its pool"),
+        }
+    }
+
+    /// Maps the fan-out pool the writer hands over (see `fan_pool`); it comes after the lane's
+    /// pool, whose board its runs are released on.
+    fn take_fan_pool(&mut self, n: usize, passed: Vec<OwnedFd>) -> Step {
+        let asked = self.takes.fan() && self.pool.is_some();
+        let (Ok(size), [data], true) = (<[u8; 8]>::try_from(&self.buf[1..n]), &passed[..], asked) else {
+            return self.broke("its lane carried a malformed or unasked-for fan-out pool message");
+        };
+        match RecvFanPool::map(data, u64::from_le_bytes(size)) {
+            Ok(fan) => {
+                // Frames of the pool before live on in their own mapping.
+                self.fan = Some(fan);
+                Step::Read
+            }
+            Err(MapError::Io(e)) => {
+                tracing::warn!(from = %self.from, error = %e, "cannot map a fan-out pool; dropping the lane");
+                self.end(End::Gone)
+            }
+            Err(e) => {
+                tracing::warn!(from = %self.from, error = %e, "bad fan-out pool");
+                self.broke("its lane carried a fan-out pool in a memfd not sealed against writes, or shorter than said")
+            }
+        }
+    }
+
+    /// Hands on the frame a fan-out pool's run holds, with this lane's stamp (released when
+    /// the last reference to it drops).
+    fn read_fanned(&mut self, n: usize) -> Step {
+        let frame = match (<[u8; 25]>::try_from(&self.buf[1..n]), &self.fan, &self.pool) {
+            (Ok(m), Some(fan), Some(pool)) => {
+                let word = |at: usize| u64::from_le_bytes(m[at..at + 8].try_into().unwrap_or_default());
+                let (offset, len, stamp) = (word(0), word(8), Stamp { seq: word(16), flags: m[24] });
+                if len > self.max_len as u64 {
+                    return self.broke("its lane carried a fan-out frame over the largest message this hub takes");
+                }
+                fan.frame(pool, offset, len).map(|bytes| (bytes, stamp))
+            }
+            _ => None,
+        };
+        match frame {
+            Some((bytes, stamp)) => self.hand_on_as(bytes, Lies::Fanned(stamp)),
+            None => self.broke("its lane carried a malformed fan-out frame message, or one before its pools"),
         }
     }
 
     /// Hands a whole frame to the engine.
     fn hand_on(&mut self, bytes: bytes::Bytes) -> Step {
-        self.hand_on_as(bytes, false)
+        self.hand_on_as(bytes, Lies::Own)
     }
 
-    /// Hands a whole frame to the engine; `shared`: its bytes lie in memory the writer may
-    /// still change (see [`Ingress::deliver_shared`]).
-    fn hand_on_as(&mut self, bytes: bytes::Bytes, shared: bool) -> Step {
+    /// Hands a whole frame to the engine, as where it lies says.
+    fn hand_on_as(&mut self, bytes: bytes::Bytes, lies: Lies) -> Step {
         self.in_socket_frame = false;
         self.handed += 1;
         self.owe_yield(false);
-        let delivered =
-            if shared { self.ingress.deliver_shared(self.from, bytes) } else { self.ingress.deliver(self.from, bytes) };
+        let delivered = match lies {
+            Lies::Own => self.ingress.deliver(self.from, bytes),
+            Lies::Shared => self.ingress.deliver_shared(self.from, bytes),
+            Lies::Fanned(stamp) => self.ingress.deliver_stamped(self.from, bytes, stamp),
+        };
         if !delivered {
             return self.engine_gone();
         }
@@ -735,6 +801,7 @@ impl Drop for LaneReader {
             arena: std::mem::take(&mut self.arena),
             takes: self.takes,
             pool: self.pool.take(),
+            fan: self.fan.take(),
             on_thread: true,
             ring: self.ring.take(),
             yields: false,
@@ -813,6 +880,74 @@ mod tests {
         server.shutdown();
         engine.shutdown();
         engine.stopped().wait().unwrap();
+    }
+
+    /// A large event published to three peers is copied once, into the hub's fan-out pool;
+    /// each lane sends its place and the lane's own stamp, and each reader hands on the event
+    /// with its own sequence number, read where it lies. A run is free again once every reader
+    /// let go of it; runs a closed lane's reader still holds stay in use until it does.
+    #[test]
+    fn a_large_event_to_three_lanes_is_copied_once() {
+        use proto::frame::{FanOut, Frame, FrameKind, WireFrame};
+        use std::time::Duration;
+        let mut lanes = super::super::out_lanes::OutLanes::new(Duration::from_secs(3600));
+        let filter = || proto::topic::TopicFilter::new("t/#").unwrap();
+        let mut readers = Vec::new();
+        for peer in 2..5u64 {
+            let (engine, ingress) = engine(EngineConfig::default());
+            let events = engine.handle().subscribe(filter(), crate::engine::Qos::KeepLast(100)).unwrap();
+            let (mine, theirs) = lane::pair().unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let reader = LaneReader::new(Arc::new(theirs), PeerId(1), ingress, 4 << 20, stop, Takes::Fan, |_| {});
+            lanes.insert(PeerId(peer), mine);
+            readers.push((reader, events, engine));
+        }
+        let event = |seq: u64, fan: &FanOut, peer: u64| {
+            let payload = bytes::Bytes::from(vec![seq as u8; (1 << 20) - 64]); // with its head, 16 units
+            // Peer 4's sequence numbers skip one each time (each of its events says one was
+            // missed): its stamp differs from the copy's, made of peer 2's frame.
+            let stamp = if peer == 4 { seq * 2 } else { seq };
+            let frame = Frame::new(FrameKind::Publish, 0, 0, stamp).with_name("t/x").with_payload(payload);
+            WireFrame::from(frame.encode(4 << 20).unwrap()).with_fan_out(Some(fan))
+        };
+        let mut kept = Vec::new();
+        for seq in 1..=4u64 {
+            let fan = FanOut::default();
+            for peer in 2..5u64 {
+                lanes.write(PeerId(peer), &event(seq, &fan, peer)).unwrap();
+            }
+            if seq > 1 {
+                // (The first went through each lane's own pool, which goes first.)
+                assert_eq!(lanes.fan_census().0, 16 * (seq as usize - 1), "one copy of each megabyte so far");
+            }
+            for (peer, (reader, events, _)) in (2..5u64).zip(&mut readers) {
+                reader.read_some(TURN);
+                let got = events.try_recv().expect("the event").unwrap();
+                assert_eq!(got.body.len(), (1 << 20) - 64);
+                assert!(got.body.iter().all(|b| *b == seq as u8));
+                assert_eq!(got.missed, if peer == 4 { 1 } else { 0 }, "peer {peer}'s own sequence numbers");
+                kept.push((peer, seq, got.body));
+            }
+        }
+        // The readers let go of all but peer 2's last event; the next write takes that in.
+        kept.retain(|(peer, seq, _)| (*peer, *seq) == (2, 4));
+        let fan = FanOut::default();
+        for peer in 2..5u64 {
+            lanes.write(PeerId(peer), &event(5, &fan, peer)).unwrap();
+        }
+        assert_eq!(lanes.fan_census(), (32, 0), "the held run, and the new one");
+        // Peer 2's lane closes while its reader holds two runs: they stay in use.
+        lanes.remove(PeerId(2));
+        let (reader, events, engine) = readers.remove(0);
+        drop(reader);
+        let fifth = events.try_recv(); // unread when the lane closed: never read
+        assert!(fifth.is_none());
+        assert_eq!(lanes.fan_census().1, 2, "runs the closed lane's reader held");
+        drop(kept);
+        engine.shutdown();
+        for (_, _, engine) in readers {
+            engine.shutdown();
+        }
     }
 
     /// Wake-up messages the socket holds once the ring is read: a reader no reactor tells of

@@ -6,6 +6,9 @@
 //! (see `ring`); every other frame then has its mark in the ring, written first.
 //!
 //! A frame of [`pool::POOLED_MIN`] bytes or more, once the reader has said what it takes:
+//! 0. one of a fan-out (a large event published to several peers), if the reader takes frames
+//!    in the hub's fan-out pool and the lane's pool was handed over before: as the place of the
+//!    fan-out's one copy in that pool (see `fan_pool`), made by the first lane that writes one;
 //! 1. into the lane's pool (see `pool`), if the reader takes pooled frames, the frame fits
 //!    ([`pool::POOLED_MAX`]) and a run is free: one copy, no page allocated;
 //! 2. else, from [`sealed::SEALED_MIN`] bytes, sealed in a memfd of its own (see `sealed`),
@@ -20,9 +23,11 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
-use proto::frame::WireFrame;
+use proto::frame::{Stamp, WireFrame};
 
+use super::fan_pool::{self, FanPools, FanRun};
 use super::lane::{self, Takes};
 use super::pool::{self, SendPool};
 use super::ring::{self, RingWriter};
@@ -60,6 +65,13 @@ enum Way {
         offset: u64,
         offer: bool,
     },
+    /// As `run` of the hub's fan-out pool, with this frame's stamp; `offer`: the fan-out pool
+    /// goes first (its first frame on this lane).
+    Fanned {
+        run: Arc<FanRun>,
+        stamp: Stamp,
+        offer: bool,
+    },
 }
 
 impl How {
@@ -71,7 +83,7 @@ impl How {
             + match &self.way {
                 Way::Ring | Way::SealLater | Way::Sealed(_) => 1,
                 Way::Chunks => lane::chunk_count(frame),
-                Way::Pooled { offer, .. } => 1 + usize::from(*offer),
+                Way::Pooled { offer, .. } | Way::Fanned { offer, .. } => 1 + usize::from(*offer),
             }
     }
 }
@@ -105,6 +117,23 @@ pub(super) struct LargeFrames {
     /// A ring made while frames waited: its memfds, for the next frame to hand over ahead of
     /// itself (see [`prepare_behind`](Self::prepare_behind)).
     ring_offer: Option<[OwnedFd; 2]>,
+    /// The hub's fan-out pool.
+    fan: Option<Arc<FanPools>>,
+    /// The fan-out pool last handed to the reader (see `fan_pool::Generation::id`).
+    fan_offered: Option<u64>,
+    /// Runs of the fan-out pool this lane sent, until the reader has let go of them (all of one
+    /// pool).
+    fan_held: Vec<Arc<FanRun>>,
+}
+
+impl Drop for LargeFrames {
+    /// Runs the reader may still hold stay in use until it lets go of them (see `fan_pool`).
+    fn drop(&mut self) {
+        self.take_fan_releases();
+        if let (Some(fan), Some(pool)) = (&self.fan, &self.pool) {
+            fan.orphan(pool.board().clone(), std::mem::take(&mut self.fan_held));
+        }
+    }
 }
 
 /// Frames that look for what a lane's reader takes, until it has said it (a reader of an earlier
@@ -121,6 +150,13 @@ const LATER_LOOKS: u32 = 256;
 const RING_AFTER: u32 = 16;
 
 impl LargeFrames {
+    /// A lane's: large events published to several peers go through `fan`.
+    pub(super) fn new(fan: Arc<FanPools>) -> LargeFrames {
+        let mut large = LargeFrames::default();
+        large.fan = Some(fan);
+        large
+    }
+
     /// Before a frame is written with nothing waiting ahead of it: hands the reader the ring if
     /// it takes one (see [`prepare`](Self::prepare) for how the writer learns that). The ring's
     /// message goes through the socket in order: from it on, the ring holds the lane's order.
@@ -128,7 +164,7 @@ impl LargeFrames {
         if self.ring.is_some() {
             return Ok(());
         }
-        if self.takes != Takes::Ring || self.no_ring || self.frames < RING_AFTER {
+        if !self.takes.ring() || self.no_ring || self.frames < RING_AFTER {
             return Ok(());
         }
         let (ring, [data, control]) = match self.unsent_ring.take().map_or_else(RingWriter::new, Ok) {
@@ -155,7 +191,7 @@ impl LargeFrames {
     /// frames waiting than its socket holds, on a busy CPU) would otherwise never have nothing
     /// waiting, and go without a ring for as long as the burst lasts.
     pub(super) fn prepare_behind(&mut self) {
-        if self.ring.is_some() || self.takes != Takes::Ring || self.no_ring || self.frames < RING_AFTER {
+        if self.ring.is_some() || !self.takes.ring() || self.no_ring || self.frames < RING_AFTER {
             return;
         }
         match self.unsent_ring.take().map_or_else(RingWriter::new, Ok) {
@@ -196,6 +232,11 @@ impl LargeFrames {
             // next write.
             let _ = self.read_back(lane_fd);
         }
+        if self.takes.fan() {
+            if let Some(way) = self.fanned(frame) {
+                return way;
+            }
+        }
         if self.takes.pooled() {
             if let Some(way) = self.pooled(frame) {
                 return way;
@@ -225,13 +266,52 @@ impl LargeFrames {
         Some(Way::Pooled { offset, offer })
     }
 
-    /// Takes in what the reader has said (a "pooled" after "ring" keeps "ring": see
-    /// `lane::say`). `Err` if the reader's end is gone.
+    /// Sends `frame` as the one copy of its fan-out in the hub's fan-out pool (made now if it
+    /// is the first of its fan-out to be written), if it is one, the pool has room, the lane's
+    /// pool (for its board) went before, and this lane holds no runs of an older fan-out pool.
+    fn fanned(&mut self, frame: &WireFrame) -> Option<Way> {
+        let fan_out = frame.fan_out()?;
+        let fan = self.fan.as_ref()?;
+        // The lane's pool (its board) goes first: until it has, large frames go through it.
+        self.pool.as_ref()?;
+        let run = fan_out.get_or_make(|| fan.put(frame))?;
+        if !run.stands_for(frame) {
+            return None;
+        }
+        let (run, stamp) = (Arc::clone(run), frame.stamp()?);
+        self.take_fan_releases();
+        let id = run.generation().id();
+        if self.fan_held.iter().any(|held| held.generation().id() != id) {
+            return None;
+        }
+        let offer = self.fan_offered != Some(id);
+        self.fan_offered = Some(id);
+        self.fan_held.push(Arc::clone(&run));
+        Some(Way::Fanned { run, stamp, offer })
+    }
+
+    /// Lets go of the fan-out runs the reader marked released.
+    fn take_fan_releases(&mut self) {
+        let Some(pool) = &self.pool else { return };
+        let board = pool.board();
+        self.fan_held.retain(|run| !pool::take_release(board, fan_pool::BOARD_BASE + run.unit()));
+    }
+
+    /// A fanned frame that cannot go (its pool was not handed over): it goes in chunks instead,
+    /// and its run is let go of (the reader never gets it).
+    fn unfan(&mut self, lane_fd: &OwnedFd, frame: &WireFrame, how: &mut Way) -> io::Result<usize> {
+        if let Way::Fanned { run, .. } = how {
+            self.fan_held.retain(|held| !Arc::ptr_eq(held, run));
+        }
+        *how = Way::Chunks;
+        lane::write_chunks(lane_fd, frame, 0)
+    }
+
+    /// Takes in what the reader has said (the most it said stands: see `lane::say`). `Err` if
+    /// the reader's end is gone.
     pub(super) fn read_back(&mut self, lane_fd: &OwnedFd) -> io::Result<()> {
-        match lane::read_back(lane_fd)? {
-            Some(Takes::Pooled) if self.takes == Takes::Ring => {}
-            Some(said) => self.takes = said,
-            None => {}
+        if let Some(said) = lane::read_back(lane_fd)? {
+            self.takes = self.takes.then(said);
         }
         Ok(())
     }
@@ -394,6 +474,29 @@ impl LargeFrames {
                 }
                 let done = usize::from(offer);
                 Ok(done + usize::from(lane::write_pooled(lane_fd, offset, len)?))
+            }
+            Way::Fanned { run, stamp, offer } => {
+                let (run, stamp, offer) = (Arc::clone(run), *stamp, *offer);
+                let handed = offer || self.fan_offered == Some(run.generation().id());
+                if self.pool.is_none() || !handed {
+                    // The lane's pool, or the fan-out pool, could not be handed over (an earlier
+                    // frame's write): nothing of this frame went.
+                    return self.unfan(lane_fd, frame, how);
+                }
+                if offer && from == 0 {
+                    match lane::write_fan_pool(lane_fd, run.generation().memfd(), fan_pool::SIZE) {
+                        Ok(true) => {}
+                        Ok(false) => return Ok(0),
+                        Err(e) if too_many_fds(&e) => {
+                            tracing::debug!("too many fds in flight; large events on this lane go through its pool");
+                            (self.fan, self.fan_offered) = (None, None);
+                            return self.unfan(lane_fd, frame, how);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                let done = usize::from(offer);
+                Ok(done + usize::from(lane::write_fanned(lane_fd, run.offset(), run.len(), stamp)?))
             }
         }
     }

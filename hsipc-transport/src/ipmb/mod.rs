@@ -40,6 +40,7 @@ mod cloexec;
 pub use cloexec::mark_bus_fds_close_on_exec;
 mod caller_lane;
 mod envelope;
+mod fan_pool;
 mod futex;
 mod lane;
 mod lane_reader;

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use proto::PeerId;
 use proto::frame::WireFrame;
 
+use super::fan_pool::FanPools;
 use super::lane;
 use super::large::{How, LargeFrames};
 use crate::send_lock::SendLock;
@@ -263,11 +264,19 @@ struct Outgoing {
 pub(super) struct OutLanes {
     lanes: HashMap<PeerId, Arc<PeerLane>>,
     stall: Duration,
+    /// The one copy of each large event published to several of the lanes' peers.
+    fan: Arc<FanPools>,
 }
 
 impl OutLanes {
     pub(super) fn new(stall: Duration) -> Self {
-        OutLanes { lanes: HashMap::default(), stall: stall.max(Duration::from_millis(1)) }
+        OutLanes { lanes: HashMap::default(), stall: stall.max(Duration::from_millis(1)), fan: Arc::default() }
+    }
+
+    /// Units in use in the hub's fan-out pool, and runs closed lanes left there.
+    #[cfg(test)]
+    pub(super) fn fan_census(&self) -> (usize, usize) {
+        self.fan.census()
     }
 
     pub(super) fn insert(&mut self, peer: PeerId, fd: OwnedFd) {
@@ -277,7 +286,7 @@ impl OutLanes {
             waiting: VecDeque::new(),
             written: 0,
             spare: VecDeque::new(),
-            large: LargeFrames::default(),
+            large: LargeFrames::new(self.fan.clone()),
             waiting_bytes: 0,
             progress: now,
             last_used: now,

@@ -45,7 +45,7 @@ use super::shm::{self, Mapping};
 /// The pool is handed out in runs of units of this size.
 pub(super) const UNIT: usize = 64 * 1024;
 /// Units in a pool.
-const UNITS: usize = 1024;
+pub(super) const UNITS: usize = 1024;
 /// A pool's size: 64 MiB.
 pub(super) const POOL_SIZE: usize = UNIT * UNITS;
 /// Frames from this size on go through the pool (smaller ones cost less in chunks).
@@ -54,8 +54,9 @@ pub(super) const POOLED_MIN: usize = 16 * 1024;
 pub(super) const POOLED_MAX: usize = POOL_SIZE / 4;
 /// The largest pool a reader maps (address space, not memory: only written pages cost).
 const POOL_SIZE_MAX: u64 = 1 << 30;
-/// A board's size: one byte per unit, a page at least.
-const BOARD_SIZE: usize = 4096;
+/// A board's size: one byte per unit (of this pool, then of the hub's fan-out pool: see
+/// `fan_pool`), a page at least.
+pub(super) const BOARD_SIZE: usize = 4096;
 const _: () = assert!(UNITS <= BOARD_SIZE);
 /// A board's byte for a run the reader has let go of.
 const RELEASED: u8 = 1;
@@ -70,12 +71,29 @@ fn mark(board: &Mapping, unit: usize) -> &AtomicU8 {
     unsafe { &*(board.base().add(unit) as *const AtomicU8) }
 }
 
+/// The writer's side: whether the reader marked the run at board byte `at` released; if so, the
+/// mark is cleared (for the run's next use).
+pub(super) fn take_release(board: &Mapping, at: usize) -> bool {
+    if mark(board, at).load(Ordering::Acquire) != RELEASED {
+        return false;
+    }
+    mark(board, at).store(0, Ordering::Relaxed);
+    true
+}
+
+/// The reader's side: marks the run at board byte `at` released.
+pub(super) fn release(board: &Mapping, at: usize) {
+    mark(board, at).store(RELEASED, Ordering::Release);
+}
+
 /// The writer's side of a pool.
 pub(super) struct SendPool {
     data_fd: OwnedFd,
     board_fd: OwnedFd,
     data: Mapping,
-    board: Mapping,
+    /// Shared with the hub's fan-out pool, which takes the marks of runs a closed lane's
+    /// reader still held.
+    board: Arc<Mapping>,
     /// One bit per unit: set while the reader may hold it.
     used: [u64; UNITS / 64],
     /// The length in units of the run starting at each unit (0: no run starts there).
@@ -100,6 +118,7 @@ impl SendPool {
         let board_fd = shm::sized_memfd(c"hsipc-pool-board", BOARD_SIZE, false)?;
         let rw = libc::PROT_READ | libc::PROT_WRITE;
         let (data, board) = (Mapping::new(&data_fd, POOL_SIZE, rw, 0)?, Mapping::new(&board_fd, BOARD_SIZE, rw, 0)?);
+        let board = Arc::new(board);
         let (used, touched, runs) = ([0; UNITS / 64], [0; UNITS / 64], Box::new([0; UNITS]));
         Ok(SendPool { data_fd, board_fd, data, board, used, runs, touched })
     }
@@ -107,6 +126,12 @@ impl SendPool {
     /// The pool's memfds (data, board), to hand to the reader.
     pub(super) fn memfds(&self) -> [&OwnedFd; 2] {
         [&self.data_fd, &self.board_fd]
+    }
+
+    /// The board the reader marks what it let go of on (this pool's runs, then the fan-out
+    /// pool's from `fan_pool::BOARD_BASE` on).
+    pub(super) fn board(&self) -> &Arc<Mapping> {
+        &self.board
     }
 
     /// Copies `frame` into a free run: its offset, or `None` if no run is free that large.
@@ -163,10 +188,9 @@ impl SendPool {
     /// Frees the runs the reader marked released on the board.
     fn take_releases(&mut self) {
         for start in 0..UNITS {
-            if self.runs[start] == 0 || mark(&self.board, start).load(Ordering::Acquire) != RELEASED {
+            if self.runs[start] == 0 || !take_release(&self.board, start) {
                 continue;
             }
-            mark(&self.board, start).store(0, Ordering::Relaxed);
             let units = std::mem::take(&mut self.runs[start]) as usize;
             for u in start..start + units {
                 self.used[u / 64] &= !(1 << (u % 64));
@@ -233,6 +257,12 @@ impl RecvPool {
         Ok(Arc::new(RecvPool { data, board }))
     }
 
+    /// Marks the run at board byte `at` released (a run of the hub's fan-out pool, whose frame
+    /// the reader let go of); `at` is within the board.
+    pub(super) fn release(&self, at: usize) {
+        release(&self.board, at);
+    }
+
     /// The frame at `offset`, `len` bytes, as `Bytes` that mark its run released when the last
     /// reference drops; `None` if it does not start at a unit within the pool.
     pub(super) fn frame(self: &Arc<Self>, offset: u64, len: u64) -> Option<Bytes> {
@@ -265,7 +295,7 @@ impl AsRef<[u8]> for PooledFrame {
 
 impl Drop for PooledFrame {
     fn drop(&mut self) {
-        mark(&self.pool.board, self.offset / UNIT).store(RELEASED, Ordering::Release);
+        release(&self.pool.board, self.offset / UNIT);
     }
 }
 

@@ -405,7 +405,7 @@ fn accept_lane(
         return None;
     }
     // The shared pool only between processes of one user (see `pool`).
-    let mut takes = if limits.takes_pooled { Takes::Ring } else { Takes::Sealed };
+    let mut takes = if limits.takes_pooled { Takes::Fan } else { Takes::Sealed };
     let maker = match lane::maker(&fd) {
         Ok(maker) => maker,
         Err(e) => {
@@ -533,7 +533,7 @@ mod tests {
             Some(Takes::Sealed)
         );
         // This user's: taken, with the pool and the ring.
-        assert_eq!(takes(accept_lane(PeerId(2), None, lane_made_by(0), &across, &lanes, &stop)), Some(Takes::Ring));
+        assert_eq!(takes(accept_lane(PeerId(2), None, lane_made_by(0), &across, &lanes, &stop)), Some(Takes::Fan));
         let no_pools = Limits { uid: Some(lane::own_uid()), max_lanes: 8, takes_pooled: false };
         assert_eq!(takes(accept_lane(PeerId(3), None, lane_made_by(0), &no_pools, &lanes, &stop)), Some(Takes::Sealed));
     }
@@ -709,13 +709,13 @@ mod tests {
                 None => said.push(None),
             }
         }
-        assert_eq!(said[..2], [Some(Takes::Ring), Some(Takes::Ring)]);
+        assert_eq!(said[..2], [Some(Takes::Fan), Some(Takes::Fan)]);
         assert!(said[2..2 + MAX_DECLINED_LANES].iter().all(|t| *t == Some(Takes::Declined)));
         assert_eq!(said[2 + MAX_DECLINED_LANES], None);
         // A taken lane whose reader has ended frees its place, for a lane to take (declined
         // lanes alive do not count against it).
         kept.remove(0);
         let (_mine, theirs) = lane::pair().unwrap();
-        assert_eq!(accept_lane(PeerId(99), None, theirs, &limits, &lanes, &stop).map(|(_, t)| t), Some(Takes::Ring));
+        assert_eq!(accept_lane(PeerId(99), None, theirs, &limits, &lanes, &stop).map(|(_, t)| t), Some(Takes::Fan));
     }
 }

@@ -1,0 +1,440 @@
+//! A hub's fan-out pool: the one copy of a large event published to several peers, which each
+//! of their lane readers maps read-only.
+//!
+//! A lane's own pool (see `pool`) holds the frames of that lane alone, so an event of a
+//! megabyte published to three subscriber processes was copied three times. The frames of one
+//! publish to several peers differ only in their flags and sequence number (a
+//! [`FanOut`](proto::frame::FanOut) says which frames they are, [`Stamp`] what differs), so the
+//! first lane to write one copies it into a run of this pool, shared by every lane of the hub,
+//! and each lane sends only the run's place and its own stamp. The reader decodes the frame from
+//! its mapping with that stamp (`Ingress::deliver_stamped`): one copy per event, whatever the
+//! number of subscribers.
+//!
+//! Who may change what, and why it is sealed differently from a lane's pool:
+//! - readers of many processes map this memory, so none may write it: the memfd is sealed
+//!   against new writable mappings and writes (`F_SEAL_FUTURE_WRITE`) after the writer mapped
+//!   it read-write, and against shrinking and growing (no page under a mapping can vanish:
+//!   no `SIGBUS`). A reader checks those seals before it maps. (A lane's pool cannot carry that
+//!   seal, which forbids punching holes, and needs none: only its one reader ever reads it.)
+//! - the writer writes a run only while it is free: no lane that got it still holds it;
+//! - so the pool cannot be trimmed: the pages a burst wrote stay until the pool is replaced
+//!   (below). It is small for that reason ([`SIZE`], 16 MiB), and a frame takes at most a
+//!   quarter of it.
+//!
+//! A run is free once every lane that sent it has seen its reader let go of it: the reader marks
+//! the run released on its lane's board (the lane pool's board, from [`BOARD_BASE`] on), and
+//! the lane's writer drops its hold on the run when it takes the mark in. A lane that closes
+//! while its reader still holds runs leaves them here, with its board, to be freed once the
+//! reader marks them (an application holding an event) or never (a reader that died). Should
+//! runs left that way hold a quarter of the pool when it has no room, the pool is replaced by
+//! a new one (offered again to each lane with its next frame), and the old one is left to the
+//! readers that still map it: the writer never writes it again, and its memory goes once they
+//! let go. A lane holds runs of one pool at a time, so its board never marks two at once.
+//!
+//! When the pool has no room (readers that hold many events), frames go through their lanes'
+//! own pools as before: nothing waits.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use proto::frame::WireFrame;
+
+use super::pool::{self, RecvPool, UNIT};
+use super::sealed::{MapError, check_offered};
+use super::shm::{self, Mapping};
+
+/// Units in a fan-out pool.
+pub(super) const UNITS: usize = 256;
+/// A fan-out pool's size: 16 MiB.
+pub(super) const SIZE: usize = UNITS * UNIT;
+/// The largest frame that goes through the fan-out pool.
+pub(super) const MAX: usize = SIZE / 4;
+/// Where the board byte of a fan-out pool's unit lies on a lane's board: after the lane
+/// pool's own units.
+pub(super) const BOARD_BASE: usize = pool::UNITS;
+const _: () = assert!(BOARD_BASE + UNITS <= pool::BOARD_SIZE);
+/// The seals a reader requires of a fan-out pool before it maps it.
+pub(super) const REQUIRED_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE;
+
+/// One fan-out pool: its memfd, mapped read-write here, and which of its units are in use.
+pub(super) struct Generation {
+    /// Tells this pool from the ones before and after it (a lane offers each once).
+    id: u64,
+    fd: OwnedFd,
+    data: Mapping,
+    units: Mutex<Units>,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// Which units of a pool are in use, and which were ever written.
+struct Units {
+    used: [u64; UNITS / 64],
+    touched: [u64; UNITS / 64],
+}
+
+fn bit(words: &[u64; UNITS / 64], u: usize) -> bool {
+    words[u / 64] & (1 << (u % 64)) != 0
+}
+
+fn set(words: &mut [u64; UNITS / 64], u: usize, on: bool) {
+    if on {
+        words[u / 64] |= 1 << (u % 64);
+    } else {
+        words[u / 64] &= !(1 << (u % 64));
+    }
+}
+
+impl Generation {
+    fn new(id: u64) -> io::Result<Generation> {
+        let fd = shm::sized_memfd(c"hsipc-fan-pool", SIZE, false)?;
+        let data = Mapping::new(&fd, SIZE, libc::PROT_READ | libc::PROT_WRITE, 0)?;
+        // Only this mapping may write, from now on (and no seal may be added or taken away).
+        shm::add_seals(&fd, libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL)?;
+        Ok(Generation { id, fd, data, units: Mutex::new(Units { used: [0; UNITS / 64], touched: [0; UNITS / 64] }) })
+    }
+
+    fn units(&self) -> MutexGuard<'_, Units> {
+        self.units.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pool's memfd, to hand to a lane's reader.
+    pub(super) fn memfd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Which pool this is.
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Takes a free run of `units` units: its first unit, and whether any of it was never
+    /// written.
+    fn take(&self, units: usize) -> Option<(usize, bool)> {
+        let mut map = self.units();
+        let mut run = 0;
+        let start = (0..UNITS).find(|&u| {
+            run = if bit(&map.used, u) { 0 } else { run + 1 };
+            run == units
+        })? + 1
+            - units;
+        let fresh = (start..start + units).any(|u| !bit(&map.touched, u));
+        for u in start..start + units {
+            set(&mut map.used, u, true);
+            set(&mut map.touched, u, true);
+        }
+        Some((start, fresh))
+    }
+
+    fn free(&self, start: usize, units: usize) {
+        let mut map = self.units();
+        for u in start..start + units {
+            set(&mut map.used, u, false);
+        }
+    }
+
+    /// Units in use.
+    #[cfg(test)]
+    fn used(&self) -> usize {
+        self.units().used.iter().map(|w| w.count_ones() as usize).sum()
+    }
+}
+
+/// A run of a fan-out pool that holds the one copy of a fan-out's frame. It is free again once
+/// nothing holds it: the fan-out's frames (through their [`FanOut`](proto::frame::FanOut)), and
+/// each lane that sent it, until its reader let go of it.
+pub(super) struct FanRun {
+    pool: Arc<Generation>,
+    start: usize,
+    units: usize,
+    len: usize,
+    /// The frame's first piece (its header and name), which each frame sent as this run must
+    /// have, but for its stamp.
+    head: Box<[u8]>,
+}
+
+impl std::fmt::Debug for FanRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanRun")
+            .field("pool", &self.pool.id)
+            .field("start", &self.start)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl FanRun {
+    /// The pool it lies in.
+    pub(super) fn generation(&self) -> &Arc<Generation> {
+        &self.pool
+    }
+
+    /// Its first unit.
+    pub(super) fn unit(&self) -> usize {
+        self.start
+    }
+
+    /// Its offset in the pool.
+    pub(super) fn offset(&self) -> u64 {
+        (self.start * UNIT) as u64
+    }
+
+    /// The frame's length.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether `frame` may be sent as this run: it is the run's frame, but for its stamp.
+    pub(super) fn stands_for(&self, frame: &WireFrame) -> bool {
+        frame.len() == self.len && frame.same_head_but_stamp(&self.head)
+    }
+}
+
+impl Drop for FanRun {
+    fn drop(&mut self) {
+        self.pool.free(self.start, self.units);
+    }
+}
+
+/// Runs that lanes closed while their readers held them, with those lanes' boards.
+struct Orphan {
+    board: Arc<Mapping>,
+    runs: Vec<Arc<FanRun>>,
+}
+
+/// The hub's fan-out pool (made on first use), and what closed lanes left in it.
+#[derive(Default)]
+pub(super) struct FanPools {
+    state: Mutex<PoolsState>,
+}
+
+impl std::fmt::Debug for FanPools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanPools").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct PoolsState {
+    current: Option<Arc<Generation>>,
+    /// A pool cannot be made here (no `F_SEAL_FUTURE_WRITE` before Linux 5.1, or no memory):
+    /// do not try again.
+    failed: bool,
+    made: u64,
+    orphans: Vec<Orphan>,
+}
+
+impl FanPools {
+    fn state(&self) -> MutexGuard<'_, PoolsState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Copies `frame` into a free run: `None` if it is too large, or no run is free (its lanes
+    /// then send it through their own pools).
+    pub(super) fn put(&self, frame: &WireFrame) -> Option<Arc<FanRun>> {
+        if frame.len() > MAX || frame.is_empty() {
+            return None;
+        }
+        let units = frame.len().div_ceil(UNIT);
+        let (pool, start, fresh) = {
+            let mut state = self.state();
+            state.take_orphan_releases();
+            let pool = state.current()?;
+            match pool.take(units) {
+                Some((start, fresh)) => (pool, start, fresh),
+                None => {
+                    // Runs closed lanes left behind hold much of it: a new pool (see the module).
+                    let left: usize = state.orphans.iter().flat_map(|o| &o.runs).map(|r| r.units).sum();
+                    if left < UNITS / 4 {
+                        return None;
+                    }
+                    tracing::debug!(left, "a fan-out pool is full of runs closed lanes left: a new one");
+                    state.orphans.clear();
+                    state.current = None;
+                    let pool = state.current()?;
+                    let (start, fresh) = pool.take(units)?;
+                    (pool, start, fresh)
+                }
+            }
+        };
+        // The run is this thread's alone until the run is handed out: copied outside the lock.
+        let at = start * UNIT;
+        if fresh {
+            // As in a lane's pool: pages never written are faulted in with one call (only a
+            // speed-up; the copy faults them in otherwise).
+            // SAFETY: advice on a range within our own mapping; it changes no data.
+            unsafe { libc::madvise(pool.data.base().add(at).cast(), units * UNIT, libc::MADV_POPULATE_WRITE) };
+        }
+        let mut to = at;
+        let pieces = frame.pieces();
+        for piece in pieces.get() {
+            // SAFETY: the run lies within the mapping (start + units <= UNITS, and the pieces add
+            // up to the frame's length), it is free (no reader holds it), and `piece` is a
+            // separate allocation.
+            unsafe { std::ptr::copy_nonoverlapping(piece.as_ptr(), pool.data.base().add(to), piece.len()) };
+            to += piece.len();
+        }
+        let head = pieces.get()[0].into();
+        drop(pieces);
+        Some(Arc::new(FanRun { pool, start, units, len: frame.len(), head }))
+    }
+
+    /// Takes the runs a closing lane's reader still holds, with the lane's board: each is freed
+    /// once the reader marks it released.
+    pub(super) fn orphan(&self, board: Arc<Mapping>, runs: Vec<Arc<FanRun>>) {
+        if !runs.is_empty() {
+            self.state().orphans.push(Orphan { board, runs });
+        }
+    }
+
+    /// Units in use in the current pool, and runs left by closed lanes (for tests).
+    #[cfg(test)]
+    pub(super) fn census(&self) -> (usize, usize) {
+        let state = self.state();
+        let used = state.current.as_ref().map_or(0, |g| g.used());
+        (used, state.orphans.iter().map(|o| o.runs.len()).sum())
+    }
+}
+
+impl PoolsState {
+    /// The current pool, made if there is none.
+    fn current(&mut self) -> Option<Arc<Generation>> {
+        if self.failed {
+            return None;
+        }
+        if self.current.is_none() {
+            self.made += 1;
+            match Generation::new(self.made) {
+                Ok(pool) => self.current = Some(Arc::new(pool)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot make a fan-out pool; large events go through each lane's own pool");
+                    self.failed = true;
+                    return None;
+                }
+            }
+        }
+        self.current.clone()
+    }
+
+    /// Frees the runs left by closed lanes that their readers marked released.
+    fn take_orphan_releases(&mut self) {
+        for orphan in &mut self.orphans {
+            orphan.runs.retain(|run| !pool::take_release(&orphan.board, BOARD_BASE + run.unit()));
+        }
+        self.orphans.retain(|o| !o.runs.is_empty());
+    }
+}
+
+/// A reader's mapping of a writer's fan-out pool (read-only: nobody but its writer writes it).
+pub(super) struct RecvFanPool {
+    data: Mapping,
+}
+
+impl RecvFanPool {
+    /// Maps a fan-out pool a writer offered: `size` bytes, at most [`SIZE`], in a memfd sealed
+    /// against writes, shrinking and growing, at least that large.
+    pub(super) fn map(fd: &OwnedFd, size: u64) -> Result<Arc<RecvFanPool>, MapError> {
+        let actual = check_offered(fd, REQUIRED_SEALS, size)?;
+        if size > SIZE as u64 {
+            return Err(MapError::TooSmall { size: actual, len: size as usize });
+        }
+        Ok(Arc::new(RecvFanPool { data: Mapping::new(fd, size as usize, libc::PROT_READ, 0)? }))
+    }
+
+    /// The frame at `offset`, `len` bytes, as `Bytes` that mark its run released on `lane`'s
+    /// board when the last reference drops; `None` if it does not start at a unit within the
+    /// pool.
+    pub(super) fn frame(self: &Arc<Self>, lane: &Arc<RecvPool>, offset: u64, len: u64) -> Option<Bytes> {
+        let end = offset.checked_add(len)?;
+        if end > self.data.len() as u64 || len == 0 || offset % UNIT as u64 != 0 {
+            return None;
+        }
+        let at = BOARD_BASE + (offset / UNIT as u64) as usize;
+        let (pool, lane) = (self.clone(), lane.clone());
+        Some(Bytes::from_owner(FanFrame { pool, lane, at, offset: offset as usize, len: len as usize }))
+    }
+}
+
+/// One frame in a reader's mapping of a fan-out pool; marks its run released on its lane's
+/// board when dropped.
+struct FanFrame {
+    pool: Arc<RecvFanPool>,
+    lane: Arc<RecvPool>,
+    /// Its run's byte on the lane's board.
+    at: usize,
+    offset: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for FanFrame {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: within the mapping (checked in `frame`), which lives while `pool` does. Only
+        // its writer can write the pool (sealed against any other), and an honest one does not
+        // write this run until every reader released it; a hostile one could, so, as for a
+        // lane's pool, the frame's header and name are copied out before they are checked.
+        unsafe { std::slice::from_raw_parts(self.pool.data.base().add(self.offset), self.len) }
+    }
+}
+
+impl Drop for FanFrame {
+    fn drop(&mut self) {
+        self.lane.release(self.at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_is_free_once_nothing_holds_it_and_the_pool_is_sealed_against_writers() {
+        let pools = FanPools::default();
+        let frame = WireFrame::from(Bytes::from(vec![3u8; 200_000]));
+        let run = pools.put(&frame).unwrap();
+        assert_eq!((run.offset(), run.len()), (0, 200_000));
+        assert!(run.stands_for(&frame));
+        let second = pools.put(&frame).unwrap();
+        assert_eq!(second.unit(), 4, "200 000 bytes take four units");
+        assert_eq!(pools.census(), (8, 0));
+        let held = run.clone();
+        drop(run);
+        assert_eq!(pools.census(), (8, 0), "held elsewhere");
+        drop(held);
+        assert_eq!(pools.census(), (4, 0));
+        assert!(pools.put(&WireFrame::from(Bytes::from(vec![0u8; MAX + 1]))).is_none(), "too large");
+        // Nobody maps it writable any more, nor writes to it.
+        let fd = second.generation().memfd();
+        let writable = Mapping::new(fd, SIZE, libc::PROT_READ | libc::PROT_WRITE, 0);
+        assert!(writable.is_err(), "a writable mapping of a sealed fan-out pool");
+        assert!(Mapping::new(fd, SIZE, libc::PROT_READ, 0).is_ok());
+    }
+
+    #[test]
+    fn runs_a_closed_lane_left_are_freed_when_marked_and_a_pool_full_of_them_is_replaced() {
+        let pools = FanPools::default();
+        let board_fd = shm::sized_memfd(c"test-board", pool::BOARD_SIZE, false).unwrap();
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let board = Arc::new(Mapping::new(&board_fd, pool::BOARD_SIZE, rw, 0).unwrap());
+        let mb = WireFrame::from(Bytes::from(vec![1u8; 1 << 20]));
+        let runs: Vec<_> = (0..16).map(|_| pools.put(&mb).unwrap()).collect();
+        let first_gen = runs[0].generation().id();
+        pools.orphan(board.clone(), runs);
+        assert_eq!(pools.census(), (256, 16), "the pool is full, of runs a closed lane left");
+        // The reader lets go of the first: it is freed at the next put, and used again.
+        pool::release(&board, BOARD_BASE);
+        let again = pools.put(&mb).unwrap();
+        assert_eq!((again.unit(), again.generation().id()), (0, first_gen));
+        assert_eq!(pools.census(), (256, 15));
+        // No room, and the runs left hold more than a quarter: a new pool.
+        let next = pools.put(&mb).unwrap();
+        assert_ne!(next.generation().id(), first_gen);
+        assert_eq!(pools.census().1, 0, "the old pool's runs are left to it");
+        drop(again);
+    }
+}
