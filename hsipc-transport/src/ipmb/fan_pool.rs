@@ -17,9 +17,18 @@
 //!   no `SIGBUS`). A reader checks those seals before it maps. (A lane's pool cannot carry that
 //!   seal, which forbids punching holes, and needs none: only its one reader ever reads it.)
 //! - the writer writes a run only while it is free: no lane that got it still holds it;
-//! - so the pool cannot be trimmed: the pages a burst wrote stay until the pool is replaced
-//!   (below). It is small for that reason ([`SIZE`], 16 MiB), and a frame takes at most a
-//!   quarter of it.
+//! - so the pool cannot be trimmed as a lane's pool is: the pages a burst wrote stay until the
+//!   pool is given up (below). It is as large as a lane's pool ([`SIZE`], 64 MiB of address
+//!   space, pages only where written): four times what a subscriber's credit lets a publisher
+//!   have queued for it (16 MiB by default), so that the pool is rarely full. A frame takes at
+//!   most a quarter of it.
+//!
+//! A pool that has had nothing put into it for a second, holds more than [`KEEP`] bytes of pages,
+//! and whose runs are all free (or left by closed lanes) is given up: its first unit (a header,
+//! never handed out) says so, every reader that sees it there lets go of its mapping at its next
+//! message (no frame of it is still to come: none is in use), the writer lets go of its own, and
+//! the pages go once the last frame read from it is dropped. The next large fan-out makes a new
+//! pool, offered to each lane again.
 //!
 //! A run is free once every lane that sent it has seen its reader let go of it: the reader marks
 //! the run released on its lane's board (the lane pool's board, from [`BOARD_BASE`] on), and
@@ -45,10 +54,15 @@ use super::pool::{self, RecvPool, UNIT};
 use super::sealed::{MapError, check_offered};
 use super::shm::{self, Mapping};
 
-/// Units in a fan-out pool.
-pub(super) const UNITS: usize = 256;
-/// A fan-out pool's size: 16 MiB.
+/// Units in a fan-out pool (the first is its header).
+pub(super) const UNITS: usize = 1024;
+/// A fan-out pool's size: 64 MiB.
 pub(super) const SIZE: usize = UNITS * UNIT;
+/// The first unit handed out (the one before is the pool's header: its first byte says whether
+/// the pool was given up).
+const FIRST: usize = 1;
+/// A quiet pool holding at most this many bytes of pages is kept (not given up).
+pub(super) const KEEP: usize = 4 << 20;
 /// The largest frame that goes through the fan-out pool.
 pub(super) const MAX: usize = SIZE / 4;
 /// Where the board byte of a fan-out pool's unit lies on a lane's board: after the lane
@@ -119,7 +133,7 @@ impl Generation {
     fn take(&self, units: usize) -> Option<(usize, bool)> {
         let mut map = self.units();
         let mut run = 0;
-        let start = (0..UNITS).find(|&u| {
+        let start = (FIRST..UNITS).find(|&u| {
             run = if bit(&map.used, u) { 0 } else { run + 1 };
             run == units
         })? + 1
@@ -140,9 +154,21 @@ impl Generation {
     }
 
     /// Units in use.
-    #[cfg(test)]
     fn used(&self) -> usize {
         self.units().used.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Units ever written.
+    fn touched(&self) -> usize {
+        self.units().touched.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Says in the header that the pool is given up (see the module docs).
+    fn give_up(&self) {
+        // SAFETY: the header's first byte, within our own mapping; it is only ever accessed
+        // atomically (readers load it).
+        let header = unsafe { &*(self.data.base() as *const std::sync::atomic::AtomicU8) };
+        header.store(1, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -223,6 +249,8 @@ impl std::fmt::Debug for FanPools {
 #[derive(Default)]
 struct PoolsState {
     current: Option<Arc<Generation>>,
+    /// When a frame last went into the current pool.
+    last_put: Option<std::time::Instant>,
     /// A pool cannot be made here (no `F_SEAL_FUTURE_WRITE` before Linux 5.1, or no memory):
     /// do not try again.
     failed: bool,
@@ -245,6 +273,7 @@ impl FanPools {
         let (pool, start, fresh) = {
             let mut state = self.state();
             state.take_orphan_releases();
+            state.last_put = Some(std::time::Instant::now());
             let pool = state.current()?;
             match pool.take(units) {
                 Some((start, fresh)) => (pool, start, fresh),
@@ -291,6 +320,32 @@ impl FanPools {
         if !runs.is_empty() {
             self.state().orphans.push(Orphan { board, runs });
         }
+    }
+
+    /// Gives the pool up (see the module docs) if nothing has gone into it for `quiet`, it holds
+    /// more than [`KEEP`] bytes of pages, and no lane that lives holds a run of it (lanes take
+    /// their readers' releases in before this, on the same round).
+    pub(super) fn trim_if_quiet(&self, now: std::time::Instant, quiet: std::time::Duration) {
+        let mut state = self.state();
+        let (Some(pool), Some(last)) = (&state.current, state.last_put) else { return };
+        if now.saturating_duration_since(last) < quiet || pool.touched() * UNIT <= KEEP {
+            return;
+        }
+        let pool = Arc::clone(pool);
+        state.take_orphan_releases();
+        // Runs held by nothing but the list of what closed lanes left (no fan-out's frames, no
+        // lane: nothing can send them again). Any other run is a frame some reader holds or may
+        // still read.
+        let left: usize =
+            state.orphans.iter().flat_map(|o| &o.runs).filter(|r| Arc::strong_count(r) == 1).map(|r| r.units).sum();
+        if pool.used() > left {
+            return;
+        }
+        tracing::debug!(bytes = pool.touched() * UNIT, "giving a quiet fan-out pool up");
+        pool.give_up();
+        state.orphans.clear();
+        state.current = None;
+        state.last_put = None;
     }
 
     /// Units in use in the current pool, and runs left by closed lanes (for tests).
@@ -341,10 +396,17 @@ impl RecvFanPool {
     /// against writes, shrinking and growing, at least that large.
     pub(super) fn map(fd: &OwnedFd, size: u64) -> Result<Arc<RecvFanPool>, MapError> {
         let actual = check_offered(fd, REQUIRED_SEALS, size)?;
-        if size > SIZE as u64 {
+        if size > SIZE as u64 || size < UNIT as u64 {
             return Err(MapError::TooSmall { size: actual, len: size as usize });
         }
         Ok(Arc::new(RecvFanPool { data: Mapping::new(fd, size as usize, libc::PROT_READ, 0)? }))
+    }
+
+    /// Whether its writer gave it up: no frame of it is still to come (see the module docs).
+    pub(super) fn given_up(&self) -> bool {
+        // SAFETY: the header's first byte, within the mapping; only ever accessed atomically.
+        let header = unsafe { &*(self.data.base() as *const std::sync::atomic::AtomicU8) };
+        header.load(std::sync::atomic::Ordering::Acquire) != 0
     }
 
     /// The frame at `offset`, `len` bytes, as `Bytes` that mark its run released on `lane`'s
@@ -352,7 +414,8 @@ impl RecvFanPool {
     /// pool.
     pub(super) fn frame(self: &Arc<Self>, lane: &Arc<RecvPool>, offset: u64, len: u64) -> Option<Bytes> {
         let end = offset.checked_add(len)?;
-        if end > self.data.len() as u64 || len == 0 || offset % UNIT as u64 != 0 {
+        let unit = offset / UNIT as u64;
+        if end > self.data.len() as u64 || len == 0 || offset % UNIT as u64 != 0 || unit < FIRST as u64 {
             return None;
         }
         let at = BOARD_BASE + (offset / UNIT as u64) as usize;
@@ -397,10 +460,10 @@ mod tests {
         let pools = FanPools::default();
         let frame = WireFrame::from(Bytes::from(vec![3u8; 200_000]));
         let run = pools.put(&frame).unwrap();
-        assert_eq!((run.offset(), run.len()), (0, 200_000));
+        assert_eq!((run.offset(), run.len()), (UNIT as u64, 200_000), "after the header");
         assert!(run.stands_for(&frame));
         let second = pools.put(&frame).unwrap();
-        assert_eq!(second.unit(), 4, "200 000 bytes take four units");
+        assert_eq!(second.unit(), 5, "200 000 bytes take four units");
         assert_eq!(pools.census(), (8, 0));
         let held = run.clone();
         drop(run);
@@ -415,6 +478,37 @@ mod tests {
         assert!(Mapping::new(fd, SIZE, libc::PROT_READ, 0).is_ok());
     }
 
+    /// A quiet pool whose runs are all free is given up once it holds more than a few
+    /// megabytes of pages: its readers see it in the header; the next frame makes a new pool.
+    /// A small pool, or one whose run a lane still holds, is kept.
+    #[test]
+    fn a_quiet_pool_is_given_up_once_its_runs_are_free() {
+        use std::time::{Duration, Instant};
+        let pools = FanPools::default();
+        let quiet = Duration::from_secs(1);
+        let later = || Instant::now() + Duration::from_secs(2);
+        let mb = WireFrame::from(Bytes::from(vec![1u8; 1 << 20]));
+        let small = pools.put(&mb).unwrap();
+        let pool = small.generation().clone();
+        let reader = RecvFanPool::map(pool.memfd(), SIZE as u64).unwrap();
+        drop(small);
+        pools.trim_if_quiet(later(), quiet);
+        assert!(!reader.given_up(), "1 MiB of pages: kept");
+        let runs: Vec<_> = (0..8).map(|_| pools.put(&mb).unwrap()).collect();
+        let held = runs[3].clone();
+        drop(runs);
+        pools.trim_if_quiet(Instant::now(), quiet);
+        pools.trim_if_quiet(later(), quiet);
+        assert!(!reader.given_up(), "a run is still held");
+        drop(held);
+        pools.trim_if_quiet(Instant::now(), quiet);
+        assert!(!reader.given_up(), "not quiet yet");
+        pools.trim_if_quiet(later(), quiet);
+        assert!(reader.given_up());
+        let next = pools.put(&mb).unwrap();
+        assert_ne!(next.generation().id(), pool.id(), "a new pool");
+    }
+
     #[test]
     fn runs_a_closed_lane_left_are_freed_when_marked_and_a_pool_full_of_them_is_replaced() {
         let pools = FanPools::default();
@@ -422,15 +516,15 @@ mod tests {
         let rw = libc::PROT_READ | libc::PROT_WRITE;
         let board = Arc::new(Mapping::new(&board_fd, pool::BOARD_SIZE, rw, 0).unwrap());
         let mb = WireFrame::from(Bytes::from(vec![1u8; 1 << 20]));
-        let runs: Vec<_> = (0..16).map(|_| pools.put(&mb).unwrap()).collect();
+        let runs: Vec<_> = (0..63).map(|_| pools.put(&mb).unwrap()).collect();
         let first_gen = runs[0].generation().id();
         pools.orphan(board.clone(), runs);
-        assert_eq!(pools.census(), (256, 16), "the pool is full, of runs a closed lane left");
+        assert_eq!(pools.census(), (1008, 63), "the pool is full, of runs a closed lane left");
         // The reader lets go of the first: it is freed at the next put, and used again.
-        pool::release(&board, BOARD_BASE);
+        pool::release(&board, BOARD_BASE + FIRST);
         let again = pools.put(&mb).unwrap();
-        assert_eq!((again.unit(), again.generation().id()), (0, first_gen));
-        assert_eq!(pools.census(), (256, 15));
+        assert_eq!((again.unit(), again.generation().id()), (FIRST, first_gen));
+        assert_eq!(pools.census(), (1008, 62));
         // No room, and the runs left hold more than a quarter: a new pool.
         let next = pools.put(&mb).unwrap();
         assert_ne!(next.generation().id(), first_gen);

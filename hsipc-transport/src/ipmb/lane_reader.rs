@@ -362,6 +362,10 @@ impl LaneReader {
         if self.on_end.is_none() {
             return Step::Ended;
         }
+        if self.fan.as_ref().is_some_and(|fan| fan.given_up()) {
+            // No frame of it is still to come: its pages go once the frames read are dropped.
+            self.fan = None;
+        }
         if self.ring.is_some() && !self.in_socket_frame {
             if let Some(step) = self.read_ring(wait) {
                 return step;

@@ -318,7 +318,10 @@ impl LargeFrames {
 
     /// Gives back the pool's pages beyond its first megabytes (see `pool`) once no frame has
     /// gone into it for `quiet`.
+    /// Takes in, too, which runs of the hub's fan-out pool the reader let go of (so that a quiet
+    /// fan-out pool can be given up).
     pub(super) fn trim_if_quiet(&mut self, now: std::time::Instant, quiet: std::time::Duration) {
+        self.take_fan_releases();
         let (Some(pool), Some(since)) = (&mut self.pool, self.untrimmed_since) else { return };
         if now.saturating_duration_since(since) >= quiet && !pool.trim() {
             self.untrimmed_since = None;

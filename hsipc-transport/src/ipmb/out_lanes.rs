@@ -474,12 +474,14 @@ impl OutLanes {
     }
 
     /// Gives back the pages of lane pools beyond their first megabytes, for lanes whose pool
-    /// has had no frame for `quiet`.
+    /// has had no frame for `quiet`, and gives a quiet fan-out pool up (see `fan_pool`).
     pub(super) fn trim_pools(&mut self, quiet: Duration) {
         let now = Instant::now();
         for lane in self.lanes.values() {
             lane.peek(|l| l.large.trim_if_quiet(now, quiet));
         }
+        // After the lanes took their readers' releases in.
+        self.fan.trim_if_quiet(now, quiet);
     }
 
     /// Writes what waits, as far as the lanes take it now. Returns the peers whose lane broke,
