@@ -105,8 +105,9 @@ impl Endpoint {
             return Err(CommandError::NoEventCredit { subscribers: waiting, recheck_at });
         }
         // A large body sent to several peers: their frames share what a transport makes of it.
-        let remote = peers.iter().filter(|p| **p != self.local).count();
-        let fan_out = (remote >= 2 && body.len() >= crate::frame::FAN_OUT_MIN).then(crate::frame::FanOut::default);
+        let large = body.len() >= crate::frame::FAN_OUT_MIN;
+        let fan_out =
+            (large && peers.iter().filter(|p| **p != self.local).nth(1).is_some()).then(crate::frame::FanOut::default);
         let mut done = Published::default();
         for peer in peers {
             let credited = reliable.contains(&peer);
