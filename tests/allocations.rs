@@ -120,11 +120,7 @@ fn echo_server(kind: &str) {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             let hub = rt.block_on(async {
                 let hub = hsipc::ProcessHub::builder("server").bus(&bus).build().unwrap();
-                if kind == "tokio" {
-                    hub.serve("bench.echo", |b: Bytes| async move { Ok::<_, String>(b) }).await.unwrap();
-                } else {
-                    hub.serve_inline("bench.echo", |b: Bytes| Ok::<_, String>(b)).await.unwrap();
-                }
+                serve_echo(&hub, kind.ends_with("+inline")).await;
                 hub
             });
             common::report("READY");
@@ -134,11 +130,7 @@ fn echo_server(kind: &str) {
         "smol" | "smol+inline" => {
             let hub = smol::block_on(async {
                 let hub = hsipc::smol::ProcessHub::builder("server").bus(&bus).build().unwrap();
-                if kind == "smol" {
-                    hub.serve("bench.echo", |b: Bytes| async move { Ok::<_, String>(b) }).await.unwrap();
-                } else {
-                    hub.serve_inline("bench.echo", |b: Bytes| Ok::<_, String>(b)).await.unwrap();
-                }
+                serve_echo(&hub, kind.ends_with("+inline")).await;
                 hub
             });
             common::report("READY");
@@ -146,6 +138,15 @@ fn echo_server(kind: &str) {
             smol::block_on(hub.close());
         }
         other => panic!("unknown hub kind {other}"),
+    }
+}
+
+/// Serves the 64 B echo on an async hub of either runtime: in a task per call, or `inline`.
+async fn serve_echo<K: hsipc::transport::hub::RuntimeKind>(hub: &hsipc::transport::hub::AsyncHub<K>, inline: bool) {
+    if inline {
+        hub.serve_inline("bench.echo", |b: Bytes| Ok::<_, String>(b)).await.unwrap();
+    } else {
+        hub.serve("bench.echo", |b: Bytes| async move { Ok::<_, String>(b) }).await.unwrap();
     }
 }
 
