@@ -65,11 +65,13 @@ enum Way {
         offset: u64,
         offer: bool,
     },
-    /// As `run` of the hub's fan-out pool, with this frame's stamp; `offer`: the fan-out pool
-    /// goes first (its first frame on this lane).
+    /// As `run` of the hub's fan-out pool, with this frame's stamp; `offer_pool`: the lane's pool
+    /// goes first (whose board the run's release is marked on), then, with `offer`, the fan-out
+    /// pool (their first frames on this lane).
     Fanned {
         run: Arc<FanRun>,
         stamp: Stamp,
+        offer_pool: bool,
         offer: bool,
     },
 }
@@ -83,7 +85,8 @@ impl How {
             + match &self.way {
                 Way::Ring | Way::SealLater | Way::Sealed(_) => 1,
                 Way::Chunks => lane::chunk_count(frame),
-                Way::Pooled { offer, .. } | Way::Fanned { offer, .. } => 1 + usize::from(*offer),
+                Way::Pooled { offer, .. } => 1 + usize::from(*offer),
+                Way::Fanned { offer_pool, offer, .. } => 1 + usize::from(*offer_pool) + usize::from(*offer),
             }
     }
 }
@@ -248,32 +251,37 @@ impl LargeFrames {
     /// Puts `frame` into the pool (made on first use), if it fits.
     fn pooled(&mut self, frame: &WireFrame) -> Option<Way> {
         let offer = self.pool.is_none();
-        if offer {
-            if self.no_pool {
-                return None;
-            }
-            match SendPool::new() {
-                Ok(pool) => self.pool = Some(pool),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot make a lane pool; large frames go sealed");
-                    self.no_pool = true;
-                    return None;
-                }
-            }
+        if offer && !self.make_pool() {
+            return None;
         }
         let offset = self.pool.as_mut()?.put(frame)?;
         self.untrimmed_since = Some(std::time::Instant::now());
         Some(Way::Pooled { offset, offer })
     }
 
+    /// Makes the lane's pool (to hand over with the next frame that goes through it): whether
+    /// there is one now.
+    fn make_pool(&mut self) -> bool {
+        if self.no_pool {
+            return false;
+        }
+        match SendPool::new() {
+            Ok(pool) => self.pool = Some(pool),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot make a lane pool; large frames go sealed");
+                self.no_pool = true;
+            }
+        }
+        self.pool.is_some()
+    }
+
     /// Sends `frame` as the one copy of its fan-out in the hub's fan-out pool (made now if it
-    /// is the first of its fan-out to be written), if it is one, the pool has room, the lane's
-    /// pool (for its board) went before, and this lane holds no runs of an older fan-out pool.
+    /// is the first of its fan-out to be written), if it is one, the pool has room, and this
+    /// lane holds no runs of an older fan-out pool. The lane's pool (whose board the run's
+    /// release is marked on) goes first if it has not yet.
     fn fanned(&mut self, frame: &WireFrame) -> Option<Way> {
         let fan_out = frame.fan_out()?;
         let fan = self.fan.as_ref()?;
-        // The lane's pool (its board) goes first: until it has, large frames go through it.
-        self.pool.as_ref()?;
         let run = fan_out.get_or_make(|| fan.put(frame))?;
         if !run.stands_for(frame) {
             return None;
@@ -284,10 +292,15 @@ impl LargeFrames {
         if self.fan_held.iter().any(|held| held.generation().id() != id) {
             return None;
         }
+        // Last, so that a pool made here goes with this frame (no other way would offer it).
+        let offer_pool = self.pool.is_none();
+        if offer_pool && !self.make_pool() {
+            return None;
+        }
         let offer = self.fan_offered != Some(id);
         self.fan_offered = Some(id);
         self.fan_held.push(Arc::clone(&run));
-        Some(Way::Fanned { run, stamp, offer })
+        Some(Way::Fanned { run, stamp, offer_pool, offer })
     }
 
     /// Lets go of the fan-out runs the reader marked released.
@@ -478,27 +491,42 @@ impl LargeFrames {
                 let done = usize::from(offer);
                 Ok(done + usize::from(lane::write_pooled(lane_fd, offset, len)?))
             }
-            Way::Fanned { run, stamp, offer } => {
-                let (run, stamp, offer) = (Arc::clone(run), *stamp, *offer);
+            Way::Fanned { run, stamp, offer_pool, offer } => {
+                let (run, stamp, offer_pool, offer) = (Arc::clone(run), *stamp, *offer_pool, *offer);
                 let handed = offer || self.fan_offered == Some(run.generation().id());
-                if self.pool.is_none() || !handed {
+                let Some(pool) = self.pool.as_ref().filter(|_| handed) else {
                     // The lane's pool, or the fan-out pool, could not be handed over (an earlier
                     // frame's write): nothing of this frame went.
                     return self.unfan(lane_fd, frame, how);
-                }
-                if offer && from == 0 {
-                    match lane::write_fan_pool(lane_fd, run.generation().memfd(), fan_pool::SIZE) {
+                };
+                // Its parts: the lane's pool, the fan-out pool (each if offered), the frame.
+                if offer_pool && from == 0 {
+                    match lane::write_pool(lane_fd, pool.memfds(), pool::POOL_SIZE) {
                         Ok(true) => {}
                         Ok(false) => return Ok(0),
                         Err(e) if too_many_fds(&e) => {
-                            tracing::debug!("too many fds in flight; large events on this lane go through its pool");
-                            (self.fan, self.fan_offered) = (None, None);
+                            tracing::debug!("too many fds in flight; large frames on this lane go sealed or in chunks");
+                            (self.pool, self.no_pool) = (None, true);
                             return self.unfan(lane_fd, frame, how);
                         }
                         Err(e) => return Err(e),
                     }
                 }
-                let done = usize::from(offer);
+                let offered = usize::from(offer_pool);
+                if offer && from <= offered {
+                    match lane::write_fan_pool(lane_fd, run.generation().memfd(), fan_pool::SIZE) {
+                        Ok(true) => {}
+                        Ok(false) => return Ok(offered),
+                        Err(e) if too_many_fds(&e) => {
+                            tracing::debug!("too many fds in flight; large events on this lane go through its pool");
+                            (self.fan, self.fan_offered) = (None, None);
+                            // (The lane's pool, if it went just now, is the reader's from now on.)
+                            return self.unfan(lane_fd, frame, how);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                let done = offered + usize::from(offer);
                 Ok(done + usize::from(lane::write_fanned(lane_fd, run.offset(), run.len(), stamp)?))
             }
         }
