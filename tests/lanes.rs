@@ -1231,8 +1231,8 @@ fn a_large_event_to_three_subscribers_is_read_by_each_from_one_copy() {
             *heard = *heard || sub.try_line(Duration::from_millis(20)).is_some_and(|l| l.starts_with("HEARD"));
         }
     }
-    // In rounds the fan-out pool holds whole (16 MiB; subscribers that hold more at once get
-    // further events through their lanes' own pools).
+    // In rounds (a subscriber that holds more than the fan-out pool at once gets further events
+    // through its lane's own pool).
     for i in 0..FAN_EVENTS {
         let mut payload = vec![i as u8; 1 << 20];
         payload[..8].copy_from_slice(&i.to_le_bytes());

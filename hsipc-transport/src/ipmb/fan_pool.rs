@@ -24,11 +24,14 @@
 //!   most a quarter of it.
 //!
 //! A pool that has had nothing put into it for a second, holds more than [`KEEP`] bytes of pages,
-//! and whose runs are all free (or left by closed lanes) is given up: its first unit (a header,
-//! never handed out) says so, every reader that sees it there lets go of its mapping at its next
-//! message (no frame of it is still to come: none is in use), the writer lets go of its own, and
-//! the pages go once the last frame read from it is dropped. The next large fan-out makes a new
-//! pool, offered to each lane again.
+//! and whose runs are all free, or held by nothing but the list of what closed lanes left, is
+//! given up: its first unit (a header, never handed out) says so, and every reader that sees it
+//! there, with nothing unread in its lane, lets go of its mapping (no frame of it is still to
+//! come: no lane that lives holds a run of it, and what a closed lane sent is in its socket
+//! already); the writer lets go of its own, and the pages go once the last frame read from it is
+//! dropped. The next large fan-out makes a new pool, offered to each lane again. (A pool
+//! replaced because it was full is not marked given up: live lanes may still send runs of it.
+//! Its readers let go of it when the next pool is offered to them, or their lane ends.)
 //!
 //! A run is free once every lane that sent it has seen its reader let go of it: the reader marks
 //! the run released on its lane's board (the lane pool's board, from [`BOARD_BASE`] on), and
@@ -279,7 +282,7 @@ impl FanPools {
                 Some((start, fresh)) => (pool, start, fresh),
                 None => {
                     // Runs closed lanes left behind hold much of it: a new pool (see the module).
-                    let left: usize = state.orphans.iter().flat_map(|o| &o.runs).map(|r| r.units).sum();
+                    let left: usize = state.orphan_runs(&pool).map(|r| r.units).sum();
                     if left < UNITS / 4 {
                         return None;
                     }
@@ -336,8 +339,7 @@ impl FanPools {
         // Runs held by nothing but the list of what closed lanes left (no fan-out's frames, no
         // lane: nothing can send them again). Any other run is a frame some reader holds or may
         // still read.
-        let left: usize =
-            state.orphans.iter().flat_map(|o| &o.runs).filter(|r| Arc::strong_count(r) == 1).map(|r| r.units).sum();
+        let left: usize = state.orphan_runs(&pool).filter(|r| Arc::strong_count(r) == 1).map(|r| r.units).sum();
         if pool.used() > left {
             return;
         }
@@ -358,6 +360,11 @@ impl FanPools {
 }
 
 impl PoolsState {
+    /// The runs of `pool` that closed lanes left.
+    fn orphan_runs<'a>(&'a self, pool: &'a Arc<Generation>) -> impl Iterator<Item = &'a Arc<FanRun>> + 'a {
+        self.orphans.iter().flat_map(|o| &o.runs).filter(move |r| Arc::ptr_eq(&r.pool, pool))
+    }
+
     /// The current pool, made if there is none.
     fn current(&mut self) -> Option<Arc<Generation>> {
         if self.failed {
@@ -507,6 +514,32 @@ mod tests {
         assert!(reader.given_up());
         let next = pools.put(&mb).unwrap();
         assert_ne!(next.generation().id(), pool.id(), "a new pool");
+    }
+
+    /// Runs of a replaced pool that a lane left when it closed later count for that pool only:
+    /// the current one is not given up while a run of it is in use.
+    #[test]
+    fn runs_left_of_an_older_pool_do_not_count_for_the_current_one() {
+        use std::time::{Duration, Instant};
+        let pools = FanPools::default();
+        let board_fd = shm::sized_memfd(c"test-board", pool::BOARD_SIZE, false).unwrap();
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let board = Arc::new(Mapping::new(&board_fd, pool::BOARD_SIZE, rw, 0).unwrap());
+        let mb = WireFrame::from(Bytes::from(vec![1u8; 1 << 20]));
+        let mut runs: Vec<_> = (0..63).map(|_| pools.put(&mb).unwrap()).collect();
+        let live_lane_runs: Vec<_> = runs.drain(..20).collect();
+        pools.orphan(board.clone(), runs);
+        let next = pools.put(&mb).unwrap(); // full, mostly of runs closed lanes left: replaced
+        assert_ne!(next.generation().id(), live_lane_runs[0].generation().id());
+        // A lane holding 20 runs of the old pool closes now.
+        pools.orphan(board.clone(), live_lane_runs);
+        drop((0..6).map(|_| pools.put(&mb).unwrap()).collect::<Vec<_>>()); // pages beyond KEEP
+        let reader = RecvFanPool::map(next.generation().memfd(), SIZE as u64).unwrap();
+        pools.trim_if_quiet(Instant::now() + Duration::from_secs(2), Duration::from_secs(1));
+        assert!(!reader.given_up(), "given up while a run of it is held");
+        drop(next);
+        pools.trim_if_quiet(Instant::now() + Duration::from_secs(2), Duration::from_secs(1));
+        assert!(reader.given_up());
     }
 
     #[test]

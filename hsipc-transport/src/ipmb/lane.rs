@@ -385,6 +385,21 @@ pub(super) enum Received {
     WouldBlock,
     /// End of file, or an error: the lane is over.
     Ended,
+    /// A message whose fds the kernel dropped (this process has no fd to spare): it cannot be
+    /// read, and the lane cannot go on. This process's failure, not the writer's.
+    FdsDropped,
+}
+
+/// Whether the lane holds a message its reader has not read yet (the writer's end may be
+/// closed: what it wrote before is still there).
+pub(super) fn has_unread(fd: &OwnedFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: peeks at most one byte into a live local; never waits.
+    let n = unsafe {
+        libc::recv(fd.as_raw_fd(), &mut byte as *mut u8 as *mut libc::c_void, 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+    };
+    // A message (or an error other than "nothing now", to be safe).
+    n > 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock)
 }
 
 /// Reads one message into `buf` (waiting for it if `wait`).
@@ -419,6 +434,7 @@ pub(super) fn receive(fd: &OwnedFd, buf: &mut [u8], wait: bool) -> Received {
         let fds = if msg.msg_controllen > 0 { FdControl::take(&msg) } else { Vec::new() };
         if msg.msg_flags & libc::MSG_CTRUNC != 0 {
             tracing::warn!("fds passed through a lane were dropped: this process has no fd to spare");
+            return Received::FdsDropped;
         }
         if n == 0 {
             return Received::Ended;
@@ -622,6 +638,7 @@ mod tests {
                 Received::Message(n, _) => got.push((buf[0], n)),
                 Received::Ended => break,
                 Received::WouldBlock => panic!("a closed lane would block"),
+                Received::FdsDropped => panic!("no fds were passed"),
             }
         }
         let want: Vec<(u8, usize)> = (0..5).map(|_| (LAST, 101)).chain([(CLOSE, 1)]).collect();

@@ -362,8 +362,9 @@ impl LaneReader {
         if self.on_end.is_none() {
             return Step::Ended;
         }
-        if self.fan.as_ref().is_some_and(|fan| fan.given_up()) {
-            // No frame of it is still to come: its pages go once the frames read are dropped.
+        if self.fan.as_ref().is_some_and(|fan| fan.given_up()) && !lane::has_unread(&self.fd) {
+            // No frame of it is still to come (a message of it still unread is that of a lane
+            // its writer closed, read here first): its pages go once the frames read are dropped.
             self.fan = None;
         }
         if self.ring.is_some() && !self.in_socket_frame {
@@ -377,6 +378,7 @@ impl LaneReader {
                 Received::Message(n, passed) => (n, passed),
                 Received::WouldBlock => return Step::WouldBlock,
                 Received::Ended => return self.end(End::Gone), // end of file: the sender is gone
+                Received::FdsDropped => return self.end(End::Gone),
             },
         };
         if n > self.buf.len() {
@@ -584,6 +586,7 @@ impl LaneReader {
                 self.stash = Some((n, passed));
                 Step::Read
             }
+            Received::FdsDropped => self.end(End::Gone),
         }
     }
 
@@ -941,12 +944,23 @@ mod tests {
         // Peer 2's lane closes while its reader holds one run and has not read another: both
         // stay in use.
         lanes.remove(PeerId(2));
-        let (reader, events, engine) = readers.remove(0);
+        assert_eq!(lanes.fan_census().1, 2, "runs the closed lane's reader held or has not read");
+        // The others read the fifth event and let go of it, and peer 2's reader of the fourth;
+        // the pool, quiet, is given up (nothing holds a run but the closed lane's list)...
+        for (reader, events, _) in &mut readers[1..] {
+            reader.read_some(TURN);
+            drop(events.try_recv().expect("the fifth event"));
+        }
+        drop((kept, fan));
+        lanes.trim_pools(Duration::ZERO);
+        assert_eq!(lanes.fan_census(), (0, 0), "given up");
+        // ... and peer 2's reader, reading on, still reads the fifth event from it.
+        let (mut reader, events, engine) = readers.remove(0);
+        reader.read_some(TURN);
+        let fifth = events.try_recv().expect("the fifth event, read after the pool was given up").unwrap();
+        assert!(fifth.body.iter().all(|b| *b == 5));
+        assert_eq!(engine.handle().stats().protocol.peers_broke, 0);
         drop(reader);
-        let fifth = events.try_recv(); // unread when the lane closed: never read
-        assert!(fifth.is_none());
-        assert_eq!(lanes.fan_census().1, 2, "runs the closed lane's reader held");
-        drop(kept);
         engine.shutdown();
         for (_, _, engine) in readers {
             engine.shutdown();

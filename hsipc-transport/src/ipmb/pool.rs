@@ -264,11 +264,12 @@ impl RecvPool {
     }
 
     /// The frame at `offset`, `len` bytes, as `Bytes` that mark its run released when the last
-    /// reference drops; `None` if it does not start at a unit within the pool.
+    /// reference drops; `None` if it does not start at one of the pool's [`UNITS`] units (the
+    /// board's bytes beyond them are the fan-out pool's: see `fan_pool`).
     pub(super) fn frame(self: &Arc<Self>, offset: u64, len: u64) -> Option<Bytes> {
         let end = offset.checked_add(len)?;
         let unit = offset / UNIT as u64;
-        if end > self.data.len() as u64 || len == 0 || offset % UNIT as u64 != 0 || unit >= BOARD_SIZE as u64 {
+        if end > self.data.len() as u64 || len == 0 || offset % UNIT as u64 != 0 || unit >= UNITS as u64 {
             return None;
         }
         Some(Bytes::from_owner(PooledFrame { pool: self.clone(), offset: offset as usize, len: len as usize }))
