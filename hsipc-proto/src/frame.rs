@@ -219,7 +219,7 @@ impl Frame {
     /// ```
     /// use hsipc_proto::frame::{Frame, FrameKind, Stamp};
     /// let bytes = Frame::new(FrameKind::Publish, 0, 0, 1).with_name("a/b").encode(1 << 20).unwrap();
-    /// let frame = Frame::decode_shared_stamped(bytes, 1 << 20, Stamp { flags: 0, seq: 9 }).unwrap();
+    /// let frame = Frame::decode_shared_stamped(bytes, 1 << 20, Stamp::new(0, 9)).unwrap();
     /// assert_eq!(frame.seq, 9);
     /// ```
     pub fn decode_shared_stamped(buf: Bytes, max_len: usize, stamp: Stamp) -> Result<Frame, FrameError> {
@@ -317,7 +317,8 @@ pub struct FanOut(Arc<std::sync::OnceLock<Option<Box<dyn std::any::Any + Send + 
 impl FanOut {
     /// What is kept here: made by `make` for the first frame that asks (another asking
     /// meanwhile waits for it), the same for every frame of the fan-out after. `None` if `make`
-    /// made nothing, or made something of another type.
+    /// made nothing, or made something of another type. `make` must not ask this slot again
+    /// (it would wait for itself).
     pub fn get_or_make<T: std::any::Any + Send + Sync>(&self, make: impl FnOnce() -> Option<T>) -> Option<&T> {
         let kept = self.0.get_or_init(|| make().map(|t| Box::new(t) as Box<dyn std::any::Any + Send + Sync>));
         kept.as_ref()?.downcast_ref()
@@ -340,11 +341,19 @@ impl Eq for FanOut {}
 
 /// The header fields the frames of one fan-out differ in (see [`FanOut`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stamp {
     /// The frame's flags.
     pub flags: u8,
     /// The frame's sequence number.
     pub seq: u64,
+}
+
+impl Stamp {
+    /// A stamp of these flags and this sequence number.
+    pub fn new(flags: u8, seq: u64) -> Stamp {
+        Stamp { flags, seq }
+    }
 }
 
 /// The pieces of a [`WireFrame`], readable while this lives (see [`WireFrame::pieces`]).
@@ -595,8 +604,9 @@ impl WireFrame {
         Some(Stamp { flags: h[3], seq })
     }
 
-    /// Whether `head` (another frame's first piece) is this frame's, but for the flags and the
-    /// sequence number (see [`Stamp`]).
+    /// Whether `head` (another frame's first piece: header, name and the body's leading bytes)
+    /// is this frame's, but for the flags and the sequence number (see [`Stamp`]). The rest of
+    /// the body is not compared: frames of one [`FanOut`] share it by construction.
     pub fn same_head_but_stamp(&self, head: &[u8]) -> bool {
         let mine = &self.head[..];
         mine.len() == head.len()

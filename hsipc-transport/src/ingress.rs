@@ -48,7 +48,7 @@ impl Ingress {
     /// sequence number in place of its own. A transport hands every receiver of a large event
     /// the one copy of it it made, and each its own stamp. Returns false once the engine is
     /// gone (stop reading).
-    pub(crate) fn deliver_stamped(&self, from: PeerId, bytes: Bytes, stamp: proto::frame::Stamp) -> bool {
+    pub fn deliver_stamped(&self, from: PeerId, bytes: Bytes, stamp: proto::frame::Stamp) -> bool {
         self.to_engine(|shared| shared.input_stamped(from, bytes, stamp))
     }
 

@@ -11,6 +11,12 @@
 //! number of subscribers.
 //!
 //! Who may change what, and why it is sealed differently from a lane's pool:
+//! - every reader maps the whole pool, so a subscriber process can read the large events the
+//!   hub published to the others (on topics it never subscribed to) while their runs hold them,
+//!   where a lane's pool showed it only its own. Lanes with pools are only made between
+//!   processes of one user, whom nothing else stops from reading each other's memory but Yama's
+//!   `ptrace_scope`; a hub that must not show one subscriber another's events turns pools off
+//!   (`IpmbConfig::lane_pools = false`: its readers take sealed frames only);
 //! - readers of many processes map this memory, so none may write it: the memfd is sealed
 //!   against new writable mappings and writes (`F_SEAL_FUTURE_WRITE`) after the writer mapped
 //!   it read-write, and against shrinking and growing (no page under a mapping can vanish:
@@ -26,7 +32,9 @@
 //! A pool that has had nothing put into it for a second, holds more than [`KEEP`] bytes of pages,
 //! and whose runs are all free, or held by nothing but the list of what closed lanes left, is
 //! given up: its first unit (a header, never handed out) says so, and every reader that sees it
-//! there, with nothing unread in its lane, lets go of its mapping (no frame of it is still to
+//! there at its next message, with nothing unread in its lane, lets go of its mapping (a reader
+//! with no message to read keeps it until one comes or its lane closes when idle, 60 s by
+//! default) (no frame of it is still to
 //! come: no lane that lives holds a run of it, and what a closed lane sent is in its socket
 //! already); the writer lets go of its own, and the pages go once the last frame read from it is
 //! dropped. The next large fan-out makes a new pool, offered to each lane again. (A pool

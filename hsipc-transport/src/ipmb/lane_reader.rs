@@ -362,9 +362,11 @@ impl LaneReader {
         if self.on_end.is_none() {
             return Step::Ended;
         }
-        if self.fan.as_ref().is_some_and(|fan| fan.given_up()) && !lane::has_unread(&self.fd) {
-            // No frame of it is still to come (a message of it still unread is that of a lane
-            // its writer closed, read here first): its pages go once the frames read are dropped.
+        let nothing_held = self.stash.is_none() && !self.in_socket_frame;
+        if self.fan.as_ref().is_some_and(|fan| fan.given_up()) && nothing_held && !lane::has_unread(&self.fd) {
+            // No frame of it is still to come (a message of it still unread, in the socket or
+            // taken from it already, is that of a lane its writer closed, read here first): its
+            // pages go once the frames read are dropped.
             self.fan = None;
         }
         if self.ring.is_some() && !self.in_socket_frame {
@@ -693,7 +695,7 @@ impl LaneReader {
         let frame = match (<[u8; 25]>::try_from(&self.buf[1..n]), &self.fan, &self.pool) {
             (Ok(m), Some(fan), Some(pool)) => {
                 let word = |at: usize| u64::from_le_bytes(m[at..at + 8].try_into().unwrap_or_default());
-                let (offset, len, stamp) = (word(0), word(8), Stamp { seq: word(16), flags: m[24] });
+                let (offset, len, stamp) = (word(0), word(8), Stamp::new(m[24], word(16)));
                 if len > self.max_len as u64 {
                     return self.broke("its lane carried a fan-out frame over the largest message this hub takes");
                 }
@@ -954,8 +956,13 @@ mod tests {
         drop((kept, fan));
         lanes.trim_pools(Duration::ZERO);
         assert_eq!(lanes.fan_census(), (0, 0), "given up");
-        // ... and peer 2's reader, reading on, still reads the fifth event from it.
+        // ... and peer 2's reader, reading on, still reads the fifth event from it, though it
+        // had taken the message from the socket already (as a reader asleep on its ring does).
         let (mut reader, events, engine) = readers.remove(0);
+        let lane::Received::Message(n, passed) = lane::receive(&reader.fd, &mut reader.buf, false) else {
+            panic!("the fifth event's message is in the socket")
+        };
+        reader.stash = Some((n, passed));
         reader.read_some(TURN);
         let fifth = events.try_recv().expect("the fifth event, read after the pool was given up").unwrap();
         assert!(fifth.body.iter().all(|b| *b == 5));

@@ -7,8 +7,10 @@
 //!
 //! A frame of [`pool::POOLED_MIN`] bytes or more, once the reader has said what it takes:
 //! 0. one of a fan-out (a large event published to several peers), if the reader takes frames
-//!    in the hub's fan-out pool and the lane's pool was handed over before: as the place of the
-//!    fan-out's one copy in that pool (see `fan_pool`), made by the first lane that writes one;
+//!    in the hub's fan-out pool: as the place of the fan-out's one copy in that pool (see
+//!    `fan_pool`), made by the first lane that writes one (the lane's pool, whose board the
+//!    run's release is marked on, and the fan-out pool are handed over first if they have not
+//!    been);
 //! 1. into the lane's pool (see `pool`), if the reader takes pooled frames, the frame fits
 //!    ([`pool::POOLED_MAX`]) and a run is free: one copy, no page allocated;
 //! 2. else, from [`sealed::SEALED_MIN`] bytes, sealed in a memfd of its own (see `sealed`),

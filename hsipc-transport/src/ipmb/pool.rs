@@ -53,6 +53,8 @@ pub(super) const POOLED_MIN: usize = 16 * 1024;
 /// Frames up to this size go through the pool (larger ones would crowd it out).
 pub(super) const POOLED_MAX: usize = POOL_SIZE / 4;
 /// The largest pool a reader maps (address space, not memory: only written pages cost).
+/// (Only its first [`UNITS`] units carry frames: the board's bytes beyond them are the fan-out
+/// pool's.)
 const POOL_SIZE_MAX: u64 = 1 << 30;
 /// A board's size: one byte per unit (of this pool, then of the hub's fan-out pool: see
 /// `fan_pool`), a page at least.
