@@ -32,9 +32,8 @@
 //! A pool that has had nothing put into it for a second, holds more than [`KEEP`] bytes of pages,
 //! and whose runs are all free, or held by nothing but the list of what closed lanes left, is
 //! given up: its first unit (a header, never handed out) says so, and every reader that sees it
-//! there at its next message, with nothing unread in its lane, lets go of its mapping (a reader
-//! with no message to read keeps it until one comes or its lane closes when idle, 60 s by
-//! default) (no frame of it is still to
+//! there at its next message (each lane it was handed to carries a wake-up message for it), with
+//! nothing unread in its lane, lets go of its mapping (no frame of it is still to
 //! come: no lane that lives holds a run of it, and what a closed lane sent is in its socket
 //! already); the writer lets go of its own, and the pages go once the last frame read from it is
 //! dropped. The next large fan-out makes a new pool, offered to each lane again. (A pool
@@ -335,12 +334,13 @@ impl FanPools {
 
     /// Gives the pool up (see the module docs) if nothing has gone into it for `quiet`, it holds
     /// more than [`KEEP`] bytes of pages, and no lane that lives holds a run of it (lanes take
-    /// their readers' releases in before this, on the same round).
-    pub(super) fn trim_if_quiet(&self, now: std::time::Instant, quiet: std::time::Duration) {
+    /// their readers' releases in before this, on the same round). Returns the pool given up
+    /// (see [`Generation::id`]), whose readers are to be woken to let go of it.
+    pub(super) fn trim_if_quiet(&self, now: std::time::Instant, quiet: std::time::Duration) -> Option<u64> {
         let mut state = self.state();
-        let (Some(pool), Some(last)) = (&state.current, state.last_put) else { return };
+        let (Some(pool), Some(last)) = (&state.current, state.last_put) else { return None };
         if now.saturating_duration_since(last) < quiet || pool.touched() * UNIT <= KEEP {
-            return;
+            return None;
         }
         let pool = Arc::clone(pool);
         state.take_orphan_releases();
@@ -349,13 +349,14 @@ impl FanPools {
         // still read.
         let left: usize = state.orphan_runs(&pool).filter(|r| Arc::strong_count(r) == 1).map(|r| r.units).sum();
         if pool.used() > left {
-            return;
+            return None;
         }
         tracing::debug!(bytes = pool.touched() * UNIT, "giving a quiet fan-out pool up");
         pool.give_up();
         state.orphans.clear();
         state.current = None;
         state.last_put = None;
+        Some(pool.id)
     }
 
     /// Units in use in the current pool, and runs left by closed lanes (for tests).

@@ -956,6 +956,13 @@ mod tests {
         drop((kept, fan));
         lanes.trim_pools(Duration::ZERO);
         assert_eq!(lanes.fan_census(), (0, 0), "given up");
+        for (reader, _, _) in &mut readers[1..] {
+            // Woken to look, and letting go of it.
+            assert!(lane::has_unread(&reader.fd), "a wake-up for a reader with nothing to read");
+            assert!(reader.fan.is_some());
+            reader.read_some(TURN);
+            assert!(reader.fan.is_none(), "a reader let go of the given-up pool");
+        }
         // ... and peer 2's reader, reading on, still reads the fifth event from it, though it
         // had taken the message from the socket already (as a reader asleep on its ring does).
         let (mut reader, events, engine) = readers.remove(0);

@@ -305,6 +305,15 @@ impl LargeFrames {
         Some(Way::Fanned { run, stamp, offer_pool, offer })
     }
 
+    /// Forgets that the fan-out pool `id`, given up, was handed to the reader: whether it was.
+    pub(super) fn forget_fan_pool(&mut self, id: u64) -> bool {
+        let offered = self.fan_offered == Some(id);
+        if offered {
+            self.fan_offered = None;
+        }
+        offered
+    }
+
     /// Lets go of the fan-out runs the reader marked released.
     fn take_fan_releases(&mut self) {
         let Some(pool) = &self.pool else { return };

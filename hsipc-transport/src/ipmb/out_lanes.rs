@@ -481,7 +481,17 @@ impl OutLanes {
             lane.peek(|l| l.large.trim_if_quiet(now, quiet));
         }
         // After the lanes took their readers' releases in.
-        self.fan.trim_if_quiet(now, quiet);
+        if let Some(given_up) = self.fan.trim_if_quiet(now, quiet) {
+            // Its readers look at it at their next message: each gets one now (a lane that has
+            // no room has messages for its reader already).
+            for lane in self.lanes.values() {
+                lane.peek(|l| {
+                    if l.large.forget_fan_pool(given_up) {
+                        let _ = lane::write_wake(&l.fd); // a broken lane shows at its next write
+                    }
+                });
+            }
+        }
     }
 
     /// Writes what waits, as far as the lanes take it now. Returns the peers whose lane broke,
