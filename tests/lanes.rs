@@ -1252,6 +1252,19 @@ fn a_large_event_to_three_subscribers_is_read_by_each_from_one_copy() {
         // come before its reader has said what it takes.
         let fanned: u64 = fanned.parse().unwrap();
         assert!(fanned >= FAN_EVENTS - 4, "only {fanned} of {FAN_EVENTS} events came from the fan-out pool");
+    }
+    // The publisher, quiet now, gives its pool up, and each subscriber (holding no event, with
+    // nothing to read) lets go of it.
+    for sub in &mut subs {
+        let deadline = std::time::Instant::now() + LONG;
+        loop {
+            sub.send("fan_pool");
+            if sub.expect("FAN_POOL", LONG) == "0" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "a subscriber still maps the given-up fan-out pool");
+            std::thread::sleep(Duration::from_millis(100)); // polling a state, not hiding a race
+        }
         sub.send("quit");
     }
     hub.close();
@@ -1288,5 +1301,12 @@ fn fan_subscriber() {
         }
     }
     report(format!("GOT {count} missed={missed} intact={intact} fanned={fanned}"));
-    while command().is_some() {}
+    while let Some(cmd) = command() {
+        match cmd.as_str() {
+            "fan_pool" => {
+                report(format!("FAN_POOL {}", maps().iter().filter(|m| m.2.contains("hsipc-fan-pool")).count()))
+            }
+            _ => break,
+        }
+    }
 }
