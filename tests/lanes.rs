@@ -1219,7 +1219,14 @@ fn an_idle_worker_keeps_reading_a_lane_that_brings_events() {
 #[test]
 fn a_large_event_to_three_subscribers_is_read_by_each_from_one_copy() {
     let bus = unique_bus("fan-out");
-    let mut subs: Vec<Peer> = (0..3).map(|i| Peer::ready("fan_subscriber", &bus, &format!("sub{i}"), &[])).collect();
+    // One subscriber of each hub kind, where the async ones are built.
+    let kinds =
+        if cfg!(all(feature = "tokio", feature = "smol")) { ["blocking", "tokio", "smol"] } else { ["blocking"; 3] };
+    let mut subs: Vec<Peer> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, kind)| Peer::ready("fan_subscriber", &bus, &format!("sub{i}"), &[("HSIPC_KIND", kind)]))
+        .collect();
     let hub = ProcessHub::builder("publisher").bus(&bus).build().unwrap();
     // Small events until each subscriber has heard one: all three are known here.
     let deadline = std::time::Instant::now() + LONG;
@@ -1273,33 +1280,99 @@ fn a_large_event_to_three_subscribers_is_read_by_each_from_one_copy() {
 const FAN_EVENTS: u64 = 40;
 const FAN_ROUND: u64 = 8;
 
-fn fan_subscriber() {
-    let hub = ProcessHub::builder(&env("HSIPC_NAME")).build().unwrap();
-    let events = hub.subscribe::<bytes::Bytes>("fan/#").unwrap();
-    report("READY");
-    let (mut count, mut missed, mut intact, mut fanned, mut heard) = (0u64, 0u64, true, 0u64, false);
-    for event in events {
-        let event = event.unwrap();
+/// What a fan-out subscriber has taken.
+#[derive(Default)]
+struct FanCount {
+    count: u64,
+    missed: u64,
+    intact: bool,
+    fanned: u64,
+    heard: bool,
+}
+
+impl FanCount {
+    /// Takes one event; whether all the large ones have come.
+    fn take(&mut self, event: hsipc::Event<bytes::Bytes>) -> bool {
         if event.topic == "fan/hello" {
-            if !heard {
+            if !self.heard {
                 report("HEARD");
-                heard = true;
+                self.heard = true;
             }
-            continue;
+            return false;
         }
-        missed += event.missed;
-        let body = &event.payload;
-        intact &=
+        self.missed += event.missed;
+        let (body, count) = (&event.payload, self.count);
+        self.intact &=
             body.len() == 1 << 20 && body[..8] == count.to_le_bytes() && body[8..].iter().all(|b| *b == count as u8);
-        fanned += u64::from(mapped_in(body, "memfd:hsipc-fan-pool"));
-        count += 1;
-        if count == FAN_EVENTS {
-            break;
+        self.fanned += u64::from(mapped_in(body, "memfd:hsipc-fan-pool"));
+        self.count += 1;
+        if self.count % FAN_ROUND == 0 && self.count < FAN_EVENTS {
+            report(format!("AT {}", self.count));
         }
-        if count % FAN_ROUND == 0 {
-            report(format!("AT {count}"));
+        self.count == FAN_EVENTS
+    }
+}
+
+/// A subscriber of the hub kind `HSIPC_KIND` (blocking, or with the async features tokio and
+/// smol): the lanes of each kind are read differently (a thread, tokio's reactor, async-io's).
+fn fan_subscriber() {
+    let mut seen = FanCount { intact: true, ..FanCount::default() };
+    let kind = std::env::var("HSIPC_KIND").unwrap_or_default();
+    let name = env("HSIPC_NAME");
+    match kind.as_str() {
+        #[cfg(all(feature = "tokio", feature = "smol"))]
+        "tokio" => {
+            use futures_lite::StreamExt;
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let hub = rt.block_on(async { hsipc::ProcessHub::builder(&name).build() }).unwrap();
+            let mut events = rt.block_on(hub.subscribe::<bytes::Bytes>("fan/#")).unwrap();
+            report("READY");
+            rt.block_on(async {
+                while let Some(event) = events.next().await {
+                    if seen.take(event.unwrap()) {
+                        break;
+                    }
+                }
+            });
+            fan_report(&seen);
+            drop(events);
+            rt.block_on(hub.close());
+        }
+        #[cfg(all(feature = "tokio", feature = "smol"))]
+        "smol" => {
+            use futures_lite::StreamExt;
+            let hub = hsipc::smol::ProcessHub::builder(&name).build().unwrap();
+            let mut events = smol::block_on(hub.subscribe::<bytes::Bytes>("fan/#")).unwrap();
+            report("READY");
+            smol::block_on(async {
+                while let Some(event) = events.next().await {
+                    if seen.take(event.unwrap()) {
+                        break;
+                    }
+                }
+            });
+            fan_report(&seen);
+            drop(events);
+            smol::block_on(hub.close());
+        }
+        _ => {
+            let hub = ProcessHub::builder(&name).build().unwrap();
+            let events = hub.subscribe::<bytes::Bytes>("fan/#").unwrap();
+            report("READY");
+            for event in events {
+                if seen.take(event.unwrap()) {
+                    break;
+                }
+            }
+            fan_report(&seen);
+            hub.close();
         }
     }
+}
+
+/// Reports what a fan-out subscriber took, then answers the parent until it says quit.
+fn fan_report(seen: &FanCount) {
+    let FanCount { count, missed, intact, fanned, .. } = seen;
     report(format!("GOT {count} missed={missed} intact={intact} fanned={fanned}"));
     while let Some(cmd) = command() {
         match cmd.as_str() {
