@@ -24,6 +24,7 @@
 
 #[path = "support/child_proc.rs"]
 mod child_proc;
+#[allow(dead_code)] // what only other benches use
 #[path = "support/cpus.rs"]
 mod cpus;
 

@@ -30,6 +30,7 @@ mod child_proc;
 mod cpus;
 
 use child_proc::{FD_ENV, Proc, ROLE_ENV};
+use cpus::cpu_time;
 
 const SUBSCRIBERS: usize = 3;
 /// Which CPUs a child pins itself to (a comma-separated list).
@@ -37,15 +38,6 @@ const PIN_ENV: &str = "HSIPC_BENCH_PIN";
 /// Events a child waits for, and their size.
 const EVENTS_ENV: &str = "HSIPC_BENCH_EVENTS";
 const SIZE_ENV: &str = "HSIPC_BENCH_SIZE";
-
-fn cpu_time() -> Duration {
-    // SAFETY: an all-zero rusage is valid; getrusage fills it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is valid for writes.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
 
 fn env_num(key: &str) -> usize {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("child needs {key}"))

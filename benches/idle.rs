@@ -15,14 +15,11 @@
 
 use std::time::{Duration, Instant};
 
-fn cpu_time() -> Duration {
-    // SAFETY: an all-zero rusage is valid; getrusage fills it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is valid for writes.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
+#[allow(dead_code)]
+#[path = "support/cpus.rs"]
+mod cpus;
+
+use cpus::cpu_time;
 
 /// CPU milliseconds per wall second spent while `hold` waits `window`.
 fn cpu_per_second(window: Duration) -> f64 {

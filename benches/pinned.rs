@@ -68,6 +68,7 @@
 mod async_socket;
 #[path = "support/child_proc.rs"]
 mod child_proc;
+#[allow(dead_code)] // what only other benches use
 #[path = "support/cpus.rs"]
 mod cpus;
 #[path = "support/hub_client.rs"]

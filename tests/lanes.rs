@@ -1322,35 +1322,21 @@ fn fan_subscriber() {
     match kind.as_str() {
         #[cfg(all(feature = "tokio", feature = "smol"))]
         "tokio" => {
-            use futures_lite::StreamExt;
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             let hub = rt.block_on(async { hsipc::ProcessHub::builder(&name).build() }).unwrap();
             let mut events = rt.block_on(hub.subscribe::<bytes::Bytes>("fan/#")).unwrap();
             report("READY");
-            rt.block_on(async {
-                while let Some(event) = events.next().await {
-                    if seen.take(event.unwrap()) {
-                        break;
-                    }
-                }
-            });
+            rt.block_on(take_all(&mut events, &mut seen));
             fan_report(&seen);
             drop(events);
             rt.block_on(hub.close());
         }
         #[cfg(all(feature = "tokio", feature = "smol"))]
         "smol" => {
-            use futures_lite::StreamExt;
             let hub = hsipc::smol::ProcessHub::builder(&name).build().unwrap();
             let mut events = smol::block_on(hub.subscribe::<bytes::Bytes>("fan/#")).unwrap();
             report("READY");
-            smol::block_on(async {
-                while let Some(event) = events.next().await {
-                    if seen.take(event.unwrap()) {
-                        break;
-                    }
-                }
-            });
+            smol::block_on(take_all(&mut events, &mut seen));
             fan_report(&seen);
             drop(events);
             smol::block_on(hub.close());
@@ -1366,6 +1352,20 @@ fn fan_subscriber() {
             }
             fan_report(&seen);
             hub.close();
+        }
+    }
+}
+
+/// Takes an async subscription's events until all the large ones have come.
+#[cfg(all(feature = "tokio", feature = "smol"))]
+async fn take_all(
+    events: &mut (impl futures_lite::Stream<Item = hsipc::Result<hsipc::Event<bytes::Bytes>>> + Unpin),
+    seen: &mut FanCount,
+) {
+    use futures_lite::StreamExt;
+    while let Some(event) = events.next().await {
+        if seen.take(event.unwrap()) {
+            break;
         }
     }
 }

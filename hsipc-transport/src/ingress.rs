@@ -5,7 +5,7 @@ use std::sync::Weak;
 use bytes::Bytes;
 use proto::PeerId;
 
-use crate::engine::Shared;
+use crate::engine::{Landed, Shared};
 
 /// A transport's way into its engine. Cheap to clone. Not a queue: nothing waits here.
 ///
@@ -40,7 +40,7 @@ impl Ingress {
     /// name) is copied out before it is checked; the payload is handed on as is, without a
     /// copy. Returns false once the engine is gone (stop reading).
     pub fn deliver_shared(&self, from: PeerId, bytes: Bytes) -> bool {
-        self.to_engine(|shared| shared.input_shared(from, bytes))
+        self.deliver_landed(from, bytes, Landed::Shared)
     }
 
     /// [`deliver_shared`](Self::deliver_shared), for a frame that stands for another of its
@@ -49,7 +49,15 @@ impl Ingress {
     /// the one copy of it it made, and each its own stamp. Returns false once the engine is
     /// gone (stop reading).
     pub fn deliver_stamped(&self, from: PeerId, bytes: Bytes, stamp: proto::frame::Stamp) -> bool {
-        self.to_engine(|shared| shared.input_stamped(from, bytes, stamp))
+        self.deliver_landed(from, bytes, Landed::Stamped(stamp))
+    }
+
+    /// Delivers a frame from `from` that landed where `landed` says (in this process's own
+    /// memory: [`deliver`](Self::deliver); in memory `from` may still change:
+    /// [`deliver_shared`](Self::deliver_shared); standing for another frame of its fan-out:
+    /// [`deliver_stamped`](Self::deliver_stamped)). Returns false once the engine is gone.
+    pub(crate) fn deliver_landed(&self, from: PeerId, bytes: Bytes, landed: Landed) -> bool {
+        self.to_engine(|shared| shared.input_landed(from, bytes, landed))
     }
 
     /// Delivers frames from `from` in their order, all under one lock of the engine's state

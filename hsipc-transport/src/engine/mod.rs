@@ -84,6 +84,7 @@ pub use self::pending::{PendingCall, Waiter};
 use self::shared::SendBy;
 pub(crate) use self::shared::Shared;
 use self::shared::Wakes;
+pub(crate) use self::state::Landed;
 use self::state::State;
 pub use self::state::{Census, Stats};
 pub use self::stream_reader::ItemReceiver;

@@ -146,16 +146,10 @@ impl Shared {
         self.input_all(from, std::iter::once(bytes));
     }
 
-    /// A frame from the transport whose bytes the sender may still change (see
-    /// [`Ingress::deliver_shared`](crate::Ingress::deliver_shared)).
-    pub(crate) fn input_shared(&self, from: PeerId, bytes: Bytes) {
-        self.input_frames(from, std::iter::once(bytes), Landed::Shared);
-    }
-
-    /// A frame from the transport that stands for another of its fan-out, with that one's
-    /// stamp (see [`Ingress::deliver_stamped`](crate::Ingress::deliver_stamped)).
-    pub(crate) fn input_stamped(&self, from: PeerId, bytes: Bytes, stamp: proto::frame::Stamp) {
-        self.input_frames(from, std::iter::once(bytes), Landed::Stamped(stamp));
+    /// A frame from the transport, landed where `landed` says (see
+    /// [`Ingress::deliver_landed`](crate::Ingress::deliver_landed)).
+    pub(crate) fn input_landed(&self, from: PeerId, bytes: Bytes, landed: Landed) {
+        self.input_frames(from, std::iter::once(bytes), landed);
     }
 
     /// Frames from the transport, in their order, under one lock and one commit (called by
@@ -165,8 +159,7 @@ impl Shared {
         self.input_frames(from, frames, Landed::Own)
     }
 
-    /// [`input_all`](Self::input_all); `shared`: their bytes lie in memory the sender may
-    /// still change.
+    /// [`input_all`](Self::input_all), for frames landed where `landed` says.
     fn input_frames(&self, from: PeerId, frames: impl Iterator<Item = Bytes>, landed: Landed) -> bool {
         let now = Instant::now();
         let mut state = self.state();

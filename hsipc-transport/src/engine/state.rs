@@ -26,7 +26,8 @@ use super::waiters::Waiters;
 use crate::error::{Error, Result};
 use crate::liveness::Liveness;
 
-/// Where a received frame's bytes lie.
+/// Where a received frame's bytes lie (a transport's reader says so: see
+/// [`Ingress`](crate::Ingress)).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Landed {
     /// In memory of this process's own.

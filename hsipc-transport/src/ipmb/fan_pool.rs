@@ -60,12 +60,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use proto::frame::WireFrame;
 
-use super::pool::{self, RecvPool, UNIT};
+use super::pool::{self, Mapped, PoolFrame, RecvPool, UNIT, Units};
 use super::sealed::{MapError, check_offered};
 use super::shm::{self, Mapping};
 
-/// Units in a fan-out pool (the first is its header).
-pub(super) const UNITS: usize = 1024;
+/// Units in a fan-out pool (the first is its header): as many as a lane's pool has, whose book of
+/// units ([`Units`]) it keeps.
+pub(super) const UNITS: usize = pool::UNITS;
 /// A fan-out pool's size: 64 MiB.
 pub(super) const SIZE: usize = UNITS * UNIT;
 /// The first unit handed out (the one before is the pool's header: its first byte says whether
@@ -97,31 +98,13 @@ impl std::fmt::Debug for Generation {
     }
 }
 
-/// Which units of a pool are in use, and which were ever written.
-struct Units {
-    used: [u64; UNITS / 64],
-    touched: [u64; UNITS / 64],
-}
-
-fn bit(words: &[u64; UNITS / 64], u: usize) -> bool {
-    words[u / 64] & (1 << (u % 64)) != 0
-}
-
-fn set(words: &mut [u64; UNITS / 64], u: usize, on: bool) {
-    if on {
-        words[u / 64] |= 1 << (u % 64);
-    } else {
-        words[u / 64] &= !(1 << (u % 64));
-    }
-}
-
 impl Generation {
     fn new(id: u64) -> io::Result<Generation> {
         let fd = shm::sized_memfd(c"hsipc-fan-pool", SIZE, false)?;
         let data = Mapping::new(&fd, SIZE, libc::PROT_READ | libc::PROT_WRITE, 0)?;
         // Only this mapping may write, from now on (and no seal may be added or taken away).
         shm::add_seals(&fd, libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL)?;
-        Ok(Generation { id, fd, data, units: Mutex::new(Units { used: [0; UNITS / 64], touched: [0; UNITS / 64] }) })
+        Ok(Generation { id, fd, data, units: Mutex::default() })
     }
 
     fn units(&self) -> MutexGuard<'_, Units> {
@@ -136,41 +119,6 @@ impl Generation {
     /// Which pool this is.
     pub(super) fn id(&self) -> u64 {
         self.id
-    }
-
-    /// Takes a free run of `units` units: its first unit, and whether any of it was never
-    /// written.
-    fn take(&self, units: usize) -> Option<(usize, bool)> {
-        let mut map = self.units();
-        let mut run = 0;
-        let start = (FIRST..UNITS).find(|&u| {
-            run = if bit(&map.used, u) { 0 } else { run + 1 };
-            run == units
-        })? + 1
-            - units;
-        let fresh = (start..start + units).any(|u| !bit(&map.touched, u));
-        for u in start..start + units {
-            set(&mut map.used, u, true);
-            set(&mut map.touched, u, true);
-        }
-        Some((start, fresh))
-    }
-
-    fn free(&self, start: usize, units: usize) {
-        let mut map = self.units();
-        for u in start..start + units {
-            set(&mut map.used, u, false);
-        }
-    }
-
-    /// Units in use.
-    fn used(&self) -> usize {
-        self.units().used.iter().map(|w| w.count_ones() as usize).sum()
-    }
-
-    /// Units ever written.
-    fn touched(&self) -> usize {
-        self.units().touched.iter().map(|w| w.count_ones() as usize).sum()
     }
 
     /// Says in the header that the pool is given up (see the module docs).
@@ -234,7 +182,7 @@ impl FanRun {
 
 impl Drop for FanRun {
     fn drop(&mut self) {
-        self.pool.free(self.start, self.units);
+        self.pool.units().free(self.start, self.units);
     }
 }
 
@@ -285,7 +233,8 @@ impl FanPools {
             state.take_orphan_releases();
             state.last_put = Some(std::time::Instant::now());
             let pool = state.current()?;
-            match pool.take(units) {
+            let taken = pool.units().take(FIRST, units);
+            match taken {
                 Some((start, fresh)) => (pool, start, fresh),
                 None => {
                     // Runs closed lanes left behind hold much of it: a new pool (see the module).
@@ -297,30 +246,16 @@ impl FanPools {
                     state.orphans.clear();
                     state.current = None;
                     let pool = state.current()?;
-                    let (start, fresh) = pool.take(units)?;
+                    let (start, fresh) = pool.units().take(FIRST, units)?;
                     (pool, start, fresh)
                 }
             }
         };
-        // The run is this thread's alone until the run is handed out: copied outside the lock.
-        let at = start * UNIT;
-        if fresh {
-            // As in a lane's pool: pages never written are faulted in with one call (only a
-            // speed-up; the copy faults them in otherwise).
-            // SAFETY: advice on a range within our own mapping; it changes no data.
-            unsafe { libc::madvise(pool.data.base().add(at).cast(), units * UNIT, libc::MADV_POPULATE_WRITE) };
-        }
-        let mut to = at;
-        let pieces = frame.pieces();
-        for piece in pieces.get() {
-            // SAFETY: the run lies within the mapping (start + units <= UNITS, and the pieces add
-            // up to the frame's length), it is free (no reader holds it), and `piece` is a
-            // separate allocation.
-            unsafe { std::ptr::copy_nonoverlapping(piece.as_ptr(), pool.data.base().add(to), piece.len()) };
-            to += piece.len();
-        }
-        let head = pieces.get()[0].into();
-        drop(pieces);
+        // The run is this thread's alone until it is handed out: copied outside the lock.
+        // SAFETY: the run lies within the mapping (start + units <= UNITS, and the frame fits its
+        // units), and it is free: no reader holds it.
+        unsafe { pool::write_run(&pool.data, start * UNIT, frame, fresh) };
+        let head = frame.pieces().get()[0].into();
         Some(Arc::new(FanRun { pool, start, units, len: frame.len(), head }))
     }
 
@@ -339,7 +274,7 @@ impl FanPools {
     pub(super) fn trim_if_quiet(&self, now: std::time::Instant, quiet: std::time::Duration) -> Option<u64> {
         let mut state = self.state();
         let (Some(pool), Some(last)) = (&state.current, state.last_put) else { return None };
-        if now.saturating_duration_since(last) < quiet || pool.touched() * UNIT <= KEEP {
+        if now.saturating_duration_since(last) < quiet || pool.units().touched() * UNIT <= KEEP {
             return None;
         }
         let pool = Arc::clone(pool);
@@ -348,10 +283,10 @@ impl FanPools {
         // lane: nothing can send them again). Any other run is a frame some reader holds or may
         // still read.
         let left: usize = state.orphan_runs(&pool).filter(|r| Arc::strong_count(r) == 1).map(|r| r.units).sum();
-        if pool.used() > left {
+        if pool.units().used() > left {
             return None;
         }
-        tracing::debug!(bytes = pool.touched() * UNIT, "giving a quiet fan-out pool up");
+        tracing::debug!(bytes = pool.units().touched() * UNIT, "giving a quiet fan-out pool up");
         pool.give_up();
         state.orphans.clear();
         state.current = None;
@@ -363,7 +298,7 @@ impl FanPools {
     #[cfg(test)]
     pub(super) fn census(&self) -> (usize, usize) {
         let state = self.state();
-        let used = state.current.as_ref().map_or(0, |g| g.used());
+        let used = state.current.as_ref().map_or(0, |g| g.units().used());
         (used, state.orphans.iter().map(|o| o.runs.len()).sum())
     }
 }
@@ -435,41 +370,26 @@ impl RecvFanPool {
             return None;
         }
         let at = BOARD_BASE + (offset / UNIT as u64) as usize;
-        let (pool, lane) = (self.clone(), lane.clone());
-        Some(Bytes::from_owner(FanFrame { pool, lane, at, offset: offset as usize, len: len as usize }))
+        // (Only its writer can write the pool: it is sealed against any other.)
+        Some(PoolFrame::bytes(self.clone(), lane.clone(), at, offset as usize, len as usize))
     }
 }
 
-/// One frame in a reader's mapping of a fan-out pool; marks its run released on its lane's
-/// board when dropped.
-struct FanFrame {
-    pool: Arc<RecvFanPool>,
-    lane: Arc<RecvPool>,
-    /// Its run's byte on the lane's board.
-    at: usize,
-    offset: usize,
-    len: usize,
-}
-
-impl AsRef<[u8]> for FanFrame {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: within the mapping (checked in `frame`), which lives while `pool` does. Only
-        // its writer can write the pool (sealed against any other), and an honest one does not
-        // write this run until every reader released it; a hostile one could, so, as for a
-        // lane's pool, the frame's header and name are copied out before they are checked.
-        unsafe { std::slice::from_raw_parts(self.pool.data.base().add(self.offset), self.len) }
-    }
-}
-
-impl Drop for FanFrame {
-    fn drop(&mut self) {
-        self.lane.release(self.at);
+impl Mapped for RecvFanPool {
+    fn data(&self) -> &Mapping {
+        &self.data
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lane's board, as the writer maps it.
+    fn board() -> Arc<Mapping> {
+        let fd = shm::sized_memfd(c"test-board", pool::BOARD_SIZE, false).unwrap();
+        Arc::new(Mapping::new(&fd, pool::BOARD_SIZE, libc::PROT_READ | libc::PROT_WRITE, 0).unwrap())
+    }
 
     #[test]
     fn a_run_is_free_once_nothing_holds_it_and_the_pool_is_sealed_against_writers() {
@@ -531,9 +451,7 @@ mod tests {
     fn runs_left_of_an_older_pool_do_not_count_for_the_current_one() {
         use std::time::{Duration, Instant};
         let pools = FanPools::default();
-        let board_fd = shm::sized_memfd(c"test-board", pool::BOARD_SIZE, false).unwrap();
-        let rw = libc::PROT_READ | libc::PROT_WRITE;
-        let board = Arc::new(Mapping::new(&board_fd, pool::BOARD_SIZE, rw, 0).unwrap());
+        let board = board();
         let mb = WireFrame::from(Bytes::from(vec![1u8; 1 << 20]));
         let mut runs: Vec<_> = (0..63).map(|_| pools.put(&mb).unwrap()).collect();
         let live_lane_runs: Vec<_> = runs.drain(..20).collect();
@@ -554,9 +472,7 @@ mod tests {
     #[test]
     fn runs_a_closed_lane_left_are_freed_when_marked_and_a_pool_full_of_them_is_replaced() {
         let pools = FanPools::default();
-        let board_fd = shm::sized_memfd(c"test-board", pool::BOARD_SIZE, false).unwrap();
-        let rw = libc::PROT_READ | libc::PROT_WRITE;
-        let board = Arc::new(Mapping::new(&board_fd, pool::BOARD_SIZE, rw, 0).unwrap());
+        let board = board();
         let mb = WireFrame::from(Bytes::from(vec![1u8; 1 << 20]));
         let runs: Vec<_> = (0..63).map(|_| pools.put(&mb).unwrap()).collect();
         let first_gen = runs[0].generation().id();

@@ -23,6 +23,7 @@ use super::lane::{
 use super::pool::RecvPool;
 use super::ring::{self, Record, RingReader};
 use super::sealed::{self, MapError};
+use crate::engine::Landed;
 use crate::ingress::Ingress;
 
 /// Runs lane readers on an async runtime: takes the reader and drives it (waiting for
@@ -140,18 +141,6 @@ enum Step {
     Read,
     WouldBlock,
     Ended,
-}
-
-/// Where a frame handed on lies.
-#[derive(Clone, Copy, Debug)]
-enum Lies {
-    /// In this process's own memory.
-    Own,
-    /// In memory its writer may still change (see [`Ingress::deliver_shared`]).
-    Shared,
-    /// In the writer's fan-out pool, standing for this lane's frame with this stamp (see
-    /// [`Ingress::deliver_stamped`]).
-    Fanned(Stamp),
 }
 
 /// How a lane ended.
@@ -428,7 +417,6 @@ impl LaneReader {
 
     /// Maps the sealed frame a message passed (see `sealed`) and hands it on.
     fn read_sealed(&mut self, n: usize, passed: Vec<OwnedFd>) -> Step {
-        let from = self.from;
         let frame = match (<[u8; 8]>::try_from(&self.buf[1..n]), &passed[..]) {
             (Ok(len), [memfd]) if self.takes != Takes::Declined => {
                 let len = u64::from_le_bytes(len);
@@ -437,14 +425,9 @@ impl LaneReader {
                 }
                 match sealed::map(memfd, len as usize) {
                     Ok(bytes) => bytes,
-                    Err(MapError::Io(e)) => {
-                        tracing::warn!(%from, error = %e, "cannot read a sealed frame; dropping the lane");
-                        return self.end(End::Gone);
-                    }
                     Err(e) => {
-                        tracing::warn!(%from, error = %e, "bad sealed frame");
-                        return self
-                            .broke("its lane carried a sealed frame in a memfd not sealed or shorter than said");
+                        let why = "its lane carried a sealed frame in a memfd not sealed or shorter than said";
+                        return self.map_failed("a sealed frame", e, why);
                     }
                 }
             }
@@ -594,13 +577,9 @@ impl LaneReader {
 
     /// Maps the ring the writer hands over (see `ring`).
     fn take_ring(&mut self, n: usize, passed: Vec<OwnedFd>) -> Step {
-        let from = self.from;
         let asked = self.takes.ring() && self.ring.is_none();
+        // (Fds this process had no room for end the lane before this: see `Received::FdsDropped`.)
         let (Ok(size), [data, control], true) = (<[u8; 8]>::try_from(&self.buf[1..n]), &passed[..], asked) else {
-            if asked && passed.len() < 2 {
-                tracing::warn!(%from, "a lane's ring came without its fds (is this process out of fds?); dropping the lane");
-                return self.end(End::Gone);
-            }
             return self.broke("its lane carried a malformed or unasked-for ring message");
         };
         if u64::from_le_bytes(size) != ring::RING_SIZE as u64 {
@@ -611,20 +590,14 @@ impl LaneReader {
                 self.ring = Some(ring);
                 Step::Read
             }
-            Err(MapError::Io(e)) => {
-                tracing::warn!(%from, error = %e, "cannot map a lane ring; dropping the lane");
-                self.end(End::Gone)
-            }
             Err(e) => {
-                tracing::warn!(%from, error = %e, "bad lane ring");
-                self.broke("its lane carried a ring in memfds not sealed or shorter than said")
+                self.map_failed("a lane ring", e, "its lane carried a ring in memfds not sealed or shorter than said")
             }
         }
     }
 
     /// Maps the pool the writer hands over (see `pool`).
     fn take_pool(&mut self, n: usize, passed: Vec<OwnedFd>) -> Step {
-        let from = self.from;
         let pooled = self.takes.pooled();
         let (Ok(size), [data, board], true) = (<[u8; 8]>::try_from(&self.buf[1..n]), &passed[..], pooled) else {
             return self.broke("its lane carried a malformed or unasked-for pool message");
@@ -634,13 +607,8 @@ impl LaneReader {
                 self.pool = Some(pool);
                 Step::Read
             }
-            Err(MapError::Io(e)) => {
-                tracing::warn!(%from, error = %e, "cannot map a lane pool; dropping the lane");
-                self.end(End::Gone)
-            }
             Err(e) => {
-                tracing::warn!(%from, error = %e, "bad lane pool");
-                self.broke("its lane carried a pool in memfds not sealed or shorter than said")
+                self.map_failed("a lane pool", e, "its lane carried a pool in memfds not sealed or shorter than said")
             }
         }
     }
@@ -660,7 +628,7 @@ impl LaneReader {
         };
         match frame {
             // The writer keeps its mapping of the pool writable: what is parsed is copied out.
-            Some(frame) => self.hand_on_as(frame, Lies::Shared),
+            Some(frame) => self.hand_on_as(frame, Landed::Shared),
             None => self.broke("its lane carried a malformed pooled-frame message, or one before its pool"),
         }
     }
@@ -678,13 +646,9 @@ impl LaneReader {
                 self.fan = Some(fan);
                 Step::Read
             }
-            Err(MapError::Io(e)) => {
-                tracing::warn!(from = %self.from, error = %e, "cannot map a fan-out pool; dropping the lane");
-                self.end(End::Gone)
-            }
             Err(e) => {
-                tracing::warn!(from = %self.from, error = %e, "bad fan-out pool");
-                self.broke("its lane carried a fan-out pool in a memfd not sealed against writes, or shorter than said")
+                let why = "its lane carried a fan-out pool in a memfd not sealed against writes, or shorter than said";
+                self.map_failed("a fan-out pool", e, why)
             }
         }
     }
@@ -704,27 +668,22 @@ impl LaneReader {
             _ => None,
         };
         match frame {
-            Some((bytes, stamp)) => self.hand_on_as(bytes, Lies::Fanned(stamp)),
+            Some((bytes, stamp)) => self.hand_on_as(bytes, Landed::Stamped(stamp)),
             None => self.broke("its lane carried a malformed fan-out frame message, or one before its pools"),
         }
     }
 
     /// Hands a whole frame to the engine.
     fn hand_on(&mut self, bytes: bytes::Bytes) -> Step {
-        self.hand_on_as(bytes, Lies::Own)
+        self.hand_on_as(bytes, Landed::Own)
     }
 
     /// Hands a whole frame to the engine, as where it lies says.
-    fn hand_on_as(&mut self, bytes: bytes::Bytes, lies: Lies) -> Step {
+    fn hand_on_as(&mut self, bytes: bytes::Bytes, landed: Landed) -> Step {
         self.in_socket_frame = false;
         self.handed += 1;
         self.owe_yield(false);
-        let delivered = match lies {
-            Lies::Own => self.ingress.deliver(self.from, bytes),
-            Lies::Shared => self.ingress.deliver_shared(self.from, bytes),
-            Lies::Fanned(stamp) => self.ingress.deliver_stamped(self.from, bytes, stamp),
-        };
-        if !delivered {
+        if !self.ingress.deliver_landed(self.from, bytes, landed) {
             return self.engine_gone();
         }
         Step::Read
@@ -738,6 +697,17 @@ impl LaneReader {
         lane::shut(&self.fd);
         self.on_end = None;
         Step::Ended
+    }
+
+    /// `what` (a memfd the writer passed) could not be mapped or read: the lane ends, blamed on
+    /// this process if it failed (no address space, no fds), on the writer (`why`) if what it
+    /// passed is not what it said.
+    fn map_failed(&mut self, what: &str, e: MapError, why: &'static str) -> Step {
+        tracing::warn!(from = %self.from, error = %e, "cannot read {what} from a lane");
+        match e {
+            MapError::Io(_) => self.end(End::Gone),
+            _ => self.broke(why),
+        }
     }
 
     /// The peer broke the lane's protocol (`why`, for the errors of its calls): the lane ends,

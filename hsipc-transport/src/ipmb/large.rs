@@ -180,12 +180,11 @@ impl LargeFrames {
                 return Ok(());
             }
         };
-        match lane::write_ring(lane_fd, [&data, &control], ring::RING_SIZE) {
+        match handed(lane::write_ring(lane_fd, [&data, &control], ring::RING_SIZE))? {
             // The reader has the memfds: they are closed here (the mappings stay).
-            Ok(true) => self.ring = Some(ring),
-            Ok(false) => self.unsent_ring = Some((ring, [data, control])), // no room now: next time
-            Err(e) if too_many_fds(&e) => self.no_ring = true,
-            Err(e) => return Err(e),
+            Handed::Went => self.ring = Some(ring),
+            Handed::NoRoom => self.unsent_ring = Some((ring, [data, control])), // next time
+            Handed::Refused => self.no_ring = true,
         }
         Ok(())
     }
@@ -321,6 +320,13 @@ impl LargeFrames {
         self.fan_held.retain(|run| !pool::take_release(board, fan_pool::BOARD_BASE + run.unit()));
     }
 
+    /// The kernel refused to pass the lane's pool (too many fds in flight): large frames on this
+    /// lane go sealed or in chunks from now on.
+    fn pool_refused(&mut self) {
+        tracing::debug!("too many fds in flight; large frames on this lane go sealed or in chunks");
+        (self.pool, self.no_pool) = (None, true);
+    }
+
     /// A fanned frame that cannot go (its pool was not handed over): it goes in chunks instead,
     /// and its run is let go of (the reader never gets it).
     fn unfan(&mut self, lane_fd: &OwnedFd, frame: &WireFrame, how: &mut Way) -> io::Result<usize> {
@@ -392,16 +398,15 @@ impl LargeFrames {
             // The ring's message first (part 0), in the lane's order: the reader reads the ring
             // from it on. The memfds close with `how`, once the frame is written.
             if from == 0 {
-                match lane::write_ring(lane_fd, [data, control], ring::RING_SIZE) {
-                    Ok(true) => {}
-                    Ok(false) => return Ok(0), // no room in the socket now
-                    Err(e) if too_many_fds(&e) => {
+                match handed(lane::write_ring(lane_fd, [data, control], ring::RING_SIZE))? {
+                    Handed::Went => {}
+                    Handed::NoRoom => return Ok(0),
+                    Handed::Refused => {
                         // The ring cannot be handed over: this frame and those behind it go
                         // through the socket, as before it was made (nothing of it is written).
                         (self.ring, self.no_ring, how.ring_offer) = (None, true, None);
                         return self.write(lane_fd, frame, how, 0);
                     }
-                    Err(e) => return Err(e),
                 }
             }
             let mut rest =
@@ -486,17 +491,14 @@ impl LargeFrames {
                     return lane::write_chunks(lane_fd, frame, 0);
                 };
                 if offer && from == 0 {
-                    match lane::write_pool(lane_fd, pool.memfds(), pool::POOL_SIZE) {
-                        Ok(true) => {}
-                        Ok(false) => return Ok(0),
-                        Err(e) if too_many_fds(&e) => {
-                            tracing::debug!("too many fds in flight; large frames on this lane go sealed or in chunks");
-                            self.pool = None;
-                            self.no_pool = true;
+                    match handed(lane::write_pool(lane_fd, pool.memfds(), pool::POOL_SIZE))? {
+                        Handed::Went => {}
+                        Handed::NoRoom => return Ok(0),
+                        Handed::Refused => {
+                            self.pool_refused();
                             *how = Way::Chunks;
                             return lane::write_chunks(lane_fd, frame, 0);
                         }
-                        Err(e) => return Err(e),
                     }
                 }
                 let done = usize::from(offer);
@@ -504,37 +506,34 @@ impl LargeFrames {
             }
             Way::Fanned { run, stamp, offer_pool, offer } => {
                 let (run, stamp, offer_pool, offer) = (Arc::clone(run), *stamp, *offer_pool, *offer);
-                let handed = offer || self.fan_offered == Some(run.generation().id());
-                let Some(pool) = self.pool.as_ref().filter(|_| handed) else {
+                let fan_pool_handed = offer || self.fan_offered == Some(run.generation().id());
+                let Some(pool) = self.pool.as_ref().filter(|_| fan_pool_handed) else {
                     // The lane's pool, or the fan-out pool, could not be handed over (an earlier
                     // frame's write): nothing of this frame went.
                     return self.unfan(lane_fd, frame, how);
                 };
                 // Its parts: the lane's pool, the fan-out pool (each if offered), the frame.
                 if offer_pool && from == 0 {
-                    match lane::write_pool(lane_fd, pool.memfds(), pool::POOL_SIZE) {
-                        Ok(true) => {}
-                        Ok(false) => return Ok(0),
-                        Err(e) if too_many_fds(&e) => {
-                            tracing::debug!("too many fds in flight; large frames on this lane go sealed or in chunks");
-                            (self.pool, self.no_pool) = (None, true);
+                    match handed(lane::write_pool(lane_fd, pool.memfds(), pool::POOL_SIZE))? {
+                        Handed::Went => {}
+                        Handed::NoRoom => return Ok(0),
+                        Handed::Refused => {
+                            self.pool_refused();
                             return self.unfan(lane_fd, frame, how);
                         }
-                        Err(e) => return Err(e),
                     }
                 }
                 let offered = usize::from(offer_pool);
                 if offer && from <= offered {
-                    match lane::write_fan_pool(lane_fd, run.generation().memfd(), fan_pool::SIZE) {
-                        Ok(true) => {}
-                        Ok(false) => return Ok(offered),
-                        Err(e) if too_many_fds(&e) => {
+                    match handed(lane::write_fan_pool(lane_fd, run.generation().memfd(), fan_pool::SIZE))? {
+                        Handed::Went => {}
+                        Handed::NoRoom => return Ok(offered),
+                        Handed::Refused => {
                             tracing::debug!("too many fds in flight; large events on this lane go through its pool");
                             (self.fan, self.fan_offered) = (None, None);
                             // (The lane's pool, if it went just now, is the reader's from now on.)
                             return self.unfan(lane_fd, frame, how);
                         }
-                        Err(e) => return Err(e),
                     }
                 }
                 let done = offered + usize::from(offer);
@@ -575,4 +574,23 @@ fn unread_sealed_bound(lane_fd: &OwnedFd) -> usize {
 /// The user has too many fds in flight in Unix sockets (the kernel refuses to pass another).
 fn too_many_fds(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ETOOMANYREFS)
+}
+
+/// How a message that hands the reader memfds (a ring, a pool) went.
+enum Handed {
+    Went,
+    /// No room in the lane now: again later.
+    NoRoom,
+    /// The kernel will not pass the fds (too many in flight): do without.
+    Refused,
+}
+
+/// What one attempt to send a hand-over message (`Ok(false)`: no room) came to.
+fn handed(sent: io::Result<bool>) -> io::Result<Handed> {
+    match sent {
+        Ok(true) => Ok(Handed::Went),
+        Ok(false) => Ok(Handed::NoRoom),
+        Err(e) if too_many_fds(&e) => Ok(Handed::Refused),
+        Err(e) => Err(e),
+    }
 }

@@ -88,6 +88,92 @@ pub(super) fn release(board: &Mapping, at: usize) {
     mark(board, at).store(RELEASED, Ordering::Release);
 }
 
+/// Which units of a pool are in use, and which were written (since they were last given back):
+/// the book a writer keeps of a lane's pool and of the hub's fan-out pool (see `fan_pool`).
+#[derive(Clone, Default)]
+pub(super) struct Units {
+    used: [u64; UNITS / 64],
+    touched: [u64; UNITS / 64],
+}
+
+fn bit(words: &[u64; UNITS / 64], u: usize) -> bool {
+    words[u / 64] & (1 << (u % 64)) != 0
+}
+
+fn set(words: &mut [u64; UNITS / 64], u: usize, on: bool) {
+    if on {
+        words[u / 64] |= 1 << (u % 64);
+    } else {
+        words[u / 64] &= !(1 << (u % 64));
+    }
+}
+
+impl Units {
+    /// Takes the first free run of `units` units from unit `first` on (first fit: steady traffic
+    /// keeps to the start): its first unit, and whether any of it was never written.
+    pub(super) fn take(&mut self, first: usize, units: usize) -> Option<(usize, bool)> {
+        let mut run = 0;
+        let end = (first..UNITS).find(|&u| {
+            run = if bit(&self.used, u) { 0 } else { run + 1 };
+            run == units
+        })?;
+        let start = end + 1 - units;
+        let fresh = (start..=end).any(|u| !bit(&self.touched, u));
+        for u in start..=end {
+            set(&mut self.used, u, true);
+            set(&mut self.touched, u, true);
+        }
+        Some((start, fresh))
+    }
+
+    /// Frees the run of `units` units at `start`.
+    pub(super) fn free(&mut self, start: usize, units: usize) {
+        for u in start..start + units {
+            set(&mut self.used, u, false);
+        }
+    }
+
+    /// Units in use.
+    pub(super) fn used(&self) -> usize {
+        self.used.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Units written.
+    pub(super) fn touched(&self) -> usize {
+        self.touched.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Whether unit `u` is written and free (its pages can be given back).
+    fn idle_page(&self, u: usize) -> bool {
+        bit(&self.touched, u) && !bit(&self.used, u)
+    }
+}
+
+/// Copies `frame` into the run at byte `at` of `data`, faulting its pages in first if the run
+/// is `fresh` (never written, or given back).
+///
+/// # Safety
+/// The run, `frame.len()` bytes from `at`, lies within `data`, and nobody reads or writes it
+/// meanwhile (it is free: no reader holds it).
+pub(super) unsafe fn write_run(data: &Mapping, at: usize, frame: &WireFrame, fresh: bool) {
+    if fresh {
+        // Pages never written (or given back): fault in the ones the frame will fill with one
+        // call rather than one trap per page during the copy. Only a speed-up: if it fails (a
+        // kernel before 5.14, or no memory), the copy faults them in, or fails, as before.
+        let len = frame.len().next_multiple_of(4096);
+        // SAFETY: advice on a range within the mapping (the run is whole units, at least `len`
+        // long); it allocates the pages the copy below writes, and changes no data.
+        unsafe { libc::madvise(data.base().add(at).cast(), len, libc::MADV_POPULATE_WRITE) };
+    }
+    let mut to = at;
+    for piece in frame.pieces().get() {
+        // SAFETY: within the run (the pieces add up to the frame's length), which nobody else
+        // touches (the caller's promise); `piece` is a separate allocation.
+        unsafe { std::ptr::copy_nonoverlapping(piece.as_ptr(), data.base().add(to), piece.len()) };
+        to += piece.len();
+    }
+}
+
 /// The writer's side of a pool.
 pub(super) struct SendPool {
     data_fd: OwnedFd,
@@ -96,18 +182,15 @@ pub(super) struct SendPool {
     /// Shared with the hub's fan-out pool, which takes the marks of runs a closed lane's
     /// reader still held.
     board: Arc<Mapping>,
-    /// One bit per unit: set while the reader may hold it.
-    used: [u64; UNITS / 64],
+    /// Units the reader may hold, and units written since the pool was last trimmed.
+    units: Units,
     /// The length in units of the run starting at each unit (0: no run starts there).
     runs: Box<[u16; UNITS]>,
-    /// One bit per unit: written since the pool was last trimmed.
-    touched: [u64; UNITS / 64],
 }
 
 impl std::fmt::Debug for SendPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let used: u32 = self.used.iter().map(|w| w.count_ones()).sum();
-        f.debug_struct("SendPool").field("units_used", &used).finish_non_exhaustive()
+        f.debug_struct("SendPool").field("units_used", &self.units.used()).finish_non_exhaustive()
     }
 }
 
@@ -121,8 +204,7 @@ impl SendPool {
         let rw = libc::PROT_READ | libc::PROT_WRITE;
         let (data, board) = (Mapping::new(&data_fd, POOL_SIZE, rw, 0)?, Mapping::new(&board_fd, BOARD_SIZE, rw, 0)?);
         let board = Arc::new(board);
-        let (used, touched, runs) = ([0; UNITS / 64], [0; UNITS / 64], Box::new([0; UNITS]));
-        Ok(SendPool { data_fd, board_fd, data, board, used, runs, touched })
+        Ok(SendPool { data_fd, board_fd, data, board, units: Units::default(), runs: Box::new([0; UNITS]) })
     }
 
     /// The pool's memfds (data, board), to hand to the reader.
@@ -143,48 +225,12 @@ impl SendPool {
         }
         self.take_releases();
         let units = frame.len().div_ceil(UNIT).max(1);
-        let start = self.free_run(units)?;
-        let fresh = (start..start + units).any(|u| self.touched[u / 64] & (1 << (u % 64)) == 0);
-        if fresh {
-            // Pages never written (or given back by `trim`): fault in the ones the frame will
-            // fill with one call rather than one trap per page during the copy. Only a speed-up:
-            // if it fails (a kernel before 5.14, or no memory), the copy faults them in, or
-            // fails, as before.
-            let len = frame.len().next_multiple_of(4096);
-            // SAFETY: advice on a range within our own mapping (the run is at least `len` long);
-            // it allocates the pages the copy below writes, and changes no data.
-            unsafe { libc::madvise(self.data.base().add(start * UNIT).cast(), len, libc::MADV_POPULATE_WRITE) };
-        }
-        for u in start..start + units {
-            self.used[u / 64] |= 1 << (u % 64);
-            self.touched[u / 64] |= 1 << (u % 64);
-        }
+        let (start, fresh) = self.units.take(0, units)?;
         self.runs[start] = units as u16;
-        let mut at = start * UNIT;
-        for piece in frame.pieces().get() {
-            // SAFETY: the run lies within the mapping (start + units <= UNITS, and the pieces add
-            // up to the frame's length), it was free (the reader holds nothing in it), and
-            // `piece` is a separate allocation.
-            unsafe { std::ptr::copy_nonoverlapping(piece.as_ptr(), self.data.base().add(at), piece.len()) };
-            at += piece.len();
-        }
+        // SAFETY: the run lies within the mapping (start + units <= UNITS, and the frame fits
+        // its units), and it was free: the reader holds nothing in it.
+        unsafe { write_run(&self.data, start * UNIT, frame, fresh) };
         Some((start * UNIT) as u64)
-    }
-
-    /// The first unit of the first free run of `units` units.
-    fn free_run(&self, units: usize) -> Option<usize> {
-        let mut run = 0;
-        for u in 0..UNITS {
-            if self.used[u / 64] & (1 << (u % 64)) == 0 {
-                run += 1;
-                if run == units {
-                    return Some(u + 1 - units);
-                }
-            } else {
-                run = 0;
-            }
-        }
-        None
     }
 
     /// Frees the runs the reader marked released on the board.
@@ -194,9 +240,7 @@ impl SendPool {
                 continue;
             }
             let units = std::mem::take(&mut self.runs[start]) as usize;
-            for u in start..start + units {
-                self.used[u / 64] &= !(1 << (u % 64));
-            }
+            self.units.free(start, units);
         }
     }
 
@@ -206,15 +250,14 @@ impl SendPool {
     /// once they are released).
     pub(super) fn trim(&mut self) -> bool {
         self.take_releases();
-        let bit = |words: &[u64; UNITS / 64], u: usize| words[u / 64] & (1 << (u % 64)) != 0;
         let mut u = KEEP / UNIT;
         while u < UNITS {
-            if !bit(&self.touched, u) || bit(&self.used, u) {
+            if !self.units.idle_page(u) {
                 u += 1;
                 continue;
             }
             let start = u;
-            while u < UNITS && bit(&self.touched, u) && !bit(&self.used, u) {
+            while u < UNITS && self.units.idle_page(u) {
                 u += 1;
             }
             let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
@@ -225,17 +268,17 @@ impl SendPool {
                 return false;
             }
             for v in start..u {
-                self.touched[v / 64] &= !(1 << (v % 64));
+                set(&mut self.units.touched, v, false);
             }
         }
-        (KEEP / UNIT..UNITS).any(|u| bit(&self.touched, u))
+        (KEEP / UNIT..UNITS).any(|u| bit(&self.units.touched, u))
     }
 
     /// Whether no run is in use (after taking in the releases).
     #[cfg(test)]
     pub(super) fn is_empty(&mut self) -> bool {
         self.take_releases();
-        self.used.iter().all(|w| *w == 0)
+        self.units.used() == 0
     }
 }
 
@@ -259,12 +302,6 @@ impl RecvPool {
         Ok(Arc::new(RecvPool { data, board }))
     }
 
-    /// Marks the run at board byte `at` released (a run of the hub's fan-out pool, whose frame
-    /// the reader let go of); `at` is within the board.
-    pub(super) fn release(&self, at: usize) {
-        release(&self.board, at);
-    }
-
     /// The frame at `offset`, `len` bytes, as `Bytes` that mark its run released when the last
     /// reference drops; `None` if it does not start at one of the pool's [`UNITS`] units (the
     /// board's bytes beyond them are the fan-out pool's: see `fan_pool`).
@@ -274,31 +311,56 @@ impl RecvPool {
         if end > self.data.len() as u64 || len == 0 || offset % UNIT as u64 != 0 || unit >= UNITS as u64 {
             return None;
         }
-        Some(Bytes::from_owner(PooledFrame { pool: self.clone(), offset: offset as usize, len: len as usize }))
+        Some(PoolFrame::bytes(self.clone(), self.clone(), offset as usize / UNIT, offset as usize, len as usize))
     }
 }
 
-/// One frame in a reader's pool mapping; marks its run released when dropped.
-struct PooledFrame {
-    pool: Arc<RecvPool>,
+impl Mapped for RecvPool {
+    fn data(&self) -> &Mapping {
+        &self.data
+    }
+}
+
+/// A reader's read-only mapping of a pool's data: a lane's pool, or the hub's fan-out pool.
+pub(super) trait Mapped: Send + Sync + 'static {
+    /// The mapping.
+    fn data(&self) -> &Mapping;
+}
+
+/// One frame in a reader's mapping of a pool, read where it lies; marks its run released on its
+/// lane's board when dropped.
+pub(super) struct PoolFrame<P: Mapped> {
+    pool: Arc<P>,
+    lane: Arc<RecvPool>,
+    /// Its run's byte on the lane's board.
+    at: usize,
     offset: usize,
     len: usize,
 }
 
-impl AsRef<[u8]> for PooledFrame {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: within the mapping (checked in `frame`), which lives while `pool` does. An
-        // honest writer does not write this run until it is released, after this frame is gone;
-        // a hostile one (of the same user: see `pool`) could, so nothing here parses these bytes
-        // in place: the frame's header and name are copied out before they are checked
-        // (`Ingress::deliver_shared`), and only the payload is read where it lies.
-        unsafe { std::slice::from_raw_parts(self.pool.data.base().add(self.offset), self.len) }
+impl<P: Mapped> PoolFrame<P> {
+    /// The `len` bytes at `offset` of `pool` (checked to lie within it), as `Bytes` that mark
+    /// byte `at` of `lane`'s board (checked to lie within it) when the last reference drops.
+    pub(super) fn bytes(pool: Arc<P>, lane: Arc<RecvPool>, at: usize, offset: usize, len: usize) -> Bytes {
+        Bytes::from_owner(PoolFrame { pool, lane, at, offset, len })
     }
 }
 
-impl Drop for PooledFrame {
+impl<P: Mapped> AsRef<[u8]> for PoolFrame<P> {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: within the mapping (checked by the caller of `bytes`), which lives while
+        // `pool` does. An honest writer does not write this run until every reader released it,
+        // after this frame is gone; a hostile one (of the same user: see `pool`) could, so
+        // nothing here parses these bytes in place: the frame's header and name are copied out
+        // before they are checked (`Ingress::deliver_shared`), and only the payload is read
+        // where it lies.
+        unsafe { std::slice::from_raw_parts(self.pool.data().base().add(self.offset), self.len) }
+    }
+}
+
+impl<P: Mapped> Drop for PoolFrame<P> {
     fn drop(&mut self) {
-        release(&self.pool.board, self.offset / UNIT);
+        release(&self.lane.board, self.at);
     }
 }
 
