@@ -36,6 +36,10 @@
 //!   use (round trips of a size in one task, as the hubs' are). The floor an async hub stands
 //!   on: what the runtime's reactor and task wake-ups cost against the blocking socket. Round
 //!   trips and pipelined calls only.
+//! - **tarpc** (`tarpc`): tarpc 0.38's echo of a `Bytes`, bincode over the same kind of socket
+//!   pair (tarpc's length-delimited framing), called from a current-thread tokio runtime here
+//!   and served on tokio's multi-thread runtime, a task per request (tarpc's way), in the peer:
+//!   the RPC framework the issue compares hsipc with. Round trips and pipelined calls only.
 //!
 //! Metrics (percentiles from raw sample vectors, nearest rank):
 //! - **round trip** p50 / p99 at 64 B, 4 KiB, 64 KiB and 1 MiB: send a payload, wait for it
@@ -75,6 +79,8 @@ mod cpus;
 mod hub_client;
 #[path = "support/raw_ipmb.rs"]
 mod raw_ipmb;
+#[path = "support/tarpc_echo.rs"]
+mod tarpc_echo;
 
 use std::future::Future;
 use std::io::{BufReader, Read, Write};
@@ -149,7 +155,7 @@ fn main() {
         Ok(a) => a,
         Err(e) => {
             eprintln!(
-                "pinned: {e}\nusage: pinned [--quick] [--cpus 1|2|both] [--only socket,ipmb,blocking,tokio,smol,blocking+inline,tokio+inline,smol+inline,blocking+vec,socket+tokio,socket+tokio+task,socket+smol,socket+smol+task]"
+                "pinned: {e}\nusage: pinned [--quick] [--cpus 1|2|both] [--only socket,ipmb,blocking,tokio,smol,blocking+inline,tokio+inline,smol+inline,blocking+vec,socket+tokio,socket+tokio+task,socket+smol,socket+smol+task,tarpc]"
             );
             std::process::exit(2);
         }
@@ -357,10 +363,13 @@ enum Transport {
     /// A raw socket under an async runtime (see `support/async_socket.rs`): round trips and
     /// pipelined calls only.
     AsyncSocket(&'static str),
+    /// tarpc, bincode over a Unix socket (see `support/tarpc_echo.rs`): round trips and
+    /// pipelined calls only.
+    Tarpc,
 }
 
 impl Transport {
-    const ALL: [Transport; 13] = [
+    const ALL: [Transport; 14] = [
         Transport::Socket,
         Transport::RawIpmb,
         Transport::Hub(KINDS[0]),
@@ -374,12 +383,14 @@ impl Transport {
         Transport::AsyncSocket(async_socket::KINDS[1]),
         Transport::AsyncSocket(async_socket::KINDS[2]),
         Transport::AsyncSocket(async_socket::KINDS[3]),
+        Transport::Tarpc,
     ];
 
     fn key(self) -> &'static str {
         match self {
             Transport::Socket => "socket",
             Transport::RawIpmb => "ipmb",
+            Transport::Tarpc => "tarpc",
             Transport::Hub(kind) | Transport::AsyncSocket(kind) => kind,
         }
     }
@@ -396,6 +407,7 @@ impl Transport {
         match self {
             Transport::Socket => "raw Unix socket".into(),
             Transport::RawIpmb => "raw ipmb".into(),
+            Transport::Tarpc => "tarpc (bincode, Unix socket)".into(),
             Transport::Hub(kind) => format!("hsipc {kind}"),
             Transport::AsyncSocket(kind) => {
                 let runtime = if kind.contains("tokio") { "tokio" } else { "smol" };
@@ -470,8 +482,8 @@ fn run_transport(t: Transport, mode: &Mode, p: &Params) -> Row {
             (row.rt[i], row.stream[i]) = (Cell::Na, Cell::Na);
         }
     }
-    if let Transport::AsyncSocket(_) = t {
-        // The runtime's floor under a call: no one-way traffic, no events.
+    if let Transport::AsyncSocket(_) | Transport::Tarpc = t {
+        // The runtime's floor under a call, and tarpc: no one-way traffic, no events.
         row.stream.iter_mut().for_each(|c| *c = Cell::Na);
         row.events = Cell::Na;
     }
@@ -486,6 +498,7 @@ fn run_transport(t: Transport, mode: &Mode, p: &Params) -> Row {
             Transport::RawIpmb => Box::new(IpmbLink::start(&what, mode.peer_cpu)),
             Transport::Hub(kind) => Box::new(HubLink::start(&what, kind, mode.peer_cpu)),
             Transport::AsyncSocket(kind) => Box::new(AsyncSocketLink::start(kind, mode.peer_cpu)),
+            Transport::Tarpc => Box::new(TarpcLink::start(mode.peer_cpu)),
         };
         measure_all(link.as_mut(), p, &mut row);
     }));
@@ -502,7 +515,7 @@ fn run_transport(t: Transport, mode: &Mode, p: &Params) -> Row {
 }
 
 fn measure_all(link: &mut dyn Link, p: &Params, row: &mut Row) {
-    if let Transport::AsyncSocket(_) = row.transport {
+    if let Transport::AsyncSocket(_) | Transport::Tarpc = row.transport {
         for (i, &size) in SIZES.iter().enumerate() {
             row.rt[i] = Cell::Value(roundtrips(link, size, p.rt_warmup[i], p.rt_samples[i], p.budget));
         }
@@ -785,13 +798,7 @@ struct SocketLink {
 
 impl SocketLink {
     fn start(cpu: usize) -> SocketLink {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: socketpair fills two fds on success.
-        let rc =
-            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
-        assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
-        // SAFETY: fresh fds owned by nothing else.
-        let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (ours, theirs) = socket_pair();
         let peer = Proc::spawn("sock_peer", "", "", cpu, Some(&theirs));
         drop(theirs);
         let w = UnixStream::from(ours);
@@ -845,13 +852,7 @@ struct AsyncSocketLink {
 
 impl AsyncSocketLink {
     fn start(kind: &str, cpu: usize) -> AsyncSocketLink {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: socketpair fills two fds on success.
-        let rc =
-            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
-        assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
-        // SAFETY: fresh fds owned by nothing else.
-        let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (ours, theirs) = socket_pair();
         let peer = Proc::spawn("async_sock_peer", "", kind, cpu, Some(&theirs));
         drop(theirs);
         AsyncSocketLink { socket: AsyncSocket::new(kind, ours, WAIT), peer }
@@ -874,6 +875,56 @@ impl Link for AsyncSocketLink {
 
     fn send(&mut self, _: &Bytes) {
         unreachable!("measure_all sends no one-way messages on an async socket");
+    }
+
+    fn peer(&mut self) -> &mut Proc {
+        &mut self.peer
+    }
+}
+
+/// The two ends of a fresh stream socket pair.
+fn socket_pair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: socketpair fills two fds on success.
+    let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+    assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
+    // SAFETY: fresh fds owned by nothing else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// tarpc
+
+/// A tarpc client, with its peer process serving the echo.
+struct TarpcLink {
+    client: tarpc_echo::TarpcClient,
+    peer: Proc,
+}
+
+impl TarpcLink {
+    fn start(cpu: usize) -> TarpcLink {
+        let (ours, theirs) = socket_pair();
+        let peer = Proc::spawn("tarpc_peer", "", "tarpc", cpu, Some(&theirs));
+        drop(theirs);
+        TarpcLink { client: tarpc_echo::TarpcClient::new(ours), peer }
+    }
+}
+
+impl Link for TarpcLink {
+    fn echo(&mut self, payload: &Bytes) -> usize {
+        self.client.echo(payload)
+    }
+
+    fn round_trips(&mut self, payload: &Bytes, samples: &mut dyn Sampling) {
+        self.client.round_trips(payload, samples);
+    }
+
+    fn pipelined(&mut self, payload: &Bytes, batches: usize, budget: Duration) -> (u64, Duration) {
+        in_flight_batches(self, batches, budget, |s| s.client.in_flight(payload, IN_FLIGHT))
+    }
+
+    fn send(&mut self, _: &Bytes) {
+        unreachable!("measure_all sends no one-way messages over tarpc");
     }
 
     fn peer(&mut self) -> &mut Proc {
@@ -1365,6 +1416,7 @@ mod child {
         match role {
             "sock_peer" => sock_peer(),
             "async_sock_peer" => async_sock_peer(),
+            "tarpc_peer" => tarpc_peer(),
             "ipmb_bystander" => ipmb_bystander(),
             "ipmb_peer" => ipmb_peer(),
             "hub_bystander" => hub_bystander(),
@@ -1427,6 +1479,16 @@ mod child {
         report("READY");
         // Returns at end of file or on an error: the parent is gone.
         async_socket::serve(&kind(), stream);
+    }
+
+    fn tarpc_peer() {
+        let fd: RawFd = std::env::var(FD_ENV).ok().and_then(|f| f.parse().ok()).expect("child needs HSIPC_BENCH_FD");
+        // SAFETY: the parent passed us this fd, open and ours alone in this process.
+        let stream = unsafe { UnixStream::from_raw_fd(fd) };
+        set_cloexec(fd, true);
+        report("READY");
+        // Returns once the parent's end closes.
+        super::tarpc_echo::serve(stream);
     }
 
     fn ipmb_bystander() {

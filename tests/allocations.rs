@@ -3,8 +3,9 @@
 //! server run in processes of their own (this binary, re-run as a child), so that each side's
 //! count is its own; the event's two sides share this process.
 //!
-//! This pins today's cost so that it cannot grow unnoticed; the counts are printed for the
-//! performance notes. (Issue 8's goal is two allocations per call on each side.)
+//! This pins issue 8's goal of two allocations per call on each side where a hub meets it (the
+//! blocking and tokio hubs), and today's cost where it does not (smol, whose reactor allocates),
+//! so that neither can grow unnoticed; the counts are printed for the performance notes.
 
 #![cfg(all(feature = "blocking", feature = "tokio", feature = "smol"))]
 
@@ -20,6 +21,10 @@ use hsipc::SyncProcessHub;
 
 /// The bound on every wait for a child.
 const LONG: Duration = Duration::from_secs(60);
+/// The call tests' hubs' heartbeat: far apart, so that at most one falls in the counted calls
+/// (a heartbeat's frames allocate), whatever the machine's load.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+const PEER_TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Counting;
 
@@ -70,8 +75,10 @@ fn allocations_per(n: u64, run: impl FnOnce()) -> f64 {
 }
 
 /// Allocations per 64 B call that this test lets pass, caller and server, for each kind of
-/// server: today's counts with room for the odd heartbeat in the measured window (and, in the
-/// server, the test's own two reports). Issue 8's goal is two on each side.
+/// server: issue 8's goal of two on each side where the hub meets it, with room for a busy
+/// machine (2.01-2.02 and 1.02 on a quiet one; up to 2.04 and 1.05 with two busy loops beside
+/// the test: waits that park allocate now and then), one heartbeat in the counted calls and, in
+/// the server, the test's own two reports; today's counts where it does not (smol).
 ///
 /// The caller allocates the call's oneshot reply channel and the `Bytes` it gets back (a small
 /// payload is copied out of the received frame so as not to pin the lane reader's arena). The
@@ -85,8 +92,8 @@ fn allocations_per(n: u64, run: impl FnOnce()) -> f64 {
 /// each side; not hsipc's, and its count varies with how the turns fall).
 fn most_per_call(kind: &str) -> (f64, f64) {
     match kind {
-        "blocking" | "tokio+inline" => (2.25, 1.25),
-        "tokio" => (2.25, 2.25),
+        "blocking" | "tokio+inline" => (2.1, 1.1),
+        "tokio" => (2.1, 2.1),
         "smol" => (3.75, 3.75),
         "smol+inline" => (3.75, 3.0),
         other => panic!("no bound for {other}"),
@@ -110,7 +117,7 @@ fn echo_server(kind: &str) {
     };
     match kind {
         "blocking" => {
-            let hub = SyncProcessHub::builder("server").bus(&bus).build().unwrap();
+            let hub = SyncProcessHub::builder("server").bus(&bus).heartbeat(HEARTBEAT, PEER_TIMEOUT).build().unwrap();
             hub.serve("bench.echo", |b: Bytes| Ok::<_, String>(b)).unwrap();
             common::report("READY");
             counted();
@@ -119,7 +126,8 @@ fn echo_server(kind: &str) {
         "tokio" | "tokio+inline" => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             let hub = rt.block_on(async {
-                let hub = hsipc::ProcessHub::builder("server").bus(&bus).build().unwrap();
+                let hub =
+                    hsipc::ProcessHub::builder("server").bus(&bus).heartbeat(HEARTBEAT, PEER_TIMEOUT).build().unwrap();
                 serve_echo(&hub, kind.ends_with("+inline")).await;
                 hub
             });
@@ -129,7 +137,11 @@ fn echo_server(kind: &str) {
         }
         "smol" | "smol+inline" => {
             let hub = smol::block_on(async {
-                let hub = hsipc::smol::ProcessHub::builder("server").bus(&bus).build().unwrap();
+                let hub = hsipc::smol::ProcessHub::builder("server")
+                    .bus(&bus)
+                    .heartbeat(HEARTBEAT, PEER_TIMEOUT)
+                    .build()
+                    .unwrap();
                 serve_echo(&hub, kind.ends_with("+inline")).await;
                 hub
             });
@@ -166,7 +178,7 @@ fn echo_client(kind: &str) {
     };
     match kind {
         "blocking" => {
-            let hub = SyncProcessHub::builder("client").bus(&bus).build().unwrap();
+            let hub = SyncProcessHub::builder("client").bus(&bus).heartbeat(HEARTBEAT, PEER_TIMEOUT).build().unwrap();
             hub.wait_for_service("bench", Duration::from_secs(10)).unwrap();
             let call = || {
                 let back: Bytes = hub.call("bench.echo", &payload).unwrap();
@@ -181,13 +193,18 @@ fn echo_client(kind: &str) {
         "tokio" => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
-                let hub = hsipc::ProcessHub::builder("client").bus(&bus).build().unwrap();
+                let hub =
+                    hsipc::ProcessHub::builder("client").bus(&bus).heartbeat(HEARTBEAT, PEER_TIMEOUT).build().unwrap();
                 async_calls(&hub, &payload, go, done).await;
                 hub.close().await;
             });
         }
         "smol" => smol::block_on(async {
-            let hub = hsipc::smol::ProcessHub::builder("client").bus(&bus).build().unwrap();
+            let hub = hsipc::smol::ProcessHub::builder("client")
+                .bus(&bus)
+                .heartbeat(HEARTBEAT, PEER_TIMEOUT)
+                .build()
+                .unwrap();
             async_calls(&hub, &payload, go, done).await;
             hub.close().await;
         }),

@@ -430,6 +430,12 @@ fn calls_move_to_a_lane_keep_their_order_and_outlive_the_bus_controller() {
     client.send("again");
     let again = client.expect("AGAIN", LONG);
     assert!(again.split(',').all(|r| r == "ok"), "calls after the controller died: {again}");
+    // They went through the lanes, which are still open (a call to a peer with a lane goes
+    // through it), not through a bus that ipmb rebuilt around another controller.
+    server.send("lanes");
+    assert_ne!(server.expect("LANES", LONG), "0", "the server's lane closed with the controller");
+    client.send("lanes");
+    assert_ne!(client.expect("LANES", LONG), "0", "the client's lane closed with the controller");
     server.send("quit");
     client.send("quit");
 }
