@@ -37,6 +37,21 @@ fn naive_valid_topic(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_TOPIC_LEN && !s.contains(['\0', '+', '#'])
 }
 
+/// The error a topic's checks report, in their documented order: empty, too long, a NUL
+/// anywhere, then the first wildcard.
+fn naive_topic_error(s: &str) -> Option<TopicError> {
+    if s.is_empty() {
+        Some(TopicError::Empty)
+    } else if s.len() > MAX_TOPIC_LEN {
+        Some(TopicError::TooLong { len: s.len(), max: MAX_TOPIC_LEN })
+    } else if s.contains('\0') {
+        Some(TopicError::ContainsNul { topic: s.into() })
+    } else {
+        let wildcard = s.chars().find(|c| matches!(c, '+' | '#'))?;
+        Some(TopicError::WildcardInTopic { topic: s.into(), wildcard })
+    }
+}
+
 fn naive_valid_filter(s: &str) -> bool {
     let levels: Vec<&str> = s.split('/').collect();
     !s.is_empty()
@@ -518,6 +533,8 @@ fn check_parsers(s: &str) -> Result<(), TestCaseError> {
     let t = Topic::new(s);
     let f = TopicFilter::new(s);
     prop_assert_eq!(t.is_ok(), naive_valid_topic(s), "topic {:?}: {:?}", s, t);
+    let naive_error = naive_topic_error(s);
+    prop_assert_eq!(t.as_ref().err(), naive_error.as_ref(), "topic {:?}", s);
     prop_assert_eq!(f.is_ok(), naive_valid_filter(s), "filter {:?}: {:?}", s, f);
     if let Ok(t) = t {
         prop_assert_eq!(t.to_string(), s);
