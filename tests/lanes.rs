@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{Peer, command, env, kind, report, unique_bus};
@@ -109,6 +110,7 @@ fn child_entry() {
     while let Some(cmd) = command() {
         match cmd.as_str() {
             "lanes" => report(format!("LANES {}", lane_threads())),
+            "lane_ids" => report(format!("LANE_IDS {}", lane_thread_ids().join(","))),
             "where" => {
                 let big = bytes::Bytes::from(vec![5u8; 1 << 20]);
                 report(format!("WHERE {}", hub.call::<_, String>("calc.where", big).unwrap()));
@@ -425,17 +427,25 @@ fn calls_move_to_a_lane_keep_their_order_and_outlive_the_bus_controller() {
     assert_ne!(server.expect("LANES", LONG), "0", "the server reads no lane");
     client.send("lanes");
     assert_ne!(client.expect("LANES", LONG), "0", "the client reads no lane");
+    let lane_ids = |peer: &mut Peer| -> BTreeSet<String> {
+        peer.send("lane_ids");
+        peer.expect("LANE_IDS", LONG).split(',').filter(|id| !id.is_empty()).map(str::to_string).collect()
+    };
+    let (server_lanes, client_lanes) = (lane_ids(&mut server), lane_ids(&mut client));
     // Without its controller, ipmb cannot route a message; the lanes do not need it.
     controller.kill();
     client.send("again");
     let again = client.expect("AGAIN", LONG);
     assert!(again.split(',').all(|r| r == "ok"), "calls after the controller died: {again}");
-    // They went through the lanes, which are still open (a call to a peer with a lane goes
-    // through it), not through a bus that ipmb rebuilt around another controller.
-    server.send("lanes");
-    assert_ne!(server.expect("LANES", LONG), "0", "the server's lane closed with the controller");
-    client.send("lanes");
-    assert_ne!(client.expect("LANES", LONG), "0", "the client's lane closed with the controller");
+    // They went through the lanes open before (a call to a peer with a lane goes through it),
+    // not through a bus that ipmb rebuilt around another controller and new lanes made over it:
+    // each side still reads a lane, and only lanes it read before.
+    for (side, before, now) in
+        [("server", server_lanes, lane_ids(&mut server)), ("client", client_lanes, lane_ids(&mut client))]
+    {
+        assert!(!now.is_empty(), "the {side}'s lanes closed with the controller");
+        assert!(now.is_subset(&before), "the {side} reads new lanes {now:?}, not its lanes of before {before:?}");
+    }
     server.send("quit");
     client.send("quit");
 }

@@ -105,15 +105,18 @@ impl TarpcClient {
 /// The peer: serves the echo on `stream` until the bench process goes away.
 pub(crate) fn serve(stream: UnixStream) {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    rt.block_on(async {
+    // The channel runs as a task on the runtime's workers (as tarpc's examples and the tokio
+    // socket peer have it), not in `block_on`'s thread: every request would cross threads.
+    let served = rt.block_on(async {
         let channel = BaseChannel::with_defaults(transport(stream));
-        channel
-            .execute(Echoer.serve())
-            .for_each(|answer| {
-                tokio::spawn(answer);
-            })
-            .await;
+        tokio::spawn(channel.execute(Echoer.serve()).for_each(|answer| {
+            tokio::spawn(answer);
+        }))
+        .await
     });
+    if let Err(e) = served {
+        eprintln!("tarpc_peer: the channel's task failed: {e}");
+    }
     // The stream ended: the bench process closed its end. Give tasks still answering a moment.
     rt.shutdown_timeout(Duration::from_millis(100));
 }
