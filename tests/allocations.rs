@@ -16,15 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::Peer;
+use common::{Peer, QUIET_HEARTBEAT, QUIET_PEER_TIMEOUT};
 use hsipc::SyncProcessHub;
 
 /// The bound on every wait for a child.
 const LONG: Duration = Duration::from_secs(60);
-/// The call tests' hubs' heartbeat: far apart, so that at most one falls in the counted calls
-/// (a heartbeat's frames allocate), whatever the machine's load.
-const HEARTBEAT: Duration = Duration::from_secs(30);
-const PEER_TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Counting;
 
@@ -118,7 +114,11 @@ fn echo_server(kind: &str) {
     };
     match kind {
         "blocking" => {
-            let hub = SyncProcessHub::builder("server").bus(&bus).heartbeat(HEARTBEAT, PEER_TIMEOUT).build().unwrap();
+            let hub = SyncProcessHub::builder("server")
+                .bus(&bus)
+                .heartbeat(QUIET_HEARTBEAT, QUIET_PEER_TIMEOUT)
+                .build()
+                .unwrap();
             hub.serve("bench.echo", |b: Bytes| Ok::<_, String>(b)).unwrap();
             common::report("READY");
             counted();
@@ -127,8 +127,11 @@ fn echo_server(kind: &str) {
         "tokio" | "tokio+inline" => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             let hub = rt.block_on(async {
-                let hub =
-                    hsipc::ProcessHub::builder("server").bus(&bus).heartbeat(HEARTBEAT, PEER_TIMEOUT).build().unwrap();
+                let hub = hsipc::ProcessHub::builder("server")
+                    .bus(&bus)
+                    .heartbeat(QUIET_HEARTBEAT, QUIET_PEER_TIMEOUT)
+                    .build()
+                    .unwrap();
                 serve_echo(&hub, kind.ends_with("+inline")).await;
                 hub
             });
@@ -140,7 +143,7 @@ fn echo_server(kind: &str) {
             let hub = smol::block_on(async {
                 let hub = hsipc::smol::ProcessHub::builder("server")
                     .bus(&bus)
-                    .heartbeat(HEARTBEAT, PEER_TIMEOUT)
+                    .heartbeat(QUIET_HEARTBEAT, QUIET_PEER_TIMEOUT)
                     .build()
                     .unwrap();
                 serve_echo(&hub, kind.ends_with("+inline")).await;
@@ -179,7 +182,11 @@ fn echo_client(kind: &str) {
     };
     match kind {
         "blocking" => {
-            let hub = SyncProcessHub::builder("client").bus(&bus).heartbeat(HEARTBEAT, PEER_TIMEOUT).build().unwrap();
+            let hub = SyncProcessHub::builder("client")
+                .bus(&bus)
+                .heartbeat(QUIET_HEARTBEAT, QUIET_PEER_TIMEOUT)
+                .build()
+                .unwrap();
             hub.wait_for_service("bench", Duration::from_secs(10)).unwrap();
             let call = || {
                 let back: Bytes = hub.call("bench.echo", &payload).unwrap();
@@ -194,8 +201,11 @@ fn echo_client(kind: &str) {
         "tokio" => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
-                let hub =
-                    hsipc::ProcessHub::builder("client").bus(&bus).heartbeat(HEARTBEAT, PEER_TIMEOUT).build().unwrap();
+                let hub = hsipc::ProcessHub::builder("client")
+                    .bus(&bus)
+                    .heartbeat(QUIET_HEARTBEAT, QUIET_PEER_TIMEOUT)
+                    .build()
+                    .unwrap();
                 async_calls(&hub, &payload, go, done).await;
                 hub.close().await;
             });
@@ -203,7 +213,7 @@ fn echo_client(kind: &str) {
         "smol" => smol::block_on(async {
             let hub = hsipc::smol::ProcessHub::builder("client")
                 .bus(&bus)
-                .heartbeat(HEARTBEAT, PEER_TIMEOUT)
+                .heartbeat(QUIET_HEARTBEAT, QUIET_PEER_TIMEOUT)
                 .build()
                 .unwrap();
             async_calls(&hub, &payload, go, done).await;

@@ -14,9 +14,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-/// Far apart: no heartbeat falls in the measured window after the first.
-const HEARTBEAT: Duration = Duration::from_secs(30);
-const PEER_TIMEOUT: Duration = Duration::from_secs(120);
+use common::{QUIET_HEARTBEAT, QUIET_PEER_TIMEOUT};
+
 /// How long the hubs are watched.
 const WINDOW: Duration = Duration::from_secs(3);
 /// Wake-ups allowed per second of the window, per hub (the bus reader's fallback wait for a
@@ -84,7 +83,11 @@ fn two_idle_blocking_hubs_sleep() {
     let _alone = alone();
     let bus = common::unique_bus("idle-blocking");
     let build = |name: &str| {
-        hsipc::blocking::ProcessHub::builder(name).bus(&bus).heartbeat(HEARTBEAT, PEER_TIMEOUT).build().expect("hub")
+        hsipc::blocking::ProcessHub::builder(name)
+            .bus(&bus)
+            .heartbeat(QUIET_HEARTBEAT, QUIET_PEER_TIMEOUT)
+            .build()
+            .expect("hub")
     };
     let (a, b) = (build("idle-a"), build("idle-b"));
     b.serve("idle.ping", |()| Ok::<_, String>(())).expect("serve");
@@ -102,7 +105,11 @@ fn two_idle_tokio_hubs_sleep() {
     let bus = common::unique_bus("idle-tokio");
     let (a, b) = rt.block_on(async {
         let build = |name: &str| {
-            hsipc::ProcessHub::builder(name).bus(&bus).heartbeat(HEARTBEAT, PEER_TIMEOUT).build().expect("hub")
+            hsipc::ProcessHub::builder(name)
+                .bus(&bus)
+                .heartbeat(QUIET_HEARTBEAT, QUIET_PEER_TIMEOUT)
+                .build()
+                .expect("hub")
         };
         let (a, b) = (build("idle-a"), build("idle-b"));
         b.serve("idle.ping", |()| async { Ok::<_, String>(()) }).await.expect("serve");
@@ -123,7 +130,11 @@ fn two_idle_smol_hubs_sleep() {
     let bus = common::unique_bus("idle-smol");
     let (a, b) = smol::block_on(async {
         let build = |name: &str| {
-            hsipc::smol::ProcessHub::builder(name).bus(&bus).heartbeat(HEARTBEAT, PEER_TIMEOUT).build().expect("hub")
+            hsipc::smol::ProcessHub::builder(name)
+                .bus(&bus)
+                .heartbeat(QUIET_HEARTBEAT, QUIET_PEER_TIMEOUT)
+                .build()
+                .expect("hub")
         };
         let (a, b) = (build("idle-a"), build("idle-b"));
         b.serve("idle.ping", |()| async { Ok::<_, String>(()) }).await.expect("serve");
@@ -149,7 +160,7 @@ fn a_closed_hub_has_left_its_quiet_bus_when_close_returns() {
     for round in 0..10 {
         let hub = hsipc::blocking::ProcessHub::builder("alone")
             .bus(&bus)
-            .heartbeat(HEARTBEAT, PEER_TIMEOUT)
+            .heartbeat(QUIET_HEARTBEAT, QUIET_PEER_TIMEOUT)
             .build()
             .unwrap_or_else(|e| panic!("round {round}: the name was still taken: {e}"));
         let start = Instant::now();

@@ -14,6 +14,12 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// A heartbeat far apart, for tests that count what a hub does (wake-ups, allocations): at most
+/// one falls in a window of a few seconds after the first.
+pub const QUIET_HEARTBEAT: Duration = Duration::from_secs(30);
+/// The peer timeout that goes with [`QUIET_HEARTBEAT`].
+pub const QUIET_PEER_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A bus name no other test (or test run) uses.
 pub fn unique_bus(test: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
