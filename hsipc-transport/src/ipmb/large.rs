@@ -322,6 +322,18 @@ impl LargeFrames {
 
     /// The kernel refused to pass the lane's pool (too many fds in flight): large frames on this
     /// lane go sealed or in chunks from now on.
+    /// Hands the lane's pool over, ahead of a frame in it; a pool the kernel refused to pass is
+    /// let go of ([`pool_refused`](Self::pool_refused)). A lane without its pool refuses, as if
+    /// the kernel had (its callers check first).
+    fn offer_pool(&mut self, lane_fd: &OwnedFd) -> io::Result<Handed> {
+        let Some(pool) = self.pool.as_ref() else { return Ok(Handed::Refused) };
+        let offered = handed(lane::write_pool(lane_fd, pool.memfds(), pool::POOL_SIZE))?;
+        if let Handed::Refused = offered {
+            self.pool_refused();
+        }
+        Ok(offered)
+    }
+
     fn pool_refused(&mut self) {
         tracing::debug!("too many fds in flight; large frames on this lane go sealed or in chunks");
         (self.pool, self.no_pool) = (None, true);
@@ -485,17 +497,16 @@ impl LargeFrames {
                 Err(e) => Err(e),
             },
             &mut Way::Pooled { offset, offer } => {
-                let Some(pool) = &self.pool else {
+                if self.pool.is_none() {
                     // The pool could not be handed over (below): nothing of this frame went.
                     *how = Way::Chunks;
                     return lane::write_chunks(lane_fd, frame, 0);
-                };
+                }
                 if offer && from == 0 {
-                    match handed(lane::write_pool(lane_fd, pool.memfds(), pool::POOL_SIZE))? {
+                    match self.offer_pool(lane_fd)? {
                         Handed::Went => {}
                         Handed::NoRoom => return Ok(0),
                         Handed::Refused => {
-                            self.pool_refused();
                             *how = Way::Chunks;
                             return lane::write_chunks(lane_fd, frame, 0);
                         }
@@ -507,20 +518,17 @@ impl LargeFrames {
             Way::Fanned { run, stamp, offer_pool, offer } => {
                 let (run, stamp, offer_pool, offer) = (Arc::clone(run), *stamp, *offer_pool, *offer);
                 let fan_pool_handed = offer || self.fan_offered == Some(run.generation().id());
-                let Some(pool) = self.pool.as_ref().filter(|_| fan_pool_handed) else {
+                if self.pool.is_none() || !fan_pool_handed {
                     // The lane's pool, or the fan-out pool, could not be handed over (an earlier
                     // frame's write): nothing of this frame went.
                     return self.unfan(lane_fd, frame, how);
-                };
+                }
                 // Its parts: the lane's pool, the fan-out pool (each if offered), the frame.
                 if offer_pool && from == 0 {
-                    match handed(lane::write_pool(lane_fd, pool.memfds(), pool::POOL_SIZE))? {
+                    match self.offer_pool(lane_fd)? {
                         Handed::Went => {}
                         Handed::NoRoom => return Ok(0),
-                        Handed::Refused => {
-                            self.pool_refused();
-                            return self.unfan(lane_fd, frame, how);
-                        }
+                        Handed::Refused => return self.unfan(lane_fd, frame, how),
                     }
                 }
                 let offered = usize::from(offer_pool);
